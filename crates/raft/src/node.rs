@@ -1,0 +1,1196 @@
+//! The public face of the core: [`Raft`], its inputs (methods) and its output ([`Ready`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::config::{Config, ConfigError};
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody, RejectHint};
+use crate::progress::{Progress, ProgressState};
+use crate::quorum::VoteResult;
+use crate::rng::Rng;
+use crate::types::{
+    ClusterConfig, Entry, EntryKind, HardState, LogIndex, NodeId, ReadState, Role, SnapshotMeta, SoftState,
+    Term,
+};
+
+/// What a node restarts from: exactly what its storage holds durably.
+#[derive(Clone, Debug, Default)]
+pub struct InitialState {
+    pub hard_state: HardState,
+    /// The membership when no snapshot (or a snapshot without it) says otherwise; for a new
+    /// cluster, the initial voters.
+    pub config: ClusterConfig,
+    /// The latest durable snapshot, if any; its config overrides `config`.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Durable log entries following the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// Output of the core: what the driver must do, in the order documented on each field and in
+/// the crate docs (the ordering contract).
+#[derive(Clone, Debug, Default)]
+pub struct Ready {
+    /// Role, leader or term changed since the last Ready. Informational.
+    pub soft_state: Option<SoftState>,
+    /// A snapshot received from the leader to install: persist it and restore the state
+    /// machine from it BEFORE persisting `entries` and applying `committed_entries`.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Entries to append to durable storage. If the first index is at or below the storage's
+    /// last index, the storage first discards its suffix from that index (a conflict).
+    /// Persist BEFORE `hard_state`.
+    pub entries: Vec<Entry>,
+    /// Term, vote and commit to persist, after `entries`.
+    pub hard_state: Option<HardState>,
+    /// May be sent right away, before or while persisting this Ready (the leader's
+    /// AppendEntries, heartbeats, snapshots, read-index traffic; thesis §10.2.1).
+    pub messages: Vec<Message>,
+    /// Must be sent only AFTER `snapshot`, `entries` and `hard_state` of this Ready (and of
+    /// every earlier Ready) are durable: vote grants, append acknowledgements, vote requests.
+    pub messages_after_persist: Vec<Message>,
+    /// Committed entries that are durable locally, to apply in order. Each is handed out
+    /// exactly once.
+    pub committed_entries: Vec<Entry>,
+    /// ReadIndex requests that completed: serve each once the applied index reaches `index`.
+    pub read_states: Vec<ReadState>,
+    /// ReadIndex requests that failed (leadership lost or unknown); retry elsewhere.
+    pub failed_reads: Vec<u64>,
+}
+
+impl Ready {
+    /// What to report with [`Raft::persisted`] once this Ready's `snapshot` and `entries`
+    /// are durable; `None` when there is nothing of the log to acknowledge.
+    pub fn persist_target(&self) -> Option<(LogIndex, Term)> {
+        if let Some(last) = self.entries.last() {
+            return Some((last.index, last.term));
+        }
+        self.snapshot.as_ref().map(|s| (s.index, s.term))
+    }
+
+    /// Whether this Ready asks for anything to be made durable.
+    pub fn must_persist(&self) -> bool {
+        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+    }
+}
+
+/// A proposal that was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; this is who this node believes leads, if anyone.
+    NotLeader { leader_hint: Option<NodeId> },
+    /// The leader's uncommitted tail is over `uncommitted_bytes_max`: retry later.
+    TooManyUncommitted,
+    /// Nothing to propose.
+    Empty,
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader_hint: Some(id) } => {
+                write!(f, "not the leader; the leader is {id}")
+            }
+            ProposeError::NotLeader { leader_hint: None } => write!(f, "not the leader; no leader known"),
+            ProposeError::TooManyUncommitted => write!(f, "too many uncommitted proposals"),
+            ProposeError::Empty => write!(f, "empty proposal"),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// A ReadIndex request that could not be queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    NotLeader { leader_hint: Option<NodeId> },
+    TooManyPending,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NotLeader { .. } => write!(f, "no leader known to serve the read"),
+            ReadError::TooManyPending => write!(f, "too many pending reads"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// A message that the core refuses to process (it is not a protocol outcome: a correct peer
+/// never sends it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepError {
+    WrongRecipient { to: NodeId },
+    UnknownSender { from: NodeId },
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::WrongRecipient { to } => write!(f, "message addressed to node {to}"),
+            StepError::UnknownSender { from } => write!(f, "message from unknown node {from}"),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// Known consensus bugs that can be planted to prove the simulator's checkers catch them.
+/// Only with the `planted-bugs` feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// Commit an earlier term's entry by counting replicas (violates §5.4.2, Figure 8).
+    CommitPreviousTermByCount,
+    /// Send a vote grant before the vote is durable.
+    VoteBeforeDurable,
+    /// On AppendEntries, truncate the log after `prev_log_index` even where it matches.
+    TruncateMatchingPrefix,
+    /// Grant votes without the up-to-date log check (§5.4.1).
+    SkipUpToDateCheck,
+}
+
+/// A ReadIndex request waiting on the leader.
+#[derive(Clone, Debug)]
+struct PendingRead {
+    context: u64,
+    /// `None` for a local request, else the follower that forwarded it.
+    from: Option<NodeId>,
+    index: LogIndex,
+    /// The heartbeat round that must be acknowledged by a quorum.
+    round: u64,
+}
+
+/// A Raft node's consensus state machine. See the crate docs for how to drive it.
+#[derive(Debug)]
+pub struct Raft {
+    config: Config,
+    id: NodeId,
+    term: Term,
+    voted_for: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    cluster: ClusterConfig,
+    /// The latest snapshot the application reported (sent to followers that lag behind the
+    /// log), or the one restored from.
+    snapshot: Option<SnapshotMeta>,
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_timeout: u32,
+    rng: Rng,
+
+    // Leader state.
+    pending_broadcast: bool,
+    uncommitted_bytes: u64,
+    /// Reads waiting for a quorum to acknowledge their round, in round order.
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads waiting for the leader to commit an entry of its own term.
+    reads_awaiting_commit: Vec<(u64, Option<NodeId>)>,
+    /// The round the next batch of reads joins; `read_round_next - 1` was broadcast.
+    read_round_next: u64,
+
+    // Output buffers.
+    messages: Vec<Message>,
+    messages_after_persist: Vec<Message>,
+    read_states: Vec<ReadState>,
+    failed_reads: Vec<u64>,
+    pending_snapshot: Option<SnapshotMeta>,
+    last_soft_state: SoftState,
+    last_hard_state: HardState,
+
+    apply_bytes_max: u64,
+    planted_bug: Option<PlantedBug>,
+}
+
+impl Raft {
+    /// Creates a node from its durable state. A new cluster's members all start with an empty
+    /// [`InitialState`] whose `config` lists the voters.
+    pub fn new(config: Config, initial: InitialState) -> Result<Raft, ConfigError> {
+        config.validate()?;
+        let cluster = initial.snapshot.as_ref().map_or(initial.config.clone(), |s| s.config.clone());
+        if cluster.voters.is_empty() {
+            return Err(ConfigError("the cluster configuration has no voters".into()));
+        }
+        if let Some(first) = initial.entries.first() {
+            let expected = initial.snapshot.as_ref().map_or(LogIndex(1), |s| s.index + 1);
+            if first.index != expected {
+                return Err(ConfigError(format!(
+                    "first log entry has index {} but {} was expected",
+                    first.index, expected
+                )));
+            }
+        }
+        for pair in initial.entries.windows(2) {
+            if pair[1].index != pair[0].index + 1 || pair[1].term < pair[0].term {
+                return Err(ConfigError(format!(
+                    "log entries are not contiguous with non-decreasing terms at index {}",
+                    pair[1].index
+                )));
+            }
+        }
+        let last_term = initial.entries.last().map(|e| e.term).or(initial.snapshot.as_ref().map(|s| s.term));
+        if last_term.is_some_and(|t| t > initial.hard_state.term) {
+            return Err(ConfigError("the log holds a term above the hard state's term".into()));
+        }
+        let log = RaftLog::restore(initial.snapshot.as_ref(), initial.entries, initial.hard_state.commit);
+        let soft = SoftState { role: Role::Follower, leader: None, term: initial.hard_state.term };
+        let mut hard = initial.hard_state;
+        hard.commit = log.commit();
+        let mut raft = Raft {
+            id: config.id,
+            term: initial.hard_state.term,
+            voted_for: initial.hard_state.voted_for,
+            role: Role::Follower,
+            leader: None,
+            log,
+            cluster,
+            snapshot: initial.snapshot,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: config.election_timeout_ticks,
+            rng: Rng::new(config.seed),
+            pending_broadcast: false,
+            uncommitted_bytes: 0,
+            pending_reads: VecDeque::new(),
+            reads_awaiting_commit: Vec::new(),
+            read_round_next: 1,
+            messages: Vec::new(),
+            messages_after_persist: Vec::new(),
+            read_states: Vec::new(),
+            failed_reads: Vec::new(),
+            pending_snapshot: None,
+            last_soft_state: soft,
+            last_hard_state: hard,
+            apply_bytes_max: 64 << 20,
+            planted_bug: None,
+            config,
+        };
+        raft.reset_election_timeout();
+        Ok(raft)
+    }
+
+    /// Plants a known bug (test builds of the simulator only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_bug(&mut self, bug: Option<PlantedBug>) {
+        self.planted_bug = bug;
+    }
+
+    fn bug(&self, bug: PlantedBug) -> bool {
+        self.planted_bug == Some(bug)
+    }
+
+    // ----- observation -----
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.commit()
+    }
+    pub fn applied_index(&self) -> LogIndex {
+        self.log.applied()
+    }
+    pub fn persisted_index(&self) -> LogIndex {
+        self.log.persisted()
+    }
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+    /// The term of the entry at `index`, if retained (or the compaction point's term).
+    pub fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+    /// The entry at `index`, if retained.
+    pub fn log_entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    pub fn cluster_config(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+    /// The latest snapshot this node knows of (its own or installed).
+    pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
+    }
+    /// The leader's view of a follower, for observability.
+    pub fn progress(&self, id: NodeId) -> Option<(LogIndex, LogIndex, ProgressState)> {
+        self.progress.get(&id).map(|p| (p.match_index, p.next_index, p.state))
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, voted_for: self.voted_for, commit: self.log.commit() }
+    }
+    pub fn soft_state(&self) -> SoftState {
+        SoftState { role: self.role, leader: self.leader, term: self.term }
+    }
+
+    // ----- inputs -----
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+        self.check_invariants();
+    }
+
+    /// Starts an election now (for bootstrapping or tests), as if the timeout had expired.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader && self.cluster.is_voter(self.id) {
+            self.start_election();
+        }
+    }
+
+    /// Proposes one command. On the leader it is appended to the log and `(term, index)` is
+    /// returned: the proposal committed iff the entry later applied at `index` has `term`.
+    pub fn propose(&mut self, data: Bytes) -> Result<(Term, LogIndex), ProposeError> {
+        self.propose_batch(std::iter::once(data)).map(|(t, _, last)| (t, last))
+    }
+
+    /// Proposes several commands as consecutive entries; returns the term and the first and
+    /// last index assigned.
+    pub fn propose_batch(
+        &mut self,
+        data: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(Term, LogIndex, LogIndex), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+        }
+        if self.uncommitted_bytes > self.config.uncommitted_bytes_max {
+            return Err(ProposeError::TooManyUncommitted);
+        }
+        let first = self.log.last_index() + 1;
+        for data in data {
+            self.append_entry(EntryKind::Normal, data);
+        }
+        let last = self.log.last_index();
+        if last < first {
+            return Err(ProposeError::Empty);
+        }
+        self.pending_broadcast = true;
+        Ok((self.term, first, last))
+    }
+
+    /// Requests a linearizable read point (thesis §6.4). The result arrives in
+    /// [`Ready::read_states`] (or [`Ready::failed_reads`]) with the same `context`.
+    pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
+        match self.role {
+            Role::Leader => self.leader_read(context, None),
+            _ => match self.leader {
+                Some(leader) => {
+                    self.send(leader, MessageBody::ReadIndexRequest { context });
+                    Ok(())
+                }
+                None => Err(ReadError::NotLeader { leader_hint: None }),
+            },
+        }
+    }
+
+    /// Handles a message from a peer.
+    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
+        if m.to != self.id {
+            return Err(StepError::WrongRecipient { to: m.to });
+        }
+        if !self.cluster.members().contains(&m.from) || m.from == self.id {
+            return Err(StepError::UnknownSender { from: m.from });
+        }
+        if self.step_term(&m) {
+            self.step_body(m);
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// The driver made everything up to `(index, term)` durable (see
+    /// [`Ready::persist_target`]).
+    pub fn persisted(&mut self, index: LogIndex, term: Term) {
+        if self.log.persisted_to(index, term) && self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        self.check_invariants();
+    }
+
+    /// The application applied every committed entry up to `index`.
+    pub fn applied(&mut self, index: LogIndex) {
+        self.log.applied_to(index);
+        self.check_invariants();
+    }
+
+    /// The application took a snapshot of its state machine at `index` (applied). The core
+    /// remembers it to catch up lagging followers, and discards log entries up to
+    /// `compact_to` (at most `index`; keep a tail so slightly lagging followers are served
+    /// from the log).
+    pub fn snapshot_taken(&mut self, index: LogIndex, compact_to: LogIndex) -> Result<SnapshotMeta, String> {
+        if index > self.log.applied() {
+            return Err(format!("snapshot index {index} is beyond applied {}", self.log.applied()));
+        }
+        let term = self.log.term(index).ok_or_else(|| format!("no entry at snapshot index {index}"))?;
+        let meta = SnapshotMeta { index, term, config: self.cluster.clone() };
+        if self.snapshot.as_ref().is_none_or(|s| s.index < index) {
+            self.snapshot = Some(meta.clone());
+        }
+        self.log.compact(compact_to.min(index))?;
+        Ok(meta)
+    }
+
+    /// The driver's report on a snapshot transfer to `to` started by an InstallSnapshot.
+    pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&to)
+            && matches!(pr.state, ProgressState::Snapshot { .. })
+        {
+            pr.become_probe();
+            // After a failure wait for the next heartbeat response before retrying.
+            pr.probe_sent = !success;
+        }
+    }
+
+    /// The transport could not reach `to`: stop streaming optimistically.
+    pub fn report_unreachable(&mut self, to: NodeId) {
+        if self.role == Role::Leader
+            && let Some(pr) = self.progress.get_mut(&to)
+            && pr.state == ProgressState::Replicate
+        {
+            pr.become_probe();
+        }
+    }
+
+    /// Whether [`Raft::ready`] would return anything.
+    pub fn has_ready(&self) -> bool {
+        self.pending_broadcast
+            || !self.messages.is_empty()
+            || !self.messages_after_persist.is_empty()
+            || !self.read_states.is_empty()
+            || !self.failed_reads.is_empty()
+            || self.pending_snapshot.is_some()
+            || self.log.has_unpersisted()
+            || self.log.has_committed_to_apply()
+            || self.soft_state() != self.last_soft_state
+            || self.hard_state() != self.last_hard_state
+            || self.pending_reads.back().is_some_and(|r| r.round == self.read_round_next)
+    }
+
+    /// Collects everything the driver must do now. Call after any input; then follow the
+    /// ordering contract.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.pending_broadcast {
+                self.pending_broadcast = false;
+                self.broadcast_append();
+            }
+            if self.pending_reads.back().is_some_and(|r| r.round == self.read_round_next) {
+                self.broadcast_heartbeat_round();
+            }
+        }
+        let mut rd = Ready {
+            snapshot: self.pending_snapshot.take(),
+            entries: self.log.take_unpersisted(),
+            messages: std::mem::take(&mut self.messages),
+            messages_after_persist: std::mem::take(&mut self.messages_after_persist),
+            committed_entries: self.log.take_committed(self.apply_bytes_max),
+            read_states: std::mem::take(&mut self.read_states),
+            failed_reads: std::mem::take(&mut self.failed_reads),
+            ..Ready::default()
+        };
+        let soft = self.soft_state();
+        if soft != self.last_soft_state {
+            self.last_soft_state = soft;
+            rd.soft_state = Some(soft);
+        }
+        let hard = self.hard_state();
+        if hard != self.last_hard_state {
+            self.last_hard_state = hard;
+            rd.hard_state = Some(hard);
+        }
+        if self.bug(PlantedBug::VoteBeforeDurable) {
+            let (grants, rest): (Vec<Message>, Vec<Message>) =
+                rd.messages_after_persist.into_iter().partition(|m| {
+                    matches!(m.body, MessageBody::RequestVoteResponse { pre_vote: false, granted: true })
+                });
+            rd.messages.extend(grants);
+            rd.messages_after_persist = rest;
+        }
+        rd
+    }
+
+    // ----- internals: time -----
+
+    fn reset_election_timeout(&mut self) {
+        let t = self.config.election_timeout_ticks as u64;
+        self.randomized_election_timeout = self.rng.range(t, 2 * t) as u32;
+    }
+
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.randomized_election_timeout && self.cluster.is_voter(self.id) {
+            self.start_election();
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_timeout_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum {
+                let id = self.id;
+                let progress = &self.progress;
+                let active = self
+                    .cluster
+                    .has_quorum(&|n| n == id || progress.get(&n).is_some_and(|p| p.recent_active));
+                for pr in self.progress.values_mut() {
+                    pr.recent_active = false;
+                }
+                if !active {
+                    self.become_follower(self.term, None);
+                    return;
+                }
+            }
+            // Give up on snapshot transfers that made no progress for a whole timeout.
+            for pr in self.progress.values_mut() {
+                if let ProgressState::Snapshot { .. } = pr.state {
+                    pr.snapshot_ticks += 1;
+                    if pr.snapshot_ticks >= 2 {
+                        pr.become_probe();
+                    }
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    // ----- internals: roles -----
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "term must never decrease");
+        let was_leader = self.role == Role::Leader;
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.election_elapsed = 0;
+        self.votes.clear();
+        self.reset_election_timeout();
+        if was_leader {
+            self.abandon_leadership();
+        }
+    }
+
+    fn abandon_leadership(&mut self) {
+        self.pending_broadcast = false;
+        self.uncommitted_bytes = 0;
+        let reads: Vec<(u64, Option<NodeId>)> = self
+            .pending_reads
+            .drain(..)
+            .map(|r| (r.context, r.from))
+            .chain(self.reads_awaiting_commit.drain(..))
+            .collect();
+        for (context, from) in reads {
+            match from {
+                None => self.failed_reads.push(context),
+                Some(f) => self.send(f, MessageBody::ReadIndexResponse { context, index: None }),
+            }
+        }
+    }
+
+    fn start_election(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        // PreVote does not touch term or vote: a refused probe leaves no trace (thesis §9.6).
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.reset_election_timeout();
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        if self.cluster.vote_result(&self.votes) == VoteResult::Won {
+            self.become_candidate();
+            return;
+        }
+        self.request_votes(true);
+    }
+
+    fn become_candidate(&mut self) {
+        self.term = self.term + 1;
+        self.voted_for = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.reset_election_timeout();
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        if self.cluster.vote_result(&self.votes) == VoteResult::Won {
+            self.become_leader();
+            return;
+        }
+        self.request_votes(false);
+    }
+
+    fn request_votes(&mut self, pre_vote: bool) {
+        let term = if pre_vote { self.term + 1 } else { self.term };
+        let body = MessageBody::RequestVote {
+            pre_vote,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        let voters: Vec<NodeId> =
+            self.cluster.members().into_iter().filter(|id| self.cluster.is_voter(*id)).collect();
+        for to in voters {
+            if to != self.id {
+                // A real vote request goes out after the candidate's own term and vote are
+                // durable; a PreVote changes nothing durable but follows the same path.
+                self.messages_after_persist.push(Message { from: self.id, to, term, body: body.clone() });
+            }
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.votes.clear();
+        let next = self.log.last_index() + 1;
+        self.progress = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|id| *id != self.id)
+            .map(|id| {
+                let mut pr = Progress::new(next);
+                pr.recent_active = true;
+                (id, pr)
+            })
+            .collect();
+        self.uncommitted_bytes = 0;
+        self.pending_reads.clear();
+        self.reads_awaiting_commit.clear();
+        // §5.4.2 / §8: a no-op of the new term lets the leader commit what earlier terms left.
+        self.append_entry(EntryKind::Noop, Bytes::new());
+        self.pending_broadcast = true;
+        // A single-voter cluster commits as soon as its own write is durable.
+    }
+
+    fn append_entry(&mut self, kind: EntryKind, data: Bytes) {
+        let entry = Entry { term: self.term, index: self.log.last_index() + 1, kind, data };
+        self.uncommitted_bytes += entry.size_bytes();
+        self.log.append(entry);
+    }
+
+    // ----- internals: messages -----
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.messages.push(Message { from: self.id, to, term: self.term, body });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        self.messages_after_persist.push(Message { from: self.id, to, term, body });
+    }
+
+    /// The term rules common to every message (§5.1, thesis §9.6). Returns whether the body
+    /// should be processed further.
+    fn step_term(&mut self, m: &Message) -> bool {
+        use MessageBody::*;
+        if m.term > self.term {
+            match &m.body {
+                RequestVote { pre_vote, .. } => {
+                    let in_lease = self.config.check_quorum
+                        && self.leader.is_some()
+                        && self.election_elapsed < self.config.election_timeout_ticks;
+                    if in_lease {
+                        // We heard from a live leader recently: a disruptive candidate.
+                        return false;
+                    }
+                    if *pre_vote {
+                        return true; // A PreVote never changes our term.
+                    }
+                    self.become_follower(m.term, None);
+                }
+                RequestVoteResponse { pre_vote: true, granted: true } => {
+                    // Echoes the term we would campaign in.
+                    return true;
+                }
+                AppendEntries { .. } | Heartbeat { .. } | InstallSnapshot { .. } => {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                _ => self.become_follower(m.term, None),
+            }
+            true
+        } else if m.term < self.term {
+            match &m.body {
+                AppendEntries { .. } | Heartbeat { .. }
+                    if self.config.check_quorum || self.config.pre_vote =>
+                {
+                    // A stale leader (say, back from a partition that PreVote kept our term
+                    // from reaching) learns our term from this and steps down.
+                    self.send(m.from, AppendEntriesResponse { index: LogIndex(0), reject: None });
+                }
+                RequestVote { pre_vote: true, .. } => {
+                    self.send(m.from, RequestVoteResponse { pre_vote: true, granted: false });
+                }
+                // A read index confirmed by an earlier leader is still a valid read point.
+                ReadIndexResponse { .. } => return true,
+                _ => {}
+            }
+            false
+        } else {
+            true
+        }
+    }
+
+    fn step_body(&mut self, m: Message) {
+        use MessageBody::*;
+        let from = m.from;
+        match m.body {
+            RequestVote { pre_vote, last_log_index, last_log_term } => {
+                self.handle_request_vote(from, m.term, pre_vote, last_log_index, last_log_term)
+            }
+            RequestVoteResponse { pre_vote, granted } => self.handle_vote_response(from, pre_vote, granted),
+            AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+                self.follow(from);
+                self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit);
+            }
+            AppendEntriesResponse { index, reject } => self.handle_append_response(from, index, reject),
+            Heartbeat { commit, read_round } => {
+                self.follow(from);
+                let commit = commit.min(self.log.last_index());
+                self.log.commit_to(commit);
+                self.send(from, HeartbeatResponse { read_round });
+            }
+            HeartbeatResponse { read_round } => self.handle_heartbeat_response(from, read_round),
+            InstallSnapshot { meta } => {
+                self.follow(from);
+                self.handle_install_snapshot(from, meta);
+            }
+            ReadIndexRequest { context } => {
+                if self.role == Role::Leader {
+                    if self.leader_read(context, Some(from)).is_err() {
+                        self.send(from, ReadIndexResponse { context, index: None });
+                    }
+                } else {
+                    self.send(from, ReadIndexResponse { context, index: None });
+                }
+            }
+            ReadIndexResponse { context, index } => match index {
+                Some(index) => self.read_states.push(ReadState { context, index }),
+                None => self.failed_reads.push(context),
+            },
+            TimeoutNow => {
+                if self.role != Role::Leader && self.cluster.is_voter(self.id) {
+                    self.become_candidate();
+                }
+            }
+        }
+    }
+
+    /// A message from the leader of our term: recognise it.
+    fn follow(&mut self, leader: NodeId) {
+        if self.role != Role::Follower {
+            // A candidate that hears from the leader of its term steps down (§5.2).
+            assert_ne!(self.role, Role::Leader, "two leaders in term {}", self.term);
+            self.become_follower(self.term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+    }
+
+    fn handle_request_vote(
+        &mut self,
+        from: NodeId,
+        msg_term: Term,
+        pre_vote: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    ) {
+        let can_vote = self.voted_for == Some(from)
+            || (self.voted_for.is_none() && self.leader.is_none())
+            || (pre_vote && msg_term > self.term);
+        let up_to_date =
+            self.bug(PlantedBug::SkipUpToDateCheck) || self.log.is_up_to_date(last_log_index, last_log_term);
+        if can_vote && up_to_date {
+            if !pre_vote {
+                self.election_elapsed = 0;
+                self.voted_for = Some(from);
+            }
+            // The grant leaves only once our vote is durable.
+            self.send_after_persist(
+                from,
+                msg_term,
+                MessageBody::RequestVoteResponse { pre_vote, granted: true },
+            );
+        } else {
+            self.send_after_persist(
+                from,
+                self.term,
+                MessageBody::RequestVoteResponse { pre_vote, granted: false },
+            );
+        }
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, pre_vote: bool, granted: bool) {
+        let expected = if pre_vote { Role::PreCandidate } else { Role::Candidate };
+        if self.role != expected {
+            return;
+        }
+        self.votes.insert(from, granted);
+        match self.cluster.vote_result(&self.votes) {
+            VoteResult::Won if pre_vote => self.become_candidate(),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Pending => {}
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+    ) {
+        let term = self.term;
+        if prev_log_index < self.log.commit() {
+            // Everything up to our commit index is known to match the leader; skip that part
+            // (the message is old or overlaps what we committed).
+            let commit = self.log.commit();
+            let rest: Vec<Entry> = entries.into_iter().filter(|e| e.index > commit).collect();
+            if rest.is_empty() {
+                self.send_after_persist(
+                    from,
+                    term,
+                    MessageBody::AppendEntriesResponse { index: commit, reject: None },
+                );
+                return;
+            }
+            let prev = commit;
+            let prev_term = match self.log.term(prev) {
+                Some(t) => t,
+                None => return,
+            };
+            return self.handle_append(from, prev, prev_term, rest, leader_commit);
+        }
+        if !self.log.matches(prev_log_index, prev_log_term) {
+            let hint = match self.log.term(prev_log_index) {
+                Some(t) => RejectHint {
+                    conflict_term: Some(t),
+                    conflict_index: self.log.first_index_of_term_at(prev_log_index),
+                },
+                None => RejectHint { conflict_term: None, conflict_index: self.log.last_index() + 1 },
+            };
+            self.send_after_persist(
+                from,
+                term,
+                MessageBody::AppendEntriesResponse { index: prev_log_index, reject: Some(hint) },
+            );
+            return;
+        }
+        let count = entries.len() as u64;
+        self.log.merge(entries, self.bug(PlantedBug::TruncateMatchingPrefix));
+        let last_new = prev_log_index + count;
+        // The commit index we learn is capped at what this message proved matches.
+        self.log.commit_to(leader_commit.min(last_new));
+        self.send_after_persist(
+            from,
+            term,
+            MessageBody::AppendEntriesResponse { index: last_new, reject: None },
+        );
+    }
+
+    fn handle_install_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
+        let term = self.term;
+        let commit = self.log.commit();
+        if meta.index <= commit {
+            // Stale: we already have (and committed) everything in it.
+            self.send_after_persist(
+                from,
+                term,
+                MessageBody::AppendEntriesResponse { index: commit, reject: None },
+            );
+            return;
+        }
+        if self.log.matches(meta.index, meta.term) {
+            // §7: our log already holds the snapshot's last entry; keep what follows it.
+            self.log.commit_to(meta.index);
+        } else {
+            self.log.install_snapshot(&meta);
+            self.cluster = meta.config.clone();
+            self.snapshot = Some(meta.clone());
+            self.pending_snapshot = Some(meta.clone());
+        }
+        self.send_after_persist(
+            from,
+            term,
+            MessageBody::AppendEntriesResponse { index: meta.index, reject: None },
+        );
+    }
+
+    // ----- internals: leader -----
+
+    fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.send_append(to, true);
+        }
+    }
+
+    /// Sends `to` what it lacks, within its flow-control window. With `even_if_empty`, sends
+    /// an empty append to carry a newer commit index.
+    fn send_append(&mut self, to: NodeId, even_if_empty: bool) {
+        let Some(pr) = self.progress.get(&to) else { return };
+        if pr.is_paused(self.config.inflight_messages_max) {
+            return;
+        }
+        let prev = pr.next_index - 1;
+        let Some(prev_term) = self.log.term(prev) else {
+            self.send_snapshot(to);
+            return;
+        };
+        let last = self.log.last_index();
+        let entries = if pr.next_index <= last {
+            self.log.slice(pr.next_index, last, self.config.append_bytes_max)
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && !even_if_empty && pr.state == ProgressState::Replicate {
+            return;
+        }
+        let last_sent = entries.last().map(|e| e.index);
+        let leader_commit = self.log.commit();
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.sent(last_sent);
+        }
+        self.send(
+            to,
+            MessageBody::AppendEntries {
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                entries,
+                leader_commit,
+            },
+        );
+    }
+
+    fn send_snapshot(&mut self, to: NodeId) {
+        let Some(meta) = self.snapshot.clone() else {
+            // Compacted without a snapshot cannot happen: compaction requires one.
+            return;
+        };
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.become_snapshot(meta.index);
+        }
+        self.send(to, MessageBody::InstallSnapshot { meta });
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let round = self.read_round_next - 1;
+        self.send_heartbeats(round);
+    }
+
+    fn broadcast_heartbeat_round(&mut self) {
+        let round = self.read_round_next;
+        self.read_round_next += 1;
+        self.send_heartbeats(round);
+        self.release_reads();
+    }
+
+    fn send_heartbeats(&mut self, read_round: u64) {
+        let peers: Vec<(NodeId, LogIndex)> =
+            self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
+        let commit = self.log.commit();
+        for (to, matched) in peers {
+            // Never tell a follower to commit beyond what it is known to hold.
+            self.send(to, MessageBody::Heartbeat { commit: commit.min(matched), read_round });
+        }
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, index: LogIndex, reject: Option<RejectHint>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        match reject {
+            Some(hint) => {
+                // Stale rejection: we already know it matches further, or it answers a probe
+                // we no longer wait on.
+                if index <= pr.match_index || (pr.state == ProgressState::Probe && index + 1 != pr.next_index)
+                {
+                    return;
+                }
+                let next = match hint.conflict_term {
+                    // We hold entries of the follower's conflicting term: resume right after
+                    // our last one of it. Otherwise skip the follower's whole term.
+                    Some(term) => {
+                        self.log.last_index_of_term(term).map_or(hint.conflict_index, |ours| ours + 1)
+                    }
+                    None => hint.conflict_index,
+                };
+                let Some(pr) = self.progress.get_mut(&from) else { return };
+                pr.become_probe();
+                // Always move back at least one index, never below what is known to match.
+                pr.next_index = next.min(index).min(last_index + 1).max(pr.match_index + 1);
+                self.send_append(from, false);
+            }
+            None => {
+                let advanced = pr.maybe_update(index);
+                match pr.state {
+                    ProgressState::Probe if advanced || pr.match_index + 1 == pr.next_index => {
+                        pr.become_replicate()
+                    }
+                    ProgressState::Snapshot { pending_index } if pr.match_index >= pending_index => {
+                        pr.become_probe();
+                        pr.become_replicate();
+                    }
+                    _ => {}
+                }
+                if advanced && self.maybe_commit() {
+                    return; // Everyone, `from` included, gets an append at the next ready().
+                }
+                self.send_append(from, false);
+            }
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.read_round_acked = pr.read_round_acked.max(read_round);
+        if pr.state == ProgressState::Probe {
+            pr.probe_sent = false;
+        }
+        if pr.match_index < last || pr.state == ProgressState::Probe {
+            self.send_append(from, false);
+        }
+        self.release_reads();
+    }
+
+    /// Advances the commit index to what a quorum durably holds, counting only entries of the
+    /// current term (§5.4.2). Returns whether it advanced (and then tells the followers).
+    fn maybe_commit(&mut self) -> bool {
+        let id = self.id;
+        let own = self.log.persisted();
+        let progress = &self.progress;
+        let index = self.cluster.committed_index(&|n| {
+            if n == id { own } else { progress.get(&n).map_or(LogIndex(0), |p| p.match_index) }
+        });
+        if index <= self.log.commit() {
+            return false;
+        }
+        let term_ok = self.log.term(index) == Some(self.term);
+        if !term_ok && !self.bug(PlantedBug::CommitPreviousTermByCount) {
+            return false;
+        }
+        let old = self.log.commit();
+        let released: u64 = self.log.iter_range(old, index).map(Entry::size_bytes).sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
+        self.log.commit_to(index);
+        if !self.reads_awaiting_commit.is_empty() && self.log.term(index) == Some(self.term) {
+            for (context, from) in std::mem::take(&mut self.reads_awaiting_commit) {
+                let _ = self.leader_read(context, from);
+            }
+        }
+        // Tell the followers at the next ready(), so many acknowledgements handled in one
+        // batch cost one broadcast.
+        self.pending_broadcast = true;
+        true
+    }
+
+    fn leader_read(&mut self, context: u64, from: Option<NodeId>) -> Result<(), ReadError> {
+        if self.pending_reads.len() + self.reads_awaiting_commit.len() >= self.config.pending_reads_max {
+            return Err(ReadError::TooManyPending);
+        }
+        if self.log.term(self.log.commit()) != Some(self.term) {
+            // Thesis §6.4 step 1: until an entry of its term commits, the leader does not know
+            // the latest commit index.
+            self.reads_awaiting_commit.push((context, from));
+            return Ok(());
+        }
+        let index = self.log.commit();
+        if self.cluster.voters.len() == 1 && self.cluster.voters_outgoing.is_empty() {
+            self.deliver_read(context, from, index);
+            return Ok(());
+        }
+        self.pending_reads.push_back(PendingRead { context, from, index, round: self.read_round_next });
+        Ok(())
+    }
+
+    fn deliver_read(&mut self, context: u64, from: Option<NodeId>, index: LogIndex) {
+        match from {
+            None => self.read_states.push(ReadState { context, index }),
+            Some(f) => self.send(f, MessageBody::ReadIndexResponse { context, index: Some(index) }),
+        }
+    }
+
+    /// Releases the reads whose round a quorum acknowledged (one round serves a whole batch).
+    fn release_reads(&mut self) {
+        while let Some(read) = self.pending_reads.front() {
+            if read.round >= self.read_round_next {
+                break; // Not broadcast yet.
+            }
+            let round = read.round;
+            let id = self.id;
+            let progress = &self.progress;
+            let confirmed = self
+                .cluster
+                .has_quorum(&|n| n == id || progress.get(&n).is_some_and(|p| p.read_round_acked >= round));
+            if !confirmed {
+                break;
+            }
+            if let Some(read) = self.pending_reads.pop_front() {
+                self.deliver_read(read.context, read.from, read.index);
+            }
+        }
+    }
+
+    fn check_invariants(&self) {
+        self.log.check_invariants();
+        assert!(self.log.last_term() <= self.term, "log holds a term above the current term");
+        if self.role == Role::Leader {
+            assert_eq!(self.leader, Some(self.id), "a leader knows itself as leader");
+            assert_eq!(self.voted_for, Some(self.id), "a leader voted for itself");
+        }
+    }
+}
