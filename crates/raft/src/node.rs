@@ -974,14 +974,24 @@ impl Raft {
     /// Sends `to` what it lacks, within its flow-control window. With `even_if_empty`, sends
     /// an empty append to carry a newer commit index.
     fn send_append(&mut self, to: NodeId, even_if_empty: bool) {
-        let Some(pr) = self.progress.get(&to) else { return };
+        // In the replicate state, stream until the window is full or the follower has
+        // everything; in the probe state this sends one message.
+        let mut even_if_empty = even_if_empty;
+        while self.send_one_append(to, even_if_empty) {
+            even_if_empty = false;
+        }
+    }
+
+    /// Sends one append (or a snapshot) to `to`; returns whether another may follow now.
+    fn send_one_append(&mut self, to: NodeId, even_if_empty: bool) -> bool {
+        let Some(pr) = self.progress.get(&to) else { return false };
         if pr.is_paused(self.config.inflight_messages_max) {
-            return;
+            return false;
         }
         let prev = pr.next_index - 1;
         let Some(prev_term) = self.log.term(prev) else {
             self.send_snapshot(to);
-            return;
+            return false;
         };
         let last = self.log.last_index();
         let entries = if pr.next_index <= last {
@@ -990,9 +1000,10 @@ impl Raft {
             Vec::new()
         };
         if entries.is_empty() && !even_if_empty && pr.state == ProgressState::Replicate {
-            return;
+            return false;
         }
         let last_sent = entries.last().map(|e| e.index);
+        let more = pr.state == ProgressState::Replicate && last_sent.is_some_and(|l| l < last);
         let leader_commit = self.log.commit();
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent(last_sent);
@@ -1006,6 +1017,7 @@ impl Raft {
                 leader_commit,
             },
         );
+        more
     }
 
     fn send_snapshot(&mut self, to: NodeId) {
@@ -1098,11 +1110,18 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
-        if pr.state == ProgressState::Probe {
-            pr.probe_sent = false;
+        match pr.state {
+            ProgressState::Probe => pr.probe_sent = false,
+            // The window may be full of messages the follower never got (it restarted, or
+            // they were lost): free one slot so an append goes out and either makes progress
+            // or is rejected, which sends the follower back to probing.
+            ProgressState::Replicate if pr.inflight.len() >= self.config.inflight_messages_max => {
+                pr.inflight.pop_front();
+            }
+            _ => {}
         }
         if pr.match_index < last || pr.state == ProgressState::Probe {
-            self.send_append(from, false);
+            self.send_append(from, true);
         }
         self.release_reads();
     }
