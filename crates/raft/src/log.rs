@@ -61,10 +61,6 @@ impl RaftLog {
         self.entries.back().map_or(self.snapshot_term, |e| e.term)
     }
 
-    pub fn snapshot_index(&self) -> LogIndex {
-        self.snapshot_index
-    }
-
     pub fn commit(&self) -> LogIndex {
         self.commit
     }
@@ -75,10 +71,6 @@ impl RaftLog {
 
     pub fn applied(&self) -> LogIndex {
         self.applied
-    }
-
-    pub fn applying(&self) -> LogIndex {
-        self.applying
     }
 
     /// The term of the entry at `index`; `None` when it was compacted away or does not exist.

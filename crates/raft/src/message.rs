@@ -77,6 +77,12 @@ pub enum MessageBody {
         context: u64,
         index: Option<LogIndex>,
     },
+    /// A follower forwarding client commands to the leader, which appends them if it still
+    /// leads and has room; otherwise they are dropped (the client's request times out and is
+    /// retried). Clients learn the outcome by applying, not from a reply.
+    Propose {
+        entries: Vec<bytes::Bytes>,
+    },
     /// A leader telling a follower to start an election now (leadership transfer, thesis
     /// §3.10). Reserved for that work.
     TimeoutNow,
@@ -97,6 +103,7 @@ impl MessageBody {
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+            MessageBody::Propose { .. } => "Propose",
             MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
@@ -109,6 +116,9 @@ impl Message {
         match &self.body {
             MessageBody::AppendEntries { entries, .. } => {
                 base + entries.iter().map(Entry::size_bytes).sum::<u64>()
+            }
+            MessageBody::Propose { entries } => {
+                base + entries.iter().map(|e| e.len() as u64 + 8).sum::<u64>()
             }
             _ => base,
         }

@@ -394,6 +394,26 @@ impl Raft {
         Ok((self.term, first, last))
     }
 
+    /// Proposes commands on the leader, or forwards them to the leader this node knows of.
+    /// Returns the term and index range when this node leads, `None` when forwarded (the
+    /// caller then learns the outcome by applying, for example by a request id in the data).
+    pub fn propose_or_forward(
+        &mut self,
+        data: Vec<Bytes>,
+    ) -> Result<Option<(Term, LogIndex, LogIndex)>, ProposeError> {
+        if data.is_empty() {
+            return Err(ProposeError::Empty);
+        }
+        match (self.role, self.leader) {
+            (Role::Leader, _) => self.propose_batch(data).map(Some),
+            (_, Some(leader)) => {
+                self.send(leader, MessageBody::Propose { entries: data });
+                Ok(None)
+            }
+            (_, None) => Err(ProposeError::NotLeader { leader_hint: None }),
+        }
+    }
+
     /// Requests a linearizable read point (thesis §6.4). The result arrives in
     /// [`Ready::read_states`] (or [`Ready::failed_reads`]) with the same `context`.
     pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
@@ -812,6 +832,12 @@ impl Raft {
                 Some(index) => self.read_states.push(ReadState { context, index }),
                 None => self.failed_reads.push(context),
             },
+            Propose { entries } => {
+                // Dropped when not leading or over the uncommitted limit: the origin retries.
+                if self.role == Role::Leader {
+                    let _ = self.propose_batch(entries);
+                }
+            }
             TimeoutNow => {
                 if self.role != Role::Leader && self.cluster.is_voter(self.id) {
                     self.become_candidate();

@@ -500,3 +500,18 @@ fn single_node_cluster_commits_alone() {
     c.read_index(1, 9);
     assert_eq!(c.nodes[&1].read_states.len(), 1);
 }
+
+#[test]
+fn follower_forwards_proposals_to_the_leader() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    c.tick_all(2);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let r = c.raft_mut(follower).propose_or_forward(vec![bytes::Bytes::from("via-follower")]);
+    assert_eq!(r, Ok(None), "forwarded, not appended locally");
+    c.process(follower);
+    c.deliver_all();
+    for id in 1..=3 {
+        assert_eq!(c.applied_data(id), vec!["via-follower"], "node {id}");
+    }
+}
