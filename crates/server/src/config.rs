@@ -1,0 +1,432 @@
+//! Member configuration: etcd's flag names and meanings, from the command line and/or a
+//! TOML or YAML file (same keys as the flags, e.g. `data-dir`, `initial-cluster`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// `raftkv server` flags. Every flag is optional here so that a config file can supply it;
+/// defaults are applied by [`ServerConfig::resolve`].
+#[derive(clap::Args, Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerArgs {
+    /// Human-readable name for this member; must appear in --initial-cluster.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Path to the data directory (default: ./<name>.raftkv).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic (gRPC and the JSON gateway).
+    #[arg(long)]
+    pub listen_client_urls: Option<String>,
+    /// Comma-separated client URLs to advertise to the rest of the cluster and to clients.
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// Comma-separated URLs to listen on for peer (Raft) traffic.
+    #[arg(long)]
+    pub listen_peer_urls: Option<String>,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long)]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster configuration for bootstrapping: name=http://host:port,...
+    /// Ignored when the data directory already holds a member.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: `new` (bootstrap) or `existing` (join a running cluster).
+    #[arg(long)]
+    pub initial_cluster_state: Option<String>,
+    /// Initial cluster token: distinguishes clusters bootstrapped from the same member list.
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long)]
+    pub heartbeat_interval: Option<u64>,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long)]
+    pub election_timeout: Option<u64>,
+    /// Number of applied entries between snapshots of the key-value state.
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Log format: `text` (human-readable, default) or `json`.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Log level: error, warn, info (default), debug, trace.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Skip fsync of the log. Loses acknowledged writes on power failure: benchmarks only.
+    #[arg(long)]
+    #[serde(default)]
+    pub unsafe_no_fsync: bool,
+    /// Path to a TOML (.toml) or YAML (.yaml/.yml) file with these settings. Flags given on
+    /// the command line override the file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// A member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A complete, validated configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer: Vec<SocketAddr>,
+    pub advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub unsafe_no_fsync: bool,
+}
+
+/// A configuration problem, explained for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+impl ServerArgs {
+    /// Reads `path` as TOML or YAML according to its extension.
+    pub fn from_file(path: &Path) -> Result<ServerArgs, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match ext.as_str() {
+            "toml" => toml::from_str(&text)
+                .map_err(|e| ConfigError(format!("invalid TOML in {}: {e}", path.display()))),
+            "yaml" | "yml" => serde_yaml::from_str(&text)
+                .map_err(|e| ConfigError(format!("invalid YAML in {}: {e}", path.display()))),
+            _ => err(format!("config file {} must end in .toml, .yaml or .yml", path.display())),
+        }
+    }
+
+    /// Fields set here win over `base`.
+    pub fn over(self, base: ServerArgs) -> ServerArgs {
+        ServerArgs {
+            name: self.name.or(base.name),
+            data_dir: self.data_dir.or(base.data_dir),
+            listen_client_urls: self.listen_client_urls.or(base.listen_client_urls),
+            advertise_client_urls: self.advertise_client_urls.or(base.advertise_client_urls),
+            listen_peer_urls: self.listen_peer_urls.or(base.listen_peer_urls),
+            initial_advertise_peer_urls: self
+                .initial_advertise_peer_urls
+                .or(base.initial_advertise_peer_urls),
+            initial_cluster: self.initial_cluster.or(base.initial_cluster),
+            initial_cluster_state: self.initial_cluster_state.or(base.initial_cluster_state),
+            initial_cluster_token: self.initial_cluster_token.or(base.initial_cluster_token),
+            heartbeat_interval: self.heartbeat_interval.or(base.heartbeat_interval),
+            election_timeout: self.election_timeout.or(base.election_timeout),
+            snapshot_count: self.snapshot_count.or(base.snapshot_count),
+            max_txn_ops: self.max_txn_ops.or(base.max_txn_ops),
+            max_request_bytes: self.max_request_bytes.or(base.max_request_bytes),
+            log_format: self.log_format.or(base.log_format),
+            log_level: self.log_level.or(base.log_level),
+            unsafe_no_fsync: self.unsafe_no_fsync || base.unsafe_no_fsync,
+            config_file: self.config_file.or(base.config_file),
+        }
+    }
+}
+
+/// Parses `http://host:port` (or `https://`, or a bare `host:port`) into a socket address.
+/// `localhost` resolves to 127.0.0.1.
+pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .or_else(|| url.strip_prefix("unix://").map(|_| ""))
+        .unwrap_or(url);
+    if rest.is_empty() {
+        return err(format!("unsupported URL {url:?}: expected http://host:port"));
+    }
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.replace("localhost", "127.0.0.1");
+    rest.parse::<SocketAddr>().map_err(|_| {
+        ConfigError(format!(
+            "invalid URL {url:?}: expected http://IP:port (for example http://127.0.0.1:2379)"
+        ))
+    })
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()
+}
+
+/// Parses `name=url,name=url2,other=url3` (a name may repeat to give several URLs).
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return err(format!("invalid --initial-cluster entry {part:?}: expected name=http://host:port"));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() {
+            return err(format!("invalid --initial-cluster entry {part:?}: empty member name"));
+        }
+        parse_url(url)?;
+        if !members.contains_key(name) {
+            order.push(name.to_string());
+        }
+        members.entry(name.to_string()).or_default().push(url.to_string());
+    }
+    if order.is_empty() {
+        return err("--initial-cluster is empty");
+    }
+    Ok(order
+        .into_iter()
+        .map(|name| {
+            let peer_urls = members.remove(&name).unwrap_or_default();
+            InitialMember { name, peer_urls }
+        })
+        .collect())
+}
+
+impl ServerConfig {
+    /// Applies defaults (etcd's) and checks the flags make sense together.
+    pub fn resolve(args: ServerArgs) -> Result<ServerConfig, ConfigError> {
+        let args = match &args.config_file {
+            Some(path) => {
+                let file = ServerArgs::from_file(path)?;
+                args.over(file)
+            }
+            None => args,
+        };
+        let name = args.name.unwrap_or_else(|| "default".to_string());
+        let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.raftkv")));
+        let listen_client_urls =
+            split_urls(args.listen_client_urls.as_deref().unwrap_or("http://localhost:2379"));
+        let advertise_client_urls =
+            split_urls(args.advertise_client_urls.as_deref().unwrap_or("http://localhost:2379"));
+        let listen_peer_urls =
+            split_urls(args.listen_peer_urls.as_deref().unwrap_or("http://localhost:2380"));
+        let advertise_peer_urls =
+            split_urls(args.initial_advertise_peer_urls.as_deref().unwrap_or("http://localhost:2380"));
+        let initial_cluster_raw = args
+            .initial_cluster
+            .unwrap_or_else(|| format!("{name}={}", advertise_peer_urls.join(&format!(",{name}="))));
+        let initial_cluster = parse_initial_cluster(&initial_cluster_raw)?;
+        let initial_cluster_state = match args.initial_cluster_state.as_deref().unwrap_or("new") {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return err(format!("invalid --initial-cluster-state {other:?}: expected new or existing"));
+            }
+        };
+        let heartbeat_interval_ms = args.heartbeat_interval.unwrap_or(100);
+        let election_timeout_ms = args.election_timeout.unwrap_or(1000);
+        if heartbeat_interval_ms == 0 {
+            return err("--heartbeat-interval must be at least 1 ms");
+        }
+        if election_timeout_ms < 5 * heartbeat_interval_ms {
+            return err(format!(
+                "--election-timeout ({election_timeout_ms} ms) should be at least 5 times --heartbeat-interval ({heartbeat_interval_ms} ms)"
+            ));
+        }
+        if election_timeout_ms > 50_000 {
+            return err(format!(
+                "--election-timeout ({election_timeout_ms} ms) is too long; maximum is 50000 ms"
+            ));
+        }
+        let log_format = match args.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return err(format!("invalid --log-format {other:?}: expected text or json")),
+        };
+        let listen_client = listen_client_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let listen_peer = listen_peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        for u in advertise_client_urls.iter().chain(advertise_peer_urls.iter()) {
+            parse_url(u)?;
+        }
+        let Some(me) = initial_cluster.iter().find(|m| m.name == name) else {
+            return err(format!(
+                "member name {name:?} is not in --initial-cluster ({initial_cluster_raw}); add {name}=<peer url> or fix --name"
+            ));
+        };
+        let mut mine: Vec<String> = me.peer_urls.clone();
+        let mut advertised = advertise_peer_urls.clone();
+        mine.sort();
+        advertised.sort();
+        if mine != advertised {
+            return err(format!(
+                "--initial-cluster has {name}={} but --initial-advertise-peer-urls is {}: they must match",
+                me.peer_urls.join(","),
+                advertise_peer_urls.join(",")
+            ));
+        }
+        Ok(ServerConfig {
+            name,
+            data_dir,
+            listen_client,
+            advertise_client_urls,
+            listen_peer,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token: args.initial_cluster_token.unwrap_or_else(|| "raftkv-cluster".to_string()),
+            heartbeat_interval_ms,
+            election_timeout_ms,
+            snapshot_count: args.snapshot_count.unwrap_or(10_000).max(1),
+            max_txn_ops: args.max_txn_ops.unwrap_or(128),
+            max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
+            log_format,
+            log_level: args.log_level.unwrap_or_else(|| "info".to_string()),
+            unsafe_no_fsync: args.unsafe_no_fsync,
+        })
+    }
+
+    /// Election timeout in ticks of one heartbeat interval.
+    pub fn election_ticks(&self) -> u32 {
+        (self.election_timeout_ms / self.heartbeat_interval_ms).max(2) as u32
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, for deriving ids from names and URLs.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// Member id: a hash of the member's peer URLs and the cluster token, as etcd derives it.
+pub fn member_id(member: &InitialMember, token: &str) -> u64 {
+    let mut urls = member.peer_urls.clone();
+    urls.sort();
+    let mut parts: Vec<&str> = urls.iter().map(String::as_str).collect();
+    parts.push(token);
+    stable_hash(&parts)
+}
+
+/// Cluster id: a hash of the sorted member ids and the token.
+pub fn cluster_id(members: &[InitialMember], token: &str) -> u64 {
+    let mut ids: Vec<String> = members.iter().map(|m| format!("{:016x}", member_id(m, token))).collect();
+    ids.sort();
+    let mut parts: Vec<&str> = ids.iter().map(String::as_str).collect();
+    parts.push(token);
+    stable_hash(&parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(name: &str, cluster: &str, peer: &str) -> ServerArgs {
+        ServerArgs {
+            name: Some(name.into()),
+            initial_cluster: Some(cluster.into()),
+            initial_advertise_peer_urls: Some(peer.into()),
+            listen_peer_urls: Some(peer.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_etcds() {
+        let c = ServerConfig::resolve(ServerArgs::default()).expect("defaults are valid");
+        assert_eq!(c.name, "default");
+        assert_eq!(c.listen_client, vec!["127.0.0.1:2379".parse().expect("addr")]);
+        assert_eq!(c.heartbeat_interval_ms, 100);
+        assert_eq!(c.election_timeout_ms, 1000);
+        assert_eq!(c.election_ticks(), 10);
+        assert_eq!(c.snapshot_count, 10_000);
+        assert_eq!(c.initial_cluster.len(), 1);
+    }
+
+    #[test]
+    fn name_missing_from_initial_cluster_is_refused() {
+        let e = ServerConfig::resolve(args("m4", "m1=http://127.0.0.1:2380", "http://127.0.0.1:2380"))
+            .expect_err("must fail");
+        assert!(e.0.contains("\"m4\" is not in --initial-cluster"), "{e}");
+    }
+
+    #[test]
+    fn advertised_urls_must_match_initial_cluster() {
+        let e = ServerConfig::resolve(args("m1", "m1=http://127.0.0.1:2380", "http://127.0.0.1:9999"))
+            .expect_err("must fail");
+        assert!(e.0.contains("must match"), "{e}");
+    }
+
+    #[test]
+    fn malformed_values_are_explained() {
+        assert!(parse_initial_cluster("m1").expect_err("no =").0.contains("expected name=http"));
+        assert!(parse_url("http://nohost").expect_err("no port").0.contains("invalid URL"));
+        let mut a = ServerArgs::default();
+        a.initial_cluster_state = Some("old".into());
+        assert!(ServerConfig::resolve(a).expect_err("bad state").0.contains("new or existing"));
+        let mut a = ServerArgs::default();
+        a.election_timeout = Some(200);
+        assert!(ServerConfig::resolve(a).expect_err("too short").0.contains("at least 5 times"));
+    }
+
+    #[test]
+    fn config_file_yaml_and_toml_with_flag_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = dir.path().join("c.yaml");
+        std::fs::write(&yaml, "name: m1\ninitial-cluster: m1=http://127.0.0.1:2380\nsnapshot-count: 42\n")
+            .expect("write");
+        let flags = ServerArgs { config_file: Some(yaml), snapshot_count: Some(7), ..Default::default() };
+        let c = ServerConfig::resolve(flags).expect("valid");
+        assert_eq!(c.name, "m1");
+        assert_eq!(c.snapshot_count, 7, "flags override the file");
+        let toml_path = dir.path().join("c.toml");
+        std::fs::write(&toml_path, "name = \"m1\"\nheartbeat-interval = 50\nelection-timeout = 500\n")
+            .expect("write");
+        let c = ServerConfig::resolve(ServerArgs { config_file: Some(toml_path), ..Default::default() });
+        let e = c.expect_err("m1 not in the default initial cluster");
+        assert!(e.0.contains("m1"), "{e}");
+        let bad = dir.path().join("c.yaml");
+        std::fs::write(&bad, "nmae: typo\n").expect("write");
+        let e = ServerConfig::resolve(ServerArgs { config_file: Some(bad), ..Default::default() })
+            .expect_err("typo");
+        assert!(e.0.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let ms = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2").expect("valid");
+        assert_ne!(member_id(&ms[0], "t"), member_id(&ms[1], "t"));
+        assert_ne!(cluster_id(&ms, "t"), cluster_id(&ms, "u"));
+        assert_eq!(cluster_id(&ms, "t"), cluster_id(&ms, "t"));
+    }
+}

@@ -1,0 +1,778 @@
+//! The driver: runs the Raft core against a real clock, disk and network, following the
+//! core's ordering contract.
+//!
+//! Three threads of control:
+//! - the driver task (tokio) owns the `Raft`: ticks, steps messages, batches proposals and
+//!   reads, sends `Ready::messages` at once (the leader replicates while it writes);
+//! - the disk thread appends entries and hard state, fsyncs once for everything queued
+//!   (group commit across Readies), then releases `messages_after_persist` and reports
+//!   `persisted`;
+//! - the apply thread applies committed entries to the state machine, completes waiting
+//!   client requests, and takes snapshots every `snapshot_count` entries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use raftkv_raft::{
+    ClusterConfig, Config, Entry, EntryKind, InitialState, LogIndex, Message, MessageBody, NodeId,
+    ProposeError, Raft, Ready, Role, SnapshotMeta, Term,
+};
+use raftkv_storage::{LogStore, SnapshotReader, SnapshotStore, Storage};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::codec;
+
+/// The replicated state machine the driver applies committed entries to.
+pub trait StateMachine: Send + Sync + 'static {
+    /// What a client request's application produces.
+    type Output: Send + 'static;
+    /// Applies one committed normal entry. Returns the client request id carried in the
+    /// entry (if any) and the outcome, to complete the waiting request.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Option<(u64, Self::Output)>;
+    /// Writes the whole state.
+    fn snapshot(&self, w: &mut dyn Write) -> io::Result<()>;
+    /// Replaces the whole state by a snapshot.
+    fn restore(&mut self, r: &mut dyn Read) -> Result<(), String>;
+}
+
+/// The peer network as the driver sees it.
+pub trait Network: Send + Sync + 'static {
+    /// Sends a message; may drop it (Raft tolerates loss).
+    fn send(&self, msg: Message);
+    /// Streams a snapshot to `msg.to` on its own connection, then delivers `msg`.
+    fn send_snapshot(&self, msg: Message, reader: SnapshotReader);
+}
+
+/// A snapshot received from a peer and staged on disk, not yet installed.
+pub type StagedSnapshot = Box<dyn Read + Send>;
+
+/// What the network delivers to the driver.
+pub enum Inbound {
+    Message(Message),
+    Snapshot {
+        message: Message,
+        data: StagedSnapshot,
+    },
+    /// A transfer to `to` ended.
+    SnapshotReport {
+        to: NodeId,
+        ok: bool,
+    },
+    Unreachable(NodeId),
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub voters: Vec<NodeId>,
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot, so slightly lagging followers catch up
+    /// from the log.
+    pub snapshot_keep_entries: u64,
+    /// Bound on queued client requests; beyond it clients get "too many requests".
+    pub request_queue: usize,
+    pub seed: u64,
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("server stopped")]
+    Stopped,
+}
+
+/// Observable state of the member.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Status {
+    pub term: u64,
+    pub leader: u64,
+    pub is_leader: bool,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+}
+
+type Waiter<O> = oneshot::Sender<Result<O, NodeError>>;
+
+/// State shared between the driver, the apply thread and request handlers.
+pub struct Shared<S: StateMachine> {
+    pub id: NodeId,
+    pub sm: RwLock<S>,
+    applied: watch::Sender<u64>,
+    status: Mutex<Status>,
+    waiters: Mutex<HashMap<u64, Waiter<S::Output>>>,
+    next_request: AtomicU64,
+    stopped: AtomicBool,
+}
+
+enum Request {
+    Propose { id: u64, data: Bytes },
+    Read { reply: oneshot::Sender<Result<u64, NodeError>> },
+}
+
+/// A cheap handle for request handlers.
+pub struct NodeHandle<S: StateMachine> {
+    requests: mpsc::Sender<Request>,
+    pub shared: Arc<Shared<S>>,
+}
+
+impl<S: StateMachine> Clone for NodeHandle<S> {
+    fn clone(&self) -> Self {
+        NodeHandle { requests: self.requests.clone(), shared: self.shared.clone() }
+    }
+}
+
+impl<S: StateMachine> NodeHandle<S> {
+    /// A request id unique to this member (the high bits are the member id's).
+    pub fn next_request_id(&self) -> u64 {
+        let n = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        (self.shared.id.0 << 40) ^ n
+    }
+
+    /// Replicates a command built around request id `id` and waits until this member has
+    /// applied it.
+    pub async fn propose(&self, id: u64, data: Bytes, timeout: Duration) -> Result<S::Output, NodeError> {
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return Err(NodeError::Stopped);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.waiters.lock().insert(id, tx);
+        if let Err(e) = self.requests.try_send(Request::Propose { id, data }) {
+            self.shared.waiters.lock().remove(&id);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                self.shared.waiters.lock().remove(&id);
+                Err(NodeError::Timeout)
+            }
+        }
+    }
+
+    /// Waits until a linearizable read may be served locally (ReadIndex, then applied).
+    pub async fn read_barrier(&self, timeout: Duration) -> Result<(), NodeError> {
+        let work = async {
+            let (tx, rx) = oneshot::channel();
+            self.requests.try_send(Request::Read { reply: tx }).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            })?;
+            let index = rx.await.map_err(|_| NodeError::Stopped)??;
+            self.wait_applied(index).await
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| NodeError::Timeout)?
+    }
+
+    pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        let mut rx = self.shared.applied.subscribe();
+        rx.wait_for(|a| *a >= index).await.map(|_| ()).map_err(|_| NodeError::Stopped)
+    }
+
+    pub fn status(&self) -> Status {
+        *self.shared.status.lock()
+    }
+}
+
+enum Event {
+    Persisted(LogIndex, Term),
+    Applied(LogIndex),
+    SnapshotTaken(LogIndex),
+    Fatal(String),
+}
+
+struct PersistJob {
+    snapshot: Option<(SnapshotMeta, StagedSnapshot)>,
+    entries: Vec<Entry>,
+    hard_state: Option<raftkv_raft::HardState>,
+    after_persist: Vec<Message>,
+    target: Option<(LogIndex, Term)>,
+}
+
+enum DiskJob {
+    Persist(PersistJob),
+    Compact(u64),
+}
+
+enum ApplyJob {
+    Entries(Vec<Entry>),
+    Restore(SnapshotMeta),
+}
+
+/// Everything needed to start a member's driver.
+pub struct Node<S: StateMachine> {
+    pub handle: NodeHandle<S>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Recovers from `storage` and starts the driver, the disk thread and the apply thread.
+    pub fn start(
+        config: NodeConfig,
+        storage: Storage,
+        recovered: raftkv_storage::Recovered,
+        mut sm: S,
+        network: Arc<dyn Network>,
+    ) -> Result<Node<S>, String> {
+        let snapshots = storage.snapshots.clone();
+        let snapshots_for_driver = storage.snapshots.clone();
+        let snapshot = match &recovered.snapshot {
+            Some(meta) => {
+                let (found, mut reader) = snapshots
+                    .latest()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the snapshot recovered at open has disappeared")?;
+                if found.index != meta.index {
+                    return Err("the snapshot directory changed during start-up".into());
+                }
+                sm.restore(&mut reader)
+                    .map_err(|e| format!("cannot restore snapshot {}: {e}", meta.index))?;
+                Some(codec::meta_from_storage(meta)?)
+            }
+            None => None,
+        };
+        let entries =
+            recovered.records.into_iter().map(codec::record_to_entry).collect::<Result<Vec<_>, _>>()?;
+        let initial = InitialState {
+            hard_state: codec::hard_state_from_storage(&recovered.hard_state),
+            config: ClusterConfig::new(config.voters.iter().copied()),
+            snapshot: snapshot.clone(),
+            entries,
+        };
+        let mut raft_config = Config::new(config.id);
+        raft_config.election_timeout_ticks = config.election_ticks;
+        raft_config.heartbeat_interval_ticks = 1;
+        raft_config.seed = config.seed;
+        raft_config.append_bytes_max = 4 << 20;
+        let raft = Raft::new(raft_config, initial).map_err(|e| e.to_string())?;
+        let snapshot_index = snapshot.as_ref().map_or(0, |s| s.index.0);
+        let cluster = raft.cluster_config().clone();
+
+        let (applied_tx, _) = watch::channel(snapshot_index);
+        let shared = Arc::new(Shared {
+            id: config.id,
+            sm: RwLock::new(sm),
+            applied: applied_tx,
+            status: Mutex::new(Status { applied: snapshot_index, snapshot_index, ..Status::default() }),
+            waiters: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+        });
+        let (requests_tx, requests_rx) = mpsc::channel(config.request_queue);
+        let (inbound_tx, inbound_rx) = mpsc::channel(4096);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (disk_tx, disk_rx) = std_mpsc::channel();
+        let (apply_tx, apply_rx) = std_mpsc::channel();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        {
+            let events = events_tx.clone();
+            let network = network.clone();
+            let apply_tx = apply_tx.clone();
+            std::thread::Builder::new()
+                .name("raftkv-disk".into())
+                .spawn(move || disk_loop(storage, disk_rx, events, network, apply_tx))
+                .map_err(|e| e.to_string())?;
+        }
+        {
+            let shared = shared.clone();
+            let events = events_tx.clone();
+            let snapshot_count = config.snapshot_count;
+            let last = snapshot.as_ref().map_or((LogIndex(0), Term(0)), |s| (s.index, s.term));
+            std::thread::Builder::new()
+                .name("raftkv-apply".into())
+                .spawn(move || apply_loop(shared, apply_rx, events, snapshots, snapshot_count, cluster, last))
+                .map_err(|e| e.to_string())?;
+        }
+        let driver = Driver {
+            raft,
+            config: config.clone(),
+            shared: shared.clone(),
+            network,
+            requests: requests_rx,
+            inbound: inbound_rx,
+            events: events_rx,
+            disk: disk_tx,
+            apply: apply_tx,
+            shutdown: shutdown_rx,
+            reads: BTreeMap::new(),
+            next_read: 1,
+            staged: BTreeMap::new(),
+            snapshots: snapshots_for_driver,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(Node { handle: NodeHandle { requests: requests_tx, shared }, inbound_tx, task, shutdown })
+    }
+
+    /// Where the network delivers inbound traffic.
+    pub fn inbound(&self) -> mpsc::Sender<Inbound> {
+        self.inbound_tx.clone()
+    }
+
+    /// Stops the driver (pending requests fail with `Stopped`) and waits for it.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.shutdown.send(true);
+        self.task.await.map_err(|e| e.to_string())?
+    }
+
+    /// Resolves when the driver ended on its own (a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+struct Driver<S: StateMachine> {
+    raft: Raft,
+    config: NodeConfig,
+    shared: Arc<Shared<S>>,
+    network: Arc<dyn Network>,
+    requests: mpsc::Receiver<Request>,
+    inbound: mpsc::Receiver<Inbound>,
+    events: mpsc::UnboundedReceiver<Event>,
+    disk: std_mpsc::Sender<DiskJob>,
+    apply: std_mpsc::Sender<ApplyJob>,
+    shutdown: watch::Receiver<bool>,
+    reads: BTreeMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
+    next_read: u64,
+    staged: BTreeMap<(LogIndex, Term), StagedSnapshot>,
+    snapshots: SnapshotStore,
+}
+
+/// At most this many client requests are folded into one batch.
+const BATCH_MAX: usize = 4096;
+
+impl<S: StateMachine> Driver<S> {
+    async fn run(mut self) -> Result<(), String> {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                _ = ticker.tick() => self.raft.tick(),
+                Some(inbound) = self.inbound.recv() => {
+                    self.on_inbound(inbound);
+                    while let Ok(more) = self.inbound.try_recv() {
+                        self.on_inbound(more);
+                    }
+                }
+                Some(req) = self.requests.recv() => self.on_requests(req),
+                Some(event) = self.events.recv() => {
+                    if let Err(e) = self.on_event(event) {
+                        break Err(e);
+                    }
+                    while let Ok(more) = self.events.try_recv() {
+                        if let Err(e) = self.on_event(more) {
+                            return self.fail(e);
+                        }
+                    }
+                }
+                _ = self.shutdown.changed() => break Ok(()),
+            }
+            self.process_ready();
+        };
+        match result {
+            Ok(()) => {
+                self.stop_waiters();
+                Ok(())
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: String) -> Result<(), String> {
+        tracing::error!(error = %e, "member stopping on a fatal error");
+        self.stop_waiters();
+        Err(e)
+    }
+
+    fn stop_waiters(&mut self) {
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        for (_, w) in self.shared.waiters.lock().drain() {
+            let _ = w.send(Err(NodeError::Stopped));
+        }
+        for (_, r) in std::mem::take(&mut self.reads) {
+            let _ = r.send(Err(NodeError::Stopped));
+        }
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Message(m) => self.step(m),
+            Inbound::Snapshot { message, data } => {
+                if let MessageBody::InstallSnapshot { meta } = &message.body {
+                    self.staged.clear(); // only the newest transfer matters
+                    self.staged.insert((meta.index, meta.term), data);
+                }
+                self.step(message);
+            }
+            Inbound::SnapshotReport { to, ok } => self.raft.report_snapshot(to, ok),
+            Inbound::Unreachable(to) => self.raft.report_unreachable(to),
+        }
+    }
+
+    fn step(&mut self, m: Message) {
+        if let Err(e) = self.raft.step(m) {
+            tracing::warn!(error = %e, "dropping message");
+        }
+    }
+
+    fn on_requests(&mut self, first: Request) {
+        let mut proposals: Vec<(u64, Bytes)> = Vec::new();
+        let mut handle = |req: Request, this: &mut Self| match req {
+            Request::Propose { id, data } => proposals.push((id, data)),
+            Request::Read { reply } => this.start_read(reply),
+        };
+        handle(first, self);
+        for _ in 0..BATCH_MAX {
+            match self.requests.try_recv() {
+                Ok(req) => handle(req, self),
+                Err(_) => break,
+            }
+        }
+        if proposals.is_empty() {
+            return;
+        }
+        let (ids, data): (Vec<u64>, Vec<Bytes>) = proposals.into_iter().unzip();
+        if let Err(e) = self.raft.propose_or_forward(data) {
+            let error = match e {
+                ProposeError::TooManyUncommitted => NodeError::TooManyRequests,
+                _ => NodeError::NoLeader,
+            };
+            let mut waiters = self.shared.waiters.lock();
+            for id in ids {
+                if let Some(w) = waiters.remove(&id) {
+                    let _ = w.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn start_read(&mut self, reply: oneshot::Sender<Result<u64, NodeError>>) {
+        let context = self.next_read;
+        self.next_read += 1;
+        match self.raft.read_index(context) {
+            Ok(()) => {
+                self.reads.insert(context, reply);
+            }
+            Err(raftkv_raft::ReadError::TooManyPending) => {
+                let _ = reply.send(Err(NodeError::TooManyRequests));
+            }
+            Err(_) => {
+                let _ = reply.send(Err(NodeError::NoLeader));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Persisted(index, term) => self.raft.persisted(index, term),
+            Event::Applied(index) => self.raft.applied(index),
+            Event::SnapshotTaken(index) => {
+                let compact_to = LogIndex(index.0.saturating_sub(self.config.snapshot_keep_entries));
+                match self.raft.snapshot_taken(index, compact_to) {
+                    Ok(_) => {
+                        let first = self.raft.first_index();
+                        if first.0 > 1 {
+                            let _ = self.disk.send(DiskJob::Compact(first.0 - 1));
+                        }
+                        self.shared.status.lock().snapshot_index = index.0;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "snapshot not recorded"),
+                }
+            }
+            Event::Fatal(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn process_ready(&mut self) {
+        while self.raft.has_ready() {
+            let rd = self.raft.ready();
+            self.handle_ready(rd);
+        }
+        let mut status = self.shared.status.lock();
+        status.term = self.raft.term().0;
+        status.leader = self.raft.leader().map_or(0, |l| l.0);
+        status.is_leader = self.raft.role() == Role::Leader;
+        status.commit = self.raft.commit_index().0;
+        status.last_index = self.raft.last_index().0;
+    }
+
+    fn handle_ready(&mut self, rd: Ready) {
+        let target = rd.persist_target();
+        if let Some(ss) = rd.soft_state {
+            tracing::info!(term = ss.term.0, role = ?ss.role, leader = ss.leader.map_or(0, |l| l.0), "raft state");
+        }
+        for m in rd.messages {
+            if let MessageBody::InstallSnapshot { .. } = m.body {
+                self.send_snapshot(m);
+            } else {
+                self.network.send(m);
+            }
+        }
+        for rs in rd.read_states {
+            if let Some(reply) = self.reads.remove(&rs.context) {
+                let _ = reply.send(Ok(rs.index.0));
+            }
+        }
+        for context in rd.failed_reads {
+            if let Some(reply) = self.reads.remove(&context) {
+                let _ = reply.send(Err(NodeError::NoLeader));
+            }
+        }
+        let snapshot = rd.snapshot.map(|meta| {
+            let data = self.staged.remove(&(meta.index, meta.term)).unwrap_or_else(|| Box::new(io::empty()));
+            (meta, data)
+        });
+        let job = PersistJob {
+            snapshot,
+            entries: rd.entries,
+            hard_state: rd.hard_state,
+            after_persist: rd.messages_after_persist,
+            target,
+        };
+        if !(job.snapshot.is_none()
+            && job.entries.is_empty()
+            && job.hard_state.is_none()
+            && job.after_persist.is_empty())
+        {
+            let _ = self.disk.send(DiskJob::Persist(job));
+        }
+        if !rd.committed_entries.is_empty() {
+            let _ = self.apply.send(ApplyJob::Entries(rd.committed_entries));
+        }
+    }
+
+    fn send_snapshot(&mut self, mut m: Message) {
+        let to = m.to;
+        let latest = self.shared_snapshots_latest();
+        match latest {
+            Some((meta, reader)) => {
+                // Send the newest durable snapshot, whatever the core last heard of.
+                m.body = MessageBody::InstallSnapshot { meta };
+                self.network.send_snapshot(m, reader);
+            }
+            None => {
+                tracing::warn!(to = to.0, "no snapshot on disk to send");
+                self.raft.report_snapshot(to, false);
+            }
+        }
+    }
+
+    fn shared_snapshots_latest(&self) -> Option<(SnapshotMeta, SnapshotReader)> {
+        match self.snapshots.latest() {
+            Ok(Some((meta, reader))) => Some((codec::meta_from_storage(&meta).ok()?, reader)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the latest snapshot");
+                None
+            }
+        }
+    }
+}
+
+fn disk_loop(
+    mut storage: Storage,
+    rx: std_mpsc::Receiver<DiskJob>,
+    events: mpsc::UnboundedSender<Event>,
+    network: Arc<dyn Network>,
+    apply: std_mpsc::Sender<ApplyJob>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+            if jobs.len() >= 1024 {
+                break;
+            }
+        }
+        if let Err(e) = write_jobs(&mut storage, &mut jobs, &apply) {
+            let _ = events.send(Event::Fatal(format!("storage failure, the member must stop: {e}")));
+            return;
+        }
+        for job in jobs {
+            if let DiskJob::Persist(job) = job {
+                for m in job.after_persist {
+                    network.send(m);
+                }
+                if let Some((index, term)) = job.target {
+                    let _ = events.send(Event::Persisted(index, term));
+                }
+            }
+        }
+    }
+}
+
+fn write_jobs(
+    storage: &mut Storage,
+    jobs: &mut [DiskJob],
+    apply: &std_mpsc::Sender<ApplyJob>,
+) -> Result<(), String> {
+    let mut dirty = false;
+    for job in jobs.iter_mut() {
+        match job {
+            DiskJob::Persist(job) => {
+                if let Some((meta, mut data)) = job.snapshot.take() {
+                    // Install: the snapshot file first (durable on finish), then reset the log
+                    // to start after it, then let the apply thread restore from it.
+                    let mut writer =
+                        storage.snapshots.begin(codec::meta_to_storage(&meta)).map_err(|e| e.to_string())?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = data.read(&mut buf).map_err(|e| format!("reading staged snapshot: {e}"))?;
+                        if n == 0 {
+                            break;
+                        }
+                        writer.write(&buf[..n]).map_err(|e| e.to_string())?;
+                    }
+                    writer.finish().map_err(|e| e.to_string())?;
+                    storage.log.compact(meta.index.0).map_err(|e| e.to_string())?;
+                    let _ = apply.send(ApplyJob::Restore(meta));
+                }
+                if !job.entries.is_empty() {
+                    let records: Vec<_> = job.entries.iter().map(codec::entry_to_record).collect();
+                    storage.log.append(&records).map_err(|e| e.to_string())?;
+                    dirty = true;
+                }
+                if let Some(hs) = &job.hard_state {
+                    storage
+                        .log
+                        .save_hard_state(codec::hard_state_to_storage(hs))
+                        .map_err(|e| e.to_string())?;
+                    dirty = true;
+                }
+            }
+            DiskJob::Compact(up_to) => {
+                storage.log.compact(*up_to).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    if dirty {
+        storage.log.sync().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+struct SnapshotSink<'a>(&'a mut raftkv_storage::SnapshotWriter);
+
+impl Write for SnapshotSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn apply_loop<S: StateMachine>(
+    shared: Arc<Shared<S>>,
+    rx: std_mpsc::Receiver<ApplyJob>,
+    events: mpsc::UnboundedSender<Event>,
+    snapshots: SnapshotStore,
+    snapshot_count: u64,
+    mut cluster: ClusterConfig,
+    mut last: (LogIndex, Term),
+) {
+    let mut last_snapshot = last.0;
+    while let Ok(job) = rx.recv() {
+        match job {
+            ApplyJob::Entries(entries) => {
+                let mut done = Vec::new();
+                {
+                    let mut sm = shared.sm.write();
+                    for e in &entries {
+                        if e.kind == EntryKind::Normal
+                            && let Some(result) = sm.apply(e.index.0, &e.data)
+                        {
+                            done.push(result);
+                        }
+                        last = (e.index, e.term);
+                    }
+                }
+                shared.applied.send_replace(last.0.0);
+                shared.status.lock().applied = last.0.0;
+                {
+                    let mut waiters = shared.waiters.lock();
+                    for (id, out) in done {
+                        if let Some(w) = waiters.remove(&id) {
+                            let _ = w.send(Ok(out));
+                        }
+                    }
+                }
+                let _ = events.send(Event::Applied(last.0));
+                if last.0.0 >= last_snapshot.0 + snapshot_count {
+                    match take_snapshot(&shared, &snapshots, last, &cluster) {
+                        Ok(()) => {
+                            last_snapshot = last.0;
+                            let _ = events.send(Event::SnapshotTaken(last.0));
+                        }
+                        Err(e) => {
+                            let _ = events.send(Event::Fatal(format!("cannot write snapshot: {e}")));
+                            return;
+                        }
+                    }
+                }
+            }
+            ApplyJob::Restore(meta) => {
+                let restored = snapshots.latest().map_err(|e| e.to_string()).and_then(|found| {
+                    let (found, mut reader) = found.ok_or("installed snapshot not found")?;
+                    if found.index != meta.index.0 {
+                        return Err(format!(
+                            "expected snapshot {} on disk, found {}",
+                            meta.index, found.index
+                        ));
+                    }
+                    shared.sm.write().restore(&mut reader)
+                });
+                if let Err(e) = restored {
+                    let _ = events.send(Event::Fatal(format!("cannot restore snapshot {}: {e}", meta.index)));
+                    return;
+                }
+                cluster = meta.config.clone();
+                last = (meta.index, meta.term);
+                last_snapshot = meta.index;
+                shared.applied.send_replace(meta.index.0);
+                {
+                    let mut status = shared.status.lock();
+                    status.applied = meta.index.0;
+                    status.snapshot_index = meta.index.0;
+                }
+                let _ = events.send(Event::Applied(meta.index));
+            }
+        }
+    }
+}
+
+fn take_snapshot<S: StateMachine>(
+    shared: &Shared<S>,
+    snapshots: &SnapshotStore,
+    last: (LogIndex, Term),
+    cluster: &ClusterConfig,
+) -> Result<(), String> {
+    let meta = SnapshotMeta { index: last.0, term: last.1, config: cluster.clone() };
+    let mut writer = snapshots.begin(codec::meta_to_storage(&meta)).map_err(|e| e.to_string())?;
+    shared.sm.read().snapshot(&mut SnapshotSink(&mut writer)).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    tracing::info!(index = last.0.0, "snapshot taken");
+    Ok(())
+}
