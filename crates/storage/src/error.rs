@@ -104,7 +104,9 @@ pub enum StorageError {
     /// `open` found no store in the directory (empty or missing). A node
     /// that has ever run must never restart from nothing: use `create` only
     /// when bootstrapping a brand-new member.
-    #[error("no raftkv storage in {path}: directory is empty or missing (use create() only for a brand-new member)")]
+    #[error(
+        "no raftkv storage in {path}: directory is empty or missing (use create() only for a brand-new member)"
+    )]
     NotInitialized {
         /// The directory.
         path: PathBuf,
@@ -139,28 +141,17 @@ pub enum StorageError {
 
 impl StorageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        StorageError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        StorageError::Io { op, path: path.into(), source }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
-        StorageError::Corrupt {
-            path: path.into(),
-            offset,
-            reason: reason.into(),
-        }
+        StorageError::Corrupt { path: path.into(), offset, reason: reason.into() }
     }
 
     /// True for a failed fsync or a store already poisoned: the node must
     /// stop. (A failed write also poisons the store; the next call then
     /// returns `Poisoned`.)
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            StorageError::FsyncFailed { .. } | StorageError::Poisoned { .. }
-        )
+        matches!(self, StorageError::FsyncFailed { .. } | StorageError::Poisoned { .. })
     }
 }

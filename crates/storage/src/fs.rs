@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// An open file. All offsets are absolute; there is no cursor.
+#[allow(clippy::len_without_is_empty)]
 pub trait FsFile: Send + Sync {
     /// Read up to `buf.len()` bytes at `offset`; returns 0 at end of file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -106,10 +107,10 @@ impl FileSystem for RealFs {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(path)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_owned());
-                }
+            if entry.file_type()?.is_file()
+                && let Some(name) = entry.file_name().to_str()
+            {
+                names.push(name.to_owned());
             }
         }
         names.sort();
@@ -120,11 +121,7 @@ impl FileSystem for RealFs {
         Ok(Box::new(RealFile(f)))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let f = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         Ok(Box::new(RealFile(f)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

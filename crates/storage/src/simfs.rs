@@ -79,11 +79,7 @@ enum OpKind {
 
 impl State {
     fn check_alive(&self) -> io::Result<()> {
-        if self.crashed {
-            Err(io::Error::other("simulated crash: file system is down"))
-        } else {
-            Ok(())
-        }
+        if self.crashed { Err(io::Error::other("simulated crash: file system is down")) } else { Ok(()) }
     }
 
     /// Count one mutating operation and apply scheduled faults.
@@ -92,28 +88,19 @@ impl State {
         self.ops += 1;
         if self.crash_before_op == Some(self.ops) {
             self.crashed = true;
-            return Err(io::Error::other(format!(
-                "simulated crash before operation {}",
-                self.ops
-            )));
+            return Err(io::Error::other(format!("simulated crash before operation {}", self.ops)));
         }
         match kind {
             OpKind::Write => {
                 self.writes += 1;
                 if self.fail_write == Some(self.writes) {
-                    return Err(io::Error::other(format!(
-                        "injected failure of write {}",
-                        self.writes
-                    )));
+                    return Err(io::Error::other(format!("injected failure of write {}", self.writes)));
                 }
             }
             OpKind::Sync => {
                 self.syncs += 1;
                 if self.fail_sync == Some(self.syncs) {
-                    return Err(io::Error::other(format!(
-                        "injected failure of sync {}",
-                        self.syncs
-                    )));
+                    return Err(io::Error::other(format!("injected failure of sync {}", self.syncs)));
                 }
             }
             OpKind::Meta => {}
@@ -139,9 +126,7 @@ impl State {
     }
 
     fn inode(&mut self, ino: u64) -> io::Result<&mut Inode> {
-        self.inodes
-            .get_mut(&ino)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "stale file handle"))
+        self.inodes.get_mut(&ino).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "stale file handle"))
     }
 }
 
@@ -212,6 +197,16 @@ impl SimFs {
     pub fn has_crashed(&self) -> bool {
         self.state.lock().crashed
     }
+    /// Create a directory (and its parents) regardless of faults.
+    pub fn create_dir_all_for_test(&self, dir: &Path) {
+        let mut st = self.state.lock();
+        let mut p = Some(dir);
+        while let Some(d) = p {
+            st.dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+
     /// Make `dir` refuse creating, renaming and removing entries.
     pub fn set_read_only(&self, dir: &Path, read_only: bool) {
         let mut st = self.state.lock();
@@ -261,14 +256,7 @@ impl SimFs {
                     d
                 }
             };
-            inodes.insert(
-                ino,
-                Inode {
-                    synced: data.clone(),
-                    data,
-                    pending: Vec::new(),
-                },
-            );
+            inodes.insert(ino, Inode { synced: data.clone(), data, pending: Vec::new() });
         }
         st.inodes = inodes;
         st.names = names.clone();
@@ -362,10 +350,7 @@ impl FsFile for SimFile {
         st.begin_op(OpKind::Write)?;
         let ino = st.inode(self.ino)?;
         apply_write(&mut ino.data, offset, buf);
-        ino.pending.push(Pending::Write {
-            off: offset,
-            bytes: buf.to_vec(),
-        });
+        ino.pending.push(Pending::Write { off: offset, bytes: buf.to_vec() });
         Ok(())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -430,10 +415,7 @@ impl FileSystem for SimFs {
         let st = self.state.lock();
         st.check_alive()?;
         if !st.dirs.contains(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} not found", path.display()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display())));
         }
         let mut out: Vec<String> = st
             .names
@@ -450,29 +432,20 @@ impl FileSystem for SimFs {
         let ino = *st.names.get(path).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
         })?;
-        Ok(Box::new(SimFile {
-            state: self.state.clone(),
-            ino,
-        }))
+        Ok(Box::new(SimFile { state: self.state.clone(), ino }))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         let mut st = self.state.lock();
         st.begin_op(OpKind::Meta)?;
         st.check_writable_dir(path)?;
         if st.names.contains_key(path) || st.dirs.contains(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists", path.display()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
         }
         st.next_ino += 1;
         let ino = st.next_ino;
         st.inodes.insert(ino, Inode::default());
         st.names.insert(path.to_path_buf(), ino);
-        Ok(Box::new(SimFile {
-            state: self.state.clone(),
-            ino,
-        }))
+        Ok(Box::new(SimFile { state: self.state.clone(), ino }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
@@ -489,26 +462,20 @@ impl FileSystem for SimFs {
         let mut st = self.state.lock();
         st.begin_op(OpKind::Meta)?;
         st.check_writable_dir(path)?;
-        st.names.remove(path).map(|_| ()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
-        })
+        st.names
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display())))
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
         st.begin_op(OpKind::Sync)?;
         if !st.dirs.contains(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} not found", path.display()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display())));
         }
         let in_dir = |p: &PathBuf| p.parent() == Some(path);
-        let current: Vec<(PathBuf, u64)> = st
-            .names
-            .iter()
-            .filter(|(p, _)| in_dir(p))
-            .map(|(p, i)| (p.clone(), *i))
-            .collect();
+        let current: Vec<(PathBuf, u64)> =
+            st.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
         st.durable_names.retain(|p, _| !in_dir(p));
         st.durable_names.extend(current);
         Ok(())
