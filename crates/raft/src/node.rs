@@ -232,9 +232,14 @@ impl Raft {
                 )));
             }
         }
+        let mut initial = initial;
         let last_term = initial.entries.last().map(|e| e.term).or(initial.snapshot.as_ref().map(|s| s.term));
-        if last_term.is_some_and(|t| t > initial.hard_state.term) {
-            return Err(ConfigError("the log holds a term above the hard state's term".into()));
+        if let Some(last_term) = last_term.filter(|t| *t > initial.hard_state.term) {
+            // A crash made a Ready's entries durable but not its hard state. The newer term
+            // was never acted on (nothing waiting on that Ready left the node), and no vote
+            // was granted in it, so adopting it without a vote is safe.
+            initial.hard_state.term = last_term;
+            initial.hard_state.voted_for = None;
         }
         let log = RaftLog::restore(initial.snapshot.as_ref(), initial.entries, initial.hard_state.commit);
         let soft = SoftState { role: Role::Follower, leader: None, term: initial.hard_state.term };

@@ -515,3 +515,21 @@ fn follower_forwards_proposals_to_the_leader() {
         assert_eq!(c.applied_data(id), vec!["via-follower"], "node {id}");
     }
 }
+
+#[test]
+fn restart_with_entries_durable_but_hard_state_not_adopts_the_log_term() {
+    use raftkv_raft::{ClusterConfig, Config, Entry, EntryKind, HardState, InitialState, NodeId, Raft};
+    let entries = vec![
+        Entry { term: Term(1), index: LogIndex(1), kind: EntryKind::Noop, data: bytes::Bytes::new() },
+        Entry { term: Term(3), index: LogIndex(2), kind: EntryKind::Noop, data: bytes::Bytes::new() },
+    ];
+    let initial = InitialState {
+        hard_state: HardState { term: Term(2), voted_for: Some(NodeId(2)), commit: LogIndex(1) },
+        config: ClusterConfig::new([NodeId(1), NodeId(2), NodeId(3)]),
+        snapshot: None,
+        entries,
+    };
+    let raft = Raft::new(Config::new(NodeId(1)), initial).expect("recoverable");
+    assert_eq!(raft.term(), Term(3));
+    assert_eq!(raft.voted_for(), None);
+}

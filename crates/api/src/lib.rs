@@ -1,0 +1,36 @@
+//! raftkv's wire contract.
+//!
+//! * [`etcdserverpb`] and [`mvccpb`]: the etcd v3 compatible client API (the
+//!   `KV`, `Watch`, `Lease`, `Cluster` and `Maintenance` services and their
+//!   messages). Names, field numbers and enum values are those etcd v3 clients
+//!   use, so `etcdctl` and etcd client libraries work against raftkv.
+//! * [`raftkvpb`]: the commands replicated through the Raft log
+//!   ([`Command`] = [`raftkvpb::InternalRequest`]).
+//!
+//! All protobuf `bytes` fields are [`bytes::Bytes`].
+
+pub use bytes;
+pub use prost;
+pub use tonic;
+
+/// The key-value record and change events (`mvccpb` package).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+}
+
+/// The etcd v3 client API (`etcdserverpb` package).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+/// raftkv's replicated command format (`raftkvpb` package).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod raftkvpb {
+    include!(concat!(env!("OUT_DIR"), "/raftkvpb.rs"));
+}
+
+mod command;
+
+pub use command::{Command, CommandDecodeError, Request};

@@ -1,0 +1,31 @@
+//! raftkv's key-value state machine: an in-memory multi-version store with
+//! etcd v3 semantics (revisions, versions, tombstones, ranges at past
+//! revisions, transactions, compaction).
+//!
+//! It is pure and deterministic: no I/O (except the caller's snapshot
+//! streams), no clock, no threads, only ordered maps. Writes arrive as
+//! replicated [`Command`]s through [`KvStore::apply`]; reads use
+//! [`KvStore::range`] and [`KvStore::txn_read_only`] on `&self`.
+//!
+//! Response headers carry only `revision`; the server fills `cluster_id`,
+//! `member_id` and `raft_term`.
+
+mod error;
+mod snapshot;
+mod store;
+mod validate;
+
+pub use error::KvError;
+pub use raftkv_api::{Command, Request};
+pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KvConfig, KvStore, LeasePolicy};
+pub use validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
+
+impl KvStore {
+    /// Decodes a log entry ([`Command::encode_to_bytes`]) and applies it;
+    /// returns the command id with the result.
+    pub fn apply_encoded(&mut self, entry: impl bytes::Buf) -> Result<(u64, ApplyResult), KvError> {
+        let cmd = Command::decode_from(entry)?;
+        let id = cmd.id;
+        self.apply(cmd).map(|r| (id, r))
+    }
+}

@@ -1,0 +1,691 @@
+//! The MVCC store: every key keeps its history of versions; reads can look at
+//! any retained revision.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use raftkv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use raftkv_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use raftkv_api::etcdserverpb::request_op::Request as Op;
+use raftkv_api::etcdserverpb::response_op::Response as OpResp;
+use raftkv_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use raftkv_api::mvccpb::KeyValue;
+use raftkv_api::{Command, Request};
+
+use crate::KvError;
+use crate::validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
+
+/// etcd's default limit on operations per transaction.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+/// What a put with a non-zero `lease` does. raftkv has no lease manager yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LeasePolicy {
+    /// Fail with [`KvError::LeaseNotFound`], as etcd does for a lease that
+    /// was never granted.
+    #[default]
+    Reject,
+    /// Accept the put and store lease 0 (the key never expires).
+    Ignore,
+}
+
+/// Tunables. Every replica must use the same configuration: it changes
+/// which commands fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvConfig {
+    /// Maximum compares or operations per transaction branch (etcd's
+    /// `--max-txn-ops`, default 128).
+    pub max_txn_ops: usize,
+    /// Handling of the `lease` field of puts.
+    pub lease_policy: LeasePolicy,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { max_txn_ops: DEFAULT_MAX_TXN_OPS, lease_policy: LeasePolicy::Reject }
+    }
+}
+
+/// One version of a key. A tombstone (deletion) has `version == 0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Revision of this write (its mod revision).
+    pub main: i64,
+    /// Position of this write within its revision's transaction.
+    pub sub: i64,
+    pub create: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Bytes,
+}
+
+impl Entry {
+    fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    fn to_kv(&self, key: &Bytes, keys_only: bool) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: self.create,
+            mod_revision: self.main,
+            version: self.version,
+            value: if keys_only { Bytes::new() } else { self.value.clone() },
+            lease: self.lease,
+        }
+    }
+}
+
+/// All retained versions of one key, oldest first, ordered by (main, sub).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyHistory {
+    pub entries: Vec<Entry>,
+}
+
+impl KeyHistory {
+    /// The live version at revision `rev`, if the key existed then.
+    #[inline]
+    fn at(&self, rev: i64) -> Option<&Entry> {
+        let e = match self.entries.last() {
+            Some(e) if e.main <= rev => e,
+            _ => {
+                let i = self.entries.partition_point(|e| e.main <= rev);
+                self.entries.get(i.checked_sub(1)?)?
+            }
+        };
+        if e.is_tombstone() { None } else { Some(e) }
+    }
+}
+
+/// The result of applying one [`Command`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplyResult {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+impl ApplyResult {
+    /// The store revision reported in the response header.
+    pub fn revision(&self) -> i64 {
+        let h = match self {
+            ApplyResult::Range(r) => &r.header,
+            ApplyResult::Put(r) => &r.header,
+            ApplyResult::DeleteRange(r) => &r.header,
+            ApplyResult::Txn(r) => &r.header,
+            ApplyResult::Compaction(r) => &r.header,
+        };
+        h.as_ref().map_or(0, |h| h.revision)
+    }
+}
+
+/// The replicated key-value state machine with etcd v3 MVCC semantics.
+///
+/// Deterministic: applying the same commands in the same order gives the same
+/// state (and [`KvStore::digest`]) on every replica.
+#[derive(Clone, Debug)]
+pub struct KvStore {
+    pub(crate) map: BTreeMap<Bytes, KeyHistory>,
+    /// Current revision: 1 for an empty store, +1 per write that changed something.
+    pub(crate) rev: i64,
+    /// Revisions below this were discarded; -1 before the first compaction.
+    pub(crate) compacted: i64,
+    pub(crate) config: KvConfig,
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The in-progress write transaction: all its writes share revision
+/// `begin + 1` with increasing sub-revisions.
+struct WriteCtx {
+    begin: i64,
+    changes: i64,
+}
+
+impl WriteCtx {
+    /// Revision reads inside the transaction see: including its own writes.
+    fn read_rev(&self) -> i64 {
+        if self.changes > 0 { self.begin + 1 } else { self.begin }
+    }
+    fn write_rev(&self) -> i64 {
+        self.begin + 1
+    }
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader { revision, ..Default::default() })
+}
+
+/// `range_end == "\0"` means "every key >= key".
+fn is_from_key(end: &[u8]) -> bool {
+    end == [0]
+}
+
+/// Map bounds for a key range, or `None` when the range is empty.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn key_bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
+    if end.is_empty() {
+        Some((Bound::Included(key), Bound::Included(key)))
+    } else if is_from_key(end) {
+        Some((Bound::Included(key), Bound::Unbounded))
+    } else if key < end {
+        Some((Bound::Included(key), Bound::Excluded(end)))
+    } else {
+        None
+    }
+}
+
+impl KvStore {
+    /// An empty store (revision 1) with the default configuration.
+    pub fn new() -> Self {
+        Self::with_config(KvConfig::default())
+    }
+
+    /// An empty store (revision 1).
+    pub fn with_config(config: KvConfig) -> Self {
+        KvStore { map: BTreeMap::new(), rev: 1, compacted: -1, config }
+    }
+
+    pub fn config(&self) -> &KvConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration (e.g. after [`KvStore::restore`]).
+    pub fn set_config(&mut self, config: KvConfig) {
+        self.config = config;
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// The latest compaction revision, or -1 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Number of keys that currently exist.
+    pub fn live_keys(&self) -> usize {
+        let rev = self.rev;
+        self.map.values().filter(|h| h.at(rev).is_some()).count()
+    }
+
+    /// Number of retained versions (including tombstones) of all keys.
+    pub fn retained_versions(&self) -> usize {
+        self.map.values().map(|h| h.entries.len()).sum()
+    }
+
+    // ------------------------------------------------------------ apply
+
+    /// Applies a replicated command.
+    pub fn apply(&mut self, cmd: Command) -> Result<ApplyResult, KvError> {
+        match cmd.request {
+            Some(req) => self.apply_request(req),
+            None => Err(KvError::InvalidCommand("raftkv: no request in command".into())),
+        }
+    }
+
+    /// Applies the operation of a command.
+    pub fn apply_request(&mut self, req: Request) -> Result<ApplyResult, KvError> {
+        match req {
+            Request::Range(r) => self.range(&r).map(ApplyResult::Range),
+            Request::Put(r) => self.put(r).map(ApplyResult::Put),
+            Request::DeleteRange(r) => self.delete_range(&r).map(ApplyResult::DeleteRange),
+            Request::Txn(r) => self.txn(&r).map(ApplyResult::Txn),
+            Request::Compaction(r) => self.compact(&r).map(ApplyResult::Compaction),
+        }
+    }
+
+    fn commit(&mut self, ctx: &WriteCtx) -> i64 {
+        if ctx.changes > 0 {
+            self.rev = ctx.write_rev();
+        }
+        self.rev
+    }
+
+    /// Puts a key (a write; normally reached through [`KvStore::apply`]).
+    pub fn put(&mut self, req: PutRequest) -> Result<PutResponse, KvError> {
+        validate_put(&req)?;
+        self.check_lease(req.lease)?;
+        if (req.ignore_value || req.ignore_lease) && self.visible(&req.key, self.rev).is_none() {
+            return Err(KvError::KeyNotFound);
+        }
+        let mut ctx = WriteCtx { begin: self.rev, changes: 0 };
+        let resp = self.do_put(&mut ctx, req);
+        self.commit(&ctx);
+        Ok(resp)
+    }
+
+    /// Deletes a key or range (a write; normally reached through [`KvStore::apply`]).
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
+        validate_delete_range(req)?;
+        let mut ctx = WriteCtx { begin: self.rev, changes: 0 };
+        let resp = self.do_delete(&mut ctx, req);
+        self.commit(&ctx);
+        Ok(resp)
+    }
+
+    /// Runs a transaction (normally reached through [`KvStore::apply`]).
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
+        validate_txn(req, self.config.max_txn_ops)?;
+        let begin = self.rev;
+        let mut path = Vec::new();
+        self.compare_path(req, begin, &mut path);
+        if !is_txn_read_only(req) {
+            self.check_path(req, &path, &mut 0, &|s, op| s.check_put_op(op))?;
+        }
+        self.check_path(req, &path, &mut 0, &|s, op| s.check_range_op(op))?;
+        let mut ctx = WriteCtx { begin, changes: 0 };
+        let mut resp = self.apply_txn(&mut ctx, req, &path, &mut 0);
+        let rev = self.commit(&ctx);
+        resp.header = header(rev);
+        Ok(resp)
+    }
+
+    /// Evaluates a transaction without changing the store. Only for
+    /// transactions whose operations are all ranges ([`crate::is_txn_read_only`]);
+    /// others are rejected with [`KvError::InvalidCommand`].
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
+        validate_txn(req, self.config.max_txn_ops)?;
+        if !is_txn_read_only(req) {
+            return Err(KvError::InvalidCommand("raftkv: txn with writes evaluated read-only".into()));
+        }
+        let mut path = Vec::new();
+        self.compare_path(req, self.rev, &mut path);
+        self.check_path(req, &path, &mut 0, &|s, op| s.check_range_op(op))?;
+        let succeeded = path.first().copied().unwrap_or(true);
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(Op::RequestRange(r)) => Some(OpResp::ResponseRange(self.do_range(r, self.rev)?)),
+                _ => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        Ok(TxnResponse { header: header(self.rev), succeeded, responses })
+    }
+
+    /// Compacts the history: revisions below `req.revision` can no longer be
+    /// read; for each key only the version visible at that revision (if live)
+    /// and newer versions are kept.
+    pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, KvError> {
+        let rev = req.revision;
+        if rev <= self.compacted {
+            return Err(KvError::Compacted);
+        }
+        if rev > self.rev {
+            return Err(KvError::FutureRev);
+        }
+        self.compacted = rev;
+        self.map.retain(|_, h| {
+            let i = h.entries.partition_point(|e| e.main <= rev);
+            if i > 0 {
+                let keep_from = if h.entries[i - 1].is_tombstone() { i } else { i - 1 };
+                if keep_from > 0 {
+                    h.entries.drain(..keep_from);
+                    if h.entries.capacity() > 2 * h.entries.len() + 4 {
+                        h.entries.shrink_to_fit();
+                    }
+                }
+            }
+            !h.entries.is_empty()
+        });
+        Ok(CompactionResponse { header: header(self.rev) })
+    }
+
+    // ------------------------------------------------------------ reads
+
+    /// Serves a range read at the current (or the requested past) revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        validate_range(req)?;
+        self.do_range(req, self.rev)
+    }
+
+    fn visible(&self, key: &[u8], rev: i64) -> Option<&Entry> {
+        self.map.get(key)?.at(rev)
+    }
+
+    fn do_range(&self, req: &RangeRequest, cur: i64) -> Result<RangeResponse, KvError> {
+        let mut rev = req.revision;
+        if rev > cur {
+            return Err(KvError::FutureRev);
+        }
+        if rev <= 0 {
+            rev = cur;
+        }
+        if rev < self.compacted {
+            return Err(KvError::Compacted);
+        }
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // Like etcd: sorting or filtering reads everything, then truncates;
+        // otherwise read one extra entry to know whether there are more.
+        let mut fetch = req.limit;
+        if req.sort_order != SortOrder::None as i32 || filtered {
+            fetch = 0;
+        }
+        if fetch > 0 {
+            fetch = fetch.saturating_add(1);
+        }
+        let fetch = if fetch > 0 { usize::try_from(fetch).unwrap_or(usize::MAX) } else { usize::MAX };
+
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut count: i64 = 0;
+        if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
+            if req.range_end.is_empty() {
+                // Point read: skip the range iterator.
+                if let Some((k, e)) =
+                    self.map.get_key_value(&req.key[..]).and_then(|(k, h)| Some((k, h.at(rev)?)))
+                {
+                    count = 1;
+                    if !req.count_only {
+                        kvs.push(e.to_kv(k, req.keys_only));
+                    }
+                }
+            } else {
+                for (k, h) in self.map.range::<[u8], _>(bounds) {
+                    if let Some(e) = h.at(rev) {
+                        count += 1;
+                        if !req.count_only && kvs.len() < fetch {
+                            kvs.push(e.to_kv(k, req.keys_only));
+                        }
+                    }
+                }
+            }
+        }
+
+        if filtered {
+            kvs.retain(|kv| {
+                !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
+                    || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
+                    || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
+                    || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
+            });
+        }
+
+        sort_kvs(&mut kvs, req.sort_order, req.sort_target);
+
+        let mut more = false;
+        if req.limit > 0 {
+            let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+            if kvs.len() > limit {
+                kvs.truncate(limit);
+                more = true;
+            }
+        }
+        Ok(RangeResponse { header: header(cur), kvs, more, count })
+    }
+
+    // ------------------------------------------------------------ writes
+
+    fn check_lease(&self, lease: i64) -> Result<(), KvError> {
+        if lease != 0 && self.config.lease_policy == LeasePolicy::Reject {
+            return Err(KvError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn do_put(&mut self, ctx: &mut WriteCtx, req: PutRequest) -> PutResponse {
+        let read = ctx.read_rev();
+        let rev = ctx.write_rev();
+        let sub = ctx.changes;
+        ctx.changes += 1;
+        let PutRequest { key, value, prev_kv, ignore_value, ignore_lease, .. } = req;
+        // Leases are not stored (see LeasePolicy): every key has lease 0.
+        let _ = ignore_lease;
+        let mut resp = PutResponse { header: header(rev), prev_kv: None };
+        match self.map.get_mut(&key[..]) {
+            Some(h) => {
+                let (create, version, value) = match h.at(read) {
+                    Some(p) => {
+                        if prev_kv {
+                            resp.prev_kv = Some(p.to_kv(&key, false));
+                        }
+                        let value = if ignore_value { p.value.clone() } else { value };
+                        (p.create, p.version + 1, value)
+                    }
+                    // Unreachable after the checks when ignore_value is set.
+                    None => (rev, 1, if ignore_value { Bytes::new() } else { value }),
+                };
+                h.entries.push(Entry { main: rev, sub, create, version, lease: 0, value });
+            }
+            None => {
+                let value = if ignore_value { Bytes::new() } else { value };
+                let entry = Entry { main: rev, sub, create: rev, version: 1, lease: 0, value };
+                self.map.insert(key, KeyHistory { entries: vec![entry] });
+            }
+        }
+        resp
+    }
+
+    fn do_delete(&mut self, ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let read = ctx.read_rev();
+        let rev = ctx.write_rev();
+        let mut deleted = 0i64;
+        let mut prev_kvs = Vec::new();
+        if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
+            for (k, h) in self.map.range_mut::<[u8], _>(bounds) {
+                let Some(p) = h.at(read) else { continue };
+                if req.prev_kv {
+                    prev_kvs.push(p.to_kv(k, false));
+                }
+                deleted += 1;
+                h.entries.push(Entry {
+                    main: rev,
+                    sub: ctx.changes,
+                    create: 0,
+                    version: 0,
+                    lease: 0,
+                    value: Bytes::new(),
+                });
+                ctx.changes += 1;
+            }
+        }
+        let revision = if ctx.changes > 0 { rev } else { ctx.begin };
+        DeleteRangeResponse { header: header(revision), deleted, prev_kvs }
+    }
+
+    // ------------------------------------------------------------ txn
+
+    /// Evaluates the compares of `req` and of the nested transactions on the
+    /// taken branches, all against revision `rev` (the state before the
+    /// transaction), in pre-order.
+    fn compare_path(&self, req: &TxnRequest, rev: i64, path: &mut Vec<bool>) {
+        let ok = req.compare.iter().all(|c| self.eval_compare(c, rev));
+        path.push(ok);
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            if let Some(Op::RequestTxn(t)) = &op.request {
+                self.compare_path(t, rev, path);
+            }
+        }
+    }
+
+    fn eval_compare(&self, c: &Compare, rev: i64) -> bool {
+        let end: &[u8] = &c.range_end;
+        let Some(bounds) = key_bounds(&c.key, end) else {
+            return self.compare_missing(c);
+        };
+        let mut any = false;
+        for (_, h) in self.map.range::<[u8], _>(bounds) {
+            if let Some(e) = h.at(rev) {
+                any = true;
+                if !compare_entry(c, e.create, e.main, e.version, e.lease, &e.value) {
+                    return false;
+                }
+            }
+        }
+        any || self.compare_missing(c)
+    }
+
+    /// Compare against a key that does not exist: a value compare always
+    /// fails; others compare against zero.
+    fn compare_missing(&self, c: &Compare) -> bool {
+        if c.target == CompareTarget::Value as i32 {
+            return false;
+        }
+        compare_entry(c, 0, 0, 0, 0, &[])
+    }
+
+    /// Walks the operations of the taken branches (pre-order, like
+    /// `compare_path`) running `check` on each non-txn operation.
+    fn check_path(
+        &self,
+        req: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+        check: &dyn Fn(&Self, &RequestOp) -> Result<(), KvError>,
+    ) -> Result<(), KvError> {
+        let ok = path.get(*pos).copied().unwrap_or(false);
+        *pos += 1;
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            match &op.request {
+                Some(Op::RequestTxn(t)) => self.check_path(t, path, pos, check)?,
+                _ => check(self, op)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn check_put_op(&self, op: &RequestOp) -> Result<(), KvError> {
+        let Some(Op::RequestPut(p)) = &op.request else { return Ok(()) };
+        if (p.ignore_value || p.ignore_lease) && self.visible(&p.key, self.rev).is_none() {
+            return Err(KvError::KeyNotFound);
+        }
+        self.check_lease(p.lease)
+    }
+
+    fn check_range_op(&self, op: &RequestOp) -> Result<(), KvError> {
+        let Some(Op::RequestRange(r)) = &op.request else { return Ok(()) };
+        if r.revision == 0 {
+            Ok(())
+        } else if r.revision > self.rev {
+            Err(KvError::FutureRev)
+        } else if r.revision < self.compacted {
+            Err(KvError::Compacted)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn apply_txn(
+        &mut self,
+        ctx: &mut WriteCtx,
+        req: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> TxnResponse {
+        let succeeded = path.get(*pos).copied().unwrap_or(false);
+        *pos += 1;
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(Op::RequestRange(r)) => {
+                    // Checked beforehand; an error cannot happen here.
+                    let rr = self.do_range(r, ctx.read_rev()).unwrap_or_default();
+                    Some(OpResp::ResponseRange(rr))
+                }
+                Some(Op::RequestPut(p)) => Some(OpResp::ResponsePut(self.do_put(ctx, p.clone()))),
+                Some(Op::RequestDeleteRange(d)) => Some(OpResp::ResponseDeleteRange(self.do_delete(ctx, d))),
+                Some(Op::RequestTxn(t)) => {
+                    // Like etcd, a nested response header carries no revision.
+                    let mut r = self.apply_txn(ctx, t, path, pos);
+                    r.header = Some(ResponseHeader::default());
+                    Some(OpResp::ResponseTxn(r))
+                }
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        TxnResponse { header: None, succeeded, responses }
+    }
+}
+
+fn compare_entry(c: &Compare, create: i64, modr: i64, version: i64, lease: i64, value: &[u8]) -> bool {
+    let tu = c.target_union.as_ref();
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let want: &[u8] = match tu {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            value.cmp(want)
+        }
+        Ok(CompareTarget::Create) => create.cmp(&match tu {
+            Some(TargetUnion::CreateRevision(v)) => *v,
+            _ => 0,
+        }),
+        Ok(CompareTarget::Mod) => modr.cmp(&match tu {
+            Some(TargetUnion::ModRevision(v)) => *v,
+            _ => 0,
+        }),
+        Ok(CompareTarget::Version) => version.cmp(&match tu {
+            Some(TargetUnion::Version(v)) => *v,
+            _ => 0,
+        }),
+        Ok(CompareTarget::Lease) => lease.cmp(&match tu {
+            Some(TargetUnion::Lease(v)) => *v,
+            _ => 0,
+        }),
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+/// Sorts like etcd: results are in key order already; with order NONE and a
+/// target other than KEY the order is ascending. Sorting is stable, so ties
+/// stay in key order (for either direction).
+fn sort_kvs(kvs: &mut [KeyValue], order: i32, target: i32) {
+    // Unknown enum values: no sorting.
+    let Ok(target) = SortTarget::try_from(target) else { return };
+    let Ok(mut order) = SortOrder::try_from(order) else { return };
+    if target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    }
+    let cmp: fn(&KeyValue, &KeyValue) -> Ordering = match target {
+        SortTarget::Key => |a, b| a.key.cmp(&b.key),
+        SortTarget::Version => |a, b| a.version.cmp(&b.version),
+        SortTarget::Create => |a, b| a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => |a, b| a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => |a, b| a.value.cmp(&b.value),
+    };
+    match order {
+        SortOrder::None => {}
+        SortOrder::Ascend => {
+            if target != SortTarget::Key {
+                kvs.sort_by(cmp);
+            }
+        }
+        SortOrder::Descend => {
+            if target == SortTarget::Key {
+                kvs.reverse();
+            } else {
+                kvs.sort_by(|a, b| cmp(b, a));
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Swarm testing: each seed draws its own cluster size, fault mix and rates, so a sweep of
+//! seeds covers quiet networks, lossy ones, crash storms and partitions in many combinations.
+
+use crate::rng::Rng;
+
+/// Microseconds of virtual time.
+pub const MS: u64 = 1_000;
+/// One second of virtual time.
+pub const SEC: u64 = 1_000_000;
+/// The tick interval every node is driven at.
+pub const TICK_US: u64 = 10 * MS;
+
+/// A family of fault mixes to draw a seed's parameters from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// The default swarm: every fault kind on or off at random, rates drawn per seed.
+    #[default]
+    Mixed,
+    /// Frequent leader changes with partial replication: three nodes, slow disks, a crash
+    /// every few hundred milliseconds (often in the middle of a persist, any number of nodes
+    /// down at once), entries trickling out one or a few per message, no CheckQuorum lease.
+    /// Raises the odds of Figure-8-like histories (Raft §5.4.2) and of votes lost in a crash.
+    LeaderChurn,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Profile, String> {
+        match s {
+            "mixed" => Ok(Profile::Mixed),
+            "leader-churn" => Ok(Profile::LeaderChurn),
+            _ => Err(format!("unknown profile {s:?} (expected mixed or leader-churn)")),
+        }
+    }
+}
+
+/// Everything a seed decides about its run before it starts.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub nodes: usize,
+    pub clients: usize,
+    /// Pause between a client's commands.
+    pub client_think_us: (u64, u64),
+    /// Give up on an outstanding command (outcome unknown) after this long.
+    pub client_timeout_us: u64,
+
+    /// One-way message delay, uniform in this range (reordering comes from the spread).
+    pub delay_us: (u64, u64),
+    /// Chance that a message is delayed by up to `long_delay_us` more (very stale deliveries).
+    pub long_delay_ppm: u64,
+    pub long_delay_us: u64,
+    pub loss_ppm: u64,
+    pub duplicate_ppm: u64,
+
+    /// Latency of one persist job (write + sync); jobs of a node complete in order.
+    pub disk_us: (u64, u64),
+
+    /// Mean time between crashes (0: no crashes), and how long a crashed node stays down.
+    pub crash_mean_us: u64,
+    pub downtime_us: (u64, u64),
+    /// At most this many nodes down at once.
+    pub max_down: usize,
+    /// Chance, per persist job, of a crash before that job completes.
+    pub crash_in_persist_ppm: u64,
+    /// On a crash, complete a random prefix of the pending persist jobs first (the disk wrote
+    /// some of the unsynced data) instead of losing them all.
+    pub crash_keeps_prefix: bool,
+
+    /// Mean time between partitions (0: none), and how long one lasts.
+    pub partition_mean_us: u64,
+    pub partition_us: (u64, u64),
+    pub split_partitions: bool,
+    pub isolate_leader: bool,
+    pub asymmetric_partitions: bool,
+
+    /// Mean time between snapshot attempts per node (0: never), the entries applied since the
+    /// last snapshot that make one worth taking, and how many log entries to keep behind it.
+    pub snapshot_mean_us: u64,
+    pub snapshot_min_gap: u64,
+    pub snapshot_keep_tail: u64,
+
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub inflight_messages_max: usize,
+    pub append_bytes_max: u64,
+
+    /// Length of the fault phase; the liveness phase follows.
+    pub fault_phase_us: u64,
+    /// The run lasts at least this long in total.
+    pub min_run_us: u64,
+    /// After healing, a fresh command must commit within this long.
+    pub liveness_deadline_us: u64,
+    /// A run that needs more events than this is stopped and reported: some pathology (a
+    /// message storm) would otherwise stall the sweep.
+    pub max_events: u64,
+}
+
+impl Params {
+    /// Draws a seed's parameters.
+    pub fn draw(seed: u64, profile: Profile) -> Params {
+        let mut r = Rng::new(seed ^ 0xA076_1D64_78BD_642F);
+        match profile {
+            Profile::Mixed => Params::mixed(&mut r),
+            Profile::LeaderChurn => Params::leader_churn(&mut r),
+        }
+    }
+
+    fn mixed(r: &mut Rng) -> Params {
+        let nodes = r.pick(&[3, 3, 3, 5, 5, 7]);
+        let delay_lo = r.between(100, 3 * MS);
+        let delay_hi = delay_lo + r.pick(&[MS, 5 * MS, 15 * MS, 30 * MS]);
+        let disk_lo = r.between(50, 2 * MS);
+        let disk_hi = disk_lo + r.pick(&[500, 3 * MS, 10 * MS, 25 * MS]);
+        let crashes = r.chance(600_000);
+        let partitions = r.chance(600_000);
+        let snapshots = r.chance(700_000);
+        let minority = (nodes - 1) / 2;
+        let mut p = Params {
+            nodes,
+            clients: r.between(1, 4) as usize,
+            client_think_us: (0, r.pick(&[MS, 10 * MS, 50 * MS])),
+            client_timeout_us: SEC,
+            delay_us: (delay_lo, delay_hi),
+            long_delay_ppm: r.pick(&[0, 0, 5_000, 30_000]),
+            long_delay_us: r.pick(&[50 * MS, 200 * MS, 600 * MS]),
+            loss_ppm: r.pick(&[0, 0, 10_000, 50_000, 150_000, 300_000]),
+            duplicate_ppm: r.pick(&[0, 0, 20_000, 100_000]),
+            disk_us: (disk_lo, disk_hi),
+            crash_mean_us: if crashes { r.pick(&[300 * MS, SEC, 3 * SEC]) } else { 0 },
+            downtime_us: (10 * MS, r.pick(&[100 * MS, 500 * MS, 2 * SEC])),
+            max_down: if r.chance(200_000) { nodes } else { minority.max(1) },
+            crash_in_persist_ppm: if crashes { r.pick(&[0, 5_000, 30_000]) } else { 0 },
+            crash_keeps_prefix: r.chance(500_000),
+            partition_mean_us: if partitions { r.pick(&[200 * MS, SEC, 2 * SEC]) } else { 0 },
+            partition_us: (50 * MS, r.pick(&[300 * MS, SEC, 3 * SEC])),
+            split_partitions: r.chance(700_000),
+            isolate_leader: r.chance(700_000),
+            asymmetric_partitions: r.chance(500_000),
+            snapshot_mean_us: if snapshots { r.pick(&[50 * MS, 300 * MS, SEC]) } else { 0 },
+            snapshot_min_gap: r.pick(&[1, 10, 100]),
+            snapshot_keep_tail: r.pick(&[0, 0, 5, 50]),
+            pre_vote: r.chance(800_000),
+            check_quorum: r.chance(800_000),
+            // Small appends with a deep pipeline on a reordering network make the leader
+            // re-stream its whole window after each out-of-order rejection (O(lag x window)
+            // messages): correct but slow, so deep windows go with large appends only.
+            inflight_messages_max: 0,
+            append_bytes_max: r.pick(&[1, 256, 1 << 20]),
+            fault_phase_us: r.between(7 * SEC, 8 * SEC),
+            min_run_us: 10 * SEC,
+            liveness_deadline_us: 5 * SEC,
+            max_events: 2_000_000,
+        };
+        p.inflight_messages_max =
+            if p.append_bytes_max >= 1 << 20 { r.pick(&[1, 4, 16, 256]) } else { r.pick(&[1, 4, 16]) };
+        p
+    }
+
+    fn leader_churn(r: &mut Rng) -> Params {
+        let mut p = Params::mixed(r);
+        p.nodes = 3;
+        p.max_down = p.nodes;
+        p.clients = r.between(2, 4) as usize;
+        p.client_think_us = (0, MS);
+        p.delay_us = (r.between(100, MS), r.between(2 * MS, 10 * MS));
+        p.disk_us = (r.between(MS, 5 * MS), r.between(10 * MS, 40 * MS));
+        p.crash_mean_us = r.pick(&[100 * MS, 200 * MS, 400 * MS]);
+        p.downtime_us = (5 * MS, r.pick(&[50 * MS, 200 * MS]));
+        p.crash_in_persist_ppm = r.pick(&[150_000, 300_000]);
+        p.crash_keeps_prefix = r.chance(500_000);
+        // Partitions mostly stop elections here; crashes do the churning.
+        p.partition_mean_us = 0;
+        p.check_quorum = false;
+        // Entries trickle to followers one or a few at a time, so a new leader's quorum often
+        // holds an old term's entry before it holds the leader's no-op.
+        p.append_bytes_max = r.pick(&[1, 256]);
+        p.inflight_messages_max = r.pick(&[1, 4]);
+        p
+    }
+}

@@ -1,0 +1,1176 @@
+//! One simulated cluster: nodes (a Raft core, a disk model, a state machine), a network,
+//! clients and a fault schedule, all driven by one seed in virtual time.
+//!
+//! Each node is driven exactly as a real driver must drive the core (see the ordering
+//! contract in `raftkv_raft`): after every input, `while has_ready() { ready() }`, sending
+//! `messages` at once, queueing `snapshot`/`entries`/`hard_state` as one persist job that
+//! completes after a disk latency (jobs complete in order), releasing
+//! `messages_after_persist` and calling `persisted` only when the job is durable, and applying
+//! `committed_entries` in order. A crash drops the core, its volatile state and every job not
+//! yet complete; a restart builds a new core from the durable state alone.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raftkv_raft::{
+    ClusterConfig, Config, Entry, HardState, InitialState, LogIndex, Message, MessageBody, NodeId,
+    PlantedBug, ProposeError, Raft, Role, SnapshotMeta, Term,
+};
+
+use crate::check::{Checker, Mirror, Violation, attempt_of, entry_hash};
+use crate::params::{MS, Params, Profile, TICK_US};
+use crate::rng::{Rng, chain, mix64};
+use crate::trace::{Trace, TraceEvent};
+
+/// How to run one seed.
+#[derive(Clone, Debug, Default)]
+pub struct SimOptions {
+    pub profile: Profile,
+    /// Keep every trace line (slower); the trace hash is computed either way.
+    pub trace: bool,
+    /// A known bug to plant in every core. Takes effect only when this crate is built with
+    /// the `planted-bugs` feature.
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Counters of one run, for the summary line.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub events: u64,
+    pub messages_delivered: u64,
+    pub messages_dropped: u64,
+    pub proposals: u64,
+    pub acknowledged: u64,
+    pub lost: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub elections_won: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    pub max_commit: u64,
+}
+
+/// The result of one seed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub params: Params,
+    pub violation: Option<Violation>,
+    /// The panic message, when the violation is a core panic.
+    pub panic: Option<String>,
+    pub trace_hash: u64,
+    pub virtual_us: u64,
+    pub stats: Stats,
+    /// Every event, when tracing was on.
+    pub trace: Vec<String>,
+}
+
+/// The state machine: a digest over the applied commands, in order.
+#[derive(Clone, Debug, Default)]
+struct StateMachine {
+    applied: u64,
+    digest: u64,
+    commands: u64,
+}
+
+/// A snapshot as stored on a disk and shipped by InstallSnapshot: the core's metadata plus the
+/// state machine at that index and the log's chain hash there (for the Log Matching mirror).
+#[derive(Debug)]
+struct SnapData {
+    meta: SnapshotMeta,
+    sm: StateMachine,
+    chain: u64,
+}
+
+/// What survives a crash.
+#[derive(Default)]
+struct Durable {
+    hard_state: HardState,
+    snapshot: Option<Arc<SnapData>>,
+    /// Contiguous entries; may start at or before the snapshot (a kept tail).
+    log: Vec<Entry>,
+}
+
+impl Durable {
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.meta.index.0)
+    }
+}
+
+/// One Ready's worth of writes, made durable together (one write + sync).
+struct Job {
+    id: u64,
+    snapshot: Option<Arc<SnapData>>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    after: Vec<Message>,
+    target: Option<(LogIndex, Term)>,
+}
+
+/// A running node's volatile state.
+struct Live {
+    raft: Raft,
+    sm: StateMachine,
+    jobs: VecDeque<Job>,
+    disk_free_at: u64,
+    mirror: Mirror,
+    /// Snapshot data received with InstallSnapshot messages, newest last.
+    staged: Vec<Arc<SnapData>>,
+    /// The newest snapshot this node has (taken or installed), to ship to followers.
+    latest_snap: Option<Arc<SnapData>>,
+    /// The term this node was last seen leading in, if it leads now.
+    leader_term: Option<Term>,
+    last_commit: u64,
+}
+
+struct Node {
+    id: NodeId,
+    /// Incarnation: bumped at each crash so timers of a dead incarnation are ignored.
+    inc: u64,
+    durable: Durable,
+    live: Option<Live>,
+}
+
+struct Pending {
+    attempt: u64,
+    node: usize,
+    inc: u64,
+    term: Term,
+    index: u64,
+    deadline: u64,
+    proposed_at: u64,
+}
+
+struct Client {
+    target: usize,
+    counter: u64,
+    pending: Option<Pending>,
+    /// Wake-ups carry a generation; only the latest one counts.
+    generation: u64,
+}
+
+enum Event {
+    Tick { node: usize, inc: u64 },
+    Deliver { msg: Message, snap: Option<Arc<SnapData>>, from_inc: u64 },
+    PersistDone { node: usize, inc: u64, job: u64 },
+    Crash { node: usize, inc: u64 },
+    CrashRandom,
+    Restart { node: usize },
+    ClientWake { client: usize, generation: u64 },
+    PartitionStart,
+    Heal,
+    TakeSnapshot { node: usize, inc: u64 },
+    SnapshotReport { node: usize, inc: u64, to: NodeId, success: bool },
+    LivenessStart,
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    // Reversed: BinaryHeap is a max-heap and the earliest event must come first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Liveness,
+}
+
+/// One simulated cluster.
+pub struct Sim {
+    seed: u64,
+    params: Params,
+    #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
+    options: SimOptions,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    /// Directed links `(from, to)` that drop every message.
+    blocked: BTreeSet<(usize, usize)>,
+    checker: Checker,
+    trace: Trace,
+    phase: Phase,
+    heal_at: Option<u64>,
+    liveness_ok: Option<u64>,
+    next_job: u64,
+    stats: Stats,
+}
+
+fn violation(time_us: u64, kind: &'static str, detail: String) -> Violation {
+    Violation { time_us, kind, detail }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "LEADER",
+    }
+}
+
+impl Sim {
+    pub fn new(seed: u64, options: SimOptions) -> Sim {
+        let params = Params::draw(seed, options.profile);
+        let nodes = (0..params.nodes)
+            .map(|i| Node { id: NodeId(i as u64 + 1), inc: 0, durable: Durable::default(), live: None })
+            .collect();
+        let mut rng = Rng::new(mix64(seed) ^ 0x5851_F42D_4C95_7F2D);
+        let clients = (0..params.clients)
+            .map(|_| Client {
+                target: rng.below(params.nodes as u64) as usize,
+                counter: 0,
+                pending: None,
+                generation: 0,
+            })
+            .collect();
+        Sim {
+            seed,
+            trace: Trace::new(options.trace),
+            params,
+            options,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            clients,
+            blocked: BTreeSet::new(),
+            checker: Checker::default(),
+            phase: Phase::Faults,
+            heal_at: None,
+            liveness_ok: None,
+            next_job: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Runs the seed to the end or to the first violation.
+    pub fn run(mut self) -> Outcome {
+        let mut panic = None;
+        let params = self.params.clone();
+        let violation = match self.start() {
+            Err(v) => Some(v),
+            Ok(()) => self.event_loop(&mut panic),
+        };
+        Outcome {
+            seed: self.seed,
+            violation,
+            panic,
+            trace_hash: self.trace.hash(),
+            virtual_us: self.now,
+            stats: Stats { events: self.trace.events(), ..self.stats.clone() },
+            trace: self.trace.take_lines(),
+            params,
+        }
+    }
+
+    fn start(&mut self) -> Result<(), Violation> {
+        for n in 0..self.nodes.len() {
+            self.start_node(n)?;
+        }
+        for c in 0..self.clients.len() {
+            let at = self.rng.between(0, 50 * MS);
+            self.wake_client(c, at);
+        }
+        if self.params.crash_mean_us > 0 {
+            let at = self.rng.exp(self.params.crash_mean_us);
+            self.schedule(at, Event::CrashRandom);
+        }
+        if self.params.partition_mean_us > 0 {
+            let at = self.rng.exp(self.params.partition_mean_us);
+            self.schedule(at, Event::PartitionStart);
+        }
+        self.schedule(self.params.fault_phase_us, Event::LivenessStart);
+        Ok(())
+    }
+
+    fn event_loop(&mut self, panic: &mut Option<String>) -> Option<Violation> {
+        while let Some(Scheduled { time, event, .. }) = self.queue.pop() {
+            self.now = time;
+            self.checker.now = time;
+            if let Some(heal) = self.heal_at {
+                match self.liveness_ok {
+                    Some(_) if time >= self.params.min_run_us => return None,
+                    None if time > heal + self.params.liveness_deadline_us => {
+                        return Some(violation(
+                            time,
+                            "liveness",
+                            format!(
+                                "no command proposed after the faults stopped (at {} ms) committed within {} ms",
+                                heal / 1000,
+                                self.params.liveness_deadline_us / 1000
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if self.trace.events() > self.params.max_events {
+                return Some(violation(
+                    time,
+                    "event budget",
+                    format!(
+                        "more than {} events by {} ms: a message storm or livelock",
+                        self.params.max_events,
+                        time / 1000
+                    ),
+                ));
+            }
+            crate::quiet_panics(true);
+            let result = catch_unwind(AssertUnwindSafe(|| self.handle(event)));
+            crate::quiet_panics(false);
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(v)) => return Some(v),
+                Err(payload) => {
+                    let message = crate::take_panic_message(payload);
+                    *panic = Some(message.clone());
+                    return Some(violation(time, "core panic", message));
+                }
+            }
+        }
+        Some(violation(self.now, "simulator", "event queue ran dry".into()))
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled { time: at, seq: self.seq, event });
+    }
+
+    fn record(&mut self, event: TraceEvent) {
+        self.trace.record(self.now, event);
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Tick { node, inc } => {
+                if self.nodes[node].inc != inc {
+                    return Ok(());
+                }
+                if let Some(live) = self.nodes[node].live.as_mut() {
+                    live.raft.tick();
+                    self.schedule(self.now + TICK_US, Event::Tick { node, inc });
+                    self.drive(node)?;
+                }
+                Ok(())
+            }
+            Event::Deliver { msg, snap, from_inc } => self.deliver(msg, snap, from_inc),
+            Event::PersistDone { node, inc, job } => self.persist_done(node, inc, job),
+            Event::Crash { node, inc } => {
+                if self.nodes[node].inc == inc && self.phase == Phase::Faults {
+                    self.crash(node);
+                }
+                Ok(())
+            }
+            Event::CrashRandom => {
+                if self.phase != Phase::Faults {
+                    return Ok(());
+                }
+                let node = self.rng.below(self.nodes.len() as u64) as usize;
+                let down = self.nodes.iter().filter(|n| n.live.is_none()).count();
+                if down < self.params.max_down && self.nodes[node].live.is_some() {
+                    self.crash(node);
+                }
+                let at = self.now + self.rng.exp(self.params.crash_mean_us);
+                self.schedule(at, Event::CrashRandom);
+                Ok(())
+            }
+            Event::Restart { node } => {
+                if self.nodes[node].live.is_none() {
+                    self.start_node(node)?;
+                }
+                Ok(())
+            }
+            Event::ClientWake { client, generation } => {
+                if self.clients[client].generation == generation {
+                    self.client_wake(client)?;
+                }
+                Ok(())
+            }
+            Event::PartitionStart => {
+                if self.phase == Phase::Faults {
+                    self.partition();
+                }
+                Ok(())
+            }
+            Event::Heal => {
+                if self.phase == Phase::Faults {
+                    self.blocked.clear();
+                    self.record(TraceEvent::Heal);
+                    let at = self.now + self.rng.exp(self.params.partition_mean_us);
+                    self.schedule(at, Event::PartitionStart);
+                }
+                Ok(())
+            }
+            Event::TakeSnapshot { node, inc } => self.take_snapshot(node, inc),
+            Event::SnapshotReport { node, inc, to, success } => {
+                if self.nodes[node].inc != inc {
+                    return Ok(());
+                }
+                if let Some(live) = self.nodes[node].live.as_mut() {
+                    live.raft.report_snapshot(to, success);
+                    self.drive(node)?;
+                }
+                Ok(())
+            }
+            Event::LivenessStart => self.liveness_start(),
+        }
+    }
+
+    // ----- nodes -----
+
+    fn raft_config(&self, n: usize) -> Config {
+        let node = &self.nodes[n];
+        let mut config = Config::new(node.id);
+        config.pre_vote = self.params.pre_vote;
+        config.check_quorum = self.params.check_quorum;
+        config.inflight_messages_max = self.params.inflight_messages_max;
+        config.append_bytes_max = self.params.append_bytes_max;
+        config.seed = mix64(self.seed ^ mix64(node.id.0 ^ (node.inc << 32)));
+        config
+    }
+
+    /// Boots node `n` from its durable state only.
+    fn start_node(&mut self, n: usize) -> Result<(), Violation> {
+        let config = self.raft_config(n);
+        let voters = ClusterConfig::new(self.nodes.iter().map(|x| x.id));
+        let node = &self.nodes[n];
+        let id = node.id;
+        let d = &node.durable;
+        let snap_index = d.snapshot_index();
+        let entries: Vec<Entry> = d.log.iter().filter(|e| e.index.0 > snap_index).cloned().collect();
+        let initial = InitialState {
+            hard_state: d.hard_state,
+            config: voters,
+            snapshot: d.snapshot.as_ref().map(|s| s.meta.clone()),
+            entries: entries.clone(),
+        };
+        #[allow(unused_mut)]
+        let mut raft = Raft::new(config, initial)
+            .map_err(|e| violation(self.now, "restart refused", format!("node {id}: {e}")))?;
+        #[cfg(feature = "planted-bugs")]
+        raft.plant_bug(self.options.planted_bug);
+        let (sm, mut mirror) = match &d.snapshot {
+            Some(s) => (s.sm.clone(), Mirror::new(s.meta.index.0, s.meta.term, s.chain)),
+            None => (StateMachine::default(), Mirror::default()),
+        };
+        let latest_snap = d.snapshot.clone();
+        for e in &entries {
+            let c = mirror.push(e);
+            self.checker.log_entry(id, e.index.0, e.term, c)?;
+        }
+        self.checker.restored(id, sm.applied, sm.digest)?;
+        let restart = TraceEvent::Restart {
+            node: id.0,
+            term: raft.term().0,
+            commit: raft.commit_index().0,
+            last: raft.last_index().0,
+        };
+        let inc = node.inc;
+        self.nodes[n].live = Some(Live {
+            raft,
+            sm,
+            jobs: VecDeque::new(),
+            disk_free_at: self.now,
+            last_commit: mirror.base_index,
+            mirror,
+            staged: Vec::new(),
+            latest_snap,
+            leader_term: None,
+        });
+        self.record(restart);
+        let at = self.now + self.rng.between(1, TICK_US);
+        self.schedule(at, Event::Tick { node: n, inc });
+        if self.params.snapshot_mean_us > 0 {
+            let at = self.now + self.rng.exp(self.params.snapshot_mean_us);
+            self.schedule(at, Event::TakeSnapshot { node: n, inc });
+        }
+        self.drive(n)
+    }
+
+    fn crash(&mut self, n: usize) {
+        let Some(live) = self.nodes[n].live.take() else { return };
+        let total = live.jobs.len();
+        let kept =
+            if self.params.crash_keeps_prefix { self.rng.between(0, total as u64) as usize } else { 0 };
+        for job in live.jobs.into_iter().take(kept) {
+            // The disk got these writes out before the power went; nobody heard of it.
+            let _ = write_durable(&mut self.nodes[n].durable, &job);
+        }
+        self.nodes[n].inc += 1;
+        self.stats.crashes += 1;
+        let id = self.nodes[n].id.0;
+        self.record(TraceEvent::Crash { node: id, jobs_kept: kept, jobs_lost: total - kept });
+        self.forget_pending(n, u64::MAX, "node crashed");
+        let at = self.now + self.rng.between(self.params.downtime_us.0, self.params.downtime_us.1);
+        self.schedule(at, Event::Restart { node: n });
+    }
+
+    /// The driver loop of node `n` after an input: drain every Ready, obeying the ordering
+    /// contract, then run the per-step checks.
+    fn drive(&mut self, n: usize) -> Result<(), Violation> {
+        loop {
+            let now = self.now;
+            let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+            if !live.raft.has_ready() {
+                break;
+            }
+            let id = live.raft.id();
+            let leading_same_term =
+                live.raft.role() == Role::Leader && live.leader_term == Some(live.raft.term());
+            let mut rd = live.raft.ready();
+            let must_persist = rd.must_persist();
+            let persist_target = rd.persist_target();
+            if let Some(ss) = rd.soft_state {
+                if ss.role == Role::Leader {
+                    self.stats.elections_won += 1;
+                }
+                self.record(TraceEvent::Role {
+                    node: id.0,
+                    role: role_name(ss.role),
+                    term: ss.term.0,
+                    leader: ss.leader.map_or(0, |l| l.0),
+                });
+            }
+            // 1. Messages that may leave before anything is durable.
+            for m in std::mem::take(&mut rd.messages) {
+                self.send(n, m)?;
+            }
+            // 2a. A snapshot from the leader: restore the state machine from it first.
+            let mut job_snapshot = None;
+            if let Some(meta) = &rd.snapshot {
+                let data = self.install_snapshot(n, meta)?;
+                job_snapshot = Some(data);
+            }
+            // 2b. New log entries: mirror them and check Leader Append-Only and Log Matching.
+            let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+            if let Some(first) = rd.entries.first() {
+                let first_index = first.index.0;
+                let last = live.mirror.last_index();
+                if leading_same_term && first_index <= last {
+                    return Err(violation(
+                        now,
+                        "leader append-only",
+                        format!(
+                            "leader {id} of term {} rewrites its log from {first_index} (last index was {last})",
+                            live.raft.term()
+                        ),
+                    ));
+                }
+                if first_index > last + 1 || (first_index <= last && !live.mirror.truncate_from(first_index))
+                {
+                    return Err(violation(
+                        now,
+                        "log continuity",
+                        format!(
+                            "node {id} hands out entries from {first_index} for a log of {}..={last}",
+                            live.mirror.base_index
+                        ),
+                    ));
+                }
+                for e in &rd.entries {
+                    let c = live.mirror.push(e);
+                    self.checker.log_entry(id, e.index.0, e.term, c)?;
+                }
+            }
+            // Commit points: everything up to the commit index is committed, with this prefix.
+            let commit = live.raft.commit_index().0;
+            if commit > live.last_commit {
+                for i in live.last_commit + 1..=commit {
+                    if let Some((t, c)) = live.mirror.get(i) {
+                        self.checker.committed(id, i, t, c)?;
+                    }
+                }
+                live.last_commit = commit;
+                self.stats.max_commit = self.stats.max_commit.max(commit);
+                self.trace.record(now, TraceEvent::Commit { node: id.0, index: commit });
+            }
+            // 2c. Persist snapshot, entries, hard state as one job; its messages wait for it.
+            if must_persist || !live.jobs.is_empty() {
+                self.next_job += 1;
+                let job = Job {
+                    id: self.next_job,
+                    target: persist_target,
+                    snapshot: job_snapshot,
+                    entries: rd.entries,
+                    hard_state: rd.hard_state,
+                    after: rd.messages_after_persist,
+                };
+                // A Ready with nothing to write only waits for the jobs before it.
+                let latency = if must_persist {
+                    self.rng.between(self.params.disk_us.0, self.params.disk_us.1)
+                } else {
+                    0
+                };
+                let done = live.disk_free_at.max(now) + latency;
+                live.disk_free_at = done;
+                live.jobs.push_back(job);
+                let inc = self.nodes[n].inc;
+                let job = self.next_job;
+                self.schedule(done, Event::PersistDone { node: n, inc, job });
+                if self.phase == Phase::Faults && self.rng.chance(self.params.crash_in_persist_ppm) {
+                    let at = self.rng.between(now, done.saturating_sub(1).max(now));
+                    self.schedule(at, Event::Crash { node: n, inc });
+                }
+            } else {
+                for m in rd.messages_after_persist {
+                    self.send(n, m)?;
+                }
+            }
+            // 5. Apply committed entries in order.
+            if let Some(last) = rd.committed_entries.last().map(|e| e.index) {
+                for e in &rd.committed_entries {
+                    self.apply(n, e)?;
+                }
+                if let Some(live) = self.nodes[n].live.as_mut() {
+                    live.raft.applied(last);
+                }
+            }
+        }
+        self.after_step(n)
+    }
+
+    /// Checks that need the node's state after a whole step: Election Safety and, for a new
+    /// leader, Leader Completeness.
+    fn after_step(&mut self, n: usize) -> Result<(), Violation> {
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        if live.raft.role() == Role::Leader {
+            let (id, term) = (live.raft.id(), live.raft.term());
+            self.checker.leader(term, id)?;
+            if live.leader_term != Some(term) {
+                self.checker.new_leader(id, term, &live.mirror)?;
+                live.leader_term = Some(term);
+            }
+        } else {
+            live.leader_term = None;
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, n: usize, meta: &SnapshotMeta) -> Result<Arc<SnapData>, Violation> {
+        let now = self.now;
+        let Some(live) = self.nodes[n].live.as_mut() else {
+            return Err(violation(now, "simulator", "snapshot for a node that is down".into()));
+        };
+        let id = live.raft.id();
+        let Some(data) =
+            live.staged.iter().rev().find(|s| s.meta.index == meta.index && s.meta.term == meta.term)
+        else {
+            return Err(violation(
+                now,
+                "snapshot",
+                format!("node {id} installs snapshot {}@{} that it never received", meta.index, meta.term),
+            ));
+        };
+        let data = data.clone();
+        if data.sm.applied != meta.index.0 {
+            return Err(violation(now, "simulator", "snapshot data does not match its metadata".into()));
+        }
+        live.sm = data.sm.clone();
+        live.mirror = Mirror::new(meta.index.0, meta.term, data.chain);
+        live.latest_snap = Some(data.clone());
+        live.raft.applied(meta.index);
+        live.last_commit = live.last_commit.max(meta.index.0);
+        self.checker.log_entry(id, meta.index.0, meta.term, data.chain)?;
+        self.checker.committed(id, meta.index.0, meta.term, data.chain)?;
+        self.checker.restored(id, data.sm.applied, data.sm.digest)?;
+        self.stats.snapshots_installed += 1;
+        self.record(TraceEvent::SnapshotInstalled { node: id.0, index: meta.index.0, term: meta.term.0 });
+        self.forget_pending(n, meta.index.0, "its node installed a snapshot over it");
+        Ok(data)
+    }
+
+    fn apply(&mut self, n: usize, e: &Entry) -> Result<(), Violation> {
+        let now = self.now;
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let id = live.raft.id();
+        let index = e.index.0;
+        if index != live.sm.applied + 1 {
+            return Err(violation(
+                now,
+                "exactly once",
+                format!("node {id} applies {index} after {}: not in order", live.sm.applied),
+            ));
+        }
+        let in_log = live.mirror.get(index);
+        if live.mirror.entry_hash(index) != Some(entry_hash(e)) {
+            return Err(violation(
+                now,
+                "state machine safety",
+                format!("node {id} applies {index}@{} which is not the entry its log holds there", e.term),
+            ));
+        }
+        if in_log.is_none() || self.checker.committed_at(index) != in_log {
+            return Err(violation(
+                now,
+                "state machine safety",
+                format!("node {id} applies {index}@{} which is not the committed entry there", e.term),
+            ));
+        }
+        if let Some(attempt) = attempt_of(e) {
+            live.sm.digest = chain(live.sm.digest, attempt);
+            live.sm.commands += 1;
+        }
+        live.sm.applied = index;
+        let digest = live.sm.digest;
+        let inc = self.nodes[n].inc;
+        self.checker.applied(id, e, digest)?;
+        // Clients waiting on this node for this index learn their outcome.
+        for c in 0..self.clients.len() {
+            let resolved = match &self.clients[c].pending {
+                Some(p) if p.node == n && p.inc == inc && p.index == index => {
+                    Some((p.attempt, p.term == e.term, p.proposed_at, p.term))
+                }
+                _ => None,
+            };
+            let Some((attempt, committed, proposed_at, term)) = resolved else { continue };
+            self.clients[c].pending = None;
+            if committed {
+                self.checker.acknowledged(attempt, index)?;
+                self.stats.acknowledged += 1;
+                self.record(TraceEvent::Ack { client: c as u64, attempt, index, term: term.0 });
+                if self.liveness_ok.is_none() && self.heal_at.is_some_and(|h| proposed_at >= h) {
+                    self.liveness_ok = Some(self.now);
+                }
+            } else {
+                self.checker.abandoned(attempt)?;
+                self.stats.lost += 1;
+                self.record(TraceEvent::Lost { client: c as u64, attempt, index });
+            }
+            let at =
+                self.now + self.rng.between(self.params.client_think_us.0, self.params.client_think_us.1);
+            self.wake_client(c, at);
+        }
+        Ok(())
+    }
+
+    fn persist_done(&mut self, n: usize, inc: u64, job_id: u64) -> Result<(), Violation> {
+        if self.nodes[n].inc != inc {
+            return Ok(());
+        }
+        let node = &mut self.nodes[n];
+        let Some(live) = node.live.as_mut() else { return Ok(()) };
+        let Some(job) = live.jobs.pop_front() else {
+            return Err(violation(self.now, "simulator", "persist completion without a job".into()));
+        };
+        if job.id != job_id {
+            return Err(violation(self.now, "simulator", "persist jobs completed out of order".into()));
+        }
+        write_durable(&mut node.durable, &job).map_err(|d| violation(self.now, "durable log", d))?;
+        let id = node.id;
+        for m in job.after {
+            self.send(n, m)?;
+        }
+        if let Some((index, term)) = job.target {
+            if let Some(live) = self.nodes[n].live.as_mut() {
+                live.raft.persisted(index, term);
+            }
+            self.record(TraceEvent::Persisted { node: id.0, index: index.0, term: term.0 });
+        }
+        self.drive(n)
+    }
+
+    fn take_snapshot(&mut self, n: usize, inc: u64) -> Result<(), Violation> {
+        if self.nodes[n].inc != inc {
+            return Ok(());
+        }
+        let now = self.now;
+        let keep = self.params.snapshot_keep_tail;
+        let gap = self.params.snapshot_min_gap;
+        let next = now + self.rng.exp(self.params.snapshot_mean_us);
+        self.schedule(next, Event::TakeSnapshot { node: n, inc });
+        let node = &mut self.nodes[n];
+        let Some(live) = node.live.as_mut() else { return Ok(()) };
+        let applied = live.sm.applied;
+        let current = live.latest_snap.as_ref().map_or(0, |s| s.meta.index.0);
+        // Only between persist jobs, so the durable log and the core's log agree.
+        if !live.jobs.is_empty() || applied < current + gap || applied == 0 {
+            return Ok(());
+        }
+        let Some((_, chain_at)) = live.mirror.get(applied) else {
+            return Err(violation(
+                now,
+                "simulator",
+                format!("applied index {applied} not in the mirrored log"),
+            ));
+        };
+        let compact_to = applied.saturating_sub(keep);
+        let meta = live
+            .raft
+            .snapshot_taken(LogIndex(applied), LogIndex(compact_to))
+            .map_err(|e| violation(now, "snapshot refused", format!("node {}: {e}", node.id)))?;
+        let data = Arc::new(SnapData { meta, sm: live.sm.clone(), chain: chain_at });
+        live.latest_snap = Some(data.clone());
+        live.mirror.compact_to(compact_to.min(live.raft.first_index().0.saturating_sub(1)));
+        node.durable.snapshot = Some(data);
+        node.durable.log.retain(|e| e.index.0 > compact_to);
+        self.stats.snapshots_taken += 1;
+        let id = node.id.0;
+        self.record(TraceEvent::SnapshotTaken { node: id, index: applied, compact_to });
+        self.drive(n)
+    }
+
+    // ----- network -----
+
+    fn send(&mut self, from: usize, m: Message) -> Result<(), Violation> {
+        let to = (m.to.0 as usize).wrapping_sub(1);
+        if to >= self.nodes.len() {
+            return Err(violation(self.now, "simulator", format!("message to unknown node {}", m.to)));
+        }
+        let snap = match &m.body {
+            MessageBody::InstallSnapshot { meta } => {
+                let node = &self.nodes[from];
+                let mine = node.live.as_ref().and_then(|l| l.latest_snap.clone());
+                let found = [mine, node.durable.snapshot.clone()]
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s.meta.index == meta.index && s.meta.term == meta.term);
+                match found {
+                    Some(s) => Some(s),
+                    None => {
+                        return Err(violation(
+                            self.now,
+                            "snapshot",
+                            format!(
+                                "node {} sends snapshot {}@{} that it does not have",
+                                m.from, meta.index, meta.term
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let from_inc = self.nodes[from].inc;
+        if self.rng.chance(self.params.loss_ppm) {
+            self.dropped(&m, "lost", from_inc, snap.is_some());
+            return Ok(());
+        }
+        let copies = if self.rng.chance(self.params.duplicate_ppm) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut delay = self.rng.between(self.params.delay_us.0, self.params.delay_us.1);
+            if self.rng.chance(self.params.long_delay_ppm) {
+                delay += self.rng.between(0, self.params.long_delay_us);
+            }
+            self.schedule(self.now + delay, Event::Deliver { msg: m.clone(), snap: snap.clone(), from_inc });
+        }
+        Ok(())
+    }
+
+    fn dropped(&mut self, m: &Message, reason: &'static str, from_inc: u64, snapshot: bool) {
+        self.stats.messages_dropped += 1;
+        self.record(TraceEvent::Drop { from: m.from.0, to: m.to.0, kind: m.body.name(), reason });
+        if snapshot {
+            // The sender's transport learns that the transfer failed.
+            let at = self.now + self.params.delay_us.1;
+            let node = m.from.0 as usize - 1;
+            self.schedule(at, Event::SnapshotReport { node, inc: from_inc, to: m.to, success: false });
+        }
+    }
+
+    fn deliver(&mut self, m: Message, snap: Option<Arc<SnapData>>, from_inc: u64) -> Result<(), Violation> {
+        let from = m.from.0 as usize - 1;
+        let to = m.to.0 as usize - 1;
+        if self.blocked.contains(&(from, to)) {
+            self.dropped(&m, "partitioned", from_inc, snap.is_some());
+            return Ok(());
+        }
+        if self.nodes[to].live.is_none() {
+            self.dropped(&m, "receiver down", from_inc, snap.is_some());
+            return Ok(());
+        }
+        self.stats.messages_delivered += 1;
+        self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
+        self.trace.note(self.now, || describe(&m.body));
+        let is_snapshot = snap.is_some();
+        let now = self.now;
+        if let Some(live) = self.nodes[to].live.as_mut() {
+            if let Some(s) = snap {
+                live.staged.push(s);
+                if live.staged.len() > 4 {
+                    live.staged.remove(0);
+                }
+            }
+            let (sender, recipient) = (m.from, m.to);
+            live.raft.step(m).map_err(|e| {
+                violation(now, "simulator", format!("node {recipient} refused a message from {sender}: {e}"))
+            })?;
+        }
+        if is_snapshot {
+            let at = self.now + self.params.delay_us.0;
+            self.schedule(
+                at,
+                Event::SnapshotReport { node: from, inc: from_inc, to: NodeId(to as u64 + 1), success: true },
+            );
+        }
+        self.drive(to)
+    }
+
+    fn partition(&mut self) {
+        let n = self.nodes.len();
+        let mut kinds = Vec::new();
+        if self.params.split_partitions {
+            kinds.push(0);
+        }
+        if self.params.isolate_leader {
+            kinds.push(1);
+        }
+        if self.params.asymmetric_partitions {
+            kinds.push(2);
+        }
+        if kinds.is_empty() {
+            kinds.push(0);
+        }
+        self.blocked.clear();
+        match self.rng.pick(&kinds) {
+            0 => {
+                // Two sides of random sizes.
+                let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+            1 => {
+                // Isolate the leader of the highest term (or anyone, if there is none).
+                let leader = (0..n)
+                    .filter_map(|i| {
+                        let l = self.nodes[i].live.as_ref()?;
+                        (l.raft.role() == Role::Leader).then_some((l.raft.term(), i))
+                    })
+                    .max()
+                    .map(|(_, i)| i);
+                let x = leader.unwrap_or_else(|| self.rng.below(n as u64) as usize);
+                for o in (0..n).filter(|o| *o != x) {
+                    self.blocked.insert((x, o));
+                    self.blocked.insert((o, x));
+                }
+            }
+            _ => {
+                // One-way faults: a node that cannot send, or cannot receive, or random links.
+                let x = self.rng.below(n as u64) as usize;
+                match self.rng.below(3) {
+                    0 => (0..n).filter(|o| *o != x).for_each(|o| {
+                        self.blocked.insert((x, o));
+                    }),
+                    1 => (0..n).filter(|o| *o != x).for_each(|o| {
+                        self.blocked.insert((o, x));
+                    }),
+                    _ => {
+                        for a in 0..n {
+                            for b in 0..n {
+                                if a != b && self.rng.chance(300_000) {
+                                    self.blocked.insert((a, b));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.stats.partitions += 1;
+        let blocked = self.blocked.iter().map(|(a, b)| (*a as u64 + 1, *b as u64 + 1)).collect();
+        self.record(TraceEvent::Partition { blocked });
+        let at = self.now + self.rng.between(self.params.partition_us.0, self.params.partition_us.1);
+        self.schedule(at, Event::Heal);
+    }
+
+    fn liveness_start(&mut self) -> Result<(), Violation> {
+        self.phase = Phase::Liveness;
+        self.heal_at = Some(self.now);
+        self.blocked.clear();
+        self.record(TraceEvent::LivenessPhase);
+        let p = &mut self.params;
+        p.loss_ppm = 0;
+        p.duplicate_ppm = 0;
+        p.long_delay_ppm = 0;
+        p.crash_in_persist_ppm = 0;
+        p.delay_us = (p.delay_us.0.min(5 * MS), p.delay_us.1.min(20 * MS));
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].live.is_none() {
+                self.start_node(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- clients -----
+
+    fn wake_client(&mut self, c: usize, at: u64) {
+        self.clients[c].generation += 1;
+        let generation = self.clients[c].generation;
+        self.schedule(at, Event::ClientWake { client: c, generation });
+    }
+
+    /// Clients waiting on node `n` for an index up to `upto` can no longer learn the outcome
+    /// there: it is unknown, and they move on to a new command.
+    fn forget_pending(&mut self, n: usize, upto: u64, reason: &'static str) {
+        for c in 0..self.clients.len() {
+            let Some(p) = &self.clients[c].pending else { continue };
+            if p.node == n && p.index <= upto {
+                let attempt = p.attempt;
+                self.clients[c].pending = None;
+                self.record(TraceEvent::Unknown { client: c as u64, attempt, reason });
+                let at = self.now + self.rng.between(MS, 10 * MS);
+                self.wake_client(c, at);
+            }
+        }
+    }
+
+    fn client_wake(&mut self, c: usize) -> Result<(), Violation> {
+        if let Some(p) = &self.clients[c].pending {
+            if self.now >= p.deadline {
+                let attempt = p.attempt;
+                self.clients[c].pending = None;
+                self.record(TraceEvent::Unknown { client: c as u64, attempt, reason: "timed out" });
+            } else {
+                let at = p.deadline;
+                self.wake_client(c, at);
+                return Ok(());
+            }
+        }
+        let n = self.nodes.len() as u64;
+        let mut target = self.clients[c].target;
+        if self.nodes[target].live.is_none() {
+            target = self.rng.below(n) as usize;
+            self.clients[c].target = target;
+        }
+        let inc = self.nodes[target].inc;
+        let Some(live) = self.nodes[target].live.as_mut() else {
+            let at = self.now + self.rng.between(MS, 20 * MS);
+            self.wake_client(c, at);
+            return Ok(());
+        };
+        let attempt = ((c as u64 + 1) << 48) | (self.clients[c].counter + 1);
+        let result = live.raft.propose(Bytes::copy_from_slice(&attempt.to_le_bytes()));
+        let node = live.raft.id().0;
+        let outcome = match &result {
+            Ok((term, index)) => format!("accepted at {index}@{term}"),
+            Err(e) => e.to_string(),
+        };
+        self.record(TraceEvent::Propose { client: c as u64, node, attempt, outcome });
+        match result {
+            Ok((term, index)) => {
+                self.stats.proposals += 1;
+                let client = &mut self.clients[c];
+                client.counter += 1;
+                let deadline = self.now + self.params.client_timeout_us;
+                client.pending = Some(Pending {
+                    attempt,
+                    node: target,
+                    inc,
+                    term,
+                    index: index.0,
+                    deadline,
+                    proposed_at: self.now,
+                });
+                self.wake_client(c, deadline);
+                self.drive(target)
+            }
+            Err(ProposeError::NotLeader { leader_hint }) => {
+                self.clients[c].target = match leader_hint {
+                    Some(l) if l.0 >= 1 && l.0 <= n => l.0 as usize - 1,
+                    _ => self.rng.below(n) as usize,
+                };
+                let at = self.now + self.rng.between(MS, 10 * MS);
+                self.wake_client(c, at);
+                Ok(())
+            }
+            Err(_) => {
+                let at = self.now + self.rng.between(10 * MS, 50 * MS);
+                self.wake_client(c, at);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Makes a persist job durable: snapshot, then entries (discarding a conflicting suffix
+/// first), then hard state.
+fn write_durable(d: &mut Durable, job: &Job) -> Result<(), String> {
+    if let Some(s) = &job.snapshot {
+        d.snapshot = Some(s.clone());
+        d.log.clear();
+    }
+    if let Some(first) = job.entries.first() {
+        let first_index = first.index.0;
+        if first_index <= d.snapshot_index() {
+            return Err(format!(
+                "entries from {first_index} would overwrite the durable snapshot at {}",
+                d.snapshot_index()
+            ));
+        }
+        match d.log.first().map(|e| e.index.0) {
+            Some(start) if first_index >= start => {
+                let keep = (first_index - start) as usize;
+                if keep > d.log.len() {
+                    return Err(format!(
+                        "entries from {first_index} leave a gap after {}",
+                        start + d.log.len() as u64 - 1
+                    ));
+                }
+                d.log.truncate(keep);
+            }
+            Some(_) => d.log.clear(),
+            None => {}
+        }
+        if d.log.is_empty() && first_index != d.snapshot_index() + 1 {
+            // The kept tail may have been compacted away entirely; the entries must then
+            // follow the snapshot.
+            return Err(format!(
+                "entries from {first_index} leave a gap after the durable snapshot at {}",
+                d.snapshot_index()
+            ));
+        }
+        d.log.extend(job.entries.iter().cloned());
+    }
+    if let Some(hs) = job.hard_state {
+        d.hard_state = hs;
+    }
+    Ok(())
+}
+
+/// A message body in a trace line: the fields, with entries shortened to `index@term`.
+fn describe(body: &MessageBody) -> String {
+    match body {
+        MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit } => {
+            let list = match (entries.first(), entries.last()) {
+                (Some(f), Some(l)) if entries.len() > 1 => {
+                    format!("{}@{}..{}@{} ({} entries)", f.index, f.term, l.index, l.term, entries.len())
+                }
+                (Some(f), _) => format!("{}@{}", f.index, f.term),
+                _ => "none".into(),
+            };
+            format!("prev={prev_log_index}@{prev_log_term} entries={list} commit={leader_commit}")
+        }
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,139 @@
+//! The event trace of a run. Every event is folded into a hash (so two runs of one seed can be
+//! compared cheaply) and, when tracing is on, kept as a line to print.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// One thing that happened in the simulation. Node ids are the Raft ids (1-based).
+#[derive(Clone, Debug, Hash)]
+pub enum TraceEvent {
+    Deliver { from: u64, to: u64, kind: &'static str, term: u64 },
+    Drop { from: u64, to: u64, kind: &'static str, reason: &'static str },
+    Persisted { node: u64, index: u64, term: u64 },
+    Crash { node: u64, jobs_kept: usize, jobs_lost: usize },
+    Restart { node: u64, term: u64, commit: u64, last: u64 },
+    Role { node: u64, role: &'static str, term: u64, leader: u64 },
+    Commit { node: u64, index: u64 },
+    Propose { client: u64, node: u64, attempt: u64, outcome: String },
+    Ack { client: u64, attempt: u64, index: u64, term: u64 },
+    Lost { client: u64, attempt: u64, index: u64 },
+    Unknown { client: u64, attempt: u64, reason: &'static str },
+    Partition { blocked: Vec<(u64, u64)> },
+    Heal,
+    SnapshotTaken { node: u64, index: u64, compact_to: u64 },
+    SnapshotInstalled { node: u64, index: u64, term: u64 },
+    LivenessPhase,
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use TraceEvent::*;
+        match self {
+            Deliver { from, to, kind, term } => write!(f, "deliver {from}->{to} {kind} term={term}"),
+            Drop { from, to, kind, reason } => write!(f, "drop    {from}->{to} {kind} ({reason})"),
+            Persisted { node, index, term } => write!(f, "persist n{node} up to {index}@{term}"),
+            Crash { node, jobs_kept, jobs_lost } => {
+                write!(f, "CRASH   n{node} (pending persist jobs: {jobs_kept} kept, {jobs_lost} lost)")
+            }
+            Restart { node, term, commit, last } => {
+                write!(f, "RESTART n{node} term={term} commit={commit} last={last}")
+            }
+            Role { node, role, term, leader } => {
+                write!(f, "role    n{node} {role} term={term} leader={leader}")
+            }
+            Commit { node, index } => write!(f, "commit  n{node} up to {index}"),
+            Propose { client, node, attempt, outcome } => {
+                write!(f, "propose c{client} -> n{node} attempt={attempt:#x}: {outcome}")
+            }
+            Ack { client, attempt, index, term } => {
+                write!(f, "ack     c{client} attempt={attempt:#x} committed at {index}@{term}")
+            }
+            Lost { client, attempt, index } => write!(f, "lost    c{client} attempt={attempt:#x} at {index}"),
+            Unknown { client, attempt, reason } => {
+                write!(f, "unknown c{client} attempt={attempt:#x} ({reason})")
+            }
+            Partition { blocked } => {
+                write!(f, "PARTITION blocked links:")?;
+                for (a, b) in blocked {
+                    write!(f, " {a}->{b}")?;
+                }
+                Ok(())
+            }
+            Heal => write!(f, "HEAL"),
+            SnapshotTaken { node, index, compact_to } => {
+                write!(f, "snapshot n{node} at {index}, log compacted to {compact_to}")
+            }
+            SnapshotInstalled { node, index, term } => write!(f, "install n{node} snapshot {index}@{term}"),
+            LivenessPhase => write!(f, "LIVENESS PHASE: faults stop, all healed and restarted"),
+        }
+    }
+}
+
+/// FNV-1a: a fixed, platform-independent hasher for the trace hash.
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xCBF2_9CE4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+}
+
+/// The running trace of one simulation.
+#[derive(Default)]
+pub struct Trace {
+    hasher: Fnv,
+    events: u64,
+    /// Formatted lines, only when tracing is on.
+    lines: Option<Vec<String>>,
+}
+
+impl Trace {
+    pub fn new(keep_lines: bool) -> Trace {
+        Trace { hasher: Fnv::default(), events: 0, lines: keep_lines.then(Vec::new) }
+    }
+
+    pub fn record(&mut self, time_us: u64, event: TraceEvent) {
+        time_us.hash(&mut self.hasher);
+        event.hash(&mut self.hasher);
+        self.events += 1;
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("{:>6}.{:03}ms {event}", time_us / 1000, time_us % 1000));
+        }
+    }
+
+    /// A detail line for humans (tracing only); not part of the trace hash.
+    pub fn note(&mut self, time_us: u64, detail: impl FnOnce() -> String) {
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("{:>6}.{:03}ms   {}", time_us / 1000, time_us % 1000, detail()));
+        }
+    }
+
+    /// Whether formatted lines are kept (so callers can skip building costly events).
+    pub fn verbose(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hasher.finish() ^ self.events
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn take_lines(&mut self) -> Vec<String> {
+        self.lines.take().unwrap_or_default()
+    }
+}

@@ -1,0 +1,41 @@
+//! The CI seed sweep: 2,000 random seeds of the mixed swarm (>= 10 virtual seconds each) plus
+//! 500 seeds of the leader-churn profile, split so the test runner spreads them over cores.
+//! Any violation fails with the command that replays the seed.
+
+use raftkv_sim::{Profile, SimOptions, replay_command, run_seeds};
+
+fn sweep(start: u64, count: u64, profile: Profile) {
+    let options = SimOptions { profile, ..SimOptions::default() };
+    let failures = run_seeds(start, count, 1, &options);
+    let report: Vec<String> = failures
+        .iter()
+        .map(|o| {
+            let v = o.violation.as_ref().map(ToString::to_string).unwrap_or_default();
+            format!("seed {}: {v}\n  replay: {}", o.seed, replay_command(o.seed, &options))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{} violation(s):\n{}", failures.len(), report.join("\n"));
+}
+
+macro_rules! sweep_tests {
+    ($($name:ident: $start:expr, $count:expr, $profile:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                sweep($start, $count, $profile);
+            }
+        )*
+    };
+}
+
+sweep_tests! {
+    mixed_seeds_0000_0249: 0, 250, Profile::Mixed;
+    mixed_seeds_0250_0499: 250, 250, Profile::Mixed;
+    mixed_seeds_0500_0749: 500, 250, Profile::Mixed;
+    mixed_seeds_0750_0999: 750, 250, Profile::Mixed;
+    mixed_seeds_1000_1249: 1000, 250, Profile::Mixed;
+    mixed_seeds_1250_1499: 1250, 250, Profile::Mixed;
+    mixed_seeds_1500_1749: 1500, 250, Profile::Mixed;
+    mixed_seeds_1750_1999: 1750, 250, Profile::Mixed;
+    leader_churn_seeds_0000_0499: 0, 500, Profile::LeaderChurn;
+}

@@ -1,0 +1,1280 @@
+//! The tokio side: listener, per-peer writer tasks, inbound readers, snapshot streams.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use raftkv_raft::{Message, MessageBody, NodeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::codec::{
+    self, DecodeError, EncodeError, FrameType, HANDSHAKE_MAX_FRAME_BYTES, Hello, HelloOk, HelloRefused,
+    MAGIC, PROTOCOL_VERSION, RefusalCode, SnapshotAck, SnapshotBegin, SnapshotChunk, SnapshotEnd, StreamKind,
+};
+use crate::config::{FaultInjection, TransportConfig};
+use crate::frame_io::{FrameError, FrameReader};
+use crate::snapshot::{SnapshotSink, SnapshotSinkFactory, SnapshotSource, StagedSnapshot};
+use crate::stats::{Counters, TransportStats};
+
+/// What the transport hands the driver.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message from a peer, for `raft.step`.
+    Message(Message),
+    /// A complete, verified snapshot: install `staged`, then step `message` (the
+    /// InstallSnapshot) into the core.
+    Snapshot { message: Message, staged: StagedSnapshot },
+}
+
+/// Feedback the driver passes on to the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// Messages to this peer were dropped (queue full or connection down): call
+    /// `raft.report_unreachable`. Sent at most once until the peer is reachable again.
+    Unreachable(NodeId),
+    /// A transfer started by [`TransportHandle::send_snapshot`] ended: call
+    /// `raft.report_snapshot(to, ok)`. Exactly one per accepted transfer.
+    Snapshot { to: NodeId, ok: bool },
+}
+
+/// Why [`Transport::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Why [`TransportHandle::send`] dropped a message (it is counted in
+/// [`TransportStats::messages_dropped`]). Raft tolerates message loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no peer {0}")]
+    UnknownPeer(NodeId),
+    #[error("queue to peer {0} is full")]
+    QueueFull(NodeId),
+    #[error("peer {0} is disconnected")]
+    Disconnected(NodeId),
+    #[error("InstallSnapshot must go through send_snapshot")]
+    SnapshotMessage,
+    #[error("the transport is shut down")]
+    Shutdown,
+}
+
+/// Why [`TransportHandle::send_snapshot`] did not start a transfer (no report follows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotSendError {
+    #[error("no peer {0}")]
+    UnknownPeer(NodeId),
+    #[error("a snapshot transfer to peer {0} is already running")]
+    Busy(NodeId),
+    #[error("not an InstallSnapshot message")]
+    NotInstallSnapshot,
+    #[error("the transport is shut down")]
+    Shutdown,
+}
+
+/// Entry point.
+pub struct Transport;
+
+impl Transport {
+    /// Binds `config.listen_addr`, starts the accept loop and one writer task per peer, and
+    /// returns the handle. Received messages and snapshots go to `inbound` (a full channel
+    /// slows the sending peer's connection down: backpressure); reports go to `reports`
+    /// (dropped if that channel is full, except snapshot reports, which wait).
+    /// Must be called within a tokio runtime.
+    pub async fn start(
+        config: TransportConfig,
+        inbound: mpsc::Sender<Inbound>,
+        reports: mpsc::Sender<Report>,
+    ) -> Result<TransportHandle, TransportError> {
+        if config.per_peer_queue == 0
+            || config.max_inbound_connections == 0
+            || config.snapshot_chunk_bytes == 0
+        {
+            return Err(TransportError::Config(
+                "per_peer_queue, max_inbound_connections and snapshot_chunk_bytes must be positive".into(),
+            ));
+        }
+        let chunk_frame = config.snapshot_chunk_bytes as u64 + codec::CHUNK_OVERHEAD as u64 + 1;
+        if chunk_frame > u64::from(config.max_frame_bytes)
+            || config.max_frame_bytes < HANDSHAKE_MAX_FRAME_BYTES
+        {
+            return Err(TransportError::Config("max_frame_bytes too small for snapshot_chunk_bytes".into()));
+        }
+        if config.peers.contains_key(&config.local_id) {
+            return Err(TransportError::Config("peers must not include the local id".into()));
+        }
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| TransportError::Bind { addr: config.listen_addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| TransportError::Bind { addr: config.listen_addr, source })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            cluster_id: config.cluster_id,
+            local_id: config.local_id,
+            max_frame_bytes: config.max_frame_bytes,
+            max_batch_bytes: config.max_batch_bytes,
+            connect_timeout: config.connect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            write_timeout: config.write_timeout,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
+            snapshot_chunk_bytes: config.snapshot_chunk_bytes,
+            max_snapshot_bytes: config.max_snapshot_bytes,
+            snapshot_io_timeout: config.snapshot_io_timeout,
+            sinks: config.snapshot_sinks.clone(),
+            faults: config.faults.clone(),
+            counters: Counters::default(),
+            inbound,
+            reports,
+            known: RwLock::new(BTreeSet::new()),
+            inbound_conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            shutdown: shutdown_rx,
+        });
+        let permits = Arc::new(Semaphore::new(config.max_inbound_connections));
+        let accept = tokio::spawn(
+            accept_loop(shared.clone(), listener, permits)
+                .instrument(debug_span!("transport", node = %config.local_id, %local_addr)),
+        );
+        let handle = TransportHandle {
+            inner: Arc::new(HandleInner {
+                shared,
+                peers: RwLock::new(BTreeMap::new()),
+                shutdown_tx,
+                accept: Mutex::new(Some(accept)),
+                local_addr,
+                per_peer_queue: config.per_peer_queue,
+                per_peer_queue_bytes: config.per_peer_queue_bytes,
+            }),
+        };
+        for (id, addr) in config.peers {
+            handle.add_peer(id, addr);
+        }
+        Ok(handle)
+    }
+}
+
+/// The driver's side of a running transport. Cheap to clone; the transport shuts down when
+/// the last clone is dropped or on [`TransportHandle::shutdown`].
+#[derive(Clone)]
+pub struct TransportHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+    peers: RwLock<BTreeMap<NodeId, PeerEntry>>,
+    shutdown_tx: watch::Sender<bool>,
+    accept: Mutex<Option<JoinHandle<()>>>,
+    local_addr: SocketAddr,
+    per_peer_queue: usize,
+    per_peer_queue_bytes: u64,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+}
+
+struct PeerEntry {
+    tx: mpsc::Sender<Message>,
+    link: Arc<PeerLink>,
+    addr: String,
+}
+
+/// State shared between `send` and a peer's writer task.
+struct PeerLink {
+    id: NodeId,
+    state: AtomicU8,
+    queued_bytes: AtomicU64,
+    unreachable_reported: AtomicBool,
+    snapshot_busy: AtomicBool,
+}
+
+const LINK_CONNECTING: u8 = 0;
+const LINK_CONNECTED: u8 = 1;
+const LINK_DOWN: u8 = 2;
+
+/// An inbound connection's id and its cancel switch (dropping the sender cancels it).
+type LiveConn = (u64, oneshot::Sender<()>);
+
+/// Configuration and state every task sees.
+struct Shared {
+    cluster_id: u64,
+    local_id: NodeId,
+    max_frame_bytes: u32,
+    max_batch_bytes: usize,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    write_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    snapshot_chunk_bytes: usize,
+    max_snapshot_bytes: u64,
+    snapshot_io_timeout: Duration,
+    sinks: Arc<dyn SnapshotSinkFactory>,
+    faults: FaultInjection,
+    counters: Counters,
+    inbound: mpsc::Sender<Inbound>,
+    reports: mpsc::Sender<Report>,
+    known: RwLock<BTreeSet<NodeId>>,
+    /// The live inbound connection per (peer, stream kind): a newer one replaces (cancels)
+    /// the older, so a restarted peer never leaves a half-dead reader behind.
+    inbound_conns: Mutex<HashMap<(NodeId, StreamKind), LiveConn>>,
+    next_conn: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn is_known(&self, id: NodeId) -> bool {
+        self.known.read().map(|k| k.contains(&id)).unwrap_or(false)
+    }
+
+    fn report_unreachable(&self, link: &PeerLink) {
+        if !link.unreachable_reported.swap(true, Ordering::AcqRel)
+            && self.reports.try_send(Report::Unreachable(link.id)).is_err()
+        {
+            // The driver is behind; let a later drop report again.
+            link.unreachable_reported.store(false, Ordering::Release);
+        }
+    }
+
+    fn drop_messages(&self, n: u64) {
+        Counters::add(&self.counters.messages_dropped, n);
+    }
+}
+
+/// Resolves once shutdown is signalled (or the handle is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl TransportHandle {
+    /// The address actually listened on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This member's id.
+    pub fn local_id(&self) -> NodeId {
+        self.inner.shared.local_id
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> TransportStats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// Queues `msg` for `msg.to` without blocking. If the peer's queue is full or its
+    /// connection is down the message is dropped, counted, and the peer is reported
+    /// [`Report::Unreachable`]. Messages to one peer are written in the order sent.
+    pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        let shared = &self.inner.shared;
+        if *shared.shutdown.borrow() {
+            shared.drop_messages(1);
+            return Err(SendError::Shutdown);
+        }
+        if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+            shared.drop_messages(1);
+            return Err(SendError::SnapshotMessage);
+        }
+        let to = msg.to;
+        let Ok(peers) = self.inner.peers.read() else {
+            shared.drop_messages(1);
+            return Err(SendError::Shutdown);
+        };
+        let Some(peer) = peers.get(&to) else {
+            shared.drop_messages(1);
+            return Err(SendError::UnknownPeer(to));
+        };
+        let link = &peer.link;
+        if link.state.load(Ordering::Acquire) == LINK_DOWN {
+            shared.drop_messages(1);
+            shared.report_unreachable(link);
+            return Err(SendError::Disconnected(to));
+        }
+        let size = msg.size_bytes();
+        let queued = link.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if queued > 0 && queued + size > self.inner.per_peer_queue_bytes {
+            link.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            shared.drop_messages(1);
+            shared.report_unreachable(link);
+            return Err(SendError::QueueFull(to));
+        }
+        match peer.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                link.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                shared.drop_messages(1);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        shared.report_unreachable(link);
+                        Err(SendError::QueueFull(to))
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(SendError::Shutdown),
+                }
+            }
+        }
+    }
+
+    /// Starts streaming a snapshot to `msg.to` on its own connection. `msg` must be the
+    /// core's InstallSnapshot; `source` yields the body. When this returns `Ok`, exactly
+    /// one [`Report::Snapshot`] follows; when it returns `Err`, none does. At most one
+    /// transfer per peer runs at a time.
+    pub fn send_snapshot(
+        &self,
+        msg: Message,
+        source: Box<dyn SnapshotSource>,
+    ) -> Result<(), SnapshotSendError> {
+        let shared = &self.inner.shared;
+        if *shared.shutdown.borrow() {
+            return Err(SnapshotSendError::Shutdown);
+        }
+        if !matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+            return Err(SnapshotSendError::NotInstallSnapshot);
+        }
+        let to = msg.to;
+        let (link, addr) = {
+            let Ok(peers) = self.inner.peers.read() else { return Err(SnapshotSendError::Shutdown) };
+            let Some(peer) = peers.get(&to) else { return Err(SnapshotSendError::UnknownPeer(to)) };
+            (peer.link.clone(), peer.addr.clone())
+        };
+        if link.snapshot_busy.swap(true, Ordering::AcqRel) {
+            return Err(SnapshotSendError::Busy(to));
+        }
+        let shared = shared.clone();
+        let span = debug_span!("snapshot_send", node = %shared.local_id, peer = %to, %addr);
+        tokio::spawn(send_snapshot_task(shared, link, addr, msg, source).instrument(span));
+        Ok(())
+    }
+
+    /// Adds (or re-addresses) a peer: starts its writer task and accepts its connections.
+    pub fn add_peer(&self, id: NodeId, addr: impl Into<String>) {
+        let addr = addr.into();
+        let shared = &self.inner.shared;
+        if id == shared.local_id {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.inner.per_peer_queue);
+        let link = Arc::new(PeerLink {
+            id,
+            state: AtomicU8::new(LINK_CONNECTING),
+            queued_bytes: AtomicU64::new(0),
+            unreachable_reported: AtomicBool::new(false),
+            snapshot_busy: AtomicBool::new(false),
+        });
+        let span = debug_span!("peer", node = %shared.local_id, peer = %id, %addr);
+        tokio::spawn(run_peer(shared.clone(), link.clone(), addr.clone(), rx).instrument(span));
+        if let Ok(mut known) = shared.known.write() {
+            known.insert(id);
+        }
+        if let Ok(mut peers) = self.inner.peers.write() {
+            // Replacing an entry drops its sender, which ends the old writer task.
+            peers.insert(id, PeerEntry { tx, link, addr });
+        }
+    }
+
+    /// Removes a peer: its writer stops, its inbound connections close, and its future
+    /// connections are refused.
+    pub fn remove_peer(&self, id: NodeId) {
+        let shared = &self.inner.shared;
+        if let Ok(mut known) = shared.known.write() {
+            known.remove(&id);
+        }
+        if let Ok(mut peers) = self.inner.peers.write() {
+            peers.remove(&id);
+        }
+        if let Ok(mut conns) = shared.inbound_conns.lock() {
+            conns.retain(|(peer, _), _| *peer != id);
+        }
+    }
+
+    /// Whether the outbound messages connection to `id` is up (handshake done).
+    pub fn is_connected(&self, id: NodeId) -> bool {
+        self.inner
+            .peers
+            .read()
+            .ok()
+            .and_then(|p| p.get(&id).map(|e| e.link.state.load(Ordering::Acquire) == LINK_CONNECTED))
+            .unwrap_or(false)
+    }
+
+    /// The peers and their addresses.
+    pub fn peers(&self) -> BTreeMap<NodeId, String> {
+        self.inner
+            .peers
+            .read()
+            .map(|p| p.iter().map(|(id, e)| (*id, e.addr.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops everything and waits until the listening socket is closed (so the port can be
+    /// bound again). Connections close promptly after.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown_tx.send(true);
+        if let Ok(mut peers) = self.inner.peers.write() {
+            peers.clear();
+        }
+        if let Ok(mut conns) = self.inner.shared.inbound_conns.lock() {
+            conns.clear();
+        }
+        let accept = self.inner.accept.lock().ok().and_then(|mut a| a.take());
+        if let Some(accept) = accept {
+            let _ = accept.await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound: dialing and the handshake.
+
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("connect failed: {0}")]
+    Connect(io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("handshake failed: {0}")]
+    Frame(#[from] FrameError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(
+        "peer answered as cluster {cluster:#x} node {node}, expected cluster {expected_cluster:#x} node {expected_node}"
+    )]
+    WrongPeer { cluster: u64, node: NodeId, expected_cluster: u64, expected_node: NodeId },
+    #[error("handshake failed: peer closed the connection")]
+    Closed,
+    #[error("handshake failed: unexpected frame {0:?}")]
+    Unexpected(FrameType),
+}
+
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> DialError {
+        DialError::Frame(FrameError::Io(e))
+    }
+}
+
+impl From<DecodeError> for DialError {
+    fn from(e: DecodeError) -> DialError {
+        DialError::Frame(FrameError::Decode(e))
+    }
+}
+
+/// Connects to `addr`, says Hello and waits for the answer.
+async fn dial(
+    shared: &Shared,
+    addr: &str,
+    peer: NodeId,
+    stream: StreamKind,
+) -> Result<(TcpStream, FrameReader), DialError> {
+    let mut tcp = match timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(DialError::ConnectTimeout),
+        Ok(Err(e)) => return Err(DialError::Connect(e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    tcp.set_nodelay(true)?;
+    let hello = Hello {
+        magic: MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: shared.cluster_id,
+        from: shared.local_id,
+        to: peer,
+        stream,
+    };
+    let mut reader = FrameReader::new();
+    let exchange = async {
+        let mut buf = BytesMut::new();
+        hello.encode(&mut buf);
+        tcp.write_all(&buf).await?;
+        match reader.read_frame(&mut tcp, HANDSHAKE_MAX_FRAME_BYTES).await? {
+            None => Err(DialError::Closed),
+            Some((FrameType::HelloOk, payload)) => {
+                let ok = HelloOk::decode(payload)?;
+                if ok.cluster_id != shared.cluster_id || ok.node_id != peer {
+                    return Err(DialError::WrongPeer {
+                        cluster: ok.cluster_id,
+                        node: ok.node_id,
+                        expected_cluster: shared.cluster_id,
+                        expected_node: peer,
+                    });
+                }
+                Ok(())
+            }
+            Some((FrameType::HelloRefused, payload)) => {
+                Err(DialError::Refused(HelloRefused::decode(payload)?.reason))
+            }
+            Some((other, _)) => Err(DialError::Unexpected(other)),
+        }
+    };
+    match timeout(shared.handshake_timeout, exchange).await {
+        Err(_) => Err(DialError::HandshakeTimeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Ok((tcp, reader)),
+    }
+}
+
+/// Exponential backoff with jitter in `[d/2, d]`.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration, seed: u64) -> Backoff {
+        Backoff { min, max, current: min, rng: seed | 1 }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = d / 2;
+        let nanos = half.as_nanos() as u64;
+        let jitter = if nanos == 0 { 0 } else { r % (nanos + 1) };
+        half + Duration::from_nanos(jitter)
+    }
+}
+
+fn seed(a: NodeId, b: NodeId) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    now ^ a.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.get().rotate_left(32)
+}
+
+/// How a connected writer loop ended.
+enum WriterEnd {
+    /// Shutdown or peer removed: stop the task.
+    Stop,
+    /// The connection broke: reconnect.
+    Broken(String),
+}
+
+/// One peer's outbound messages connection, for the life of the transport.
+async fn run_peer(shared: Arc<Shared>, link: Arc<PeerLink>, addr: String, mut rx: mpsc::Receiver<Message>) {
+    let mut backoff = Backoff::new(shared.backoff_min, shared.backoff_max, seed(shared.local_id, link.id));
+    let mut ever_connected = false;
+    let mut last_failure: Option<String> = None;
+    loop {
+        link.state.store(LINK_CONNECTING, Ordering::Release);
+        let dialed = tokio::select! {
+            d = dial(&shared, &addr, link.id, StreamKind::Messages) => d,
+            _ = stopped(shared.shutdown.clone()) => return,
+        };
+        match dialed {
+            Ok((tcp, _reader)) => {
+                Counters::add(&shared.counters.connects, 1);
+                if ever_connected {
+                    Counters::add(&shared.counters.reconnects, 1);
+                }
+                ever_connected = true;
+                last_failure = None;
+                backoff.reset();
+                link.state.store(LINK_CONNECTED, Ordering::Release);
+                link.unreachable_reported.store(false, Ordering::Release);
+                debug!("connected");
+                match write_loop(&shared, &link, tcp, &mut rx).await {
+                    WriterEnd::Stop => return,
+                    WriterEnd::Broken(why) => debug!(reason = %why, "disconnected"),
+                }
+            }
+            Err(e) => {
+                Counters::add(&shared.counters.connect_failures, 1);
+                let text = e.to_string();
+                match &e {
+                    DialError::Refused(reason) => {
+                        Counters::add(&shared.counters.refused_by_peer, 1);
+                        if last_failure.as_deref() != Some(&text) {
+                            warn!("peer {} at {addr} refused: {reason}", link.id);
+                        }
+                    }
+                    DialError::WrongPeer { .. } if last_failure.as_deref() != Some(&text) => {
+                        warn!("peer {} at {addr}: {e}", link.id);
+                    }
+                    _ => debug!(error = %e, "connect failed"),
+                }
+                last_failure = Some(text);
+            }
+        }
+        // Down: drop what is queued, refuse new messages until the next attempt.
+        link.state.store(LINK_DOWN, Ordering::Release);
+        let mut dropped = 0;
+        while let Ok(m) = rx.try_recv() {
+            link.queued_bytes.fetch_sub(m.size_bytes(), Ordering::AcqRel);
+            dropped += 1;
+        }
+        shared.drop_messages(dropped);
+        shared.report_unreachable(&link);
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(shared.shutdown.clone()) => return,
+        }
+        if rx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Drains the queue into batches, one `write_all` per batch, until the connection breaks.
+async fn write_loop(
+    shared: &Shared,
+    link: &PeerLink,
+    tcp: TcpStream,
+    rx: &mut mpsc::Receiver<Message>,
+) -> WriterEnd {
+    let (mut rd, mut wr): (OwnedReadHalf, OwnedWriteHalf) = tcp.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut probe = [0u8; 64];
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return WriterEnd::Stop,
+            },
+            // The acceptor sends nothing after HelloOk: any read result means the peer
+            // closed (or misbehaves), so reconnect at once instead of at the next write.
+            r = rd.read(&mut probe) => {
+                return WriterEnd::Broken(match r {
+                    Ok(0) => "peer closed the connection".into(),
+                    Ok(_) => "unexpected data from peer".into(),
+                    Err(e) => format!("read error: {e}"),
+                });
+            }
+            _ = shutdown.wait_for(|s| *s) => return WriterEnd::Stop,
+        };
+        buf.clear();
+        let mut batch = 0u64;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            link.queued_bytes.fetch_sub(msg.size_bytes(), Ordering::AcqRel);
+            match codec::encode_message_frame(&msg, shared.max_frame_bytes, &mut buf) {
+                Ok(()) => batch += 1,
+                Err(e) => {
+                    warn!(error = %e, message = msg.body.name(), "dropping a message too large to send");
+                    shared.drop_messages(1);
+                }
+            }
+            if buf.len() < shared.max_batch_bytes {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch == 0 {
+            continue;
+        }
+        match timeout(shared.write_timeout, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {
+                Counters::add(&shared.counters.messages_sent, batch);
+                Counters::add(&shared.counters.bytes_sent, buf.len() as u64);
+                Counters::add(&shared.counters.batches_sent, 1);
+                link.unreachable_reported.store(false, Ordering::Release);
+            }
+            Ok(Err(e)) => {
+                shared.drop_messages(batch);
+                return WriterEnd::Broken(format!("write error: {e}"));
+            }
+            Err(_) => {
+                shared.drop_messages(batch);
+                return WriterEnd::Broken("write timed out".into());
+            }
+        }
+        if buf.capacity() > 4 * shared.max_batch_bytes.max(64 * 1024) {
+            // Do not keep a huge buffer around after one large batch.
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbound: accept loop, handshake, message reader.
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, permits: Arc<Semaphore>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically out of file descriptors: wait a little instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            Counters::add(&shared.counters.inbound_over_limit, 1);
+            warn!(peer_addr = %addr, "closing connection: too many inbound connections");
+            drop(tcp);
+            continue;
+        };
+        let shared = shared.clone();
+        let span = debug_span!("inbound", node = %shared.local_id, peer_addr = %addr);
+        tokio::spawn(
+            async move {
+                serve_inbound(&shared, tcp, addr).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Why an inbound connection was closed.
+#[derive(Debug, thiserror::Error)]
+enum InboundError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("timed out")]
+    Timeout,
+    #[error("expected {expected}, got frame {got:?}")]
+    Unexpected { expected: &'static str, got: FrameType },
+    #[error("message claims from {from} to {to} on a connection from {peer} to {local}")]
+    WrongIds { from: NodeId, to: NodeId, peer: NodeId, local: NodeId },
+    #[error("InstallSnapshot on the messages stream")]
+    SnapshotOnMessageStream,
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<DecodeError> for InboundError {
+    fn from(e: DecodeError) -> InboundError {
+        InboundError::Frame(FrameError::Decode(e))
+    }
+}
+
+impl InboundError {
+    /// Whether the peer sent something it should not have (as opposed to I/O trouble).
+    fn is_protocol_violation(&self) -> bool {
+        !matches!(
+            self,
+            InboundError::Frame(FrameError::Io(_))
+                | InboundError::Io(_)
+                | InboundError::Timeout
+                | InboundError::HandshakeTimeout
+                | InboundError::Snapshot(_)
+        )
+    }
+}
+
+fn check_hello(shared: &Shared, hello: &Hello) -> Result<(), HelloRefused> {
+    let refuse = |code, reason: String| Err(HelloRefused { code, reason });
+    if hello.magic != MAGIC {
+        return refuse(RefusalCode::BadMagic, format!("bad magic {:#010x}", hello.magic));
+    }
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return refuse(
+            RefusalCode::UnsupportedVersion,
+            format!(
+                "unsupported protocol version {} (acceptor speaks {})",
+                hello.protocol_version, PROTOCOL_VERSION
+            ),
+        );
+    }
+    if hello.cluster_id != shared.cluster_id {
+        return refuse(
+            RefusalCode::ClusterIdMismatch,
+            format!(
+                "cluster id mismatch (acceptor {:#x}, dialer {:#x}): member of another cluster",
+                shared.cluster_id, hello.cluster_id
+            ),
+        );
+    }
+    if hello.to != shared.local_id {
+        return refuse(
+            RefusalCode::WrongMember,
+            format!("wrong member: dialed node {}, this is node {}", hello.to, shared.local_id),
+        );
+    }
+    if !shared.is_known(hello.from) {
+        return refuse(
+            RefusalCode::UnknownPeer,
+            format!("node {} is not a known peer of node {}", hello.from, shared.local_id),
+        );
+    }
+    Ok(())
+}
+
+/// Registers a connection as the live one for (peer, kind), cancelling the previous one.
+fn register_conn(shared: &Shared, peer: NodeId, kind: StreamKind) -> (u64, oneshot::Receiver<()>) {
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    if let Ok(mut conns) = shared.inbound_conns.lock() {
+        // Dropping the old sender cancels the old connection.
+        conns.insert((peer, kind), (id, tx));
+    }
+    (id, rx)
+}
+
+fn unregister_conn(shared: &Shared, peer: NodeId, kind: StreamKind, id: u64) {
+    if let Ok(mut conns) = shared.inbound_conns.lock()
+        && conns.get(&(peer, kind)).is_some_and(|(live, _)| *live == id)
+    {
+        conns.remove(&(peer, kind));
+    }
+}
+
+async fn serve_inbound(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        r = serve_inbound_inner(shared, tcp, addr) => {
+            if let Err(e) = r {
+                if e.is_protocol_violation() {
+                    Counters::add(&shared.counters.malformed_closed, 1);
+                    warn!(peer_addr = %addr, error = %e, "closing connection: malformed input from peer");
+                } else {
+                    debug!(peer_addr = %addr, error = %e, "inbound connection closed");
+                }
+            }
+        }
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+}
+
+async fn serve_inbound_inner(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+) -> Result<(), InboundError> {
+    tcp.set_nodelay(true)?;
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut reader = FrameReader::new();
+    let hello = match timeout(shared.handshake_timeout, reader.read_frame(&mut rd, HANDSHAKE_MAX_FRAME_BYTES))
+        .await
+    {
+        Err(_) => return Err(InboundError::HandshakeTimeout),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some((FrameType::Hello, payload)))) => Hello::decode(payload)?,
+        Ok(Ok(Some((got, _)))) => return Err(InboundError::Unexpected { expected: "Hello", got }),
+    };
+    let mut buf = BytesMut::new();
+    if let Err(refused) = check_hello(shared, &hello) {
+        Counters::add(&shared.counters.refused_inbound, 1);
+        warn!(peer_addr = %addr, peer = %hello.from, "refusing connection: {}", refused.reason);
+        refused.encode(&mut buf);
+        let _ = timeout(shared.handshake_timeout, wr.write_all(&buf)).await;
+        let _ = wr.shutdown().await;
+        return Ok(());
+    }
+    HelloOk { protocol_version: PROTOCOL_VERSION, cluster_id: shared.cluster_id, node_id: shared.local_id }
+        .encode(&mut buf);
+    match timeout(shared.handshake_timeout, wr.write_all(&buf)).await {
+        Err(_) => return Err(InboundError::HandshakeTimeout),
+        Ok(r) => r?,
+    }
+    let peer = hello.from;
+    debug!(peer = %peer, stream = ?hello.stream, "accepted");
+    let (conn_id, cancel) = register_conn(shared, peer, hello.stream);
+    let result = tokio::select! {
+        r = async {
+            match hello.stream {
+                StreamKind::Messages => read_messages(shared, &mut rd, reader, peer).await,
+                StreamKind::Snapshot => receive_snapshot(shared, &mut rd, &mut wr, reader, peer, addr).await,
+            }
+        } => r,
+        _ = cancel => {
+            debug!(peer = %peer, "replaced by a newer connection from the same peer");
+            Ok(())
+        }
+    };
+    unregister_conn(shared, peer, hello.stream, conn_id);
+    result
+}
+
+async fn read_messages(
+    shared: &Shared,
+    rd: &mut OwnedReadHalf,
+    mut reader: FrameReader,
+    peer: NodeId,
+) -> Result<(), InboundError> {
+    loop {
+        let Some((ty, payload)) = reader.read_frame(rd, shared.max_frame_bytes).await? else {
+            debug!(peer = %peer, "peer closed the connection");
+            return Ok(());
+        };
+        if ty != FrameType::Message {
+            return Err(InboundError::Unexpected { expected: "Message", got: ty });
+        }
+        let len = payload.len() as u64 + codec::FRAME_HEADER_LEN as u64;
+        let msg = codec::decode(payload)?;
+        if msg.from != peer || msg.to != shared.local_id {
+            return Err(InboundError::WrongIds { from: msg.from, to: msg.to, peer, local: shared.local_id });
+        }
+        if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
+            return Err(InboundError::SnapshotOnMessageStream);
+        }
+        // Awaiting here is the backpressure: a slow driver slows this TCP connection.
+        if shared.inbound.send(Inbound::Message(msg)).await.is_err() {
+            return Ok(());
+        }
+        Counters::add(&shared.counters.messages_received, 1);
+        Counters::add(&shared.counters.bytes_received, len);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshot stream, receiving side.
+
+async fn read_snapshot_frame(
+    shared: &Shared,
+    rd: &mut OwnedReadHalf,
+    reader: &mut FrameReader,
+) -> Result<(FrameType, Bytes), InboundError> {
+    match timeout(shared.snapshot_io_timeout, reader.read_frame(rd, shared.max_frame_bytes)).await {
+        Err(_) => Err(InboundError::Timeout),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(None)) => Err(InboundError::Frame(FrameError::TruncatedAtEof(0))),
+        Ok(Ok(Some(f))) => Ok(f),
+    }
+}
+
+/// Runs a blocking sink call on the blocking pool, handing the sink back.
+async fn with_sink<T: Send + 'static>(
+    sink: Box<dyn SnapshotSink>,
+    f: impl FnOnce(&mut dyn SnapshotSink) -> io::Result<T> + Send + 'static,
+) -> (Option<Box<dyn SnapshotSink>>, io::Result<T>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut sink = sink;
+        let r = f(sink.as_mut());
+        (sink, r)
+    })
+    .await;
+    match joined {
+        Ok((sink, r)) => (Some(sink), r),
+        Err(e) => (None, Err(io::Error::other(format!("snapshot sink task failed: {e}")))),
+    }
+}
+
+async fn receive_snapshot(
+    shared: &Shared,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    mut reader: FrameReader,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(), InboundError> {
+    let result = receive_snapshot_body(shared, rd, &mut reader, peer).await;
+    let ack = match &result {
+        Ok(_) => SnapshotAck { ok: true, reason: String::new() },
+        Err(e) => {
+            Counters::add(&shared.counters.snapshots_rejected, 1);
+            warn!(peer_addr = %addr, peer = %peer, error = %e, "rejecting snapshot transfer");
+            SnapshotAck { ok: false, reason: e.to_string() }
+        }
+    };
+    if let Ok(Some((message, staged))) = result {
+        // Staged and verified: hand it over, then acknowledge.
+        if shared.inbound.send(Inbound::Snapshot { message, staged }).await.is_err() {
+            return Ok(());
+        }
+        Counters::add(&shared.counters.snapshots_received, 1);
+    }
+    let mut buf = BytesMut::new();
+    ack.encode(&mut buf);
+    let _ = timeout(shared.snapshot_io_timeout, wr.write_all(&buf)).await;
+    let _ = wr.shutdown().await;
+    Ok(())
+}
+
+async fn receive_snapshot_body(
+    shared: &Shared,
+    rd: &mut OwnedReadHalf,
+    reader: &mut FrameReader,
+    peer: NodeId,
+) -> Result<Option<(Message, StagedSnapshot)>, InboundError> {
+    let (ty, payload) = read_snapshot_frame(shared, rd, reader).await?;
+    if ty != FrameType::SnapshotBegin {
+        return Err(InboundError::Unexpected { expected: "SnapshotBegin", got: ty });
+    }
+    let begin = SnapshotBegin::decode(payload)?;
+    let MessageBody::InstallSnapshot { meta } = &begin.message.body else {
+        return Err(InboundError::Snapshot("SnapshotBegin does not carry an InstallSnapshot".into()));
+    };
+    if begin.message.from != peer || begin.message.to != shared.local_id {
+        return Err(InboundError::WrongIds {
+            from: begin.message.from,
+            to: begin.message.to,
+            peer,
+            local: shared.local_id,
+        });
+    }
+    let total = begin.total_len;
+    if total > shared.max_snapshot_bytes {
+        return Err(InboundError::Snapshot(format!(
+            "snapshot of {total} bytes exceeds the limit of {}",
+            shared.max_snapshot_bytes
+        )));
+    }
+    let sinks = shared.sinks.clone();
+    let meta = meta.clone();
+    let created = tokio::task::spawn_blocking(move || sinks.create(peer, &meta, total)).await;
+    let mut sink = match created {
+        Ok(Ok(sink)) => sink,
+        Ok(Err(e)) => return Err(InboundError::Snapshot(format!("cannot create sink: {e}"))),
+        Err(e) => return Err(InboundError::Snapshot(format!("sink factory failed: {e}"))),
+    };
+    let mut offset = 0u64;
+    let mut crc = 0u32;
+    loop {
+        let (ty, payload) = read_snapshot_frame(shared, rd, reader).await?;
+        match ty {
+            FrameType::SnapshotChunk => {
+                let chunk = SnapshotChunk::decode(payload)?;
+                let len = chunk.data.len() as u64;
+                if chunk.offset != offset {
+                    return Err(InboundError::Snapshot(format!(
+                        "chunk at offset {} where {offset} was expected",
+                        chunk.offset
+                    )));
+                }
+                if len == 0 || offset + len > total {
+                    return Err(InboundError::Snapshot(format!(
+                        "chunk of {len} bytes at {offset} does not fit a body of {total}"
+                    )));
+                }
+                let actual = crc32c::crc32c(&chunk.data);
+                if actual != chunk.crc32c {
+                    return Err(InboundError::Snapshot(format!(
+                        "CRC mismatch in chunk at offset {offset}: computed {actual:#010x}, sent {:#010x}",
+                        chunk.crc32c
+                    )));
+                }
+                crc = crc32c::crc32c_append(crc, &chunk.data);
+                let data = chunk.data;
+                let at = offset;
+                let (back, r) = with_sink(sink, move |s| s.write_chunk(at, &data)).await;
+                r.map_err(|e| InboundError::Snapshot(format!("sink write failed: {e}")))?;
+                let Some(back) = back else {
+                    return Err(InboundError::Snapshot("sink lost".into()));
+                };
+                sink = back;
+                offset += len;
+            }
+            FrameType::SnapshotEnd => {
+                let end = SnapshotEnd::decode(payload)?;
+                if end.total_len != total || offset != total {
+                    return Err(InboundError::Snapshot(format!(
+                        "transfer ended at {offset} of {total} bytes (trailer says {})",
+                        end.total_len
+                    )));
+                }
+                if end.crc32c != crc {
+                    return Err(InboundError::Snapshot(format!(
+                        "whole-body CRC mismatch: computed {crc:#010x}, sent {:#010x}",
+                        end.crc32c
+                    )));
+                }
+                let finished = tokio::task::spawn_blocking(move || sink.finish()).await;
+                let body = match finished {
+                    Ok(Ok(body)) => body,
+                    Ok(Err(e)) => return Err(InboundError::Snapshot(format!("staging failed: {e}"))),
+                    Err(e) => return Err(InboundError::Snapshot(format!("staging task failed: {e}"))),
+                };
+                debug!(peer = %peer, bytes = total, "snapshot staged");
+                return Ok(Some((begin.message, StagedSnapshot { len: total, crc32c: crc, body })));
+            }
+            got => return Err(InboundError::Unexpected { expected: "SnapshotChunk or SnapshotEnd", got }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshot stream, sending side.
+
+#[derive(Debug, thiserror::Error)]
+enum SnapshotSendFailure {
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    #[error("reading the snapshot source: {0}")]
+    Source(io::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    #[error("receiver rejected the snapshot: {0}")]
+    Rejected(String),
+    #[error("no acknowledgement: {0}")]
+    NoAck(String),
+}
+
+async fn send_snapshot_task(
+    shared: Arc<Shared>,
+    link: Arc<PeerLink>,
+    addr: String,
+    msg: Message,
+    source: Box<dyn SnapshotSource>,
+) {
+    let to = msg.to;
+    let result = tokio::select! {
+        r = transfer_snapshot(&shared, &addr, msg, source) => r,
+        _ = stopped(shared.shutdown.clone()) => {
+            link.snapshot_busy.store(false, Ordering::Release);
+            return;
+        }
+    };
+    let ok = match result {
+        Ok(bytes) => {
+            Counters::add(&shared.counters.snapshots_sent, 1);
+            debug!(bytes, "snapshot delivered");
+            true
+        }
+        Err(e) => {
+            Counters::add(&shared.counters.snapshots_failed, 1);
+            warn!("snapshot to peer {to} at {addr} failed: {e}");
+            false
+        }
+    };
+    link.snapshot_busy.store(false, Ordering::Release);
+    tokio::select! {
+        _ = shared.reports.send(Report::Snapshot { to, ok }) => {}
+        _ = stopped(shared.shutdown.clone()) => {}
+    }
+}
+
+async fn write_with_timeout(
+    shared: &Shared,
+    wr: &mut OwnedWriteHalf,
+    buf: &[u8],
+) -> Result<(), SnapshotSendFailure> {
+    match timeout(shared.snapshot_io_timeout, wr.write_all(buf)).await {
+        Err(_) => Err(SnapshotSendFailure::Timeout),
+        Ok(r) => Ok(r?),
+    }
+}
+
+/// Streams one snapshot; returns its length once the receiver acknowledged it.
+async fn transfer_snapshot(
+    shared: &Shared,
+    addr: &str,
+    msg: Message,
+    mut source: Box<dyn SnapshotSource>,
+) -> Result<u64, SnapshotSendFailure> {
+    let total = source.total_len();
+    let (tcp, mut reader) = dial(shared, addr, msg.to, StreamKind::Snapshot).await?;
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut buf = BytesMut::new();
+    SnapshotBegin { total_len: total, message: msg }.encode(shared.max_frame_bytes, &mut buf)?;
+    write_with_timeout(shared, &mut wr, &buf).await?;
+
+    // The source is read on a blocking thread, at most two chunks ahead of the socket.
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<io::Result<Bytes>>(2);
+    let chunk_size = shared.snapshot_chunk_bytes as u64;
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut remaining = total;
+        while remaining > 0 {
+            // chunk_size fits usize; so does min(remaining, chunk_size).
+            let n = remaining.min(chunk_size) as usize;
+            let mut data = vec![0u8; n];
+            let r = source.read_chunk(&mut data).map(|()| Bytes::from(data));
+            let failed = r.is_err();
+            if chunk_tx.blocking_send(r).is_err() || failed {
+                return;
+            }
+            remaining -= n as u64;
+        }
+    });
+
+    let mut offset = 0u64;
+    let mut crc = 0u32;
+    let mut index = 0u64;
+    while offset < total {
+        let data = match chunk_rx.recv().await {
+            Some(Ok(data)) => data,
+            Some(Err(e)) => return Err(SnapshotSendFailure::Source(e)),
+            None => {
+                return Err(SnapshotSendFailure::Source(io::Error::other("snapshot reader stopped early")));
+            }
+        };
+        let chunk_crc = crc32c::crc32c(&data);
+        crc = crc32c::crc32c_append(crc, &data);
+        let len = data.len() as u64;
+        let data = if shared.faults.corrupt_snapshot_chunk == Some(index) {
+            let mut bad = data.to_vec();
+            if let Some(b) = bad.first_mut() {
+                *b ^= 0x01;
+            }
+            Bytes::from(bad)
+        } else {
+            data
+        };
+        buf.clear();
+        SnapshotChunk { offset, data, crc32c: chunk_crc }.encode(shared.max_frame_bytes, &mut buf)?;
+        write_with_timeout(shared, &mut wr, &buf).await?;
+        offset += len;
+        index += 1;
+    }
+    let _ = producer.await;
+    buf.clear();
+    SnapshotEnd { total_len: total, crc32c: crc }.encode(&mut buf);
+    write_with_timeout(shared, &mut wr, &buf).await?;
+
+    let ack = match timeout(shared.snapshot_io_timeout, reader.read_frame(&mut rd, HANDSHAKE_MAX_FRAME_BYTES))
+        .await
+    {
+        Err(_) => return Err(SnapshotSendFailure::NoAck("timed out".into())),
+        Ok(Err(e)) => return Err(SnapshotSendFailure::NoAck(e.to_string())),
+        Ok(Ok(None)) => return Err(SnapshotSendFailure::NoAck("connection closed".into())),
+        Ok(Ok(Some((FrameType::SnapshotAck, payload)))) => {
+            SnapshotAck::decode(payload).map_err(|e| SnapshotSendFailure::NoAck(e.to_string()))?
+        }
+        Ok(Ok(Some((other, _)))) => {
+            return Err(SnapshotSendFailure::NoAck(format!("unexpected frame {other:?}")));
+        }
+    };
+    if ack.ok { Ok(total) } else { Err(SnapshotSendFailure::Rejected(ack.reason)) }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(50), Duration::from_secs(2), 42);
+        let mut prev_cap = Duration::from_millis(50);
+        for _ in 0..10 {
+            let d = b.next_delay();
+            assert!(d >= prev_cap / 2 && d <= prev_cap, "{d:?} vs {prev_cap:?}");
+            prev_cap = (prev_cap * 2).min(Duration::from_secs(2));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(50));
+    }
+}
