@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub log_level: String,
     pub unsafe_no_fsync: bool,
+    /// Whether --initial-cluster-token was given (a restarted member then checks it).
+    pub initial_cluster_token_explicit: bool,
 }
 
 /// A configuration problem, explained for the operator.
@@ -279,8 +281,8 @@ impl ServerConfig {
                 "member name {name:?} is not in --initial-cluster ({initial_cluster_raw}); add {name}=<peer url> or fix --name"
             ));
         };
-        let mut mine: Vec<String> = me.peer_urls.clone();
-        let mut advertised = advertise_peer_urls.clone();
+        let mut mine = me.peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let mut advertised = advertise_peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
         mine.sort();
         advertised.sort();
         if mine != advertised {
@@ -299,6 +301,7 @@ impl ServerConfig {
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state,
+            initial_cluster_token_explicit: args.initial_cluster_token.is_some(),
             initial_cluster_token: args.initial_cluster_token.unwrap_or_else(|| "raftkv-cluster".to_string()),
             heartbeat_interval_ms,
             election_timeout_ms,
@@ -391,11 +394,9 @@ mod tests {
     fn malformed_values_are_explained() {
         assert!(parse_initial_cluster("m1").expect_err("no =").0.contains("expected name=http"));
         assert!(parse_url("http://nohost").expect_err("no port").0.contains("invalid URL"));
-        let mut a = ServerArgs::default();
-        a.initial_cluster_state = Some("old".into());
+        let a = ServerArgs { initial_cluster_state: Some("old".into()), ..Default::default() };
         assert!(ServerConfig::resolve(a).expect_err("bad state").0.contains("new or existing"));
-        let mut a = ServerArgs::default();
-        a.election_timeout = Some(200);
+        let a = ServerArgs { election_timeout: Some(200), ..Default::default() };
         assert!(ServerConfig::resolve(a).expect_err("too short").0.contains("at least 5 times"));
     }
 

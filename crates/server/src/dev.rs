@@ -85,13 +85,13 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             }
         }
     }
+    let resumed = args.data_dir.join("m1").join("member").exists();
     let mut children = Vec::new();
     for (name, client, peer) in MEMBERS {
         let child =
             spawn_member(&exe, &args, name, client, peer).map_err(|e| format!("cannot start {name}: {e}"))?;
         children.push((name, child));
     }
-    let resumed = args.data_dir.join("m1").join("member").exists();
     println!(
         "raftkv dev: 3 members {} (data in {})",
         if resumed { "resuming" } else { "starting" },

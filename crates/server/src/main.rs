@@ -5,7 +5,14 @@ use clap::{Parser, Subcommand};
 mod codec;
 mod config;
 mod dev;
+mod gateway_stub;
+mod grpc;
+mod kvsm;
+mod member;
 mod node;
+mod peer;
+mod server;
+mod service;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,7 +36,11 @@ enum Command {
 fn init_logging(format: config::LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Json => builder.json().init(),
         config::LogFormat::Text => builder.init(),
@@ -49,8 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Server(args) => match config::ServerConfig::resolve(*args) {
             Ok(config) => {
                 init_logging(config.log_format, &config.log_level);
-                runtime
-                    .block_on(async { Err::<(), String>(format!("server not wired yet: {}", config.name)) })
+                runtime.block_on(server::run(config))
             }
             Err(e) => Err(e.to_string()),
         },

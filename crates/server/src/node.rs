@@ -320,7 +320,7 @@ impl<S: StateMachine> Node<S> {
             staged: BTreeMap::new(),
             snapshots: snapshots_for_driver,
         };
-        let task = tokio::spawn(driver.run());
+        let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), tracing::Span::current()));
         Ok(Node { handle: NodeHandle { requests: requests_tx, shared }, inbound_tx, task, shutdown })
     }
 

@@ -1,0 +1,153 @@
+//! Starting and stopping one member: identity, storage, transport, driver, client API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftkv_kv::{KvConfig, LeasePolicy};
+use raftkv_raft::NodeId;
+use raftkv_storage::{LogOptions, NodeIds, RealFs, Storage, SyncMode};
+use raftkv_transport::{Transport, TransportConfig};
+use tokio::sync::mpsc;
+
+use crate::config::{ServerConfig, parse_url};
+use crate::kvsm::KvMachine;
+use crate::member;
+use crate::node::{Node, NodeConfig};
+use crate::service::{Api, ApiConfig};
+
+/// Runs the member until SIGINT/SIGTERM or a fatal error.
+pub async fn run(config: ServerConfig) -> Result<(), String> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("member", name = %config.name);
+    run_member(config).instrument(span).await
+}
+
+async fn run_member(config: ServerConfig) -> Result<(), String> {
+    let identity = member::load_or_bootstrap(&config, config.initial_cluster_token_explicit)?;
+    let record = identity.record;
+    let ids = NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
+    let fs = Arc::new(RealFs);
+    let opts = LogOptions {
+        sync: if config.unsafe_no_fsync { SyncMode::NoSyncUnsafeForBenchmarksOnly } else { SyncMode::Fsync },
+        ..LogOptions::default()
+    };
+    let raft_dir = member::raft_dir(&config.data_dir);
+    let (storage, recovered) = if identity.fresh {
+        let storage = Storage::create(fs, &raft_dir, ids, opts)
+            .map_err(|e| format!("cannot initialise the data dir {}: {e}", config.data_dir.display()))?;
+        member::save(&config.data_dir, &record)?;
+        (storage, raftkv_storage::Recovered { first_index: 1, ..Default::default() })
+    } else {
+        Storage::open(fs, &raft_dir, ids, opts).map_err(|e| {
+            format!(
+                "cannot open the data dir {}: {e}\n(see docs/storage.md for what to do when storage is damaged)",
+                config.data_dir.display()
+            )
+        })?
+    };
+    tracing::info!(
+        name = %config.name,
+        member_id = format!("{:x}", record.member_id),
+        cluster_id = format!("{:x}", record.cluster_id),
+        last_index = recovered.last_index,
+        "starting member"
+    );
+
+    // Peer transport.
+    let listen_peer = *config.listen_peer.first().ok_or("no --listen-peer-urls")?;
+    let mut tcfg = TransportConfig::new(record.cluster_id, NodeId(record.member_id), listen_peer);
+    for m in &record.members {
+        if m.id == record.member_id {
+            continue;
+        }
+        let url = m.peer_urls.first().ok_or_else(|| format!("member {} has no peer URL", m.name))?;
+        tcfg.peers.insert(NodeId(m.id), parse_url(url).map_err(|e| e.to_string())?.to_string());
+    }
+    tcfg.snapshot_sinks = Arc::new(
+        crate::peer::FileSinkFactory::new(member::member_dir(&config.data_dir).join("snap-recv"))
+            .map_err(|e| format!("cannot prepare the snapshot staging directory: {e}"))?,
+    );
+    let (t_inbound_tx, t_inbound_rx) = mpsc::channel(4096);
+    let (reports_tx, reports_rx) = mpsc::channel(1024);
+    let transport = Transport::start(tcfg, t_inbound_tx, reports_tx).await.map_err(|e| e.to_string())?;
+    let network = crate::peer::network(transport.clone());
+
+    // The driver.
+    let kv_config = KvConfig { max_txn_ops: config.max_txn_ops, lease_policy: LeasePolicy::Ignore };
+    let sm = KvMachine::new(kv_config);
+    let node_config = NodeConfig {
+        id: NodeId(record.member_id),
+        voters: record.members.iter().map(|m| NodeId(m.id)).collect(),
+        tick: Duration::from_millis(config.heartbeat_interval_ms),
+        election_ticks: config.election_ticks(),
+        snapshot_count: config.snapshot_count,
+        snapshot_keep_entries: (config.snapshot_count / 2).clamp(1, 5000),
+        request_queue: 16 * 1024,
+        seed: record.member_id,
+    };
+    let node = Node::start(node_config, storage, recovered, sm, network.clone())?;
+    let _ = network.driver.set(node.inbound());
+    tokio::spawn(crate::peer::forward(t_inbound_rx, reports_rx, node.inbound()));
+
+    // The client API.
+    let api = Api::new(
+        node.handle.clone(),
+        ApiConfig {
+            cluster: record.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+            request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
+        },
+    );
+    let router = crate::grpc::routes(api.clone()).into_axum_router();
+    let router = router.merge(crate::gateway_stub::router(api.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for addr in &config.listen_client {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for clients on {addr}: {e}"))?;
+        let mut stop = stop_rx.clone();
+        let router = router.clone();
+        servers.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        }));
+    }
+    tracing::info!(
+        clients = ?config.listen_client,
+        peers = %listen_peer,
+        advertise_peer_urls = ?config.advertise_peer_urls,
+        member_id = format!("{:x}", api.member_id()),
+        cluster_id = format!("{:x}", api.cluster_id()),
+        "ready to serve clients"
+    );
+    {
+        let api = api.clone();
+        let name = config.name.clone();
+        tokio::spawn(async move { api.publish(name).await });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    let fatal = async {
+        while !node.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = term.recv() => tracing::info!("terminated; shutting down"),
+        _ = fatal => tracing::error!("the Raft driver stopped"),
+    }
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
+    }
+    let result = node.stop().await;
+    transport.shutdown().await;
+    result
+}

@@ -1,0 +1,218 @@
+//! The etcd v3 operations, independent of how they arrive (gRPC or the JSON gateway).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftkv_api::Command;
+use raftkv_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
+    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+};
+use raftkv_kv::{ApplyResult, KvError};
+use tonic::{Code, Status};
+
+use crate::kvsm::{KvMachine, MemberAttributes, Output};
+use crate::member::ClusterRecord;
+use crate::node::{NodeError, NodeHandle};
+
+/// The etcd server version this API is compatible with, reported by Status and /version.
+pub const ETCD_VERSION: &str = "3.4.0";
+
+pub struct ApiConfig {
+    pub cluster: ClusterRecord,
+    pub client_urls: Vec<String>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub request_timeout: Duration,
+}
+
+/// Serves the etcd v3 operations on top of a member's driver.
+#[derive(Clone)]
+pub struct Api {
+    pub node: NodeHandle<KvMachine>,
+    config: Arc<ApiConfig>,
+}
+
+fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::TooManyRequests => Status::new(Code::ResourceExhausted, "etcdserver: too many requests"),
+        NodeError::NoLeader => Status::new(Code::Unavailable, "etcdserver: no leader"),
+        NodeError::Timeout => Status::new(Code::Unavailable, "etcdserver: request timed out"),
+        NodeError::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+    }
+}
+
+fn kv_status(e: KvError) -> Status {
+    Status::new(e.grpc_code(), e.message().to_string())
+}
+
+fn request_too_large() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+}
+
+impl Api {
+    pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
+        Api { node, config: Arc::new(config) }
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.config.cluster.cluster_id
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.config.cluster.member_id
+    }
+
+    /// The largest request body accepted, for transport-level limits.
+    pub fn max_request_bytes(&self) -> usize {
+        self.config.max_request_bytes
+    }
+
+    fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.config.cluster.cluster_id,
+            member_id: self.config.cluster.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
+        let id = self.node.next_request_id();
+        let data: Bytes = command(id).encode_to_bytes();
+        if data.len() > self.config.max_request_bytes {
+            return Err(request_too_large());
+        }
+        match self.node.propose(id, data, self.config.request_timeout).await.map_err(node_status)? {
+            Output::Kv(result) => result.map_err(kv_status),
+            Output::Published => Err(Status::internal("unexpected result for a key-value request")),
+        }
+    }
+
+    /// Publishes this member's client URLs through the log (retried until it succeeds).
+    pub async fn publish(&self, name: String) {
+        let attributes = MemberAttributes {
+            id: self.config.cluster.member_id,
+            name,
+            client_urls: self.config.client_urls.clone(),
+        };
+        loop {
+            let id = self.node.next_request_id();
+            let data = Bytes::from(KvMachine::encode_publish(id, attributes.clone()));
+            match self.node.propose(id, data, self.config.request_timeout).await {
+                Ok(_) => {
+                    tracing::info!("published this member's client URLs");
+                    return;
+                }
+                Err(NodeError::Stopped) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        raftkv_kv::validate_range(&req).map_err(kv_status)?;
+        if !req.serializable {
+            self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
+        }
+        let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        raftkv_kv::validate_put(&req).map_err(kv_status)?;
+        match self.propose(|id| Command::put(id, req)).await? {
+            ApplyResult::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => Err(Status::internal("unexpected result for Put")),
+        }
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        raftkv_kv::validate_delete_range(&req).map_err(kv_status)?;
+        match self.propose(|id| Command::delete_range(id, req)).await? {
+            ApplyResult::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => Err(Status::internal("unexpected result for DeleteRange")),
+        }
+    }
+
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+        raftkv_kv::validate_txn(&req, self.config.max_txn_ops).map_err(kv_status)?;
+        if raftkv_kv::is_txn_read_only(&req) {
+            self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
+            let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        match self.propose(|id| Command::txn(id, req)).await? {
+            ApplyResult::Txn(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => Err(Status::internal("unexpected result for Txn")),
+        }
+    }
+
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        match self.propose(|id| Command::compaction(id, req)).await? {
+            ApplyResult::Compaction(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            _ => Err(Status::internal("unexpected result for Compact")),
+        }
+    }
+
+    pub async fn status(&self, _req: StatusRequest) -> Result<StatusResponse, Status> {
+        let s = self.node.status();
+        let (revision, db_size) = {
+            let sm = self.node.shared.sm.read();
+            // An estimate of the state's size: what a snapshot would hold.
+            (sm.kv.revision(), (sm.kv.retained_versions() * 64) as i64)
+        };
+        Ok(StatusResponse {
+            header: Some(self.header(revision)),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: s.leader,
+            raft_index: s.commit,
+            raft_term: s.term,
+            raft_applied_index: s.applied,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        })
+    }
+
+    pub async fn member_list(&self, _req: MemberListRequest) -> Result<MemberListResponse, Status> {
+        let published = self.node.shared.sm.read().members.clone();
+        let members = self
+            .config
+            .cluster
+            .members
+            .iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.name.clone(),
+                peer_ur_ls: m.peer_urls.clone(),
+                client_ur_ls: published.get(&m.id).map(|a| a.client_urls.clone()).unwrap_or_default(),
+                is_learner: false,
+            })
+            .collect();
+        let revision = self.node.shared.sm.read().kv.revision();
+        Ok(MemberListResponse { header: Some(self.header(revision)), members })
+    }
+}
