@@ -282,7 +282,8 @@ impl ServerConfig {
             ));
         };
         let mut mine = me.peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
-        let mut advertised = advertise_peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let mut advertised =
+            advertise_peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
         mine.sort();
         advertised.sort();
         if mine != advertised {

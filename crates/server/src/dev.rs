@@ -106,12 +106,21 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install a signal handler: {e}"))?;
-    let exited = async {
+    // A member that dies is reported; the others keep running (a 3-member cluster serves
+    // with 2). The launcher ends when every member has exited or on Ctrl-C.
+    let watch = async {
+        let mut alive = vec![true; children.len()];
         loop {
-            for (name, child) in children.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return (name.to_string(), status);
+            for (i, (name, child)) in children.iter_mut().enumerate() {
+                if alive[i]
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    alive[i] = false;
+                    eprintln!("raftkv dev: member {name} exited ({status}); the others keep running");
                 }
+            }
+            if alive.iter().all(|a| !a) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -119,7 +128,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
-        (name, status) = exited => Err(format!("member {name} exited ({status}); stopping the others")),
+        _ = watch => Err("every member exited".to_string()),
     };
     println!("raftkv dev: stopping");
     for (_, child) in &children {

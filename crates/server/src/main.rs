@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod codec;
 mod config;
 mod dev;
+mod gateway;
 mod gateway_stub;
 mod grpc;
 mod kvsm;
@@ -31,6 +33,8 @@ enum Command {
     Server(Box<config::ServerArgs>),
     /// Run a local three-member cluster on 127.0.0.1 (client ports 2379, 22379, 32379).
     Dev(dev::DevArgs),
+    /// Generate load against etcd v3 endpoints (raftkv or etcd) and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(format: config::LogFormat, level: &str) {
@@ -65,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::Dev(args) => runtime.block_on(dev::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,11 +10,11 @@
 //! - the apply thread applies committed entries to the state machine, completes waiting
 //!   client requests, and takes snapshots every `snapshot_count` entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -92,6 +92,9 @@ pub enum NodeError {
     Timeout,
     #[error("server stopped")]
     Stopped,
+    /// The leader changed while the request was in flight: it may or may not take effect.
+    #[error("leader changed")]
+    LeaderChanged,
 }
 
 /// Observable state of the member.
@@ -319,6 +322,9 @@ impl<S: StateMachine> Node<S> {
             next_read: 1,
             staged: BTreeMap::new(),
             snapshots: snapshots_for_driver,
+            in_flight: VecDeque::new(),
+            parked: VecDeque::new(),
+            known_leader: None,
         };
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), tracing::Span::current()));
         Ok(Node { handle: NodeHandle { requests: requests_tx, shared }, inbound_tx, task, shutdown })
@@ -356,6 +362,12 @@ struct Driver<S: StateMachine> {
     next_read: u64,
     staged: BTreeMap<(LogIndex, Term), StagedSnapshot>,
     snapshots: SnapshotStore,
+    /// Proposal batches handed to the core (appended here, or forwarded to the leader of
+    /// the time), oldest first; failed with `LeaderChanged` when leadership moves.
+    in_flight: VecDeque<(Vec<u64>, Instant)>,
+    /// Proposals waiting for a leader to be known.
+    parked: VecDeque<(u64, Bytes, Instant)>,
+    known_leader: Option<NodeId>,
 }
 
 /// At most this many client requests are folded into one batch.
@@ -388,6 +400,7 @@ impl<S: StateMachine> Driver<S> {
                 _ = self.shutdown.changed() => break Ok(()),
             }
             self.process_ready();
+            self.housekeeping();
         };
         match result {
             Ok(()) => {
@@ -451,18 +464,69 @@ impl<S: StateMachine> Driver<S> {
         if proposals.is_empty() {
             return;
         }
+        self.propose(proposals);
+    }
+
+    fn propose(&mut self, proposals: Vec<(u64, Bytes)>) {
+        if self.raft.role() != Role::Leader && self.raft.leader().is_none() {
+            // Wait (briefly) for an election rather than failing at once.
+            let now = Instant::now();
+            let room = self.config.request_queue.saturating_sub(self.parked.len());
+            let mut proposals = proposals.into_iter();
+            self.parked.extend(proposals.by_ref().take(room).map(|(id, data)| (id, data, now)));
+            self.fail_requests(proposals.map(|(id, _)| id), NodeError::TooManyRequests);
+            return;
+        }
         let (ids, data): (Vec<u64>, Vec<Bytes>) = proposals.into_iter().unzip();
-        if let Err(e) = self.raft.propose_or_forward(data) {
-            let error = match e {
-                ProposeError::TooManyUncommitted => NodeError::TooManyRequests,
-                _ => NodeError::NoLeader,
-            };
-            let mut waiters = self.shared.waiters.lock();
-            for id in ids {
-                if let Some(w) = waiters.remove(&id) {
-                    let _ = w.send(Err(error.clone()));
-                }
+        match self.raft.propose_or_forward(data) {
+            Ok(_) => self.in_flight.push_back((ids, Instant::now())),
+            Err(e) => {
+                let error = match e {
+                    ProposeError::TooManyUncommitted => NodeError::TooManyRequests,
+                    _ => NodeError::NoLeader,
+                };
+                self.fail_requests(ids, error);
             }
+        }
+    }
+
+    fn fail_requests(&self, ids: impl IntoIterator<Item = u64>, error: NodeError) {
+        let mut waiters = self.shared.waiters.lock();
+        for id in ids {
+            if let Some(w) = waiters.remove(&id) {
+                let _ = w.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Called after every batch of inputs: reacts to leadership changes and expires waits.
+    fn housekeeping(&mut self) {
+        let leader = self.raft.leader();
+        if leader != self.known_leader {
+            self.known_leader = leader;
+            // Whatever was appended or forwarded under the old leader may be lost.
+            let in_flight: Vec<u64> = self.in_flight.drain(..).flat_map(|(ids, _)| ids).collect();
+            self.fail_requests(in_flight, NodeError::LeaderChanged);
+            if leader.is_some() && !self.parked.is_empty() {
+                let parked: Vec<(u64, Bytes)> =
+                    self.parked.drain(..).map(|(id, data, _)| (id, data)).collect();
+                self.propose(parked);
+            }
+        }
+        let now = Instant::now();
+        let patience = self.config.tick * self.config.election_ticks * 2;
+        while self.parked.front().is_some_and(|(_, _, at)| now.duration_since(*at) > patience) {
+            if let Some((id, _, _)) = self.parked.pop_front() {
+                self.fail_requests([id], NodeError::NoLeader);
+            }
+        }
+        // Forget batches that completed (or whose clients gave up long ago).
+        let waiters = self.shared.waiters.lock();
+        while self.in_flight.front().is_some_and(|(ids, at)| {
+            now.duration_since(*at) > Duration::from_secs(60)
+                || !ids.iter().any(|id| waiters.contains_key(id))
+        }) {
+            self.in_flight.pop_front();
         }
     }
 

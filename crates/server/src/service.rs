@@ -41,6 +41,7 @@ fn node_status(e: NodeError) -> Status {
         NodeError::NoLeader => Status::new(Code::Unavailable, "etcdserver: no leader"),
         NodeError::Timeout => Status::new(Code::Unavailable, "etcdserver: request timed out"),
         NodeError::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
+        NodeError::LeaderChanged => Status::new(Code::Unavailable, "etcdserver: leader changed"),
     }
 }
 

@@ -1,0 +1,572 @@
+//! `raftkv bench`: a load generator speaking the etcd v3 gRPC API, so the same command
+//! drives raftkv and etcd.
+//!
+//! `--clients` workers each keep one request in flight, spread round-robin over `--conns`
+//! HTTP/2 connections (themselves spread over the endpoints, or all to the leader). Only
+//! successful operations completing inside the measured window count; latencies go to an
+//! HDR histogram per worker (merged at the end), errors are counted by gRPC code and
+//! message. A progress line goes to stderr once a second; the result is a human summary
+//! on stdout followed by one JSON line (`--json`: the JSON line only).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use raftkv_api::etcdserverpb::kv_client::KvClient;
+use raftkv_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use raftkv_api::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, compare, request_op,
+};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Put one key (a replicated write).
+    Put,
+    /// Linearizable single-key Range (read barrier through the leader).
+    Range,
+    /// Serializable single-key Range (served locally by the member).
+    RangeSerializable,
+    /// Txn: one compare (the key's version > -1, always true) then one put; else a range.
+    Txn,
+    /// Linearizable single-key Range with probability --read-ratio, Put otherwise.
+    Mixed,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Range => "range",
+            Op::RangeSerializable => "range-serializable",
+            Op::Txn => "txn",
+            Op::Mixed => "mixed",
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Spread the connections over every endpoint.
+    All,
+    /// Send everything to the current leader (found with Maintenance.Status).
+    Leader,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// Uniformly random keys over the key space (seeded).
+    Random,
+    /// key0, key1, ... (shared counter, wrapping at the key space): loads every key once.
+    Sequential,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Client endpoints, comma separated (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Concurrent requests in flight (one worker each).
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// gRPC (HTTP/2) connections; the clients are spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// The operation.
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: Op,
+    /// Fraction of reads for --op mixed.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Value size in bytes for writes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Number of distinct keys (key{N}, zero-padded).
+    #[arg(long, default_value_t = 100_000)]
+    pub key_space: u64,
+    /// Key choice.
+    #[arg(long, value_enum, default_value = "random")]
+    pub keys: KeyOrder,
+    /// Measured duration in seconds (default 10 unless --total is given).
+    #[arg(long, conflicts_with = "total")]
+    pub duration: Option<f64>,
+    /// Measured operation count (successful or not) instead of a duration.
+    #[arg(long)]
+    pub total: Option<u64>,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// Which members receive the load.
+    #[arg(long, value_enum, default_value = "all")]
+    pub target: Target,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Seed of the key generator (each worker derives its own stream).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print only the JSON result line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// SplitMix64: small, fast and good enough to pick keys uniformly.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in 0..n (multiply-shift; the bias is below 2^-40 for any key space used here).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Every key of the key space in one buffer; a key is a zero-copy slice of it.
+struct Keys {
+    buf: Bytes,
+    width: usize,
+}
+
+impl Keys {
+    fn new(space: u64) -> Keys {
+        let digits = space.saturating_sub(1).max(1).to_string().len();
+        let width = 3 + digits;
+        let mut buf = Vec::with_capacity(width * space as usize);
+        for n in 0..space {
+            write!(buf, "key{n:0digits$}").expect("writing to a Vec cannot fail");
+        }
+        Keys { buf: Bytes::from(buf), width }
+    }
+    fn get(&self, n: u64) -> Bytes {
+        let at = n as usize * self.width;
+        self.buf.slice(at..at + self.width)
+    }
+}
+
+enum Stop {
+    /// Measure from `start` to `end`, stop issuing at `end`.
+    At { start: Instant, end: Instant },
+    /// Measure from `start` until `total` operations were issued in the measured phase.
+    Count { start: Instant, total: u64 },
+}
+
+struct Plan {
+    op: Op,
+    read_ratio: f64,
+    keys: Keys,
+    key_space: u64,
+    key_order: KeyOrder,
+    value: Bytes,
+    stop: Stop,
+    seed: u64,
+}
+
+impl Plan {
+    fn measure_start(&self) -> Instant {
+        match self.stop {
+            Stop::At { start, .. } | Stop::Count { start, .. } => start,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Successful operations, warmup included (progress line).
+    ok: AtomicU64,
+    /// Failed operations, warmup included (progress line).
+    errors: AtomicU64,
+    /// Measured-phase tickets for --total.
+    tickets: AtomicU64,
+    /// Next key for --keys sequential.
+    next_key: AtomicU64,
+    finished: AtomicBool,
+}
+
+struct WorkerResult {
+    hist: Histogram<u64>,
+    ops: u64,
+    reads: u64,
+    writes: u64,
+    errors: HashMap<String, u64>,
+    last_done: Option<Instant>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs .. 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+enum Kind {
+    Read,
+    Write,
+}
+
+async fn worker(id: usize, mut kv: KvClient<Channel>, plan: Arc<Plan>, shared: Arc<Shared>) -> WorkerResult {
+    let mut rng = Rng::new(plan.seed ^ (id as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut res = WorkerResult {
+        hist: new_histogram(),
+        ops: 0,
+        reads: 0,
+        writes: 0,
+        errors: HashMap::new(),
+        last_done: None,
+    };
+    let measure_start = plan.measure_start();
+    loop {
+        let start = Instant::now();
+        let in_window = start >= measure_start;
+        match plan.stop {
+            Stop::At { end, .. } if start >= end => break,
+            Stop::Count { total, .. } if in_window => {
+                if shared.tickets.fetch_add(1, Ordering::Relaxed) >= total {
+                    break;
+                }
+            }
+            _ => {}
+        }
+        let n = match plan.key_order {
+            KeyOrder::Random => rng.below(plan.key_space),
+            KeyOrder::Sequential => shared.next_key.fetch_add(1, Ordering::Relaxed) % plan.key_space,
+        };
+        let key = plan.keys.get(n);
+        let (kind, outcome) = match plan.op {
+            Op::Put => (Kind::Write, put(&mut kv, key, plan.value.clone()).await),
+            Op::Range => (Kind::Read, range(&mut kv, key, false).await),
+            Op::RangeSerializable => (Kind::Read, range(&mut kv, key, true).await),
+            Op::Txn => (Kind::Write, txn(&mut kv, key, plan.value.clone()).await),
+            Op::Mixed => {
+                if rng.unit() < plan.read_ratio {
+                    (Kind::Read, range(&mut kv, key, false).await)
+                } else {
+                    (Kind::Write, put(&mut kv, key, plan.value.clone()).await)
+                }
+            }
+        };
+        let done = Instant::now();
+        let counted = match plan.stop {
+            Stop::At { start: s, end } => done >= s && done <= end,
+            Stop::Count { .. } => in_window,
+        };
+        match outcome {
+            Ok(()) => {
+                shared.ok.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    let micros = done.duration_since(start).as_micros().max(1) as u64;
+                    res.hist.saturating_record(micros);
+                    res.ops += 1;
+                    match kind {
+                        Kind::Read => res.reads += 1,
+                        Kind::Write => res.writes += 1,
+                    }
+                    res.last_done = Some(done);
+                }
+            }
+            Err(status) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    let what = format!("{:?}: {}", status.code(), status.message());
+                    *res.errors.entry(what).or_insert(0) += 1;
+                    res.last_done = Some(done);
+                }
+                // Do not spin on a member that fails fast (down, no leader, overloaded).
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    res
+}
+
+async fn put(kv: &mut KvClient<Channel>, key: Bytes, value: Bytes) -> Result<(), tonic::Status> {
+    kv.put(PutRequest { key, value, ..Default::default() }).await.map(drop)
+}
+
+async fn range(kv: &mut KvClient<Channel>, key: Bytes, serializable: bool) -> Result<(), tonic::Status> {
+    kv.range(RangeRequest { key, serializable, ..Default::default() }).await.map(drop)
+}
+
+async fn txn(kv: &mut KvClient<Channel>, key: Bytes, value: Bytes) -> Result<(), tonic::Status> {
+    let req = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Greater as i32,
+            target: compare::CompareTarget::Version as i32,
+            key: key.clone(),
+            range_end: Bytes::new(),
+            target_union: Some(compare::TargetUnion::Version(-1)),
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value,
+                ..Default::default()
+            })),
+        }],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest { key, ..Default::default() })),
+        }],
+    };
+    kv.txn(req).await.map(drop)
+}
+
+fn endpoint_url(ep: &str) -> String {
+    if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") }
+}
+
+async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad endpoint {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// The endpoint of the current leader, according to the first member that knows one.
+async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, String> {
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for url in urls {
+        let Ok(channel) = connect(url, timeout).await else { continue };
+        let Ok(resp) = MaintenanceClient::new(channel).status(StatusRequest {}).await else { continue };
+        let status = resp.into_inner();
+        ids.push((status.header.map_or(0, |h| h.member_id), url.clone()));
+        if leader == 0 {
+            leader = status.leader;
+        }
+    }
+    if leader == 0 {
+        return Err("no endpoint reports a leader".into());
+    }
+    ids.into_iter()
+        .find(|(id, _)| *id == leader)
+        .map(|(_, url)| url)
+        .ok_or_else(|| format!("the leader {leader:x} is not among the endpoints"))
+}
+
+/// This process's CPU time (user + system) in seconds, from /proc/self/stat.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.clients == 0 || args.conns == 0 {
+        return Err("--clients and --conns must be at least 1".into());
+    }
+    if args.key_space == 0 {
+        return Err("--key-space must be at least 1".into());
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return Err("--read-ratio must be within 0..1".into());
+    }
+    if args.endpoints.is_empty() {
+        return Err("no --endpoints".into());
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let urls: Vec<String> = args.endpoints.iter().map(|e| endpoint_url(e.trim())).collect();
+    let targets = match args.target {
+        Target::All => urls.clone(),
+        Target::Leader => vec![find_leader(&urls, timeout).await?],
+    };
+    let mut channels = Vec::with_capacity(args.conns);
+    for i in 0..args.conns {
+        channels.push(connect(&targets[i % targets.len()], timeout).await?);
+    }
+
+    let mut value = vec![0u8; args.value_size];
+    let mut rng = Rng::new(args.seed);
+    for b in value.iter_mut() {
+        *b = b'a' + rng.below(26) as u8;
+    }
+    let now = Instant::now();
+    let start = now + Duration::from_secs_f64(args.warmup);
+    let stop = match (args.total, args.duration) {
+        (Some(total), _) => Stop::Count { start, total },
+        (None, d) => Stop::At { start, end: start + Duration::from_secs_f64(d.unwrap_or(10.0)) },
+    };
+    let plan = Arc::new(Plan {
+        op: args.op,
+        read_ratio: args.read_ratio,
+        keys: Keys::new(args.key_space),
+        key_space: args.key_space,
+        key_order: args.keys,
+        value: Bytes::from(value),
+        stop,
+        seed: args.seed,
+    });
+    let shared = Arc::new(Shared::default());
+    let cpu_before = process_cpu_seconds();
+
+    let progress = (!args.quiet).then(|| tokio::spawn(progress(plan.clone(), shared.clone(), now)));
+    let mut handles = Vec::with_capacity(args.clients);
+    for id in 0..args.clients {
+        let kv =
+            KvClient::new(channels[id % channels.len()].clone()).max_decoding_message_size(64 * 1024 * 1024);
+        handles.push(tokio::spawn(worker(id, kv, plan.clone(), shared.clone())));
+    }
+    let mut hist = new_histogram();
+    let (mut ops, mut reads, mut writes) = (0u64, 0u64, 0u64);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_done: Option<Instant> = None;
+    for h in handles {
+        let r = h.await.map_err(|e| format!("a worker failed: {e}"))?;
+        hist.add(&r.hist).map_err(|e| format!("cannot merge histograms: {e}"))?;
+        ops += r.ops;
+        reads += r.reads;
+        writes += r.writes;
+        for (k, v) in r.errors {
+            *errors.entry(k).or_insert(0) += v;
+        }
+        last_done = last_done.max(r.last_done);
+    }
+    let finished = Instant::now();
+    shared.finished.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    let cpu = match (cpu_before, process_cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
+    let window = match plan.stop {
+        Stop::At { start, end } => end.duration_since(start),
+        Stop::Count { start, .. } => last_done.unwrap_or(finished).saturating_duration_since(start),
+    }
+    .as_secs_f64();
+    let ops_per_sec = if window > 0.0 { ops as f64 / window } else { 0.0 };
+    let error_count: u64 = errors.values().sum();
+    let client_cpu_pct = 100.0 * cpu / finished.duration_since(now).as_secs_f64().max(1e-9);
+
+    let q = |p: f64| if ops == 0 { 0.0 } else { ms(hist.value_at_quantile(p)) };
+    let json = serde_json::json!({
+        "op": args.op.name(),
+        "clients": args.clients,
+        "conns": args.conns,
+        "target": match args.target { Target::All => "all", Target::Leader => "leader" },
+        "endpoints": targets.join(","),
+        "value_size": args.value_size,
+        "key_space": args.key_space,
+        "read_ratio": if args.op == Op::Mixed { Some(args.read_ratio) } else { None },
+        "seconds": window,
+        "ops": ops,
+        "reads": reads,
+        "writes": writes,
+        "ops_per_sec": ops_per_sec,
+        "p50_ms": q(0.50),
+        "p90_ms": q(0.90),
+        "p99_ms": q(0.99),
+        "p999_ms": q(0.999),
+        "max_ms": if ops == 0 { 0.0 } else { ms(hist.max()) },
+        "mean_ms": if ops == 0 { 0.0 } else { hist.mean() / 1000.0 },
+        "error_count": error_count,
+        "errors": errors,
+        "client_cpu_pct": client_cpu_pct,
+    });
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        let _ = writeln!(
+            out,
+            "op {} | clients {} over {} conns | target {} ({})",
+            args.op.name(),
+            args.clients,
+            args.conns,
+            match args.target {
+                Target::All => "all",
+                Target::Leader => "leader",
+            },
+            targets.join(",")
+        );
+        let _ = writeln!(
+            out,
+            "ops {ops} in {window:.2} s = {ops_per_sec:.0} ops/s (reads {reads}, writes {writes})"
+        );
+        let _ = writeln!(
+            out,
+            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
+            q(0.50),
+            q(0.90),
+            q(0.99),
+            q(0.999),
+            if ops == 0 { 0.0 } else { ms(hist.max()) },
+            if ops == 0 { 0.0 } else { hist.mean() / 1000.0 },
+        );
+        if errors.is_empty() {
+            let _ = writeln!(out, "errors: none");
+        } else {
+            let _ = writeln!(out, "errors: {error_count}");
+            for (what, n) in &errors {
+                let _ = writeln!(out, "  {n:>8}  {what}");
+            }
+        }
+        let _ = writeln!(out, "generator CPU: {client_cpu_pct:.0}% of one core");
+    }
+    let _ = writeln!(out, "{json}");
+    Ok(())
+}
+
+async fn progress(plan: Arc<Plan>, shared: Arc<Shared>, began: Instant) {
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let (mut last_ok, mut last_err) = (0, 0);
+    let mut printed = false;
+    while !shared.finished.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+        }
+        let ok = shared.ok.load(Ordering::Relaxed);
+        let err = shared.errors.load(Ordering::Relaxed);
+        let phase = if Instant::now() < plan.measure_start() { " (warmup)" } else { "" };
+        let line = format!(
+            "[{:>4.0}s] {:>8} ops/s  {:>6} errors/s  total {} ok, {} errors{phase}",
+            began.elapsed().as_secs_f64(),
+            ok - last_ok,
+            err - last_err,
+            ok,
+            err
+        );
+        if tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+        printed = true;
+        (last_ok, last_err) = (ok, err);
+    }
+    if tty && printed {
+        eprintln!();
+    }
+}

@@ -1,0 +1,313 @@
+//! etcd 3.4's JSON gateway, served on the client port next to gRPC.
+//!
+//! `POST /v3/<service>/<method>` (and the older `/v3beta/...` prefix) with a
+//! JSON body in the proto3 JSON mapping, exactly as etcd's grpc-gateway speaks
+//! it: the .proto field names on output (`range_end`, `cluster_id`,
+//! `peerURLs`), those names or lowerCamelCase on input, `bytes` as base64,
+//! 64-bit integers as strings, enums by name. The (de)serialisation itself is
+//! generated in `raftkv-api` (feature `json`). Errors are etcd's gateway error
+//! body `{"error":"...","message":"...","code":N}` with grpc-gateway's HTTP
+//! status for the gRPC code. `GET /health` and `GET /version` answer as etcd
+//! 3.4 does.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use raftkv_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
+    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Code, Status};
+
+use crate::service::{Api, ETCD_VERSION};
+
+/// How long `/health`'s linearizable read may take (etcd uses one second).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Allowance for JSON syntax and field names beyond the base64 payload.
+const JSON_OVERHEAD_BYTES: usize = 512 * 1024;
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The etcd v3 operations the gateway serves. [`Api`] implements it; tests
+/// use a fake.
+pub trait EtcdApi: Clone + Send + Sync + 'static {
+    fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, Status>> + Send;
+    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Status>> + Send;
+    fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> impl Future<Output = Result<DeleteRangeResponse, Status>> + Send;
+    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Status>> + Send;
+    fn compact(
+        &self,
+        req: CompactionRequest,
+    ) -> impl Future<Output = Result<CompactionResponse, Status>> + Send;
+    fn status(&self, req: StatusRequest) -> impl Future<Output = Result<StatusResponse, Status>> + Send;
+    fn member_list(
+        &self,
+        req: MemberListRequest,
+    ) -> impl Future<Output = Result<MemberListResponse, Status>> + Send;
+    /// The largest request accepted (`--max-request-bytes`), as encoded protobuf.
+    fn max_request_bytes(&self) -> usize;
+}
+
+impl EtcdApi for Api {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        Api::range(self, req).await
+    }
+    async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        Api::put(self, req).await
+    }
+    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        Api::delete_range(self, req).await
+    }
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+        Api::txn(self, req).await
+    }
+    async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        Api::compact(self, req).await
+    }
+    async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
+        Api::status(self, req).await
+    }
+    async fn member_list(&self, req: MemberListRequest) -> Result<MemberListResponse, Status> {
+        Api::member_list(self, req).await
+    }
+    fn max_request_bytes(&self) -> usize {
+        Api::max_request_bytes(self)
+    }
+}
+
+/// The gateway's routes for a member's [`Api`], to merge with the gRPC router.
+pub fn router(api: Api) -> Router {
+    router_for(api)
+}
+
+/// The gateway's routes over any [`EtcdApi`]. The router has no fallback of
+/// its own, so it merges with tonic's.
+pub fn router_for<A: EtcdApi>(api: A) -> Router {
+    let shared = Arc::new(Shared { body_limit: body_limit(api.max_request_bytes()), api });
+    let mut router = Router::new();
+    for prefix in ["/v3", "/v3beta"] {
+        router = router
+            .route(&format!("{prefix}/kv/range"), unary(&shared, |a: A, r| async move { a.range(r).await }))
+            .route(&format!("{prefix}/kv/put"), unary(&shared, |a: A, r| async move { a.put(r).await }))
+            .route(
+                &format!("{prefix}/kv/deleterange"),
+                unary(&shared, |a: A, r| async move { a.delete_range(r).await }),
+            )
+            .route(&format!("{prefix}/kv/txn"), unary(&shared, |a: A, r| async move { a.txn(r).await }))
+            .route(
+                &format!("{prefix}/kv/compaction"),
+                unary(&shared, |a: A, r| async move { a.compact(r).await }),
+            )
+            .route(
+                &format!("{prefix}/maintenance/status"),
+                unary(&shared, |a: A, r| async move { a.status(r).await }),
+            )
+            .route(
+                &format!("{prefix}/cluster/member/list"),
+                unary(&shared, |a: A, r| async move { a.member_list(r).await }),
+            );
+    }
+    let health_api = shared.api.clone();
+    router
+        .route(
+            "/health",
+            get(move || {
+                let api = health_api.clone();
+                async move { health(api).await }
+            })
+            .fallback(get_only),
+        )
+        .route("/version", get(version).fallback(get_only))
+}
+
+/// JSON carries `bytes` as base64 (4 characters for 3 bytes), plus syntax.
+fn body_limit(max_request_bytes: usize) -> usize {
+    max_request_bytes.saturating_add(max_request_bytes / 3).saturating_add(JSON_OVERHEAD_BYTES)
+}
+
+struct Shared<A> {
+    api: A,
+    body_limit: usize,
+}
+
+fn unary<A, Req, Resp, F, Fut>(shared: &Arc<Shared<A>>, call: F) -> MethodRouter
+where
+    A: EtcdApi,
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(A, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let shared = Arc::clone(shared);
+    post(move |body: Body| {
+        let shared = Arc::clone(&shared);
+        let call = call.clone();
+        async move {
+            let bytes = match read_body(body, shared.body_limit).await {
+                Ok(bytes) => bytes,
+                Err(status) => return error_response(&status),
+            };
+            let req: Req = match decode(&bytes) {
+                Ok(req) => req,
+                Err(status) => return error_response(&status),
+            };
+            match call(shared.api.clone(), req).await {
+                Ok(resp) => json_response(&resp),
+                Err(status) => error_response(&status),
+            }
+        }
+    })
+    .fallback(method_not_allowed)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Status> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            Err(Status::new(Code::InvalidArgument, "etcdserver: request is too large"))
+        }
+        Err(e) => Err(Status::new(Code::InvalidArgument, format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Decodes a request body the way etcd's gateway does: an empty body (or
+/// `null`) is the default request, only the first JSON value counts, `null`
+/// fields are their defaults and unknown fields are ignored.
+pub fn decode<Req: DeserializeOwned + Default>(body: &[u8]) -> Result<Req, Status> {
+    let invalid = |e: serde_json::Error| Status::new(Code::InvalidArgument, e.to_string());
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>();
+    let mut value = match values.next() {
+        None => return Ok(Req::default()),
+        Some(v) => v.map_err(invalid)?,
+    };
+    if value.is_null() {
+        return Ok(Req::default());
+    }
+    strip_nulls(&mut value);
+    Req::deserialize(value).map_err(invalid)
+}
+
+/// Removes object members whose value is `null` (proto3 JSON: null means default).
+fn strip_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response {
+    let mut resp = (status, body.into()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => with_type(StatusCode::OK, JSON, body),
+        Err(e) => error_response(&Status::new(Code::Internal, format!("cannot encode the response: {e}"))),
+    }
+}
+
+/// grpc-gateway's error body (fields in its order; empty strings omitted).
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    error: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    code: i32,
+}
+
+/// etcd's gateway answer for a gRPC status: its error body and grpc-gateway's HTTP status.
+pub fn error_response(status: &Status) -> Response {
+    let body = ErrorBody { error: status.message(), message: status.message(), code: status.code() as i32 };
+    let body = serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"code":13}"#.to_vec());
+    with_type(http_status(status.code()), JSON, body)
+}
+
+/// grpc-gateway's (v1, as in etcd 3.4) HTTP status for a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::Aborted => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    with_type(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Method Not Allowed\n")
+}
+
+async fn get_only() -> Response {
+    let mut resp = method_not_allowed().await;
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+    resp
+}
+
+/// etcd 3.4's `/health`: healthy when a linearizable read succeeds in time.
+async fn health<A: EtcdApi>(api: A) -> Response {
+    let probe =
+        RangeRequest { key: Bytes::from_static(b"health"), limit: 1, keys_only: true, ..Default::default() };
+    let healthy = matches!(tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await, Ok(Ok(_)));
+    if healthy {
+        with_type(StatusCode::OK, TEXT, r#"{"health":"true"}"#)
+    } else {
+        with_type(StatusCode::SERVICE_UNAVAILABLE, TEXT, r#"{"health":"false"}"#)
+    }
+}
+
+/// etcd's `/version`: the server version and the cluster version (major.minor.0).
+async fn version() -> Response {
+    #[derive(Serialize)]
+    struct Versions {
+        etcdserver: &'static str,
+        etcdcluster: String,
+    }
+    json_response(&Versions { etcdserver: ETCD_VERSION, etcdcluster: cluster_version(ETCD_VERSION) })
+}
+
+fn cluster_version(server: &str) -> String {
+    let mut parts = server.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => format!("{major}.{minor}.0"),
+        _ => server.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
