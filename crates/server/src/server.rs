@@ -98,8 +98,12 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
+            unsafe_stale_reads: std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1"),
         },
     );
+    if std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1") {
+        tracing::warn!("RAFTKV_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (testing only)");
+    }
     let router = crate::grpc::routes(api.clone()).into_axum_router();
     let router = router.merge(crate::gateway_stub::router(api.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -26,6 +26,10 @@ pub struct ApiConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
+    /// Test-only: serve linearizable reads without ReadIndex (stale reads become possible).
+    /// Set by the environment variable `RAFTKV_UNSAFE_STALE_READS=1`, used by the black-box
+    /// tests to prove their checker catches stale reads. Never set it in production.
+    pub unsafe_stale_reads: bool,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -120,7 +124,7 @@ impl Api {
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         raftkv_kv::validate_range(&req).map_err(kv_status)?;
-        if !req.serializable {
+        if !req.serializable && !self.config.unsafe_stale_reads {
             self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
         }
         let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
@@ -153,7 +157,9 @@ impl Api {
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
         raftkv_kv::validate_txn(&req, self.config.max_txn_ops).map_err(kv_status)?;
         if raftkv_kv::is_txn_read_only(&req) {
-            self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
+            if !self.config.unsafe_stale_reads {
+                self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
+            }
             let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
             self.fill(&mut resp.header);
             return Ok(resp);
