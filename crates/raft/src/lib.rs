@@ -67,6 +67,20 @@
 //! persisted in the order taken and each is acknowledged with [`Raft::persisted`]; an
 //! acknowledgement for entries since replaced is ignored.
 //!
+//! ## Snapshots and log compaction
+//!
+//! The application snapshots its state machine at an applied index; [`CompactionPolicy`]
+//! says when (entries since the last snapshot, retained log bytes) and what to compact (it
+//! keeps a tail of entries by default, so slightly lagging followers are served from the log).
+//! Then [`Raft::snapshot_taken`]`(index, compact_to)` records the snapshot (index, term and
+//! cluster configuration, [`SnapshotMeta`]) and discards log entries up to `compact_to`.
+//! A follower whose next index is at or below the leader's first log index gets an
+//! `InstallSnapshot { meta }`: the driver streams the snapshot bytes (in checksummed chunks,
+//! flow-controlled, see `raftkv-transport`), steps the message into the receiving core only
+//! once the whole body is verified, and reports the outcome with [`Raft::report_snapshot`].
+//! The follower keeps a matching log suffix that follows the snapshot (§7), ignores a
+//! snapshot at or below its commit index, and never moves its applied or commit index back.
+//!
 //! ## Proposals and their outcome
 //!
 //! [`Raft::propose`] returns `(term, index)`. The proposal committed if and only if the
@@ -109,6 +123,7 @@
 //! assert!(applied.iter().any(|e| e.index == index && e.term == term && e.data == "x=1"));
 //! ```
 
+mod compaction;
 mod config;
 mod log;
 mod message;
@@ -118,6 +133,7 @@ mod quorum;
 mod rng;
 mod types;
 
+pub use compaction::CompactionPolicy;
 pub use config::{Config, ConfigError};
 pub use message::{Message, MessageBody, RejectHint};
 pub use node::{InitialState, PlantedBug, ProposeError, Raft, ReadError, Ready, StepError};

@@ -22,6 +22,7 @@ pub mod check;
 pub mod params;
 pub mod rng;
 mod sim;
+pub mod snapstream;
 pub mod trace;
 
 use std::cell::{Cell, RefCell};
@@ -41,9 +42,23 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
 /// Runs seeds `start..start + count` and returns the failing outcomes, in seed order.
 /// `threads` workers take seeds from a shared counter; results do not depend on it.
 pub fn run_seeds(start: u64, count: u64, threads: usize, options: &SimOptions) -> Vec<Outcome> {
+    run_sweep(start, count, threads, options).failures
+}
+
+/// The result of a range of seeds.
+pub struct Sweep {
+    /// The failing outcomes, in seed order.
+    pub failures: Vec<Outcome>,
+    /// Every run's counters added up.
+    pub totals: Stats,
+}
+
+/// Like [`run_seeds`], also adding up every run's counters.
+pub fn run_sweep(start: u64, count: u64, threads: usize, options: &SimOptions) -> Sweep {
     let next = std::sync::atomic::AtomicU64::new(start);
     let end = start.saturating_add(count);
     let failures = std::sync::Mutex::new(Vec::new());
+    let totals = std::sync::Mutex::new(Stats::default());
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
@@ -53,6 +68,7 @@ pub fn run_seeds(start: u64, count: u64, threads: usize, options: &SimOptions) -
                         break;
                     }
                     let outcome = run_seed(seed, options);
+                    totals.lock().unwrap_or_else(|e| e.into_inner()).add(&outcome.stats);
                     if outcome.violation.is_some() {
                         failures.lock().unwrap_or_else(|e| e.into_inner()).push(outcome);
                     }
@@ -62,7 +78,7 @@ pub fn run_seeds(start: u64, count: u64, threads: usize, options: &SimOptions) -
     });
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_by_key(|o| o.seed);
-    failures
+    Sweep { failures, totals: totals.into_inner().unwrap_or_else(|e| e.into_inner()) }
 }
 
 /// The command that replays one seed exactly.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use raftkv_sim::{Outcome, PlantedBug, Profile, SimOptions, replay_command, run_seed, run_seeds};
+use raftkv_sim::{Outcome, PlantedBug, Profile, SimOptions, replay_command, run_seed, run_seeds, run_sweep};
 
 #[derive(Parser)]
 #[command(name = "raftkv-sim", about = "Deterministic simulator for the raftkv Raft core")]
@@ -97,7 +97,8 @@ fn main() -> ExitCode {
                 return code;
             }
             let began = Instant::now();
-            let failures = run_seeds(start, seeds, threads(t), &options);
+            let sweep = run_sweep(start, seeds, threads(t), &options);
+            let failures = sweep.failures;
             let secs = began.elapsed().as_secs_f64();
             for o in &failures {
                 report_failure(o, &options);
@@ -108,6 +109,7 @@ fn main() -> ExitCode {
                 seeds as f64 / secs.max(1e-9),
                 failures.len()
             );
+            println!("{}", sweep.totals.snapshot_summary());
             if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Replay { seed, trace, common } => {

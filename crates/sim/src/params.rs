@@ -1,6 +1,8 @@
 //! Swarm testing: each seed draws its own cluster size, fault mix and rates, so a sweep of
 //! seeds covers quiet networks, lossy ones, crash storms and partitions in many combinations.
 
+use raftkv_raft::CompactionPolicy;
+
 use crate::rng::Rng;
 
 /// Microseconds of virtual time.
@@ -73,11 +75,26 @@ pub struct Params {
     pub isolate_leader: bool,
     pub asymmetric_partitions: bool,
 
-    /// Mean time between snapshot attempts per node (0: never), the entries applied since the
-    /// last snapshot that make one worth taking, and how many log entries to keep behind it.
+    /// Mean time between snapshot checks per node (0: never snapshot); at each check the
+    /// node asks `compaction` whether a snapshot is due and what to compact.
     pub snapshot_mean_us: u64,
-    pub snapshot_min_gap: u64,
-    pub snapshot_keep_tail: u64,
+    pub compaction: CompactionPolicy,
+    /// Snapshot stream: body filler bytes (the state machine's bulk), chunk size, and the
+    /// flow-control window of unconfirmed bytes per transfer, in chunks.
+    pub snapshot_filler_bytes: u32,
+    pub snapshot_chunk_bytes: u64,
+    pub snapshot_window_chunks: u64,
+    /// A transfer with no confirmed progress for this long fails (`report_snapshot(false)`).
+    pub snapshot_timeout_us: u64,
+    /// Faults on snapshot frames, per frame: loss, duplication, reordering (overtaking later
+    /// frames of the same stream) and a flipped bit in a chunk's data.
+    pub chunk_loss_ppm: u64,
+    pub chunk_duplicate_ppm: u64,
+    pub chunk_reorder_ppm: u64,
+    pub chunk_corrupt_ppm: u64,
+    /// A far-lagging follower (0: none): once, early in the fault phase, a follower goes down
+    /// for this long while the others commit and compact, so it must be caught up by snapshot.
+    pub lag_downtime_us: u64,
 
     pub pre_vote: bool,
     pub check_quorum: bool,
@@ -137,8 +154,16 @@ impl Params {
             isolate_leader: r.chance(700_000),
             asymmetric_partitions: r.chance(500_000),
             snapshot_mean_us: if snapshots { r.pick(&[50 * MS, 300 * MS, SEC]) } else { 0 },
-            snapshot_min_gap: r.pick(&[1, 10, 100]),
-            snapshot_keep_tail: r.pick(&[0, 0, 5, 50]),
+            compaction: CompactionPolicy::NEVER,
+            snapshot_filler_bytes: 0,
+            snapshot_chunk_bytes: 0,
+            snapshot_window_chunks: 0,
+            snapshot_timeout_us: 0,
+            chunk_loss_ppm: 0,
+            chunk_duplicate_ppm: 0,
+            chunk_reorder_ppm: 0,
+            chunk_corrupt_ppm: 0,
+            lag_downtime_us: 0,
             pre_vote: r.chance(800_000),
             check_quorum: r.chance(800_000),
             // Small appends with a deep pipeline on a reordering network make the leader
@@ -153,7 +178,36 @@ impl Params {
         };
         p.inflight_messages_max =
             if p.append_bytes_max >= 1 << 20 { r.pick(&[1, 4, 16, 256]) } else { r.pick(&[1, 4, 16]) };
+        p.draw_snapshots(r);
         p
+    }
+
+    /// Snapshot policy, stream and fault parameters (drawn after the rest, so they do not
+    /// shift the other draws).
+    fn draw_snapshots(&mut self, r: &mut Rng) {
+        self.compaction = CompactionPolicy {
+            snapshot_every_entries: r.pick(&[1, 10, 50, 200]),
+            snapshot_every_log_bytes: r.pick(&[0, 0, 2_000, 20_000]),
+            // Small tails so lagging followers really need snapshots.
+            keep_entries_behind: r.pick(&[0, 0, 5, 20, 100]),
+        };
+        self.snapshot_filler_bytes = r.pick(&[0, 200, 1_000, 4_000]);
+        self.snapshot_chunk_bytes = r.pick(&[64, 256, 1_024]);
+        self.snapshot_window_chunks = r.pick(&[1, 2, 4, 8]);
+        self.snapshot_timeout_us = r.pick(&[100 * MS, 300 * MS]);
+        self.chunk_loss_ppm = r.pick(&[0, 5_000, 20_000, 50_000]);
+        self.chunk_duplicate_ppm = r.pick(&[0, 20_000, 100_000]);
+        self.chunk_reorder_ppm = r.pick(&[0, 0, 10_000, 50_000]);
+        self.chunk_corrupt_ppm = r.pick(&[0, 5_000, 20_000]);
+        if r.chance(300_000) {
+            // A follower lags far behind: snapshots must be on, frequent, with short tails.
+            self.lag_downtime_us = r.between(1_500 * MS, 3 * SEC);
+            if self.snapshot_mean_us == 0 || self.snapshot_mean_us > 300 * MS {
+                self.snapshot_mean_us = r.pick(&[50 * MS, 300 * MS]);
+            }
+            self.compaction.snapshot_every_entries = self.compaction.snapshot_every_entries.min(50);
+            self.compaction.keep_entries_behind = self.compaction.keep_entries_behind.min(20);
+        }
     }
 
     fn leader_churn(r: &mut Rng) -> Params {

@@ -23,6 +23,7 @@ use raftkv_raft::{
 use crate::check::{Checker, Mirror, Violation, attempt_of, entry_hash};
 use crate::params::{MS, Params, Profile, TICK_US};
 use crate::rng::{Rng, chain, mix64};
+use crate::snapstream::{Body, Incoming, MAX_BODY_BYTES, Outgoing, Reject, SnapFrame};
 use crate::trace::{Trace, TraceEvent};
 
 /// How to run one seed.
@@ -50,7 +51,76 @@ pub struct Stats {
     pub elections_won: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshot transfers started, delivered to the receiving core (acknowledged), and
+    /// failed (rejected by the receiver, or no progress within the timeout).
+    pub snapshots_sent: u64,
+    pub snapshots_delivered: u64,
+    pub snapshots_failed: u64,
+    /// Transfers the receiver rejected for a checksum mismatch (chunk or whole body), for a
+    /// gap or truncation, and for a stale term.
+    pub snapshots_rejected_crc: u64,
+    pub snapshots_rejected_gap: u64,
+    pub snapshots_rejected_stale: u64,
+    pub chunks_sent: u64,
+    pub chunks_lost: u64,
+    pub chunks_duplicated: u64,
+    pub chunks_reordered: u64,
+    pub chunks_corrupted: u64,
+    /// The most unconfirmed snapshot bytes any transfer had in flight.
+    pub snapshot_bytes_in_flight_max: u64,
     pub max_commit: u64,
+}
+
+impl Stats {
+    /// Adds another run's counters (maxima are combined as maxima).
+    pub fn add(&mut self, o: &Stats) {
+        self.events += o.events;
+        self.messages_delivered += o.messages_delivered;
+        self.messages_dropped += o.messages_dropped;
+        self.proposals += o.proposals;
+        self.acknowledged += o.acknowledged;
+        self.lost += o.lost;
+        self.crashes += o.crashes;
+        self.partitions += o.partitions;
+        self.elections_won += o.elections_won;
+        self.snapshots_taken += o.snapshots_taken;
+        self.snapshots_installed += o.snapshots_installed;
+        self.snapshots_sent += o.snapshots_sent;
+        self.snapshots_delivered += o.snapshots_delivered;
+        self.snapshots_failed += o.snapshots_failed;
+        self.snapshots_rejected_crc += o.snapshots_rejected_crc;
+        self.snapshots_rejected_gap += o.snapshots_rejected_gap;
+        self.snapshots_rejected_stale += o.snapshots_rejected_stale;
+        self.chunks_sent += o.chunks_sent;
+        self.chunks_lost += o.chunks_lost;
+        self.chunks_duplicated += o.chunks_duplicated;
+        self.chunks_reordered += o.chunks_reordered;
+        self.chunks_corrupted += o.chunks_corrupted;
+        self.snapshot_bytes_in_flight_max =
+            self.snapshot_bytes_in_flight_max.max(o.snapshot_bytes_in_flight_max);
+        self.max_commit = self.max_commit.max(o.max_commit);
+    }
+
+    /// The snapshot counters as one summary line.
+    pub fn snapshot_summary(&self) -> String {
+        format!(
+            "snapshots: {} taken, {} sent, {} delivered, {} installed, {} failed (rejected: {} checksum, {} gap/truncated, {} stale term); chunks: {} sent, {} lost, {} duplicated, {} reordered, {} corrupted; max {} bytes in flight",
+            self.snapshots_taken,
+            self.snapshots_sent,
+            self.snapshots_delivered,
+            self.snapshots_installed,
+            self.snapshots_failed,
+            self.snapshots_rejected_crc,
+            self.snapshots_rejected_gap,
+            self.snapshots_rejected_stale,
+            self.chunks_sent,
+            self.chunks_lost,
+            self.chunks_duplicated,
+            self.chunks_reordered,
+            self.chunks_corrupted,
+            self.snapshot_bytes_in_flight_max,
+        )
+    }
 }
 
 /// The result of one seed.
@@ -117,8 +187,13 @@ struct Live {
     jobs: VecDeque<Job>,
     disk_free_at: u64,
     mirror: Mirror,
-    /// Snapshot data received with InstallSnapshot messages, newest last.
+    /// Snapshot data received and verified by the snapshot stream, newest last.
     staged: Vec<Arc<SnapData>>,
+    /// Snapshot transfers this node sends (at most one per peer) and receives (at most one
+    /// per peer), and per peer the highest transfer id seen (older Begins are duplicates).
+    outgoing: Vec<Outgoing>,
+    incoming: Vec<Incoming>,
+    seen_transfers: Vec<u64>,
     /// The newest snapshot this node has (taken or installed), to ship to followers.
     latest_snap: Option<Arc<SnapData>>,
     /// The term this node was last seen leading in, if it leads now.
@@ -153,17 +228,50 @@ struct Client {
 }
 
 enum Event {
-    Tick { node: usize, inc: u64 },
-    Deliver { msg: Message, snap: Option<Arc<SnapData>>, from_inc: u64 },
-    PersistDone { node: usize, inc: u64, job: u64 },
-    Crash { node: usize, inc: u64 },
+    Tick {
+        node: usize,
+        inc: u64,
+    },
+    Deliver {
+        msg: Message,
+        from_inc: u64,
+    },
+    /// A snapshot stream frame from node `from` (incarnation `from_inc`) to node `to`.
+    Snap {
+        from: usize,
+        to: usize,
+        from_inc: u64,
+        frame: SnapFrame,
+    },
+    SnapTimer {
+        node: usize,
+        inc: u64,
+        id: u64,
+    },
+    LagCrash,
+    PersistDone {
+        node: usize,
+        inc: u64,
+        job: u64,
+    },
+    Crash {
+        node: usize,
+        inc: u64,
+    },
     CrashRandom,
-    Restart { node: usize },
-    ClientWake { client: usize, generation: u64 },
+    Restart {
+        node: usize,
+    },
+    ClientWake {
+        client: usize,
+        generation: u64,
+    },
     PartitionStart,
     Heal,
-    TakeSnapshot { node: usize, inc: u64 },
-    SnapshotReport { node: usize, inc: u64, to: NodeId, success: bool },
+    TakeSnapshot {
+        node: usize,
+        inc: u64,
+    },
     LivenessStart,
 }
 
@@ -217,6 +325,7 @@ pub struct Sim {
     heal_at: Option<u64>,
     liveness_ok: Option<u64>,
     next_job: u64,
+    next_transfer: u64,
     stats: Stats,
 }
 
@@ -265,6 +374,7 @@ impl Sim {
             heal_at: None,
             liveness_ok: None,
             next_job: 0,
+            next_transfer: 0,
             stats: Stats::default(),
         }
     }
@@ -304,6 +414,10 @@ impl Sim {
         if self.params.partition_mean_us > 0 {
             let at = self.rng.exp(self.params.partition_mean_us);
             self.schedule(at, Event::PartitionStart);
+        }
+        if self.params.lag_downtime_us > 0 {
+            let at = self.rng.between(300 * MS, 1_500 * MS);
+            self.schedule(at, Event::LagCrash);
         }
         self.schedule(self.params.fault_phase_us, Event::LivenessStart);
         Ok(())
@@ -379,7 +493,21 @@ impl Sim {
                 }
                 Ok(())
             }
-            Event::Deliver { msg, snap, from_inc } => self.deliver(msg, snap, from_inc),
+            Event::Deliver { msg, from_inc } => self.deliver(msg, from_inc),
+            Event::Snap { from, to, from_inc, frame } => self.snap_frame(from, to, from_inc, frame),
+            Event::SnapTimer { node, inc, id } => self.snap_timer(node, inc, id),
+            Event::LagCrash => {
+                // A follower goes down for long while the others commit and compact.
+                let down = self.nodes.iter().filter(|n| n.live.is_none()).count();
+                let candidates: Vec<usize> = (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].live.as_ref().is_some_and(|l| l.raft.role() != Role::Leader))
+                    .collect();
+                if self.phase == Phase::Faults && down < self.params.max_down && !candidates.is_empty() {
+                    let n = self.rng.pick(&candidates);
+                    self.crash_for(n, self.params.lag_downtime_us);
+                }
+                Ok(())
+            }
             Event::PersistDone { node, inc, job } => self.persist_done(node, inc, job),
             Event::Crash { node, inc } => {
                 if self.nodes[node].inc == inc && self.phase == Phase::Faults {
@@ -428,16 +556,6 @@ impl Sim {
                 Ok(())
             }
             Event::TakeSnapshot { node, inc } => self.take_snapshot(node, inc),
-            Event::SnapshotReport { node, inc, to, success } => {
-                if self.nodes[node].inc != inc {
-                    return Ok(());
-                }
-                if let Some(live) = self.nodes[node].live.as_mut() {
-                    live.raft.report_snapshot(to, success);
-                    self.drive(node)?;
-                }
-                Ok(())
-            }
             Event::LivenessStart => self.liveness_start(),
         }
     }
@@ -500,6 +618,9 @@ impl Sim {
             last_commit: mirror.base_index,
             mirror,
             staged: Vec::new(),
+            outgoing: Vec::new(),
+            incoming: Vec::new(),
+            seen_transfers: vec![0; self.nodes.len()],
             latest_snap,
             leader_term: None,
         });
@@ -514,6 +635,11 @@ impl Sim {
     }
 
     fn crash(&mut self, n: usize) {
+        let downtime = self.rng.between(self.params.downtime_us.0, self.params.downtime_us.1);
+        self.crash_for(n, downtime);
+    }
+
+    fn crash_for(&mut self, n: usize, downtime: u64) {
         let Some(live) = self.nodes[n].live.take() else { return };
         let total = live.jobs.len();
         let kept =
@@ -527,8 +653,7 @@ impl Sim {
         let id = self.nodes[n].id.0;
         self.record(TraceEvent::Crash { node: id, jobs_kept: kept, jobs_lost: total - kept });
         self.forget_pending(n, u64::MAX, "node crashed");
-        let at = self.now + self.rng.between(self.params.downtime_us.0, self.params.downtime_us.1);
-        self.schedule(at, Event::Restart { node: n });
+        self.schedule(self.now + downtime, Event::Restart { node: n });
     }
 
     /// The driver loop of node `n` after an input: drain every Ready, obeying the ordering
@@ -800,8 +925,7 @@ impl Sim {
             return Ok(());
         }
         let now = self.now;
-        let keep = self.params.snapshot_keep_tail;
-        let gap = self.params.snapshot_min_gap;
+        let policy = self.params.compaction;
         let next = now + self.rng.exp(self.params.snapshot_mean_us);
         self.schedule(next, Event::TakeSnapshot { node: n, inc });
         let node = &mut self.nodes[n];
@@ -809,9 +933,16 @@ impl Sim {
         let applied = live.sm.applied;
         let current = live.latest_snap.as_ref().map_or(0, |s| s.meta.index.0);
         // Only between persist jobs, so the durable log and the core's log agree.
-        if !live.jobs.is_empty() || applied < current + gap || applied == 0 {
+        if !live.jobs.is_empty() || applied == 0 {
             return Ok(());
         }
+        let log_bytes: u64 = (live.raft.first_index().0..=live.raft.last_index().0)
+            .filter_map(|i| live.raft.log_entry(LogIndex(i)).map(Entry::size_bytes))
+            .sum();
+        let Some((_, compact_to)) = policy.plan(LogIndex(applied), LogIndex(current), log_bytes) else {
+            return Ok(());
+        };
+        let compact_to = compact_to.0;
         let Some((_, chain_at)) = live.mirror.get(applied) else {
             return Err(violation(
                 now,
@@ -819,7 +950,6 @@ impl Sim {
                 format!("applied index {applied} not in the mirrored log"),
             ));
         };
-        let compact_to = applied.saturating_sub(keep);
         let meta = live
             .raft
             .snapshot_taken(LogIndex(applied), LogIndex(compact_to))
@@ -842,33 +972,13 @@ impl Sim {
         if to >= self.nodes.len() {
             return Err(violation(self.now, "simulator", format!("message to unknown node {}", m.to)));
         }
-        let snap = match &m.body {
-            MessageBody::InstallSnapshot { meta } => {
-                let node = &self.nodes[from];
-                let mine = node.live.as_ref().and_then(|l| l.latest_snap.clone());
-                let found = [mine, node.durable.snapshot.clone()]
-                    .into_iter()
-                    .flatten()
-                    .find(|s| s.meta.index == meta.index && s.meta.term == meta.term);
-                match found {
-                    Some(s) => Some(s),
-                    None => {
-                        return Err(violation(
-                            self.now,
-                            "snapshot",
-                            format!(
-                                "node {} sends snapshot {}@{} that it does not have",
-                                m.from, meta.index, meta.term
-                            ),
-                        ));
-                    }
-                }
-            }
-            _ => None,
-        };
+        if let MessageBody::InstallSnapshot { meta } = &m.body {
+            let meta = meta.clone();
+            return self.start_transfer(from, to, meta, m);
+        }
         let from_inc = self.nodes[from].inc;
         if self.rng.chance(self.params.loss_ppm) {
-            self.dropped(&m, "lost", from_inc, snap.is_some());
+            self.dropped(&m, "lost");
             return Ok(());
         }
         let copies = if self.rng.chance(self.params.duplicate_ppm) { 2 } else { 1 };
@@ -877,58 +987,391 @@ impl Sim {
             if self.rng.chance(self.params.long_delay_ppm) {
                 delay += self.rng.between(0, self.params.long_delay_us);
             }
-            self.schedule(self.now + delay, Event::Deliver { msg: m.clone(), snap: snap.clone(), from_inc });
+            self.schedule(self.now + delay, Event::Deliver { msg: m.clone(), from_inc });
         }
         Ok(())
     }
 
-    fn dropped(&mut self, m: &Message, reason: &'static str, from_inc: u64, snapshot: bool) {
+    fn dropped(&mut self, m: &Message, reason: &'static str) {
         self.stats.messages_dropped += 1;
         self.record(TraceEvent::Drop { from: m.from.0, to: m.to.0, kind: m.body.name(), reason });
-        if snapshot {
-            // The sender's transport learns that the transfer failed.
-            let at = self.now + self.params.delay_us.1;
-            let node = m.from.0 as usize - 1;
-            self.schedule(at, Event::SnapshotReport { node, inc: from_inc, to: m.to, success: false });
-        }
     }
 
-    fn deliver(&mut self, m: Message, snap: Option<Arc<SnapData>>, from_inc: u64) -> Result<(), Violation> {
+    fn deliver(&mut self, m: Message, _from_inc: u64) -> Result<(), Violation> {
         let from = m.from.0 as usize - 1;
         let to = m.to.0 as usize - 1;
         if self.blocked.contains(&(from, to)) {
-            self.dropped(&m, "partitioned", from_inc, snap.is_some());
+            self.dropped(&m, "partitioned");
             return Ok(());
         }
         if self.nodes[to].live.is_none() {
-            self.dropped(&m, "receiver down", from_inc, snap.is_some());
+            self.dropped(&m, "receiver down");
             return Ok(());
         }
         self.stats.messages_delivered += 1;
         self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
         self.trace.note(self.now, || describe(&m.body));
-        let is_snapshot = snap.is_some();
+        self.step(to, m)?;
+        self.drive(to)
+    }
+
+    fn step(&mut self, to: usize, m: Message) -> Result<(), Violation> {
         let now = self.now;
         if let Some(live) = self.nodes[to].live.as_mut() {
-            if let Some(s) = snap {
-                live.staged.push(s);
-                if live.staged.len() > 4 {
-                    live.staged.remove(0);
-                }
-            }
             let (sender, recipient) = (m.from, m.to);
             live.raft.step(m).map_err(|e| {
                 violation(now, "simulator", format!("node {recipient} refused a message from {sender}: {e}"))
             })?;
         }
-        if is_snapshot {
-            let at = self.now + self.params.delay_us.0;
-            self.schedule(
-                at,
-                Event::SnapshotReport { node: from, inc: from_inc, to: NodeId(to as u64 + 1), success: true },
-            );
+        Ok(())
+    }
+
+    // ----- the snapshot stream (see `snapstream`) -----
+
+    /// The core asked to send a snapshot: stream the stored snapshot's bytes to `to`. At most
+    /// one transfer per peer; a request for the snapshot already streaming keeps that one,
+    /// one for another snapshot replaces it.
+    fn start_transfer(
+        &mut self,
+        from: usize,
+        to: usize,
+        meta: SnapshotMeta,
+        m: Message,
+    ) -> Result<(), Violation> {
+        let node = &self.nodes[from];
+        let Some(live) = node.live.as_ref() else { return Ok(()) };
+        let found = [live.latest_snap.clone(), node.durable.snapshot.clone()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.meta.index == meta.index && s.meta.term == meta.term);
+        let Some(data) = found else {
+            return Err(violation(
+                self.now,
+                "snapshot",
+                format!("node {} sends snapshot {}@{} that it does not have", m.from, meta.index, meta.term),
+            ));
+        };
+        if live.outgoing.iter().any(|t| t.to == to && t.meta == meta) {
+            return Ok(());
         }
-        self.drive(to)
+        let body = Body {
+            meta: data.meta.clone(),
+            applied: data.sm.applied,
+            digest: data.sm.digest,
+            commands: data.sm.commands,
+            chain: data.chain,
+            filler: self.params.snapshot_filler_bytes,
+        }
+        .encode();
+        self.next_transfer += 1;
+        let id = self.next_transfer;
+        let crc = crc32c::crc32c(&body);
+        let total_len = body.len() as u64;
+        let inc = self.nodes[from].inc;
+        let Some(live) = self.nodes[from].live.as_mut() else { return Ok(()) };
+        live.outgoing.retain(|t| t.to != to);
+        live.outgoing.push(Outgoing {
+            id,
+            to,
+            meta,
+            msg: m.clone(),
+            body,
+            crc,
+            next: 0,
+            acked: 0,
+            end_sent: false,
+            progress_mark: 0,
+            stream_at: self.now,
+        });
+        self.stats.snapshots_sent += 1;
+        self.send_frame(from, to, SnapFrame::Begin { id, total_len, msg: m });
+        self.pump(from, id);
+        let at = self.now + self.params.snapshot_timeout_us;
+        self.schedule(at, Event::SnapTimer { node: from, inc, id });
+        Ok(())
+    }
+
+    /// Sends the chunks of transfer `id` the flow-control window allows, then End.
+    fn pump(&mut self, n: usize, id: u64) {
+        let window = self.params.snapshot_window_chunks * self.params.snapshot_chunk_bytes;
+        let chunk = self.params.snapshot_chunk_bytes;
+        let mut frames = Vec::new();
+        let Some(live) = self.nodes[n].live.as_mut() else { return };
+        let Some(t) = live.outgoing.iter_mut().find(|t| t.id == id) else { return };
+        let total = t.body.len() as u64;
+        while t.next < total && t.next - t.acked < window {
+            let end = (t.next + chunk).min(total);
+            let data = t.body.slice(t.next as usize..end as usize);
+            let crc = crc32c::crc32c(&data);
+            frames.push(SnapFrame::Chunk { id, offset: t.next, data, crc });
+            t.next = end;
+        }
+        if t.next == total && !t.end_sent {
+            t.end_sent = true;
+            frames.push(SnapFrame::End { id, total_len: total, crc: t.crc });
+        }
+        let in_flight = t.next - t.acked;
+        let to = t.to;
+        self.stats.snapshot_bytes_in_flight_max = self.stats.snapshot_bytes_in_flight_max.max(in_flight);
+        for f in frames {
+            self.send_frame(n, to, f);
+        }
+    }
+
+    /// Puts one frame on the simulated network, drawing its faults. Frames of one transfer
+    /// travel in order (one stream) unless reordered by a fault.
+    fn send_frame(&mut self, from: usize, to: usize, frame: SnapFrame) {
+        let from_inc = self.nodes[from].inc;
+        let faults = self.phase == Phase::Faults;
+        let is_chunk = matches!(frame, SnapFrame::Chunk { .. });
+        if is_chunk {
+            self.stats.chunks_sent += 1;
+        }
+        let kind = frame.name();
+        let (a, b) = (from as u64 + 1, to as u64 + 1);
+        if faults && self.rng.chance(self.params.chunk_loss_ppm) {
+            if is_chunk {
+                self.stats.chunks_lost += 1;
+            }
+            self.record(TraceEvent::Drop { from: a, to: b, kind, reason: "lost" });
+            return;
+        }
+        let mut frame = frame;
+        if faults
+            && let SnapFrame::Chunk { data, crc, .. } = &mut frame
+            && !data.is_empty()
+            && self.rng.chance(self.params.chunk_corrupt_ppm)
+        {
+            // A bit flips in flight; now and then the flip happened before the chunk's CRC was
+            // computed, so only the whole-body CRC can catch it.
+            let mut bytes = data.to_vec();
+            let bit = self.rng.below(bytes.len() as u64 * 8);
+            bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+            *data = Bytes::from(bytes);
+            if self.rng.chance(250_000) {
+                *crc = crc32c::crc32c(data);
+            }
+            self.stats.chunks_corrupted += 1;
+            self.record(TraceEvent::Drop { from: a, to: b, kind, reason: "bit flipped in flight" });
+        }
+        let copies = if faults && self.rng.chance(self.params.chunk_duplicate_ppm) { 2 } else { 1 };
+        if copies == 2 && is_chunk {
+            self.stats.chunks_duplicated += 1;
+        }
+        for _ in 0..copies {
+            let delay = self.rng.between(self.params.delay_us.0, self.params.delay_us.1);
+            let mut at = self.now + delay;
+            if frame.forward() {
+                let reorder = faults && self.rng.chance(self.params.chunk_reorder_ppm);
+                let id = frame.id();
+                let stream =
+                    self.nodes[from].live.as_mut().and_then(|l| l.outgoing.iter_mut().find(|t| t.id == id));
+                match stream {
+                    Some(t) if reorder => {
+                        // Held back: later frames of the stream overtake it.
+                        at = at.max(t.stream_at) + self.rng.between(1, 20 * MS);
+                        if is_chunk {
+                            self.stats.chunks_reordered += 1;
+                        }
+                    }
+                    Some(t) => {
+                        at = at.max(t.stream_at);
+                        t.stream_at = at;
+                    }
+                    None => {}
+                }
+            }
+            self.schedule(at, Event::Snap { from, to, from_inc, frame: frame.clone() });
+        }
+    }
+
+    fn snap_frame(
+        &mut self,
+        from: usize,
+        to: usize,
+        _from_inc: u64,
+        frame: SnapFrame,
+    ) -> Result<(), Violation> {
+        let (a, b) = (from as u64 + 1, to as u64 + 1);
+        let kind = frame.name();
+        if self.blocked.contains(&(from, to)) {
+            self.record(TraceEvent::Drop { from: a, to: b, kind, reason: "partitioned" });
+            return Ok(());
+        }
+        if self.nodes[to].live.is_none() {
+            self.record(TraceEvent::Drop { from: a, to: b, kind, reason: "receiver down" });
+            return Ok(());
+        }
+        let id = frame.id();
+        self.record(TraceEvent::SnapFrame { from: a, to: b, kind, id });
+        match frame {
+            SnapFrame::Begin { id, total_len, msg } => {
+                let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
+                if live.seen_transfers[from] >= id {
+                    return Ok(()); // A duplicate, or older than a transfer already seen.
+                }
+                live.seen_transfers[from] = id;
+                live.incoming.retain(|t| t.from != from);
+                if msg.term < live.raft.term() {
+                    return self.reject_transfer(to, from, id, Reject::StaleTerm);
+                }
+                if total_len > MAX_BODY_BYTES {
+                    return self.reject_transfer(to, from, id, Reject::TooLarge);
+                }
+                live.incoming.push(Incoming { id, from, msg, total_len, buf: Vec::new(), crc: 0 });
+                Ok(())
+            }
+            SnapFrame::Chunk { id, offset, data, crc } => {
+                let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
+                let Some(t) = live.incoming.iter_mut().find(|t| t.id == id && t.from == from) else {
+                    return Ok(()); // Aborted, finished, or lost with a restart: the sender times out.
+                };
+                let expected = t.buf.len() as u64;
+                if offset < expected {
+                    return Ok(()); // Duplicate.
+                }
+                if offset > expected {
+                    return self.reject_transfer(to, from, id, Reject::Gap);
+                }
+                if crc32c::crc32c(&data) != crc {
+                    return self.reject_transfer(to, from, id, Reject::ChunkCrc);
+                }
+                if offset + data.len() as u64 > t.total_len {
+                    return self.reject_transfer(to, from, id, Reject::Truncated);
+                }
+                t.crc = crc32c::crc32c_append(t.crc, &data);
+                t.buf.extend_from_slice(&data);
+                let next = t.buf.len() as u64;
+                self.send_frame(to, from, SnapFrame::Credit { id, next });
+                Ok(())
+            }
+            SnapFrame::End { id, total_len, crc } => self.finish_transfer(to, from, id, total_len, crc),
+            SnapFrame::Credit { id, next } => {
+                let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
+                let Some(t) = live.outgoing.iter_mut().find(|t| t.id == id) else { return Ok(()) };
+                if next > t.acked && next <= t.next {
+                    t.acked = next;
+                    self.pump(to, id);
+                }
+                Ok(())
+            }
+            SnapFrame::Ack { id, ok } => {
+                let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
+                let Some(pos) = live.outgoing.iter().position(|t| t.id == id) else { return Ok(()) };
+                let t = live.outgoing.remove(pos);
+                let peer = NodeId(t.to as u64 + 1);
+                live.raft.report_snapshot(peer, ok);
+                if ok {
+                    self.stats.snapshots_delivered += 1;
+                } else {
+                    self.stats.snapshots_failed += 1;
+                }
+                self.drive(to)
+            }
+        }
+    }
+
+    /// The receiver `n` rejects transfer `id` from `from`: drops what it assembled (its state
+    /// is untouched) and tells the sender.
+    fn reject_transfer(&mut self, n: usize, from: usize, id: u64, why: Reject) -> Result<(), Violation> {
+        if let Some(live) = self.nodes[n].live.as_mut() {
+            live.incoming.retain(|t| t.id != id);
+        }
+        match why {
+            Reject::ChunkCrc | Reject::BodyCrc | Reject::Undecodable => {
+                self.stats.snapshots_rejected_crc += 1
+            }
+            Reject::Gap | Reject::Truncated => self.stats.snapshots_rejected_gap += 1,
+            Reject::StaleTerm => self.stats.snapshots_rejected_stale += 1,
+            Reject::TooLarge => {}
+        }
+        self.record(TraceEvent::SnapshotRejected {
+            node: n as u64 + 1,
+            from: from as u64 + 1,
+            id,
+            reason: why.reason(),
+        });
+        self.send_frame(n, from, SnapFrame::Ack { id, ok: false });
+        Ok(())
+    }
+
+    /// End of transfer `id` at node `n`: check length and whole-body CRC, decode, and only then
+    /// hand the InstallSnapshot message to the core.
+    fn finish_transfer(
+        &mut self,
+        n: usize,
+        from: usize,
+        id: u64,
+        total_len: u64,
+        crc: u32,
+    ) -> Result<(), Violation> {
+        let now = self.now;
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let Some(pos) = live.incoming.iter().position(|t| t.id == id && t.from == from) else {
+            return Ok(());
+        };
+        let t = &live.incoming[pos];
+        if t.buf.len() as u64 != total_len || total_len != t.total_len {
+            return self.reject_transfer(n, from, id, Reject::Truncated);
+        }
+        if t.crc != crc || crc32c::crc32c(&t.buf) != crc {
+            return self.reject_transfer(n, from, id, Reject::BodyCrc);
+        }
+        let body = match Body::decode(&t.buf) {
+            Ok(b) => b,
+            Err(_) => return self.reject_transfer(n, from, id, Reject::Undecodable),
+        };
+        let t = live.incoming.remove(pos);
+        let matches = matches!(&t.msg.body, MessageBody::InstallSnapshot { meta } if *meta == body.meta);
+        if !matches || body.applied != body.meta.index.0 {
+            return Err(violation(
+                now,
+                "snapshot",
+                format!("transfer {id} carries a body that differs from its metadata"),
+            ));
+        }
+        let data = Arc::new(SnapData {
+            meta: body.meta,
+            sm: StateMachine { applied: body.applied, digest: body.digest, commands: body.commands },
+            chain: body.chain,
+        });
+        live.staged.push(data);
+        if live.staged.len() > 4 {
+            live.staged.remove(0);
+        }
+        let m = t.msg;
+        self.stats.messages_delivered += 1;
+        self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
+        self.trace.note(self.now, || describe(&m.body));
+        self.step(n, m)?;
+        self.send_frame(n, from, SnapFrame::Ack { id, ok: true });
+        self.drive(n)
+    }
+
+    /// A transfer that made no confirmed progress for a whole timeout fails.
+    fn snap_timer(&mut self, n: usize, inc: u64, id: u64) -> Result<(), Violation> {
+        if self.nodes[n].inc != inc {
+            return Ok(());
+        }
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let Some(pos) = live.outgoing.iter().position(|t| t.id == id) else { return Ok(()) };
+        let t = &mut live.outgoing[pos];
+        if t.acked > t.progress_mark {
+            t.progress_mark = t.acked;
+            let at = self.now + self.params.snapshot_timeout_us;
+            self.schedule(at, Event::SnapTimer { node: n, inc, id });
+            return Ok(());
+        }
+        let t = live.outgoing.remove(pos);
+        live.raft.report_snapshot(NodeId(t.to as u64 + 1), false);
+        self.stats.snapshots_failed += 1;
+        self.record(TraceEvent::SnapshotRejected {
+            node: t.to as u64 + 1,
+            from: n as u64 + 1,
+            id,
+            reason: "sender timed out",
+        });
+        self.drive(n)
     }
 
     fn partition(&mut self) {

@@ -22,6 +22,8 @@ pub enum TraceEvent {
     Heal,
     SnapshotTaken { node: u64, index: u64, compact_to: u64 },
     SnapshotInstalled { node: u64, index: u64, term: u64 },
+    SnapFrame { from: u64, to: u64, kind: &'static str, id: u64 },
+    SnapshotRejected { node: u64, from: u64, id: u64, reason: &'static str },
     LivenessPhase,
 }
 
@@ -64,6 +66,10 @@ impl fmt::Display for TraceEvent {
                 write!(f, "snapshot n{node} at {index}, log compacted to {compact_to}")
             }
             SnapshotInstalled { node, index, term } => write!(f, "install n{node} snapshot {index}@{term}"),
+            SnapFrame { from, to, kind, id } => write!(f, "stream  {from}->{to} {kind} transfer={id}"),
+            SnapshotRejected { node, from, id, reason } => {
+                write!(f, "reject  n{node} snapshot transfer {id} from n{from}: {reason}")
+            }
             LivenessPhase => write!(f, "LIVENESS PHASE: faults stop, all healed and restarted"),
         }
     }

@@ -1,12 +1,29 @@
 //! The CI seed sweep: 2,000 random seeds of the mixed swarm (>= 10 virtual seconds each) plus
 //! 500 seeds of the leader-churn profile, split so the test runner spreads them over cores.
-//! Any violation fails with the command that replays the seed.
+//! Any violation fails with the command that replays the seed. Each mixed batch must also
+//! really exercise snapshots: transfers installed, followers caught up by snapshot, and chunk
+//! faults (loss, duplication, reordering, corruption) that the receiver rejected.
 
-use raftkv_sim::{Profile, SimOptions, replay_command, run_seeds};
+use raftkv_sim::{Profile, SimOptions, replay_command, run_sweep};
 
 fn sweep(start: u64, count: u64, profile: Profile) {
     let options = SimOptions { profile, ..SimOptions::default() };
-    let failures = run_seeds(start, count, 1, &options);
+    let sweep = run_sweep(start, count, 1, &options);
+    let (failures, t) = (sweep.failures, sweep.totals);
+    eprintln!("seeds {start}..{}: {}", start + count, t.snapshot_summary());
+    if profile == Profile::Mixed {
+        // A sweep where nothing of the snapshot machinery fired would prove nothing about it.
+        assert!(t.snapshots_installed >= 20, "too few snapshots installed: {}", t.snapshot_summary());
+        assert!(t.snapshots_delivered >= 20, "too few transfers delivered: {}", t.snapshot_summary());
+        assert!(t.chunks_lost > 0 && t.chunks_duplicated > 0, "no chunk faults: {}", t.snapshot_summary());
+        assert!(t.chunks_reordered > 0, "no reordered chunks: {}", t.snapshot_summary());
+        assert!(
+            t.chunks_corrupted > 0 && t.snapshots_rejected_crc > 0,
+            "no corruption caught: {}",
+            t.snapshot_summary()
+        );
+        assert!(t.snapshots_failed > 0, "no failed transfer retried: {}", t.snapshot_summary());
+    }
     let report: Vec<String> = failures
         .iter()
         .map(|o| {

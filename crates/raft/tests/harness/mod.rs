@@ -2,6 +2,12 @@
 //! at once (unless told to hold writes back), messages sit in one queue until delivered, and
 //! links can be cut or filtered per message. Checks State Machine Safety and Election Safety
 //! on every step and records violations instead of panicking, so tests can assert on them.
+//!
+//! Each node also keeps a state machine digest ([`Sm`]); [`Cluster::snapshot`] stores it with a
+//! snapshot, InstallSnapshot delivers the sender's stored snapshot data with the message (as
+//! the transport does once the body is verified), and installing restores from it. Digests
+//! must agree across nodes at equal applied index, applies must be in order, and commit and
+//! applied indexes must never move backwards within one incarnation.
 
 #![allow(dead_code)]
 
@@ -19,6 +25,40 @@ pub struct Disk {
     pub hard_state: HardState,
     pub entries: Vec<Entry>,
     pub snapshot: Option<SnapshotMeta>,
+    /// The state machine saved with `snapshot`.
+    pub snapshot_data: Option<SnapData>,
+}
+
+/// A snapshot's body: the state machine at `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapData {
+    pub index: u64,
+    pub digest: u64,
+}
+
+/// The state machine: a digest over the applied entries, in order, and its value at each
+/// applied index (so a snapshot can be taken at any applied index).
+#[derive(Clone, Debug, Default)]
+pub struct Sm {
+    pub applied: u64,
+    pub digest: u64,
+    pub history: BTreeMap<u64, u64>,
+}
+
+impl Sm {
+    fn restore(data: SnapData) -> Sm {
+        Sm { applied: data.index, digest: data.digest, history: BTreeMap::from([(data.index, data.digest)]) }
+    }
+
+    fn apply(&mut self, e: &Entry) {
+        let mut h = self.digest ^ 0x9E37_79B9_7F4A_7C15;
+        for b in e.index.0.to_le_bytes().iter().chain(e.term.0.to_le_bytes().iter()).chain(e.data.iter()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+        self.digest = h;
+        self.applied = e.index.0;
+        self.history.insert(self.applied, h);
+    }
 }
 
 pub struct Node {
@@ -27,6 +67,13 @@ pub struct Node {
     /// Entries applied to this node's state machine, in order.
     pub applied: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    pub sm: Sm,
+    /// Snapshot data that arrived with an InstallSnapshot, waiting to be installed.
+    pub staged: Option<SnapData>,
+    /// How many snapshots this node installed from a leader.
+    pub snapshots_installed: u64,
+    /// Highest commit and applied index seen in this incarnation.
+    high_water: (LogIndex, LogIndex),
     /// While set, Readies are not persisted: they wait in `unsynced` and are lost on crash.
     pub hold_writes: bool,
     unsynced: Vec<raftkv_raft::Ready>,
@@ -45,6 +92,8 @@ pub struct Cluster {
     configure: Box<dyn Fn(&mut Config)>,
     /// index -> (term, data) of the first entry applied there anywhere.
     applied_everywhere: BTreeMap<u64, (u64, Bytes)>,
+    /// index -> state machine digest of the first node that reached it.
+    digests: BTreeMap<u64, u64>,
     leaders: BTreeMap<u64, u64>,
     pub violations: Vec<String>,
     pub delivered: u64,
@@ -68,6 +117,7 @@ impl Cluster {
             filters: Vec::new(),
             configure: Box::new(configure),
             applied_everywhere: BTreeMap::new(),
+            digests: BTreeMap::new(),
             leaders: BTreeMap::new(),
             violations: Vec::new(),
             delivered: 0,
@@ -85,14 +135,29 @@ impl Cluster {
         let mut config = Config::new(NodeId(id));
         config.seed = id * 7919;
         (self.configure)(&mut config);
+        let snap_index = disk.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
         let initial = InitialState {
             hard_state: disk.hard_state,
             config: ClusterConfig::new(self.ids.iter().map(|i| NodeId(*i))),
             snapshot: disk.snapshot.clone(),
-            entries: disk.entries.clone(),
+            // The disk may keep a tail of entries behind its snapshot.
+            entries: disk.entries.iter().filter(|e| e.index > snap_index).cloned().collect(),
         };
         let raft = Raft::new(config, initial).expect("valid initial state");
-        Node { raft, disk, applied, read_states: Vec::new(), hold_writes: false, unsynced: Vec::new() }
+        let sm = disk.snapshot_data.map(Sm::restore).unwrap_or_default();
+        let high_water = (raft.commit_index(), raft.applied_index());
+        Node {
+            raft,
+            disk,
+            applied,
+            read_states: Vec::new(),
+            sm,
+            staged: None,
+            snapshots_installed: 0,
+            high_water,
+            hold_writes: false,
+            unsynced: Vec::new(),
+        }
     }
 
     pub fn raft(&self, id: u64) -> &Raft {
@@ -230,6 +295,26 @@ impl Cluster {
         if std::env::var_os("HARNESS_TRACE").is_some() {
             eprintln!("deliver {m:?}");
         }
+        if let MessageBody::InstallSnapshot { meta } = &m.body {
+            // The driver delivers the message only with the snapshot's verified body.
+            let sender = &self.nodes[&from];
+            let data = sender.disk.snapshot_data.filter(|d| d.index == meta.index.0).or_else(|| {
+                // Taken by a test through the core directly: the state machine had it.
+                sender
+                    .sm
+                    .history
+                    .get(&meta.index.0)
+                    .map(|digest| SnapData { index: meta.index.0, digest: *digest })
+            });
+            match data {
+                Some(d) => self.nodes.get_mut(&to).expect("node").staged = Some(d),
+                None => {
+                    self.violations
+                        .push(format!("node {from} sent snapshot {} it does not hold", meta.index));
+                    return;
+                }
+            }
+        }
         self.raft_mut(to).step(m).expect("well-addressed message");
         self.process(to);
     }
@@ -273,6 +358,16 @@ impl Cluster {
     fn persist(&mut self, id: u64, rd: raftkv_raft::Ready) {
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(meta) = &rd.snapshot {
+            match node.staged.take().filter(|d| d.index == meta.index.0) {
+                Some(data) => {
+                    node.sm = Sm::restore(data);
+                    node.disk.snapshot_data = Some(data);
+                    node.snapshots_installed += 1;
+                }
+                None => self
+                    .violations
+                    .push(format!("node {id} installs snapshot {} it never received", meta.index)),
+            }
             node.disk.snapshot = Some(meta.clone());
             node.disk.entries.clear();
         }
@@ -310,12 +405,78 @@ impl Cluster {
                 }
             }
             let node = self.nodes.get_mut(&id).expect("node");
+            if index != node.sm.applied + 1 {
+                self.violations
+                    .push(format!("node {id} applied {index} after {}: not in order", node.sm.applied));
+            }
+            node.sm.apply(&entry);
+            let digest = node.sm.digest;
             node.raft.applied(entry.index);
             node.applied.push(entry);
+            match self.digests.get(&index) {
+                Some(d) if *d != digest => self.violations.push(format!(
+                    "node {id} reached a state machine digest at {index} that differs from another node's"
+                )),
+                Some(_) => {}
+                None => {
+                    self.digests.insert(index, digest);
+                }
+            }
         }
     }
 
+    /// Snapshots node `id`'s state machine at `index` (applied) and compacts its log to
+    /// `compact_to`, as a driver does; returns the snapshot's metadata.
+    pub fn snapshot(&mut self, id: u64, index: u64, compact_to: u64) -> SnapshotMeta {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let digest = *node.sm.history.get(&index).expect("snapshot at an applied index");
+        let meta = node.raft.snapshot_taken(LogIndex(index), LogIndex(compact_to)).expect("snapshot taken");
+        if node.disk.snapshot.as_ref().is_none_or(|s| s.index < meta.index) {
+            node.disk.snapshot = Some(meta.clone());
+            node.disk.snapshot_data = Some(SnapData { index, digest });
+        }
+        let first = node.raft.first_index();
+        node.disk.entries.retain(|e| e.index >= first);
+        meta
+    }
+
+    /// Asks `policy` whether node `id` is due a snapshot and takes it if so.
+    pub fn maybe_snapshot(
+        &mut self,
+        id: u64,
+        policy: &raftkv_raft::CompactionPolicy,
+    ) -> Option<SnapshotMeta> {
+        let raft = self.raft(id);
+        let last = raft.snapshot_meta().map_or(LogIndex(0), |s| s.index);
+        let bytes: u64 = (raft.first_index().0..=raft.last_index().0)
+            .filter_map(|i| raft.log_entry(LogIndex(i)).map(Entry::size_bytes))
+            .sum();
+        let (index, compact_to) = policy.plan(raft.applied_index(), last, bytes)?;
+        Some(self.snapshot(id, index.0, compact_to.0))
+    }
+
+    /// Delivers one message now (through the same path as queued ones).
+    pub fn inject(&mut self, m: Message) {
+        self.deliver(m);
+    }
+
+    /// The state machine digest of node `id` at its applied index.
+    pub fn digest(&self, id: u64) -> (u64, u64) {
+        let sm = &self.nodes[&id].sm;
+        (sm.applied, sm.digest)
+    }
+
     fn check_leaders(&mut self) {
+        for (id, node) in self.nodes.iter_mut() {
+            let (commit, applied) = (node.raft.commit_index(), node.raft.applied_index());
+            if commit < node.high_water.0 || applied < node.high_water.1 {
+                self.violations.push(format!(
+                    "node {id} moved back: commit {commit} applied {applied} after {} {}",
+                    node.high_water.0, node.high_water.1
+                ));
+            }
+            node.high_water = (commit.max(node.high_water.0), applied.max(node.high_water.1));
+        }
         for (id, node) in &self.nodes {
             if node.raft.role() == Role::Leader {
                 let term = node.raft.term().0;

@@ -1,0 +1,242 @@
+//! Snapshot scenarios on the synchronous harness: catching a follower up by snapshot and
+//! then by log, a transfer interrupted by a leader change, stale snapshots, and the §7 rule
+//! that a follower keeps a matching log suffix. The harness checks on every step that state
+//! machines agree at equal applied index, apply in order, and never move commit or applied
+//! backwards.
+
+mod harness;
+
+use harness::Cluster;
+use raftkv_raft::{CompactionPolicy, LogIndex, Message, MessageBody, NodeId, SnapshotMeta};
+
+fn others(c: &Cluster, id: u64) -> Vec<u64> {
+    c.ids.iter().copied().filter(|x| *x != id).collect()
+}
+
+fn is_snapshot(m: &Message) -> bool {
+    matches!(m.body, MessageBody::InstallSnapshot { .. })
+}
+
+fn install_message(c: &Cluster, from: u64, to: u64, meta: SnapshotMeta) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: c.raft(from).term(),
+        body: MessageBody::InstallSnapshot { meta },
+    }
+}
+
+#[test]
+fn follower_down_while_leader_compacts_10000_entries_catches_up_by_snapshot_then_log() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    let [lagging, peer] = others(&c, leader)[..] else { panic!("three nodes") };
+    c.crash(lagging);
+    let policy = CompactionPolicy {
+        snapshot_every_entries: 1_000,
+        snapshot_every_log_bytes: 0,
+        keep_entries_behind: 100,
+    };
+    let mut snapshots = 0;
+    for i in 0..10_000 {
+        c.propose(leader, &format!("v{i}")).expect("leader accepts");
+        if i % 100 == 99 {
+            c.deliver_all();
+            snapshots += c.maybe_snapshot(leader, &policy).is_some() as u32;
+            c.maybe_snapshot(peer, &policy);
+        }
+    }
+    c.deliver_all();
+    assert_eq!(snapshots, 10, "the policy snapshots every 1,000 entries");
+    let snap = c.raft(leader).snapshot_meta().cloned().expect("leader snapshot");
+    assert!(snap.index.0 >= 10_000);
+    assert_eq!(c.raft(leader).first_index(), snap.index - 100 + 1, "a tail of 100 entries is kept");
+
+    c.restart(lagging);
+    c.tick_all(5);
+    assert_eq!(c.nodes[&lagging].snapshots_installed, 1, "caught up by one snapshot");
+    assert_eq!(c.nodes[&lagging].disk.snapshot.as_ref().map(|s| s.index), Some(snap.index));
+    for i in 0..20 {
+        c.propose(leader, &format!("after{i}")).expect("leader");
+    }
+    c.tick_all(3);
+    // Then by log: what follows the snapshot was applied from entries.
+    // (Before the snapshot it re-applied only what it held on disk: the first leader's no-op.)
+    let log_applied: Vec<LogIndex> = c.nodes[&lagging].applied.iter().map(|e| e.index).collect();
+    assert!(log_applied.iter().all(|i| *i <= LogIndex(1) || *i > snap.index), "{log_applied:?}");
+    assert_eq!(log_applied.iter().find(|i| **i > snap.index), Some(&(snap.index + 1)));
+    assert!(log_applied.len() >= 20);
+    assert_eq!(c.applied_data(lagging).last().map(String::as_str), Some("after19"));
+    assert_eq!(c.raft(lagging).commit_index(), c.raft(leader).commit_index());
+    assert_eq!(c.digest(lagging), c.digest(leader), "equal state machines at equal applied index");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn snapshot_interrupted_by_leader_change_completes_from_new_leader() {
+    let mut c = Cluster::new(3);
+    let old = c.elect_any(100).expect("leader");
+    let [lagging, next] = others(&c, old)[..] else { panic!("three nodes") };
+    c.crash(lagging);
+    for i in 0..200 {
+        c.propose(old, &format!("v{i}")).expect("leader");
+    }
+    c.deliver_all();
+    let applied = c.raft(old).applied_index().0;
+    let old_meta = c.snapshot(old, applied, applied);
+    c.snapshot(next, applied, applied);
+    // The old leader's transfer never completes (its stream is cut mid-way).
+    c.drop_where(is_snapshot);
+    c.restart(lagging);
+    c.tick_all(3);
+    assert!(c.nodes[&lagging].disk.snapshot.is_none(), "the interrupted snapshot was not installed");
+    let old_term = c.raft(old).term();
+    c.raft_mut(old).report_snapshot(NodeId(lagging), false);
+
+    // Leader change: the old leader goes down, the other follower takes over.
+    c.crash(old);
+    c.clear_filters();
+    let mut new_leader = None;
+    for _ in 0..300 {
+        c.tick_all(1);
+        if let Some(l) = c.leader().filter(|l| *l != old) {
+            new_leader = Some(l);
+            break;
+        }
+    }
+    assert_eq!(new_leader, Some(next), "only the up-to-date follower can win");
+    c.tick_all(5);
+    assert_eq!(c.nodes[&lagging].snapshots_installed, 1);
+    assert_eq!(c.nodes[&lagging].disk.snapshot.as_ref().map(|s| s.index.0), Some(applied));
+    assert_eq!(c.raft(lagging).leader(), Some(NodeId(next)));
+
+    // The old leader's snapshot, arriving late with its stale term, is ignored.
+    let before = (c.raft(lagging).commit_index(), c.raft(lagging).applied_index(), c.raft(lagging).term());
+    c.inject(Message {
+        from: NodeId(old),
+        to: NodeId(lagging),
+        term: old_term,
+        body: MessageBody::InstallSnapshot { meta: old_meta },
+    });
+    assert_eq!(
+        before,
+        (c.raft(lagging).commit_index(), c.raft(lagging).applied_index(), c.raft(lagging).term())
+    );
+    assert_eq!(c.nodes[&lagging].snapshots_installed, 1);
+
+    c.propose(next, "after").expect("new leader");
+    c.tick_all(3);
+    assert_eq!(c.applied_data(lagging), vec!["after"]);
+    assert_eq!(c.digest(lagging), c.digest(next));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn stale_snapshot_older_than_the_followers_commit_is_ignored() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    let follower = others(&c, leader)[0];
+    for i in 0..20 {
+        c.propose(leader, &format!("v{i}")).expect("leader");
+    }
+    c.deliver_all();
+    let at = c.raft(leader).applied_index().0;
+    let meta = c.snapshot(leader, at, at);
+    for i in 0..20 {
+        c.propose(leader, &format!("w{i}")).expect("leader");
+    }
+    c.tick_all(2);
+    let f = c.raft(follower);
+    let before =
+        (f.commit_index(), f.applied_index(), f.first_index(), f.last_index(), c.log_terms(follower));
+    assert!(before.0 > meta.index);
+    c.inject(install_message(&c, leader, follower, meta));
+    let f = c.raft(follower);
+    assert_eq!(
+        before,
+        (f.commit_index(), f.applied_index(), f.first_index(), f.last_index(), c.log_terms(follower))
+    );
+    assert_eq!(c.nodes[&follower].snapshots_installed, 0);
+    assert!(c.nodes[&follower].disk.snapshot.is_none());
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn follower_keeps_matching_suffix_after_a_snapshot_whose_last_entry_it_has() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    let follower = others(&c, leader)[0];
+    c.propose(leader, "base").expect("leader");
+    c.tick_all(2);
+    let commit0 = c.raft(follower).commit_index();
+    // The follower gets ten more entries, but never hears that they committed.
+    c.drop_where(move |m| {
+        m.to == NodeId(follower)
+            && match &m.body {
+                MessageBody::AppendEntries { leader_commit, .. } => *leader_commit > commit0,
+                MessageBody::Heartbeat { .. } => true,
+                _ => false,
+            }
+    });
+    for i in 0..10 {
+        c.propose(leader, &format!("v{i}")).expect("leader");
+    }
+    c.deliver_all();
+    let last = c.raft(follower).last_index();
+    assert_eq!(last, c.raft(leader).last_index());
+    assert_eq!(c.raft(follower).commit_index(), commit0);
+    let terms = c.log_terms(follower);
+    let first = c.raft(follower).first_index();
+
+    // The leader snapshots in the middle of what the follower holds.
+    let mid = commit0.0 + 5;
+    let meta = c.snapshot(leader, mid, mid);
+    c.inject(install_message(&c, leader, follower, meta));
+    let f = c.raft(follower);
+    assert_eq!(f.commit_index(), LogIndex(mid), "commits up to the snapshot");
+    assert_eq!((f.first_index(), f.last_index()), (first, last), "keeps the matching suffix");
+    assert_eq!(c.log_terms(follower), terms);
+    assert_eq!(c.nodes[&follower].snapshots_installed, 0, "nothing to restore: the log has it");
+    assert_eq!(c.digest(follower).0, mid, "applies up to the snapshot from its own log");
+
+    c.clear_filters();
+    c.tick_all(3);
+    assert_eq!(c.raft(follower).commit_index(), last);
+    assert_eq!(c.digest(follower), c.digest(leader));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn applied_and_commit_never_move_backwards_on_stale_install_snapshot() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    let follower = others(&c, leader)[0];
+    for i in 0..30 {
+        c.propose(leader, &format!("v{i}")).expect("leader");
+    }
+    c.tick_all(2);
+    let early = c.snapshot(leader, 10, 10);
+    let at = c.raft(leader).applied_index().0;
+    let current = c.snapshot(leader, at, at);
+    let f = c.raft(follower);
+    let before = (f.commit_index(), f.applied_index());
+    assert_eq!(before.0, current.index, "the follower committed everything");
+    // Older than the commit index, and equal to it: both are stale.
+    for meta in [early.clone(), current.clone(), early.clone()] {
+        c.inject(install_message(&c, leader, follower, meta));
+        let f = c.raft(follower);
+        assert_eq!((f.commit_index(), f.applied_index()), before);
+    }
+    // After a restart the follower recovers its commit index; a stale snapshot still does not
+    // move it back, and applying resumes from the log.
+    c.crash(follower);
+    c.restart(follower);
+    let restored_commit = c.raft(follower).commit_index();
+    c.inject(install_message(&c, leader, follower, early));
+    assert_eq!(c.raft(follower).commit_index(), restored_commit);
+    c.tick_all(3);
+    assert_eq!(c.raft(follower).applied_index(), c.raft(leader).applied_index());
+    assert_eq!(c.digest(follower), c.digest(leader));
+    assert_eq!(c.nodes[&follower].snapshots_installed, 0);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
