@@ -8,6 +8,13 @@
 //!   ([`Command`] = [`raftkvpb::InternalRequest`]).
 //!
 //! All protobuf `bytes` fields are [`bytes::Bytes`].
+//!
+//! With the `json` feature, the [`etcdserverpb`] and [`mvccpb`] messages also
+//! implement `serde::Serialize`/`Deserialize` following the proto3 JSON mapping
+//! the way etcd's JSON gateway applies it: the .proto field names on output
+//! (`range_end`, `cluster_id`, `peerURLs`), those names or lowerCamelCase on
+//! input, `bytes` as base64, 64-bit integers as strings, enums by name (names
+//! or numbers on input), default values omitted, unknown fields ignored.
 
 pub use bytes;
 pub use prost;
@@ -17,12 +24,16 @@ pub use tonic;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// The etcd v3 client API (`etcdserverpb` package).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// raftkv's replicated command format (`raftkvpb` package).

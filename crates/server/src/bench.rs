@@ -237,10 +237,11 @@ async fn worker(id: usize, mut kv: KvClient<Channel>, plan: Arc<Plan>, shared: A
         let in_window = start >= measure_start;
         match plan.stop {
             Stop::At { end, .. } if start >= end => break,
-            Stop::Count { total, .. } if in_window => {
-                if shared.tickets.fetch_add(1, Ordering::Relaxed) >= total {
-                    break;
-                }
+            // Claims a ticket for every measured operation.
+            Stop::Count { total, .. }
+                if in_window && shared.tickets.fetch_add(1, Ordering::Relaxed) >= total =>
+            {
+                break;
             }
             _ => {}
         }

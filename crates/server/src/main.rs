@@ -7,7 +7,6 @@ mod codec;
 mod config;
 mod dev;
 mod gateway;
-mod gateway_stub;
 mod grpc;
 mod kvsm;
 mod member;

@@ -105,7 +105,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         tracing::warn!("RAFTKV_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (testing only)");
     }
     let router = crate::grpc::routes(api.clone()).into_axum_router();
-    let router = router.merge(crate::gateway_stub::router(api.clone()));
+    let router = router.merge(crate::gateway::router(api.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &config.listen_client {

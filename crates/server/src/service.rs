@@ -219,7 +219,7 @@ impl Api {
                 is_learner: false,
             })
             .collect();
-        let revision = self.node.shared.sm.read().kv.revision();
-        Ok(MemberListResponse { header: Some(self.header(revision)), members })
+        // etcd's MemberList header carries no revision.
+        Ok(MemberListResponse { header: Some(self.header(0)), members })
     }
 }
