@@ -1,0 +1,17 @@
+//! Black-box fault testing of real `raftkv` clusters.
+//!
+//! [`cluster`] starts members as separate hosts (one network namespace each, on a private
+//! bridge of the run's own), [`nemesis`] injects faults on a schedule drawn from a seed,
+//! [`workload`] runs concurrent register clients over the etcd v3 API and records every
+//! operation, [`linearizability`] checks the recorded histories, [`durability`] checks that
+//! acknowledged writes survive every member being killed at once.
+
+pub mod check;
+pub mod cluster;
+pub mod durability;
+pub mod history;
+pub mod linearizability;
+pub mod nemesis;
+pub mod rng;
+pub mod runner;
+pub mod workload;
