@@ -34,6 +34,7 @@ pub enum Output {
     Published,
 }
 
+#[derive(Clone)]
 pub struct KvMachine {
     pub kv: KvStore,
     pub members: BTreeMap<u64, MemberAttributes>,

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec;
 
 /// The replicated state machine the driver applies committed entries to.
-pub trait StateMachine: Send + Sync + 'static {
+pub trait StateMachine: Clone + Send + Sync + 'static {
     /// What a client request's application produces.
     type Output: Send + 'static;
     /// Applies one committed normal entry. Returns the client request id carried in the
@@ -758,6 +758,7 @@ fn apply_loop<S: StateMachine>(
     mut last: (LogIndex, Term),
 ) {
     let mut last_snapshot = last.0;
+    let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
     while let Ok(job) = rx.recv() {
         match job {
             ApplyJob::Entries(entries) => {
@@ -784,20 +785,41 @@ fn apply_loop<S: StateMachine>(
                     }
                 }
                 let _ = events.send(Event::Applied(last.0));
-                if last.0.0 >= last_snapshot.0 + snapshot_count {
-                    match take_snapshot(&shared, &snapshots, last, &cluster) {
-                        Ok(()) => {
-                            last_snapshot = last.0;
-                            let _ = events.send(Event::SnapshotTaken(last.0));
-                        }
+                let idle = snapshotting.as_ref().is_none_or(|t| t.is_finished());
+                if last.0.0 >= last_snapshot.0 + snapshot_count && idle {
+                    // Copy the state and write it on another thread: applying goes on.
+                    if let Some(t) = snapshotting.take() {
+                        let _ = t.join();
+                    }
+                    let copy = shared.sm.read().clone();
+                    last_snapshot = last.0;
+                    let (snapshots, cluster, done) = (snapshots.clone(), cluster.clone(), events.clone());
+                    let spawned =
+                        std::thread::Builder::new().name("raftkv-snapshot".into()).spawn(move || {
+                            match take_snapshot(&copy, &snapshots, last, &cluster) {
+                                Ok(()) => {
+                                    let _ = done.send(Event::SnapshotTaken(last.0));
+                                }
+                                Err(e) => {
+                                    let _ = done.send(Event::Fatal(format!("cannot write snapshot: {e}")));
+                                }
+                            }
+                        });
+                    match spawned {
+                        Ok(t) => snapshotting = Some(t),
                         Err(e) => {
-                            let _ = events.send(Event::Fatal(format!("cannot write snapshot: {e}")));
+                            let _ =
+                                events.send(Event::Fatal(format!("cannot start the snapshot thread: {e}")));
                             return;
                         }
                     }
                 }
             }
             ApplyJob::Restore(meta) => {
+                // A snapshot being written must land before the installed one is read.
+                if let Some(t) = snapshotting.take() {
+                    let _ = t.join();
+                }
                 let restored = snapshots.latest().map_err(|e| e.to_string()).and_then(|found| {
                     let (found, mut reader) = found.ok_or("installed snapshot not found")?;
                     if found.index != meta.index.0 {
@@ -828,14 +850,14 @@ fn apply_loop<S: StateMachine>(
 }
 
 fn take_snapshot<S: StateMachine>(
-    shared: &Shared<S>,
+    state: &S,
     snapshots: &SnapshotStore,
     last: (LogIndex, Term),
     cluster: &ClusterConfig,
 ) -> Result<(), String> {
     let meta = SnapshotMeta { index: last.0, term: last.1, config: cluster.clone() };
     let mut writer = snapshots.begin(codec::meta_to_storage(&meta)).map_err(|e| e.to_string())?;
-    shared.sm.read().snapshot(&mut SnapshotSink(&mut writer)).map_err(|e| e.to_string())?;
+    state.snapshot(&mut SnapshotSink(&mut writer)).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     tracing::info!(index = last.0.0, "snapshot taken");
     Ok(())

@@ -1,0 +1,516 @@
+//! Harness for the acceptance tests: real `raftkv server` processes on free 127.0.0.1 ports,
+//! each with its own temp data dir and stderr log file; gRPC clients from `raftkv-api`.
+//!
+//! Every child is killed (SIGKILL) and reaped when its [`Cluster`] (or [`Proc`]) is dropped, and
+//! also dies with the test thread that spawned it (PR_SET_PDEATHSIG), so nothing outlives a test.
+//! When a test panics, the tail of every member's log is printed and the temp dir is kept.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
+use raftkv_api::etcdserverpb::kv_client::KvClient;
+use raftkv_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use raftkv_api::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use tonic::transport::{Channel, Endpoint};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
+
+/// Per-RPC deadline of the test clients.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `n` distinct free ports: all are bound at once (so they differ), then released.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}
+
+/// Makes `cmd`'s child get SIGKILL if the spawning thread dies (e.g. the test binary aborts).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            Ok(())
+        })
+    }
+}
+
+/// A lazily connected channel to `127.0.0.1:port` (connecting to a dead member fails per RPC,
+/// not here).
+pub fn channel(port: u16) -> Channel {
+    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(RPC_TIMEOUT)
+        .connect_lazy()
+}
+
+pub fn kv(port: u16) -> KvClient<Channel> {
+    KvClient::new(channel(port)).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+}
+
+pub fn maintenance(port: u16) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(channel(port))
+}
+
+pub fn cluster_client(port: u16) -> ClusterClient<Channel> {
+    ClusterClient::new(channel(port))
+}
+
+pub async fn status(port: u16) -> Result<StatusResponse, tonic::Status> {
+    maintenance(port).status(StatusRequest {}).await.map(|r| r.into_inner())
+}
+
+pub async fn put(port: u16, key: &str, value: &str) -> Result<i64, tonic::Status> {
+    let req = PutRequest { key: key.to_owned().into(), value: value.to_owned().into(), ..Default::default() };
+    let resp = kv(port).put(req).await?.into_inner();
+    Ok(resp.header.map_or(0, |h| h.revision))
+}
+
+/// The value of `key` (None if absent); `serializable` reads the member's local state.
+pub async fn get(port: u16, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
+    let req = RangeRequest { key: key.to_owned().into(), serializable, ..Default::default() };
+    let resp = kv(port).range(req).await?.into_inner();
+    Ok(resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the whole of a log file (lossily).
+pub fn read_log(path: &Path) -> String {
+    let mut s = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(&mut s);
+    }
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+fn log_tail(path: &Path, max_bytes: u64) -> String {
+    let Ok(mut f) = File::open(path) else { return String::from("(no log)") };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > max_bytes {
+        let _ = f.seek(SeekFrom::Start(len - max_bytes));
+    }
+    let mut s = Vec::new();
+    let _ = f.read_to_end(&mut s);
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+/// Waits up to `timeout` for `child` to exit.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Options of a cluster's members.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    pub snapshot_count: Option<u64>,
+    pub extra: Vec<String>,
+}
+
+impl Default for Opts {
+    /// Faster than etcd's defaults (100/1000 ms) so that tests elect quickly; tests that are
+    /// about the defaults set them explicitly.
+    fn default() -> Opts {
+        Opts { heartbeat_ms: 50, election_ms: 500, snapshot_count: None, extra: Vec::new() }
+    }
+}
+
+impl Opts {
+    pub fn etcd_defaults() -> Opts {
+        Opts { heartbeat_ms: 100, election_ms: 1000, ..Opts::default() }
+    }
+}
+
+/// One member: its ports, data dir, log file and (while running) its process.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A set of `raftkv server` processes sharing one `--initial-cluster`.
+pub struct Cluster {
+    dir: Option<tempfile::TempDir>,
+    pub members: Vec<Member>,
+    pub initial_cluster: String,
+    pub token: String,
+    pub opts: Opts,
+}
+
+impl Cluster {
+    /// Starts `n` members named m1..mn.
+    pub fn start(n: usize, opts: Opts) -> Cluster {
+        let mut c = Cluster::new(n, opts);
+        for i in 0..n {
+            c.start_member(i);
+        }
+        c
+    }
+
+    /// Starts members with the given names.
+    pub fn start_named(names: &[&str], opts: Opts) -> Cluster {
+        let mut c = Cluster::new_named(names, opts);
+        for i in 0..names.len() {
+            c.start_member(i);
+        }
+        c
+    }
+
+    /// Prepares `n` members named m1..mn (ports, dirs) without starting them.
+    pub fn new(n: usize, opts: Opts) -> Cluster {
+        let names: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
+        Cluster::new_named(&names.iter().map(String::as_str).collect::<Vec<_>>(), opts)
+    }
+
+    /// Prepares members with the given names without starting them.
+    pub fn new_named(names: &[&str], opts: Opts) -> Cluster {
+        let n = names.len();
+        let dir = tempfile::Builder::new().prefix("raftkv-it-").tempdir().expect("temp dir");
+        let ports = free_ports(2 * n);
+        let members: Vec<Member> = (0..n)
+            .map(|i| {
+                let name = names[i].to_string();
+                Member {
+                    data_dir: dir.path().join(&name),
+                    log_path: dir.path().join(format!("{name}.log")),
+                    name,
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    child: None,
+                }
+            })
+            .collect();
+        let initial_cluster =
+            members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
+        let token = format!("it-{}", dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x"));
+        Cluster { dir: Some(dir), members, initial_cluster, token, opts }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+
+    /// The `raftkv server` arguments of member `i`.
+    pub fn args(&self, i: usize) -> Vec<String> {
+        let m = &self.members[i];
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--name".into(),
+            m.name.clone(),
+            "--data-dir".into(),
+            m.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            m.client_url(),
+            "--advertise-client-urls".into(),
+            m.client_url(),
+            "--listen-peer-urls".into(),
+            m.peer_url(),
+            "--initial-advertise-peer-urls".into(),
+            m.peer_url(),
+            "--initial-cluster".into(),
+            self.initial_cluster.clone(),
+            "--initial-cluster-token".into(),
+            self.token.clone(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--heartbeat-interval".into(),
+            self.opts.heartbeat_ms.to_string(),
+            "--election-timeout".into(),
+            self.opts.election_ms.to_string(),
+        ];
+        if let Some(n) = self.opts.snapshot_count {
+            args.extend(["--snapshot-count".into(), n.to_string()]);
+        }
+        args.extend(self.opts.extra.iter().cloned());
+        args
+    }
+
+    /// Spawns `raftkv` with `args`, stdout and stderr appended to member `i`'s log.
+    pub fn spawn_raw(&self, i: usize, args: &[String]) -> Child {
+        let m = &self.members[i];
+        let log = OpenOptions::new().create(true).append(true).open(&m.log_path).expect("open log");
+        let mut cmd = Command::new(EXE);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .env("NO_COLOR", "1");
+        die_with_parent(&mut cmd).spawn().expect("spawn raftkv")
+    }
+
+    /// Starts (or restarts) member `i` with its usual arguments.
+    pub fn start_member(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "{} is already running", self.members[i].name);
+        let child = self.spawn_raw(i, &self.args(i));
+        self.members[i].child = Some(child);
+    }
+
+    /// kill -9 of member `i`, reaped.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// kill -9 of several members, signalled back to back before any is reaped.
+    pub fn kill9_all(&mut self, which: &[usize]) {
+        for &i in which {
+            if let Some(pid) = self.members[i].pid() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        for &i in which {
+            if let Some(mut child) = self.members[i].child.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// SIGTERM to member `i`; returns its exit status (panics if it does not exit in `timeout`).
+    pub fn stop(&mut self, i: usize, timeout: Duration) -> ExitStatus {
+        let mut child = self.members[i].child.take().expect("member is running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        match wait_exit(&mut child, timeout) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within {timeout:?} of SIGTERM", self.members[i].name);
+            }
+        }
+    }
+
+    pub fn sigstop(&self, i: usize) {
+        kill(self.members[i].pid().expect("running"), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    pub fn sigcont(&self, i: usize) {
+        kill(self.members[i].pid().expect("running"), Signal::SIGCONT).expect("SIGCONT");
+    }
+
+    /// Panics if a running member has exited on its own.
+    pub fn assert_running(&mut self) {
+        for m in &mut self.members {
+            if let Some(child) = m.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("{} exited unexpectedly: {status}", m.name);
+            }
+        }
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.members.len()).filter(|&i| self.members[i].is_running()).collect()
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.members[i].client_port
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members.iter().map(Member::endpoint).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits until every running member reports the same leader, itself running; returns the
+    /// leader's index.
+    pub async fn wait_leader(&mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running();
+            let last = match self.leader_now().await {
+                Ok(i) => return i,
+                Err(e) => e,
+            };
+            assert!(Instant::now() < deadline, "no agreed leader after {timeout:?}: {last}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn leader_now(&self) -> Result<usize, String> {
+        let mut ids = Vec::new();
+        let mut leaders = Vec::new();
+        for i in self.running() {
+            let s = status(self.port(i))
+                .await
+                .map_err(|e| format!("{}: {}", self.members[i].name, e.message()))?;
+            ids.push((s.header.as_ref().map_or(0, |h| h.member_id), i));
+            leaders.push(s.leader);
+        }
+        let first = *leaders.first().ok_or("no member running")?;
+        if first == 0 || leaders.iter().any(|&l| l != first) {
+            return Err(format!("leaders reported: {leaders:x?}"));
+        }
+        ids.iter()
+            .find(|(id, _)| *id == first)
+            .map(|&(_, i)| i)
+            .ok_or_else(|| format!("leader {first:x} is not a running member"))
+    }
+
+    /// Index of the member whose id is `id` (as reported in response headers).
+    pub async fn index_of(&self, id: u64) -> Option<usize> {
+        for i in self.running() {
+            if let Ok(s) = status(self.port(i)).await
+                && s.header.is_some_and(|h| h.member_id == id)
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Puts through member `i`, retrying transient errors (no leader yet) until `timeout`.
+    pub async fn put_retry(&self, i: usize, key: &str, value: &str, timeout: Duration) -> i64 {
+        let port = self.port(i);
+        let mut last = None;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match put(port, key, value).await {
+                Ok(rev) => return rev,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("put {key} through {} failed for {timeout:?}: {last:?}", self.members[i].name);
+    }
+
+    /// Prints the tail of every member's log.
+    pub fn dump_logs(&self) {
+        for m in &self.members {
+            eprintln!("===== {} log ({}) =====", m.name, m.log_path.display());
+            eprintln!("{}", log_tail(&m.log_path, 48 * 1024));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        for &i in &all {
+            if let Some(pid) = self.members[i].pid() {
+                let _ = kill(pid, Signal::SIGCONT);
+            }
+        }
+        self.kill9_all(&all);
+        if std::thread::panicking() {
+            self.dump_logs();
+            if let Some(dir) = self.dir.take() {
+                eprintln!("===== test data kept in {} =====", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// A child process (not a cluster member) that is killed and reaped on drop.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+    pub log_path: Option<PathBuf>,
+}
+
+impl Proc {
+    pub fn new(name: &str, child: Child, log_path: Option<PathBuf>) -> Proc {
+        Proc { child: Some(child), name: name.into(), log_path }
+    }
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal");
+    }
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let status = wait_exit(self.child.as_mut().expect("running"), timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        if std::thread::panicking()
+            && let Some(path) = &self.log_path
+        {
+            eprintln!("===== {} log ({}) =====\n{}", self.name, path.display(), log_tail(path, 48 * 1024));
+        }
+    }
+}
+
+/// Runs `raftkv` with `args` to completion (it is expected to exit by itself, e.g. on a
+/// configuration error); returns (exit status, stderr).
+pub fn run_to_exit(args: &[String], timeout: Duration) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err_path = dir.path().join("stderr");
+    let err = File::create(&err_path).expect("stderr file");
+    let mut cmd = Command::new(EXE);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).env("NO_COLOR", "1");
+    let mut proc = Proc::new("raftkv", die_with_parent(&mut cmd).spawn().expect("spawn raftkv"), None);
+    let status = proc.wait_exit(timeout);
+    let stderr = read_log(&err_path);
+    let status = status
+        .unwrap_or_else(|| panic!("raftkv {args:?} still running after {timeout:?}; stderr:\n{stderr}"));
+    (status, stderr)
+}
