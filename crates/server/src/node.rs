@@ -140,10 +140,15 @@ impl<S: StateMachine> Clone for NodeHandle<S> {
 }
 
 impl<S: StateMachine> NodeHandle<S> {
-    /// A request id unique to this member (the high bits are the member id's).
+    /// A request id unique to this member, also across its restarts: the log it re-applies
+    /// after a restart holds the ids of its earlier life, and a reused id would complete a
+    /// new request with an old entry's result. Layout: the member id's low 16 bits, then a
+    /// 48-bit counter that starts at (milliseconds since 2020) * 256 at boot, so it stays
+    /// ahead of every id issued before as long as fewer than 256 requests per millisecond
+    /// are made on average.
     pub fn next_request_id(&self) -> u64 {
         let n = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        (self.shared.id.0 << 40) ^ n
+        ((self.shared.id.0 & 0xFFFF) << 48) | (n & 0xFFFF_FFFF_FFFF)
     }
 
     /// Replicates a command built around request id `id` and waits until this member has
@@ -193,6 +198,13 @@ impl<S: StateMachine> NodeHandle<S> {
     pub fn status(&self) -> Status {
         *self.shared.status.lock()
     }
+}
+
+/// See [`NodeHandle::next_request_id`].
+fn request_counter_start() -> u64 {
+    const EPOCH_2020_MS: u128 = 1_577_836_800_000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    (now.saturating_sub(EPOCH_2020_MS) as u64).saturating_mul(256)
 }
 
 enum Event {
@@ -278,7 +290,7 @@ impl<S: StateMachine> Node<S> {
             applied: applied_tx,
             status: Mutex::new(Status { applied: snapshot_index, snapshot_index, ..Status::default() }),
             waiters: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
+            next_request: AtomicU64::new(request_counter_start()),
             stopped: AtomicBool::new(false),
         });
         let (requests_tx, requests_rx) = mpsc::channel(config.request_queue);
