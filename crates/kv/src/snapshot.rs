@@ -2,14 +2,19 @@
 //!
 //! ```text
 //! magic   "RAFTKVS\0"                      8 bytes
-//! format  u32 = 1
+//! format  u32 = 2
 //! body:
-//!   revision i64, compact_revision i64, key_count u64
+//!   revision i64, compact_revision i64
 //!   per key (ascending): key_len u32, key, entry_count u32,
 //!     per entry (ascending): main i64, sub i64, create i64, version i64,
 //!                            lease i64, value_len u32, value
+//!   end of keys: u32 = 0xFFFF_FFFF in place of a key_len
 //! crc     u32 = CRC32C of body
 //! ```
+//!
+//! Format 1 (still read) had `key_count u64` after the revisions and no end marker.
+//! The end marker lets a snapshot be written from a live store ([`KvStore::pin`]):
+//! the key count is not known until the end.
 //!
 //! Restoring validates the checksum and the structure (sorted keys and
 //! revisions, revisions within bounds) and never allocates more than the
@@ -21,10 +26,17 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 
 use crate::KvError;
-use crate::store::{Entry, KeyHistory, KvConfig, KvStore};
+use std::ops::Bound;
+
+use crate::store::{Entry, KeyHistory, KvConfig, KvStore, retained};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
-const FORMAT: u32 = 1;
+/// Format 1 counted the keys up front; format 2 ends the keys with [`END_OF_KEYS`], so a
+/// snapshot can be written while the store changes. Both are read.
+const FORMAT: u32 = 2;
+const FORMAT_COUNTED: u32 = 1;
+/// In place of a key length: no more keys.
+const END_OF_KEYS: u32 = u32::MAX;
 /// Largest chunk buffered ahead of data that has actually been read.
 const CHUNK: usize = 64 * 1024;
 
@@ -61,39 +73,125 @@ fn len_u32(n: usize) -> io::Result<u32> {
     u32::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds u32"))
 }
 
+/// A point in a store's history that a snapshot captures: see [`KvStore::pin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPoint {
+    rev: i64,
+    compacted: i64,
+}
+
+impl SnapshotPoint {
+    /// The store revision the snapshot holds.
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+}
+
+/// Runs a closure on the store (under the caller's lock).
+type StoreVisit<'a> = dyn FnMut(&mut dyn FnMut(&KvStore)) + 'a;
+
+/// Keys serialised per visit to the store (per lock acquisition, for a shared store).
+const KEYS_PER_VISIT: usize = 1024;
+
+fn put_entries(out: &mut Vec<u8>, key: &[u8], entries: &[Entry]) -> io::Result<()> {
+    out.extend_from_slice(&len_u32(key.len())?.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&len_u32(entries.len())?.to_le_bytes());
+    for e in entries {
+        for v in [e.main, e.sub, e.create, e.version, e.lease] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&len_u32(e.value.len())?.to_le_bytes());
+        out.extend_from_slice(&e.value);
+    }
+    Ok(())
+}
+
 impl KvStore {
-    fn write_body(&self, w: &mut impl Write) -> io::Result<()> {
-        w.write_all(&self.rev.to_le_bytes())?;
-        w.write_all(&self.compacted.to_le_bytes())?;
-        w.write_all(&(self.map.len() as u64).to_le_bytes())?;
-        for (k, h) in &self.map {
-            w.write_all(&len_u32(k.len())?.to_le_bytes())?;
-            w.write_all(k)?;
-            w.write_all(&len_u32(h.entries.len())?.to_le_bytes())?;
-            for e in &h.entries {
-                let mut fixed = [0u8; 40];
-                for (i, v) in [e.main, e.sub, e.create, e.version, e.lease].into_iter().enumerate() {
-                    fixed[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    /// Captures the current state for a snapshot that is written while writes go on
+    /// ([`KvStore::write_pinned`]). Cheap: nothing is copied. Every write after this adds
+    /// versions above the pinned revision, which the snapshot skips; compactions only move
+    /// the compacted revision until [`KvStore::unpin`] (reads refuse compacted revisions
+    /// either way), so the versions the snapshot needs stay in place.
+    pub fn pin(&mut self) -> SnapshotPoint {
+        self.pins += 1;
+        SnapshotPoint { rev: self.rev, compacted: self.compacted }
+    }
+
+    /// Ends a [`KvStore::pin`]; the last one carries out a deferred compaction.
+    pub fn unpin(&mut self) {
+        self.pins = self.pins.saturating_sub(1);
+        if self.pins == 0 && self.compaction_deferred {
+            self.compaction_deferred = false;
+            self.discard_compacted();
+        }
+    }
+
+    /// Writes the state as it was at `point` in the snapshot format. `visit` must call the
+    /// closure it is given on the pinned store (typically under a read lock); it is called
+    /// once per batch of keys, so a writer holds the lock only briefly, and the output is
+    /// written outside it.
+    pub fn write_pinned(
+        point: &SnapshotPoint,
+        w: &mut impl Write,
+        mut visit: impl FnMut(&mut dyn FnMut(&KvStore)),
+    ) -> io::Result<()> {
+        let mut bw = io::BufWriter::with_capacity(CHUNK, w);
+        bw.write_all(MAGIC)?;
+        bw.write_all(&FORMAT.to_le_bytes())?;
+        let mut cw = CrcWriter { inner: &mut bw, crc: 0 };
+        Self::write_body(point, &mut cw, &mut visit)?;
+        let crc = cw.crc;
+        bw.write_all(&crc.to_le_bytes())?;
+        bw.flush()
+    }
+
+    fn write_body(point: &SnapshotPoint, w: &mut impl Write, visit: &mut StoreVisit<'_>) -> io::Result<()> {
+        w.write_all(&point.rev.to_le_bytes())?;
+        w.write_all(&point.compacted.to_le_bytes())?;
+        let mut cursor: Option<Bytes> = None;
+        let mut out = Vec::with_capacity(CHUNK);
+        loop {
+            let mut done = false;
+            let mut failed = None;
+            visit(&mut |store: &KvStore| {
+                let bounds = match &cursor {
+                    Some(k) => (Bound::Excluded(&k[..]), Bound::Unbounded),
+                    None => (Bound::Unbounded, Bound::Unbounded),
+                };
+                let mut keys = store.map.range::<[u8], _>(bounds);
+                for _ in 0..KEYS_PER_VISIT {
+                    let Some((k, h)) = keys.next() else {
+                        done = true;
+                        return;
+                    };
+                    cursor = Some(k.clone());
+                    let entries = retained(&h.entries, point.rev, point.compacted);
+                    if !entries.is_empty()
+                        && let Err(e) = put_entries(&mut out, k, entries)
+                    {
+                        failed = Some(e);
+                        return;
+                    }
                 }
-                w.write_all(&fixed)?;
-                w.write_all(&len_u32(e.value.len())?.to_le_bytes())?;
-                w.write_all(&e.value)?;
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            w.write_all(&out)?;
+            out.clear();
+            if done {
+                break;
             }
         }
-        Ok(())
+        w.write_all(&END_OF_KEYS.to_le_bytes())
     }
 
     /// Writes the full MVCC state (every retained version, the current and
     /// compacted revision). The configuration is not included.
     pub fn snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        let mut bw = io::BufWriter::with_capacity(CHUNK, w);
-        bw.write_all(MAGIC)?;
-        bw.write_all(&FORMAT.to_le_bytes())?;
-        let mut cw = CrcWriter { inner: &mut bw, crc: 0 };
-        self.write_body(&mut cw)?;
-        let crc = cw.crc;
-        bw.write_all(&crc.to_le_bytes())?;
-        bw.flush()
+        let point = SnapshotPoint { rev: self.rev, compacted: self.compacted };
+        Self::write_pinned(&point, w, |f| f(self))
     }
 
     /// Rebuilds a store from [`KvStore::snapshot`] output, with the default
@@ -111,11 +209,11 @@ impl KvStore {
             return Err(KvError::corrupt("bad magic (not a kv snapshot)"));
         }
         let format = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_COUNTED {
             return Err(KvError::corrupt(format!("unsupported format version {format}")));
         }
         let mut cr = CrcReader { inner: r, crc: 0 };
-        let parsed = parse_body(&mut cr);
+        let parsed = parse_body(&mut cr, format == FORMAT_COUNTED);
         let body_crc = cr.crc;
         let (rev, compacted, map) = parsed?;
         let mut tail = [0u8; 4];
@@ -126,16 +224,17 @@ impl KvStore {
                 "checksum mismatch (stored {want:#010x}, computed {body_crc:#010x})"
             )));
         }
-        Ok(KvStore { map, rev, compacted, config })
+        Ok(KvStore { map, rev, compacted, config, pins: 0, compaction_deferred: false })
     }
 
     /// CRC32C of the canonical encoding of the full MVCC state: equal on
     /// replicas that applied the same commands.
     pub fn digest(&self) -> u32 {
+        let point = SnapshotPoint { rev: self.rev, compacted: self.compacted };
         let mut cw = CrcWriter { inner: io::sink(), crc: 0 };
         // Writing to a sink cannot fail; lengths above u32 (impossible for
         // keys and values accepted over gRPC) would end the digest early.
-        let _ = self.write_body(&mut cw);
+        let _ = Self::write_body(&point, &mut cw, &mut |f| f(self));
         cw.crc
     }
 }
@@ -177,19 +276,26 @@ fn read_bytes(r: &mut impl Read, len: u32) -> Result<Bytes, KvError> {
 
 type Body = (i64, i64, BTreeMap<Bytes, KeyHistory>);
 
-fn parse_body(r: &mut impl Read) -> Result<Body, KvError> {
+fn parse_body(r: &mut impl Read, counted: bool) -> Result<Body, KvError> {
     let rev = read_i64(r)?;
     let compacted = read_i64(r)?;
     if rev < 1 || compacted < -1 || compacted > rev {
         return Err(KvError::corrupt(format!("invalid revisions {rev}/{compacted}")));
     }
-    let mut kb = [0u8; 8];
-    read_exact(r, &mut kb)?;
-    let keys = u64::from_le_bytes(kb);
+    let keys = if counted {
+        let mut kb = [0u8; 8];
+        read_exact(r, &mut kb)?;
+        u64::from_le_bytes(kb)
+    } else {
+        u64::MAX
+    };
     let mut map = BTreeMap::new();
     let mut last_key: Option<Bytes> = None;
     for _ in 0..keys {
         let klen = read_u32(r)?;
+        if !counted && klen == END_OF_KEYS {
+            break;
+        }
         let key = read_bytes(r, klen)?;
         if key.is_empty() || last_key.as_ref().is_some_and(|l| *l >= key) {
             return Err(KvError::corrupt("keys empty or out of order"));

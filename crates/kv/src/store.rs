@@ -102,6 +102,25 @@ impl KeyHistory {
     }
 }
 
+/// The part of a key's history that the state at revision `rev` holds once compacted at
+/// `compacted` (-1: never): the versions up to `rev`, minus those older than the one visible
+/// at `compacted` (and minus that one too if it is a tombstone). Idempotent: applying it to
+/// its own output changes nothing.
+pub(crate) fn retained(entries: &[Entry], rev: i64, compacted: i64) -> &[Entry] {
+    let end = match entries.last() {
+        Some(e) if e.main <= rev => entries.len(),
+        _ => entries.partition_point(|e| e.main <= rev),
+    };
+    let upto = &entries[..end];
+    let i = upto.partition_point(|e| e.main <= compacted);
+    let from = match i.checked_sub(1) {
+        Some(last) if upto[last].is_tombstone() => i,
+        Some(last) => last,
+        None => 0,
+    };
+    &upto[from..]
+}
+
 /// The result of applying one [`Command`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApplyResult {
@@ -138,6 +157,11 @@ pub struct KvStore {
     /// Revisions below this were discarded; -1 before the first compaction.
     pub(crate) compacted: i64,
     pub(crate) config: KvConfig,
+    /// Snapshots being written from this store (see [`KvStore::pin`]): while any is,
+    /// compaction only moves `compacted` and leaves the old versions in place.
+    pub(crate) pins: u32,
+    /// A compaction is waiting for the last pin to go.
+    pub(crate) compaction_deferred: bool,
 }
 
 impl Default for KvStore {
@@ -195,7 +219,7 @@ impl KvStore {
 
     /// An empty store (revision 1).
     pub fn with_config(config: KvConfig) -> Self {
-        KvStore { map: BTreeMap::new(), rev: 1, compacted: -1, config }
+        KvStore { map: BTreeMap::new(), rev: 1, compacted: -1, config, pins: 0, compaction_deferred: false }
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -331,20 +355,29 @@ impl KvStore {
             return Err(KvError::FutureRev);
         }
         self.compacted = rev;
+        if self.pins > 0 {
+            // A snapshot is reading the versions below `rev`; reads already refuse them.
+            self.compaction_deferred = true;
+        } else {
+            self.discard_compacted();
+        }
+        Ok(CompactionResponse { header: header(self.rev) })
+    }
+
+    /// Drops the versions that compaction at `self.compacted` made unreadable.
+    pub(crate) fn discard_compacted(&mut self) {
+        let compacted = self.compacted;
         self.map.retain(|_, h| {
-            let i = h.entries.partition_point(|e| e.main <= rev);
-            if i > 0 {
-                let keep_from = if h.entries[i - 1].is_tombstone() { i } else { i - 1 };
-                if keep_from > 0 {
-                    h.entries.drain(..keep_from);
-                    if h.entries.capacity() > 2 * h.entries.len() + 4 {
-                        h.entries.shrink_to_fit();
-                    }
+            let keep = retained(&h.entries, i64::MAX, compacted).len();
+            let drop = h.entries.len() - keep;
+            if drop > 0 {
+                h.entries.drain(..drop);
+                if h.entries.capacity() > 2 * h.entries.len() + 4 {
+                    h.entries.shrink_to_fit();
                 }
             }
             !h.entries.is_empty()
         });
-        Ok(CompactionResponse { header: header(self.rev) })
     }
 
     // ------------------------------------------------------------ reads

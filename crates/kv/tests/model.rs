@@ -357,6 +357,40 @@ proptest! {
     }
 
     #[test]
+    fn pinned_snapshot_holds_the_state_at_the_pin(
+        before in prop::collection::vec(step(), 0..30),
+        after in prop::collection::vec(step(), 0..30),
+    ) {
+        let at_pin = run(&before)?;
+        let mut live = run(&before)?;
+        let point = live.pin();
+        // Writes and compactions go on while the snapshot is being written.
+        for (i, step) in after.iter().enumerate() {
+            if let Some(cmd) = to_command(step, (before.len() + i) as u64) {
+                let _ = live.apply_encoded(cmd.encode_to_bytes());
+            }
+        }
+        let mut buf = Vec::new();
+        KvStore::write_pinned(&point, &mut buf, |f| f(&live)).unwrap();
+        let r = KvStore::restore(&mut &buf[..]).unwrap();
+        prop_assert_eq!(r.digest(), at_pin.digest());
+        prop_assert_eq!(r.revision(), at_pin.revision());
+        prop_assert_eq!(r.compact_revision(), at_pin.compact_revision());
+        // The pinned store answers like a replica that never pinned, before and after unpin.
+        let mut all = before.clone();
+        all.extend(after.iter().cloned());
+        let unpinned = run(&all)?;
+        for rev in -1..=unpinned.revision() + 1 {
+            let q = RangeRequest { revision: rev, ..range_req("\0", "\0") };
+            prop_assert_eq!(live.range(&q), unpinned.range(&q));
+        }
+        prop_assert_eq!(live.digest(), unpinned.digest());
+        live.unpin();
+        prop_assert_eq!(live.digest(), unpinned.digest());
+        prop_assert_eq!(live.retained_versions(), unpinned.retained_versions());
+    }
+
+    #[test]
     fn bit_flip_is_rejected(steps in prop::collection::vec(step(), 1..30), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
         let s = run(&steps)?;
         let mut buf = Vec::new();
@@ -393,13 +427,13 @@ fn corrupt_lengths_do_not_allocate_huge_buffers() {
     put(&mut s, "k", "v");
     let mut buf = Vec::new();
     s.snapshot(&mut buf).unwrap();
-    // Header 12 + rev 8 + compacted 8 + key count 8, then key_len.
-    buf[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+    // Header 12 + rev 8 + compacted 8, then key_len (4), key "k", entry count.
+    buf[28..32].copy_from_slice(&(u32::MAX - 1).to_le_bytes());
     let e = KvStore::restore(&mut &buf[..]).unwrap_err();
     assert!(e.message().contains("corrupt kv snapshot"), "{e}");
     let mut buf2 = Vec::new();
     s.snapshot(&mut buf2).unwrap();
-    buf2[28..36].copy_from_slice(&u64::MAX.to_le_bytes());
+    buf2[33..37].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(KvStore::restore(&mut &buf2[..]).is_err());
     let mut bad = buf2.clone();
     bad[8] = 9;
@@ -413,7 +447,7 @@ fn bit_flip_in_value_reports_checksum() {
     let mut buf = Vec::new();
     s.snapshot(&mut buf).unwrap();
     let n = buf.len();
-    buf[n - 6] ^= 0x01; // inside "value"
+    buf[n - 10] ^= 0x01; // inside "value" (then the end-of-keys marker and the checksum)
     let e = KvStore::restore(&mut &buf[..]).unwrap_err();
     assert!(e.message().contains("checksum mismatch"), "{e}");
     assert_eq!(e.grpc_code(), raftkv_api::tonic::Code::DataLoss);

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 
 use raftkv_api::Command;
-use raftkv_kv::{ApplyResult, KvConfig, KvError, KvStore};
+use raftkv_kv::{ApplyResult, KvConfig, KvError, KvStore, SnapshotPoint};
 use serde::{Deserialize, Serialize};
 
-use crate::node::StateMachine;
+use crate::node::{StateMachine, Visit};
 
 /// First byte of an entry that is not a key-value command. A protobuf-encoded command can
 /// never start with 0 (field number 0 does not exist).
@@ -84,12 +84,22 @@ impl StateMachine for KvMachine {
         }
     }
 
-    fn snapshot(&self, w: &mut dyn Write) -> io::Result<()> {
+    type Pin = (SnapshotPoint, BTreeMap<u64, MemberAttributes>);
+
+    fn pin(&mut self) -> Self::Pin {
+        (self.kv.pin(), self.members.clone())
+    }
+
+    fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()> {
         let mut w = w;
-        self.kv.snapshot(&mut w)?;
-        let members = serde_json::to_vec(&self.members).map_err(io::Error::other)?;
+        KvStore::write_pinned(&pin.0, &mut w, |f| visit(&mut |m: &KvMachine| f(&m.kv)))?;
+        let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
         w.write_all(&(members.len() as u32).to_le_bytes())?;
         w.write_all(&members)
+    }
+
+    fn unpin(&mut self, _pin: Self::Pin) {
+        self.kv.unpin();
     }
 
     fn restore(&mut self, r: &mut dyn Read) -> Result<(), String> {
@@ -130,10 +140,18 @@ mod tests {
         assert!(m.apply(3, b"\x00garbage").is_none());
         assert!(m.apply(4, b"\xffgarbage").is_none());
         let mut buf = Vec::new();
-        m.snapshot(&mut buf).expect("snapshot");
+        let pin = m.pin();
+        // A write after the pin is not in the snapshot.
+        let later =
+            Command::put(8, PutRequest { key: "later".into(), value: "v".into(), ..Default::default() });
+        let digest_at_pin = m.kv.digest();
+        assert!(matches!(m.apply(5, &later.encode_to_bytes()), Some((8, Output::Kv(Ok(_))))));
+        KvMachine::write_snapshot(&pin, &mut buf, &mut |f| f(&m)).expect("snapshot");
+        m.unpin(pin);
         let mut other = KvMachine::new(KvConfig::default());
         other.restore(&mut buf.as_slice()).expect("restore");
-        assert_eq!(other.kv.digest(), m.kv.digest());
+        assert_eq!(other.kv.digest(), digest_at_pin);
+        assert_ne!(other.kv.digest(), m.kv.digest());
         assert_eq!(other.members.get(&5), Some(&attrs));
         let mut bad = buf.clone();
         bad[10] ^= 1;

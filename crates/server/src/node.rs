@@ -28,17 +28,29 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec;
 
 /// The replicated state machine the driver applies committed entries to.
-pub trait StateMachine: Clone + Send + Sync + 'static {
+pub trait StateMachine: Send + Sync + 'static {
     /// What a client request's application produces.
     type Output: Send + 'static;
+    /// A point in the state's history that a snapshot in progress captures.
+    type Pin: Send + 'static;
     /// Applies one committed normal entry. Returns the client request id carried in the
     /// entry (if any) and the outcome, to complete the waiting request.
     fn apply(&mut self, index: u64, data: &[u8]) -> Option<(u64, Self::Output)>;
-    /// Writes the whole state.
-    fn snapshot(&self, w: &mut dyn Write) -> io::Result<()>;
+    /// Marks the current state for a snapshot that [`StateMachine::write_snapshot`] writes
+    /// while entries go on being applied. Must be cheap: it runs on the apply path.
+    fn pin(&mut self) -> Self::Pin;
+    /// Writes the whole state as it was at `pin`. `visit` runs a closure on the live state
+    /// under the state's read lock; call it for small pieces of work so applying is never
+    /// held up for long.
+    fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()>;
+    /// Ends a [`StateMachine::pin`].
+    fn unpin(&mut self, pin: Self::Pin);
     /// Replaces the whole state by a snapshot.
     fn restore(&mut self, r: &mut dyn Read) -> Result<(), String>;
 }
+
+/// Runs a closure on the live state machine (under its read lock).
+pub type Visit<'a, S> = dyn FnMut(&mut dyn FnMut(&S)) + 'a;
 
 /// The peer network as the driver sees it.
 pub trait Network: Send + Sync + 'static {
@@ -381,6 +393,12 @@ struct Driver<S: StateMachine> {
     parked: VecDeque<(u64, Bytes, Instant)>,
     known_leader: Option<NodeId>,
 }
+
+/// A snapshot waits until the log applied since the previous one, times this, reaches the
+/// previous snapshot's size: snapshot writing stays within this multiple of the log's.
+const SNAPSHOT_PACE: u64 = 4;
+/// Bytes an entry costs in the log besides its data (framing, index, term).
+const ENTRY_OVERHEAD: u64 = 32;
 
 /// At most this many client requests are folded into one batch.
 const BATCH_MAX: usize = 4096;
@@ -748,11 +766,15 @@ fn write_jobs(
     Ok(())
 }
 
-struct SnapshotSink<'a>(&'a mut raftkv_storage::SnapshotWriter);
+struct SnapshotSink<'a> {
+    writer: &'a mut raftkv_storage::SnapshotWriter,
+    bytes: u64,
+}
 
 impl Write for SnapshotSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf).map_err(io::Error::other)?;
+        self.writer.write(buf).map_err(io::Error::other)?;
+        self.bytes += buf.len() as u64;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -771,6 +793,9 @@ fn apply_loop<S: StateMachine>(
 ) {
     let mut last_snapshot = last.0;
     let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
+    // Log bytes applied since the last snapshot started, and the size of the last one.
+    let mut bytes_since: u64 = 0;
+    let last_snapshot_bytes = Arc::new(AtomicU64::new(0));
     while let Ok(job) = rx.recv() {
         match job {
             ApplyJob::Entries(entries) => {
@@ -784,6 +809,7 @@ fn apply_loop<S: StateMachine>(
                             done.push(result);
                         }
                         last = (e.index, e.term);
+                        bytes_since += e.data.len() as u64 + ENTRY_OVERHEAD;
                     }
                 }
                 shared.applied.send_replace(last.0.0);
@@ -798,18 +824,30 @@ fn apply_loop<S: StateMachine>(
                 }
                 let _ = events.send(Event::Applied(last.0));
                 let idle = snapshotting.as_ref().is_none_or(|t| t.is_finished());
-                if last.0.0 >= last_snapshot.0 + snapshot_count && idle {
-                    // Copy the state and write it on another thread: applying goes on.
+                // Paced: a snapshot rewrites the whole state, so besides `snapshot_count`
+                // entries, wait until the log written since the last one is a fair share
+                // of its size; with a large state, snapshots would otherwise cost many times
+                // the log's own writes.
+                let paced =
+                    bytes_since.saturating_mul(SNAPSHOT_PACE) >= last_snapshot_bytes.load(Ordering::Relaxed);
+                if last.0.0 >= last_snapshot.0 + snapshot_count && idle && paced {
+                    // Pin the state and write it on another thread: applying goes on.
                     if let Some(t) = snapshotting.take() {
                         let _ = t.join();
                     }
-                    let copy = shared.sm.read().clone();
+                    let pin = shared.sm.write().pin();
                     last_snapshot = last.0;
-                    let (snapshots, cluster, done) = (snapshots.clone(), cluster.clone(), events.clone());
+                    bytes_since = 0;
+                    let (shared, snapshots, cluster, done) =
+                        (shared.clone(), snapshots.clone(), cluster.clone(), events.clone());
+                    let size = last_snapshot_bytes.clone();
                     let spawned =
                         std::thread::Builder::new().name("raftkv-snapshot".into()).spawn(move || {
-                            match take_snapshot(&copy, &snapshots, last, &cluster) {
-                                Ok(()) => {
+                            let taken = take_snapshot(&shared, &pin, &snapshots, last, &cluster);
+                            shared.sm.write().unpin(pin);
+                            match taken {
+                                Ok(bytes) => {
+                                    size.store(bytes, Ordering::Relaxed);
                                     let _ = done.send(Event::SnapshotTaken(last.0));
                                 }
                                 Err(e) => {
@@ -849,6 +887,7 @@ fn apply_loop<S: StateMachine>(
                 cluster = meta.config.clone();
                 last = (meta.index, meta.term);
                 last_snapshot = meta.index;
+                bytes_since = 0;
                 shared.applied.send_replace(meta.index.0);
                 {
                     let mut status = shared.status.lock();
@@ -862,15 +901,18 @@ fn apply_loop<S: StateMachine>(
 }
 
 fn take_snapshot<S: StateMachine>(
-    state: &S,
+    shared: &Shared<S>,
+    pin: &S::Pin,
     snapshots: &SnapshotStore,
     last: (LogIndex, Term),
     cluster: &ClusterConfig,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let meta = SnapshotMeta { index: last.0, term: last.1, config: cluster.clone() };
     let mut writer = snapshots.begin(codec::meta_to_storage(&meta)).map_err(|e| e.to_string())?;
-    state.snapshot(&mut SnapshotSink(&mut writer)).map_err(|e| e.to_string())?;
+    let mut sink = SnapshotSink { writer: &mut writer, bytes: 0 };
+    S::write_snapshot(pin, &mut sink, &mut |f| f(&shared.sm.read())).map_err(|e| e.to_string())?;
+    let bytes = sink.bytes;
     writer.finish().map_err(|e| e.to_string())?;
-    tracing::info!(index = last.0.0, "snapshot taken");
-    Ok(())
+    tracing::info!(index = last.0.0, bytes, "snapshot taken");
+    Ok(bytes)
 }
