@@ -46,7 +46,9 @@ pub struct ServerArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long)]
     pub election_timeout: Option<u64>,
-    /// Number of applied entries between snapshots of the key-value state.
+    /// Number of applied entries between snapshots of the key-value state (default 10000).
+    /// When the state is large, a snapshot also waits until the log written since the
+    /// previous one reaches a quarter of that snapshot's size.
     #[arg(long)]
     pub snapshot_count: Option<u64>,
     /// Maximum number of operations permitted in a transaction.

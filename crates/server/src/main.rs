@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod authority;
 mod bench;
 mod codec;
 mod config;

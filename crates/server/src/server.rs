@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use raftkv_kv::{KvConfig, LeasePolicy};
 use raftkv_raft::NodeId;
 use raftkv_storage::{LogOptions, NodeIds, RealFs, Storage, SyncMode};
@@ -119,11 +118,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            // Without TCP_NODELAY, Nagle holds a response's trailing frame until the
-            // client's delayed ACK: a 40 ms floor on every request.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            // TCP_NODELAY, and the `:authority: http://...` shim for etcd's Go client.
+            let listener = crate::authority::ClientListener(listener);
             axum::serve(listener, router).with_graceful_shutdown(shutdown).await
         }));
     }

@@ -403,7 +403,6 @@ async fn etcdctl_against_a_three_member_cluster() {
 /// also what `endpoint status --cluster` uses (the members' client URLs). etcdctl 3.4 then
 /// sends `:authority: http://127.0.0.1:P`, which etcd accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: h2 refuses `:authority: http://127.0.0.1:P` with RST_STREAM PROTOCOL_ERROR; etcd accepts it"]
 async fn etcdctl_endpoint_status_with_url_endpoints() {
     if !have("etcdctl") {
         return;
