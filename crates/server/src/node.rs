@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,6 +59,13 @@ pub trait Network: Send + Sync + 'static {
     fn send(&self, msg: Message);
     /// Streams a snapshot to `msg.to` on its own connection, then delivers `msg`.
     fn send_snapshot(&self, msg: Message, reader: SnapshotReader);
+}
+
+/// Where peer traffic comes from: polled by the driver itself, so a message goes from the
+/// connection's reader to the core without another task in between.
+pub trait PeerSource: Send + 'static {
+    /// Like `mpsc::Receiver::poll_recv`; `Ready(None)` when the network has shut down.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Inbound>>;
 }
 
 /// A snapshot received from a peer and staged on disk, not yet installed.
@@ -260,6 +268,7 @@ impl<S: StateMachine> Node<S> {
         recovered: raftkv_storage::Recovered,
         mut sm: S,
         network: Arc<dyn Network>,
+        peers: Box<dyn PeerSource>,
     ) -> Result<Node<S>, String> {
         let snapshots = storage.snapshots.clone();
         let snapshots_for_driver = storage.snapshots.clone();
@@ -310,6 +319,7 @@ impl<S: StateMachine> Node<S> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std_mpsc::channel();
         let (apply_tx, apply_rx) = std_mpsc::channel();
+        let apply_tx = ApplyQueue { tx: apply_tx, pending: Arc::new(AtomicU64::new(0)) };
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         {
@@ -321,14 +331,24 @@ impl<S: StateMachine> Node<S> {
                 .spawn(move || disk_loop(storage, disk_rx, events, network, apply_tx))
                 .map_err(|e| e.to_string())?;
         }
+        let last = snapshot.as_ref().map_or((LogIndex(0), Term(0)), |s| (s.index, s.term));
+        let applier = Arc::new(Mutex::new(Applier {
+            shared: shared.clone(),
+            events: events_tx.clone(),
+            snapshots,
+            snapshot_count: config.snapshot_count,
+            cluster,
+            last,
+            last_snapshot: last.0,
+            snapshotting: None,
+            bytes_since: 0,
+            last_snapshot_bytes: Arc::new(AtomicU64::new(0)),
+        }));
         {
-            let shared = shared.clone();
-            let events = events_tx.clone();
-            let snapshot_count = config.snapshot_count;
-            let last = snapshot.as_ref().map_or((LogIndex(0), Term(0)), |s| (s.index, s.term));
+            let (applier, pending) = (applier.clone(), apply_tx.pending.clone());
             std::thread::Builder::new()
                 .name("raftkv-apply".into())
-                .spawn(move || apply_loop(shared, apply_rx, events, snapshots, snapshot_count, cluster, last))
+                .spawn(move || apply_loop(applier, apply_rx, pending))
                 .map_err(|e| e.to_string())?;
         }
         let driver = Driver {
@@ -338,9 +358,11 @@ impl<S: StateMachine> Node<S> {
             network,
             requests: requests_rx,
             inbound: inbound_rx,
+            peers,
             events: events_rx,
             disk: disk_tx,
             apply: apply_tx,
+            applier,
             shutdown: shutdown_rx,
             reads: BTreeMap::new(),
             next_read: 1,
@@ -378,9 +400,11 @@ struct Driver<S: StateMachine> {
     network: Arc<dyn Network>,
     requests: mpsc::Receiver<Request>,
     inbound: mpsc::Receiver<Inbound>,
+    peers: Box<dyn PeerSource>,
     events: mpsc::UnboundedReceiver<Event>,
     disk: std_mpsc::Sender<DiskJob>,
-    apply: std_mpsc::Sender<ApplyJob>,
+    apply: ApplyQueue,
+    applier: Arc<Mutex<Applier<S>>>,
     shutdown: watch::Receiver<bool>,
     reads: BTreeMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
     next_read: u64,
@@ -400,6 +424,9 @@ const SNAPSHOT_PACE: u64 = 4;
 /// Bytes an entry costs in the log besides its data (framing, index, term).
 const ENTRY_OVERHEAD: u64 = 32;
 
+/// Committed batches up to this many entries may be applied on the driver itself.
+const INLINE_APPLY_MAX: usize = 8;
+
 /// At most this many client requests are folded into one batch.
 const BATCH_MAX: usize = 4096;
 
@@ -410,6 +437,13 @@ impl<S: StateMachine> Driver<S> {
         let result = loop {
             tokio::select! {
                 _ = ticker.tick() => self.raft.tick(),
+                Some(inbound) = std::future::poll_fn(|cx| self.peers.poll_recv(cx)) => {
+                    self.on_inbound(inbound);
+                    let mut cx = Context::from_waker(Waker::noop());
+                    while let Poll::Ready(Some(more)) = self.peers.poll_recv(&mut cx) {
+                        self.on_inbound(more);
+                    }
+                }
                 Some(inbound) = self.inbound.recv() => {
                     self.on_inbound(inbound);
                     while let Ok(more) = self.inbound.try_recv() {
@@ -652,8 +686,26 @@ impl<S: StateMachine> Driver<S> {
             let _ = self.disk.send(DiskJob::Persist(job));
         }
         if !rd.committed_entries.is_empty() {
-            let _ = self.apply.send(ApplyJob::Entries(rd.committed_entries));
+            self.apply_committed(rd.committed_entries);
         }
+    }
+
+    /// Hands committed entries to the apply thread, or applies a small batch right here when
+    /// the apply thread has nothing queued: under light load this saves two thread
+    /// hand-offs on every write's path (to the apply thread, and from it to the waiting
+    /// request); under heavy load batches are large and applying stays off the driver.
+    fn apply_committed(&mut self, entries: Vec<Entry>) {
+        if entries.len() <= INLINE_APPLY_MAX
+            && self.apply.pending.load(Ordering::SeqCst) == 0
+            && let Some(mut applier) = self.applier.try_lock()
+            // Only this driver and the disk thread (restores) queue jobs; both count them
+            // before sending, and the apply thread uncounts a job under this lock.
+            && self.apply.pending.load(Ordering::SeqCst) == 0
+        {
+            applier.apply_entries(&entries);
+            return;
+        }
+        self.apply.send(ApplyJob::Entries(entries));
     }
 
     fn send_snapshot(&mut self, mut m: Message) {
@@ -689,7 +741,7 @@ fn disk_loop(
     rx: std_mpsc::Receiver<DiskJob>,
     events: mpsc::UnboundedSender<Event>,
     network: Arc<dyn Network>,
-    apply: std_mpsc::Sender<ApplyJob>,
+    apply: ApplyQueue,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -716,11 +768,7 @@ fn disk_loop(
     }
 }
 
-fn write_jobs(
-    storage: &mut Storage,
-    jobs: &mut [DiskJob],
-    apply: &std_mpsc::Sender<ApplyJob>,
-) -> Result<(), String> {
+fn write_jobs(storage: &mut Storage, jobs: &mut [DiskJob], apply: &ApplyQueue) -> Result<(), String> {
     let mut dirty = false;
     for job in jobs.iter_mut() {
         match job {
@@ -740,7 +788,7 @@ fn write_jobs(
                     }
                     writer.finish().map_err(|e| e.to_string())?;
                     storage.log.compact(meta.index.0).map_err(|e| e.to_string())?;
-                    let _ = apply.send(ApplyJob::Restore(meta));
+                    apply.send(ApplyJob::Restore(meta));
                 }
                 if !job.entries.is_empty() {
                     let records: Vec<_> = job.entries.iter().map(codec::entry_to_record).collect();
@@ -782,121 +830,164 @@ impl Write for SnapshotSink<'_> {
     }
 }
 
-fn apply_loop<S: StateMachine>(
+/// Jobs for the apply thread: queued ones count in `pending`, so the driver knows when it
+/// may apply a small batch itself (see [`Driver::handle_ready`]) without reordering.
+#[derive(Clone)]
+struct ApplyQueue {
+    tx: std_mpsc::Sender<ApplyJob>,
+    pending: Arc<AtomicU64>,
+}
+
+impl ApplyQueue {
+    fn send(&self, job: ApplyJob) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(job).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Applies committed entries and restores snapshots; decides when to snapshot.
+struct Applier<S: StateMachine> {
     shared: Arc<Shared<S>>,
-    rx: std_mpsc::Receiver<ApplyJob>,
     events: mpsc::UnboundedSender<Event>,
     snapshots: SnapshotStore,
     snapshot_count: u64,
-    mut cluster: ClusterConfig,
-    mut last: (LogIndex, Term),
+    cluster: ClusterConfig,
+    last: (LogIndex, Term),
+    last_snapshot: LogIndex,
+    snapshotting: Option<std::thread::JoinHandle<()>>,
+    /// Log bytes applied since the last snapshot started, and the size of the last one.
+    bytes_since: u64,
+    last_snapshot_bytes: Arc<AtomicU64>,
+}
+
+fn apply_loop<S: StateMachine>(
+    applier: Arc<Mutex<Applier<S>>>,
+    rx: std_mpsc::Receiver<ApplyJob>,
+    pending: Arc<AtomicU64>,
 ) {
-    let mut last_snapshot = last.0;
-    let mut snapshotting: Option<std::thread::JoinHandle<()>> = None;
-    // Log bytes applied since the last snapshot started, and the size of the last one.
-    let mut bytes_since: u64 = 0;
-    let last_snapshot_bytes = Arc::new(AtomicU64::new(0));
     while let Ok(job) = rx.recv() {
-        match job {
-            ApplyJob::Entries(entries) => {
-                let mut done = Vec::new();
+        let mut a = applier.lock();
+        let ok = match job {
+            ApplyJob::Entries(entries) => a.apply_entries(&entries),
+            ApplyJob::Restore(meta) => a.restore(meta),
+        };
+        // Still under the lock: the driver sees 0 only once this job is done.
+        pending.fetch_sub(1, Ordering::SeqCst);
+        if !ok {
+            return;
+        }
+    }
+}
+
+impl<S: StateMachine> Applier<S> {
+    /// Returns false after a fatal error (already reported to the driver).
+    fn apply_entries(&mut self, entries: &[Entry]) -> bool {
+        let shared = &self.shared;
+        let mut done = Vec::new();
+        {
+            let mut sm = shared.sm.write();
+            for e in entries {
+                if e.kind == EntryKind::Normal
+                    && let Some(result) = sm.apply(e.index.0, &e.data)
                 {
-                    let mut sm = shared.sm.write();
-                    for e in &entries {
-                        if e.kind == EntryKind::Normal
-                            && let Some(result) = sm.apply(e.index.0, &e.data)
-                        {
-                            done.push(result);
-                        }
-                        last = (e.index, e.term);
-                        bytes_since += e.data.len() as u64 + ENTRY_OVERHEAD;
-                    }
+                    done.push(result);
                 }
-                shared.applied.send_replace(last.0.0);
-                shared.status.lock().applied = last.0.0;
-                {
-                    let mut waiters = shared.waiters.lock();
-                    for (id, out) in done {
-                        if let Some(w) = waiters.remove(&id) {
-                            let _ = w.send(Ok(out));
-                        }
-                    }
-                }
-                let _ = events.send(Event::Applied(last.0));
-                let idle = snapshotting.as_ref().is_none_or(|t| t.is_finished());
-                // Paced: a snapshot rewrites the whole state, so besides `snapshot_count`
-                // entries, wait until the log written since the last one is a fair share
-                // of its size; with a large state, snapshots would otherwise cost many times
-                // the log's own writes.
-                let paced =
-                    bytes_since.saturating_mul(SNAPSHOT_PACE) >= last_snapshot_bytes.load(Ordering::Relaxed);
-                if last.0.0 >= last_snapshot.0 + snapshot_count && idle && paced {
-                    // Pin the state and write it on another thread: applying goes on.
-                    if let Some(t) = snapshotting.take() {
-                        let _ = t.join();
-                    }
-                    let pin = shared.sm.write().pin();
-                    last_snapshot = last.0;
-                    bytes_since = 0;
-                    let (shared, snapshots, cluster, done) =
-                        (shared.clone(), snapshots.clone(), cluster.clone(), events.clone());
-                    let size = last_snapshot_bytes.clone();
-                    let spawned =
-                        std::thread::Builder::new().name("raftkv-snapshot".into()).spawn(move || {
-                            let taken = take_snapshot(&shared, &pin, &snapshots, last, &cluster);
-                            shared.sm.write().unpin(pin);
-                            match taken {
-                                Ok(bytes) => {
-                                    size.store(bytes, Ordering::Relaxed);
-                                    let _ = done.send(Event::SnapshotTaken(last.0));
-                                }
-                                Err(e) => {
-                                    let _ = done.send(Event::Fatal(format!("cannot write snapshot: {e}")));
-                                }
-                            }
-                        });
-                    match spawned {
-                        Ok(t) => snapshotting = Some(t),
-                        Err(e) => {
-                            let _ =
-                                events.send(Event::Fatal(format!("cannot start the snapshot thread: {e}")));
-                            return;
-                        }
-                    }
-                }
-            }
-            ApplyJob::Restore(meta) => {
-                // A snapshot being written must land before the installed one is read.
-                if let Some(t) = snapshotting.take() {
-                    let _ = t.join();
-                }
-                let restored = snapshots.latest().map_err(|e| e.to_string()).and_then(|found| {
-                    let (found, mut reader) = found.ok_or("installed snapshot not found")?;
-                    if found.index != meta.index.0 {
-                        return Err(format!(
-                            "expected snapshot {} on disk, found {}",
-                            meta.index, found.index
-                        ));
-                    }
-                    shared.sm.write().restore(&mut reader)
-                });
-                if let Err(e) = restored {
-                    let _ = events.send(Event::Fatal(format!("cannot restore snapshot {}: {e}", meta.index)));
-                    return;
-                }
-                cluster = meta.config.clone();
-                last = (meta.index, meta.term);
-                last_snapshot = meta.index;
-                bytes_since = 0;
-                shared.applied.send_replace(meta.index.0);
-                {
-                    let mut status = shared.status.lock();
-                    status.applied = meta.index.0;
-                    status.snapshot_index = meta.index.0;
-                }
-                let _ = events.send(Event::Applied(meta.index));
+                self.last = (e.index, e.term);
+                self.bytes_since += e.data.len() as u64 + ENTRY_OVERHEAD;
             }
         }
+        let last = self.last;
+        shared.applied.send_replace(last.0.0);
+        shared.status.lock().applied = last.0.0;
+        {
+            let mut waiters = shared.waiters.lock();
+            for (id, out) in done {
+                if let Some(w) = waiters.remove(&id) {
+                    let _ = w.send(Ok(out));
+                }
+            }
+        }
+        let _ = self.events.send(Event::Applied(last.0));
+        let idle = self.snapshotting.as_ref().is_none_or(|t| t.is_finished());
+        // Paced: a snapshot rewrites the whole state, so besides `snapshot_count` entries,
+        // wait until the log written since the last one is a fair share of its size; with
+        // a large state, snapshots would otherwise cost many times the log's own writes.
+        let paced = self.bytes_since.saturating_mul(SNAPSHOT_PACE)
+            >= self.last_snapshot_bytes.load(Ordering::Relaxed);
+        if last.0.0 >= self.last_snapshot.0 + self.snapshot_count && idle && paced {
+            return self.start_snapshot();
+        }
+        true
+    }
+
+    /// Pins the state and writes it on another thread: applying goes on.
+    fn start_snapshot(&mut self) -> bool {
+        if let Some(t) = self.snapshotting.take() {
+            let _ = t.join();
+        }
+        let last = self.last;
+        let pin = self.shared.sm.write().pin();
+        self.last_snapshot = last.0;
+        self.bytes_since = 0;
+        let (shared, snapshots, cluster, done) =
+            (self.shared.clone(), self.snapshots.clone(), self.cluster.clone(), self.events.clone());
+        let size = self.last_snapshot_bytes.clone();
+        let spawned = std::thread::Builder::new().name("raftkv-snapshot".into()).spawn(move || {
+            let taken = take_snapshot(&shared, &pin, &snapshots, last, &cluster);
+            shared.sm.write().unpin(pin);
+            match taken {
+                Ok(bytes) => {
+                    size.store(bytes, Ordering::Relaxed);
+                    let _ = done.send(Event::SnapshotTaken(last.0));
+                }
+                Err(e) => {
+                    let _ = done.send(Event::Fatal(format!("cannot write snapshot: {e}")));
+                }
+            }
+        });
+        match spawned {
+            Ok(t) => {
+                self.snapshotting = Some(t);
+                true
+            }
+            Err(e) => {
+                let _ = self.events.send(Event::Fatal(format!("cannot start the snapshot thread: {e}")));
+                false
+            }
+        }
+    }
+
+    fn restore(&mut self, meta: SnapshotMeta) -> bool {
+        let shared = &self.shared;
+        // A snapshot being written must land before the installed one is read.
+        if let Some(t) = self.snapshotting.take() {
+            let _ = t.join();
+        }
+        let restored = self.snapshots.latest().map_err(|e| e.to_string()).and_then(|found| {
+            let (found, mut reader) = found.ok_or("installed snapshot not found")?;
+            if found.index != meta.index.0 {
+                return Err(format!("expected snapshot {} on disk, found {}", meta.index, found.index));
+            }
+            shared.sm.write().restore(&mut reader)
+        });
+        if let Err(e) = restored {
+            let _ = self.events.send(Event::Fatal(format!("cannot restore snapshot {}: {e}", meta.index)));
+            return false;
+        }
+        self.cluster = meta.config.clone();
+        self.last = (meta.index, meta.term);
+        self.last_snapshot = meta.index;
+        self.bytes_since = 0;
+        shared.applied.send_replace(meta.index.0);
+        {
+            let mut status = shared.status.lock();
+            status.applied = meta.index.0;
+            status.snapshot_index = meta.index.0;
+        }
+        let _ = self.events.send(Event::Applied(meta.index));
+        true
     }
 }
 

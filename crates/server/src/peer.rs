@@ -6,6 +6,7 @@ use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 
 use raftkv_raft::{Message, NodeId, SnapshotMeta};
 use raftkv_storage::SnapshotReader;
@@ -15,7 +16,7 @@ use raftkv_transport::{
 };
 use tokio::sync::mpsc;
 
-use crate::node::{Inbound, Network};
+use crate::node::{Inbound, Network, PeerSource};
 
 /// Sends through the transport; failures to start a snapshot transfer go back to the driver.
 pub struct PeerNetwork {
@@ -120,38 +121,40 @@ impl Drop for StagedFile {
     }
 }
 
-/// Moves transport traffic and reports into the driver's inbound queue.
-pub async fn forward(
-    mut inbound: mpsc::Receiver<TransportInbound>,
-    mut reports: mpsc::Receiver<Report>,
-    driver: mpsc::Sender<Inbound>,
-) {
-    loop {
-        let item = tokio::select! {
-            Some(i) = inbound.recv() => match i {
-                TransportInbound::Message(m) => Inbound::Message(m),
-                TransportInbound::Snapshot { message, staged } => {
+/// Transport traffic and reports as the driver sees them (polled by the driver itself).
+pub struct TransportSource {
+    pub inbound: mpsc::Receiver<TransportInbound>,
+    pub reports: mpsc::Receiver<Report>,
+}
+
+impl PeerSource for TransportSource {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        if let Poll::Ready(Some(r)) = self.reports.poll_recv(cx) {
+            return Poll::Ready(Some(match r {
+                Report::Unreachable(id) => Inbound::Unreachable(id),
+                Report::Snapshot { to, ok } => Inbound::SnapshotReport { to, ok },
+            }));
+        }
+        loop {
+            return match ready!(self.inbound.poll_recv(cx)) {
+                None => Poll::Ready(None),
+                Some(TransportInbound::Message(m)) => Poll::Ready(Some(Inbound::Message(m))),
+                Some(TransportInbound::Snapshot { message, staged }) => {
                     let data: crate::node::StagedSnapshot = match staged.body {
                         StagedBody::Memory(bytes) => Box::new(io::Cursor::new(bytes)),
                         StagedBody::File(path) => match File::open(&path) {
-                            Ok(f) => Box::new(StagedFile { path, file: BufReader::with_capacity(1 << 20, f) }),
+                            Ok(f) => {
+                                Box::new(StagedFile { path, file: BufReader::with_capacity(1 << 20, f) })
+                            }
                             Err(e) => {
                                 tracing::warn!(path = %path.display(), error = %e, "staged snapshot vanished");
                                 continue;
                             }
                         },
                     };
-                    Inbound::Snapshot { message, data }
+                    Poll::Ready(Some(Inbound::Snapshot { message, data }))
                 }
-            },
-            Some(r) = reports.recv() => match r {
-                Report::Unreachable(id) => Inbound::Unreachable(id),
-                Report::Snapshot { to, ok } => Inbound::SnapshotReport { to, ok },
-            },
-            else => return,
-        };
-        if driver.send(item).await.is_err() {
-            return;
+            };
         }
     }
 }

@@ -85,9 +85,9 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         request_queue: 16 * 1024,
         seed: record.member_id,
     };
-    let node = Node::start(node_config, storage, recovered, sm, network.clone())?;
+    let peers = Box::new(crate::peer::TransportSource { inbound: t_inbound_rx, reports: reports_rx });
+    let node = Node::start(node_config, storage, recovered, sm, network.clone(), peers)?;
     let _ = network.driver.set(node.inbound());
-    tokio::spawn(crate::peer::forward(t_inbound_rx, reports_rx, node.inbound()));
 
     // The client API.
     let api = Api::new(
