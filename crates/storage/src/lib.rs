@@ -108,6 +108,7 @@
 
 pub mod error;
 pub mod fs;
+mod futex;
 mod group;
 mod log;
 mod mem;
