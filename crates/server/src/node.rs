@@ -998,12 +998,14 @@ fn take_snapshot<S: StateMachine>(
     last: (LogIndex, Term),
     cluster: &ClusterConfig,
 ) -> Result<u64, String> {
+    let started = Instant::now();
     let meta = SnapshotMeta { index: last.0, term: last.1, config: cluster.clone() };
     let mut writer = snapshots.begin(codec::meta_to_storage(&meta)).map_err(|e| e.to_string())?;
     let mut sink = SnapshotSink { writer: &mut writer, bytes: 0 };
     S::write_snapshot(pin, &mut sink, &mut |f| f(&shared.sm.read())).map_err(|e| e.to_string())?;
     let bytes = sink.bytes;
     writer.finish().map_err(|e| e.to_string())?;
-    tracing::info!(index = last.0.0, bytes, "snapshot taken");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(index = last.0.0, bytes, elapsed_ms, "snapshot taken");
     Ok(bytes)
 }
