@@ -211,6 +211,11 @@ pub struct LogOptions {
     /// `append` writes its buffer to the OS once it holds this many bytes,
     /// instead of waiting for `sync` (default 4 MiB).
     pub write_buffer: usize,
+    /// The active segment is extended with zeros this many bytes ahead of the write
+    /// position (default 4 MiB; 0: off), so most fsyncs follow writes that do not change
+    /// the file's size and need no file-system journal commit. A sealed segment is cut to
+    /// its records; an all-zero tail of the last segment is its clean end.
+    pub preallocate: u64,
 }
 
 impl Default for LogOptions {
@@ -220,6 +225,7 @@ impl Default for LogOptions {
             max_record_size: 64 << 20,
             sync: SyncMode::Fsync,
             write_buffer: 4 << 20,
+            preallocate: 4 << 20,
         }
     }
 }

@@ -129,6 +129,8 @@ pub struct FileLogStore {
     active: Box<dyn FsFile>,
     /// Bytes written to the active segment (not counting `buf`).
     active_len: u64,
+    /// Length of the active segment's file: zeros from `active_len` up to here.
+    allocated: u64,
     buf: Vec<u8>,
     entries: VecDeque<LogRecord>,
     last: u64,
@@ -185,6 +187,7 @@ impl FileLogStore {
             segments: vec![Segment { seq: 1, path, max_index: 0 }],
             active: file,
             active_len: len,
+            allocated: len,
             buf: Vec::new(),
             entries: VecDeque::new(),
             last: 0,
@@ -258,7 +261,7 @@ impl FileLogStore {
         }
         let mut replay = Replay::default();
         let mut segments: Vec<Segment> = Vec::new();
-        let mut active: Option<(Box<dyn FsFile>, u64)> = None;
+        let mut active: Option<(Box<dyn FsFile>, u64, u64)> = None;
         let mut torn_tail = None;
         let n = seqs.len();
         for (i, &seq) in seqs.iter().enumerate() {
@@ -342,6 +345,7 @@ impl FileLogStore {
             }
             let mut max_index = header.first_index - 1;
             let mut off = SEGMENT_HEADER_LEN;
+            let mut allocated = 0u64;
             loop {
                 let stop = match decode_record(&data, off, opts.max_record_size) {
                     Decoded::Record { rec, next } => {
@@ -353,6 +357,11 @@ impl FileLogStore {
                         continue;
                     }
                     Decoded::End => break,
+                    // The preallocated zeros after the last record: the clean end.
+                    Decoded::ZeroLen if is_last && all_zero(&data[off..]) => {
+                        allocated = data.len() as u64;
+                        break;
+                    }
                     other => other,
                 };
                 let (torn_ok, reason) = match stop {
@@ -395,9 +404,9 @@ impl FileLogStore {
                 break;
             }
             segments.push(Segment { seq, path, max_index });
-            active = Some((file, off as u64));
+            active = Some((file, off as u64, allocated.max(off as u64)));
         }
-        let Some((active, active_len)) = active else {
+        let Some((active, active_len, allocated)) = active else {
             return Err(StorageError::corrupt(segment_path(dir, seqs[0]), 0, "no usable segment"));
         };
         let mut hs = replay.hs;
@@ -417,6 +426,7 @@ impl FileLogStore {
             segments,
             active,
             active_len,
+            allocated,
             buf: Vec::new(),
             entries: replay.entries,
             last: replay.last,
@@ -480,6 +490,7 @@ impl FileLogStore {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.preallocate(self.active_len + self.buf.len() as u64)?;
         if let Err(e) = self.active.write_all_at(&self.buf, self.active_len) {
             let path = self.active_path();
             return Err(self.fatal(StorageError::io("write", path, e)));
@@ -506,9 +517,41 @@ impl FileLogStore {
         Ok(())
     }
 
-    /// Seal the active segment (flush + fsync) and start the next one.
+    /// Extends the active segment with zeros (see `LogOptions::preallocate`) so that it
+    /// holds at least `end` bytes. The new length becomes durable with the next fsync; a
+    /// crash before that loses only zeros.
+    fn preallocate(&mut self, end: u64) -> Result<()> {
+        if self.opts.preallocate == 0 || end <= self.allocated {
+            return Ok(());
+        }
+        let target = end.max((self.allocated + self.opts.preallocate).min(self.opts.segment_size));
+        let zeros = vec![0u8; (target - self.allocated).min(1 << 20) as usize];
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            if let Err(e) = self.active.write_all_at(&zeros[..n], at) {
+                let path = self.active_path();
+                return Err(self.fatal(StorageError::io("write", path, e)));
+            }
+            at += n as u64;
+        }
+        self.allocated = target;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Seal the active segment (flush, cut the preallocated zeros, fsync) and start the
+    /// next one. Only the last segment may end in zeros.
     fn rollover(&mut self) -> Result<()> {
         self.flush()?;
+        if self.allocated > self.active_len {
+            if let Err(e) = self.active.set_len(self.active_len) {
+                let path = self.active_path();
+                return Err(self.fatal(StorageError::io("truncate", path, e)));
+            }
+            self.allocated = self.active_len;
+            self.unsynced = true;
+        }
         self.sync_active()?;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let res =
@@ -520,6 +563,7 @@ impl FileLogStore {
         self.hs_dirty = false;
         self.active = file;
         self.active_len = len;
+        self.allocated = len;
         self.segments.push(Segment { seq, path, max_index: self.last });
         Ok(())
     }

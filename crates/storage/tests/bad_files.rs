@@ -106,8 +106,11 @@ fn truncated_sealed_segment() {
 fn truncated_last_segment_is_a_torn_tail() {
     let (d, segs) = populated();
     let last = segs.last().unwrap();
-    let len = std::fs::metadata(last).unwrap().len();
-    patch(last, |b| b.truncate(len as usize - 3));
+    // Cut into the last record (the segment may end in preallocated zeros).
+    patch(last, |b| {
+        let end = b.iter().rposition(|&x| x != 0).unwrap() + 1;
+        b.truncate(end - 3)
+    });
     let (st, r) = open(d.path()).unwrap();
     let torn = st.log.torn_tail().unwrap().clone();
     assert_eq!(&torn.path, last);
@@ -307,4 +310,41 @@ fn snapshot_of_another_cluster() {
     std::fs::copy(snap_file(other.path()), &snap).unwrap();
     let e = open(d.path()).unwrap_err();
     assert!(matches!(e, StorageError::ClusterMismatch { found: 5, .. }), "{e}");
+}
+
+#[test]
+fn preallocated_zeros_end_only_the_last_segment_and_are_a_clean_end() {
+    let (d, segs) = populated();
+    let last = segs.last().unwrap();
+    // Sealed segments were cut to their records; the active one ends in zeros.
+    for s in &segs[..segs.len() - 1] {
+        let b = std::fs::read(s).unwrap();
+        assert_ne!(b.last(), Some(&0), "sealed segment {} ends in zeros", s.display());
+    }
+    let b = std::fs::read(last).unwrap();
+    assert_eq!(b.last(), Some(&0), "the active segment is preallocated");
+    let (mut st, r) = open(d.path()).unwrap();
+    assert!(st.log.torn_tail().is_none(), "preallocated zeros are not a torn tail");
+    assert_eq!(r.last_index, 100);
+    // Appending goes on over the zeros, and survives a reopen.
+    st.log.append(&recs(101, 103, 2, "f")).unwrap();
+    st.log.sync().unwrap();
+    drop(st);
+    let (st, r) = open(d.path()).unwrap();
+    assert!(st.log.torn_tail().is_none());
+    assert_eq!(r.last_index, 103);
+    assert_eq!(r.records.last().unwrap(), &rec(103, 2, "f"));
+}
+
+#[test]
+fn data_after_preallocated_zeros_is_corruption_not_a_tail() {
+    let (d, segs) = populated();
+    let last = segs.last().unwrap();
+    patch(last, |b| {
+        let n = b.len();
+        b[n - 1] = 0x5a;
+    });
+    let e = open(d.path()).unwrap_err();
+    assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
+    assert_names(&e, last);
 }

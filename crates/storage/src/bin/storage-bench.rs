@@ -29,6 +29,8 @@ struct Args {
     only: Option<String>,
     seq_mib: u64,
     recover_mib: u64,
+    /// `LogOptions::preallocate` for the append runs (bytes; 0: off).
+    preallocate: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         only: None,
         seq_mib: 1024,
         recover_mib: 1024,
+        preallocate: LogOptions::default().preallocate,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
             "--only" => a.only = Some(v),
             "--seq-mib" => a.seq_mib = v.parse().map_err(|e| format!("--seq-mib: {e}"))?,
             "--recover-mib" => a.recover_mib = v.parse().map_err(|e| format!("--recover-mib: {e}"))?,
+            "--preallocate" => a.preallocate = v.parse().map_err(|e| format!("--preallocate: {e}"))?,
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -88,7 +92,8 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 /// each blocking until its record is durable. Returns (appends/s, avg batch).
 fn bench_append(a: &Args, threads: usize, size: usize) -> BenchResult<(f64, f64)> {
     let tmp = TmpDir::new(&a.dir, "append");
-    let store = FileLogStore::create(Arc::new(RealFs), &tmp.0, IDS, LogOptions::default())?;
+    let opts = LogOptions { preallocate: a.preallocate, ..LogOptions::default() };
+    let store = FileLogStore::create(Arc::new(RealFs), &tmp.0, IDS, opts)?;
     let g = Arc::new(GroupCommitLog::new(store));
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
