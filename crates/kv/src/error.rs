@@ -32,6 +32,9 @@ pub enum KvError {
     InvalidCommand(String),
     /// A snapshot that fails its checksum or structural checks, or could not be read.
     CorruptSnapshot(String),
+    /// Reading a past version's value from the cold store failed (an I/O error on this
+    /// member's cache file). Only the read fails; the state is intact.
+    ColdRead(String),
 }
 
 impl KvError {
@@ -47,7 +50,7 @@ impl KvError {
             KvError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             KvError::FutureRev => "etcdserver: mvcc: required revision is a future revision",
             KvError::LeaseNotFound => "etcdserver: requested lease not found",
-            KvError::InvalidCommand(m) | KvError::CorruptSnapshot(m) => m,
+            KvError::InvalidCommand(m) | KvError::CorruptSnapshot(m) | KvError::ColdRead(m) => m,
         }
     }
 
@@ -62,9 +65,13 @@ impl KvError {
             | KvError::DuplicateKey => Code::InvalidArgument,
             KvError::Compacted | KvError::FutureRev => Code::OutOfRange,
             KvError::LeaseNotFound => Code::NotFound,
-            KvError::InvalidCommand(_) => Code::Internal,
+            KvError::InvalidCommand(_) | KvError::ColdRead(_) => Code::Internal,
             KvError::CorruptSnapshot(_) => Code::DataLoss,
         }
+    }
+
+    pub(crate) fn cold(e: std::io::Error) -> Self {
+        KvError::ColdRead(format!("raftkv: reading a past version: {e}"))
     }
 
     pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {

@@ -1,20 +1,25 @@
-//! raftkv's key-value state machine: an in-memory multi-version store with
-//! etcd v3 semantics (revisions, versions, tombstones, ranges at past
-//! revisions, transactions, compaction).
+//! raftkv's key-value state machine: a multi-version store with etcd v3
+//! semantics (revisions, versions, tombstones, ranges at past revisions,
+//! transactions, compaction).
 //!
-//! It is pure and deterministic: no I/O (except the caller's snapshot
-//! streams), no clock, no threads, only ordered maps. Writes arrive as
+//! It is deterministic: no clock, no threads, only ordered maps. The index and
+//! every key's newest value are in memory; the values of superseded versions go
+//! to a [`ColdStore`] (an arena in memory, or an unnamed cache file that keeps
+//! the history off the heap). The cold store never changes results: applying
+//! never reads it, and a failure to read it only fails that read. Writes arrive as
 //! replicated [`Command`]s through [`KvStore::apply`]; reads use
 //! [`KvStore::range`] and [`KvStore::txn_read_only`] on `&self`.
 //!
 //! Response headers carry only `revision`; the server fills `cluster_id`,
 //! `member_id` and `raft_term`.
 
+mod cold;
 mod error;
 mod snapshot;
 mod store;
 mod validate;
 
+pub use cold::ColdStore;
 pub use error::KvError;
 pub use raftkv_api::{Command, Request};
 pub use snapshot::SnapshotPoint;

@@ -28,7 +28,8 @@ use bytes::Bytes;
 use crate::KvError;
 use std::ops::Bound;
 
-use crate::store::{Entry, KeyHistory, KvConfig, KvStore, retained};
+use crate::cold::ColdStore;
+use crate::store::{KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
 /// Format 1 counted the keys up front; format 2 ends the keys with [`END_OF_KEYS`], so a
@@ -93,16 +94,25 @@ type StoreVisit<'a> = dyn FnMut(&mut dyn FnMut(&KvStore)) + 'a;
 /// Keys serialised per visit to the store (per lock acquisition, for a shared store).
 const KEYS_PER_VISIT: usize = 1024;
 
-fn put_entries(out: &mut Vec<u8>, key: &[u8], entries: &[Entry]) -> io::Result<()> {
+fn put_entries(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    h: &KeyHistory,
+    range: std::ops::Range<usize>,
+    cold: &ColdStore,
+) -> io::Result<()> {
     out.extend_from_slice(&len_u32(key.len())?.to_le_bytes());
     out.extend_from_slice(key);
-    out.extend_from_slice(&len_u32(entries.len())?.to_le_bytes());
-    for e in entries {
-        for v in [e.main, e.sub, e.create, e.version, e.lease] {
+    out.extend_from_slice(&len_u32(range.len())?.to_le_bytes());
+    for i in range {
+        let e = &h.revs[i];
+        // Leases are not stored: lease 0.
+        for v in [e.main, i64::from(e.sub), e.create, e.version, 0] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&len_u32(e.value.len())?.to_le_bytes());
-        out.extend_from_slice(&e.value);
+        let value = value_in(cold, h, i)?;
+        out.extend_from_slice(&len_u32(value.len())?.to_le_bytes());
+        out.extend_from_slice(&value);
     }
     Ok(())
 }
@@ -166,9 +176,9 @@ impl KvStore {
                         return;
                     };
                     cursor = Some(k.clone());
-                    let entries = retained(&h.entries, point.rev, point.compacted);
-                    if !entries.is_empty()
-                        && let Err(e) = put_entries(&mut out, k, entries)
+                    let range = retained(&h.revs, point.rev, point.compacted);
+                    if !range.is_empty()
+                        && let Err(e) = put_entries(&mut out, k, h, range, &store.cold)
                     {
                         failed = Some(e);
                         return;
@@ -203,6 +213,16 @@ impl KvStore {
 
     /// Like [`KvStore::restore`] with the given configuration.
     pub fn restore_with_config(r: &mut impl Read, config: KvConfig) -> Result<KvStore, KvError> {
+        Self::restore_with(r, config, ColdStore::memory())
+    }
+
+    /// Like [`KvStore::restore`] with the given configuration, keeping superseded values
+    /// in `cold` (which should be empty).
+    pub fn restore_with(
+        r: &mut impl Read,
+        config: KvConfig,
+        mut cold: ColdStore,
+    ) -> Result<KvStore, KvError> {
         let mut head = [0u8; 12];
         read_exact(r, &mut head)?;
         if &head[..8] != MAGIC {
@@ -213,9 +233,9 @@ impl KvStore {
             return Err(KvError::corrupt(format!("unsupported format version {format}")));
         }
         let mut cr = CrcReader { inner: r, crc: 0 };
-        let parsed = parse_body(&mut cr, format == FORMAT_COUNTED);
+        let parsed = parse_body(&mut cr, format == FORMAT_COUNTED, &mut cold);
         let body_crc = cr.crc;
-        let (rev, compacted, map) = parsed?;
+        let (rev, compacted, map, cold_live) = parsed?;
         let mut tail = [0u8; 4];
         read_exact(cr.inner, &mut tail)?;
         let want = u32::from_le_bytes(tail);
@@ -224,7 +244,7 @@ impl KvStore {
                 "checksum mismatch (stored {want:#010x}, computed {body_crc:#010x})"
             )));
         }
-        Ok(KvStore { map, rev, compacted, config, pins: 0, compaction_deferred: false })
+        Ok(KvStore { map, cold, cold_live, rev, compacted, config, pins: 0, compaction_deferred: false })
     }
 
     /// CRC32C of the canonical encoding of the full MVCC state: equal on
@@ -274,9 +294,14 @@ fn read_bytes(r: &mut impl Read, len: u32) -> Result<Bytes, KvError> {
     Ok(Bytes::from(v))
 }
 
-type Body = (i64, i64, BTreeMap<Bytes, KeyHistory>);
+/// Revision, compacted revision, keys, bytes in the cold store.
+fn vlen_checked(value: &[u8]) -> Result<u32, KvError> {
+    u32::try_from(value.len()).map_err(|_| KvError::corrupt("value too long"))
+}
 
-fn parse_body(r: &mut impl Read, counted: bool) -> Result<Body, KvError> {
+type Body = (i64, i64, BTreeMap<Bytes, KeyHistory>, u64);
+
+fn parse_body(r: &mut impl Read, counted: bool, cold: &mut ColdStore) -> Result<Body, KvError> {
     let rev = read_i64(r)?;
     let compacted = read_i64(r)?;
     if rev < 1 || compacted < -1 || compacted > rev {
@@ -290,6 +315,7 @@ fn parse_body(r: &mut impl Read, counted: bool) -> Result<Body, KvError> {
         u64::MAX
     };
     let mut map = BTreeMap::new();
+    let mut cold_live = 0u64;
     let mut last_key: Option<Bytes> = None;
     for _ in 0..keys {
         let klen = read_u32(r)?;
@@ -304,7 +330,7 @@ fn parse_body(r: &mut impl Read, counted: bool) -> Result<Body, KvError> {
         if n == 0 {
             return Err(KvError::corrupt("key without versions"));
         }
-        let mut entries: Vec<Entry> = Vec::with_capacity((n as usize).min(16));
+        let mut h = KeyHistory { revs: Vec::with_capacity((n as usize).min(16)), latest: Bytes::new() };
         for _ in 0..n {
             let main = read_i64(r)?;
             let sub = read_i64(r)?;
@@ -313,14 +339,22 @@ fn parse_body(r: &mut impl Read, counted: bool) -> Result<Body, KvError> {
             let lease = read_i64(r)?;
             let vlen = read_u32(r)?;
             let value = read_bytes(r, vlen)?;
-            let ordered = entries.last().is_none_or(|p| (p.main, p.sub) < (main, sub));
-            if !ordered || main < 1 || main > rev || sub < 0 || version < 0 || create > main {
+            let ordered = h.revs.last().is_none_or(|p| (p.main, i64::from(p.sub)) < (main, sub));
+            if !ordered || main < 1 || main > rev || version < 0 || create > main {
                 return Err(KvError::corrupt("invalid version record"));
             }
-            entries.push(Entry { main, sub, create, version, lease, value });
+            let Ok(sub) = u32::try_from(sub) else {
+                return Err(KvError::corrupt("invalid sub-revision"));
+            };
+            if lease != 0 {
+                return Err(KvError::corrupt("a version with a lease (leases are not supported)"));
+            }
+            let r = Rev { main, sub, create, version, vlen: vlen_checked(&value)?, pos: 0 };
+            h.push(cold, &mut cold_live, r, value);
         }
+        h.revs.shrink_to_fit();
         last_key = Some(key.clone());
-        map.insert(key, KeyHistory { entries });
+        map.insert(key, h);
     }
-    Ok((rev, compacted, map))
+    Ok((rev, compacted, map, cold_live))
 }

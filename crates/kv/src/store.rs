@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 
 use bytes::Bytes;
 use raftkv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -18,6 +18,7 @@ use raftkv_api::mvccpb::KeyValue;
 use raftkv_api::{Command, Request};
 
 use crate::KvError;
+use crate::cold::{ColdPos, ColdStore};
 use crate::validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
 
 /// etcd's default limit on operations per transaction.
@@ -52,53 +53,72 @@ impl Default for KvConfig {
 }
 
 /// One version of a key. A tombstone (deletion) has `version == 0`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
+///
+/// The value is not here: the newest version's value is [`KeyHistory::latest`], older
+/// ones are in the store's [`ColdStore`] at `pos`. Leases are not stored yet (see
+/// [`LeasePolicy`]): every version has lease 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rev {
     /// Revision of this write (its mod revision).
     pub main: i64,
-    /// Position of this write within its revision's transaction.
-    pub sub: i64,
     pub create: i64,
     pub version: i64,
-    pub lease: i64,
-    pub value: Bytes,
+    /// Position of this write within its revision's transaction.
+    pub sub: u32,
+    /// Length of the value.
+    pub vlen: u32,
+    /// Where the value is in the cold store (meaningless for the newest version).
+    pub pos: ColdPos,
 }
 
-impl Entry {
+impl Rev {
     fn is_tombstone(&self) -> bool {
         self.version == 0
-    }
-
-    fn to_kv(&self, key: &Bytes, keys_only: bool) -> KeyValue {
-        KeyValue {
-            key: key.clone(),
-            create_revision: self.create,
-            mod_revision: self.main,
-            version: self.version,
-            value: if keys_only { Bytes::new() } else { self.value.clone() },
-            lease: self.lease,
-        }
     }
 }
 
 /// All retained versions of one key, oldest first, ordered by (main, sub).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KeyHistory {
-    pub entries: Vec<Entry>,
+    pub revs: Vec<Rev>,
+    /// The value of the newest version (empty for a tombstone).
+    pub latest: Bytes,
 }
 
 impl KeyHistory {
-    /// The live version at revision `rev`, if the key existed then.
+    /// Index of the live version at revision `rev`, if the key existed then.
     #[inline]
-    fn at(&self, rev: i64) -> Option<&Entry> {
-        let e = match self.entries.last() {
-            Some(e) if e.main <= rev => e,
-            _ => {
-                let i = self.entries.partition_point(|e| e.main <= rev);
-                self.entries.get(i.checked_sub(1)?)?
-            }
+    fn at(&self, rev: i64) -> Option<usize> {
+        let n = self.revs.len();
+        let i = match self.revs.last() {
+            Some(e) if e.main <= rev => n - 1,
+            _ => self.revs.partition_point(|e| e.main <= rev).checked_sub(1)?,
         };
-        if e.is_tombstone() { None } else { Some(e) }
+        if self.revs[i].is_tombstone() { None } else { Some(i) }
+    }
+
+    /// The newest version, unless it is a tombstone.
+    #[inline]
+    fn newest_live(&self) -> Option<usize> {
+        let i = self.revs.len().checked_sub(1)?;
+        if self.revs[i].is_tombstone() { None } else { Some(i) }
+    }
+
+    /// Adds a new newest version; the value it supersedes moves to `cold`.
+    pub(crate) fn push(&mut self, cold: &mut ColdStore, cold_live: &mut u64, rev: Rev, value: Bytes) {
+        if let Some(last) = self.revs.last_mut()
+            && last.vlen > 0
+        {
+            last.pos = cold.append(&self.latest);
+            *cold_live += u64::from(last.vlen);
+        }
+        self.revs.push(rev);
+        self.latest = value;
+    }
+
+    /// Bytes of this history's values held in the cold store.
+    fn cold_bytes(revs: &[Rev]) -> u64 {
+        revs.iter().map(|r| u64::from(r.vlen)).sum()
     }
 }
 
@@ -106,19 +126,19 @@ impl KeyHistory {
 /// `compacted` (-1: never): the versions up to `rev`, minus those older than the one visible
 /// at `compacted` (and minus that one too if it is a tombstone). Idempotent: applying it to
 /// its own output changes nothing.
-pub(crate) fn retained(entries: &[Entry], rev: i64, compacted: i64) -> &[Entry] {
-    let end = match entries.last() {
-        Some(e) if e.main <= rev => entries.len(),
-        _ => entries.partition_point(|e| e.main <= rev),
+pub(crate) fn retained(revs: &[Rev], rev: i64, compacted: i64) -> Range<usize> {
+    let end = match revs.last() {
+        Some(e) if e.main <= rev => revs.len(),
+        _ => revs.partition_point(|e| e.main <= rev),
     };
-    let upto = &entries[..end];
+    let upto = &revs[..end];
     let i = upto.partition_point(|e| e.main <= compacted);
     let from = match i.checked_sub(1) {
         Some(last) if upto[last].is_tombstone() => i,
         Some(last) => last,
         None => 0,
     };
-    &upto[from..]
+    from..end
 }
 
 /// The result of applying one [`Command`].
@@ -149,9 +169,13 @@ impl ApplyResult {
 ///
 /// Deterministic: applying the same commands in the same order gives the same
 /// state (and [`KvStore::digest`]) on every replica.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KvStore {
     pub(crate) map: BTreeMap<Bytes, KeyHistory>,
+    /// Values of superseded versions.
+    pub(crate) cold: ColdStore,
+    /// Bytes in `cold` that retained versions still refer to.
+    pub(crate) cold_live: u64,
     /// Current revision: 1 for an empty store, +1 per write that changed something.
     pub(crate) rev: i64,
     /// Revisions below this were discarded; -1 before the first compaction.
@@ -219,7 +243,32 @@ impl KvStore {
 
     /// An empty store (revision 1).
     pub fn with_config(config: KvConfig) -> Self {
-        KvStore { map: BTreeMap::new(), rev: 1, compacted: -1, config, pins: 0, compaction_deferred: false }
+        Self::with_cold_store(config, ColdStore::memory())
+    }
+
+    /// An empty store (revision 1) that keeps superseded values in `cold` (e.g. a
+    /// [`ColdStore::temp_file_in`] to keep the history off the heap).
+    pub fn with_cold_store(config: KvConfig, cold: ColdStore) -> Self {
+        KvStore {
+            map: BTreeMap::new(),
+            cold,
+            cold_live: 0,
+            rev: 1,
+            compacted: -1,
+            config,
+            pins: 0,
+            compaction_deferred: false,
+        }
+    }
+
+    /// Where superseded values are kept.
+    pub fn cold_store(&self) -> &ColdStore {
+        &self.cold
+    }
+
+    /// Bytes of superseded values that retained versions refer to.
+    pub fn cold_live_bytes(&self) -> u64 {
+        self.cold_live
     }
 
     pub fn config(&self) -> &KvConfig {
@@ -249,7 +298,7 @@ impl KvStore {
 
     /// Number of retained versions (including tombstones) of all keys.
     pub fn retained_versions(&self) -> usize {
-        self.map.values().map(|h| h.entries.len()).sum()
+        self.map.values().map(|h| h.revs.len()).sum()
     }
 
     // ------------------------------------------------------------ apply
@@ -307,14 +356,20 @@ impl KvStore {
         validate_txn(req, self.config.max_txn_ops)?;
         let begin = self.rev;
         let mut path = Vec::new();
-        self.compare_path(req, begin, &mut path);
+        self.compare_path(req, begin, &mut path)?;
         if !is_txn_read_only(req) {
             self.check_path(req, &path, &mut 0, &|s, op| s.check_put_op(op))?;
         }
         self.check_path(req, &path, &mut 0, &|s, op| s.check_range_op(op))?;
         let mut ctx = WriteCtx { begin, changes: 0 };
-        let mut resp = self.apply_txn(&mut ctx, req, &path, &mut 0);
+        let mut failed = None;
+        let mut resp = self.apply_txn(&mut ctx, req, &path, &mut 0, &mut failed);
         let rev = self.commit(&ctx);
+        // Reading a past version failed: the writes are applied (alike on every
+        // replica); the client gets the error instead of the responses.
+        if let Some(e) = failed {
+            return Err(e);
+        }
         resp.header = header(rev);
         Ok(resp)
     }
@@ -328,7 +383,7 @@ impl KvStore {
             return Err(KvError::InvalidCommand("raftkv: txn with writes evaluated read-only".into()));
         }
         let mut path = Vec::new();
-        self.compare_path(req, self.rev, &mut path);
+        self.compare_path(req, self.rev, &mut path)?;
         self.check_path(req, &path, &mut 0, &|s, op| s.check_range_op(op))?;
         let succeeded = path.first().copied().unwrap_or(true);
         let ops = if succeeded { &req.success } else { &req.failure };
@@ -364,20 +419,74 @@ impl KvStore {
         Ok(CompactionResponse { header: header(self.rev) })
     }
 
-    /// Drops the versions that compaction at `self.compacted` made unreadable.
+    /// Drops the versions that compaction at `self.compacted` made unreadable, then
+    /// rewrites the cold store once most of it is garbage.
     pub(crate) fn discard_compacted(&mut self) {
         let compacted = self.compacted;
+        let mut freed = 0u64;
         self.map.retain(|_, h| {
-            let keep = retained(&h.entries, i64::MAX, compacted).len();
-            let drop = h.entries.len() - keep;
-            if drop > 0 {
-                h.entries.drain(..drop);
-                if h.entries.capacity() > 2 * h.entries.len() + 4 {
-                    h.entries.shrink_to_fit();
+            let keep = retained(&h.revs, i64::MAX, compacted);
+            if keep.start > 0 || keep.end < h.revs.len() {
+                // Every version but the newest has its value in the cold store.
+                let cold_end = keep.start.min(h.revs.len().saturating_sub(1));
+                freed += KeyHistory::cold_bytes(&h.revs[..cold_end]);
+                if keep.is_empty() {
+                    return false;
+                }
+                h.revs.drain(..keep.start);
+                if h.revs.capacity() > 2 * h.revs.len() + 4 {
+                    h.revs.shrink_to_fit();
                 }
             }
-            !h.entries.is_empty()
+            !h.revs.is_empty()
         });
+        self.cold_live = self.cold_live.saturating_sub(freed);
+        self.maybe_rewrite_cold();
+    }
+
+    /// Copies the referenced cold values into a fresh cold store when at least half of
+    /// the current one (and the threshold) is garbage. Only while nothing is pinned (positions
+    /// change). On a read or create error the old store is kept, complete.
+    fn maybe_rewrite_cold(&mut self) {
+        let total = self.cold.appended_bytes();
+        let garbage = total.saturating_sub(self.cold_live);
+        if self.pins > 0
+            || garbage == 0
+            || garbage < self.cold.rewrite_threshold()
+            || garbage < self.cold_live
+        {
+            return;
+        }
+        let Ok(mut fresh) = self.cold.fresh() else { return };
+        // Copy first, in map order; switch positions only once every value was read.
+        let mut positions: Vec<ColdPos> = Vec::new();
+        for h in self.map.values() {
+            for r in &h.revs[..h.revs.len().saturating_sub(1)] {
+                match self.cold.read(r.pos, r.vlen) {
+                    Ok(v) => positions.push(if r.vlen > 0 { fresh.append(&v) } else { r.pos }),
+                    Err(_) => return,
+                }
+            }
+        }
+        let mut next = positions.into_iter();
+        for h in self.map.values_mut() {
+            let n = h.revs.len().saturating_sub(1);
+            for r in &mut h.revs[..n] {
+                if let Some(pos) = next.next() {
+                    r.pos = pos;
+                }
+            }
+        }
+        self.cold = fresh;
+    }
+
+    /// The value of version `i` of `h` (the newest one is in memory).
+    pub(crate) fn value_of(&self, h: &KeyHistory, i: usize) -> std::io::Result<Bytes> {
+        value_in(&self.cold, h, i)
+    }
+
+    fn to_kv(&self, key: &Bytes, h: &KeyHistory, i: usize, keys_only: bool) -> Result<KeyValue, KvError> {
+        to_kv(&self.cold, key, h, i, keys_only)
     }
 
     // ------------------------------------------------------------ reads
@@ -388,7 +497,7 @@ impl KvStore {
         self.do_range(req, self.rev)
     }
 
-    fn visible(&self, key: &[u8], rev: i64) -> Option<&Entry> {
+    fn visible(&self, key: &[u8], rev: i64) -> Option<usize> {
         self.map.get(key)?.at(rev)
     }
 
@@ -423,20 +532,20 @@ impl KvStore {
         if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
             if req.range_end.is_empty() {
                 // Point read: skip the range iterator.
-                if let Some((k, e)) =
-                    self.map.get_key_value(&req.key[..]).and_then(|(k, h)| Some((k, h.at(rev)?)))
+                if let Some((k, h, i)) =
+                    self.map.get_key_value(&req.key[..]).and_then(|(k, h)| Some((k, h, h.at(rev)?)))
                 {
                     count = 1;
                     if !req.count_only {
-                        kvs.push(e.to_kv(k, req.keys_only));
+                        kvs.push(self.to_kv(k, h, i, req.keys_only)?);
                     }
                 }
             } else {
                 for (k, h) in self.map.range::<[u8], _>(bounds) {
-                    if let Some(e) = h.at(rev) {
+                    if let Some(i) = h.at(rev) {
                         count += 1;
                         if !req.count_only && kvs.len() < fetch {
-                            kvs.push(e.to_kv(k, req.keys_only));
+                            kvs.push(self.to_kv(k, h, i, req.keys_only)?);
                         }
                     }
                 }
@@ -474,59 +583,63 @@ impl KvStore {
         Ok(())
     }
 
+    /// Writes see the newest version of each key: every retained version is at or below
+    /// the read revision of the write (`ctx.read_rev()`), so what a write depends on is
+    /// always in memory and applying never reads the cold store.
     fn do_put(&mut self, ctx: &mut WriteCtx, req: PutRequest) -> PutResponse {
-        let read = ctx.read_rev();
         let rev = ctx.write_rev();
-        let sub = ctx.changes;
+        let sub = sub_u32(ctx.changes);
         ctx.changes += 1;
         let PutRequest { key, value, prev_kv, ignore_value, ignore_lease, .. } = req;
         // Leases are not stored (see LeasePolicy): every key has lease 0.
         let _ = ignore_lease;
         let mut resp = PutResponse { header: header(rev), prev_kv: None };
-        match self.map.get_mut(&key[..]) {
+        let KvStore { map, cold, cold_live, .. } = self;
+        match map.get_mut(&key[..]) {
             Some(h) => {
-                let (create, version, value) = match h.at(read) {
-                    Some(p) => {
+                debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
+                let (create, version, value) = match h.newest_live() {
+                    Some(i) => {
+                        let p = h.revs[i];
                         if prev_kv {
-                            resp.prev_kv = Some(p.to_kv(&key, false));
+                            resp.prev_kv = Some(newest_kv(&key, h));
                         }
-                        let value = if ignore_value { p.value.clone() } else { value };
+                        let value = if ignore_value { h.latest.clone() } else { value };
                         (p.create, p.version + 1, value)
                     }
                     // Unreachable after the checks when ignore_value is set.
                     None => (rev, 1, if ignore_value { Bytes::new() } else { value }),
                 };
-                h.entries.push(Entry { main: rev, sub, create, version, lease: 0, value });
+                let r = Rev { main: rev, sub, create, version, vlen: len_u32(&value), pos: 0 };
+                h.push(cold, cold_live, r, value);
             }
             None => {
                 let value = if ignore_value { Bytes::new() } else { value };
-                let entry = Entry { main: rev, sub, create: rev, version: 1, lease: 0, value };
-                self.map.insert(key, KeyHistory { entries: vec![entry] });
+                let r = Rev { main: rev, sub, create: rev, version: 1, vlen: len_u32(&value), pos: 0 };
+                map.insert(key, KeyHistory { revs: vec![r], latest: value });
             }
         }
         resp
     }
 
+    /// Like [`KvStore::do_put`], reads only the newest versions.
     fn do_delete(&mut self, ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> DeleteRangeResponse {
-        let read = ctx.read_rev();
         let rev = ctx.write_rev();
         let mut deleted = 0i64;
         let mut prev_kvs = Vec::new();
+        let KvStore { map, cold, cold_live, .. } = self;
         if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
-            for (k, h) in self.map.range_mut::<[u8], _>(bounds) {
-                let Some(p) = h.at(read) else { continue };
+            for (k, h) in map.range_mut::<[u8], _>(bounds) {
+                debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
+                if h.newest_live().is_none() {
+                    continue;
+                }
                 if req.prev_kv {
-                    prev_kvs.push(p.to_kv(k, false));
+                    prev_kvs.push(newest_kv(k, h));
                 }
                 deleted += 1;
-                h.entries.push(Entry {
-                    main: rev,
-                    sub: ctx.changes,
-                    create: 0,
-                    version: 0,
-                    lease: 0,
-                    value: Bytes::new(),
-                });
+                let r = Rev { main: rev, sub: sub_u32(ctx.changes), create: 0, version: 0, vlen: 0, pos: 0 };
+                h.push(cold, cold_live, r, Bytes::new());
                 ctx.changes += 1;
             }
         }
@@ -539,32 +652,42 @@ impl KvStore {
     /// Evaluates the compares of `req` and of the nested transactions on the
     /// taken branches, all against revision `rev` (the state before the
     /// transaction), in pre-order.
-    fn compare_path(&self, req: &TxnRequest, rev: i64, path: &mut Vec<bool>) {
-        let ok = req.compare.iter().all(|c| self.eval_compare(c, rev));
+    fn compare_path(&self, req: &TxnRequest, rev: i64, path: &mut Vec<bool>) -> Result<(), KvError> {
+        let mut ok = true;
+        for c in &req.compare {
+            if !self.eval_compare(c, rev)? {
+                ok = false;
+                break;
+            }
+        }
         path.push(ok);
         let ops = if ok { &req.success } else { &req.failure };
         for op in ops {
             if let Some(Op::RequestTxn(t)) = &op.request {
-                self.compare_path(t, rev, path);
+                self.compare_path(t, rev, path)?;
             }
         }
+        Ok(())
     }
 
-    fn eval_compare(&self, c: &Compare, rev: i64) -> bool {
+    fn eval_compare(&self, c: &Compare, rev: i64) -> Result<bool, KvError> {
         let end: &[u8] = &c.range_end;
         let Some(bounds) = key_bounds(&c.key, end) else {
-            return self.compare_missing(c);
+            return Ok(self.compare_missing(c));
         };
         let mut any = false;
+        let by_value = c.target == CompareTarget::Value as i32;
         for (_, h) in self.map.range::<[u8], _>(bounds) {
-            if let Some(e) = h.at(rev) {
+            if let Some(i) = h.at(rev) {
                 any = true;
-                if !compare_entry(c, e.create, e.main, e.version, e.lease, &e.value) {
-                    return false;
+                let value = if by_value { self.value_of(h, i).map_err(KvError::cold)? } else { Bytes::new() };
+                let r = &h.revs[i];
+                if !compare_entry(c, r.create, r.main, r.version, 0, &value) {
+                    return Ok(false);
                 }
             }
         }
-        any || self.compare_missing(c)
+        Ok(any || self.compare_missing(c))
     }
 
     /// Compare against a key that does not exist: a value compare always
@@ -624,6 +747,7 @@ impl KvStore {
         req: &TxnRequest,
         path: &[bool],
         pos: &mut usize,
+        failed: &mut Option<KvError>,
     ) -> TxnResponse {
         let succeeded = path.get(*pos).copied().unwrap_or(false);
         *pos += 1;
@@ -632,15 +756,19 @@ impl KvStore {
         for op in ops {
             let response = match &op.request {
                 Some(Op::RequestRange(r)) => {
-                    // Checked beforehand; an error cannot happen here.
-                    let rr = self.do_range(r, ctx.read_rev()).unwrap_or_default();
+                    // Revisions were checked beforehand; only reading a past version
+                    // from the cold store can fail, which changes no state.
+                    let rr = self.do_range(r, ctx.read_rev()).unwrap_or_else(|e| {
+                        failed.get_or_insert(e);
+                        RangeResponse::default()
+                    });
                     Some(OpResp::ResponseRange(rr))
                 }
                 Some(Op::RequestPut(p)) => Some(OpResp::ResponsePut(self.do_put(ctx, p.clone()))),
                 Some(Op::RequestDeleteRange(d)) => Some(OpResp::ResponseDeleteRange(self.do_delete(ctx, d))),
                 Some(Op::RequestTxn(t)) => {
                     // Like etcd, a nested response header carries no revision.
-                    let mut r = self.apply_txn(ctx, t, path, pos);
+                    let mut r = self.apply_txn(ctx, t, path, pos, failed);
                     r.header = Some(ResponseHeader::default());
                     Some(OpResp::ResponseTxn(r))
                 }
@@ -650,6 +778,57 @@ impl KvStore {
         }
         TxnResponse { header: None, succeeded, responses }
     }
+}
+
+/// The value of version `i` of `h`, whose older values are in `cold`.
+pub(crate) fn value_in(cold: &ColdStore, h: &KeyHistory, i: usize) -> std::io::Result<Bytes> {
+    if i + 1 == h.revs.len() {
+        return Ok(h.latest.clone());
+    }
+    let r = h.revs.get(i).ok_or_else(|| std::io::Error::other("no such version"))?;
+    cold.read(r.pos, r.vlen)
+}
+
+/// The newest version of `h` as a KeyValue (its value is in memory).
+fn newest_kv(key: &Bytes, h: &KeyHistory) -> KeyValue {
+    let r = h.revs.last().copied().unwrap_or(Rev { main: 0, create: 0, version: 0, sub: 0, vlen: 0, pos: 0 });
+    KeyValue {
+        key: key.clone(),
+        create_revision: r.create,
+        mod_revision: r.main,
+        version: r.version,
+        value: h.latest.clone(),
+        lease: 0,
+    }
+}
+
+fn sub_u32(changes: i64) -> u32 {
+    // A transaction cannot change 2^32 keys: it would not fit in memory.
+    u32::try_from(changes).unwrap_or(u32::MAX)
+}
+
+fn len_u32(value: &[u8]) -> u32 {
+    // Values are bounded by the request size limit, far below 4 GiB (see validate_put).
+    u32::try_from(value.len()).unwrap_or(u32::MAX)
+}
+
+fn to_kv(
+    cold: &ColdStore,
+    key: &Bytes,
+    h: &KeyHistory,
+    i: usize,
+    keys_only: bool,
+) -> Result<KeyValue, KvError> {
+    let r = h.revs[i];
+    let value = if keys_only { Bytes::new() } else { value_in(cold, h, i).map_err(KvError::cold)? };
+    Ok(KeyValue {
+        key: key.clone(),
+        create_revision: r.create,
+        mod_revision: r.main,
+        version: r.version,
+        value,
+        lease: 0,
+    })
 }
 
 fn compare_entry(c: &Compare, create: i64, modr: i64, version: i64, lease: i64, value: &[u8]) -> bool {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 
 use raftkv_api::Command;
-use raftkv_kv::{ApplyResult, KvConfig, KvError, KvStore, SnapshotPoint};
+use raftkv_kv::{ApplyResult, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
 use serde::{Deserialize, Serialize};
 
 use crate::node::{StateMachine, Visit};
@@ -34,7 +34,6 @@ pub enum Output {
     Published,
 }
 
-#[derive(Clone)]
 pub struct KvMachine {
     pub kv: KvStore,
     pub members: BTreeMap<u64, MemberAttributes>,
@@ -42,8 +41,16 @@ pub struct KvMachine {
 }
 
 impl KvMachine {
+    /// A state machine that keeps superseded values in memory.
+    #[cfg(test)]
     pub fn new(config: KvConfig) -> KvMachine {
-        KvMachine { kv: KvStore::with_config(config.clone()), members: BTreeMap::new(), config }
+        Self::with_cold_store(config, ColdStore::memory())
+    }
+
+    /// A state machine that keeps superseded values in `cold` (see [`ColdStore`]); a
+    /// restored snapshot gets a fresh store of the same kind.
+    pub fn with_cold_store(config: KvConfig, cold: ColdStore) -> KvMachine {
+        KvMachine { kv: KvStore::with_cold_store(config.clone(), cold), members: BTreeMap::new(), config }
     }
 
     /// Encodes a publish entry.
@@ -104,7 +111,9 @@ impl StateMachine for KvMachine {
 
     fn restore(&mut self, r: &mut dyn Read) -> Result<(), String> {
         let mut r = BufReader::new(r);
-        let kv = KvStore::restore_with_config(&mut r, self.config.clone()).map_err(|e| e.to_string())?;
+        let cold =
+            self.kv.cold_store().fresh().map_err(|e| format!("cannot create the history cache file: {e}"))?;
+        let kv = KvStore::restore_with(&mut r, self.config.clone(), cold).map_err(|e| e.to_string())?;
         let mut len = [0u8; 4];
         r.read_exact(&mut len).map_err(|e| format!("snapshot members section: {e}"))?;
         let len = u32::from_le_bytes(len) as usize;

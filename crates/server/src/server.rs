@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftkv_kv::{KvConfig, LeasePolicy};
+use raftkv_kv::{ColdStore, KvConfig, LeasePolicy};
 use raftkv_raft::NodeId;
 use raftkv_storage::{LogOptions, NodeIds, RealFs, Storage, SyncMode};
 use raftkv_transport::{Transport, TransportConfig};
@@ -74,7 +74,11 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
 
     // The driver.
     let kv_config = KvConfig { max_txn_ops: config.max_txn_ops, lease_policy: LeasePolicy::Ignore };
-    let sm = KvMachine::new(kv_config);
+    // Superseded values (the MVCC history) live in an unnamed cache file, off the heap.
+    let member_dir = member::member_dir(&config.data_dir);
+    let cold = ColdStore::temp_file_in(&member_dir)
+        .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
+    let sm = KvMachine::with_cold_store(kv_config, cold);
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
         voters: record.members.iter().map(|m| NodeId(m.id)).collect(),
