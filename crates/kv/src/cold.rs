@@ -44,12 +44,11 @@ pub struct ColdStore {
 /// Default for [`ColdStore::set_rewrite_threshold`].
 const DEFAULT_MIN_GARBAGE: u64 = 16 << 20;
 
+/// Positions are linear for both backends: the n-th byte ever appended is at position n.
 #[derive(Debug)]
 enum Backend {
-    /// Positions are `chunk << 32 | offset in chunk`.
-    Memory {
-        chunks: Vec<Vec<u8>>,
-    },
+    /// `starts[i]` is the position of `chunks[i][0]`.
+    Memory { chunks: Vec<Vec<u8>>, starts: Vec<u64> },
     File(FileBackend),
 }
 
@@ -91,7 +90,7 @@ impl ColdStore {
     /// A store that keeps the values in memory (compactly, without a heap block per value).
     pub fn memory() -> ColdStore {
         ColdStore {
-            backend: Backend::Memory { chunks: Vec::new() },
+            backend: Backend::Memory { chunks: Vec::new(), starts: Vec::new() },
             appended: 0,
             min_garbage: DEFAULT_MIN_GARBAGE,
         }
@@ -160,7 +159,7 @@ impl ColdStore {
     /// Bytes held in memory: the arena, or the file store's unwritten tail.
     pub fn memory_bytes(&self) -> u64 {
         match &self.backend {
-            Backend::Memory { chunks } => chunks.iter().map(|c| c.capacity() as u64).sum(),
+            Backend::Memory { chunks, .. } => chunks.iter().map(|c| c.capacity() as u64).sum(),
             Backend::File(f) => f.tail.capacity() as u64,
         }
     }
@@ -173,25 +172,26 @@ impl ColdStore {
         }
     }
 
-    /// Stores `value` and returns its position. Never fails (see the module docs).
+    /// Stores `value` and returns its position, which is [`ColdStore::appended_bytes`]
+    /// before the call. Never fails (see the module docs).
     pub(crate) fn append(&mut self, value: &[u8]) -> ColdPos {
+        let pos = self.appended;
         self.appended += value.len() as u64;
         match &mut self.backend {
-            Backend::Memory { chunks } => {
+            Backend::Memory { chunks, starts } => {
                 let fits = chunks.last().is_some_and(|c| c.capacity() - c.len() >= value.len());
                 if !fits {
                     let last = chunks.last().map_or(0, |c| c.capacity());
                     let cap = (last * 2).clamp(MIN_CHUNK, MAX_CHUNK).max(value.len());
                     chunks.push(Vec::with_capacity(cap));
+                    starts.push(pos);
                 }
-                let idx = chunks.len() - 1;
-                let chunk = &mut chunks[idx];
-                let pos = ((idx as u64) << 32) | chunk.len() as u64;
-                chunk.extend_from_slice(value);
+                if let Some(chunk) = chunks.last_mut() {
+                    chunk.extend_from_slice(value);
+                }
                 pos
             }
             Backend::File(f) => {
-                let pos = f.written + f.tail.len() as u64;
                 if f.tail.capacity() == 0 {
                     f.tail.reserve(f.block);
                 }
@@ -206,30 +206,53 @@ impl ColdStore {
 
     /// Reads back `len` bytes stored at `pos`.
     pub(crate) fn read(&self, pos: ColdPos, len: u32) -> io::Result<Bytes> {
-        let len = len as usize;
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("no value at {pos:#x}+{len}"));
+        let mut buf = vec![0u8; len as usize];
+        self.read_into(pos, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Fills `buf` with the bytes stored from `pos` on (any span of appended bytes, also
+    /// across values).
+    pub(crate) fn read_into(&self, pos: ColdPos, buf: &mut [u8]) -> io::Result<()> {
+        let end = pos.checked_add(buf.len() as u64).filter(|&e| e <= self.appended);
+        let Some(end) = end else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no value at {pos}+{} (store holds {} bytes)", buf.len(), self.appended),
+            ));
+        };
         match &self.backend {
-            Backend::Memory { chunks } => {
-                let chunk = chunks.get((pos >> 32) as usize).ok_or_else(bad)?;
-                let at = (pos & u64::from(u32::MAX)) as usize;
-                let v = chunk.get(at..at.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
-                Ok(Bytes::copy_from_slice(v))
+            Backend::Memory { chunks, starts } => {
+                let mut at = pos;
+                let mut out = 0usize;
+                let mut i = starts.partition_point(|&s| s <= pos).saturating_sub(1);
+                while at < end {
+                    let (Some(chunk), Some(&start)) = (chunks.get(i), starts.get(i)) else {
+                        return Err(io::Error::other("memory store chunks out of step"));
+                    };
+                    let from = (at - start) as usize;
+                    let n = (chunk.len().saturating_sub(from)).min((end - at) as usize);
+                    buf[out..out + n].copy_from_slice(&chunk[from..from + n]);
+                    out += n;
+                    at += n as u64;
+                    i += 1;
+                }
+                Ok(())
             }
             Backend::File(f) => {
-                if pos >= f.written {
-                    let at = usize::try_from(pos - f.written).map_err(|_| bad())?;
-                    let v = f.tail.get(at..at.checked_add(len).ok_or_else(bad)?).ok_or_else(bad)?;
-                    return Ok(Bytes::copy_from_slice(v));
+                let split = (f.written.clamp(pos, end) - pos) as usize;
+                let (in_file, in_tail) = buf.split_at_mut(split);
+                if !in_file.is_empty() {
+                    f.file.read_exact_at(in_file, pos)?;
                 }
-                if pos + len as u64 > f.written {
-                    return Err(bad());
+                if !in_tail.is_empty() {
+                    let from = (pos + split as u64 - f.written) as usize;
+                    in_tail.copy_from_slice(&f.tail[from..from + in_tail.len()]);
                 }
-                let mut buf = vec![0u8; len];
-                f.file.read_exact_at(&mut buf, pos)?;
-                Ok(Bytes::from(buf))
+                Ok(())
             }
         }
     }
@@ -253,6 +276,14 @@ mod tests {
             assert_eq!(&s.read(*pos, v.len() as u32).expect("read")[..], &v[..]);
         }
         assert!(s.read(u64::MAX - 1, 10).is_err(), "a position never handed out is an error");
+        assert!(s.read(s.appended_bytes() - 1, 2).is_err(), "reading past the end is an error");
+        // Any span reads back, across values and chunks.
+        let all: Vec<u8> = stored.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        for (from, len) in [(0usize, all.len()), (5, 70_000), (all.len() - 3_000_000, 2_999_999)] {
+            let mut buf = vec![0u8; len];
+            s.read_into(from as u64, &mut buf).expect("span");
+            assert_eq!(buf, all[from..from + len]);
+        }
         assert_eq!(s.appended_bytes(), stored.iter().map(|(_, v)| v.len() as u64).sum::<u64>());
     }
 
