@@ -69,7 +69,26 @@ fn main() {
     let dt = t.elapsed();
     println!("get:   {:>8.0} ops/s ({found} found)", N as f64 / dt.as_secs_f64());
     let t = Instant::now();
-    let mut buf = Vec::new();
-    let _ = s.snapshot(&mut buf);
-    println!("snapshot of {} versions: {} MiB in {:?}", s.retained_versions(), buf.len() >> 20, t.elapsed());
+    let Ok(mut file) = tempfile::tempfile() else {
+        eprintln!("cannot create a temporary file for the snapshot");
+        return;
+    };
+    if let Err(e) = s.snapshot(&mut file) {
+        eprintln!("snapshot: {e}");
+        return;
+    }
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    println!("snapshot of {} versions: {} MiB in {:?}", s.retained_versions(), size >> 20, t.elapsed());
+    let t = Instant::now();
+    let restored = match (std::io::Seek::rewind(&mut file), s.cold_store().fresh()) {
+        (Ok(()), Ok(cold)) => {
+            KvStore::restore_with(&mut std::io::BufReader::new(&mut file), Default::default(), cold)
+                .map_err(|e| e.to_string())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    match restored {
+        Ok(r) => println!("restore: {} versions in {:?}", r.retained_versions(), t.elapsed()),
+        Err(e) => eprintln!("restore: {e}"),
+    }
 }

@@ -48,7 +48,10 @@ const DEFAULT_MIN_GARBAGE: u64 = 16 << 20;
 #[derive(Debug)]
 enum Backend {
     /// `starts[i]` is the position of `chunks[i][0]`.
-    Memory { chunks: Vec<Vec<u8>>, starts: Vec<u64> },
+    Memory {
+        chunks: Vec<Vec<u8>>,
+        starts: Vec<u64>,
+    },
     File(FileBackend),
 }
 

@@ -2,19 +2,30 @@
 //!
 //! ```text
 //! magic   "RAFTKVS\0"                      8 bytes
-//! format  u32 = 2
+//! format  u32 = 3
 //! body:
 //!   revision i64, compact_revision i64
 //!   per key (ascending): key_len u32, key, entry_count u32,
-//!     per entry (ascending): main i64, sub i64, create i64, version i64,
-//!                            lease i64, value_len u32, value
+//!     per entry (ascending): main i64, sub u32, create i64, version i64, value_len u32,
+//!       then for the key's last entry: the value;
+//!       for the others: value_pos u64 (where the value is in the cold section)
 //!   end of keys: u32 = 0xFFFF_FFFF in place of a key_len
+//!   cold section: cold_len u64, cold_len bytes
 //! crc     u32 = CRC32C of body
 //! ```
 //!
-//! Format 1 (still read) had `key_count u64` after the revisions and no end marker.
-//! The end marker lets a snapshot be written from a live store ([`KvStore::pin`]):
-//! the key count is not known until the end.
+//! The cold section is the store's [`crate::ColdStore`] as it was when the snapshot was
+//! pinned, copied in large sequential blocks: the values of superseded versions are not
+//! looked up one by one, and a restore streams them back into its own cold store at the
+//! same positions. It may hold values of versions that compaction discarded (garbage the
+//! cold store has not reclaimed yet); only the referenced spans are ever read.
+//!
+//! Older formats are still read. Format 2 wrote every entry as main i64, sub i64,
+//! create i64, version i64, lease i64, value_len u32, value, and had no cold section;
+//! format 1 was format 2 with `key_count u64` after the revisions and no end marker. The
+//! end marker lets a snapshot be written from a live store ([`KvStore::pin`]): the key
+//! count is not known until the end. [`KvStore::digest`] hashes the format 2 body, which
+//! does not depend on where values are kept.
 //!
 //! Restoring validates the checksum and the structure (sorted keys and
 //! revisions, revisions within bounds) and never allocates more than the
@@ -33,9 +44,13 @@ use crate::store::{KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
 /// Format 1 counted the keys up front; format 2 ends the keys with [`END_OF_KEYS`], so a
-/// snapshot can be written while the store changes. Both are read.
-const FORMAT: u32 = 2;
+/// snapshot can be written while the store changes; format 3 adds the cold section. All
+/// are read.
+const FORMAT: u32 = 3;
+const FORMAT_INLINE: u32 = 2;
 const FORMAT_COUNTED: u32 = 1;
+/// Cold section bytes copied per visit to the store.
+const COLD_PER_VISIT: usize = 1 << 20;
 /// In place of a key length: no more keys.
 const END_OF_KEYS: u32 = u32::MAX;
 /// Largest chunk buffered ahead of data that has actually been read.
@@ -79,6 +94,8 @@ fn len_u32(n: usize) -> io::Result<u32> {
 pub struct SnapshotPoint {
     rev: i64,
     compacted: i64,
+    /// Bytes in the cold store at the pin: every value the snapshot refers to is below.
+    cold_len: u64,
 }
 
 impl SnapshotPoint {
@@ -94,7 +111,8 @@ type StoreVisit<'a> = dyn FnMut(&mut dyn FnMut(&KvStore)) + 'a;
 /// Keys serialised per visit to the store (per lock acquisition, for a shared store).
 const KEYS_PER_VISIT: usize = 1024;
 
-fn put_entries(
+/// A key's versions in format 2 (every value inline): for the digest.
+fn put_entries_inline(
     out: &mut Vec<u8>,
     key: &[u8],
     h: &KeyHistory,
@@ -117,6 +135,36 @@ fn put_entries(
     Ok(())
 }
 
+/// A key's versions in format 3: the last one's value inline, the others' positions.
+fn put_entries(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    h: &KeyHistory,
+    range: std::ops::Range<usize>,
+    cold: &ColdStore,
+) -> io::Result<()> {
+    out.extend_from_slice(&len_u32(key.len())?.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&len_u32(range.len())?.to_le_bytes());
+    let last = range.end - 1;
+    for i in range {
+        let e = &h.revs[i];
+        out.extend_from_slice(&e.main.to_le_bytes());
+        out.extend_from_slice(&e.sub.to_le_bytes());
+        out.extend_from_slice(&e.create.to_le_bytes());
+        out.extend_from_slice(&e.version.to_le_bytes());
+        out.extend_from_slice(&e.vlen.to_le_bytes());
+        if i == last {
+            // The newest version at the pin: in memory then, maybe in the cold store now.
+            out.extend_from_slice(&value_in(cold, h, i)?);
+        } else {
+            // Superseded before the pin: in the cold store below the pinned length.
+            out.extend_from_slice(&e.pos.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
 impl KvStore {
     /// Captures the current state for a snapshot that is written while writes go on
     /// ([`KvStore::write_pinned`]). Cheap: nothing is copied. Every write after this adds
@@ -125,7 +173,11 @@ impl KvStore {
     /// either way), so the versions the snapshot needs stay in place.
     pub fn pin(&mut self) -> SnapshotPoint {
         self.pins += 1;
-        SnapshotPoint { rev: self.rev, compacted: self.compacted }
+        self.point()
+    }
+
+    fn point(&self) -> SnapshotPoint {
+        SnapshotPoint { rev: self.rev, compacted: self.compacted, cold_len: self.cold.appended_bytes() }
     }
 
     /// Ends a [`KvStore::pin`]; the last one carries out a deferred compaction.
@@ -150,13 +202,19 @@ impl KvStore {
         bw.write_all(MAGIC)?;
         bw.write_all(&FORMAT.to_le_bytes())?;
         let mut cw = CrcWriter { inner: &mut bw, crc: 0 };
-        Self::write_body(point, &mut cw, &mut visit)?;
+        Self::write_body(point, &mut cw, &mut visit, false)?;
         let crc = cw.crc;
         bw.write_all(&crc.to_le_bytes())?;
         bw.flush()
     }
 
-    fn write_body(point: &SnapshotPoint, w: &mut impl Write, visit: &mut StoreVisit<'_>) -> io::Result<()> {
+    /// The body in format 3, or in format 2 with `inline` (for the digest).
+    fn write_body(
+        point: &SnapshotPoint,
+        w: &mut impl Write,
+        visit: &mut StoreVisit<'_>,
+        inline: bool,
+    ) -> io::Result<()> {
         w.write_all(&point.rev.to_le_bytes())?;
         w.write_all(&point.compacted.to_le_bytes())?;
         let mut cursor: Option<Bytes> = None;
@@ -177,8 +235,9 @@ impl KvStore {
                     };
                     cursor = Some(k.clone());
                     let range = retained(&h.revs, point.rev, point.compacted);
+                    let put = if inline { put_entries_inline } else { put_entries };
                     if !range.is_empty()
-                        && let Err(e) = put_entries(&mut out, k, h, range, &store.cold)
+                        && let Err(e) = put(&mut out, k, h, range, &store.cold)
                     {
                         failed = Some(e);
                         return;
@@ -194,14 +253,29 @@ impl KvStore {
                 break;
             }
         }
-        w.write_all(&END_OF_KEYS.to_le_bytes())
+        w.write_all(&END_OF_KEYS.to_le_bytes())?;
+        if inline {
+            return Ok(());
+        }
+        // The cold section: append-only while pinned, so the pinned prefix stays as it was.
+        w.write_all(&point.cold_len.to_le_bytes())?;
+        let mut buf = vec![0u8; COLD_PER_VISIT.min(usize::try_from(point.cold_len).unwrap_or(usize::MAX))];
+        let mut at = 0u64;
+        while at < point.cold_len {
+            let n = (point.cold_len - at).min(buf.len() as u64) as usize;
+            let mut read = Ok(());
+            visit(&mut |store: &KvStore| read = store.cold.read_into(at, &mut buf[..n]));
+            read?;
+            w.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Writes the full MVCC state (every retained version, the current and
     /// compacted revision). The configuration is not included.
     pub fn snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        let point = SnapshotPoint { rev: self.rev, compacted: self.compacted };
-        Self::write_pinned(&point, w, |f| f(self))
+        Self::write_pinned(&self.point(), w, |f| f(self))
     }
 
     /// Rebuilds a store from [`KvStore::snapshot`] output, with the default
@@ -229,11 +303,11 @@ impl KvStore {
             return Err(KvError::corrupt("bad magic (not a kv snapshot)"));
         }
         let format = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if format != FORMAT && format != FORMAT_COUNTED {
+        if ![FORMAT, FORMAT_INLINE, FORMAT_COUNTED].contains(&format) {
             return Err(KvError::corrupt(format!("unsupported format version {format}")));
         }
         let mut cr = CrcReader { inner: r, crc: 0 };
-        let parsed = parse_body(&mut cr, format == FORMAT_COUNTED, &mut cold);
+        let parsed = parse_body(&mut cr, format, &mut cold);
         let body_crc = cr.crc;
         let (rev, compacted, map, cold_live) = parsed?;
         let mut tail = [0u8; 4];
@@ -250,11 +324,10 @@ impl KvStore {
     /// CRC32C of the canonical encoding of the full MVCC state: equal on
     /// replicas that applied the same commands.
     pub fn digest(&self) -> u32 {
-        let point = SnapshotPoint { rev: self.rev, compacted: self.compacted };
         let mut cw = CrcWriter { inner: io::sink(), crc: 0 };
-        // Writing to a sink cannot fail; lengths above u32 (impossible for
-        // keys and values accepted over gRPC) would end the digest early.
-        let _ = Self::write_body(&point, &mut cw, &mut |f| f(self));
+        // Writing to a sink cannot fail; lengths above u32 (impossible for keys and values
+        // accepted over gRPC) or a failed read of the cold store end the digest early.
+        let _ = Self::write_body(&self.point(), &mut cw, &mut |f| f(self), true);
         cw.crc
     }
 }
@@ -273,6 +346,12 @@ fn read_i64(r: &mut impl Read) -> Result<i64, KvError> {
     let mut b = [0u8; 8];
     read_exact(r, &mut b)?;
     Ok(i64::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut impl Read) -> Result<u64, KvError> {
+    let mut b = [0u8; 8];
+    read_exact(r, &mut b)?;
+    Ok(u64::from_le_bytes(b))
 }
 
 fn read_u32(r: &mut impl Read) -> Result<u32, KvError> {
@@ -301,7 +380,12 @@ fn vlen_checked(value: &[u8]) -> Result<u32, KvError> {
 
 type Body = (i64, i64, BTreeMap<Bytes, KeyHistory>, u64);
 
-fn parse_body(r: &mut impl Read, counted: bool, cold: &mut ColdStore) -> Result<Body, KvError> {
+fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Body, KvError> {
+    let counted = format == FORMAT_COUNTED;
+    let with_cold = format == FORMAT;
+    // Positions in the cold section become positions in `cold` (empty, normally).
+    let base = cold.appended_bytes();
+    let mut cold_end = 0u64;
     let rev = read_i64(r)?;
     let compacted = read_i64(r)?;
     if rev < 1 || compacted < -1 || compacted > rev {
@@ -331,7 +415,30 @@ fn parse_body(r: &mut impl Read, counted: bool, cold: &mut ColdStore) -> Result<
             return Err(KvError::corrupt("key without versions"));
         }
         let mut h = KeyHistory { revs: Vec::with_capacity((n as usize).min(16)), latest: Bytes::new() };
-        for _ in 0..n {
+        for j in 0..n {
+            if with_cold {
+                let main = read_i64(r)?;
+                let sub = read_u32(r)?;
+                let create = read_i64(r)?;
+                let version = read_i64(r)?;
+                let vlen = read_u32(r)?;
+                let ordered = h.revs.last().is_none_or(|p| (p.main, p.sub) < (main, sub));
+                if !ordered || main < 1 || main > rev || version < 0 || create > main {
+                    return Err(KvError::corrupt("invalid version record"));
+                }
+                if j + 1 == n {
+                    h.latest = read_bytes(r, vlen)?;
+                    h.revs.push(Rev { main, sub, create, version, vlen, pos: 0 });
+                } else {
+                    let pos = read_u64(r)?;
+                    let end =
+                        pos.checked_add(u64::from(vlen)).ok_or_else(|| KvError::corrupt("value position"))?;
+                    cold_end = cold_end.max(end);
+                    cold_live += u64::from(vlen);
+                    h.revs.push(Rev { main, sub, create, version, vlen, pos: base + pos });
+                }
+                continue;
+            }
             let main = read_i64(r)?;
             let sub = read_i64(r)?;
             let create = read_i64(r)?;
@@ -355,6 +462,23 @@ fn parse_body(r: &mut impl Read, counted: bool, cold: &mut ColdStore) -> Result<
         h.revs.shrink_to_fit();
         last_key = Some(key.clone());
         map.insert(key, h);
+    }
+    if with_cold {
+        let len = read_u64(r)?;
+        if cold_end > len {
+            return Err(KvError::corrupt(format!(
+                "a value at {cold_end} is past the cold section ({len} bytes)"
+            )));
+        }
+        // Streamed into the store as it arrives: nothing is allocated ahead of the input.
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            read_exact(r, &mut buf[..n])?;
+            cold.append(&buf[..n]);
+            left -= n as u64;
+        }
     }
     Ok((rev, compacted, map, cold_live))
 }
