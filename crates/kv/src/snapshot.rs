@@ -111,6 +111,14 @@ type StoreVisit<'a> = dyn FnMut(&mut dyn FnMut(&KvStore)) + 'a;
 /// Keys serialised per visit to the store (per lock acquisition, for a shared store).
 const KEYS_PER_VISIT: usize = 1024;
 
+/// What precedes a key's versions in every format since 2.
+fn put_key(out: &mut Vec<u8>, key: &[u8], versions: usize) -> io::Result<()> {
+    out.extend_from_slice(&len_u32(key.len())?.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&len_u32(versions)?.to_le_bytes());
+    Ok(())
+}
+
 /// A key's versions in format 2 (every value inline): for the digest.
 fn put_entries_inline(
     out: &mut Vec<u8>,
@@ -119,9 +127,7 @@ fn put_entries_inline(
     range: std::ops::Range<usize>,
     cold: &ColdStore,
 ) -> io::Result<()> {
-    out.extend_from_slice(&len_u32(key.len())?.to_le_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(&len_u32(range.len())?.to_le_bytes());
+    put_key(out, key, range.len())?;
     for i in range {
         let e = &h.revs[i];
         // Leases are not stored: lease 0.
@@ -143,9 +149,7 @@ fn put_entries(
     range: std::ops::Range<usize>,
     cold: &ColdStore,
 ) -> io::Result<()> {
-    out.extend_from_slice(&len_u32(key.len())?.to_le_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(&len_u32(range.len())?.to_le_bytes());
+    put_key(out, key, range.len())?;
     let last = range.end - 1;
     for i in range {
         let e = &h.revs[i];
