@@ -38,6 +38,8 @@ pub struct KvMachine {
     pub kv: KvStore,
     pub members: BTreeMap<u64, MemberAttributes>,
     config: KvConfig,
+    /// A write error of the history cache file is being reported (logged once).
+    cold_error_logged: bool,
 }
 
 impl KvMachine {
@@ -50,7 +52,28 @@ impl KvMachine {
     /// A state machine that keeps superseded values in `cold` (see [`ColdStore`]); a
     /// restored snapshot gets a fresh store of the same kind.
     pub fn with_cold_store(config: KvConfig, cold: ColdStore) -> KvMachine {
-        KvMachine { kv: KvStore::with_cold_store(config.clone(), cold), members: BTreeMap::new(), config }
+        KvMachine {
+            kv: KvStore::with_cold_store(config.clone(), cold),
+            members: BTreeMap::new(),
+            config,
+            cold_error_logged: false,
+        }
+    }
+
+    /// Logs when writing the history cache file starts or stops failing (the values are
+    /// kept in memory meanwhile; nothing is lost).
+    fn report_cold_store(&mut self) {
+        match (self.kv.cold_store().write_error(), self.cold_error_logged) {
+            (Some(e), false) => {
+                tracing::warn!(error = %e, "cannot write the history cache file; keeping past versions in memory");
+                self.cold_error_logged = true;
+            }
+            (None, true) => {
+                tracing::info!("history cache file writable again");
+                self.cold_error_logged = false;
+            }
+            _ => {}
+        }
     }
 
     /// Encodes a publish entry.
@@ -81,7 +104,9 @@ impl StateMachine for KvMachine {
         match Command::decode_from(data) {
             Ok(cmd) => {
                 let id = cmd.id;
-                Some((id, Output::Kv(self.kv.apply(cmd))))
+                let out = self.kv.apply(cmd);
+                self.report_cold_store();
+                Some((id, Output::Kv(out)))
             }
             Err(e) => {
                 // Every replica skips it alike, so replicas stay equal.
