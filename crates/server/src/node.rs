@@ -227,6 +227,12 @@ fn request_counter_start() -> u64 {
     (now.saturating_sub(EPOCH_2020_MS) as u64).saturating_mul(256)
 }
 
+/// How long queued reads wait for an outstanding read index before asking for their own.
+const READ_WAIT: Duration = Duration::from_millis(50);
+
+/// Where a read barrier's read index (or error) goes.
+type ReadReply = oneshot::Sender<Result<u64, NodeError>>;
+
 enum Event {
     Persisted(LogIndex, Term),
     Applied(LogIndex),
@@ -365,6 +371,8 @@ impl<S: StateMachine> Node<S> {
             applier,
             shutdown: shutdown_rx,
             reads: BTreeMap::new(),
+            read_queue: Vec::new(),
+            read_sent: None,
             next_read: 1,
             staged: BTreeMap::new(),
             snapshots: snapshots_for_driver,
@@ -406,7 +414,14 @@ struct Driver<S: StateMachine> {
     apply: ApplyQueue,
     applier: Arc<Mutex<Applier<S>>>,
     shutdown: watch::Receiver<bool>,
-    reads: BTreeMap<u64, oneshot::Sender<Result<u64, NodeError>>>,
+    /// Read barriers waiting for their read index, by context: one context serves every
+    /// read that arrived in the same batch of requests.
+    reads: BTreeMap<u64, Vec<ReadReply>>,
+    /// Reads that arrived while a read index was outstanding: they go together with the
+    /// next one (fewer read-index requests under load, as etcd does).
+    read_queue: Vec<ReadReply>,
+    /// When the latest read index was asked for.
+    read_sent: Option<Instant>,
     next_read: u64,
     staged: BTreeMap<(LogIndex, Term), StagedSnapshot>,
     snapshots: SnapshotStore,
@@ -436,7 +451,16 @@ impl<S: StateMachine> Driver<S> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => {
+                    self.raft.tick();
+                    // Reads whose clients gave up (e.g. a read index request or its answer
+                    // was lost) are forgotten.
+                    self.reads.retain(|_, batch| {
+                        batch.retain(|r| !r.is_closed());
+                        !batch.is_empty()
+                    });
+                    self.flush_reads();
+                }
                 Some(inbound) = std::future::poll_fn(|cx| self.peers.poll_recv(cx)) => {
                     self.on_inbound(inbound);
                     let mut cx = Context::from_waker(Waker::noop());
@@ -486,7 +510,8 @@ impl<S: StateMachine> Driver<S> {
         for (_, w) in self.shared.waiters.lock().drain() {
             let _ = w.send(Err(NodeError::Stopped));
         }
-        for (_, r) in std::mem::take(&mut self.reads) {
+        let queued = std::mem::take(&mut self.read_queue);
+        for r in std::mem::take(&mut self.reads).into_values().flatten().chain(queued) {
             let _ = r.send(Err(NodeError::Stopped));
         }
     }
@@ -514,16 +539,22 @@ impl<S: StateMachine> Driver<S> {
 
     fn on_requests(&mut self, first: Request) {
         let mut proposals: Vec<(u64, Bytes)> = Vec::new();
-        let mut handle = |req: Request, this: &mut Self| match req {
+        let mut reads: Vec<ReadReply> = Vec::new();
+        let mut handle = |req: Request| match req {
             Request::Propose { id, data } => proposals.push((id, data)),
-            Request::Read { reply } => this.start_read(reply),
+            Request::Read { reply } => reads.push(reply),
         };
-        handle(first, self);
+        handle(first);
         for _ in 0..BATCH_MAX {
             match self.requests.try_recv() {
-                Ok(req) => handle(req, self),
+                Ok(req) => handle(req),
                 Err(_) => break,
             }
+        }
+        if !reads.is_empty() {
+            // Every one of these reads arrived before the read index is asked for, so
+            // one read index serves them all.
+            self.start_read(reads);
         }
         if proposals.is_empty() {
             return;
@@ -594,19 +625,34 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    fn start_read(&mut self, reply: oneshot::Sender<Result<u64, NodeError>>) {
+    fn start_read(&mut self, replies: Vec<ReadReply>) {
+        self.read_queue.extend(replies);
+        self.flush_reads();
+    }
+
+    /// Asks for a read index for the queued reads, unless one is outstanding (and was
+    /// asked for less than [`READ_WAIT`] ago: a lost request holds nobody back for long).
+    fn flush_reads(&mut self) {
+        if self.read_queue.is_empty() {
+            return;
+        }
+        if !self.reads.is_empty() && self.read_sent.is_some_and(|t| t.elapsed() < READ_WAIT) {
+            return;
+        }
+        self.read_sent = Some(Instant::now());
+        let replies = std::mem::take(&mut self.read_queue);
         let context = self.next_read;
         self.next_read += 1;
-        match self.raft.read_index(context) {
+        let error = match self.raft.read_index(context) {
             Ok(()) => {
-                self.reads.insert(context, reply);
+                self.reads.insert(context, replies);
+                return;
             }
-            Err(raftkv_raft::ReadError::TooManyPending) => {
-                let _ = reply.send(Err(NodeError::TooManyRequests));
-            }
-            Err(_) => {
-                let _ = reply.send(Err(NodeError::NoLeader));
-            }
+            Err(raftkv_raft::ReadError::TooManyPending) => NodeError::TooManyRequests,
+            Err(_) => NodeError::NoLeader,
+        };
+        for reply in replies {
+            let _ = reply.send(Err(error.clone()));
         }
     }
 
@@ -658,15 +704,16 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         for rs in rd.read_states {
-            if let Some(reply) = self.reads.remove(&rs.context) {
+            for reply in self.reads.remove(&rs.context).into_iter().flatten() {
                 let _ = reply.send(Ok(rs.index.0));
             }
         }
         for context in rd.failed_reads {
-            if let Some(reply) = self.reads.remove(&context) {
+            for reply in self.reads.remove(&context).into_iter().flatten() {
                 let _ = reply.send(Err(NodeError::NoLeader));
             }
         }
+        self.flush_reads();
         let snapshot = rd.snapshot.map(|meta| {
             let data = self.staged.remove(&(meta.index, meta.term)).unwrap_or_else(|| Box::new(io::empty()));
             (meta, data)
