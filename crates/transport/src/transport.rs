@@ -142,6 +142,7 @@ impl Transport {
             inbound,
             reports,
             known: RwLock::new(BTreeSet::new()),
+            links: RwLock::new(BTreeMap::new()),
             inbound_conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shutdown: shutdown_rx,
@@ -205,6 +206,9 @@ struct PeerLink {
     queued_bytes: AtomicU64,
     unreachable_reported: AtomicBool,
     snapshot_busy: AtomicBool,
+    /// The peer connected to us while this link was down: dial it now, not at the end of
+    /// the backoff (a peer that was down for long would otherwise wait up to `backoff_max`).
+    redial: tokio::sync::Notify,
 }
 
 const LINK_CONNECTING: u8 = 0;
@@ -234,6 +238,8 @@ struct Shared {
     inbound: mpsc::Sender<Inbound>,
     reports: mpsc::Sender<Report>,
     known: RwLock<BTreeSet<NodeId>>,
+    /// Every peer's outbound link, to wake its writer when the peer connects in.
+    links: RwLock<BTreeMap<NodeId, Arc<PeerLink>>>,
     /// The live inbound connection per (peer, stream kind): a newer one replaces (cancels)
     /// the older, so a restarted peer never leaves a half-dead reader behind.
     inbound_conns: Mutex<HashMap<(NodeId, StreamKind), LiveConn>>,
@@ -378,11 +384,15 @@ impl TransportHandle {
             queued_bytes: AtomicU64::new(0),
             unreachable_reported: AtomicBool::new(false),
             snapshot_busy: AtomicBool::new(false),
+            redial: tokio::sync::Notify::new(),
         });
         let span = debug_span!("peer", node = %shared.local_id, peer = %id, %addr);
         tokio::spawn(run_peer(shared.clone(), link.clone(), addr.clone(), rx).instrument(span));
         if let Ok(mut known) = shared.known.write() {
             known.insert(id);
+        }
+        if let Ok(mut links) = shared.links.write() {
+            links.insert(id, link.clone());
         }
         if let Ok(mut peers) = self.inner.peers.write() {
             // Replacing an entry drops its sender, which ends the old writer task.
@@ -394,6 +404,9 @@ impl TransportHandle {
     /// connections are refused.
     pub fn remove_peer(&self, id: NodeId) {
         let shared = &self.inner.shared;
+        if let Ok(mut links) = shared.links.write() {
+            links.remove(&id);
+        }
         if let Ok(mut known) = shared.known.write() {
             known.remove(&id);
         }
@@ -634,6 +647,10 @@ async fn run_peer(shared: Arc<Shared>, link: Arc<PeerLink>, addr: String, mut rx
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = link.redial.notified() => {
+                debug!("the peer connected to us: dialing it now");
+                backoff.reset();
+            }
             _ = stopped(shared.shutdown.clone()) => return,
         }
         if rx.is_closed() {
@@ -899,6 +916,13 @@ async fn serve_inbound_inner(
     let peer = hello.from;
     debug!(peer = %peer, stream = ?hello.stream, "accepted");
     let (conn_id, cancel) = register_conn(shared, peer, hello.stream);
+    // The peer is up: if our link to it is down, dial now instead of after the backoff.
+    if let Ok(links) = shared.links.read()
+        && let Some(link) = links.get(&peer)
+        && link.state.load(Ordering::Acquire) == LINK_DOWN
+    {
+        link.redial.notify_one();
+    }
     let result = tokio::select! {
         r = async {
             match hello.stream {

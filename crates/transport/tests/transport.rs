@@ -594,3 +594,44 @@ async fn throughput_two_transports() {
         s.batches_sent
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_connects_in_is_dialed_without_waiting_for_the_backoff() {
+    // Node 1's backoff towards node 2 is long (30 s after the first failed dial).
+    let mut c1 = config(CLUSTER, 1, any_addr());
+    c1.backoff_min = Duration::from_secs(30);
+    c1.backoff_max = Duration::from_secs(30);
+    let mut a = start(c1).await;
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr2 = reserved.local_addr().unwrap();
+    drop(reserved);
+    a.t.add_peer(NodeId(2), addr2.to_string());
+    // Wait until node 1 has failed to dial node 2 and sleeps in its backoff.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.t.stats().connect_failures == 0 {
+        let _ = a.t.send(hb(1, 2, 0));
+        assert!(Instant::now() < deadline, "node 1 never tried to dial");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Node 2 comes up and talks to node 1 first.
+    let mut b = start(config(CLUSTER, 2, addr2)).await;
+    b.t.add_peer(NodeId(1), a.t.local_addr().to_string());
+    b.t.send(hb(2, 1, 7)).unwrap();
+    assert_eq!(seq_of(&recv_message(&mut a).await), 7);
+    // Node 1 reaches node 2 long before its 30 s backoff ends.
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = a.t.send(hb(1, 2, 9));
+            if let Ok(Some(Inbound::Message(m))) =
+                tokio::time::timeout(Duration::from_millis(50), b.inbound.recv()).await
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("node 1 redials node 2 once node 2 has connected in");
+    assert_eq!(seq_of(&got), 9);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
