@@ -916,10 +916,10 @@ async fn serve_inbound_inner(
     let peer = hello.from;
     debug!(peer = %peer, stream = ?hello.stream, "accepted");
     let (conn_id, cancel) = register_conn(shared, peer, hello.stream);
-    // The peer is up: if our link to it is down, dial now instead of after the backoff.
+    // The peer is up: if our link to it is down (or about to be), dial now instead of after
+    // the backoff. A permit stored while the link is up costs at most one early redial.
     if let Ok(links) = shared.links.read()
         && let Some(link) = links.get(&peer)
-        && link.state.load(Ordering::Acquire) == LINK_DOWN
     {
         link.redial.notify_one();
     }
