@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Raft ticks per heartbeat interval (see [`ServerConfig::tick_ms`]).
+const TICKS_PER_HEARTBEAT: u64 = 5;
+
 /// `raftkv server` flags. Every flag is optional here so that a config file can supply it;
 /// defaults are applied by [`ServerConfig::resolve`].
 #[derive(clap::Args, Debug, Clone, Default, Deserialize)]
@@ -317,9 +320,22 @@ impl ServerConfig {
         })
     }
 
-    /// Election timeout in ticks of one heartbeat interval.
+    /// The Raft tick: a fraction of the heartbeat interval, so that election timeouts drawn
+    /// at random in `[T, 2T)` ticks take one of many values rather than ten (two followers
+    /// picking the same one split the vote and cost a whole extra election round).
+    pub fn tick_ms(&self) -> u64 {
+        (self.heartbeat_interval_ms / TICKS_PER_HEARTBEAT).max(1)
+    }
+
+    /// Heartbeat interval in ticks.
+    pub fn heartbeat_ticks(&self) -> u32 {
+        (self.heartbeat_interval_ms / self.tick_ms()).clamp(1, u32::MAX as u64) as u32
+    }
+
+    /// Election timeout in ticks.
     pub fn election_ticks(&self) -> u32 {
-        (self.election_timeout_ms / self.heartbeat_interval_ms).max(2) as u32
+        let ticks = (self.election_timeout_ms / self.tick_ms()).min(u32::MAX as u64 / 2) as u32;
+        ticks.max(self.heartbeat_ticks() + 1)
     }
 }
 
@@ -374,7 +390,7 @@ mod tests {
         assert_eq!(c.listen_client, vec!["127.0.0.1:2379".parse().expect("addr")]);
         assert_eq!(c.heartbeat_interval_ms, 100);
         assert_eq!(c.election_timeout_ms, 1000);
-        assert_eq!(c.election_ticks(), 10);
+        assert_eq!((c.tick_ms(), c.heartbeat_ticks(), c.election_ticks()), (20, 5, 50));
         assert_eq!(c.snapshot_count, 10_000);
         assert_eq!(c.initial_cluster.len(), 1);
     }
@@ -418,7 +434,7 @@ mod tests {
             .expect("write");
         let c = ServerConfig::resolve(ServerArgs { config_file: Some(toml_path), ..Default::default() })
             .expect("a lone member defaults to a one-member cluster of itself");
-        assert_eq!((c.heartbeat_interval_ms, c.election_ticks()), (50, 10));
+        assert_eq!((c.heartbeat_interval_ms, c.heartbeat_ticks(), c.election_ticks()), (50, 5, 50));
         let bad = dir.path().join("c.yaml");
         std::fs::write(&bad, "nmae: typo\n").expect("write");
         let e = ServerConfig::resolve(ServerArgs { config_file: Some(bad), ..Default::default() })

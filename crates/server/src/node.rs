@@ -91,6 +91,7 @@ pub struct NodeConfig {
     pub id: NodeId,
     pub voters: Vec<NodeId>,
     pub tick: Duration,
+    pub heartbeat_ticks: u32,
     pub election_ticks: u32,
     pub snapshot_count: u64,
     /// Entries kept in the log behind a snapshot, so slightly lagging followers catch up
@@ -303,7 +304,7 @@ impl<S: StateMachine> Node<S> {
         };
         let mut raft_config = Config::new(config.id);
         raft_config.election_timeout_ticks = config.election_ticks;
-        raft_config.heartbeat_interval_ticks = 1;
+        raft_config.heartbeat_interval_ticks = config.heartbeat_ticks;
         raft_config.seed = config.seed;
         raft_config.append_bytes_max = 4 << 20;
         let raft = Raft::new(raft_config, initial).map_err(|e| e.to_string())?;
@@ -439,6 +440,16 @@ const SNAPSHOT_PACE: u64 = 4;
 /// Bytes an entry costs in the log besides its data (framing, index, term).
 const ENTRY_OVERHEAD: u64 = 32;
 
+/// A number in `[0, 1)` that differs between processes and calls.
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Committed batches up to this many entries may be applied on the driver itself.
 const INLINE_APPLY_MAX: usize = 8;
 
@@ -447,7 +458,10 @@ const BATCH_MAX: usize = 4096;
 
 impl<S: StateMachine> Driver<S> {
     async fn run(mut self) -> Result<(), String> {
-        let mut ticker = tokio::time::interval(self.config.tick);
+        // Members started together would tick in phase; a random phase keeps two followers
+        // that drew the same election timeout from campaigning in the same instant.
+        let phase = self.config.tick.mul_f64(random_fraction());
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {

@@ -82,7 +82,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
         voters: record.members.iter().map(|m| NodeId(m.id)).collect(),
-        tick: Duration::from_millis(config.heartbeat_interval_ms),
+        tick: Duration::from_millis(config.tick_ms()),
+        heartbeat_ticks: config.heartbeat_ticks(),
         election_ticks: config.election_ticks(),
         snapshot_count: config.snapshot_count,
         snapshot_keep_entries: (config.snapshot_count / 2).clamp(1, 5000),
