@@ -204,6 +204,9 @@ impl Cluster {
             .args(["--initial-cluster", &initial, "--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", &self.spec.heartbeat_ms.to_string()])
             .args(["--election-timeout", &self.spec.election_ms.to_string()])
+            // Far below the default (100,000), so that snapshots are taken, sent and restored
+            // under the faults too.
+            .args(["--snapshot-count", "5000"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

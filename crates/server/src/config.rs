@@ -49,7 +49,7 @@ pub struct ServerArgs {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long)]
     pub election_timeout: Option<u64>,
-    /// Number of applied entries between snapshots of the key-value state (default 10000).
+    /// Number of applied entries between snapshots of the key-value state (default 100000, as etcd).
     /// When the state is large, a snapshot also waits until the log written since the
     /// previous one reaches a quarter of that snapshot's size.
     #[arg(long)]
@@ -311,7 +311,7 @@ impl ServerConfig {
             initial_cluster_token: args.initial_cluster_token.unwrap_or_else(|| "raftkv-cluster".to_string()),
             heartbeat_interval_ms,
             election_timeout_ms,
-            snapshot_count: args.snapshot_count.unwrap_or(10_000).max(1),
+            snapshot_count: args.snapshot_count.unwrap_or(100_000).max(1),
             max_txn_ops: args.max_txn_ops.unwrap_or(128),
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
             log_format,
@@ -391,7 +391,7 @@ mod tests {
         assert_eq!(c.heartbeat_interval_ms, 100);
         assert_eq!(c.election_timeout_ms, 1000);
         assert_eq!((c.tick_ms(), c.heartbeat_ticks(), c.election_ticks()), (20, 5, 50));
-        assert_eq!(c.snapshot_count, 10_000);
+        assert_eq!(c.snapshot_count, 100_000);
         assert_eq!(c.initial_cluster.len(), 1);
     }
 
