@@ -40,7 +40,7 @@ use crate::KvError;
 use std::ops::Bound;
 
 use crate::cold::ColdStore;
-use crate::store::{KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
+use crate::store::{Key, KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
 /// Format 1 counted the keys up front; format 2 ends the keys with [`END_OF_KEYS`], so a
@@ -221,7 +221,7 @@ impl KvStore {
     ) -> io::Result<()> {
         w.write_all(&point.rev.to_le_bytes())?;
         w.write_all(&point.compacted.to_le_bytes())?;
-        let mut cursor: Option<Bytes> = None;
+        let mut cursor: Option<Key> = None;
         let mut out = Vec::with_capacity(CHUNK);
         loop {
             let mut done = false;
@@ -382,7 +382,7 @@ fn vlen_checked(value: &[u8]) -> Result<u32, KvError> {
     u32::try_from(value.len()).map_err(|_| KvError::corrupt("value too long"))
 }
 
-type Body = (i64, i64, BTreeMap<Bytes, KeyHistory>, u64);
+type Body = (i64, i64, BTreeMap<Key, KeyHistory>, u64);
 
 fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Body, KvError> {
     let counted = format == FORMAT_COUNTED;
@@ -404,13 +404,13 @@ fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Bo
     };
     let mut map = BTreeMap::new();
     let mut cold_live = 0u64;
-    let mut last_key: Option<Bytes> = None;
+    let mut last_key: Option<Key> = None;
     for _ in 0..keys {
         let klen = read_u32(r)?;
         if !counted && klen == END_OF_KEYS {
             break;
         }
-        let key = read_bytes(r, klen)?;
+        let key = Key::from_slice(&read_bytes(r, klen)?);
         if key.is_empty() || last_key.as_ref().is_some_and(|l| *l >= key) {
             return Err(KvError::corrupt("keys empty or out of order"));
         }

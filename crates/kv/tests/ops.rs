@@ -724,3 +724,32 @@ fn validation_fns_match_store() {
     assert!(get(&s, range_req("x", "")).kvs.is_empty());
     assert_eq!(s.revision(), 2);
 }
+
+/// Keys on both sides of the index's inline size (24 bytes) order, read, delete and survive
+/// a snapshot alike.
+#[test]
+fn short_and_long_keys_order_and_round_trip() {
+    let mut s = KvStore::new();
+    let keys: Vec<String> = [1, 23, 24, 25, 100]
+        .iter()
+        .flat_map(|&n| [format!("k{}", "x".repeat(n)), format!("k{}y", "x".repeat(n))])
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(&mut s, k, &i.to_string());
+    }
+    put(&mut s, &keys[5], "again");
+    let mut sorted = keys.clone();
+    sorted.sort();
+    let all = get(&s, range_req("k", "l"));
+    let got: Vec<String> = all.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+    assert_eq!(got, sorted);
+    let one = get(&s, range_req(&keys[5], ""));
+    assert_eq!((one.kvs[0].key.as_ref(), one.kvs[0].value.as_ref()), (keys[5].as_bytes(), &b"again"[..]));
+    let mut buf = Vec::new();
+    s.snapshot(&mut buf).unwrap();
+    let mut r = KvStore::restore(&mut &buf[..]).unwrap();
+    assert_eq!(r.digest(), s.digest());
+    assert_eq!(get(&r, range_req("k", "l")).kvs, all.kvs);
+    assert_eq!(del(&mut r, &keys[8], "").deleted, 1);
+    assert_eq!(get(&r, range_req("k", "l")).count, keys.len() as i64 - 1);
+}
