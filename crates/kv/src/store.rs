@@ -595,6 +595,10 @@ impl KvStore {
         let sub = sub_u32(ctx.changes);
         ctx.changes += 1;
         let PutRequest { key, value, prev_kv, ignore_value, ignore_lease, .. } = req;
+        // The request was decoded without copying, so `value` may be a slice of a large
+        // buffer (a log entry batch, a network frame); as a key's newest value it can live
+        // for a long time, and must not keep that whole buffer alive.
+        let value = Bytes::copy_from_slice(&value);
         // Leases are not stored (see LeasePolicy): every key has lease 0.
         let _ = ignore_lease;
         let mut resp = PutResponse { header: header(rev), prev_kv: None };
