@@ -437,6 +437,10 @@ struct Driver<S: StateMachine> {
 /// A snapshot waits until the log applied since the previous one, times this, reaches the
 /// previous snapshot's size: snapshot writing stays within this multiple of the log's.
 const SNAPSHOT_PACE: u64 = 4;
+/// ...but not beyond this many bytes of log applied since the last snapshot: the log is
+/// held in memory until a snapshot covers it, so with a large state the pacing alone would
+/// let it grow to a quarter of the state's size.
+const LOG_BYTES_MAX: u64 = 128 << 20;
 /// Bytes an entry costs in the log besides its data (framing, index, term).
 const ENTRY_OVERHEAD: u64 = 32;
 
@@ -977,7 +981,8 @@ impl<S: StateMachine> Applier<S> {
         // a large state, snapshots would otherwise cost many times the log's own writes.
         let paced = self.bytes_since.saturating_mul(SNAPSHOT_PACE)
             >= self.last_snapshot_bytes.load(Ordering::Relaxed);
-        if last.0.0 >= self.last_snapshot.0 + self.snapshot_count && idle && paced {
+        let counted = last.0.0 >= self.last_snapshot.0 + self.snapshot_count;
+        if idle && ((counted && paced) || self.bytes_since >= LOG_BYTES_MAX) {
             return self.start_snapshot();
         }
         true
