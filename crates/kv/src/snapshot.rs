@@ -325,6 +325,32 @@ impl KvStore {
         Ok(KvStore { map, cold, cold_live, rev, compacted, config, pins: 0, compaction_deferred: false })
     }
 
+    /// Pins the state for [`KvStore::digest_pinned`] at `revision` (0: the current one), as
+    /// [`KvStore::pin`] does; end with [`KvStore::unpin`]. Fails, pinning nothing, for a
+    /// compacted or a future revision.
+    pub fn pin_at(&mut self, revision: i64) -> Result<SnapshotPoint, KvError> {
+        let rev = if revision <= 0 { self.rev } else { revision };
+        if rev > self.rev {
+            return Err(KvError::FutureRev);
+        }
+        if rev < self.compacted {
+            return Err(KvError::Compacted);
+        }
+        self.pins += 1;
+        Ok(SnapshotPoint { rev, ..self.point() })
+    }
+
+    /// [`KvStore::digest`] of the state as it was at `point`'s revision, visiting the store
+    /// in batches as [`KvStore::write_pinned`] does: replicas at the same revision agree.
+    pub fn digest_pinned(
+        point: &SnapshotPoint,
+        mut visit: impl FnMut(&mut dyn FnMut(&KvStore)),
+    ) -> io::Result<u32> {
+        let mut cw = CrcWriter { inner: io::sink(), crc: 0 };
+        Self::write_body(point, &mut cw, &mut visit, true)?;
+        Ok(cw.crc)
+    }
+
     /// CRC32C of the canonical encoding of the full MVCC state: equal on
     /// replicas that applied the same commands.
     pub fn digest(&self) -> u32 {

@@ -753,3 +753,38 @@ fn short_and_long_keys_order_and_round_trip() {
     assert_eq!(del(&mut r, &keys[8], "").deleted, 1);
     assert_eq!(get(&r, range_req("k", "l")).count, keys.len() as i64 - 1);
 }
+
+/// The digest of the state at a past revision equals the digest of a store that stopped
+/// there; compacted and future revisions are refused.
+#[test]
+fn digest_at_a_revision_matches_the_store_as_it_was() {
+    let ops: Vec<(&str, &str)> = vec![("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5"), ("a", "6")];
+    let mut full = KvStore::new();
+    for (k, v) in &ops {
+        put(&mut full, k, v);
+    }
+    del(&mut full, "c", "");
+    for upto in 0..=ops.len() {
+        let mut prefix = KvStore::new();
+        for (k, v) in &ops[..upto] {
+            put(&mut prefix, k, v);
+        }
+        let at = prefix.revision();
+        let point = full.pin_at(at).unwrap();
+        let past = KvStore::digest_pinned(&point, |f| f(&full)).unwrap();
+        full.unpin();
+        assert_eq!(past, prefix.digest(), "revision {at}");
+        let now = prefix.pin_at(0).unwrap();
+        assert_eq!(KvStore::digest_pinned(&now, |f| f(&prefix)).unwrap(), prefix.digest());
+    }
+    assert_ne!(full.digest(), {
+        let p = full.pin_at(full.revision() - 1).unwrap();
+        let d = KvStore::digest_pinned(&p, |f| f(&full)).unwrap();
+        full.unpin();
+        d
+    });
+    assert_eq!(full.pin_at(full.revision() + 1).unwrap_err(), KvError::FutureRev);
+    full.compact(&CompactionRequest { revision: 4, physical: false }).unwrap();
+    assert_eq!(full.pin_at(3).unwrap_err(), KvError::Compacted);
+    assert!(full.pin_at(4).is_ok());
+}

@@ -64,6 +64,9 @@ impl Maintenance for Grpc {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.0.status(req.into_inner()).await.map(Response::new)
     }
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.0.hash_kv(req.into_inner()).await.map(Response::new)
+    }
 }
 
 #[tonic::async_trait]

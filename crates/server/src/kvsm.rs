@@ -40,6 +40,9 @@ pub struct KvMachine {
     config: KvConfig,
     /// A write error of the history cache file is being reported (logged once).
     cold_error_logged: bool,
+    /// Counts restores: a pin taken outside the driver (HashKV) is only valid, and only
+    /// released, on the store it was taken on.
+    pub generation: u64,
 }
 
 impl KvMachine {
@@ -57,6 +60,7 @@ impl KvMachine {
             members: BTreeMap::new(),
             config,
             cold_error_logged: false,
+            generation: 0,
         }
     }
 
@@ -150,6 +154,7 @@ impl StateMachine for KvMachine {
         let members = serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))?;
         self.kv = kv;
         self.members = members;
+        self.generation += 1;
         Ok(())
     }
 }

@@ -6,11 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftkv_api::Command;
 use raftkv_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
-    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
+    HashKvResponse, Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
-use raftkv_kv::{ApplyResult, KvError};
+use raftkv_kv::{ApplyResult, KvError, KvStore};
 use tonic::{Code, Status};
 
 use crate::kvsm::{KvMachine, MemberAttributes, Output};
@@ -202,6 +202,44 @@ impl Api {
             db_size_in_use: db_size,
             is_learner: false,
         })
+    }
+
+    /// A checksum of this member's MVCC state at a revision (0: its current one), computed
+    /// off the async workers over a pinned state, in batches under the read lock.
+    pub async fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+        let (point, generation, current, compacted) = {
+            let mut sm = self.node.shared.sm.write();
+            let point = sm.kv.pin_at(req.revision).map_err(kv_status)?;
+            (point, sm.generation, sm.kv.revision(), sm.kv.compact_revision())
+        };
+        let shared = self.node.shared.clone();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let mut replaced = false;
+            let hash = KvStore::digest_pinned(&point, |f| {
+                let sm = shared.sm.read();
+                if sm.generation == generation {
+                    f(&sm.kv);
+                } else {
+                    // Restored from a snapshot meanwhile: finish on an empty store, fail below.
+                    replaced = true;
+                    f(&KvStore::new());
+                }
+            });
+            let mut sm = shared.sm.write();
+            if sm.generation == generation {
+                sm.kv.unpin();
+            }
+            match hash {
+                Ok(_) if replaced => Err(Status::unavailable(
+                    "etcdserver: the state was replaced by a snapshot during the hash; retry",
+                )),
+                Ok(hash) => Ok(hash),
+                Err(e) => Err(Status::internal(format!("cannot read the history: {e}"))),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("hash task failed: {e}")))??;
+        Ok(HashKvResponse { header: Some(self.header(current)), hash: hashed, compact_revision: compacted })
     }
 
     pub async fn member_list(&self, _req: MemberListRequest) -> Result<MemberListResponse, Status> {

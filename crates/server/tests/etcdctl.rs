@@ -389,6 +389,28 @@ async fn etcdctl_against_a_three_member_cluster() {
         assert_eq!(text.lines().filter(|l| l.contains(" is healthy: ")).count(), 3, "{args:?}: {text}");
     }
 
+    // endpoint hashkv: members at the same revision agree, at the current revision (once
+    // every member applied everything) and at a past one; a future revision is refused.
+    let hashes = |rev: &str| {
+        let out = ok(&etcdctl(&all, &["endpoint", "hashkv", "--rev", rev, "-w", "json"], "")).to_string();
+        let v: Value = serde_json::from_str(&out).expect("json");
+        let items = v.as_array().expect("array").clone();
+        items.iter().map(|i| i["HashKV"]["hash"].as_u64().expect("hash")).collect::<Vec<u64>>()
+    };
+    let mut now = hashes("0");
+    for _ in 0..50 {
+        if now.iter().all(|h| *h == now[0]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        now = hashes("0");
+    }
+    assert!(now.len() == 3 && now.iter().all(|h| *h == now[0]), "{now:?}");
+    let past = hashes("2");
+    assert!(past.iter().all(|h| *h == past[0]) && past[0] != now[0], "{past:?} vs {now:?}");
+    let future = etcdctl(&eps[0], &["endpoint", "hashkv", "--rev", "100000"], "");
+    assert!(future.stderr.contains("required revision is a future revision"), "{future:?}");
+
     // A killed member shows as unhealthy; the others stay healthy.
     let down = (leader + 1) % 3;
     c.kill9(down);
