@@ -37,6 +37,8 @@ pub struct ApiConfig {
 pub struct Api {
     pub node: NodeHandle<KvMachine>,
     config: Arc<ApiConfig>,
+    /// One HashKV at a time per member: each reads the whole state.
+    hash_gate: Arc<tokio::sync::Semaphore>,
 }
 
 fn node_status(e: NodeError) -> Status {
@@ -59,7 +61,7 @@ fn request_too_large() -> Status {
 
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
-        Api { node, config: Arc::new(config) }
+        Api { node, config: Arc::new(config), hash_gate: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -207,6 +209,13 @@ impl Api {
     /// A checksum of this member's MVCC state at a revision (0: its current one), computed
     /// off the async workers over a pinned state, in batches under the read lock.
     pub async fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+        let permit =
+            match tokio::time::timeout(self.config.request_timeout, self.hash_gate.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(Status::unavailable("etcdserver: too many concurrent hash requests; retry")),
+            };
         let (point, generation, current, compacted) = {
             let mut sm = self.node.shared.sm.write();
             let point = sm.kv.pin_at(req.revision).map_err(kv_status)?;
@@ -214,6 +223,7 @@ impl Api {
         };
         let shared = self.node.shared.clone();
         let hashed = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut replaced = false;
             let hash = KvStore::digest_pinned(&point, |f| {
                 let sm = shared.sm.read();
