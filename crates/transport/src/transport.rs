@@ -386,8 +386,8 @@ impl TransportHandle {
             snapshot_busy: AtomicBool::new(false),
             redial: tokio::sync::Notify::new(),
         });
-        let span = debug_span!("peer", node = %shared.local_id, peer = %id, %addr);
-        tokio::spawn(run_peer(shared.clone(), link.clone(), addr.clone(), rx).instrument(span));
+        // Known before the writer starts: its first dial can make the peer dial back at
+        // once, and that connection must not be refused as coming from a stranger.
         if let Ok(mut known) = shared.known.write() {
             known.insert(id);
         }
@@ -396,8 +396,10 @@ impl TransportHandle {
         }
         if let Ok(mut peers) = self.inner.peers.write() {
             // Replacing an entry drops its sender, which ends the old writer task.
-            peers.insert(id, PeerEntry { tx, link, addr });
+            peers.insert(id, PeerEntry { tx, link: link.clone(), addr: addr.clone() });
         }
+        let span = debug_span!("peer", node = %shared.local_id, peer = %id, %addr);
+        tokio::spawn(run_peer(shared.clone(), link, addr, rx).instrument(span));
     }
 
     /// Removes a peer: its writer stops, its inbound connections close, and its future
