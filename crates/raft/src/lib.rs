@@ -49,6 +49,9 @@
 //!   conflicts with the leader and was never committed.
 //! - `hard_state`: term, vote and commit. Persist after `entries`. A vote is granted only
 //!   by a message in `messages_after_persist`, so the vote is durable before the grant leaves.
+//!   Only a new term or vote must be synced: a change of `commit` alone may be written with
+//!   the next sync or lost in a crash ([`Ready::must_sync`]); the commit index is volatile
+//!   state in Raft, and a restarted node recovers it clamped to its durable log.
 //! - `messages`: may be sent immediately, even before this Ready is persisted. Only the
 //!   leader's AppendEntries, heartbeats and InstallSnapshot, and read-index traffic, go here:
 //!   the leader writes its own log in parallel with replicating it (thesis §10.2.1) and counts

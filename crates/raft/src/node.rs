@@ -72,6 +72,18 @@ impl Ready {
     pub fn must_persist(&self) -> bool {
         self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
     }
+
+    /// Whether persisting this Ready needs a sync, given the term and vote already durable
+    /// (`durable`): a snapshot, entries, or a new term or vote do. A hard state that differs
+    /// only in `commit` may be written lazily (with the next sync, or never): the commit
+    /// index is not required for safety, and a restarted node recovers it clamped to its
+    /// durable log. `messages_after_persist` of such a Ready may leave once every earlier
+    /// Ready is durable.
+    pub fn must_sync(&self, durable: &HardState) -> bool {
+        self.snapshot.is_some()
+            || !self.entries.is_empty()
+            || self.hard_state.as_ref().is_some_and(|h| h.needs_sync_after(durable))
+    }
 }
 
 /// A proposal that was not accepted.

@@ -130,6 +130,14 @@ pub struct HardState {
     pub commit: LogIndex,
 }
 
+impl HardState {
+    /// Whether making this hard state durable needs a sync when `durable` is what storage
+    /// already holds: only a new term or vote does (see [`crate::Ready::must_sync`]).
+    pub fn needs_sync_after(&self, durable: &HardState) -> bool {
+        self.term != durable.term || self.voted_for != durable.voted_for
+    }
+}
+
 /// Who votes and who only receives the log. Shaped for joint consensus (§6 of the thesis):
 /// while `voters_outgoing` is non-empty, decisions need a majority of both sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

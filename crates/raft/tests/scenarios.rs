@@ -533,3 +533,35 @@ fn restart_with_entries_durable_but_hard_state_not_adopts_the_log_term() {
     assert_eq!(raft.term(), Term(3));
     assert_eq!(raft.voted_for(), None);
 }
+
+/// A leader's Readies after a commit carry a hard state that differs only in `commit`: no
+/// sync is needed for it. Entries and a new term or vote do need one.
+#[test]
+fn only_entries_and_new_terms_or_votes_need_a_sync() {
+    use raftkv_raft::{Entry, EntryKind, HardState, NodeId, Ready};
+    let durable = HardState { term: Term(3), voted_for: Some(NodeId(1)), commit: LogIndex(10) };
+    let commit_only =
+        Ready { hard_state: Some(HardState { commit: LogIndex(12), ..durable }), ..Ready::default() };
+    assert!(commit_only.must_persist());
+    assert!(!commit_only.must_sync(&durable));
+    let new_term = Ready { hard_state: Some(HardState { term: Term(4), ..durable }), ..Ready::default() };
+    assert!(new_term.must_sync(&durable));
+    let new_vote = Ready {
+        hard_state: Some(HardState { term: Term(4), voted_for: Some(NodeId(2)), commit: LogIndex(10) }),
+        ..Ready::default()
+    };
+    assert!(new_vote.must_sync(&durable));
+    let vote_only = Ready { hard_state: Some(HardState { voted_for: None, ..durable }), ..Ready::default() };
+    assert!(vote_only.must_sync(&durable));
+    let entries = Ready {
+        entries: vec![Entry {
+            term: Term(3),
+            index: LogIndex(11),
+            kind: EntryKind::Normal,
+            data: bytes::Bytes::from_static(b"x"),
+        }],
+        ..commit_only.clone()
+    };
+    assert!(entries.must_sync(&durable));
+    assert!(!Ready::default().must_sync(&durable));
+}

@@ -808,6 +808,8 @@ fn disk_loop(
     network: Arc<dyn Network>,
     apply: ApplyQueue,
 ) {
+    // The term and vote on disk: only a change of them (or new entries) needs a sync.
+    let mut durable = codec::hard_state_from_storage(&storage.log.hard_state());
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -816,7 +818,7 @@ fn disk_loop(
                 break;
             }
         }
-        if let Err(e) = write_jobs(&mut storage, &mut jobs, &apply) {
+        if let Err(e) = write_jobs(&mut storage, &mut jobs, &apply, &mut durable) {
             let _ = events.send(Event::Fatal(format!("storage failure, the member must stop: {e}")));
             return;
         }
@@ -833,8 +835,19 @@ fn disk_loop(
     }
 }
 
-fn write_jobs(storage: &mut Storage, jobs: &mut [DiskJob], apply: &ApplyQueue) -> Result<(), String> {
+/// Writes a batch of jobs and syncs once at the end if any of them needs it: entries, or a
+/// new term or vote (`durable` holds the synced ones). A hard state that only moves the
+/// commit index is recorded and reaches the disk with the next sync
+/// ([`raftkv_raft::Ready::must_sync`]); the messages of such a job wait only for the jobs
+/// before it, which this batch or an earlier one synced.
+fn write_jobs(
+    storage: &mut Storage,
+    jobs: &mut [DiskJob],
+    apply: &ApplyQueue,
+    durable: &mut raftkv_raft::HardState,
+) -> Result<(), String> {
     let mut dirty = false;
+    let mut newest = None;
     for job in jobs.iter_mut() {
         match job {
             DiskJob::Persist(job) => {
@@ -865,7 +878,8 @@ fn write_jobs(storage: &mut Storage, jobs: &mut [DiskJob], apply: &ApplyQueue) -
                         .log
                         .save_hard_state(codec::hard_state_to_storage(hs))
                         .map_err(|e| e.to_string())?;
-                    dirty = true;
+                    dirty |= hs.needs_sync_after(durable);
+                    newest = Some(*hs);
                 }
             }
             DiskJob::Compact(up_to) => {
@@ -875,6 +889,9 @@ fn write_jobs(storage: &mut Storage, jobs: &mut [DiskJob], apply: &ApplyQueue) -
     }
     if dirty {
         storage.log.sync().map_err(|e| e.to_string())?;
+        if let Some(hs) = newest {
+            *durable = hs;
+        }
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! Each node is driven exactly as a real driver must drive the core (see the ordering
 //! contract in `raftkv_raft`): after every input, `while has_ready() { ready() }`, sending
 //! `messages` at once, queueing `snapshot`/`entries`/`hard_state` as one persist job that
-//! completes after a disk latency (jobs complete in order), releasing
+//! completes after a disk latency (jobs complete in order; a job holding only a new commit
+//! index needs no sync, completes at once and becomes durable only with the next synced
+//! job, as `Ready::must_sync` allows), releasing
 //! `messages_after_persist` and calling `persisted` only when the job is durable, and applying
 //! `committed_entries` in order. A crash drops the core, its volatile state and every job not
 //! yet complete; a restart builds a new core from the durable state alone.
@@ -170,9 +172,13 @@ impl Durable {
     }
 }
 
-/// One Ready's worth of writes, made durable together (one write + sync).
+/// One Ready's worth of writes, made durable together (one write + sync), or, when it
+/// holds nothing but a new commit index, written without a sync (see `Ready::must_sync`).
 struct Job {
     id: u64,
+    /// Whether the job ends with a sync; a job without one is durable only once a later
+    /// synced job completes, and is lost in a crash before that.
+    synced: bool,
     snapshot: Option<Arc<SnapData>>,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
@@ -199,6 +205,11 @@ struct Live {
     /// The term this node was last seen leading in, if it leads now.
     leader_term: Option<Term>,
     last_commit: u64,
+    /// The newest hard state queued for the disk (its term and vote decide whether the next
+    /// one needs a sync).
+    queued_hs: HardState,
+    /// A hard state written without a sync: durable with the next synced job, lost in a crash.
+    lazy_hs: Option<HardState>,
 }
 
 struct Node {
@@ -623,6 +634,8 @@ impl Sim {
             seen_transfers: vec![0; self.nodes.len()],
             latest_snap,
             leader_term: None,
+            queued_hs: self.nodes[n].durable.hard_state,
+            lazy_hs: None,
         });
         self.record(restart);
         let at = self.now + self.rng.between(1, TICK_US);
@@ -670,6 +683,10 @@ impl Sim {
                 live.raft.role() == Role::Leader && live.leader_term == Some(live.raft.term());
             let mut rd = live.raft.ready();
             let must_persist = rd.must_persist();
+            let must_sync = rd.must_sync(&live.queued_hs);
+            if let Some(hs) = rd.hard_state {
+                live.queued_hs = hs;
+            }
             let persist_target = rd.persist_target();
             if let Some(ss) = rd.soft_state {
                 if ss.role == Role::Leader {
@@ -740,14 +757,15 @@ impl Sim {
                 self.next_job += 1;
                 let job = Job {
                     id: self.next_job,
+                    synced: must_sync,
                     target: persist_target,
                     snapshot: job_snapshot,
                     entries: rd.entries,
                     hard_state: rd.hard_state,
                     after: rd.messages_after_persist,
                 };
-                // A Ready with nothing to write only waits for the jobs before it.
-                let latency = if must_persist {
+                // A Ready with nothing to sync only waits for the jobs before it.
+                let latency = if must_sync {
                     self.rng.between(self.params.disk_us.0, self.params.disk_us.1)
                 } else {
                     0
@@ -906,7 +924,19 @@ impl Sim {
         if job.id != job_id {
             return Err(violation(self.now, "simulator", "persist jobs completed out of order".into()));
         }
-        write_durable(&mut node.durable, &job).map_err(|d| violation(self.now, "durable log", d))?;
+        if job.synced {
+            // The sync also makes an earlier unsynced hard state durable, unless this job
+            // writes a newer one.
+            let lazy = live.lazy_hs.take();
+            write_durable(&mut node.durable, &job).map_err(|d| violation(self.now, "durable log", d))?;
+            if job.hard_state.is_none()
+                && let Some(hs) = lazy
+            {
+                node.durable.hard_state = hs;
+            }
+        } else if job.hard_state.is_some() {
+            live.lazy_hs = job.hard_state;
+        }
         let id = node.id;
         for m in job.after {
             self.send(n, m)?;
