@@ -112,6 +112,12 @@ impl KeyHistory {
             last.pos = cold.append(&self.latest);
             *cold_live += u64::from(last.vlen);
         }
+        if self.revs.len() == self.revs.capacity() {
+            // Grow by a quarter rather than doubling: histories are many and long-lived,
+            // and doubling leaves up to half of each one's records unused (a key written
+            // 17 times would hold room for 32).
+            self.revs.reserve_exact((self.revs.len() / 4).max(3));
+        }
         self.revs.push(rev);
         self.latest = value;
     }
