@@ -35,6 +35,9 @@ const FILE_BLOCK: usize = 256 << 10;
 #[derive(Debug)]
 pub struct ColdStore {
     backend: Backend,
+    /// Distinct for every store this process creates: positions in one store mean nothing
+    /// in another (a rewrite or a restore makes a new store).
+    id: u64,
     /// Bytes appended since this store was created.
     appended: u64,
     /// Garbage (values of discarded versions) tolerated before the store is rewritten.
@@ -86,6 +89,11 @@ impl FileBackend {
     }
 }
 
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where a value went: pass it back to [`ColdStore::read`] with its length.
 pub(crate) type ColdPos = u64;
 
@@ -93,6 +101,7 @@ impl ColdStore {
     /// A store that keeps the values in memory (compactly, without a heap block per value).
     pub fn memory() -> ColdStore {
         ColdStore {
+            id: next_id(),
             backend: Backend::Memory { chunks: Vec::new(), starts: Vec::new() },
             appended: 0,
             min_garbage: DEFAULT_MIN_GARBAGE,
@@ -104,6 +113,7 @@ impl ColdStore {
     pub fn temp_file_in(dir: &Path) -> io::Result<ColdStore> {
         let file = tempfile::tempfile_in(dir)?;
         Ok(ColdStore {
+            id: next_id(),
             backend: Backend::File(FileBackend {
                 dir: dir.to_path_buf(),
                 file,
@@ -147,6 +157,11 @@ impl ColdStore {
         };
         fresh.min_garbage = self.min_garbage;
         Ok(fresh)
+    }
+
+    /// This store's identity within the process (see [`crate::SnapshotPoint::cold_id`]).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Whether values go to a file.

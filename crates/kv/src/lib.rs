@@ -22,7 +22,7 @@ mod validate;
 pub use cold::ColdStore;
 pub use error::KvError;
 pub use raftkv_api::{Command, Request};
-pub use snapshot::SnapshotPoint;
+pub use snapshot::{CrcReader, CrcWriter, SnapshotPoint};
 pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KvConfig, KvStore, LeasePolicy};
 pub use validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
 

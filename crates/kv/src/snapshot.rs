@@ -51,14 +51,26 @@ const FORMAT_INLINE: u32 = 2;
 const FORMAT_COUNTED: u32 = 1;
 /// Cold section bytes copied per visit to the store.
 const COLD_PER_VISIT: usize = 1 << 20;
+/// What [`KvStore::write_body`] writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// Format 3 with the cold section.
+    Full,
+    /// Format 3 up to the end-of-keys marker.
+    Keys,
+    /// Format 2 (values inline) up to the end-of-keys marker, for the digest.
+    Inline,
+}
+
 /// In place of a key length: no more keys.
 const END_OF_KEYS: u32 = u32::MAX;
 /// Largest chunk buffered ahead of data that has actually been read.
 const CHUNK: usize = 64 * 1024;
 
-struct CrcWriter<W> {
-    inner: W,
-    crc: u32,
+/// A writer that keeps the CRC32C of everything written through it.
+pub struct CrcWriter<W> {
+    pub inner: W,
+    pub crc: u32,
 }
 
 impl<W: Write> Write for CrcWriter<W> {
@@ -72,9 +84,10 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-struct CrcReader<R> {
-    inner: R,
-    crc: u32,
+/// A reader that keeps the CRC32C of everything read through it.
+pub struct CrcReader<R> {
+    pub inner: R,
+    pub crc: u32,
 }
 
 impl<R: Read> Read for CrcReader<R> {
@@ -96,9 +109,22 @@ pub struct SnapshotPoint {
     compacted: i64,
     /// Bytes in the cold store at the pin: every value the snapshot refers to is below.
     cold_len: u64,
+    /// Which cold store `cold_len` counts in ([`ColdStore::id`]).
+    cold_id: u64,
 }
 
 impl SnapshotPoint {
+    /// Bytes of the cold section at the pin (see [`KvStore::write_pinned_keys`]).
+    pub fn cold_len(&self) -> u64 {
+        self.cold_len
+    }
+
+    /// The cold store the pin counts in: a prefix of its bytes copied for an earlier
+    /// snapshot with the same id is still the same prefix (the store only appends).
+    pub fn cold_id(&self) -> u64 {
+        self.cold_id
+    }
+
     /// The store revision the snapshot holds.
     pub fn revision(&self) -> i64 {
         self.rev
@@ -181,7 +207,12 @@ impl KvStore {
     }
 
     fn point(&self) -> SnapshotPoint {
-        SnapshotPoint { rev: self.rev, compacted: self.compacted, cold_len: self.cold.appended_bytes() }
+        SnapshotPoint {
+            rev: self.rev,
+            compacted: self.compacted,
+            cold_len: self.cold.appended_bytes(),
+            cold_id: self.cold.id(),
+        }
     }
 
     /// Ends a [`KvStore::pin`]; the last one carries out a deferred compaction.
@@ -206,19 +237,52 @@ impl KvStore {
         bw.write_all(MAGIC)?;
         bw.write_all(&FORMAT.to_le_bytes())?;
         let mut cw = CrcWriter { inner: &mut bw, crc: 0 };
-        Self::write_body(point, &mut cw, &mut visit, false)?;
+        Self::write_body(point, &mut cw, &mut visit, BodyKind::Full)?;
         let crc = cw.crc;
         bw.write_all(&crc.to_le_bytes())?;
         bw.flush()
     }
 
-    /// The body in format 3, or in format 2 with `inline` (for the digest).
+    /// The 12 bytes that start a snapshot in the current format (magic and format).
+    pub fn snapshot_header() -> [u8; 12] {
+        let mut h = [0u8; 12];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..].copy_from_slice(&FORMAT.to_le_bytes());
+        h
+    }
+
+    /// The keys part of a snapshot body at `point`: everything [`KvStore::write_pinned`]
+    /// writes after [`KvStore::snapshot_header`] up to the end-of-keys marker, without the
+    /// cold section. A snapshot is the header, these bytes, the cold section length (u64
+    /// LE) and the cold store's first `point.cold_len()` bytes, then the CRC32C (u32 LE) of
+    /// everything after the header; the cold bytes can come from copies made earlier
+    /// ([`KvStore::read_cold`]), since the store only appends to them.
+    pub fn write_pinned_keys(
+        point: &SnapshotPoint,
+        w: &mut impl Write,
+        mut visit: impl FnMut(&mut dyn FnMut(&KvStore)),
+    ) -> io::Result<()> {
+        Self::write_body(point, w, &mut visit, BodyKind::Keys)
+    }
+
+    /// Copies cold store bytes from `at` into `buf`.
+    pub fn read_cold(&self, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.cold.read_into(at, buf)
+    }
+
+    /// The identity of the current cold store ([`SnapshotPoint::cold_id`]).
+    pub fn cold_id(&self) -> u64 {
+        self.cold.id()
+    }
+
+    /// The body in format 3, or in format 2 with `BodyKind::Inline` (for the digest).
     fn write_body(
         point: &SnapshotPoint,
         w: &mut impl Write,
         visit: &mut StoreVisit<'_>,
-        inline: bool,
+        body: BodyKind,
     ) -> io::Result<()> {
+        let inline = body == BodyKind::Inline;
         w.write_all(&point.rev.to_le_bytes())?;
         w.write_all(&point.compacted.to_le_bytes())?;
         let mut cursor: Option<Key> = None;
@@ -258,7 +322,7 @@ impl KvStore {
             }
         }
         w.write_all(&END_OF_KEYS.to_le_bytes())?;
-        if inline {
+        if body != BodyKind::Full {
             return Ok(());
         }
         // The cold section: append-only while pinned, so the pinned prefix stays as it was.
@@ -347,7 +411,7 @@ impl KvStore {
         mut visit: impl FnMut(&mut dyn FnMut(&KvStore)),
     ) -> io::Result<u32> {
         let mut cw = CrcWriter { inner: io::sink(), crc: 0 };
-        Self::write_body(point, &mut cw, &mut visit, true)?;
+        Self::write_body(point, &mut cw, &mut visit, BodyKind::Inline)?;
         Ok(cw.crc)
     }
 
@@ -357,7 +421,7 @@ impl KvStore {
         let mut cw = CrcWriter { inner: io::sink(), crc: 0 };
         // Writing to a sink cannot fail; lengths above u32 (impossible for keys and values
         // accepted over gRPC) or a failed read of the cold store end the digest early.
-        let _ = Self::write_body(&self.point(), &mut cw, &mut |f| f(self), true);
+        let _ = Self::write_body(&self.point(), &mut cw, &mut |f| f(self), BodyKind::Inline);
         cw.crc
     }
 }

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
 
 use raftkv_api::Command;
 use raftkv_kv::{ApplyResult, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
 use serde::{Deserialize, Serialize};
 
+use crate::coldseg::{self, ColdChain, SharedChain};
 use crate::node::{StateMachine, Visit};
 
 /// First byte of an entry that is not a key-value command. A protobuf-encoded command can
@@ -43,6 +45,9 @@ pub struct KvMachine {
     /// Counts restores: a pin taken outside the driver (HashKV) is only valid, and only
     /// released, on the store it was taken on.
     pub generation: u64,
+    /// Where snapshots keep the history in shared segments ([`crate::coldseg`]); without
+    /// one, every snapshot holds the whole history.
+    chain: Option<SharedChain>,
 }
 
 impl KvMachine {
@@ -61,7 +66,15 @@ impl KvMachine {
             config,
             cold_error_logged: false,
             generation: 0,
+            chain: None,
         }
+    }
+
+    /// Snapshots keep the history in segment files in `dir`, shared by successive
+    /// snapshots (incremental snapshots, see [`crate::coldseg`]).
+    pub fn with_segment_dir(mut self, dir: PathBuf) -> KvMachine {
+        self.chain = Some(ColdChain::new(dir));
+        self
     }
 
     /// Logs when writing the history cache file starts or stops failing (the values are
@@ -120,26 +133,59 @@ impl StateMachine for KvMachine {
         }
     }
 
-    type Pin = (SnapshotPoint, BTreeMap<u64, MemberAttributes>);
+    type Pin = (SnapshotPoint, BTreeMap<u64, MemberAttributes>, Option<SharedChain>);
 
     fn pin(&mut self) -> Self::Pin {
-        (self.kv.pin(), self.members.clone())
+        (self.kv.pin(), self.members.clone(), self.chain.clone())
     }
 
     fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()> {
+        let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
+        if let Some(chain) = &pin.2 {
+            return coldseg::write_thin(chain, &pin.0, &members, w, &mut |f| {
+                visit(&mut |m: &KvMachine| f(&m.kv))
+            });
+        }
         let mut w = w;
         KvStore::write_pinned(&pin.0, &mut w, |f| visit(&mut |m: &KvMachine| f(&m.kv)))?;
-        let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
         w.write_all(&(members.len() as u32).to_le_bytes())?;
         w.write_all(&members)
+    }
+
+    fn snapshot_durable(pin: &Self::Pin) {
+        if let Some(chain) = &pin.2 {
+            coldseg::remove_unlisted(chain);
+        }
+    }
+
+    fn open_snapshot(
+        &self,
+        r: Box<dyn Read + Send>,
+        len: u64,
+    ) -> Result<(Box<dyn Read + Send>, u64), String> {
+        match &self.chain {
+            Some(chain) => {
+                let dir = chain.lock().dir().to_path_buf();
+                let (full, len) = coldseg::open_full(r, len, &dir)?;
+                Ok((Box::new(full), len))
+            }
+            None => Ok((r, len)),
+        }
     }
 
     fn unpin(&mut self, _pin: Self::Pin) {
         self.kv.unpin();
     }
 
-    fn restore(&mut self, r: &mut dyn Read) -> Result<(), String> {
-        let mut r = BufReader::new(r);
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+        // A thin snapshot (this member's own) is expanded with its segments.
+        let mut r = match &self.chain {
+            Some(chain) => {
+                let dir = chain.lock().dir().to_path_buf();
+                BufReader::new(coldseg::open_full(r, len, &dir)?.0)
+            }
+            None => BufReader::new(coldseg::FullReader::Pass(io::Cursor::new(Vec::new()).chain(r))),
+        };
         let cold =
             self.kv.cold_store().fresh().map_err(|e| format!("cannot create the history cache file: {e}"))?;
         let kv = KvStore::restore_with(&mut r, self.config.clone(), cold).map_err(|e| e.to_string())?;
@@ -188,12 +234,138 @@ mod tests {
         KvMachine::write_snapshot(&pin, &mut buf, &mut |f| f(&m)).expect("snapshot");
         m.unpin(pin);
         let mut other = KvMachine::new(KvConfig::default());
-        other.restore(&mut buf.as_slice()).expect("restore");
+        other.restore(&mut buf.as_slice(), buf.len() as u64).expect("restore");
         assert_eq!(other.kv.digest(), digest_at_pin);
         assert_ne!(other.kv.digest(), m.kv.digest());
         assert_eq!(other.members.get(&5), Some(&attrs));
         let mut bad = buf.clone();
         bad[10] ^= 1;
-        assert!(KvMachine::new(KvConfig::default()).restore(&mut bad.as_slice()).is_err());
+        assert!(KvMachine::new(KvConfig::default()).restore(&mut bad.as_slice(), bad.len() as u64).is_err());
+    }
+
+    fn put(m: &mut KvMachine, index: u64, key: &str, value: &str) {
+        let req =
+            PutRequest { key: key.to_string().into(), value: value.to_string().into(), ..Default::default() };
+        let cmd = Command::put(index, req);
+        assert!(matches!(m.apply(index, &cmd.encode_to_bytes()), Some((_, Output::Kv(Ok(_))))));
+    }
+
+    fn snapshot(m: &mut KvMachine) -> Vec<u8> {
+        let pin = m.pin();
+        let mut buf = Vec::new();
+        KvMachine::write_snapshot(&pin, &mut buf, &mut |f| f(m)).expect("snapshot");
+        KvMachine::snapshot_durable(&pin);
+        m.unpin(pin);
+        buf
+    }
+
+    fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir).expect("test setup").map(|e| e.expect("test setup").path()).collect();
+        v.sort();
+        v
+    }
+
+    /// Thin snapshots share history segments: the second one writes only the history added
+    /// since the first, both expand to exactly the full snapshot of the same state, and a
+    /// damaged or missing segment is an error, never a different state.
+    #[test]
+    fn thin_snapshots_expand_to_the_full_snapshot_and_detect_damage() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let seg_dir = dir.path().join("history");
+        let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+        let mut m = KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
+        let mut index = 0;
+        for round in 0..3 {
+            for k in 0..50 {
+                index += 1;
+                put(
+                    &mut m,
+                    index,
+                    &format!("key{k}"),
+                    &format!("value {round} of key {k} {}", "x".repeat(100)),
+                );
+            }
+        }
+        let thin1 = snapshot(&mut m);
+        assert_eq!(segments(&seg_dir).len(), 1);
+        let seg1_len = std::fs::metadata(&segments(&seg_dir)[0]).expect("test setup").len();
+        for k in 0..50 {
+            index += 1;
+            put(&mut m, index, &format!("key{k}"), &format!("value 3 of key {k} {}", "y".repeat(100)));
+        }
+        let thin2 = snapshot(&mut m);
+        let segs = segments(&seg_dir);
+        assert_eq!(segs.len(), 2, "the second snapshot adds one segment");
+        let seg2_len = std::fs::metadata(&segs[1]).expect("test setup").len();
+        assert!(seg2_len < seg1_len, "only the new history: {seg2_len} vs {seg1_len}");
+        // The full snapshot of the same state, written the classic way.
+        let mut full = Vec::new();
+        let pin = m.pin();
+        KvStore::write_pinned(&pin.0, &mut full, |f| f(&m.kv)).expect("test setup");
+        let members = serde_json::to_vec(&pin.1).expect("test setup");
+        full.extend_from_slice(&(members.len() as u32).to_le_bytes());
+        full.extend_from_slice(&members);
+        m.unpin(pin);
+        assert!(full_of(&thin2, &seg_dir) == full, "the expanded thin snapshot differs from the full one");
+        // Restoring from the thin snapshot (as after a restart) gives the same state.
+        let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+        let mut restored =
+            KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
+        restored.restore(&mut thin2.as_slice(), thin2.len() as u64).expect("restore thin");
+        assert_eq!(restored.kv.digest(), m.kv.digest());
+        // thin1 is not durable-latest any more, but its segment is still listed by thin2.
+        assert!(full_of(&thin1, &seg_dir).len() < full.len());
+        // A flipped bit in a segment, or a missing segment, fails the restore.
+        let mut bytes = std::fs::read(&segs[0]).expect("test setup");
+        bytes[5] ^= 1;
+        std::fs::write(&segs[0], &bytes).expect("test setup");
+        let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+        let mut broken =
+            KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
+        let err = broken.restore(&mut thin2.as_slice(), thin2.len() as u64).expect_err("must fail");
+        assert!(err.contains("corrupt"), "{err}");
+        std::fs::remove_file(&segs[1]).expect("test setup");
+        let err = broken.restore(&mut thin2.as_slice(), thin2.len() as u64).expect_err("must fail");
+        assert!(err.contains("history segment"), "{err}");
+        // A flipped bit in the thin snapshot itself fails too.
+        let mut bad = thin2.clone();
+        let at = bad.len() - 10;
+        bad[at] ^= 1;
+        assert!(broken.restore(&mut bad.as_slice(), bad.len() as u64).is_err());
+    }
+
+    /// After a restore (a new cold store), the next snapshot starts a new chain, and once
+    /// it is durable the old chain's segments are removed.
+    #[test]
+    fn a_new_cold_store_starts_a_new_chain_and_old_segments_go() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let seg_dir = dir.path().join("history");
+        let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+        let mut m = KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
+        for i in 1..=40 {
+            put(&mut m, i, &format!("k{}", i % 7), "some value");
+        }
+        let thin = snapshot(&mut m);
+        let old = segments(&seg_dir);
+        assert_eq!(old.len(), 1);
+        m.restore(&mut thin.as_slice(), thin.len() as u64).expect("restore");
+        put(&mut m, 41, "k1", "newer");
+        let thin2 = snapshot(&mut m);
+        let new = segments(&seg_dir);
+        assert_eq!(new.len(), 1);
+        assert_ne!(new, old, "a new chain after the restore");
+        let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+        let mut again =
+            KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
+        again.restore(&mut thin2.as_slice(), thin2.len() as u64).expect("restore");
+        assert_eq!(again.kv.digest(), m.kv.digest());
+    }
+
+    fn full_of(thin: &[u8], dir: &std::path::Path) -> Vec<u8> {
+        let (mut r, len) = coldseg::open_full(thin, thin.len() as u64, dir).expect("open");
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).expect("expand");
+        assert_eq!(out.len() as u64, len);
+        out
     }
 }

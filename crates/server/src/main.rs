@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod authority;
 mod bench;
 mod codec;
+mod coldseg;
 mod config;
 mod dev;
 mod gateway;

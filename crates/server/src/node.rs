@@ -46,8 +46,20 @@ pub trait StateMachine: Send + Sync + 'static {
     fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()>;
     /// Ends a [`StateMachine::pin`].
     fn unpin(&mut self, pin: Self::Pin);
-    /// Replaces the whole state by a snapshot.
-    fn restore(&mut self, r: &mut dyn Read) -> Result<(), String>;
+    /// The snapshot written at `pin` is durable (files only it replaced may go).
+    fn snapshot_durable(_pin: &Self::Pin) {}
+    /// A stored snapshot (`len` bytes) as sent to a peer: self-contained. Returns the
+    /// reader and its length.
+    #[allow(clippy::type_complexity)]
+    fn open_snapshot(
+        &self,
+        r: Box<dyn Read + Send>,
+        len: u64,
+    ) -> Result<(Box<dyn Read + Send>, u64), String> {
+        Ok((r, len))
+    }
+    /// Replaces the whole state by a stored or received snapshot of `len` bytes.
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String>;
 }
 
 /// Runs a closure on the live state machine (under its read lock).
@@ -58,7 +70,7 @@ pub trait Network: Send + Sync + 'static {
     /// Sends a message; may drop it (Raft tolerates loss).
     fn send(&self, msg: Message);
     /// Streams a snapshot to `msg.to` on its own connection, then delivers `msg`.
-    fn send_snapshot(&self, msg: Message, reader: SnapshotReader);
+    fn send_snapshot(&self, msg: Message, reader: Box<dyn Read + Send>, len: u64);
 }
 
 /// Where peer traffic comes from: polled by the driver itself, so a message goes from the
@@ -288,7 +300,8 @@ impl<S: StateMachine> Node<S> {
                 if found.index != meta.index {
                     return Err("the snapshot directory changed during start-up".into());
                 }
-                sm.restore(&mut reader)
+                let len = reader.remaining();
+                sm.restore(&mut reader, len)
                     .map_err(|e| format!("cannot restore snapshot {}: {e}", meta.index))?;
                 Some(codec::meta_from_storage(meta)?)
             }
@@ -779,8 +792,17 @@ impl<S: StateMachine> Driver<S> {
         match latest {
             Some((meta, reader)) => {
                 // Send the newest durable snapshot, whatever the core last heard of.
-                m.body = MessageBody::InstallSnapshot { meta };
-                self.network.send_snapshot(m, reader);
+                let len = reader.remaining();
+                match self.shared.sm.read().open_snapshot(Box::new(reader), len) {
+                    Ok((reader, len)) => {
+                        m.body = MessageBody::InstallSnapshot { meta };
+                        self.network.send_snapshot(m, reader, len);
+                    }
+                    Err(e) => {
+                        tracing::error!(to = to.0, error = %e, "cannot open the latest snapshot");
+                        self.raft.report_snapshot(to, false);
+                    }
+                }
             }
             None => {
                 tracing::warn!(to = to.0, "no snapshot on disk to send");
@@ -1019,6 +1041,9 @@ impl<S: StateMachine> Applier<S> {
         let size = self.last_snapshot_bytes.clone();
         let spawned = std::thread::Builder::new().name("raftkv-snapshot".into()).spawn(move || {
             let taken = take_snapshot(&shared, &pin, &snapshots, last, &cluster);
+            if taken.is_ok() {
+                S::snapshot_durable(&pin);
+            }
             shared.sm.write().unpin(pin);
             match taken {
                 Ok(bytes) => {
@@ -1053,7 +1078,8 @@ impl<S: StateMachine> Applier<S> {
             if found.index != meta.index.0 {
                 return Err(format!("expected snapshot {} on disk, found {}", meta.index, found.index));
             }
-            shared.sm.write().restore(&mut reader)
+            let len = reader.remaining();
+            shared.sm.write().restore(&mut reader, len)
         });
         if let Err(e) = restored {
             let _ = self.events.send(Event::Fatal(format!("cannot restore snapshot {}: {e}", meta.index)));

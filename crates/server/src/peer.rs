@@ -2,14 +2,13 @@
 //! in the data dir, and inbound traffic.
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use raftkv_raft::{Message, NodeId, SnapshotMeta};
-use raftkv_storage::SnapshotReader;
 use raftkv_transport::{
     Inbound as TransportInbound, ReaderSnapshotSource, Report, SnapshotSink, SnapshotSinkFactory, StagedBody,
     TransportHandle,
@@ -30,9 +29,8 @@ impl Network for PeerNetwork {
         let _ = self.transport.send(msg);
     }
 
-    fn send_snapshot(&self, msg: Message, reader: SnapshotReader) {
+    fn send_snapshot(&self, msg: Message, reader: Box<dyn Read + Send>, len: u64) {
         let to = msg.to;
-        let len = reader.remaining();
         let source = Box::new(ReaderSnapshotSource::new(BufReader::with_capacity(1 << 20, reader), len));
         if let Err(e) = self.transport.send_snapshot(msg, source) {
             tracing::debug!(to = to.0, error = %e, "snapshot transfer not started");

@@ -78,7 +78,9 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let member_dir = member::member_dir(&config.data_dir);
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
-    let sm = KvMachine::with_cold_store(kv_config, cold);
+    // Snapshots share the history's bytes through segment files (incremental snapshots).
+    let sm =
+        KvMachine::with_cold_store(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
         voters: record.members.iter().map(|m| NodeId(m.id)).collect(),
