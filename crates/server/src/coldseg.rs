@@ -74,10 +74,6 @@ impl ColdChain {
         Arc::new(Mutex::new(ColdChain { dir, cold_id: 0, segments: Vec::new(), next_name }))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn end(&self) -> u64 {
         self.segments.last().map_or(0, |s| s.start + s.len)
     }

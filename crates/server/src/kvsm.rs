@@ -48,6 +48,9 @@ pub struct KvMachine {
     /// Where snapshots keep the history in shared segments ([`crate::coldseg`]); without
     /// one, every snapshot holds the whole history.
     chain: Option<SharedChain>,
+    /// The chain's directory, readable without its lock: the snapshot thread holds the
+    /// lock while it reads the store, so taking it under the store's lock could deadlock.
+    segment_dir: Option<PathBuf>,
 }
 
 impl KvMachine {
@@ -67,13 +70,15 @@ impl KvMachine {
             cold_error_logged: false,
             generation: 0,
             chain: None,
+            segment_dir: None,
         }
     }
 
     /// Snapshots keep the history in segment files in `dir`, shared by successive
     /// snapshots (incremental snapshots, see [`crate::coldseg`]).
     pub fn with_segment_dir(mut self, dir: PathBuf) -> KvMachine {
-        self.chain = Some(ColdChain::new(dir));
+        self.chain = Some(ColdChain::new(dir.clone()));
+        self.segment_dir = Some(dir);
         self
     }
 
@@ -163,10 +168,9 @@ impl StateMachine for KvMachine {
         r: Box<dyn Read + Send>,
         len: u64,
     ) -> Result<(Box<dyn Read + Send>, u64), String> {
-        match &self.chain {
-            Some(chain) => {
-                let dir = chain.lock().dir().to_path_buf();
-                let (full, len) = coldseg::open_full(r, len, &dir)?;
+        match &self.segment_dir {
+            Some(dir) => {
+                let (full, len) = coldseg::open_full(r, len, dir)?;
                 Ok((Box::new(full), len))
             }
             None => Ok((r, len)),
@@ -179,11 +183,8 @@ impl StateMachine for KvMachine {
 
     fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
         // A thin snapshot (this member's own) is expanded with its segments.
-        let mut r = match &self.chain {
-            Some(chain) => {
-                let dir = chain.lock().dir().to_path_buf();
-                BufReader::new(coldseg::open_full(r, len, &dir)?.0)
-            }
+        let mut r = match &self.segment_dir {
+            Some(dir) => BufReader::new(coldseg::open_full(r, len, dir)?.0),
             None => BufReader::new(coldseg::FullReader::Pass(io::Cursor::new(Vec::new()).chain(r))),
         };
         let cold =
@@ -260,7 +261,8 @@ mod tests {
     }
 
     fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(dir).expect("test setup").map(|e| e.expect("test setup").path()).collect();
+        let mut v: Vec<_> =
+            std::fs::read_dir(dir).expect("test setup").map(|e| e.expect("test setup").path()).collect();
         v.sort();
         v
     }
