@@ -314,7 +314,12 @@ impl SnapshotWriter {
     }
 
     /// Make the snapshot durable and current: fsync the file, rename it
-    /// into place, fsync the directory, then remove older snapshots.
+    /// into place, fsync the directory, then remove older snapshots (lower index).
+    ///
+    /// Two writers may race (a member's own snapshot and one received from the leader):
+    /// the higher index always wins. If a complete snapshot with a higher index already
+    /// exists, this one is discarded instead (`finish` still returns `Ok`; `latest` stays
+    /// the newer one), and a newer snapshot that lands meanwhile is never removed here.
     pub fn finish(mut self) -> Result<SnapshotMeta> {
         self.store.check()?;
         self.buf.extend_from_slice(&self.body_len.to_le_bytes());
@@ -323,6 +328,13 @@ impl SnapshotWriter {
         self.flush()?;
         let store = self.store.clone();
         let fs = store.fs.as_ref();
+        let own = self.meta.index;
+        if store.list_complete()?.iter().any(|(index, _, _)| *index > own) {
+            if let Err(e) = fs.remove(&self.tmp_path) {
+                return Err(store.fatal(StorageError::io("remove", &self.tmp_path, e)));
+            }
+            return Ok(self.meta);
+        }
         if let Err(e) = self.file.sync_data() {
             return Err(store.fatal(StorageError::FsyncFailed { path: self.tmp_path.clone(), source: e }));
         }
@@ -334,8 +346,8 @@ impl SnapshotWriter {
         }
         // The new snapshot is durable: older ones may go.
         let mut removed = false;
-        for (_, _, path) in store.list_complete()? {
-            if path != self.final_path {
+        for (index, _, path) in store.list_complete()? {
+            if index <= own && path != self.final_path {
                 if let Err(e) = fs.remove(&path) {
                     return Err(store.fatal(StorageError::io("remove", &path, e)));
                 }

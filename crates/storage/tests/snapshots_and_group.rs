@@ -66,6 +66,26 @@ fn unfinished_snapshot_is_invisible_and_cleaned() {
     assert_eq!(fs.list_dir(dir).unwrap().len(), 1);
 }
 
+/// A member's own snapshot can finish after a newer one received from the leader: the
+/// newer one must stay the latest, and the older one leaves nothing behind.
+#[test]
+fn an_older_snapshot_finishing_late_never_replaces_a_newer_one() {
+    let d = tempfile::tempdir().unwrap();
+    let st = SnapshotStore::create(Arc::new(RealFs), &d.path().join("snap"), IDS).unwrap();
+    let mut own = st.begin(meta(500, 2)).unwrap();
+    own.write(b"own, older").unwrap();
+    write_snap(&st, 900, 3, b"installed, newer").unwrap();
+    own.finish().unwrap();
+    let (m, r) = st.latest().unwrap().unwrap();
+    assert_eq!(m, meta(900, 3));
+    assert_eq!(r.read_all().unwrap(), b"installed, newer");
+    let files: Vec<_> = std::fs::read_dir(d.path().join("snap")).unwrap().collect();
+    assert_eq!(files.len(), 1, "the older snapshot left a file behind");
+    // And the other way round: the newer one finishing last removes the older one.
+    write_snap(&st, 1000, 3, b"next").unwrap();
+    assert_eq!(st.latest().unwrap().unwrap().0, meta(1000, 3));
+}
+
 #[test]
 fn snapshot_crash_at_every_operation() {
     let dir = Path::new("/s");
