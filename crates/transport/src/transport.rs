@@ -963,12 +963,13 @@ async fn read_messages(
         if matches!(msg.body, MessageBody::InstallSnapshot { .. }) {
             return Err(InboundError::SnapshotOnMessageStream);
         }
+        // Counted before it is handed over, so whoever receives it sees it counted.
+        Counters::add(&shared.counters.messages_received, 1);
+        Counters::add(&shared.counters.bytes_received, len);
         // Awaiting here is the backpressure: a slow driver slows this TCP connection.
         if shared.inbound.send(Inbound::Message(msg)).await.is_err() {
             return Ok(());
         }
-        Counters::add(&shared.counters.messages_received, 1);
-        Counters::add(&shared.counters.bytes_received, len);
     }
 }
 
