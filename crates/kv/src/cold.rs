@@ -30,6 +30,14 @@ const MAX_CHUNK: usize = 1 << 20;
 const MIN_CHUNK: usize = 4 << 10;
 /// Values buffered before the file backend writes them out.
 const FILE_BLOCK: usize = 256 << 10;
+/// The file's newest bytes kept in the page cache: snapshots copy what was appended since
+/// the previous one, and recent history is what reads at old revisions mostly ask for.
+const CACHE_KEEP: u64 = 64 << 20;
+/// Older pages are dropped from the page cache in steps of this size, each call covering
+/// the previous steps again: a page still dirty at one call (whose write-back it started)
+/// is clean, and dropped, at a later one.
+const CACHE_STEP: u64 = 8 << 20;
+const CACHE_RETRY: u64 = 4 * CACHE_STEP;
 
 /// The values of superseded versions; see the module documentation.
 #[derive(Debug)]
@@ -70,6 +78,8 @@ struct FileBackend {
     block: usize,
     /// The last failed write, until a write succeeds again.
     error: Option<String>,
+    /// Pages before this offset were advised out of the page cache.
+    uncached: u64,
 }
 
 impl FileBackend {
@@ -82,9 +92,28 @@ impl FileBackend {
                     self.tail.shrink_to(self.block);
                 }
                 self.error = None;
+                self.drop_old_pages();
             }
             // Kept in memory and written with the next block; see the module docs.
             Err(e) => self.error = Some(format!("writing {}: {e}", self.dir.display())),
+        }
+    }
+
+    /// The history is written once and read rarely: pages well behind the end leave the
+    /// page cache, which bounds the cache the file fills and lets the kernel reuse the
+    /// same freed pages (see `raftkv_storage::fs::drop_cache` for why that matters).
+    fn drop_old_pages(&mut self) {
+        let upto = self.written.saturating_sub(CACHE_KEEP) & !(CACHE_STEP - 1);
+        if upto >= self.uncached + CACHE_STEP {
+            let from = self.uncached.saturating_sub(CACHE_RETRY);
+            #[cfg(target_os = "linux")]
+            let _ = rustix::fs::fadvise(
+                &self.file,
+                from,
+                std::num::NonZeroU64::new(upto - from),
+                rustix::fs::Advice::DontNeed,
+            );
+            self.uncached = upto;
         }
     }
 }
@@ -121,6 +150,7 @@ impl ColdStore {
                 tail: Vec::new(),
                 block: FILE_BLOCK,
                 error: None,
+                uncached: 0,
             }),
             appended: 0,
             min_garbage: DEFAULT_MIN_GARBAGE,
@@ -303,6 +333,21 @@ mod tests {
             assert_eq!(buf, all[from..from + len]);
         }
         assert_eq!(s.appended_bytes(), stored.iter().map(|(_, v)| v.len() as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn values_read_back_after_their_pages_left_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = ColdStore::temp_file_in(dir.path()).expect("cold file");
+        let value = |i: u64| -> Vec<u8> { (0..4096u64).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect() };
+        let n = (CACHE_KEEP + 4 * CACHE_RETRY) / 4096;
+        let positions: Vec<u64> = (0..n).map(|i| s.append(&value(i))).collect();
+        let Backend::File(f) = &s.backend else { panic!("file backed") };
+        assert!(f.uncached >= 4 * CACHE_STEP, "old pages were advised out ({} bytes)", f.uncached);
+        for i in (0..n).step_by(97).chain([0, n - 1]) {
+            let pos = positions[i as usize];
+            assert_eq!(&s.read(pos, 4096).expect("read")[..], &value(i)[..], "value {i}");
+        }
     }
 
     #[test]

@@ -154,6 +154,8 @@ fn write_segment(
         at += n as u64;
     }
     file.sync_all()?;
+    // Read again only to restore or to send a snapshot.
+    raftkv_storage::fs::drop_cache(&file, 0, 0);
     File::open(dir)?.sync_all()?;
     Ok(Segment { name_id, start, len: end - start, crc })
 }

@@ -23,6 +23,12 @@ pub trait FsFile: Send + Sync {
     /// Make the file's data (and the size, if it changed) durable
     /// (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
+    /// Advise that the cached pages of `[offset, offset + len)` (to the end of the file
+    /// when `len` is 0) will not be read again soon. Only a hint: the contents are
+    /// unchanged; clean pages leave the page cache, dirty ones start their write-back.
+    fn drop_cache(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// File-system operations used by the storage crate.
@@ -97,6 +103,28 @@ impl FsFile for RealFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+    fn drop_cache(&self, offset: u64, len: u64) {
+        drop_cache(&self.0, offset, len);
+    }
+}
+
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` on `[offset, offset + len)` (to the end of the file
+/// when `len` is 0): clean cached pages of the range leave the page cache, write-back of
+/// dirty ones starts. A hint, so errors are ignored.
+///
+/// Files the members write and then rarely read (the log after its fsync, snapshots, the
+/// history cache) are dropped from the page cache this way. It bounds the page cache they
+/// fill, and keeps the kernel reusing the same freed pages: on a virtual machine, a page the
+/// guest has never touched costs a fault in the host on first write, which made copying
+/// into new page-cache pages the largest single cost of a put (see docs/BENCHMARKS.md).
+pub fn drop_cache(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ =
+            rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 impl FileSystem for RealFs {

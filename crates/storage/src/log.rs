@@ -16,6 +16,8 @@ use crate::record::{
 use crate::{HardState, LogOptions, LogRecord, LogRecovered, LogStore, NodeIds, SyncMode};
 
 const SEGMENT_SUFFIX: &str = ".seg";
+/// The log drops its synced pages from the page cache in steps of this many bytes.
+const CACHE_DROP_STEP: u64 = 1 << 20;
 
 /// Where recovery cut a torn tail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +140,8 @@ pub struct FileLogStore {
     hs_dirty: bool,
     /// Bytes written to the OS since the last fdatasync.
     unsynced: bool,
+    /// The active segment's pages before this offset were dropped from the page cache.
+    uncached: u64,
     poisoned: Option<String>,
     torn_tail: Option<TornTail>,
 }
@@ -194,6 +198,7 @@ impl FileLogStore {
             hs: HardState::default(),
             hs_dirty: false,
             unsynced: false,
+            uncached: 0,
             poisoned: None,
             torn_tail: None,
         })
@@ -433,6 +438,7 @@ impl FileLogStore {
             hs,
             hs_dirty: false,
             unsynced: false,
+            uncached: 0,
             poisoned: None,
             torn_tail,
         };
@@ -514,6 +520,13 @@ impl FileLogStore {
             return Err(self.fatal(StorageError::FsyncFailed { path, source: e }));
         }
         self.unsynced = false;
+        // The synced records are read again only by recovery: their pages may leave the
+        // page cache (whole MiBs, never the page the next append writes into).
+        let upto = self.active_len & !(CACHE_DROP_STEP - 1);
+        if upto > self.uncached {
+            self.active.drop_cache(self.uncached, upto - self.uncached);
+            self.uncached = upto;
+        }
         Ok(())
     }
 
@@ -561,9 +574,11 @@ impl FileLogStore {
             Err(e) => return Err(self.fatal(e)),
         };
         self.hs_dirty = false;
+        self.active.drop_cache(0, 0);
         self.active = file;
         self.active_len = len;
         self.allocated = len;
+        self.uncached = 0;
         self.segments.push(Segment { seq, path, max_index: self.last });
         Ok(())
     }

@@ -338,6 +338,8 @@ impl SnapshotWriter {
         if let Err(e) = self.file.sync_data() {
             return Err(store.fatal(StorageError::FsyncFailed { path: self.tmp_path.clone(), source: e }));
         }
+        // Read again only to restore or to send it: it need not stay in the page cache.
+        self.file.drop_cache(0, 0);
         if let Err(e) = fs.rename(&self.tmp_path, &self.final_path) {
             return Err(store.fatal(StorageError::io("rename", &self.tmp_path, e)));
         }
