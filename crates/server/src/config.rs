@@ -66,6 +66,11 @@ pub struct ServerArgs {
     /// Log level: error, warn, info (default), debug, trace.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Threads that serve clients and peers and run the Raft driver (default: the number of
+    /// CPUs). Members sharing a machine do better with a share of its cores each; `raftkv
+    /// dev` gives each of its three a third (at least one).
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
     /// Skip fsync of the log. Loses acknowledged writes on power failure: benchmarks only.
     #[arg(long)]
     #[serde(default)]
@@ -115,6 +120,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
     pub unsafe_no_fsync: bool,
     /// Whether --initial-cluster-token was given (a restarted member then checks it).
     pub initial_cluster_token_explicit: bool,
@@ -165,6 +172,7 @@ impl ServerArgs {
             max_request_bytes: self.max_request_bytes.or(base.max_request_bytes),
             log_format: self.log_format.or(base.log_format),
             log_level: self.log_level.or(base.log_level),
+            worker_threads: self.worker_threads.or(base.worker_threads),
             unsafe_no_fsync: self.unsafe_no_fsync || base.unsafe_no_fsync,
             config_file: self.config_file.or(base.config_file),
         }
@@ -271,6 +279,11 @@ impl ServerConfig {
                 "--election-timeout ({election_timeout_ms} ms) is too long; maximum is 50000 ms"
             ));
         }
+        let worker_threads = match args.worker_threads {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n @ 1..=1024) => n,
+            Some(n) => return err(format!("invalid --worker-threads {n}: expected 1 to 1024")),
+        };
         let log_format = match args.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -316,6 +329,7 @@ impl ServerConfig {
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
             log_format,
             log_level: args.log_level.unwrap_or_else(|| "info".to_string()),
+            worker_threads,
             unsafe_no_fsync: args.unsafe_no_fsync,
         })
     }
@@ -393,6 +407,18 @@ mod tests {
         assert_eq!((c.tick_ms(), c.heartbeat_ticks(), c.election_ticks()), (20, 5, 50));
         assert_eq!(c.snapshot_count, 100_000);
         assert_eq!(c.initial_cluster.len(), 1);
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_and_must_be_positive() {
+        let c = ServerConfig::resolve(ServerArgs::default()).expect("defaults are valid");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.worker_threads, cpus);
+        let one = ServerArgs { worker_threads: Some(1), ..Default::default() };
+        assert_eq!(ServerConfig::resolve(one).expect("valid").worker_threads, 1);
+        let zero = ServerArgs { worker_threads: Some(0), ..Default::default() };
+        let e = ServerConfig::resolve(zero).expect_err("0 workers");
+        assert!(e.0.contains("--worker-threads 0"), "{e}");
     }
 
     #[test]

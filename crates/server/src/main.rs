@@ -38,6 +38,12 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+enum Run {
+    Server(Box<config::ServerConfig>),
+    Dev(dev::DevArgs),
+    Bench(bench::BenchArgs),
+}
+
 fn init_logging(format: config::LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -70,27 +76,29 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if matches!(cli.command, Command::Server(_)) {
-        server_runtime(&mut builder);
-    }
-    let runtime = match builder.build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("raftkv: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = match cli.command {
+    let command = match cli.command {
         Command::Server(args) => match config::ServerConfig::resolve(*args) {
             Ok(config) => {
-                init_logging(config.log_format, &config.log_level);
-                runtime.block_on(server::run(config))
+                builder.worker_threads(config.worker_threads);
+                server_runtime(&mut builder);
+                Ok(Run::Server(Box::new(config)))
             }
             Err(e) => Err(e.to_string()),
         },
-        Command::Dev(args) => runtime.block_on(dev::run(args)),
-        Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Dev(args) => Ok(Run::Dev(args)),
+        Command::Bench(args) => Ok(Run::Bench(args)),
     };
+    let result = command.and_then(|command| {
+        let runtime = builder.build().map_err(|e| format!("cannot start the runtime: {e}"))?;
+        match command {
+            Run::Server(config) => {
+                init_logging(config.log_format, &config.log_level);
+                runtime.block_on(server::run(*config))
+            }
+            Run::Dev(args) => runtime.block_on(dev::run(args)),
+            Run::Bench(args) => runtime.block_on(bench::run(args)),
+        }
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
