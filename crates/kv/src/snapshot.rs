@@ -2,13 +2,16 @@
 //!
 //! ```text
 //! magic   "RAFTKVS\0"                      8 bytes
-//! format  u32 = 3
+//! format  u32 = 4
 //! body:
 //!   revision i64, compact_revision i64
 //!   per key (ascending): key_len u32, key, entry_count u32,
-//!     per entry (ascending): main i64, sub u32, create i64, version i64, value_len u32,
-//!       then for the key's last entry: the value;
-//!       for the others: value_pos u64 (where the value is in the cold section)
+//!     per entry (ascending), as varints (LEB128; "z" marks a zigzag-encoded signed
+//!     difference) relative to the key's previous entry (or to 0 for its first):
+//!       main - prev_main, sub, z(create - prev_create), z(version - prev_version),
+//!       value_len, then for the key's last entry: the value;
+//!       for the others: z(value_pos - prev_value_pos) (where the value is in the cold
+//!       section)
 //!   end of keys: u32 = 0xFFFF_FFFF in place of a key_len
 //!   cold section: cold_len u64, cold_len bytes
 //! crc     u32 = CRC32C of body
@@ -20,7 +23,9 @@
 //! same positions. It may hold values of versions that compaction discarded (garbage the
 //! cold store has not reclaimed yet); only the referenced spans are ever read.
 //!
-//! Older formats are still read. Format 2 wrote every entry as main i64, sub i64,
+//! Older formats are still read. Format 3 wrote every entry as main i64, sub u32,
+//! create i64, version i64, value_len u32 and value_pos u64 (40 bytes a version, where
+//! format 4 needs about 12: snapshots of a long history are mostly these records). Format 2 wrote every entry as main i64, sub i64,
 //! create i64, version i64, lease i64, value_len u32, value, and had no cold section;
 //! format 1 was format 2 with `key_count u64` after the revisions and no end marker. The
 //! end marker lets a snapshot be written from a live store ([`KvStore::pin`]): the key
@@ -44,9 +49,10 @@ use crate::store::{Key, KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
 /// Format 1 counted the keys up front; format 2 ends the keys with [`END_OF_KEYS`], so a
-/// snapshot can be written while the store changes; format 3 adds the cold section. All
-/// are read.
-const FORMAT: u32 = 3;
+/// snapshot can be written while the store changes; format 3 adds the cold section; format
+/// 4 writes the version records as varint differences. All are read.
+const FORMAT: u32 = 4;
+const FORMAT_FIXED: u32 = 3;
 const FORMAT_INLINE: u32 = 2;
 const FORMAT_COUNTED: u32 = 1;
 /// Cold section bytes copied per visit to the store.
@@ -167,7 +173,24 @@ fn put_entries_inline(
     Ok(())
 }
 
-/// A key's versions in format 3: the last one's value inline, the others' positions.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// A key's versions in format 4: varint differences, the last one's value inline, the
+/// others' positions.
 fn put_entries(
     out: &mut Vec<u8>,
     key: &[u8],
@@ -177,19 +200,23 @@ fn put_entries(
 ) -> io::Result<()> {
     put_key(out, key, range.len())?;
     let last = range.end - 1;
+    let (mut main, mut create, mut version, mut pos) = (0i64, 0i64, 0i64, 0i64);
     for i in range {
         let e = &h.revs[i];
-        out.extend_from_slice(&e.main.to_le_bytes());
-        out.extend_from_slice(&e.sub.to_le_bytes());
-        out.extend_from_slice(&e.create.to_le_bytes());
-        out.extend_from_slice(&e.version.to_le_bytes());
-        out.extend_from_slice(&e.vlen.to_le_bytes());
+        // Versions ascend: the main revision never decreases.
+        put_varint(out, e.main.wrapping_sub(main) as u64);
+        put_varint(out, u64::from(e.sub));
+        put_varint(out, zigzag(e.create.wrapping_sub(create)));
+        put_varint(out, zigzag(e.version.wrapping_sub(version)));
+        put_varint(out, u64::from(e.vlen));
+        (main, create, version) = (e.main, e.create, e.version);
         if i == last {
             // The newest version at the pin: in memory then, maybe in the cold store now.
             out.extend_from_slice(&value_in(cold, h, i)?);
         } else {
             // Superseded before the pin: in the cold store below the pinned length.
-            out.extend_from_slice(&e.pos.to_le_bytes());
+            put_varint(out, zigzag((e.pos as i64).wrapping_sub(pos)));
+            pos = e.pos as i64;
         }
     }
     Ok(())
@@ -371,7 +398,7 @@ impl KvStore {
             return Err(KvError::corrupt("bad magic (not a kv snapshot)"));
         }
         let format = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if ![FORMAT, FORMAT_INLINE, FORMAT_COUNTED].contains(&format) {
+        if ![FORMAT, FORMAT_FIXED, FORMAT_INLINE, FORMAT_COUNTED].contains(&format) {
             return Err(KvError::corrupt(format!("unsupported format version {format}")));
         }
         let mut cr = CrcReader { inner: r, crc: 0 };
@@ -454,6 +481,29 @@ fn read_u32(r: &mut impl Read) -> Result<u32, KvError> {
     Ok(u32::from_le_bytes(b))
 }
 
+/// An unsigned LEB128 varint of at most 10 bytes.
+fn read_varint(r: &mut impl Read) -> Result<u64, KvError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        read_exact(r, &mut b)?;
+        let bits = u64::from(b[0] & 0x7f);
+        if i == 9 && b[0] > 1 {
+            break;
+        }
+        v |= bits << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(KvError::corrupt("varint too long"))
+}
+
+/// `prev + delta` for a zigzag-encoded difference read from `r`.
+fn read_delta(r: &mut impl Read, prev: i64) -> Result<i64, KvError> {
+    prev.checked_add(unzigzag(read_varint(r)?)).ok_or_else(|| KvError::corrupt("value out of range"))
+}
+
 /// Reads `len` bytes, growing the buffer only as data arrives.
 fn read_bytes(r: &mut impl Read, len: u32) -> Result<Bytes, KvError> {
     let len = len as usize;
@@ -476,7 +526,8 @@ type Body = (i64, i64, BTreeMap<Key, KeyHistory>, u64);
 
 fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Body, KvError> {
     let counted = format == FORMAT_COUNTED;
-    let with_cold = format == FORMAT;
+    let with_cold = format == FORMAT || format == FORMAT_FIXED;
+    let compact = format == FORMAT;
     // Positions in the cold section become positions in `cold` (empty, normally).
     let base = cold.appended_bytes();
     let mut cold_end = 0u64;
@@ -509,13 +560,26 @@ fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Bo
             return Err(KvError::corrupt("key without versions"));
         }
         let mut h = KeyHistory { revs: Vec::with_capacity((n as usize).min(16)), latest: Bytes::new() };
+        let mut prev_pos = 0i64;
         for j in 0..n {
             if with_cold {
-                let main = read_i64(r)?;
-                let sub = read_u32(r)?;
-                let create = read_i64(r)?;
-                let version = read_i64(r)?;
-                let vlen = read_u32(r)?;
+                let (main, sub, create, version, vlen) = if compact {
+                    let (main, create, version) =
+                        h.revs.last().map_or((0, 0, 0), |p| (p.main, p.create, p.version));
+                    let main = i64::try_from(read_varint(r)?)
+                        .ok()
+                        .and_then(|d| main.checked_add(d))
+                        .ok_or_else(|| KvError::corrupt("revision out of range"))?;
+                    let sub = u32::try_from(read_varint(r)?)
+                        .map_err(|_| KvError::corrupt("invalid sub-revision"))?;
+                    let create = read_delta(r, create)?;
+                    let version = read_delta(r, version)?;
+                    let vlen =
+                        u32::try_from(read_varint(r)?).map_err(|_| KvError::corrupt("value too long"))?;
+                    (main, sub, create, version, vlen)
+                } else {
+                    (read_i64(r)?, read_u32(r)?, read_i64(r)?, read_i64(r)?, read_u32(r)?)
+                };
                 let ordered = h.revs.last().is_none_or(|p| (p.main, p.sub) < (main, sub));
                 if !ordered || main < 1 || main > rev || version < 0 || create > main {
                     return Err(KvError::corrupt("invalid version record"));
@@ -524,7 +588,12 @@ fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Bo
                     h.latest = read_bytes(r, vlen)?;
                     h.revs.push(Rev { main, sub, create, version, vlen, pos: 0 });
                 } else {
-                    let pos = read_u64(r)?;
+                    let pos = if compact {
+                        prev_pos = read_delta(r, prev_pos)?;
+                        u64::try_from(prev_pos).map_err(|_| KvError::corrupt("value position"))?
+                    } else {
+                        read_u64(r)?
+                    };
                     let end =
                         pos.checked_add(u64::from(vlen)).ok_or_else(|| KvError::corrupt("value position"))?;
                     cold_end = cold_end.max(end);

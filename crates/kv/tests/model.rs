@@ -520,21 +520,84 @@ fn format2_snapshots_are_still_read() {
 
 #[test]
 fn value_position_outside_the_cold_section_is_corrupt() {
+    let s = two_versions();
+    let mut buf = Vec::new();
+    s.snapshot(&mut buf).unwrap();
+    // Header 12, revisions 16, key_len 4, "k", count 4; first entry, one byte each: main,
+    // sub, create, version, value_len, then its position (zigzag varint).
+    let at = 12 + 16 + 4 + 1 + 4 + 5;
+    assert_eq!(&buf[at - 5..=at], &[2, 0, 4, 2, 2, 0]);
+    buf[at] = 100; // zigzag(50): 50 + 2 is past the 2-byte cold section
+    reseal(&mut buf);
+    let e = KvStore::restore(&mut &buf[..]).unwrap_err();
+    assert!(e.message().contains("past the cold section"), "{e}");
+    // A varint that does not end within ten bytes.
+    buf.splice(at..=at, [0xff; 11]);
+    reseal(&mut buf);
+    let e = KvStore::restore(&mut &buf[..]).unwrap_err();
+    assert!(e.message().contains("varint"), "{e}");
+}
+
+/// Key "k" with versions "v1" (revision 2) and "v2" (revision 3).
+fn two_versions() -> KvStore {
     let mut s = KvStore::new();
     put(&mut s, "k", "v1");
     put(&mut s, "k", "v2");
-    let mut buf = Vec::new();
-    s.snapshot(&mut buf).unwrap();
-    // Header 12, revisions 16, key_len 4, "k", count 4; first entry: main 8, sub 4,
-    // create 8, version 8, value_len 4, then its position (8).
-    let at = 12 + 16 + 4 + 1 + 4 + 8 + 4 + 8 + 8 + 4;
-    assert_eq!(&buf[at..at + 8], &0u64.to_le_bytes());
-    buf[at..at + 8].copy_from_slice(&100u64.to_le_bytes());
+    s
+}
+
+/// Recomputes a snapshot's checksum after a test edited its body.
+fn reseal(buf: &mut [u8]) {
     let body_end = buf.len() - 4;
     let crc = crc32c::crc32c(&buf[12..body_end]);
     buf[body_end..].copy_from_slice(&crc.to_le_bytes());
-    let e = KvStore::restore(&mut &buf[..]).unwrap_err();
-    assert!(e.message().contains("past the cold section"), "{e}");
+}
+
+/// Format 3 (fixed-width version records), as earlier releases wrote it, still restores.
+#[test]
+fn format_3_snapshots_are_read() {
+    let s = two_versions();
+    let mut body = Vec::new();
+    body.extend_from_slice(&3i64.to_le_bytes());
+    body.extend_from_slice(&(-1i64).to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(b"k");
+    body.extend_from_slice(&2u32.to_le_bytes());
+    for (main, version) in [(2i64, 1i64), (3, 2)] {
+        body.extend_from_slice(&main.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&2i64.to_le_bytes());
+        body.extend_from_slice(&version.to_le_bytes());
+        body.extend_from_slice(&2u32.to_le_bytes());
+        if main == 2 {
+            body.extend_from_slice(&0u64.to_le_bytes());
+        } else {
+            body.extend_from_slice(b"v2");
+        }
+    }
+    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    body.extend_from_slice(&2u64.to_le_bytes());
+    body.extend_from_slice(b"v1");
+    let mut buf = b"RAFTKVS\0".to_vec();
+    buf.extend_from_slice(&3u32.to_le_bytes());
+    buf.extend_from_slice(&body);
+    buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    let r = KvStore::restore(&mut &buf[..]).unwrap();
+    assert_eq!((r.revision(), r.digest()), (3, s.digest()));
+}
+
+#[test]
+fn snapshot_format_4_is_compact() {
+    let mut s = KvStore::new();
+    for i in 0..1000 {
+        put(&mut s, &format!("k{}", i % 10), "v");
+    }
+    let mut buf = Vec::new();
+    s.snapshot(&mut buf).unwrap();
+    // 1000 versions: about 7 bytes each here (format 3 took 40), plus the cold section.
+    assert!(buf.len() < 1000 * 10 + 1000, "{} bytes", buf.len());
+    let r = KvStore::restore(&mut &buf[..]).unwrap();
+    assert_eq!(r.digest(), s.digest());
 }
 
 #[test]
