@@ -15,6 +15,7 @@
 
 mod cold;
 mod error;
+mod index;
 mod snapshot;
 mod store;
 mod validate;

@@ -36,7 +36,6 @@
 //! revisions, revisions within bounds) and never allocates more than the
 //! input actually provides, whatever the length fields say.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
@@ -45,6 +44,7 @@ use crate::KvError;
 use std::ops::Bound;
 
 use crate::cold::ColdStore;
+use crate::index::KeyIndex;
 use crate::store::{Key, KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
@@ -322,7 +322,7 @@ impl KvStore {
                     Some(k) => (Bound::Excluded(&k[..]), Bound::Unbounded),
                     None => (Bound::Unbounded, Bound::Unbounded),
                 };
-                let mut keys = store.map.range::<[u8], _>(bounds);
+                let mut keys = store.map.range(bounds);
                 for _ in 0..KEYS_PER_VISIT {
                     let Some((k, h)) = keys.next() else {
                         done = true;
@@ -522,7 +522,7 @@ fn vlen_checked(value: &[u8]) -> Result<u32, KvError> {
     u32::try_from(value.len()).map_err(|_| KvError::corrupt("value too long"))
 }
 
-type Body = (i64, i64, BTreeMap<Key, KeyHistory>, u64);
+type Body = (i64, i64, KeyIndex, u64);
 
 fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Body, KvError> {
     let counted = format == FORMAT_COUNTED;
@@ -543,7 +543,7 @@ fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Bo
     } else {
         u64::MAX
     };
-    let mut map = BTreeMap::new();
+    let mut map = KeyIndex::new();
     let mut cold_live = 0u64;
     let mut last_key: Option<Key> = None;
     for _ in 0..keys {

@@ -2,7 +2,8 @@
 //! any retained revision.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+
+use crate::index::KeyIndex;
 use std::ops::{Bound, Range};
 
 use bytes::Bytes;
@@ -182,7 +183,7 @@ pub(crate) type Key = smallvec::SmallVec<[u8; 24]>;
 /// state (and [`KvStore::digest`]) on every replica.
 #[derive(Debug)]
 pub struct KvStore {
-    pub(crate) map: BTreeMap<Key, KeyHistory>,
+    pub(crate) map: KeyIndex,
     /// Values of superseded versions.
     pub(crate) cold: ColdStore,
     /// Bytes in `cold` that retained versions still refer to.
@@ -261,7 +262,7 @@ impl KvStore {
     /// [`ColdStore::temp_file_in`] to keep the history off the heap).
     pub fn with_cold_store(config: KvConfig, cold: ColdStore) -> Self {
         KvStore {
-            map: BTreeMap::new(),
+            map: KeyIndex::new(),
             cold,
             cold_live: 0,
             rev: 1,
@@ -551,7 +552,7 @@ impl KvStore {
                     }
                 }
             } else {
-                for (k, h) in self.map.range::<[u8], _>(bounds) {
+                for (k, h) in self.map.range(bounds) {
                     if let Some(i) = h.at(rev) {
                         count += 1;
                         if !req.count_only && kvs.len() < fetch {
@@ -643,10 +644,10 @@ impl KvStore {
         let mut prev_kvs = Vec::new();
         let KvStore { map, cold, cold_live, .. } = self;
         if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
-            for (k, h) in map.range_mut::<[u8], _>(bounds) {
+            map.for_each_in_range_mut(bounds, |k, h| {
                 debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
                 if h.newest_live().is_none() {
-                    continue;
+                    return;
                 }
                 if req.prev_kv {
                     prev_kvs.push(newest_kv(Bytes::copy_from_slice(k), h));
@@ -655,7 +656,7 @@ impl KvStore {
                 let r = Rev { main: rev, sub: sub_u32(ctx.changes), create: 0, version: 0, vlen: 0, pos: 0 };
                 h.push(cold, cold_live, r, Bytes::new());
                 ctx.changes += 1;
-            }
+            });
         }
         let revision = if ctx.changes > 0 { rev } else { ctx.begin };
         DeleteRangeResponse { header: header(revision), deleted, prev_kvs }
@@ -691,7 +692,7 @@ impl KvStore {
         };
         let mut any = false;
         let by_value = c.target == CompareTarget::Value as i32;
-        for (_, h) in self.map.range::<[u8], _>(bounds) {
+        for (_, h) in self.map.range(bounds) {
             if let Some(i) = h.at(rev) {
                 any = true;
                 let value = if by_value { self.value_of(h, i).map_err(KvError::cold)? } else { Bytes::new() };
