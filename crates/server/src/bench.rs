@@ -255,7 +255,7 @@ impl GrpcConn {
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(crate::flatio::FlatWrites(tcp))
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         tokio::spawn(async move {
