@@ -35,34 +35,10 @@
 //! first request had a plain authority is not watched for a schemed one later.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-
-/// The listener of the client port: sets TCP_NODELAY and wraps each connection in
-/// [`AuthorityFix`].
-pub struct ClientListener(pub TcpListener);
-
-impl axum::serve::Listener for ClientListener {
-    type Io = AuthorityFix<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own accept loop (it logs and retries accept errors).
-        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        // Without TCP_NODELAY, Nagle holds a response's trailing frame until the client's
-        // delayed ACK: a 40 ms floor on every request.
-        let _ = tcp.set_nodelay(true);
-        (AuthorityFix::new(tcp), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod authority;
 mod bench;
+mod client_port;
 mod codec;
 mod coldseg;
 mod config;

@@ -119,16 +119,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen for clients on {addr}: {e}"))?;
-        let mut stop = stop_rx.clone();
-        let router = router.clone();
-        servers.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            // TCP_NODELAY, and the `:authority: http://...` shim for etcd's Go client.
-            let listener = crate::authority::ClientListener(listener);
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await
-        }));
+        let (api, router, stop) = (api.clone(), router.clone(), stop_rx.clone());
+        servers.push(tokio::spawn(crate::client_port::serve(listener, api, router, stop)));
     }
     tracing::info!(
         clients = ?config.listen_client,

@@ -187,3 +187,118 @@ async fn message_over_the_grpc_limit_is_resource_exhausted() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     put(c.port(0), "after", "ok").await.expect("the member keeps serving");
 }
+
+/// One HTTP/2 request on a fresh connection; returns the HTTP status, the response headers
+/// and trailers merged (a trailers-only response has its grpc-status in the headers), and the
+/// body.
+async fn h2_request(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    let mut req = http::Request::builder().method("POST").uri(format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (response, mut stream) = send.send_request(req.body(()).expect("request"), false).expect("send");
+    stream.send_data(body.into(), true).expect("send body");
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answer in time")
+        .expect("response");
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let mut all = parts.headers;
+    if let Some(trailers) = body.trailers().await.expect("trailers") {
+        all.extend(trailers);
+    }
+    (parts.status.as_u16(), all, data)
+}
+
+fn grpc_frame(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut f = vec![flag];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// Malformed gRPC requests get the gRPC error tonic (and grpc-go) would give, on a trailers-only
+/// response, and the member keeps serving; the JSON gateway also answers over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grpc_requests_get_grpc_errors() {
+    use raftkv_api::prost::Message;
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let put_req = PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }.encode_to_vec();
+    let status_of = |h: &http::HeaderMap| {
+        let code = h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+        let message = h.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("").replace("%20", " ");
+        (code, message)
+    };
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, Code, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "/etcdserverpb.KV/Put",
+            vec![("grpc-encoding", "gzip")],
+            grpc_frame(1, &put_req),
+            Code::Unimplemented,
+            "gzip",
+        ),
+        ("/etcdserverpb.KV/Put", vec![], grpc_frame(1, &put_req), Code::Internal, "compressed-flag"),
+        ("/etcdserverpb.KV/Put", vec![], Vec::new(), Code::Internal, "Missing request message"),
+        (
+            "/etcdserverpb.KV/Put",
+            vec![],
+            grpc_frame(0, &put_req)[..7].to_vec(),
+            Code::Internal,
+            "ended inside",
+        ),
+        (
+            "/etcdserverpb.KV/Put",
+            vec![],
+            [grpc_frame(0, &put_req), grpc_frame(0, &put_req)].concat(),
+            Code::Internal,
+            "more than one",
+        ),
+        ("/etcdserverpb.KV/Range", vec![], grpc_frame(0, b"\xff\xff\xff"), Code::Internal, "decode"),
+        ("/etcdserverpb.KV/Nope", vec![], grpc_frame(0, &put_req), Code::Unimplemented, ""),
+        ("/etcdserverpb.Watch/Watch", vec![], grpc_frame(0, b""), Code::Unimplemented, ""),
+    ];
+    for (path, extra, body, code, wording) in cases {
+        let headers: Vec<(&str, &str)> = grpc.iter().copied().chain(extra.iter().copied()).collect();
+        let (http_status, h, _) = h2_request(port, path, &headers, body).await;
+        let (got, message) = status_of(&h);
+        assert_eq!(http_status, 200, "{path}");
+        assert_eq!(got, Some(code as i32), "{path} {extra:?}: {message}");
+        assert!(message.contains(wording), "{path} {extra:?}: {message:?} lacks {wording:?}");
+    }
+    assert_eq!(get(port, "k", false).await.expect("get"), None, "no malformed put may be applied");
+
+    // A well-formed put on the same raw path, then the JSON gateway over HTTP/2.
+    let (_, h, data) = h2_request(port, "/etcdserverpb.KV/Put", &grpc, grpc_frame(0, &put_req)).await;
+    assert_eq!(status_of(&h).0, Some(0), "{h:?}");
+    assert!(data.len() >= 5 && data[0] == 0, "a length-prefixed PutResponse: {data:?}");
+    let (http_status, _, data) = h2_request(
+        port,
+        "/v3/kv/range",
+        &[("content-type", "application/json")],
+        br#"{"key":"aw=="}"#.to_vec(),
+    )
+    .await;
+    let json = String::from_utf8_lossy(&data);
+    assert_eq!(http_status, 200, "{json}");
+    assert!(json.contains(r#""value":"dg==""#), "the gateway reads the put back: {json}");
+    put(port, "after", "ok").await.expect("the member keeps serving");
+}

@@ -1,0 +1,429 @@
+//! The client port: one listener for etcd's gRPC API and the JSON gateway.
+//!
+//! Every connection gets TCP_NODELAY and the `:authority` shim ([`AuthorityFix`]); its first
+//! bytes tell HTTP/2 (the client preface) from HTTP/1.1. HTTP/1.1 connections (the JSON
+//! gateway, `curl`) are served by hyper with the axum router. HTTP/2 connections are driven
+//! with `h2` directly: the key-value calls (`etcdserverpb.KV`: Range, Put, DeleteRange, Txn,
+//! Compact) are decoded and answered here, every other request (the Maintenance and Cluster
+//! services, the gateway over HTTP/2, unknown paths) goes to the same axum router.
+//!
+//! Serving the hot calls here skips, per request, hyper's stream task and body adapters,
+//! axum's routing and tonic's streaming codec: the request is one DATA payload decoded in
+//! place, the answer is HEADERS, one DATA frame and the trailers, queued together. What a
+//! client sees is the same as from tonic: status codes and messages (including etcd's
+//! `grpc: received message larger than max` for requests above the limit), trailers-only
+//! error responses, and `Unimplemented` for compressed requests.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use raftkv_api::prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::Status;
+use tower::ServiceExt;
+
+use crate::authority::AuthorityFix;
+use crate::service::Api;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Streams one HTTP/2 connection may have open at once (hyper's default, which this port
+/// used before): a client with more queues them.
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Flow-control windows, per stream and per connection (hyper's defaults).
+const WINDOW: u32 = 1 << 20;
+/// The largest header list accepted (hyper's default).
+const MAX_HEADER_LIST: u32 = 16 << 10;
+/// Response bytes h2 buffers per stream beyond the peer's window (hyper's default).
+const MAX_SEND_BUFFER: usize = 400 << 10;
+/// gRPC's own framing beyond the request itself (etcd allows the same margin).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The key-value calls served on h2 directly.
+#[derive(Clone, Copy)]
+enum KvCall {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+}
+
+impl KvCall {
+    fn from_path(path: &str) -> Option<KvCall> {
+        Some(match path.strip_prefix("/etcdserverpb.KV/")? {
+            "Range" => KvCall::Range,
+            "Put" => KvCall::Put,
+            "DeleteRange" => KvCall::DeleteRange,
+            "Txn" => KvCall::Txn,
+            "Compact" => KvCall::Compact,
+            _ => return None,
+        })
+    }
+}
+
+/// Serves the client port until `stop` turns true, then lets open connections finish
+/// (HTTP/2 GOAWAY, HTTP/1.1 after the request in progress) and returns once they have.
+pub async fn serve(listener: TcpListener, api: Api, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        match accepted {
+            Ok((tcp, _)) => {
+                // Without TCP_NODELAY, Nagle holds a response's trailing frame until the
+                // client's delayed ACK: a 40 ms floor on every request.
+                let _ = tcp.set_nodelay(true);
+                connections.spawn(connection(tcp, api.clone(), router.clone(), stop.clone()));
+            }
+            // The peer gave up before we accepted: nothing to do.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionRefused
+                ) => {}
+            // Out of file descriptors and the like: wait rather than spin.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a client connection; retrying in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection(mut tcp: TcpStream, api: Api, router: axum::Router, stop: watch::Receiver<bool>) {
+    // Read until the bytes stop matching the HTTP/2 preface or all of it has come.
+    let mut head = [0u8; PREFACE.len()];
+    let mut n = 0;
+    while n < PREFACE.len() {
+        match tcp.read(&mut head[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+        if head[..n] != PREFACE[..n] {
+            break;
+        }
+    }
+    let is_h2 = n == PREFACE.len() && head == *PREFACE;
+    let io = AuthorityFix::new(Replay { head, pos: 0, len: n, inner: tcp });
+    if is_h2 {
+        serve_h2(io, api, router, stop).await;
+    } else {
+        serve_http1(io, router, stop).await;
+    }
+}
+
+async fn serve_http1(io: AuthorityFix<Replay>, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn serve_h2(io: AuthorityFix<Replay>, api: Api, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .handshake::<_, Bytes>(io);
+    let mut conn = match handshake.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let mut stopping = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                // GOAWAY: streams already open finish, accept() then returns None.
+                conn.graceful_shutdown();
+                stopping = true;
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((request, respond))) => {
+                let api = api.clone();
+                match KvCall::from_path(request.uri().path()) {
+                    Some(call) => tokio::spawn(kv_call(call, request, respond, api)),
+                    None => tokio::spawn(to_router(request, respond, router.clone())),
+                };
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 connection error");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// One key-value call: decode, run, answer (or answer the error as a trailers-only response).
+async fn kv_call(
+    call: KvCall,
+    request: Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    api: Api,
+) {
+    let result = run_kv_call(call, request, &api).await;
+    let _ = match result {
+        Ok(payload) => send_message(respond, payload),
+        Err(status) => send_status(respond, status),
+    };
+}
+
+async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) -> Result<Bytes, Status> {
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        return Err(Status::unimplemented(format!(
+            "Content is compressed with `{encoding}` which isn't supported"
+        )));
+    }
+    let limit = api.max_request_bytes() + GRPC_OVERHEAD_BYTES;
+    let message = read_message(request.into_body(), limit).await?;
+    match call {
+        KvCall::Range => encode(api.range(decode(message)?).await?),
+        KvCall::Put => encode(api.put(decode(message)?).await?),
+        KvCall::DeleteRange => encode(api.delete_range(decode(message)?).await?),
+        KvCall::Txn => encode(api.txn(decode(message)?).await?),
+        KvCall::Compact => encode(api.compact(decode(message)?).await?),
+    }
+}
+
+fn decode<M: Message + Default>(message: Bytes) -> Result<M, Status> {
+    M::decode(message).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))
+}
+
+/// A response message with gRPC's 5-byte prefix (not compressed, length).
+fn encode<M: Message>(message: M) -> Result<Bytes, Status> {
+    let len = message.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| Status::resource_exhausted("response larger than 4 GiB"))?;
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(prefix);
+    message.encode(&mut buf).map_err(|e| Status::internal(format!("failed to encode the response: {e}")))?;
+    Ok(buf.freeze())
+}
+
+/// Reads a unary request's one message (gRPC length-prefixed), refusing one longer than
+/// `limit` before buffering it. A message that arrived in one DATA frame is not copied.
+async fn read_message(mut body: h2::RecvStream, limit: usize) -> Result<Bytes, Status> {
+    let stream_error = |e: h2::Error| Status::cancelled(format!("request stream: {e}"));
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut want: Option<usize> = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(stream_error)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if first.is_none() && buf.is_empty() {
+            first = Some(chunk);
+        } else {
+            if let Some(f) = first.take() {
+                buf.extend_from_slice(&f);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let have = first.as_ref().map_or(&buf[..], |f| &f[..]);
+        if want.is_none() && have.len() >= 5 {
+            if have[0] != 0 {
+                return Err(Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                ));
+            }
+            let len = u32::from_be_bytes([have[1], have[2], have[3], have[4]]) as usize;
+            if len > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "grpc: received message larger than max ({len} vs. {limit})"
+                )));
+            }
+            want = Some(5 + len);
+        }
+        if let Some(want) = want
+            && have.len() > want
+        {
+            return Err(Status::internal("unary request with more than one message"));
+        }
+    }
+    let whole = match first {
+        Some(f) => f,
+        None => buf.freeze(),
+    };
+    match want {
+        Some(want) if whole.len() == want => Ok(whole.slice(5..)),
+        Some(_) => Err(Status::internal("request stream ended inside a message")),
+        None if whole.is_empty() => Err(Status::internal("Missing request message.")),
+        None => Err(Status::internal("request stream ended inside a message prefix")),
+    }
+}
+
+fn send_message(mut respond: h2::server::SendResponse<Bytes>, payload: Bytes) -> Result<(), h2::Error> {
+    let mut response = Response::new(());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let mut stream = respond.send_response(response, false)?;
+    stream.send_data(payload, false)?;
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    stream.send_trailers(trailers)
+}
+
+fn send_status(mut respond: h2::server::SendResponse<Bytes>, status: Status) -> Result<(), h2::Error> {
+    let mut response = Response::new(());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    if status.add_header(response.headers_mut()).is_err() {
+        // The message could not be a header value: send the code alone.
+        response.headers_mut().insert("grpc-status", HeaderValue::from(status.code() as i32));
+    }
+    respond.send_response(response, true).map(|_| ())
+}
+
+/// Any other request over HTTP/2: through the axum router, its response body piped back.
+async fn to_router(
+    request: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    router: axum::Router,
+) {
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, axum::body::Body::new(H2Body { recv: body, data_done: false }));
+    let response = match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, mut body) = response.into_parts();
+    let end = body.is_end_stream();
+    let Ok(mut stream) = respond.send_response(Response::from_parts(parts, ()), end) else { return };
+    if end {
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(error = %e, "response body failed");
+                stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                if stream.send_data(data, false).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            let _ = stream.send_trailers(trailers);
+            return;
+        }
+    }
+    let _ = stream.send_data(Bytes::new(), true);
+}
+
+/// An HTTP/2 request body as an `http_body::Body`, giving flow-control credit back as it is read.
+struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+/// The accepted stream with the bytes read to tell the protocol put back in front.
+/// Writes report no vectored support so HTTP/2 frames coalesce (see [`crate::flatio`]).
+pub struct Replay {
+    head: [u8; PREFACE.len()],
+    pos: usize,
+    len: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.len {
+            let n = (this.len - this.pos).min(buf.remaining());
+            buf.put_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
