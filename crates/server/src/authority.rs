@@ -64,8 +64,15 @@ pub struct AuthorityFix<S> {
 }
 
 impl<S> AuthorityFix<S> {
+    #[cfg(test)]
     pub fn new(inner: S) -> Self {
-        AuthorityFix { inner, scan: Scanner::default(), held: Vec::new(), out: Vec::new(), out_pos: 0 }
+        Self::with_received(inner, &[])
+    }
+
+    /// Like [`AuthorityFix::new`] on a stream from which `received` was already read: those
+    /// bytes come first, scanned like the rest.
+    pub fn with_received(inner: S, received: &[u8]) -> Self {
+        AuthorityFix { inner, scan: Scanner::default(), held: received.to_vec(), out: Vec::new(), out_pos: 0 }
     }
 
     /// Moves what can be decided from `held` to `out`. Returns how many more bytes the frame at
@@ -504,8 +511,13 @@ mod tests {
     /// Everything `AuthorityFix` hands out for `data` read in chunks of `sizes`, with the
     /// caller's buffer `cap` bytes large.
     fn run(data: &[u8], sizes: &[usize], cap: usize) -> Vec<u8> {
-        let mut fix =
-            AuthorityFix::new(Chunked { data: data.to_vec(), pos: 0, sizes: sizes.to_vec(), next: 0 });
+        run_after(&[], data, sizes, cap)
+    }
+
+    /// Like [`run`], on a stream from which `received` was read before.
+    fn run_after(received: &[u8], data: &[u8], sizes: &[usize], cap: usize) -> Vec<u8> {
+        let inner = Chunked { data: data.to_vec(), pos: 0, sizes: sizes.to_vec(), next: 0 };
+        let mut fix = AuthorityFix::with_received(inner, received);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut out = Vec::new();
@@ -700,6 +712,10 @@ mod tests {
             assert_eq!(authorities(&out), ["127.0.0.1:2379"], "huffman {huffman}");
             assert!(out.ends_with(&second));
             assert_eq!(run(&conn, &[1], 1), out);
+            // Bytes read before (the client port reads the preface to tell HTTP/2 apart).
+            for split in [1, PREFACE.len(), PREFACE.len() + 5, PREFACE.len() + 20] {
+                assert_eq!(run_after(&conn[..split], &conn[split..], &[7], 5), out, "split {split}");
+            }
             // Schemes other than http, a path, and a value that needs no change.
             for (from, to) in
                 [("https://h:1/x", "h:1"), ("unix://sock", "sock"), ("h:1", "h:1"), ("http://", "http://")]

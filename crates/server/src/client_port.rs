@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use raftkv_api::prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -123,7 +123,7 @@ async fn connection(mut tcp: TcpStream, api: Api, router: axum::Router, stop: wa
         }
     }
     let is_h2 = n == PREFACE.len() && head == *PREFACE;
-    let io = AuthorityFix::new(Replay { head, pos: 0, len: n, inner: tcp });
+    let io = AuthorityFix::with_received(tcp, &head[..n]);
     if is_h2 {
         serve_h2(io, api, router, stop).await;
     } else {
@@ -131,7 +131,7 @@ async fn connection(mut tcp: TcpStream, api: Api, router: axum::Router, stop: wa
     }
 }
 
-async fn serve_http1(io: AuthorityFix<Replay>, router: axum::Router, mut stop: watch::Receiver<bool>) {
+async fn serve_http1(io: AuthorityFix<TcpStream>, router: axum::Router, mut stop: watch::Receiver<bool>) {
     let service = hyper_util::service::TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
@@ -144,7 +144,12 @@ async fn serve_http1(io: AuthorityFix<Replay>, router: axum::Router, mut stop: w
     let _ = conn.await;
 }
 
-async fn serve_h2(io: AuthorityFix<Replay>, api: Api, router: axum::Router, mut stop: watch::Receiver<bool>) {
+async fn serve_h2(
+    io: AuthorityFix<TcpStream>,
+    api: Api,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -385,45 +390,5 @@ impl Body for H2Body {
 
     fn is_end_stream(&self) -> bool {
         self.recv.is_end_stream()
-    }
-}
-
-/// The accepted stream with the bytes read to tell the protocol put back in front.
-/// Writes report no vectored support so HTTP/2 frames coalesce (see [`crate::flatio`]).
-pub struct Replay {
-    head: [u8; PREFACE.len()],
-    pos: usize,
-    len: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Replay {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.len {
-            let n = (this.len - this.pos).min(buf.remaining());
-            buf.put_slice(&this.head[this.pos..this.pos + n]);
-            this.pos += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Replay {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
