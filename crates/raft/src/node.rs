@@ -451,7 +451,7 @@ impl Raft {
         if m.to != self.id {
             return Err(StepError::WrongRecipient { to: m.to });
         }
-        if !self.cluster.members().contains(&m.from) || m.from == self.id {
+        if !self.cluster.contains(m.from) || m.from == self.id {
             return Err(StepError::UnknownSender { from: m.from });
         }
         if self.step_term(&m) {

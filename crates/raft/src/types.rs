@@ -164,6 +164,12 @@ impl ClusterConfig {
         self.voters.iter().chain(self.voters_outgoing.iter()).chain(self.learners.iter()).copied().collect()
     }
 
+    /// Whether `id` receives the log (voter of either half, or learner); no allocation, unlike
+    /// [`ClusterConfig::members`], since it runs for every message received.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
     /// Whether `id` votes in either half of the (possibly joint) configuration.
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.voters_outgoing.contains(&id)
