@@ -5,7 +5,6 @@ use clap::{Parser, Subcommand};
 mod authority;
 mod bench;
 mod client_port;
-mod codec;
 mod coldseg;
 mod config;
 mod dev;
@@ -14,10 +13,12 @@ mod gateway;
 mod grpc;
 mod kvsm;
 mod member;
-mod node;
 mod peer;
 mod server;
 mod service;
+
+// The member runtime (driver, disk worker, applier and their tokio shell).
+use raftkv_node as node;
 
 #[derive(Parser, Debug)]
 #[command(

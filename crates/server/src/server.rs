@@ -93,7 +93,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         seed: record.member_id,
     };
     let peers = Box::new(crate::peer::TransportSource { inbound: t_inbound_rx, reports: reports_rx });
-    let node = Node::start(node_config, storage, recovered, sm, network.clone(), peers)?;
+    let node = Node::start(node_config, storage, recovered, sm, network.clone(), peers)
+        .map_err(|e| e.to_string())?;
     let _ = network.driver.set(node.inbound());
 
     // The client API.
@@ -152,7 +153,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
-    let result = node.stop().await;
+    let result = node.stop().await.map_err(|e| e.to_string());
     transport.shutdown().await;
     result
 }

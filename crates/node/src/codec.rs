@@ -1,5 +1,10 @@
 //! Conversions between the core's types and the storage crate's plain records.
 
+/// A stored record or snapshot meta the core cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(String);
+
 use std::collections::BTreeSet;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -10,9 +15,9 @@ pub fn entry_to_record(e: &Entry) -> storage::LogRecord {
     storage::LogRecord { index: e.index.0, term: e.term.0, kind: e.kind.code(), data: e.data.clone() }
 }
 
-pub fn record_to_entry(r: storage::LogRecord) -> Result<Entry, String> {
+pub fn record_to_entry(r: storage::LogRecord) -> Result<Entry, CodecError> {
     let kind = EntryKind::from_code(r.kind)
-        .ok_or_else(|| format!("log record {} has unknown entry kind {}", r.index, r.kind))?;
+        .ok_or_else(|| CodecError(format!("log record {} has unknown entry kind {}", r.index, r.kind)))?;
     Ok(Entry { term: Term(r.term), index: LogIndex(r.index), kind, data: r.data })
 }
 
@@ -35,13 +40,13 @@ fn put_set(buf: &mut BytesMut, set: &BTreeSet<NodeId>) {
     }
 }
 
-fn get_set(buf: &mut &[u8]) -> Result<BTreeSet<NodeId>, String> {
+fn get_set(buf: &mut &[u8]) -> Result<BTreeSet<NodeId>, CodecError> {
     if buf.remaining() < 4 {
-        return Err("cluster config truncated".into());
+        return Err(CodecError("cluster config truncated".into()));
     }
     let n = buf.get_u32_le() as usize;
     if n > 10_000 || buf.remaining() < n * 8 {
-        return Err(format!("cluster config claims {n} members"));
+        return Err(CodecError(format!("cluster config claims {n} members")));
     }
     Ok((0..n).map(|_| NodeId(buf.get_u64_le())).collect())
 }
@@ -55,9 +60,9 @@ pub fn encode_config(c: &ClusterConfig) -> Bytes {
     buf.freeze()
 }
 
-pub fn decode_config(mut b: &[u8]) -> Result<ClusterConfig, String> {
+pub fn decode_config(mut b: &[u8]) -> Result<ClusterConfig, CodecError> {
     if b.first() != Some(&1) {
-        return Err("unknown cluster config encoding".into());
+        return Err(CodecError("unknown cluster config encoding".into()));
     }
     b.advance(1);
     let voters = get_set(&mut b)?;
@@ -70,7 +75,7 @@ pub fn meta_to_storage(m: &SnapshotMeta) -> storage::SnapshotMeta {
     storage::SnapshotMeta { index: m.index.0, term: m.term.0, config: encode_config(&m.config) }
 }
 
-pub fn meta_from_storage(m: &storage::SnapshotMeta) -> Result<SnapshotMeta, String> {
+pub fn meta_from_storage(m: &storage::SnapshotMeta) -> Result<SnapshotMeta, CodecError> {
     Ok(SnapshotMeta { index: LogIndex(m.index), term: Term(m.term), config: decode_config(&m.config)? })
 }
 
