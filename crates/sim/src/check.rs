@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use raftkv_raft::{Entry, EntryKind, LogIndex, NodeId, Term};
 
 use crate::rng::chain;
+use crate::sim::{KEYS, key_of};
 
 /// A broken guarantee (or a core panic, or a liveness failure).
 #[derive(Clone, Debug)]
@@ -135,6 +136,11 @@ pub struct Checker {
     chains: BTreeMap<(u64, u64), u64>,
     /// `committed[i - 1]`: `(term, chain)` of the committed entry at `i`.
     committed: Vec<(Term, u64)>,
+    /// `commit_terms[i - 1]`: the lowest current term of a node that reported `i` committed
+    /// (at least the term in which it was committed; `u64::MAX` for a placeholder). Leader
+    /// Completeness binds leaders of later terms only: a member paused as a candidate may
+    /// still win an older term after a newer one committed more.
+    commit_terms: Vec<u64>,
     /// `applied[i - 1]`, once some node applied `i` (or restored a snapshot at `i`: then only
     /// the digest is known and `entry` is 0 with term 0 until an apply fills it in).
     applied: Vec<Option<Applied>>,
@@ -144,6 +150,8 @@ pub struct Checker {
     abandoned: BTreeSet<u64>,
     /// Index -> attempt acknowledged to a client as committed there.
     acked: BTreeMap<u64, u64>,
+    /// Per register, the highest index of a write acknowledged so far.
+    acked_by_key: [u64; KEYS],
     pub now: u64,
 }
 
@@ -184,8 +192,19 @@ impl Checker {
     }
 
     /// A node's commit index covers `index`, whose entry it holds as `(term, chain)`.
-    pub fn committed(&mut self, node: NodeId, index: u64, term: Term, chain: u64) -> Result<(), Violation> {
+    pub fn committed(
+        &mut self,
+        node: NodeId,
+        index: u64,
+        term: Term,
+        chain: u64,
+        node_term: Term,
+    ) -> Result<(), Violation> {
         let i = (index - 1) as usize;
+        if self.commit_terms.len() <= i {
+            self.commit_terms.resize(i + 1, u64::MAX);
+        }
+        self.commit_terms[i] = self.commit_terms[i].min(node_term.0);
         match self.committed.get(i) {
             Some((t, c)) if t.0 != 0 => {
                 if (*t, *c) != (term, chain) {
@@ -223,7 +242,12 @@ impl Checker {
     /// Leader Completeness: a node that just became leader of `term` holds every committed
     /// entry. `mirror` is its log.
     pub fn new_leader(&self, node: NodeId, term: Term, mirror: &Mirror) -> Result<(), Violation> {
-        let Some((index, cterm, cchain)) = self.last_committed() else { return Ok(()) };
+        // The highest index committed in a term before this leader's.
+        let Some(i) = self.commit_terms.iter().rposition(|t| *t < term.0) else { return Ok(()) };
+        let Some((cterm, cchain)) = self.committed.get(i).copied().filter(|(t, _)| t.0 != 0) else {
+            return Ok(());
+        };
+        let index = i as u64 + 1;
         if index < mirror.base_index {
             // Covered by its snapshot; the snapshot's own prefix is checked at the base.
             return match self.committed_at(mirror.base_index) {
@@ -352,6 +376,50 @@ impl Checker {
             );
         }
         self.acked.insert(index, attempt);
+        let k = key_of(attempt);
+        self.acked_by_key[k] = self.acked_by_key[k].max(index);
+        Ok(())
+    }
+
+    /// The highest index of a write to register `key` acknowledged so far: a linearizable
+    /// read sent now must return it or a newer write.
+    pub fn acked_index(&self, key: usize) -> u64 {
+        self.acked_by_key[key]
+    }
+
+    /// A read of register `key` on `node` returned `value` (a command id, 0 for never
+    /// written). Every read must return a value written to that register; a linearizable one
+    /// must return the write at `min_index` (the newest acknowledged before it was sent) or a
+    /// newer one.
+    pub fn read(
+        &self,
+        node: NodeId,
+        key: usize,
+        value: u64,
+        min_index: u64,
+        linearizable: bool,
+    ) -> Result<(), Violation> {
+        let index = if value == 0 {
+            0
+        } else {
+            match self.attempt_index.get(&value) {
+                Some(i) if key_of(value) == key => *i,
+                _ => {
+                    return self.fail(
+                        "read of a value never written",
+                        format!("node {node} read {value:#x} from key {key}, which no command wrote there"),
+                    );
+                }
+            }
+        };
+        if linearizable && index < min_index {
+            return self.fail(
+                "stale read",
+                format!(
+                    "node {node} served a linearizable read of key {key} with the write at {index}, but the write at {min_index} was acknowledged before the read was sent"
+                ),
+            );
+        }
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod params;
+pub mod plant;
 pub mod rng;
 mod sim;
 pub mod snapstream;
@@ -30,6 +31,7 @@ use std::sync::Once;
 
 pub use check::Violation;
 pub use params::{Params, Profile};
+pub use plant::{DriverBug, Plant, parse_plant};
 pub use raftkv_raft::PlantedBug;
 pub use sim::{Outcome, Sim, SimOptions, Stats};
 
@@ -84,15 +86,18 @@ pub fn run_sweep(start: u64, count: u64, threads: usize, options: &SimOptions) -
 /// The command that replays one seed exactly.
 pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     let mut cmd = String::from("cargo run --release -p raftkv-sim");
-    if options.planted_bug.is_some() {
+    if options.planted_bug.is_some() || options.driver_bug.is_some() {
         cmd.push_str(" --features planted-bugs");
     }
     cmd.push_str(&format!(" -- replay --seed {seed}"));
-    if options.profile == Profile::LeaderChurn {
-        cmd.push_str(" --profile leader-churn");
+    if options.profile != Profile::Mixed {
+        cmd.push_str(&format!(" --profile {}", options.profile.name()));
     }
     if let Some(bug) = options.planted_bug {
         cmd.push_str(&format!(" --plant {}", bug_name(bug)));
+    }
+    if let Some(bug) = options.driver_bug {
+        cmd.push_str(&format!(" --plant {}", bug.name()));
     }
     cmd
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use raftkv_sim::{Outcome, PlantedBug, Profile, SimOptions, replay_command, run_seed, run_seeds, run_sweep};
+use raftkv_sim::{Outcome, Plant, Profile, SimOptions, replay_command, run_seed, run_seeds, run_sweep};
 
 #[derive(Parser)]
 #[command(name = "raftkv-sim", about = "Deterministic simulator for the raftkv Raft core")]
@@ -18,16 +18,28 @@ struct Common {
     /// Fault mix to draw each seed's parameters from: mixed or leader-churn.
     #[arg(long, default_value = "mixed")]
     profile: Profile,
-    /// Plant a known bug in every core (needs --features planted-bugs):
+    /// Plant a known bug (needs --features planted-bugs). In every core:
     /// commit-previous-term-by-count, vote-before-durable, truncate-matching-prefix,
-    /// skip-up-to-date-check.
-    #[arg(long, value_parser = raftkv_sim::parse_bug)]
-    plant: Option<PlantedBug>,
+    /// skip-up-to-date-check. In the member driver: serve-read-before-applied,
+    /// read-context-restart, ack-before-sync, ack-despite-fsync-error, snapshot-keeps-tail.
+    #[arg(long, value_parser = raftkv_sim::parse_plant)]
+    plant: Option<Plant>,
 }
 
 impl Common {
     fn options(&self, trace: bool) -> SimOptions {
-        SimOptions { profile: self.profile, trace, planted_bug: self.plant }
+        SimOptions {
+            profile: self.profile,
+            trace,
+            planted_bug: match self.plant {
+                Some(Plant::Core(b)) => Some(b),
+                _ => None,
+            },
+            driver_bug: match self.plant {
+                Some(Plant::Driver(b)) => Some(b),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -81,7 +93,7 @@ fn report_failure(o: &Outcome, options: &SimOptions) {
 }
 
 fn check_plant(options: &SimOptions) -> Result<(), ExitCode> {
-    if options.planted_bug.is_some() && !cfg!(feature = "planted-bugs") {
+    if (options.planted_bug.is_some() || options.driver_bug.is_some()) && !cfg!(feature = "planted-bugs") {
         eprintln!("--plant needs a build with --features planted-bugs");
         return Err(ExitCode::from(2));
     }
@@ -110,6 +122,12 @@ fn main() -> ExitCode {
                 failures.len()
             );
             println!("{}", sweep.totals.snapshot_summary());
+            println!("{}", sweep.totals.fault_summary());
+            println!(
+                "{} simulated events in {secs:.1}s: {:.0} events/s",
+                sweep.totals.events,
+                sweep.totals.events as f64 / secs.max(1e-9)
+            );
             if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Replay { seed, trace, common } => {

@@ -25,6 +25,19 @@ pub enum Profile {
     LeaderChurn,
 }
 
+impl Profile {
+    /// Every profile, for `--profile` parsing and the docs.
+    pub const ALL: [Profile; 2] = [Profile::Mixed, Profile::LeaderChurn];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Mixed => "mixed",
+            Profile::LeaderChurn => "leader-churn",
+        }
+    }
+}
+
 impl std::str::FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Profile, String> {
@@ -101,6 +114,28 @@ pub struct Params {
     pub inflight_messages_max: usize,
     pub append_bytes_max: u64,
 
+    /// Chance that a client's next operation is a read rather than a write, and that a read
+    /// is serializable (served from the receiving member's state) rather than linearizable
+    /// (ReadIndex, forwarded to the leader by a follower).
+    pub read_ppm: u64,
+    pub serializable_ppm: u64,
+    /// Mean time between process pauses (0: none): a member freezes (no ticks, no messages,
+    /// no disk completions handled) for `pause_us`, several election timeouts.
+    pub pause_mean_us: u64,
+    pub pause_us: (u64, u64),
+    /// Clock drift: each member's tick interval is `TICK_US` scaled by a factor drawn in
+    /// `1 ± drift_ppm / 1e6`.
+    pub drift_ppm: u64,
+    /// Chance that a message dropped by a partition or a down receiver makes the sender's
+    /// transport report the peer unreachable (`Raft::report_unreachable`).
+    pub unreachable_ppm: u64,
+    /// Chance, per synced persist job in the fault phase, that the write or fsync fails: the
+    /// member must stop without acknowledging anything of that job (it restarts later).
+    pub fsync_error_ppm: u64,
+    /// Chance, on a crash with unsynced jobs lost, that the first lost job is torn: a prefix
+    /// of its entries reached the disk, its hard state did not.
+    pub torn_write_ppm: u64,
+
     /// Length of the fault phase; the liveness phase follows.
     pub fault_phase_us: u64,
     /// The run lasts at least this long in total.
@@ -164,6 +199,14 @@ impl Params {
             chunk_reorder_ppm: 0,
             chunk_corrupt_ppm: 0,
             lag_downtime_us: 0,
+            read_ppm: 0,
+            serializable_ppm: 0,
+            pause_mean_us: 0,
+            pause_us: (0, 0),
+            drift_ppm: 0,
+            unreachable_ppm: 0,
+            fsync_error_ppm: 0,
+            torn_write_ppm: 0,
             pre_vote: r.chance(800_000),
             check_quorum: r.chance(800_000),
             // Small appends with a deep pipeline on a reordering network make the leader
@@ -179,7 +222,23 @@ impl Params {
         p.inflight_messages_max =
             if p.append_bytes_max >= 1 << 20 { r.pick(&[1, 4, 16, 256]) } else { r.pick(&[1, 4, 16]) };
         p.draw_snapshots(r);
+        p.draw_wider_faults(r);
         p
+    }
+
+    /// Reads and the wider fault model: pauses, clock drift, unreachable reports, fsync
+    /// errors, torn writes (drawn last, so they do not shift the other draws).
+    fn draw_wider_faults(&mut self, r: &mut Rng) {
+        self.read_ppm = r.pick(&[0, 200_000, 400_000, 600_000]);
+        self.serializable_ppm = r.pick(&[0, 200_000, 400_000]);
+        if r.chance(400_000) {
+            self.pause_mean_us = r.pick(&[SEC, 2 * SEC]);
+            self.pause_us = (200 * MS, r.pick(&[500 * MS, SEC]));
+        }
+        self.drift_ppm = r.pick(&[0, 20_000, 100_000, 250_000]);
+        self.unreachable_ppm = r.pick(&[0, 300_000, 1_000_000]);
+        self.fsync_error_ppm = r.pick(&[0, 0, 0, 2_000, 10_000]);
+        self.torn_write_ppm = r.pick(&[0, 500_000, 1_000_000]);
     }
 
     /// Snapshot policy, stream and fault parameters (drawn after the rest, so they do not

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raftkv_raft::{
     ClusterConfig, Config, Entry, HardState, InitialState, LogIndex, Message, MessageBody, NodeId,
-    PlantedBug, ProposeError, Raft, Role, SnapshotMeta, Term,
+    PlantedBug, ProposeError, Raft, ReadError, ReadState, Role, SnapshotMeta, Term,
 };
 
 use crate::check::{Checker, Mirror, Violation, attempt_of, entry_hash};
 use crate::params::{MS, Params, Profile, TICK_US};
+use crate::plant::DriverBug;
 use crate::rng::{Rng, chain, mix64};
 use crate::snapstream::{Body, Incoming, MAX_BODY_BYTES, Outgoing, Reject, SnapFrame};
 use crate::trace::{Trace, TraceEvent};
@@ -37,6 +38,9 @@ pub struct SimOptions {
     /// A known bug to plant in every core. Takes effect only when this crate is built with
     /// the `planted-bugs` feature.
     pub planted_bug: Option<PlantedBug>,
+    /// A known bug to plant in the simulator's member driver (see [`DriverBug`]). Takes
+    /// effect only when this crate is built with the `planted-bugs` feature.
+    pub driver_bug: Option<DriverBug>,
 }
 
 /// Counters of one run, for the summary line.
@@ -71,6 +75,17 @@ pub struct Stats {
     /// The most unconfirmed snapshot bytes any transfer had in flight.
     pub snapshot_bytes_in_flight_max: u64,
     pub max_commit: u64,
+    /// Reads served (linearizable, serializable) and reads that failed (no leader, leader
+    /// lost, timed out) and were retried.
+    pub reads_linearizable: u64,
+    pub reads_serializable: u64,
+    pub reads_failed: u64,
+    /// Wider faults injected: process pauses, write/fsync errors (each stops its member),
+    /// torn persist jobs, and unreachable reports given to a core.
+    pub pauses: u64,
+    pub fsync_errors: u64,
+    pub torn_writes: u64,
+    pub unreachable_reports: u64,
 }
 
 impl Stats {
@@ -101,6 +116,27 @@ impl Stats {
         self.snapshot_bytes_in_flight_max =
             self.snapshot_bytes_in_flight_max.max(o.snapshot_bytes_in_flight_max);
         self.max_commit = self.max_commit.max(o.max_commit);
+        self.reads_linearizable += o.reads_linearizable;
+        self.reads_serializable += o.reads_serializable;
+        self.reads_failed += o.reads_failed;
+        self.pauses += o.pauses;
+        self.fsync_errors += o.fsync_errors;
+        self.torn_writes += o.torn_writes;
+        self.unreachable_reports += o.unreachable_reports;
+    }
+
+    /// The read and wider-fault counters as one summary line.
+    pub fn fault_summary(&self) -> String {
+        format!(
+            "reads: {} linearizable, {} serializable, {} failed and retried; faults: {} pauses, {} write/fsync errors, {} torn writes, {} unreachable reports",
+            self.reads_linearizable,
+            self.reads_serializable,
+            self.reads_failed,
+            self.pauses,
+            self.fsync_errors,
+            self.torn_writes,
+            self.unreachable_reports,
+        )
     }
 
     /// The snapshot counters as one summary line.
@@ -140,12 +176,22 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-/// The state machine: a digest over the applied commands, in order.
+/// The state machine: a digest over the applied commands, in order, and a few registers
+/// (keys), each holding the last command written to it.
 #[derive(Clone, Debug, Default)]
 struct StateMachine {
     applied: u64,
     digest: u64,
     commands: u64,
+    values: [u64; KEYS],
+}
+
+/// Registers in the state machine; each command writes one (see [`key_of`]).
+pub(crate) const KEYS: usize = 3;
+
+/// The register a command writes.
+pub(crate) fn key_of(attempt: u64) -> usize {
+    (mix64(attempt) % KEYS as u64) as usize
 }
 
 /// A snapshot as stored on a disk and shipped by InstallSnapshot: the core's metadata plus the
@@ -164,6 +210,9 @@ struct Durable {
     snapshot: Option<Arc<SnapData>>,
     /// Contiguous entries; may start at or before the snapshot (a kept tail).
     log: Vec<Entry>,
+    /// Set when a failed write/fsync was treated as success (planted bug): what the failure
+    /// really lost, gone at the next crash: the log from this index, and the hard state.
+    fsync_lost: Option<(Option<u64>, Option<HardState>)>,
 }
 
 impl Durable {
@@ -184,6 +233,8 @@ struct Job {
     hard_state: Option<HardState>,
     after: Vec<Message>,
     target: Option<(LogIndex, Term)>,
+    /// The write or fsync of this job fails.
+    failed: bool,
 }
 
 /// A running node's volatile state.
@@ -210,6 +261,9 @@ struct Live {
     queued_hs: HardState,
     /// A hard state written without a sync: durable with the next synced job, lost in a crash.
     lazy_hs: Option<HardState>,
+    /// ReadIndex contexts of this incarnation (used only by the planted
+    /// `ReadContextRestart`; the driver otherwise numbers contexts across incarnations).
+    local_contexts: u64,
 }
 
 struct Node {
@@ -218,6 +272,13 @@ struct Node {
     inc: u64,
     durable: Durable,
     live: Option<Live>,
+    /// The next ReadIndex context; kept across crashes so that a reply to a read of an earlier
+    /// incarnation can never confirm a read of this one.
+    next_context: u64,
+    /// The member is frozen (a process pause) until this time.
+    paused_until: u64,
+    /// This member's tick interval: `TICK_US` scaled by its clock drift.
+    tick_us: u64,
 }
 
 struct Pending {
@@ -230,10 +291,26 @@ struct Pending {
     proposed_at: u64,
 }
 
+/// A read a client is waiting for.
+struct ReadOp {
+    node: usize,
+    inc: u64,
+    key: usize,
+    linearizable: bool,
+    context: u64,
+    /// The read index the leader confirmed, once it did.
+    read_index: Option<u64>,
+    /// The highest index of a write to `key` acknowledged before the read was sent: a
+    /// linearizable read must return that write or a newer one.
+    min_index: u64,
+    deadline: u64,
+}
+
 struct Client {
     target: usize,
     counter: u64,
     pending: Option<Pending>,
+    read: Option<ReadOp>,
     /// Wake-ups carry a generation; only the latest one counts.
     generation: u64,
 }
@@ -284,6 +361,7 @@ enum Event {
         inc: u64,
     },
     LivenessStart,
+    PauseRandom,
 }
 
 struct Scheduled {
@@ -320,7 +398,6 @@ enum Phase {
 pub struct Sim {
     seed: u64,
     params: Params,
-    #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
     options: SimOptions,
     rng: Rng,
     now: u64,
@@ -356,8 +433,22 @@ fn role_name(role: Role) -> &'static str {
 impl Sim {
     pub fn new(seed: u64, options: SimOptions) -> Sim {
         let params = Params::draw(seed, options.profile);
+        let mut drift = Rng::new(mix64(seed ^ 0xD81F_7C10_C4A5_0001));
         let nodes = (0..params.nodes)
-            .map(|i| Node { id: NodeId(i as u64 + 1), inc: 0, durable: Durable::default(), live: None })
+            .map(|i| {
+                // A clock that runs fast or slow by up to `drift_ppm`.
+                let ppm = drift.between(0, 2 * params.drift_ppm);
+                let tick_us = TICK_US * (1_000_000 - params.drift_ppm + ppm) / 1_000_000;
+                Node {
+                    id: NodeId(i as u64 + 1),
+                    inc: 0,
+                    durable: Durable::default(),
+                    live: None,
+                    next_context: 1,
+                    paused_until: 0,
+                    tick_us: tick_us.max(1),
+                }
+            })
             .collect();
         let mut rng = Rng::new(mix64(seed) ^ 0x5851_F42D_4C95_7F2D);
         let clients = (0..params.clients)
@@ -365,6 +456,7 @@ impl Sim {
                 target: rng.below(params.nodes as u64) as usize,
                 counter: 0,
                 pending: None,
+                read: None,
                 generation: 0,
             })
             .collect();
@@ -388,6 +480,11 @@ impl Sim {
             next_transfer: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Whether the driver bug `b` is planted (only in a `planted-bugs` build).
+    fn bug(&self, b: DriverBug) -> bool {
+        cfg!(feature = "planted-bugs") && self.options.driver_bug == Some(b)
     }
 
     /// Runs the seed to the end or to the first violation.
@@ -429,6 +526,10 @@ impl Sim {
         if self.params.lag_downtime_us > 0 {
             let at = self.rng.between(300 * MS, 1_500 * MS);
             self.schedule(at, Event::LagCrash);
+        }
+        if self.params.pause_mean_us > 0 {
+            let at = self.rng.exp(self.params.pause_mean_us);
+            self.schedule(at, Event::PauseRandom);
         }
         self.schedule(self.params.fault_phase_us, Event::LivenessStart);
         Ok(())
@@ -491,7 +592,31 @@ impl Sim {
         self.trace.record(self.now, event);
     }
 
+    /// The member an event is handled by, when a process pause can hold it back.
+    fn event_member(event: &Event) -> Option<usize> {
+        match event {
+            Event::Tick { node, .. }
+            | Event::SnapTimer { node, .. }
+            | Event::PersistDone { node, .. }
+            | Event::TakeSnapshot { node, .. } => Some(*node),
+            Event::Deliver { msg, .. } => Some((msg.to.0 as usize).wrapping_sub(1)),
+            Event::Snap { to, .. } => Some(*to),
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        // A paused member handles nothing: its timers, messages (buffered by the network) and
+        // disk completions wait until it runs again, in their order.
+        if let Some(n) = Self::event_member(&event)
+            && n < self.nodes.len()
+            && self.nodes[n].paused_until > self.now
+            && self.nodes[n].live.is_some()
+        {
+            let at = self.nodes[n].paused_until;
+            self.schedule(at, event);
+            return Ok(());
+        }
         match event {
             Event::Tick { node, inc } => {
                 if self.nodes[node].inc != inc {
@@ -499,7 +624,8 @@ impl Sim {
                 }
                 if let Some(live) = self.nodes[node].live.as_mut() {
                     live.raft.tick();
-                    self.schedule(self.now + TICK_US, Event::Tick { node, inc });
+                    let at = self.now + self.nodes[node].tick_us;
+                    self.schedule(at, Event::Tick { node, inc });
                     self.drive(node)?;
                 }
                 Ok(())
@@ -568,6 +694,21 @@ impl Sim {
             }
             Event::TakeSnapshot { node, inc } => self.take_snapshot(node, inc),
             Event::LivenessStart => self.liveness_start(),
+            Event::PauseRandom => {
+                if self.phase != Phase::Faults {
+                    return Ok(());
+                }
+                let node = self.rng.below(self.nodes.len() as u64) as usize;
+                if self.nodes[node].live.is_some() && self.nodes[node].paused_until <= self.now {
+                    let d = self.rng.between(self.params.pause_us.0, self.params.pause_us.1);
+                    self.nodes[node].paused_until = self.now + d;
+                    self.stats.pauses += 1;
+                    self.record(TraceEvent::Pause { node: node as u64 + 1, ms: d / MS });
+                }
+                let at = self.now + self.rng.exp(self.params.pause_mean_us);
+                self.schedule(at, Event::PauseRandom);
+                Ok(())
+            }
         }
     }
 
@@ -636,7 +777,9 @@ impl Sim {
             leader_term: None,
             queued_hs: self.nodes[n].durable.hard_state,
             lazy_hs: None,
+            local_contexts: 0,
         });
+        self.nodes[n].paused_until = 0;
         self.record(restart);
         let at = self.now + self.rng.between(1, TICK_US);
         self.schedule(at, Event::Tick { node: n, inc });
@@ -653,25 +796,68 @@ impl Sim {
     }
 
     fn crash_for(&mut self, n: usize, downtime: u64) {
+        let keep_tail = self.bug(DriverBug::SnapshotKeepsTail);
         let Some(live) = self.nodes[n].live.take() else { return };
         let total = live.jobs.len();
         let kept =
             if self.params.crash_keeps_prefix { self.rng.between(0, total as u64) as usize } else { 0 };
-        for job in live.jobs.into_iter().take(kept) {
+        let mut jobs = live.jobs.into_iter();
+        for job in jobs.by_ref().take(kept) {
             // The disk got these writes out before the power went; nobody heard of it.
-            let _ = write_durable(&mut self.nodes[n].durable, &job);
+            let _ = write_durable(&mut self.nodes[n].durable, &job, keep_tail);
         }
+        if let Some(job) = jobs.next() {
+            self.tear(n, &job);
+        }
+        if let Some((first, hs)) = self.nodes[n].durable.fsync_lost.take() {
+            // What a failed write or fsync lost (the planted bug acknowledged it anyway).
+            let d = &mut self.nodes[n].durable;
+            if let Some(first) = first {
+                d.log.retain(|e| e.index.0 < first);
+            }
+            if let Some(hs) = hs {
+                d.hard_state = hs;
+            }
+        }
+        self.nodes[n].paused_until = 0;
         self.nodes[n].inc += 1;
         self.stats.crashes += 1;
         let id = self.nodes[n].id.0;
         self.record(TraceEvent::Crash { node: id, jobs_kept: kept, jobs_lost: total - kept });
         self.forget_pending(n, u64::MAX, "node crashed");
+        self.forget_reads(n, "node crashed");
         self.schedule(self.now + downtime, Event::Restart { node: n });
+    }
+
+    /// A crash in the middle of persist job `job`: with the seed's chance, a prefix of its
+    /// entries reached the disk but not its hard state (a torn write; the storage's record
+    /// checksums drop a torn record, so what survives is whole records).
+    fn tear(&mut self, n: usize, job: &Job) {
+        if job.snapshot.is_some() || job.entries.len() < 2 || !self.rng.chance(self.params.torn_write_ppm) {
+            return;
+        }
+        let keep = self.rng.between(1, job.entries.len() as u64 - 1) as usize;
+        let torn = Job {
+            id: job.id,
+            synced: false,
+            snapshot: None,
+            entries: job.entries[..keep].to_vec(),
+            hard_state: None,
+            after: Vec::new(),
+            target: None,
+            failed: false,
+        };
+        if write_durable(&mut self.nodes[n].durable, &torn, false).is_ok() {
+            self.stats.torn_writes += 1;
+            let id = self.nodes[n].id.0;
+            self.record(TraceEvent::Torn { node: id, entries_kept: keep, entries: job.entries.len() });
+        }
     }
 
     /// The driver loop of node `n` after an input: drain every Ready, obeying the ordering
     /// contract, then run the per-step checks.
     fn drive(&mut self, n: usize) -> Result<(), Violation> {
+        let ack_early = self.bug(DriverBug::AckBeforeSync);
         loop {
             let now = self.now;
             let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
@@ -682,6 +868,8 @@ impl Sim {
             let leading_same_term =
                 live.raft.role() == Role::Leader && live.leader_term == Some(live.raft.term());
             let mut rd = live.raft.ready();
+            let read_states = std::mem::take(&mut rd.read_states);
+            let failed_reads = std::mem::take(&mut rd.failed_reads);
             let must_persist = rd.must_persist();
             let must_sync = rd.must_sync(&live.queued_hs);
             if let Some(hs) = rd.hard_state {
@@ -745,7 +933,7 @@ impl Sim {
             if commit > live.last_commit {
                 for i in live.last_commit + 1..=commit {
                     if let Some((t, c)) = live.mirror.get(i) {
-                        self.checker.committed(id, i, t, c)?;
+                        self.checker.committed(id, i, t, c, live.raft.term())?;
                     }
                 }
                 live.last_commit = commit;
@@ -755,6 +943,16 @@ impl Sim {
             // 2c. Persist snapshot, entries, hard state as one job; its messages wait for it.
             if must_persist || !live.jobs.is_empty() {
                 self.next_job += 1;
+                let mut early = Vec::new();
+                let after = if ack_early {
+                    // Planted: acknowledgements leave before the job is durable.
+                    early = rd.messages_after_persist;
+                    Vec::new()
+                } else {
+                    rd.messages_after_persist
+                };
+                let failed =
+                    must_sync && self.phase == Phase::Faults && self.rng.chance(self.params.fsync_error_ppm);
                 let job = Job {
                     id: self.next_job,
                     synced: must_sync,
@@ -762,7 +960,8 @@ impl Sim {
                     snapshot: job_snapshot,
                     entries: rd.entries,
                     hard_state: rd.hard_state,
-                    after: rd.messages_after_persist,
+                    after,
+                    failed,
                 };
                 // A Ready with nothing to sync only waits for the jobs before it.
                 let latency = if must_sync {
@@ -780,6 +979,9 @@ impl Sim {
                     let at = self.rng.between(now, done.saturating_sub(1).max(now));
                     self.schedule(at, Event::Crash { node: n, inc });
                 }
+                for m in early {
+                    self.send(n, m)?;
+                }
             } else {
                 for m in rd.messages_after_persist {
                     self.send(n, m)?;
@@ -794,6 +996,11 @@ impl Sim {
                     live.raft.applied(last);
                 }
             }
+            // 6. Confirmed and failed reads; serve those whose index is applied.
+            if !read_states.is_empty() || !failed_reads.is_empty() {
+                self.reads_confirmed(n, &read_states, &failed_reads);
+            }
+            self.serve_reads(n)?;
         }
         self.after_step(n)
     }
@@ -840,7 +1047,7 @@ impl Sim {
         live.raft.applied(meta.index);
         live.last_commit = live.last_commit.max(meta.index.0);
         self.checker.log_entry(id, meta.index.0, meta.term, data.chain)?;
-        self.checker.committed(id, meta.index.0, meta.term, data.chain)?;
+        self.checker.committed(id, meta.index.0, meta.term, data.chain, live.raft.term())?;
         self.checker.restored(id, data.sm.applied, data.sm.digest)?;
         self.stats.snapshots_installed += 1;
         self.record(TraceEvent::SnapshotInstalled { node: id.0, index: meta.index.0, term: meta.term.0 });
@@ -878,6 +1085,7 @@ impl Sim {
         if let Some(attempt) = attempt_of(e) {
             live.sm.digest = chain(live.sm.digest, attempt);
             live.sm.commands += 1;
+            live.sm.values[key_of(attempt)] = attempt;
         }
         live.sm.applied = index;
         let digest = live.sm.digest;
@@ -913,6 +1121,8 @@ impl Sim {
     }
 
     fn persist_done(&mut self, n: usize, inc: u64, job_id: u64) -> Result<(), Violation> {
+        let keep_tail = self.bug(DriverBug::SnapshotKeepsTail);
+        let ignore_disk_errors = self.bug(DriverBug::AckDespiteFsyncError);
         if self.nodes[n].inc != inc {
             return Ok(());
         }
@@ -924,11 +1134,37 @@ impl Sim {
         if job.id != job_id {
             return Err(violation(self.now, "simulator", "persist jobs completed out of order".into()));
         }
+        if job.failed {
+            self.stats.fsync_errors += 1;
+            let id = node.id.0;
+            if ignore_disk_errors {
+                // Planted: the error is ignored. The kernel dropped the failed pages, so what
+                // the job wrote is gone at the next crash, yet everything below acknowledges it.
+                let first = job.entries.first().map(|e| e.index.0);
+                let hs_before = job.hard_state.map(|_| node.durable.hard_state);
+                let lost = match node.durable.fsync_lost.take() {
+                    Some((f, h)) => (f.or(first).min(first.or(f)), h.or(hs_before)),
+                    None => (first, hs_before),
+                };
+                node.durable.fsync_lost = Some(lost);
+            } else {
+                // A member that cannot make its log durable stops (like etcd, which panics on
+                // a failed fsync): nothing of this job or a later one is acknowledged, and the
+                // failed write may have left a torn prefix. It is restarted later.
+                live.jobs.push_front(job);
+                self.record(TraceEvent::DiskError { node: id, job: job_id });
+                self.crash(n);
+                return Ok(());
+            }
+        }
+        let node = &mut self.nodes[n];
+        let Some(live) = node.live.as_mut() else { return Ok(()) };
         if job.synced {
             // The sync also makes an earlier unsynced hard state durable, unless this job
             // writes a newer one.
             let lazy = live.lazy_hs.take();
-            write_durable(&mut node.durable, &job).map_err(|d| violation(self.now, "durable log", d))?;
+            write_durable(&mut node.durable, &job, keep_tail)
+                .map_err(|d| violation(self.now, "durable log", d))?;
             if job.hard_state.is_none()
                 && let Some(hs) = lazy
             {
@@ -1027,16 +1263,32 @@ impl Sim {
         self.record(TraceEvent::Drop { from: m.from.0, to: m.to.0, kind: m.body.name(), reason });
     }
 
-    fn deliver(&mut self, m: Message, _from_inc: u64) -> Result<(), Violation> {
+    /// A message from `from` could not reach `to`: now and then the sender's transport notices
+    /// (a failed connection) and tells its core, as the real transport does.
+    fn maybe_unreachable(&mut self, from: usize, from_inc: u64, to: usize) -> Result<(), Violation> {
+        if self.nodes[from].inc != from_inc
+            || self.nodes[from].paused_until > self.now
+            || !self.rng.chance(self.params.unreachable_ppm)
+        {
+            return Ok(());
+        }
+        let Some(live) = self.nodes[from].live.as_mut() else { return Ok(()) };
+        live.raft.report_unreachable(NodeId(to as u64 + 1));
+        self.stats.unreachable_reports += 1;
+        self.record(TraceEvent::Unreachable { node: from as u64 + 1, peer: to as u64 + 1 });
+        self.drive(from)
+    }
+
+    fn deliver(&mut self, m: Message, from_inc: u64) -> Result<(), Violation> {
         let from = m.from.0 as usize - 1;
         let to = m.to.0 as usize - 1;
         if self.blocked.contains(&(from, to)) {
             self.dropped(&m, "partitioned");
-            return Ok(());
+            return self.maybe_unreachable(from, from_inc, to);
         }
         if self.nodes[to].live.is_none() {
             self.dropped(&m, "receiver down");
-            return Ok(());
+            return self.maybe_unreachable(from, from_inc, to);
         }
         self.stats.messages_delivered += 1;
         self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
@@ -1089,6 +1341,7 @@ impl Sim {
             applied: data.sm.applied,
             digest: data.sm.digest,
             commands: data.sm.commands,
+            values: data.sm.values,
             chain: data.chain,
             filler: self.params.snapshot_filler_bytes,
         }
@@ -1362,7 +1615,12 @@ impl Sim {
         }
         let data = Arc::new(SnapData {
             meta: body.meta,
-            sm: StateMachine { applied: body.applied, digest: body.digest, commands: body.commands },
+            sm: StateMachine {
+                applied: body.applied,
+                digest: body.digest,
+                commands: body.commands,
+                values: body.values,
+            },
             chain: body.chain,
         });
         live.staged.push(data);
@@ -1519,6 +1777,17 @@ impl Sim {
     }
 
     fn client_wake(&mut self, c: usize) -> Result<(), Violation> {
+        if let Some(r) = &self.clients[c].read {
+            if self.now < r.deadline {
+                let at = r.deadline;
+                self.wake_client(c, at);
+                return Ok(());
+            }
+            let node = r.node as u64 + 1;
+            self.clients[c].read = None;
+            self.stats.reads_failed += 1;
+            self.record(TraceEvent::ReadFailed { client: c as u64, node, reason: "timed out" });
+        }
         if let Some(p) = &self.clients[c].pending {
             if self.now >= p.deadline {
                 let attempt = p.attempt;
@@ -1535,6 +1804,15 @@ impl Sim {
         if self.nodes[target].live.is_none() {
             target = self.rng.below(n) as usize;
             self.clients[c].target = target;
+        }
+        if self.nodes[target].live.is_some() && self.nodes[target].paused_until > self.now {
+            // The member is frozen: the request waits in its socket.
+            let at = self.nodes[target].paused_until;
+            self.wake_client(c, at);
+            return Ok(());
+        }
+        if self.nodes[target].live.is_some() && self.rng.chance(self.params.read_ppm) {
+            return self.client_read(c, target);
         }
         let inc = self.nodes[target].inc;
         let Some(live) = self.nodes[target].live.as_mut() else {
@@ -1586,12 +1864,174 @@ impl Sim {
     }
 }
 
+impl Sim {
+    // ----- reads -----
+
+    /// Client `c` reads a random register on member `target`: serializable (from the member's
+    /// state machine at once) or linearizable (ReadIndex; a follower forwards it to the leader).
+    fn client_read(&mut self, c: usize, target: usize) -> Result<(), Violation> {
+        let key = self.rng.below(KEYS as u64) as usize;
+        let linearizable = !self.rng.chance(self.params.serializable_ppm);
+        let min_index = self.checker.acked_index(key);
+        let restart_contexts = self.bug(DriverBug::ReadContextRestart);
+        let think = self.rng.between(self.params.client_think_us.0, self.params.client_think_us.1);
+        let node = &mut self.nodes[target];
+        let inc = node.inc;
+        let Some(live) = node.live.as_mut() else { return Ok(()) };
+        let id = live.raft.id();
+        if !linearizable {
+            let (value, applied) = (live.sm.values[key], live.sm.applied);
+            self.checker.read(id, key, value, min_index, false)?;
+            self.stats.reads_serializable += 1;
+            self.record(TraceEvent::ReadServed {
+                client: c as u64,
+                node: id.0,
+                key,
+                value,
+                linearizable: false,
+                read_index: 0,
+                applied,
+            });
+            self.wake_client(c, self.now + think);
+            return Ok(());
+        }
+        // Contexts are unique across the member's incarnations (the planted bug restarts them).
+        let context = if restart_contexts {
+            live.local_contexts += 1;
+            live.local_contexts
+        } else {
+            node.next_context += 1;
+            node.next_context - 1
+        };
+        let Some(live) = node.live.as_mut() else { return Ok(()) };
+        match live.raft.read_index(context) {
+            Ok(()) => {
+                let deadline = self.now + self.params.client_timeout_us;
+                self.clients[c].read = Some(ReadOp {
+                    node: target,
+                    inc,
+                    key,
+                    linearizable,
+                    context,
+                    read_index: None,
+                    min_index,
+                    deadline,
+                });
+                self.record(TraceEvent::ReadSent { client: c as u64, node: id.0, key, context, min_index });
+                self.wake_client(c, deadline);
+                self.drive(target)
+            }
+            Err(e) => {
+                self.stats.reads_failed += 1;
+                let reason = match e {
+                    ReadError::NotLeader { .. } => "no leader known",
+                    ReadError::TooManyPending => "too many pending reads",
+                };
+                self.record(TraceEvent::ReadFailed { client: c as u64, node: id.0, reason });
+                self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
+                let at = self.now + self.rng.between(MS, 20 * MS);
+                self.wake_client(c, at);
+                Ok(())
+            }
+        }
+    }
+
+    /// A Ready of member `n` confirmed the read indices `confirmed` and failed `failed`.
+    fn reads_confirmed(&mut self, n: usize, confirmed: &[ReadState], failed: &[u64]) {
+        let inc = self.nodes[n].inc;
+        for rs in confirmed {
+            for client in &mut self.clients {
+                if let Some(r) = &mut client.read
+                    && r.node == n
+                    && r.inc == inc
+                    && r.context == rs.context
+                    && r.read_index.is_none()
+                {
+                    r.read_index = Some(rs.index.0);
+                }
+            }
+        }
+        for context in failed {
+            for c in 0..self.clients.len() {
+                let hit = self.clients[c]
+                    .read
+                    .as_ref()
+                    .is_some_and(|r| r.node == n && r.inc == inc && r.context == *context);
+                if hit {
+                    self.clients[c].read = None;
+                    self.stats.reads_failed += 1;
+                    self.record(TraceEvent::ReadFailed {
+                        client: c as u64,
+                        node: n as u64 + 1,
+                        reason: "read index failed (no leader, or leadership lost)",
+                    });
+                    self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
+                    let at = self.now + self.rng.between(MS, 20 * MS);
+                    self.wake_client(c, at);
+                }
+            }
+        }
+    }
+
+    /// Serves the confirmed linearizable reads on member `n` whose read index it has applied.
+    fn serve_reads(&mut self, n: usize) -> Result<(), Violation> {
+        let early = self.bug(DriverBug::ServeReadBeforeApplied);
+        let inc = self.nodes[n].inc;
+        let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
+        let (id, applied) = (live.raft.id(), live.sm.applied);
+        for c in 0..self.clients.len() {
+            let Some(r) = &self.clients[c].read else { continue };
+            let Some(read_index) = r.read_index else { continue };
+            if r.node != n || r.inc != inc || !r.linearizable || (applied < read_index && !early) {
+                continue;
+            }
+            let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
+            let (key, min_index) = (r.key, r.min_index);
+            let value = live.sm.values[key];
+            self.checker.read(id, key, value, min_index, true)?;
+            self.clients[c].read = None;
+            self.stats.reads_linearizable += 1;
+            self.record(TraceEvent::ReadServed {
+                client: c as u64,
+                node: id.0,
+                key,
+                value,
+                linearizable: true,
+                read_index,
+                applied,
+            });
+            let at =
+                self.now + self.rng.between(self.params.client_think_us.0, self.params.client_think_us.1);
+            self.wake_client(c, at);
+        }
+        Ok(())
+    }
+
+    /// Reads waiting on member `n` can no longer be answered there; their clients retry.
+    fn forget_reads(&mut self, n: usize, reason: &'static str) {
+        for c in 0..self.clients.len() {
+            if self.clients[c].read.as_ref().is_some_and(|r| r.node == n) {
+                self.clients[c].read = None;
+                self.stats.reads_failed += 1;
+                self.record(TraceEvent::ReadFailed { client: c as u64, node: n as u64 + 1, reason });
+                let at = self.now + self.rng.between(MS, 10 * MS);
+                self.wake_client(c, at);
+            }
+        }
+    }
+}
+
 /// Makes a persist job durable: snapshot, then entries (discarding a conflicting suffix
 /// first), then hard state.
-fn write_durable(d: &mut Durable, job: &Job) -> Result<(), String> {
+fn write_durable(d: &mut Durable, job: &Job, keep_tail: bool) -> Result<(), String> {
     if let Some(s) = &job.snapshot {
         d.snapshot = Some(s.clone());
-        d.log.clear();
+        if keep_tail {
+            // Planted: compact up to the snapshot, keeping a tail that may conflict with it.
+            d.log.retain(|e| e.index > s.meta.index);
+        } else {
+            d.log.clear();
+        }
     }
     if let Some(first) = job.entries.first() {
         let first_index = first.index.0;

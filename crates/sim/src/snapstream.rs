@@ -82,6 +82,8 @@ pub struct Body {
     pub applied: u64,
     pub digest: u64,
     pub commands: u64,
+    /// The state machine's registers.
+    pub values: [u64; crate::sim::KEYS],
     pub chain: u64,
     pub filler: u32,
 }
@@ -109,6 +111,9 @@ impl Body {
         b.put_u64(self.applied);
         b.put_u64(self.digest);
         b.put_u64(self.commands);
+        for v in self.values {
+            b.put_u64(v);
+        }
         b.put_u64(self.chain);
         b.put_u32(self.filler);
         for i in 0..u64::from(self.filler) {
@@ -131,6 +136,13 @@ impl Body {
             applied: r.u64()?,
             digest: r.u64()?,
             commands: r.u64()?,
+            values: {
+                let mut values = [0; crate::sim::KEYS];
+                for v in &mut values {
+                    *v = r.u64()?;
+                }
+                values
+            },
             chain: r.u64()?,
             filler: r.u32()?,
         };
@@ -248,6 +260,7 @@ mod tests {
             applied: 42,
             digest: 7,
             commands: 30,
+            values: [7, 0, 9],
             chain: 99,
             filler: 300,
         }

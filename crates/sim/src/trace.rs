@@ -7,24 +7,131 @@ use std::hash::{Hash, Hasher};
 /// One thing that happened in the simulation. Node ids are the Raft ids (1-based).
 #[derive(Clone, Debug, Hash)]
 pub enum TraceEvent {
-    Deliver { from: u64, to: u64, kind: &'static str, term: u64 },
-    Drop { from: u64, to: u64, kind: &'static str, reason: &'static str },
-    Persisted { node: u64, index: u64, term: u64 },
-    Crash { node: u64, jobs_kept: usize, jobs_lost: usize },
-    Restart { node: u64, term: u64, commit: u64, last: u64 },
-    Role { node: u64, role: &'static str, term: u64, leader: u64 },
-    Commit { node: u64, index: u64 },
-    Propose { client: u64, node: u64, attempt: u64, outcome: String },
-    Ack { client: u64, attempt: u64, index: u64, term: u64 },
-    Lost { client: u64, attempt: u64, index: u64 },
-    Unknown { client: u64, attempt: u64, reason: &'static str },
-    Partition { blocked: Vec<(u64, u64)> },
+    Deliver {
+        from: u64,
+        to: u64,
+        kind: &'static str,
+        term: u64,
+    },
+    Drop {
+        from: u64,
+        to: u64,
+        kind: &'static str,
+        reason: &'static str,
+    },
+    Persisted {
+        node: u64,
+        index: u64,
+        term: u64,
+    },
+    Crash {
+        node: u64,
+        jobs_kept: usize,
+        jobs_lost: usize,
+    },
+    Restart {
+        node: u64,
+        term: u64,
+        commit: u64,
+        last: u64,
+    },
+    Role {
+        node: u64,
+        role: &'static str,
+        term: u64,
+        leader: u64,
+    },
+    Commit {
+        node: u64,
+        index: u64,
+    },
+    Propose {
+        client: u64,
+        node: u64,
+        attempt: u64,
+        outcome: String,
+    },
+    Ack {
+        client: u64,
+        attempt: u64,
+        index: u64,
+        term: u64,
+    },
+    Lost {
+        client: u64,
+        attempt: u64,
+        index: u64,
+    },
+    Unknown {
+        client: u64,
+        attempt: u64,
+        reason: &'static str,
+    },
+    Partition {
+        blocked: Vec<(u64, u64)>,
+    },
     Heal,
-    SnapshotTaken { node: u64, index: u64, compact_to: u64 },
-    SnapshotInstalled { node: u64, index: u64, term: u64 },
-    SnapFrame { from: u64, to: u64, kind: &'static str, id: u64 },
-    SnapshotRejected { node: u64, from: u64, id: u64, reason: &'static str },
+    SnapshotTaken {
+        node: u64,
+        index: u64,
+        compact_to: u64,
+    },
+    SnapshotInstalled {
+        node: u64,
+        index: u64,
+        term: u64,
+    },
+    SnapFrame {
+        from: u64,
+        to: u64,
+        kind: &'static str,
+        id: u64,
+    },
+    SnapshotRejected {
+        node: u64,
+        from: u64,
+        id: u64,
+        reason: &'static str,
+    },
     LivenessPhase,
+    Pause {
+        node: u64,
+        ms: u64,
+    },
+    Torn {
+        node: u64,
+        entries_kept: usize,
+        entries: usize,
+    },
+    DiskError {
+        node: u64,
+        job: u64,
+    },
+    Unreachable {
+        node: u64,
+        peer: u64,
+    },
+    ReadSent {
+        client: u64,
+        node: u64,
+        key: usize,
+        context: u64,
+        min_index: u64,
+    },
+    ReadServed {
+        client: u64,
+        node: u64,
+        key: usize,
+        value: u64,
+        linearizable: bool,
+        read_index: u64,
+        applied: u64,
+    },
+    ReadFailed {
+        client: u64,
+        node: u64,
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for TraceEvent {
@@ -71,6 +178,31 @@ impl fmt::Display for TraceEvent {
                 write!(f, "reject  n{node} snapshot transfer {id} from n{from}: {reason}")
             }
             LivenessPhase => write!(f, "LIVENESS PHASE: faults stop, all healed and restarted"),
+            Pause { node, ms } => write!(f, "PAUSE   n{node} for {ms} ms"),
+            Torn { node, entries_kept, entries } => {
+                write!(
+                    f,
+                    "torn    n{node}: {entries_kept} of {entries} entries of the lost job reached the disk"
+                )
+            }
+            DiskError { node, job } => {
+                write!(f, "DISK ERROR n{node} persist job {job} failed: the member stops")
+            }
+            Unreachable { node, peer } => write!(f, "unreach n{node} reports n{peer} unreachable"),
+            ReadSent { client, node, key, context, min_index } => {
+                write!(
+                    f,
+                    "read    c{client} -> n{node} key={key} context={context} (acked write at {min_index} or newer)"
+                )
+            }
+            ReadServed { client, node, key, value, linearizable, read_index, applied } => {
+                let kind = if *linearizable { "linearizable" } else { "serializable" };
+                write!(
+                    f,
+                    "served  c{client} n{node} {kind} key={key} value={value:#x} read index {read_index}, applied {applied}"
+                )
+            }
+            ReadFailed { client, node, reason } => write!(f, "readerr c{client} n{node}: {reason}"),
         }
     }
 }

@@ -10,7 +10,7 @@ const BUDGET: u64 = 300;
 /// Runs seeds from 0 until one reports a safety violation (a liveness failure alone does not
 /// count: the bug must break a guarantee). Returns the seed and the violation.
 fn first_catch(bug: PlantedBug, profile: Profile) -> (u64, String) {
-    let options = SimOptions { profile, trace: false, planted_bug: Some(bug) };
+    let options = SimOptions { profile, planted_bug: Some(bug), ..SimOptions::default() };
     for seed in 0..BUDGET {
         let o = run_seed(seed, &options);
         if let Some(v) = o.violation
