@@ -52,6 +52,8 @@ pub struct TransportConfig {
     pub snapshot_io_timeout: Duration,
     /// Where received snapshot bodies go.
     pub snapshot_sinks: Arc<dyn SnapshotSinkFactory>,
+    /// TLS on every peer connection (both ends must agree); `None`: plain TCP.
+    pub tls: Option<crate::stream::PeerTlsConfig>,
     /// Test hooks; all off by default.
     pub faults: FaultInjection,
 }
@@ -87,6 +89,7 @@ impl TransportConfig {
             max_snapshot_bytes: 64 * 1024 * 1024 * 1024,
             snapshot_io_timeout: Duration::from_secs(30),
             snapshot_sinks: Arc::new(MemorySinkFactory::new(1024 * 1024 * 1024)),
+            tls: None,
             faults: FaultInjection::default(),
         }
     }

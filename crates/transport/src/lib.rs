@@ -100,6 +100,7 @@ mod config;
 mod frame_io;
 mod snapshot;
 mod stats;
+mod stream;
 mod transport;
 
 pub use codec::{DecodeError, EncodeError, StreamKind, decode, decode_slice, encode};
@@ -110,6 +111,7 @@ pub use snapshot::{
     SnapshotSource, StagedBody, StagedSnapshot,
 };
 pub use stats::TransportStats;
+pub use stream::PeerTlsConfig;
 pub use transport::{
     Inbound, Report, SendError, SnapshotSendError, Transport, TransportError, TransportHandle,
 };

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use raftkv_raft::{Message, MessageBody, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -25,6 +24,7 @@ use crate::config::{FaultInjection, TransportConfig};
 use crate::frame_io::{FrameError, FrameReader};
 use crate::snapshot::{SnapshotSink, SnapshotSinkFactory, SnapshotSource, StagedSnapshot};
 use crate::stats::{Counters, TransportStats};
+use crate::stream::{PeerStream, ReadHalf, WriteHalf};
 
 /// What the transport hands the driver.
 #[derive(Debug)]
@@ -146,6 +146,8 @@ impl Transport {
             inbound_conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shutdown: shutdown_rx,
+            tls_acceptor: config.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone())),
+            tls_connector: config.tls.as_ref().map(|t| tokio_rustls::TlsConnector::from(t.client.clone())),
         });
         let permits = Arc::new(Semaphore::new(config.max_inbound_connections));
         let accept = tokio::spawn(
@@ -245,6 +247,9 @@ struct Shared {
     inbound_conns: Mutex<HashMap<(NodeId, StreamKind), LiveConn>>,
     next_conn: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// TLS on both sides of every connection, when configured.
+    tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tls_connector: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Shared {
@@ -467,6 +472,8 @@ enum DialError {
     ConnectTimeout,
     #[error("handshake timed out")]
     HandshakeTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     #[error("handshake failed: {0}")]
     Frame(#[from] FrameError),
     #[error("refused: {0}")]
@@ -499,13 +506,24 @@ async fn dial(
     addr: &str,
     peer: NodeId,
     stream: StreamKind,
-) -> Result<(TcpStream, FrameReader), DialError> {
-    let mut tcp = match timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+) -> Result<(PeerStream, FrameReader), DialError> {
+    let tcp = match timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(DialError::ConnectTimeout),
         Ok(Err(e)) => return Err(DialError::Connect(e)),
         Ok(Ok(tcp)) => tcp,
     };
     tcp.set_nodelay(true)?;
+    let mut tcp = match &shared.tls_connector {
+        None => PeerStream::Plain(tcp),
+        Some(connector) => {
+            let name = crate::stream::server_name(addr).map_err(DialError::Tls)?;
+            match timeout(shared.handshake_timeout, connector.connect(name, tcp)).await {
+                Err(_) => return Err(DialError::HandshakeTimeout),
+                Ok(Err(e)) => return Err(DialError::Tls(e)),
+                Ok(Ok(tls)) => PeerStream::Tls(Box::new(tls.into())),
+            }
+        }
+    };
     let hello = Hello {
         magic: MAGIC,
         protocol_version: PROTOCOL_VERSION,
@@ -665,10 +683,10 @@ async fn run_peer(shared: Arc<Shared>, link: Arc<PeerLink>, addr: String, mut rx
 async fn write_loop(
     shared: &Shared,
     link: &PeerLink,
-    tcp: TcpStream,
+    tcp: PeerStream,
     rx: &mut mpsc::Receiver<Message>,
 ) -> WriterEnd {
-    let (mut rd, mut wr): (OwnedReadHalf, OwnedWriteHalf) = tcp.into_split();
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = tcp.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut probe = [0u8; 64];
     let mut shutdown = shared.shutdown.clone();
@@ -775,6 +793,8 @@ enum InboundError {
     Frame(#[from] FrameError),
     #[error("handshake timed out")]
     HandshakeTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
     #[error("timed out")]
     Timeout,
     #[error("expected {expected}, got frame {got:?}")]
@@ -871,7 +891,10 @@ async fn serve_inbound(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     tokio::select! {
         r = serve_inbound_inner(shared, tcp, addr) => {
             if let Err(e) = r {
-                if e.is_protocol_violation() {
+                if matches!(e, InboundError::Tls(_)) {
+                    Counters::add(&shared.counters.refused_inbound, 1);
+                    warn!(peer_addr = %addr, error = %e, "refusing peer connection");
+                } else if e.is_protocol_violation() {
                     Counters::add(&shared.counters.malformed_closed, 1);
                     warn!(peer_addr = %addr, error = %e, "closing connection: malformed input from peer");
                 } else {
@@ -889,6 +912,16 @@ async fn serve_inbound_inner(
     addr: SocketAddr,
 ) -> Result<(), InboundError> {
     tcp.set_nodelay(true)?;
+    let tcp = match &shared.tls_acceptor {
+        None => PeerStream::Plain(tcp),
+        // With client authentication, a peer without a certificate from the trusted CA
+        // fails here, before any frame is read.
+        Some(acceptor) => match timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
+            Err(_) => return Err(InboundError::HandshakeTimeout),
+            Ok(Err(e)) => return Err(InboundError::Tls(e)),
+            Ok(Ok(tls)) => PeerStream::Tls(Box::new(tls.into())),
+        },
+    };
     let (mut rd, mut wr) = tcp.into_split();
     let mut reader = FrameReader::new();
     let hello = match timeout(shared.handshake_timeout, reader.read_frame(&mut rd, HANDSHAKE_MAX_FRAME_BYTES))
@@ -943,7 +976,7 @@ async fn serve_inbound_inner(
 
 async fn read_messages(
     shared: &Shared,
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     mut reader: FrameReader,
     peer: NodeId,
 ) -> Result<(), InboundError> {
@@ -978,7 +1011,7 @@ async fn read_messages(
 
 async fn read_snapshot_frame(
     shared: &Shared,
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     reader: &mut FrameReader,
 ) -> Result<(FrameType, Bytes), InboundError> {
     match timeout(shared.snapshot_io_timeout, reader.read_frame(rd, shared.max_frame_bytes)).await {
@@ -1008,8 +1041,8 @@ async fn with_sink<T: Send + 'static>(
 
 async fn receive_snapshot(
     shared: &Shared,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     mut reader: FrameReader,
     peer: NodeId,
     addr: SocketAddr,
@@ -1039,7 +1072,7 @@ async fn receive_snapshot(
 
 async fn receive_snapshot_body(
     shared: &Shared,
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     reader: &mut FrameReader,
     peer: NodeId,
 ) -> Result<Option<(Message, StagedSnapshot)>, InboundError> {
@@ -1196,7 +1229,7 @@ async fn send_snapshot_task(
 
 async fn write_with_timeout(
     shared: &Shared,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     buf: &[u8],
 ) -> Result<(), SnapshotSendFailure> {
     match timeout(shared.snapshot_io_timeout, wr.write_all(buf)).await {
