@@ -18,6 +18,7 @@ mod node;
 mod peer;
 mod server;
 mod service;
+mod watch;
 
 #[derive(Parser, Debug)]
 #[command(
