@@ -19,6 +19,7 @@ mod index;
 mod snapshot;
 mod store;
 mod validate;
+mod watch;
 
 pub use cold::ColdStore;
 pub use error::KvError;
@@ -26,6 +27,7 @@ pub use raftkv_api::{Command, Request};
 pub use snapshot::{CrcReader, CrcWriter, SnapshotPoint};
 pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KvConfig, KvStore, LeasePolicy};
 pub use validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
+pub use watch::{HistoryBatch, HistoryLimits, key_in_range};
 
 impl KvStore {
     /// Decodes a log entry ([`Command::encode_to_bytes`]) and applies it;

@@ -198,6 +198,8 @@ pub struct KvStore {
     pub(crate) pins: u32,
     /// A compaction is waiting for the last pin to go.
     pub(crate) compaction_deferred: bool,
+    /// Events of the applied writes, while capturing is on (see [`KvStore::set_capture`]).
+    pub(crate) changes: Option<Vec<raftkv_api::mvccpb::Event>>,
 }
 
 impl Default for KvStore {
@@ -270,6 +272,7 @@ impl KvStore {
             config,
             pins: 0,
             compaction_deferred: false,
+            changes: None,
         }
     }
 
@@ -609,15 +612,17 @@ impl KvStore {
         // Leases are not stored (see LeasePolicy): every key has lease 0.
         let _ = ignore_lease;
         let mut resp = PutResponse { header: header(rev), prev_kv: None };
+        let capturing = self.changes.is_some();
         let KvStore { map, cold, cold_live, .. } = self;
-        match map.get_mut(&key[..]) {
+        let (r, value, prev) = match map.get_mut(&key[..]) {
             Some(h) => {
                 debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
+                let mut prev = None;
                 let (create, version, value) = match h.newest_live() {
                     Some(i) => {
                         let p = h.revs[i];
-                        if prev_kv {
-                            resp.prev_kv = Some(newest_kv(key.clone(), h));
+                        if prev_kv || capturing {
+                            prev = Some(newest_kv(key.clone(), h));
                         }
                         let value = if ignore_value { h.latest.clone() } else { value };
                         (p.create, p.version + 1, value)
@@ -626,13 +631,24 @@ impl KvStore {
                     None => (rev, 1, if ignore_value { Bytes::new() } else { value }),
                 };
                 let r = Rev { main: rev, sub, create, version, vlen: len_u32(&value), pos: 0 };
+                // Cloning a value may allocate (Bytes promotes its buffer): only to capture.
+                let captured = if capturing { value.clone() } else { Bytes::new() };
                 h.push(cold, cold_live, r, value);
+                (r, captured, prev)
             }
             None => {
                 let value = if ignore_value { Bytes::new() } else { value };
                 let r = Rev { main: rev, sub, create: rev, version: 1, vlen: len_u32(&value), pos: 0 };
+                let captured = if capturing { value.clone() } else { Bytes::new() };
                 map.insert(Key::from_slice(&key), KeyHistory { revs: vec![r], latest: value });
+                (r, captured, None)
             }
+        };
+        if capturing {
+            self.capture_put(&key, &r, &value, prev.clone());
+        }
+        if prev_kv {
+            resp.prev_kv = prev;
         }
         resp
     }
@@ -642,7 +658,7 @@ impl KvStore {
         let rev = ctx.write_rev();
         let mut deleted = 0i64;
         let mut prev_kvs = Vec::new();
-        let KvStore { map, cold, cold_live, .. } = self;
+        let KvStore { map, cold, cold_live, changes, .. } = self;
         if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
             map.for_each_in_range_mut(bounds, |k, h| {
                 debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
@@ -651,6 +667,9 @@ impl KvStore {
                 }
                 if req.prev_kv {
                     prev_kvs.push(newest_kv(Bytes::copy_from_slice(k), h));
+                }
+                if changes.is_some() {
+                    KvStore::capture_delete(changes, k, rev, newest_kv(Bytes::copy_from_slice(k), h));
                 }
                 deleted += 1;
                 let r = Rev { main: rev, sub: sub_u32(ctx.changes), create: 0, version: 0, vlen: 0, pos: 0 };

@@ -330,7 +330,13 @@ async fn to_router(
     if end {
         return;
     }
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A long-lived response (a watch stream) ends when the client resets its stream.
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
@@ -341,7 +347,7 @@ async fn to_router(
         };
         let frame = match frame.into_data() {
             Ok(data) => {
-                if stream.send_data(data, false).is_err() {
+                if send_when_window(&mut stream, data).await.is_err() {
                     return;
                 }
                 continue;
@@ -354,6 +360,24 @@ async fn to_router(
         }
     }
     let _ = stream.send_data(Bytes::new(), true);
+}
+
+/// Sends `data` as the peer's flow-control window allows, so that a client that does not
+/// read (a watch stream's) holds the response body back instead of growing h2's buffer.
+async fn send_when_window(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(granted) => granted?,
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = data.split_to(granted.min(data.len()));
+        stream.send_data(chunk, false)?;
+    }
+    Ok(())
 }
 
 /// An HTTP/2 request body as an `http_body::Body`, giving flow-control credit back as it is read.

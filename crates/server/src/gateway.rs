@@ -93,7 +93,7 @@ impl EtcdApi for Api {
 
 /// The gateway's routes for a member's [`Api`], to merge with the gRPC router.
 pub fn router(api: Api) -> Router {
-    router_for(api)
+    router_for(api.clone()).merge(watch::router(api))
 }
 
 /// The gateway's routes over any [`EtcdApi`]. The router has no fallback of
@@ -311,3 +311,5 @@ fn cluster_version(server: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+mod watch;

@@ -2,6 +2,7 @@
 
 use raftkv_api::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use raftkv_api::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use raftkv_api::etcdserverpb::watch_server::WatchServer;
 use raftkv_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
@@ -38,5 +39,6 @@ impl Cluster for Grpc {
 pub fn routes(api: Api) -> tonic::service::Routes {
     let limit = (api.max_request_bytes() + GRPC_OVERHEAD_BYTES) * DECODE_SLACK;
     tonic::service::Routes::new(MaintenanceServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
-        .add_service(ClusterServer::new(Grpc(api)).max_decoding_message_size(limit))
+        .add_service(ClusterServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
+        .add_service(WatchServer::new(crate::watch::WatchService(api)).max_decoding_message_size(limit))
 }

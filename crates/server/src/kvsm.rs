@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coldseg::{self, ColdChain, SharedChain};
 use crate::node::{StateMachine, Visit};
+use crate::watch::WatchHub;
 
 /// First byte of an entry that is not a key-value command. A protobuf-encoded command can
 /// never start with 0 (field number 0 does not exist).
@@ -51,6 +52,8 @@ pub struct KvMachine {
     /// The chain's directory, readable without its lock: the snapshot thread holds the
     /// lock while it reads the store, so taking it under the store's lock could deadlock.
     segment_dir: Option<PathBuf>,
+    /// Where applied changes go to the watch streams ([`crate::watch`]).
+    pub watch: std::sync::Arc<WatchHub>,
 }
 
 impl KvMachine {
@@ -71,6 +74,7 @@ impl KvMachine {
             generation: 0,
             chain: None,
             segment_dir: None,
+            watch: WatchHub::new(1),
         }
     }
 
@@ -127,6 +131,7 @@ impl StateMachine for KvMachine {
             Ok(cmd) => {
                 let id = cmd.id;
                 let out = self.kv.apply(cmd);
+                self.watch.after_apply(&mut self.kv);
                 self.report_cold_store();
                 Some((id, Output::Kv(out)))
             }
@@ -200,6 +205,7 @@ impl StateMachine for KvMachine {
         r.read_exact(&mut buf).map_err(|e| format!("snapshot members section: {e}"))?;
         let members = serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))?;
         self.kv = kv;
+        self.watch.restored(&mut self.kv);
         self.members = members;
         self.generation += 1;
         Ok(())

@@ -16,6 +16,7 @@ mod member;
 mod peer;
 mod server;
 mod service;
+mod watch;
 
 // The member runtime (driver, disk worker, applier and their tokio shell).
 use raftkv_node as node;

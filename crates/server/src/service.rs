@@ -77,7 +77,7 @@ impl Api {
         self.config.max_request_bytes
     }
 
-    fn header(&self, revision: i64) -> ResponseHeader {
+    pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.config.cluster.cluster_id,
             member_id: self.config.cluster.member_id,

@@ -1,0 +1,765 @@
+//! etcd's Watch service: the member's hub of recent changes and one session per stream.
+//!
+//! **Where events come from.** The key-value store captures the events of every write in
+//! its write path while any watch stream is open ([`raftkv_kv::KvStore::set_capture`]).
+//! After each applied command the state machine hands them to the [`WatchHub`], which
+//! keeps the events of the latest revisions in a bounded ring (one entry per revision,
+//! so all events of one transaction stay together) and bumps a `tokio::sync::watch`
+//! channel. Publishing is O(events) whatever the number of watchers: the apply path never
+//! matches keys against watchers and never waits for a client.
+//!
+//! **Sessions.** Each stream is served by one task ([`Session`]), which pulls from the
+//! ring and matches the events against its own watchers. A watcher is *synced* (fed from
+//! the ring at the session's cursor) or *unsynced* (catching up from the MVCC history,
+//! [`raftkv_kv::KvStore::history_events`], in bounded batches up to the cursor, then
+//! joining the synced ones), as etcd's synced and unsynced watcher groups. A stream whose
+//! client reads slowly blocks only its own task on the bounded output channel; if the ring
+//! moves past its cursor meanwhile, its watchers become unsynced and catch up from the
+//! history, and one whose next revision was compacted is cancelled with
+//! `compact_revision` set. Memory is bounded by the ring, by the output channel and by the
+//! watcher limits.
+//!
+//! Every member applies the same log, so a watcher on any member sees the same events;
+//! a client that resumes from its last revision + 1 on another member misses nothing.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use raftkv_api::etcdserverpb::watch_create_request::FilterType;
+use raftkv_api::etcdserverpb::watch_request::RequestUnion;
+use raftkv_api::etcdserverpb::watch_server::Watch;
+use raftkv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use raftkv_api::mvccpb::Event;
+use raftkv_api::mvccpb::event::EventType;
+use raftkv_api::prost::Message;
+use raftkv_kv::{HistoryLimits, KvError, KvStore, key_in_range};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
+
+use crate::service::Api;
+
+/// Watchers one stream may hold.
+pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
+/// Watchers one member may hold over all its streams.
+pub const MAX_WATCHERS_PER_MEMBER: usize = 1_000_000;
+/// Revisions the ring keeps.
+const RING_REVISIONS: usize = 8192;
+/// Estimated bytes of events the ring keeps.
+const RING_BYTES: usize = 64 << 20;
+/// Responses queued per stream before its session waits for the client.
+const OUT_QUEUE: usize = 16;
+/// Ring revisions one session delivers before looking at its requests again.
+const REVISIONS_PER_PUMP: i64 = 64;
+/// History batches one session reads before looking at its requests again.
+const CATCH_UPS_PER_PUMP: usize = 8;
+/// etcd's default progress notification interval (`--experimental-watch-progress-notify-interval`).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+
+/// etcd's errors, with its texts.
+const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+/// The events of one revision, in sub-revision order.
+#[derive(Debug)]
+pub struct RevEvents {
+    pub rev: i64,
+    pub events: Vec<Event>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Ring {
+    /// The revision of `revs[0]`, or the next revision to publish when `revs` is empty.
+    first: i64,
+    revs: VecDeque<Arc<RevEvents>>,
+    bytes: usize,
+}
+
+/// The member's recent changes, shared by the state machine (which publishes) and the
+/// watch sessions (which read).
+#[derive(Debug)]
+pub struct WatchHub {
+    ring: Mutex<Ring>,
+    /// The last published revision: a wake-up for sessions.
+    published: watch::Sender<i64>,
+    /// Open streams: while there is one, the store captures changes.
+    streams: AtomicUsize,
+    /// Watchers over all streams.
+    watchers: AtomicUsize,
+    progress_interval: Duration,
+}
+
+fn event_bytes(e: &Event) -> usize {
+    let kv = e.kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len());
+    let prev = e.prev_kv.as_ref().map_or(0, |kv| kv.value.len());
+    kv + prev + 96
+}
+
+impl WatchHub {
+    /// A hub for a store at revision `rev`.
+    pub fn new(rev: i64) -> Arc<WatchHub> {
+        Self::with_progress_interval(rev, PROGRESS_INTERVAL)
+    }
+
+    pub fn with_progress_interval(rev: i64, progress_interval: Duration) -> Arc<WatchHub> {
+        Arc::new(WatchHub {
+            ring: Mutex::new(Ring { first: rev + 1, revs: VecDeque::new(), bytes: 0 }),
+            published: watch::channel(rev).0,
+            streams: AtomicUsize::new(0),
+            watchers: AtomicUsize::new(0),
+            progress_interval,
+        })
+    }
+
+    /// A stream opens (under the state machine's write lock, so that no write falls
+    /// between turning capturing on and the ring's start).
+    fn open_stream(&self, kv: &mut KvStore) {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        if !kv.capturing() {
+            kv.set_capture(true);
+            self.reset(kv.revision());
+        }
+    }
+
+    /// The store was replaced by a restored snapshot.
+    pub fn restored(&self, kv: &mut KvStore) {
+        kv.set_capture(self.streams.load(Ordering::SeqCst) > 0);
+        self.reset(kv.revision());
+    }
+
+    /// Called after every applied command, under the state machine's write lock: takes
+    /// the store's captured events into the ring, and turns capturing on or off as
+    /// streams come and go.
+    pub fn after_apply(&self, kv: &mut KvStore) {
+        let active = self.streams.load(Ordering::SeqCst) > 0;
+        if active != kv.capturing() {
+            kv.set_capture(active);
+            // What this command changed was not captured (or is no longer wanted).
+            self.reset(kv.revision());
+            return;
+        }
+        if !active {
+            return;
+        }
+        let events = kv.take_changes();
+        if events.is_empty() {
+            return;
+        }
+        let rev = kv.revision();
+        let bytes = events.iter().map(event_bytes).sum();
+        {
+            let mut ring = self.ring.lock();
+            if ring.first + ring.revs.len() as i64 != rev {
+                // Not contiguous (cannot happen while capturing; be safe): start over.
+                ring.revs.clear();
+                ring.bytes = 0;
+                ring.first = rev;
+            }
+            ring.revs.push_back(Arc::new(RevEvents { rev, events, bytes }));
+            ring.bytes += bytes;
+            while ring.revs.len() > 1 && (ring.revs.len() > RING_REVISIONS || ring.bytes > RING_BYTES) {
+                if let Some(old) = ring.revs.pop_front() {
+                    ring.bytes -= old.bytes;
+                    ring.first += 1;
+                }
+            }
+        }
+        self.published.send_replace(rev);
+    }
+
+    /// The store was replaced (a snapshot restored) or capturing restarted at revision
+    /// `rev`: the ring starts empty after it; sessions catch up from the history.
+    pub fn reset(&self, rev: i64) {
+        {
+            let mut ring = self.ring.lock();
+            ring.revs.clear();
+            ring.bytes = 0;
+            ring.first = rev + 1;
+        }
+        self.published.send_replace(rev);
+    }
+
+    /// The revisions the ring holds: `first..=last` (empty when `last < first`).
+    fn bounds(&self) -> (i64, i64) {
+        let ring = self.ring.lock();
+        (ring.first, ring.first + ring.revs.len() as i64 - 1)
+    }
+
+    fn get(&self, rev: i64) -> Option<Arc<RevEvents>> {
+        let ring = self.ring.lock();
+        let i = usize::try_from(rev - ring.first).ok()?;
+        ring.revs.get(i).cloned()
+    }
+}
+
+/// Counts an open stream for as long as it lives.
+struct StreamGuard {
+    hub: Arc<WatchHub>,
+    watchers: usize,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.hub.streams.fetch_sub(1, Ordering::SeqCst);
+        self.hub.watchers.fetch_sub(self.watchers, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Watcher {
+    key: Bytes,
+    end: Bytes,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+    synced: bool,
+    /// Unsynced: the next revision to read from the history. Synced: the first revision
+    /// to deliver (a watcher created for a future revision skips those before it).
+    next_rev: i64,
+    /// Something was sent since the last progress tick.
+    sent: bool,
+}
+
+/// What ends a session.
+#[derive(Debug)]
+enum End {
+    /// The client went away.
+    Closed,
+}
+
+type Input = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send>>;
+pub type Output = mpsc::Receiver<Result<WatchResponse, Status>>;
+
+/// Starts a session for one watch stream; its responses come out of the returned channel.
+pub fn start(api: Api, input: Input) -> Output {
+    let (tx, rx) = mpsc::channel(OUT_QUEUE);
+    let hub = {
+        let mut sm = api.node.shared.sm.write();
+        let hub = sm.watch.clone();
+        hub.open_stream(&mut sm.kv);
+        hub
+    };
+    let cursor = hub.bounds().1 + 1;
+    let session = Session {
+        guard: StreamGuard { hub: hub.clone(), watchers: 0 },
+        hub,
+        api,
+        out: tx,
+        watchers: HashMap::new(),
+        exact: HashMap::new(),
+        ranges: HashSet::new(),
+        unsynced: VecDeque::new(),
+        synced_count: 0,
+        cursor,
+        next_id: 0,
+        progress_pending: false,
+    };
+    tokio::spawn(session.run(input));
+    rx
+}
+
+struct Session {
+    guard: StreamGuard,
+    hub: Arc<WatchHub>,
+    api: Api,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: HashMap<i64, Watcher>,
+    /// Single-key watchers by key.
+    exact: HashMap<Bytes, Vec<i64>>,
+    /// Range and prefix watchers.
+    ranges: HashSet<i64>,
+    unsynced: VecDeque<i64>,
+    synced_count: usize,
+    /// The next ring revision for the synced watchers.
+    cursor: i64,
+    next_id: i64,
+    /// A ProgressRequest waits for every watcher to be synced.
+    progress_pending: bool,
+}
+
+impl Session {
+    async fn run(mut self, mut input: Input) {
+        let mut published = self.hub.published.subscribe();
+        let mut ticker = tokio::time::interval(self.hub.progress_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut input_open = true;
+        loop {
+            let busy = match self.pump().await {
+                Ok(busy) => busy,
+                Err(End::Closed) => return,
+            };
+            let step = tokio::select! {
+                biased;
+                _ = self.out.closed() => Err(End::Closed),
+                req = input.next(), if input_open => match req {
+                    Some(Ok(req)) => self.request(req).await,
+                    // The client half-closed: etcd 3.4 keeps sending.
+                    None => {
+                        input_open = false;
+                        Ok(())
+                    }
+                    Some(Err(_)) => Err(End::Closed),
+                },
+                _ = published.changed() => Ok(()),
+                _ = ticker.tick() => self.progress_tick().await,
+                _ = std::future::ready(()), if busy => Ok(()),
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn header(&self, revision: i64) -> Option<raftkv_api::etcdserverpb::ResponseHeader> {
+        Some(self.api.header(revision))
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), End> {
+        self.out.send(Ok(resp)).await.map_err(|_| End::Closed)
+    }
+
+    async fn request(&mut self, req: WatchRequest) -> Result<(), End> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                // etcd answers only the cancellation of a watcher that exists.
+                if self.remove(c.watch_id) {
+                    let rev = self.api.node.shared.sm.read().kv.revision();
+                    let resp = WatchResponse {
+                        header: self.header(rev),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_pending = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), End> {
+        let key = if c.key.is_empty() { Bytes::from_static(&[0]) } else { c.key };
+        let end = c.range_end;
+        let refuse = |reason: String| WatchResponse {
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        let current = self.api.node.shared.sm.read().kv.revision();
+        let refused = if !end.is_empty() && end[..] != [0] && end <= key {
+            Some(ERR_EMPTY_RANGE.to_string())
+        } else if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
+            Some(ERR_DUPLICATE_ID.to_string())
+        } else if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            Some(format!("raftkv: too many watchers on this stream (limit {MAX_WATCHERS_PER_STREAM})"))
+        } else if self.hub.watchers.fetch_add(1, Ordering::Relaxed) >= MAX_WATCHERS_PER_MEMBER {
+            self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
+            Some(format!("raftkv: too many watchers on this member (limit {MAX_WATCHERS_PER_MEMBER})"))
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            let resp = WatchResponse { header: self.header(current), ..refuse(reason) };
+            return self.send(resp).await;
+        }
+        self.guard.watchers += 1;
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        let filters = |f: FilterType| c.filters.contains(&(f as i32));
+        let start = if c.start_revision == 0 { current + 1 } else { c.start_revision };
+        let w = Watcher {
+            key: key.clone(),
+            end: end.clone(),
+            prev_kv: c.prev_kv,
+            no_put: filters(FilterType::Noput),
+            no_delete: filters(FilterType::Nodelete),
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            synced: false,
+            next_rev: start,
+            sent: false,
+        };
+        if end.is_empty() {
+            self.exact.entry(key).or_default().push(id);
+        } else {
+            self.ranges.insert(id);
+        }
+        self.watchers.insert(id, w);
+        self.unsynced.push_back(id);
+        let resp =
+            WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() };
+        self.send(resp).await
+    }
+
+    /// Forgets a watcher; false if there was none.
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(&id) else { return false };
+        if w.end.is_empty() {
+            if let Some(ids) = self.exact.get_mut(&w.key) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.exact.remove(&w.key);
+                }
+            }
+        } else {
+            self.ranges.remove(&id);
+        }
+        if w.synced {
+            self.synced_count -= 1;
+        } else {
+            self.unsynced.retain(|&i| i != id);
+        }
+        self.guard.watchers -= 1;
+        self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Delivers what is due, a bounded amount of work at a time. Returns whether there
+    /// may be more to do right away.
+    async fn pump(&mut self) -> Result<bool, End> {
+        let (first, last) = self.hub.bounds();
+        if self.synced_count == 0 {
+            self.cursor = last + 1;
+        } else if self.cursor < first {
+            self.demote();
+        }
+        let mut busy = false;
+        // Unsynced watchers that are at (or past) the cursor join the synced ones.
+        self.join_synced();
+        // The ring, for the synced watchers.
+        let upto = last.min(self.cursor + REVISIONS_PER_PUMP - 1);
+        while self.synced_count > 0 && self.cursor <= upto {
+            let Some(rev) = self.hub.get(self.cursor) else {
+                // The ring moved on while this stream was slow: catch up from the history.
+                self.demote();
+                break;
+            };
+            self.deliver(&rev).await?;
+            self.cursor += 1;
+            self.join_synced();
+        }
+        if self.synced_count == 0 {
+            self.cursor = self.hub.bounds().1 + 1;
+        }
+        busy |= self.synced_count > 0 && self.cursor <= self.hub.bounds().1;
+        // Unsynced watchers read a batch each from the history, up to the cursor.
+        for _ in 0..CATCH_UPS_PER_PUMP.min(self.unsynced.len()) {
+            let Some(id) = self.unsynced.pop_front() else { break };
+            self.catch_up(id).await?;
+            busy = true;
+        }
+        self.join_synced();
+        if self.progress_pending && self.unsynced.is_empty() && self.cursor > self.hub.bounds().1 {
+            self.progress_pending = false;
+            let resp =
+                WatchResponse { header: self.header(self.cursor - 1), watch_id: -1, ..Default::default() };
+            self.send(resp).await?;
+        }
+        Ok(busy || !self.unsynced.is_empty())
+    }
+
+    /// Every synced watcher goes back to reading the history from the cursor.
+    fn demote(&mut self) {
+        for (&id, w) in self.watchers.iter_mut() {
+            if w.synced {
+                w.synced = false;
+                w.next_rev = w.next_rev.max(self.cursor);
+                self.unsynced.push_back(id);
+            }
+        }
+        self.synced_count = 0;
+    }
+
+    fn join_synced(&mut self) {
+        let cursor = self.cursor;
+        let watchers = &mut self.watchers;
+        let mut joined = 0;
+        self.unsynced.retain(|id| match watchers.get_mut(id) {
+            Some(w) if w.next_rev >= cursor => {
+                w.synced = true;
+                joined += 1;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        self.synced_count += joined;
+    }
+
+    /// One revision from the ring to the synced watchers it concerns.
+    async fn deliver(&mut self, rev: &RevEvents) -> Result<(), End> {
+        let mut order: Vec<i64> = Vec::new();
+        let mut per: HashMap<i64, Vec<Event>> = HashMap::new();
+        for ev in &rev.events {
+            let Some(kv) = &ev.kv else { continue };
+            let mut hit = |id: i64, w: &Watcher| {
+                if w.synced && rev.rev >= w.next_rev && wanted(w, ev) {
+                    per.entry(id)
+                        .or_insert_with(|| {
+                            order.push(id);
+                            Vec::new()
+                        })
+                        .push(shape(w, ev));
+                }
+            };
+            if let Some(ids) = self.exact.get(&kv.key) {
+                for id in ids {
+                    if let Some(w) = self.watchers.get(id) {
+                        hit(*id, w);
+                    }
+                }
+            }
+            for id in &self.ranges {
+                if let Some(w) = self.watchers.get(id)
+                    && key_in_range(&kv.key, &w.key, &w.end)
+                {
+                    hit(*id, w);
+                }
+            }
+        }
+        for id in order {
+            let Some(events) = per.remove(&id) else { continue };
+            let resp =
+                WatchResponse { header: self.header(rev.rev), watch_id: id, events, ..Default::default() };
+            self.send_events(id, resp).await?;
+        }
+        Ok(())
+    }
+
+    /// One history batch for an unsynced watcher (which is not in `unsynced` meanwhile).
+    async fn catch_up(&mut self, id: i64) -> Result<(), End> {
+        let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+        let to = self.cursor - 1;
+        let (key, end, from) = (w.key.clone(), w.end.clone(), w.next_rev);
+        let read = {
+            let sm = self.api.node.shared.sm.read();
+            let batch = sm.kv.history_events(&key, &end, from, to, HistoryLimits::default());
+            (batch, sm.kv.revision(), sm.kv.compact_revision())
+        };
+        match read {
+            (Ok(batch), current, _) => {
+                let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+                w.next_rev = batch.through + 1;
+                let events: Vec<Event> =
+                    batch.events.iter().filter(|e| wanted(w, e)).map(|e| shape(w, e)).collect();
+                self.unsynced.push_back(id);
+                if !events.is_empty() {
+                    let resp = WatchResponse {
+                        header: self.header(current),
+                        watch_id: id,
+                        events,
+                        ..Default::default()
+                    };
+                    self.send_events(id, resp).await?;
+                }
+                Ok(())
+            }
+            (Err(KvError::Compacted), _, compacted) => {
+                // As etcd: the header carries no revision, the compacted revision is set.
+                self.remove(id);
+                let resp = WatchResponse {
+                    header: self.header(0),
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: compacted,
+                    ..Default::default()
+                };
+                self.send(resp).await
+            }
+            (Err(e), current, _) => {
+                self.remove(id);
+                let resp = WatchResponse {
+                    header: self.header(current),
+                    watch_id: id,
+                    canceled: true,
+                    cancel_reason: e.message().to_string(),
+                    ..Default::default()
+                };
+                self.send(resp).await
+            }
+        }
+    }
+
+    /// Sends a watcher's events, in fragments if it asked for them and they are large.
+    async fn send_events(&mut self, id: i64, resp: WatchResponse) -> Result<(), End> {
+        let fragment = match self.watchers.get_mut(&id) {
+            Some(w) => {
+                w.sent = true;
+                w.fragment
+            }
+            None => false,
+        };
+        let limit = self.api.max_request_bytes();
+        if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
+            return self.send(resp).await;
+        }
+        for part in fragments(resp, limit) {
+            self.send(part).await?;
+        }
+        Ok(())
+    }
+
+    /// etcd's progress notification: to every synced watcher that asked for it and was
+    /// sent nothing since the last tick, an empty response at the current revision.
+    async fn progress_tick(&mut self) -> Result<(), End> {
+        let rev = self.cursor - 1;
+        let mut due = Vec::new();
+        for (&id, w) in self.watchers.iter_mut() {
+            if w.progress_notify && w.synced && !w.sent {
+                due.push(id);
+            }
+            w.sent = false;
+        }
+        for id in due {
+            self.send(WatchResponse { header: self.header(rev), watch_id: id, ..Default::default() }).await?;
+        }
+        Ok(())
+    }
+}
+
+fn wanted(w: &Watcher, ev: &Event) -> bool {
+    let delete = ev.r#type == EventType::Delete as i32;
+    !(delete && w.no_delete || !delete && w.no_put)
+}
+
+fn shape(w: &Watcher, ev: &Event) -> Event {
+    if w.prev_kv { ev.clone() } else { Event { prev_kv: None, ..ev.clone() } }
+}
+
+/// etcd's `sendFragments`: responses of at most `limit` bytes each (at least one event),
+/// `fragment` set on all but the last.
+fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    let mut out = Vec::new();
+    let mut events = resp.events.into_iter().peekable();
+    let base = WatchResponse { events: Vec::new(), fragment: true, ..resp };
+    while events.peek().is_some() {
+        let mut cur = base.clone();
+        while let Some(ev) = events.peek() {
+            cur.events.push(ev.clone());
+            if cur.events.len() > 1 && cur.encoded_len() >= limit {
+                cur.events.pop();
+                break;
+            }
+            events.next();
+        }
+        if events.peek().is_none() {
+            cur.fragment = false;
+        }
+        out.push(cur);
+    }
+    out
+}
+
+/// The gRPC Watch service.
+pub struct WatchService(pub Api);
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<tonic::Streaming<WatchRequest>>,
+    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        let rx = start(self.0.clone(), Box::pin(req.into_inner()));
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use raftkv_api::mvccpb::KeyValue;
+
+    fn ev(key: &str, value_len: usize) -> Event {
+        Event {
+            r#type: 0,
+            kv: Some(KeyValue {
+                key: key.to_string().into(),
+                value: vec![b'x'; value_len].into(),
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn fragments_split_at_the_limit_like_etcd() {
+        let resp = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(|i| ev(&format!("k{i}"), 100)).collect(),
+            ..Default::default()
+        };
+        let parts = fragments(resp.clone(), 350);
+        assert!(parts.len() > 1);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts[parts.len() - 1].fragment);
+        assert!(parts.iter().all(|p| p.encoded_len() < 350 || p.events.len() == 1));
+        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, resp.events);
+        // One huge event goes alone.
+        let parts =
+            fragments(WatchResponse { events: vec![ev("a", 1000), ev("b", 1)], ..Default::default() }, 100);
+        assert_eq!(parts.iter().map(|p| p.events.len()).collect::<Vec<_>>(), [1, 1]);
+    }
+
+    #[test]
+    fn ring_keeps_contiguous_revisions_and_bounds_itself() {
+        let hub = WatchHub::new(1);
+        let mut kv = KvStore::new();
+        hub.open_stream(&mut kv);
+        let put = |kv: &mut KvStore, k: &str| {
+            kv.put(raftkv_api::etcdserverpb::PutRequest {
+                key: k.to_string().into(),
+                value: "v".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        };
+        assert!(kv.capturing());
+        put(&mut kv, "a");
+        hub.after_apply(&mut kv);
+        assert_eq!(hub.bounds(), (2, 2));
+        for i in 0..(RING_REVISIONS + 10) {
+            put(&mut kv, &format!("k{i}"));
+            hub.after_apply(&mut kv);
+        }
+        let (first, last) = hub.bounds();
+        assert_eq!(last, kv.revision());
+        assert_eq!((last - first + 1) as usize, RING_REVISIONS);
+        let r = hub.get(last).unwrap();
+        assert_eq!((r.rev, r.events.len()), (last, 1));
+        assert!(hub.get(first - 1).is_none());
+        // No stream: capturing stops and the ring empties.
+        hub.streams.fetch_sub(1, Ordering::SeqCst);
+        put(&mut kv, "z");
+        hub.after_apply(&mut kv);
+        assert!(!kv.capturing());
+        assert_eq!(hub.bounds(), (kv.revision() + 1, kv.revision()));
+    }
+}
