@@ -93,7 +93,9 @@ impl<L: LogStore> DiskWorker<L> {
                 DiskJob::Persist(job) => {
                     if let Some((meta, mut data)) = job.snapshot.take() {
                         // Install: the snapshot file first (durable on finish), then reset the
-                        // log to start after it, then let the applier restore from it.
+                        // log to start after it, then let the applier restore from it. A
+                        // crash in between leaves a log that conflicts with the snapshot at
+                        // its index, which `Storage::open` discards.
                         let mut writer = self.snapshots.begin(codec::meta_to_storage(&meta))?;
                         let mut buf = vec![0u8; 1 << 20];
                         loop {
@@ -106,7 +108,9 @@ impl<L: LogStore> DiskWorker<L> {
                             writer.write(&buf[..n])?;
                         }
                         writer.finish()?;
-                        self.log.compact(meta.index.0)?;
+                        // The core discarded its whole log: so must the disk, also entries
+                        // after the snapshot's index (they conflict with it). Durable now.
+                        self.log.reset(meta.index.0)?;
                         installed(meta);
                     }
                     if !job.entries.is_empty() {

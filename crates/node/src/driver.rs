@@ -87,15 +87,17 @@ pub struct Driver<R> {
 }
 
 impl<R: ReadWaiter> Driver<R> {
-    /// A driver for `raft`.
-    pub fn new(raft: Raft, config: NodeConfig) -> Driver<R> {
+    /// A driver for `raft`. `boot` is a value that grows from one start of the process to
+    /// the next (the shell uses [`crate::boot_stamp`]): read contexts start there, so a
+    /// reply to a read sent before a restart never matches a read sent after it.
+    pub fn new(raft: Raft, config: NodeConfig, boot: u64) -> Driver<R> {
         Driver {
             raft,
             config,
             reads: BTreeMap::new(),
             read_queue: Vec::new(),
             read_sent: None,
-            next_read: 1,
+            next_read: boot.max(1),
             staged: BTreeMap::new(),
             in_flight: VecDeque::new(),
             parked: VecDeque::new(),
@@ -130,7 +132,8 @@ impl<R: ReadWaiter> Driver<R> {
             Inbound::Message(m) => self.step(m),
             Inbound::Snapshot { message, data } => {
                 if let MessageBody::InstallSnapshot { meta } = &message.body {
-                    self.staged.clear(); // only the newest transfer matters
+                    // Kept until the next `Ready`: the core may accept this snapshot and
+                    // refuse a later one of the same batch.
                     self.staged.insert((meta.index, meta.term), data);
                 }
                 self.step(message);
@@ -244,6 +247,9 @@ impl<R: ReadWaiter> Driver<R> {
             let rd = self.raft.ready();
             self.handle_ready(rd, now, out)?;
         }
+        // A snapshot the core accepted is in the `Ready` right after the step that
+        // delivered it: whatever is still staged was refused (or superseded).
+        self.staged.clear();
         Ok(())
     }
 
@@ -275,11 +281,13 @@ impl<R: ReadWaiter> Driver<R> {
             }
         }
         self.flush_reads(now, out);
-        let snapshot = rd.snapshot.map(|meta| {
-            let data =
-                self.staged.remove(&(meta.index, meta.term)).unwrap_or_else(|| Box::new(std::io::empty()));
-            (meta, data)
-        });
+        let snapshot = match rd.snapshot {
+            Some(meta) => match self.staged.remove(&(meta.index, meta.term)) {
+                Some(data) => Some((meta, data)),
+                None => return Err(DriverError::MissingSnapshot { index: meta.index.0, term: meta.term.0 }),
+            },
+            None => None,
+        };
         let job = PersistJob {
             snapshot,
             entries: rd.entries,

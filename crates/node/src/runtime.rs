@@ -164,6 +164,8 @@ impl<S: StateMachine> Node<S> {
     ) -> Result<Node<S>, Error> {
         let (raft, snapshot) = crate::recover(&config, &storage.snapshots, recovered, &mut sm)?;
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.index.0);
+        // Request ids and read contexts both start here: none is reused after a restart.
+        let boot = crate::boot_stamp();
         let applier = Applier::new(snapshot.as_ref(), raft.cluster_config().clone(), config.snapshot_count);
 
         let (applied_tx, _) = watch::channel(snapshot_index);
@@ -173,7 +175,7 @@ impl<S: StateMachine> Node<S> {
             applied: applied_tx,
             status: Mutex::new(Status { applied: snapshot_index, snapshot_index, ..Status::default() }),
             waiters: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(crate::boot_stamp()),
+            next_request: AtomicU64::new(boot),
             stopped: AtomicBool::new(false),
         });
         let (requests_tx, requests_rx) = mpsc::channel(config.request_queue);
@@ -211,7 +213,7 @@ impl<S: StateMachine> Node<S> {
                 .map_err(Error::Thread)?;
         }
         let runner = Runner {
-            driver: Driver::new(raft, config.clone()),
+            driver: Driver::new(raft, config.clone(), boot),
             config,
             shared: shared.clone(),
             network,

@@ -35,7 +35,7 @@
 //!
 //! `kind <= 0xEF` are the caller's entries; `0xFF` is a hard-state record
 //! (term, voted_for, commit), `0xFE` a reset marker written when the log is
-//! compacted past its end (snapshot install). The log is a pure append-only
+//! reset or compacted past its end (snapshot install). The log is a pure append-only
 //! stream: an entry whose index is `<=` the last index replaces that suffix
 //! (truncation of a conflicting suffix is thus written, and made durable,
 //! together with the entries that replace it; no byte of synced data is
@@ -57,8 +57,8 @@
 //!   the written stream, entries come before the hard state saved with
 //!   them, so a recovered commit index never refers to an entry that was
 //!   not recovered (recovery also clamps it, with a warning).
-//! * [`LogStore::compact`] past the last index (snapshot install) is
-//!   durable when it returns; compaction within the log removes whole
+//! * [`LogStore::compact`] past the last index and [`LogStore::reset`]
+//!   (snapshot install) are durable when they return; compaction within the log removes whole
 //!   segments only (each removal followed by a directory fsync), and only
 //!   after the caller's snapshot is durable ([`SnapshotWriter::finish`]).
 //! * [`GroupCommitLog`] calls return only once durable.
@@ -268,6 +268,11 @@ pub trait LogStore: Send {
     /// becomes empty with `last_index() == up_to`; this reset is durable when
     /// `compact` returns.
     fn compact(&mut self, up_to: u64) -> Result<()>;
+    /// Discard the whole log, whatever its last index, and continue after `index`: the
+    /// log becomes empty with `last_index() == index` (installing a snapshot whose last
+    /// entry the log does not hold, or holds with another term: nothing of the old log
+    /// may survive a restart). Durable when it returns, together with everything before.
+    fn reset(&mut self, index: u64) -> Result<()>;
     /// First retained index (`last_index() + 1` when empty).
     fn first_index(&self) -> u64;
     /// Last index (0 for a new log).

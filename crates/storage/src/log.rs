@@ -583,6 +583,27 @@ impl FileLogStore {
         Ok(())
     }
 
+    /// Removes whole segments, oldest first, whose entries are all `<= up_to`; never the
+    /// active one.
+    fn remove_segments_up_to(&mut self, up_to: u64) -> Result<()> {
+        let mut removed = 0;
+        while self.segments.len() - removed > 1 && self.segments[removed].max_index <= up_to {
+            let path = self.segments[removed].path.clone();
+            if let Err(e) = self.fs.remove(&path) {
+                return Err(self.fatal(StorageError::io("remove", path, e)));
+            }
+            // One directory sync per removal, oldest first: a crash never
+            // leaves a hole in the middle of the segment sequence.
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                let dir = self.dir.clone();
+                return Err(self.fatal(StorageError::FsyncFailed { path: dir, source: e }));
+            }
+            removed += 1;
+        }
+        self.segments.drain(..removed);
+        Ok(())
+    }
+
     fn note_index(&mut self, index: u64) {
         if let Some(s) = self.segments.last_mut() {
             s.max_index = s.max_index.max(index);
@@ -655,22 +676,21 @@ impl LogStore for FileLogStore {
                 self.entries.pop_front();
             }
         }
-        let mut removed = 0;
-        while self.segments.len() - removed > 1 && self.segments[removed].max_index <= up_to {
-            let path = self.segments[removed].path.clone();
-            if let Err(e) = self.fs.remove(&path) {
-                return Err(self.fatal(StorageError::io("remove", path, e)));
-            }
-            // One directory sync per removal, oldest first: a crash never
-            // leaves a hole in the middle of the segment sequence.
-            if let Err(e) = self.fs.sync_dir(&self.dir) {
-                let dir = self.dir.clone();
-                return Err(self.fatal(StorageError::FsyncFailed { path: dir, source: e }));
-            }
-            removed += 1;
+        self.remove_segments_up_to(up_to)
+    }
+
+    fn reset(&mut self, index: u64) -> Result<()> {
+        self.check()?;
+        encode_record(&mut self.buf, KIND_RESET, index, 0, &[]);
+        self.entries.clear();
+        self.last = index;
+        self.note_index(index);
+        self.sync()?;
+        if self.opts.sync != SyncMode::Fsync {
+            self.sync_active()?;
         }
-        self.segments.drain(..removed);
-        Ok(())
+        // Everything before the reset marker is dead: only the active segment stays.
+        self.remove_segments_up_to(u64::MAX)
     }
 
     fn first_index(&self) -> u64 {

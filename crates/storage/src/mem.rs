@@ -102,6 +102,12 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
+    fn reset(&mut self, index: u64) -> Result<()> {
+        self.cur.entries.clear();
+        self.cur.last = index;
+        self.sync()
+    }
+
     fn first_index(&self) -> u64 {
         self.cur.first()
     }

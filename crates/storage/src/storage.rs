@@ -77,7 +77,18 @@ impl Storage {
         let snapshot = snapshots.latest()?.map(|(meta, _reader)| meta);
         let mut hard_state = rec.hard_state;
         if let Some(meta) = &snapshot {
-            if meta.index >= log.first_index() {
+            if log.term(meta.index).is_some_and(|term| term != meta.term) {
+                // A crash between installing the snapshot (durable) and resetting the log
+                // behind it: the log conflicts with the snapshot at its last entry, so
+                // nothing after it can be in the leader's log either (Log Matching).
+                tracing::warn!(
+                    index = meta.index,
+                    term = meta.term,
+                    last_index = log.last_index(),
+                    "the log conflicts with the newest snapshot; discarding it (interrupted install)"
+                );
+                log.reset(meta.index)?;
+            } else if meta.index >= log.first_index() {
                 log.compact(meta.index)?;
             }
             // Everything up to the snapshot is committed.

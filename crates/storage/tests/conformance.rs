@@ -249,6 +249,33 @@ fn many_segments<H: Harness>(h: &mut H) {
     assert_eq!(r.records, want);
 }
 
+fn reset_discards_the_whole_log<H: Harness>(h: &mut H) {
+    let mut s = h.fresh();
+    s.append(&recs(1, 40, 3, "a")).unwrap();
+    s.sync().unwrap();
+    // A snapshot at 11 whose term differs from the log's entry 11: nothing of the log may
+    // survive, not even the entries after 11.
+    s.reset(11).unwrap();
+    assert_eq!((s.first_index(), s.last_index()), (12, 11));
+    assert_eq!(s.term(11), None);
+    assert_eq!(s.term(12), None);
+    assert!(s.append(&[rec(11, 4, "x")]).is_err());
+    // Durable when it returns.
+    let (mut s, r) = h.crash_reopen(s);
+    assert_eq!((r.first_index, r.last_index), (12, 11));
+    assert!(r.records.is_empty());
+    s.append(&recs(12, 14, 4, "b")).unwrap();
+    s.sync().unwrap();
+    let (mut s, r) = h.crash_reopen(s);
+    check_recovered(&s, &r);
+    assert_eq!(r.records, recs(12, 14, 4, "b"));
+    // Past the end too.
+    s.reset(30).unwrap();
+    let (s, r) = h.crash_reopen(s);
+    check_recovered(&s, &r);
+    assert_eq!((r.first_index, r.last_index), (31, 30));
+}
+
 macro_rules! suite {
     ($modname:ident, $mk:expr) => {
         mod $modname {
@@ -284,6 +311,10 @@ macro_rules! suite {
             #[test]
             fn compact_beyond_last() {
                 super::compact_beyond_last(&mut $mk);
+            }
+            #[test]
+            fn reset_discards_the_whole_log() {
+                super::reset_discards_the_whole_log(&mut $mk);
             }
             #[test]
             fn invalid_arguments() {
