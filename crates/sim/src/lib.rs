@@ -88,8 +88,8 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
         cmd.push_str(" --features planted-bugs");
     }
     cmd.push_str(&format!(" -- replay --seed {seed}"));
-    if options.profile == Profile::LeaderChurn {
-        cmd.push_str(" --profile leader-churn");
+    if options.profile != Profile::Mixed {
+        cmd.push_str(&format!(" --profile {}", options.profile.name()));
     }
     if let Some(bug) = options.planted_bug {
         cmd.push_str(&format!(" --plant {}", bug_name(bug)));
@@ -104,6 +104,8 @@ pub fn bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::VoteBeforeDurable => "vote-before-durable",
         PlantedBug::TruncateMatchingPrefix => "truncate-matching-prefix",
         PlantedBug::SkipUpToDateCheck => "skip-up-to-date-check",
+        PlantedBug::FollowerCommitToLastIndex => "follower-commit-to-last-index",
+        PlantedBug::LeaderCountsUnsyncedSelf => "leader-counts-unsynced-self",
     }
 }
 
@@ -114,6 +116,8 @@ pub fn parse_bug(name: &str) -> Result<PlantedBug, String> {
         PlantedBug::VoteBeforeDurable,
         PlantedBug::TruncateMatchingPrefix,
         PlantedBug::SkipUpToDateCheck,
+        PlantedBug::FollowerCommitToLastIndex,
+        PlantedBug::LeaderCountsUnsyncedSelf,
     ]
     .into_iter()
     .find(|b| bug_name(*b) == name)

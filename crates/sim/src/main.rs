@@ -15,12 +15,13 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// Fault mix to draw each seed's parameters from: mixed or leader-churn.
+    /// Fault mix to draw each seed's parameters from: mixed, leader-churn, figure-8,
+    /// stale-tail or unsynced-leader.
     #[arg(long, default_value = "mixed")]
     profile: Profile,
     /// Plant a known bug in every core (needs --features planted-bugs):
     /// commit-previous-term-by-count, vote-before-durable, truncate-matching-prefix,
-    /// skip-up-to-date-check.
+    /// skip-up-to-date-check, follower-commit-to-last-index, leader-counts-unsynced-self.
     #[arg(long, value_parser = raftkv_sim::parse_bug)]
     plant: Option<PlantedBug>,
 }
