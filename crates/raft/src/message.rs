@@ -32,6 +32,10 @@ pub enum MessageBody {
         pre_vote: bool,
         last_log_index: LogIndex,
         last_log_term: Term,
+        /// The candidate campaigns because the leader told it to (`TimeoutNow`, leadership
+        /// transfer, thesis §3.10): voters grant it even inside their leader lease, as
+        /// etcd-raft's `campaignTransfer`. Never set on a PreVote (a transfer skips PreVote).
+        transfer: bool,
     },
     RequestVoteResponse {
         pre_vote: bool,
@@ -67,12 +71,17 @@ pub enum MessageBody {
     InstallSnapshot {
         meta: SnapshotMeta,
     },
-    /// A follower asking the leader for a read index on behalf of its clients.
+    /// A follower asking the leader for a read index on behalf of its clients. The message's
+    /// term is the term the read is asked in: a leader of a later term answers it with a
+    /// failure (`index: None`), never with silence.
     ReadIndexRequest {
         context: u64,
     },
     /// The leader's answer; `index` is `None` when the leader could not serve the read
-    /// (it lost leadership), and the follower reports the read as failed.
+    /// (it lost leadership, or the request carried an older term), and the follower reports
+    /// the read as failed. The follower accepts it only for a read it forwarded with that
+    /// `context` in the same term as the response's (a reply from an older term, or to a
+    /// context it is not waiting on, is ignored).
     ReadIndexResponse {
         context: u64,
         index: Option<LogIndex>,
@@ -84,7 +93,8 @@ pub enum MessageBody {
         entries: Vec<bytes::Bytes>,
     },
     /// A leader telling a follower to start an election now (leadership transfer, thesis
-    /// §3.10). Reserved for that work.
+    /// §3.10). Accepted only from the leader of the receiver's current term; the receiver
+    /// campaigns at once (no PreVote) with `transfer` set on its vote requests.
     TimeoutNow,
 }
 

@@ -115,8 +115,15 @@ impl std::error::Error for ProposeError {}
 /// A ReadIndex request that could not be queued.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadError {
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
     TooManyPending,
+    /// A read with this context is already waiting on this node: contexts must be unique
+    /// among the reads in flight (a reply is matched to its read by context and term).
+    DuplicateContext {
+        context: u64,
+    },
 }
 
 impl std::fmt::Display for ReadError {
@@ -124,6 +131,9 @@ impl std::fmt::Display for ReadError {
         match self {
             ReadError::NotLeader { .. } => write!(f, "no leader known to serve the read"),
             ReadError::TooManyPending => write!(f, "too many pending reads"),
+            ReadError::DuplicateContext { context } => {
+                write!(f, "a read with context {context} is already pending")
+            }
         }
     }
 }
@@ -161,6 +171,17 @@ pub enum PlantedBug {
     TruncateMatchingPrefix,
     /// Grant votes without the up-to-date log check (§5.4.1).
     SkipUpToDateCheck,
+    /// The classic Figure 2 bug: a follower advances its commit index to
+    /// `min(leader_commit, last index)` instead of `min(leader_commit, index of the last new
+    /// entry)`, so an uncommitted, conflicting tail past what the message proved can commit.
+    /// Planted in both places that apply this rule: the follower's AppendEntries handling,
+    /// and the heartbeat's commit, which the leader caps at the follower's match index on
+    /// the follower's behalf (a heartbeat carries no consistency check).
+    FollowerCommitToLastIndex,
+    /// The leader counts its own log up to its last index towards a quorum before the driver
+    /// reported it durable ([`Raft::persisted`]): an entry can commit on fewer durable copies
+    /// than a majority, and be lost when the leader crashes.
+    LeaderCountsUnsyncedSelf,
 }
 
 /// A ReadIndex request waiting on the leader.
@@ -205,6 +226,12 @@ pub struct Raft {
     /// The round the next batch of reads joins; `read_round_next - 1` was broadcast.
     read_round_next: u64,
 
+    // Follower state.
+    /// Reads this node forwarded to the leader: context -> the term they were asked in. A
+    /// `ReadIndexResponse` is accepted only for a context here and from that term; all of
+    /// them fail when the term changes.
+    forwarded_reads: BTreeMap<u64, Term>,
+
     // Output buffers.
     messages: Vec<Message>,
     messages_after_persist: Vec<Message>,
@@ -231,8 +258,15 @@ impl Raft {
             let expected = initial.snapshot.as_ref().map_or(LogIndex(1), |s| s.index + 1);
             if first.index != expected {
                 return Err(ConfigError(format!(
-                    "first log entry has index {} but {} was expected",
+                    "the log does not continue from the snapshot: first log entry has index {} but {} was expected",
                     first.index, expected
+                )));
+            }
+            let floor = initial.snapshot.as_ref().map_or(Term(1), |s| s.term.max(Term(1)));
+            if first.term < floor {
+                return Err(ConfigError(format!(
+                    "the log does not continue from the snapshot: first log entry {} has term {} below {}",
+                    first.index, first.term, floor
                 )));
             }
         }
@@ -277,6 +311,7 @@ impl Raft {
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
             read_round_next: 1,
+            forwarded_reads: BTreeMap::new(),
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
             read_states: Vec::new(),
@@ -433,11 +468,24 @@ impl Raft {
 
     /// Requests a linearizable read point (thesis §6.4). The result arrives in
     /// [`Ready::read_states`] (or [`Ready::failed_reads`]) with the same `context`.
+    ///
+    /// On a follower the request is forwarded to the leader of its current term; the answer
+    /// is accepted only from that term. Every forwarded read still waiting fails (in
+    /// [`Ready::failed_reads`]) when this node's term changes. `context` must be unique among
+    /// this node's reads in flight, and should be unique across restarts (a reply to a read
+    /// sent before a crash may arrive after it).
     pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
         match self.role {
             Role::Leader => self.leader_read(context, None),
             _ => match self.leader {
                 Some(leader) => {
+                    if self.forwarded_reads.contains_key(&context) {
+                        return Err(ReadError::DuplicateContext { context });
+                    }
+                    if self.forwarded_reads.len() >= self.config.pending_reads_max {
+                        return Err(ReadError::TooManyPending);
+                    }
+                    self.forwarded_reads.insert(context, self.term);
                     self.send(leader, MessageBody::ReadIndexRequest { context });
                     Ok(())
                 }
@@ -632,6 +680,7 @@ impl Raft {
         if term > self.term {
             self.term = term;
             self.voted_for = None;
+            self.fail_forwarded_reads();
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -680,11 +729,28 @@ impl Raft {
             self.become_candidate();
             return;
         }
-        self.request_votes(true);
+        self.request_votes(true, false);
+    }
+
+    /// Fails every read forwarded in an earlier term: its answer can no longer be accepted.
+    fn fail_forwarded_reads(&mut self) {
+        let term = self.term;
+        let stale: Vec<u64> =
+            self.forwarded_reads.iter().filter(|(_, asked)| **asked != term).map(|(c, _)| *c).collect();
+        for context in stale {
+            self.forwarded_reads.remove(&context);
+            self.failed_reads.push(context);
+        }
     }
 
     fn become_candidate(&mut self) {
+        self.become_candidate_with(false);
+    }
+
+    /// Starts a real election; `transfer` when the leader asked for it with `TimeoutNow`.
+    fn become_candidate_with(&mut self, transfer: bool) {
         self.term = self.term + 1;
+        self.fail_forwarded_reads();
         self.voted_for = Some(self.id);
         self.role = Role::Candidate;
         self.leader = None;
@@ -696,15 +762,16 @@ impl Raft {
             self.become_leader();
             return;
         }
-        self.request_votes(false);
+        self.request_votes(false, transfer);
     }
 
-    fn request_votes(&mut self, pre_vote: bool) {
+    fn request_votes(&mut self, pre_vote: bool, transfer: bool) {
         let term = if pre_vote { self.term + 1 } else { self.term };
         let body = MessageBody::RequestVote {
             pre_vote,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            transfer,
         };
         let voters: Vec<NodeId> =
             self.cluster.members().into_iter().filter(|id| self.cluster.is_voter(*id)).collect();
@@ -725,16 +792,14 @@ impl Raft {
         self.heartbeat_elapsed = 0;
         self.votes.clear();
         let next = self.log.last_index() + 1;
+        // Only the leader itself counts as recently active (as etcd): CheckQuorum deposes a
+        // leader that hears from no quorum within its first election timeout.
         self.progress = self
             .cluster
             .members()
             .into_iter()
             .filter(|id| *id != self.id)
-            .map(|id| {
-                let mut pr = Progress::new(next);
-                pr.recent_active = true;
-                (id, pr)
-            })
+            .map(|id| (id, Progress::new(next)))
             .collect();
         self.uncommitted_bytes = 0;
         self.pending_reads.clear();
@@ -767,8 +832,10 @@ impl Raft {
         use MessageBody::*;
         if m.term > self.term {
             match &m.body {
-                RequestVote { pre_vote, .. } => {
+                RequestVote { pre_vote, transfer, .. } => {
+                    // A campaign the leader asked for (`transfer`) overrides the lease.
                     let in_lease = self.config.check_quorum
+                        && !*transfer
                         && self.leader.is_some()
                         && self.election_elapsed < self.config.election_timeout_ticks;
                     if in_lease {
@@ -802,8 +869,13 @@ impl Raft {
                 RequestVote { pre_vote: true, .. } => {
                     self.send(m.from, RequestVoteResponse { pre_vote: true, granted: false });
                 }
-                // A read index confirmed by an earlier leader is still a valid read point.
-                ReadIndexResponse { .. } => return true,
+                // A read asked in an older term: fail it explicitly (our term in the reply
+                // tells the follower its term is over) rather than leave it to time out.
+                ReadIndexRequest { context } => {
+                    self.send(m.from, ReadIndexResponse { context: *context, index: None });
+                }
+                // A ReadIndexResponse from an older term answers a read that already failed
+                // when our term changed (or one from before a restart): ignored.
                 _ => {}
             }
             false
@@ -816,7 +888,7 @@ impl Raft {
         use MessageBody::*;
         let from = m.from;
         match m.body {
-            RequestVote { pre_vote, last_log_index, last_log_term } => {
+            RequestVote { pre_vote, last_log_index, last_log_term, .. } => {
                 self.handle_request_vote(from, m.term, pre_vote, last_log_index, last_log_term)
             }
             RequestVoteResponse { pre_vote, granted } => self.handle_vote_response(from, pre_vote, granted),
@@ -845,10 +917,17 @@ impl Raft {
                     self.send(from, ReadIndexResponse { context, index: None });
                 }
             }
-            ReadIndexResponse { context, index } => match index {
-                Some(index) => self.read_states.push(ReadState { context, index }),
-                None => self.failed_reads.push(context),
-            },
+            ReadIndexResponse { context, index } => {
+                // Only an answer to a read we forwarded in this very term counts.
+                if self.forwarded_reads.get(&context) != Some(&m.term) {
+                    return;
+                }
+                self.forwarded_reads.remove(&context);
+                match index {
+                    Some(index) => self.read_states.push(ReadState { context, index }),
+                    None => self.failed_reads.push(context),
+                }
+            }
             Propose { entries } => {
                 // Dropped when not leading or over the uncommitted limit: the origin retries.
                 if self.role == Role::Leader {
@@ -856,8 +935,12 @@ impl Raft {
                 }
             }
             TimeoutNow => {
-                if self.role != Role::Leader && self.cluster.is_voter(self.id) {
-                    self.become_candidate();
+                // Only the leader of our current term may hand over leadership (a higher-term
+                // TimeoutNow made us a follower without a known leader above, so it fails
+                // here too).
+                let from_leader = self.leader == Some(from) && m.term == self.term;
+                if self.role == Role::Follower && from_leader && self.cluster.is_voter(self.id) {
+                    self.become_candidate_with(true);
                 }
             }
         }
@@ -969,7 +1052,9 @@ impl Raft {
         self.log.merge(entries, self.bug(PlantedBug::TruncateMatchingPrefix));
         let last_new = prev_log_index + count;
         // The commit index we learn is capped at what this message proved matches.
-        self.log.commit_to(leader_commit.min(last_new));
+        let proven =
+            if self.bug(PlantedBug::FollowerCommitToLastIndex) { self.log.last_index() } else { last_new };
+        self.log.commit_to(leader_commit.min(proven));
         self.send_after_persist(
             from,
             term,
@@ -1090,9 +1175,13 @@ impl Raft {
         let peers: Vec<(NodeId, LogIndex)> =
             self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
         let commit = self.log.commit();
+        // The planted Figure 2 bug also lifts this cap: a heartbeat carries no consistency
+        // check, so the leader applies the follower's commit rule on its behalf here.
+        let uncapped = self.bug(PlantedBug::FollowerCommitToLastIndex);
         for (to, matched) in peers {
             // Never tell a follower to commit beyond what it is known to hold.
-            self.send(to, MessageBody::Heartbeat { commit: commit.min(matched), read_round });
+            let commit = if uncapped { commit } else { commit.min(matched) };
+            self.send(to, MessageBody::Heartbeat { commit, read_round });
         }
     }
 
@@ -1173,7 +1262,11 @@ impl Raft {
     /// current term (§5.4.2). Returns whether it advanced (and then tells the followers).
     fn maybe_commit(&mut self) -> bool {
         let id = self.id;
-        let own = self.log.persisted();
+        let own = if self.bug(PlantedBug::LeaderCountsUnsyncedSelf) {
+            self.log.last_index()
+        } else {
+            self.log.persisted()
+        };
         let progress = &self.progress;
         let index = self.cluster.committed_index(&|n| {
             if n == id { own } else { progress.get(&n).map_or(LogIndex(0), |p| p.match_index) }

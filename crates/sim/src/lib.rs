@@ -109,6 +109,8 @@ pub fn bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::VoteBeforeDurable => "vote-before-durable",
         PlantedBug::TruncateMatchingPrefix => "truncate-matching-prefix",
         PlantedBug::SkipUpToDateCheck => "skip-up-to-date-check",
+        PlantedBug::FollowerCommitToLastIndex => "follower-commit-to-last-index",
+        PlantedBug::LeaderCountsUnsyncedSelf => "leader-counts-unsynced-self",
     }
 }
 
@@ -119,6 +121,8 @@ pub fn parse_bug(name: &str) -> Result<PlantedBug, String> {
         PlantedBug::VoteBeforeDurable,
         PlantedBug::TruncateMatchingPrefix,
         PlantedBug::SkipUpToDateCheck,
+        PlantedBug::FollowerCommitToLastIndex,
+        PlantedBug::LeaderCountsUnsyncedSelf,
     ]
     .into_iter()
     .find(|b| bug_name(*b) == name)

@@ -15,13 +15,15 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// Fault mix to draw each seed's parameters from: mixed or leader-churn.
+    /// Fault mix to draw each seed's parameters from: mixed, leader-churn, figure-8,
+    /// stale-tail or unsynced-leader.
     #[arg(long, default_value = "mixed")]
     profile: Profile,
     /// Plant a known bug (needs --features planted-bugs). In every core:
     /// commit-previous-term-by-count, vote-before-durable, truncate-matching-prefix,
-    /// skip-up-to-date-check. In the member driver: serve-read-before-applied,
-    /// read-context-restart, ack-before-sync, ack-despite-fsync-error, snapshot-keeps-tail.
+    /// skip-up-to-date-check, follower-commit-to-last-index, leader-counts-unsynced-self.
+    /// In the member driver: serve-read-before-applied, read-context-restart, ack-before-sync,
+    /// ack-despite-fsync-error, snapshot-keeps-tail.
     #[arg(long, value_parser = raftkv_sim::parse_plant)]
     plant: Option<Plant>,
 }

@@ -23,6 +23,36 @@ pub enum Profile {
     /// down at once), entries trickling out one or a few per message, no CheckQuorum lease.
     /// Raises the odds of Figure-8-like histories (Raft §5.4.2) and of votes lost in a crash.
     LeaderChurn,
+    /// Figure 8 of the Raft paper made likely: leader churn where the crashes mostly hit the
+    /// leader shortly after it is elected, one entry per AppendEntries with one in flight,
+    /// so a new leader's old-term entries reach a follower before its no-op does and the
+    /// leader dies in between. Targets `CommitPreviousTermByCount`.
+    Figure8,
+    /// Followers left with long uncommitted, conflicting tails: leaders isolated while
+    /// clients keep proposing to them, short partitions, heals while the new leader has
+    /// committed past the followers' matching prefix. Targets `FollowerCommitToLastIndex`.
+    StaleTail,
+    /// Slow, crash-prone disks under a leader that crashes often: the window in which a
+    /// leader's entry is on a follower's disk but not yet on its own is wide. Targets
+    /// `LeaderCountsUnsyncedSelf`.
+    UnsyncedLeader,
+}
+
+impl Profile {
+    /// Every profile, in command-line order.
+    pub const ALL: [Profile; 5] =
+        [Profile::Mixed, Profile::LeaderChurn, Profile::Figure8, Profile::StaleTail, Profile::UnsyncedLeader];
+
+    /// The command-line name (`--profile`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Mixed => "mixed",
+            Profile::LeaderChurn => "leader-churn",
+            Profile::Figure8 => "figure-8",
+            Profile::StaleTail => "stale-tail",
+            Profile::UnsyncedLeader => "unsynced-leader",
+        }
+    }
 }
 
 impl Profile {
@@ -41,11 +71,10 @@ impl Profile {
 impl std::str::FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Profile, String> {
-        match s {
-            "mixed" => Ok(Profile::Mixed),
-            "leader-churn" => Ok(Profile::LeaderChurn),
-            _ => Err(format!("unknown profile {s:?} (expected mixed or leader-churn)")),
-        }
+        Profile::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown profile {s:?} (expected one of {})", names.join(", "))
+        })
     }
 }
 
@@ -80,6 +109,17 @@ pub struct Params {
     /// On a crash, complete a random prefix of the pending persist jobs first (the disk wrote
     /// some of the unsynced data) instead of losing them all.
     pub crash_keeps_prefix: bool,
+    /// Chance that a random crash hits the live leader (of the highest term) instead of a
+    /// uniformly drawn node: leader churn.
+    pub leader_crash_ppm: u64,
+    /// Chance that a newly elected leader is crashed within `new_leader_crash_within_us` of
+    /// its election (short-lived leaders, often in the middle of replicating their no-op).
+    pub new_leader_crash_ppm: u64,
+    pub new_leader_crash_within_us: u64,
+    /// Chance that a newly elected leader's links to each other member are cut (one way,
+    /// leader to member, each with even odds) until the next heal after `partition_us`:
+    /// partial replication of its first entries.
+    pub new_leader_cut_ppm: u64,
 
     /// Mean time between partitions (0: none), and how long one lasts.
     pub partition_mean_us: u64,
@@ -154,6 +194,9 @@ impl Params {
         match profile {
             Profile::Mixed => Params::mixed(&mut r),
             Profile::LeaderChurn => Params::leader_churn(&mut r),
+            Profile::Figure8 => Params::figure_8(&mut r),
+            Profile::StaleTail => Params::stale_tail(&mut r),
+            Profile::UnsyncedLeader => Params::unsynced_leader(&mut r),
         }
     }
 
@@ -183,6 +226,10 @@ impl Params {
             max_down: if r.chance(200_000) { nodes } else { minority.max(1) },
             crash_in_persist_ppm: if crashes { r.pick(&[0, 5_000, 30_000]) } else { 0 },
             crash_keeps_prefix: r.chance(500_000),
+            leader_crash_ppm: 0,
+            new_leader_crash_ppm: 0,
+            new_leader_crash_within_us: 0,
+            new_leader_cut_ppm: 0,
             partition_mean_us: if partitions { r.pick(&[200 * MS, SEC, 2 * SEC]) } else { 0 },
             partition_us: (50 * MS, r.pick(&[300 * MS, SEC, 3 * SEC])),
             split_partitions: r.chance(700_000),
@@ -288,6 +335,55 @@ impl Params {
         // holds an old term's entry before it holds the leader's no-op.
         p.append_bytes_max = r.pick(&[1, 256]);
         p.inflight_messages_max = r.pick(&[1, 4]);
+        p
+    }
+
+    fn figure_8(r: &mut Rng) -> Params {
+        let mut p = Params::leader_churn(r);
+        p.leader_crash_ppm = r.pick(&[600_000, 800_000]);
+        p.new_leader_crash_ppm = 1_000_000;
+        p.new_leader_crash_within_us = 100 * MS;
+        // Fast disks and a slower network: a leader's own entries are durable before its
+        // messages land, so a leader that dies early leaves them on its disk alone.
+        p.disk_us = (1_250, 5 * MS);
+        p.delay_us = (300, 3 * MS);
+        p.crash_mean_us = r.pick(&[80 * MS, 120 * MS, 200 * MS]);
+        p.downtime_us = (5 * MS, r.pick(&[30 * MS, 100 * MS]));
+        p.append_bytes_max = 1;
+        p.inflight_messages_max = 1;
+        p.loss_ppm = r.pick(&[0, 20_000]);
+        p.snapshot_mean_us = 0;
+        p.lag_downtime_us = 0;
+        p
+    }
+
+    fn stale_tail(r: &mut Rng) -> Params {
+        let mut p = Params::mixed(r);
+        p.nodes = r.pick(&[3, 5]);
+        p.clients = r.between(2, 4) as usize;
+        p.client_think_us = (0, MS);
+        p.partition_mean_us = r.pick(&[150 * MS, 300 * MS]);
+        p.partition_us = (50 * MS, r.pick(&[300 * MS, 600 * MS]));
+        p.isolate_leader = true;
+        p.split_partitions = r.chance(500_000);
+        p.asymmetric_partitions = false;
+        p.crash_mean_us = r.pick(&[0, SEC]);
+        p.crash_in_persist_ppm = 0;
+        p.max_down = 1;
+        p.append_bytes_max = r.pick(&[1, 256]);
+        p.inflight_messages_max = r.pick(&[1, 4]);
+        p.snapshot_mean_us = 0;
+        p.lag_downtime_us = 0;
+        p
+    }
+
+    fn unsynced_leader(r: &mut Rng) -> Params {
+        let mut p = Params::leader_churn(r);
+        p.leader_crash_ppm = r.pick(&[500_000, 800_000]);
+        p.delay_us = (r.between(100, 500), r.between(MS, 3 * MS));
+        p.disk_us = (r.between(5 * MS, 10 * MS), r.between(20 * MS, 60 * MS));
+        p.crash_in_persist_ppm = r.pick(&[300_000, 500_000]);
+        p.crash_keeps_prefix = false;
         p
     }
 }

@@ -656,7 +656,12 @@ impl Sim {
                 if self.phase != Phase::Faults {
                     return Ok(());
                 }
-                let node = self.rng.below(self.nodes.len() as u64) as usize;
+                let mut node = self.rng.below(self.nodes.len() as u64) as usize;
+                if self.rng.chance(self.params.leader_crash_ppm)
+                    && let Some(leader) = self.live_leader()
+                {
+                    node = leader;
+                }
                 let down = self.nodes.iter().filter(|n| n.live.is_none()).count();
                 if down < self.params.max_down && self.nodes[node].live.is_some() {
                     self.crash(node);
@@ -713,6 +718,17 @@ impl Sim {
     }
 
     // ----- nodes -----
+
+    /// The live node leading the highest term, if any.
+    fn live_leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter_map(|i| {
+                let l = self.nodes[i].live.as_ref()?;
+                (l.raft.role() == Role::Leader).then_some((l.raft.term(), i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
 
     fn raft_config(&self, n: usize) -> Config {
         let node = &self.nodes[n];
@@ -1015,9 +1031,31 @@ impl Sim {
             if live.leader_term != Some(term) {
                 self.checker.new_leader(id, term, &live.mirror)?;
                 live.leader_term = Some(term);
+                let inc = self.nodes[n].inc;
+                if self.phase == Phase::Faults && self.rng.chance(self.params.new_leader_crash_ppm) {
+                    // Leader churn: this leader dies soon, often mid-replication.
+                    let at = self.now + self.rng.between(0, self.params.new_leader_crash_within_us);
+                    self.schedule(at, Event::Crash { node: n, inc });
+                }
+                if self.phase == Phase::Faults && self.rng.chance(self.params.new_leader_cut_ppm) {
+                    // Partial replication: the new leader's messages reach only some members
+                    // for a while.
+                    for o in (0..self.nodes.len()).filter(|o| *o != n) {
+                        if self.rng.chance(500_000) {
+                            self.blocked.insert((n, o));
+                        }
+                    }
+                    let blocked = self.blocked.iter().map(|(a, b)| (*a as u64 + 1, *b as u64 + 1)).collect();
+                    self.record(TraceEvent::Partition { blocked });
+                    let at =
+                        self.now + self.rng.between(self.params.partition_us.0, self.params.partition_us.1);
+                    self.schedule(at, Event::Heal);
+                }
             }
         } else {
-            live.leader_term = None;
+            if let Some(live) = self.nodes[n].live.as_mut() {
+                live.leader_term = None;
+            }
         }
         Ok(())
     }

@@ -285,7 +285,7 @@ fn put_set(buf: &mut BytesMut, set: &BTreeSet<NodeId>) -> Result<(), EncodeError
 pub fn encoded_len(msg: &Message) -> usize {
     let header = 1 + 8 + 8 + 8 + 1;
     let body = match &msg.body {
-        MessageBody::RequestVote { .. } => 1 + 8 + 8,
+        MessageBody::RequestVote { .. } => 1 + 8 + 8 + 1,
         MessageBody::RequestVoteResponse { .. } => 2,
         MessageBody::AppendEntries { entries, .. } => {
             8 + 8 + 8 + 4 + entries.iter().map(|e| ENTRY_HEADER_BYTES + e.data.len()).sum::<usize>()
@@ -325,11 +325,12 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) -> Result<(), EncodeError> {
     buf.put_u64(msg.to.get());
     buf.put_u64(msg.term.get());
     match &msg.body {
-        MessageBody::RequestVote { pre_vote, last_log_index, last_log_term } => {
+        MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, transfer } => {
             buf.put_u8(tag::REQUEST_VOTE);
             buf.put_u8(u8::from(*pre_vote));
             buf.put_u64(last_log_index.get());
             buf.put_u64(last_log_term.get());
+            buf.put_u8(u8::from(*transfer));
         }
         MessageBody::RequestVoteResponse { pre_vote, granted } => {
             buf.put_u8(tag::REQUEST_VOTE_RESPONSE);
@@ -429,6 +430,7 @@ fn decode_from(r: &mut Reader) -> Result<Message, DecodeError> {
             pre_vote: r.bool("pre_vote")?,
             last_log_index: LogIndex(r.u64("last_log_index")?),
             last_log_term: Term(r.u64("last_log_term")?),
+            transfer: r.bool("transfer")?,
         },
         tag::REQUEST_VOTE_RESPONSE => {
             MessageBody::RequestVoteResponse { pre_vote: r.bool("pre_vote")?, granted: r.bool("granted")? }

@@ -72,7 +72,7 @@
 //!
 //! | tag | body | fields |
 //! | --- | --- | --- |
-//! | 1 | RequestVote | pre_vote bool, last_log_index u64, last_log_term u64 |
+//! | 1 | RequestVote | pre_vote bool, last_log_index u64, last_log_term u64, transfer bool |
 //! | 2 | RequestVoteResponse | pre_vote bool, granted bool |
 //! | 3 | AppendEntries | prev_log_index u64, prev_log_term u64, leader_commit u64, count u32, entries (term u64, index u64, kind u8, len u32, data) |
 //! | 4 | AppendEntriesResponse | index u64, reject option of (conflict_term option u64, conflict_index u64) |

@@ -32,10 +32,13 @@ fn set() -> impl Strategy<Value = BTreeSet<NodeId>> {
 
 fn body() -> impl Strategy<Value = MessageBody> {
     prop_oneof![
-        (any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(p, i, t)| MessageBody::RequestVote {
-            pre_vote: p,
-            last_log_index: LogIndex(i),
-            last_log_term: Term(t)
+        (any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(p, i, t, x)| {
+            MessageBody::RequestVote {
+                pre_vote: p,
+                last_log_index: LogIndex(i),
+                last_log_term: Term(t),
+                transfer: x,
+            }
         }),
         (any::<bool>(), any::<bool>())
             .prop_map(|(p, g)| MessageBody::RequestVoteResponse { pre_vote: p, granted: g }),

@@ -67,6 +67,8 @@ pub struct Node {
     /// Entries applied to this node's state machine, in order.
     pub applied: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    /// Contexts of reads the core reported failed.
+    pub failed_reads: Vec<u64>,
     pub sm: Sm,
     /// Snapshot data that arrived with an InstallSnapshot, waiting to be installed.
     pub staged: Option<SnapData>,
@@ -90,6 +92,8 @@ pub struct Cluster {
     /// Messages matching any filter are dropped when delivered.
     filters: Vec<Filter>,
     configure: Box<dyn Fn(&mut Config)>,
+    /// The configuration every node boots with when its disk says nothing else.
+    initial_config: ClusterConfig,
     /// index -> (term, data) of the first entry applied there anywhere.
     applied_everywhere: BTreeMap<u64, (u64, Bytes)>,
     /// index -> state machine digest of the first node that reached it.
@@ -107,6 +111,13 @@ impl Cluster {
     }
 
     pub fn with_config(n: u64, configure: impl Fn(&mut Config) + 'static) -> Cluster {
+        let voters: Vec<u64> = (1..=n).collect();
+        Cluster::with_members(n, &voters, configure)
+    }
+
+    /// Nodes `1..=n`, of which only `voters` form the initial configuration (the others wait
+    /// to be added).
+    pub fn with_members(n: u64, voters: &[u64], configure: impl Fn(&mut Config) + 'static) -> Cluster {
         let ids: Vec<u64> = (1..=n).collect();
         let mut cluster = Cluster {
             ids: ids.clone(),
@@ -116,6 +127,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             filters: Vec::new(),
             configure: Box::new(configure),
+            initial_config: ClusterConfig::new(voters.iter().map(|i| NodeId(*i))),
             applied_everywhere: BTreeMap::new(),
             digests: BTreeMap::new(),
             leaders: BTreeMap::new(),
@@ -138,7 +150,7 @@ impl Cluster {
         let snap_index = disk.snapshot.as_ref().map_or(LogIndex(0), |s| s.index);
         let initial = InitialState {
             hard_state: disk.hard_state,
-            config: ClusterConfig::new(self.ids.iter().map(|i| NodeId(*i))),
+            config: self.initial_config.clone(),
             snapshot: disk.snapshot.clone(),
             // The disk may keep a tail of entries behind its snapshot.
             entries: disk.entries.iter().filter(|e| e.index > snap_index).cloned().collect(),
@@ -151,6 +163,7 @@ impl Cluster {
             disk,
             applied,
             read_states: Vec::new(),
+            failed_reads: Vec::new(),
             sm,
             staged: None,
             snapshots_installed: 0,
@@ -332,9 +345,12 @@ impl Cluster {
                 // Committed entries handed out are durable already; apply them now.
                 let committed = rd.committed_entries.clone();
                 node.read_states.extend(rd.read_states.iter().copied());
+                node.failed_reads.extend(rd.failed_reads.iter().copied());
                 let mut rest = rd;
                 rest.messages.clear();
                 rest.committed_entries.clear();
+                rest.read_states.clear();
+                rest.failed_reads.clear();
                 node.unsynced.push(rest);
                 self.apply(id, committed);
                 continue;
@@ -386,6 +402,7 @@ impl Cluster {
             node.raft.applied(meta.index);
         }
         node.read_states.extend(rd.read_states.iter().copied());
+        node.failed_reads.extend(rd.failed_reads.iter().copied());
         self.apply(id, rd.committed_entries);
     }
 
