@@ -55,19 +55,6 @@ impl Profile {
     }
 }
 
-impl Profile {
-    /// Every profile, for `--profile` parsing and the docs.
-    pub const ALL: [Profile; 2] = [Profile::Mixed, Profile::LeaderChurn];
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Profile::Mixed => "mixed",
-            Profile::LeaderChurn => "leader-churn",
-        }
-    }
-}
-
 impl std::str::FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Profile, String> {

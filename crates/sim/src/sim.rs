@@ -1964,6 +1964,7 @@ impl Sim {
                 let reason = match e {
                     ReadError::NotLeader { .. } => "no leader known",
                     ReadError::TooManyPending => "too many pending reads",
+                    ReadError::DuplicateContext { .. } => "read context already pending",
                 };
                 self.record(TraceEvent::ReadFailed { client: c as u64, node: id.0, reason });
                 self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
