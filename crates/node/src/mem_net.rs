@@ -58,6 +58,8 @@ impl Network for Endpoint {
         self.net.deliver(msg.to, Inbound::Message(msg));
     }
 
+    /// Reads the whole snapshot into memory on the caller's thread (fine for the small
+    /// states of tests and examples) and delivers it at once.
     fn send_snapshot(&self, msg: Message, mut reader: Box<dyn Read + Send>, len: u64) {
         let to = msg.to;
         let mut data = Vec::new();
