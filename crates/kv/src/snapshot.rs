@@ -413,7 +413,17 @@ impl KvStore {
                 "checksum mismatch (stored {want:#010x}, computed {body_crc:#010x})"
             )));
         }
-        Ok(KvStore { map, cold, cold_live, rev, compacted, config, pins: 0, compaction_deferred: false })
+        Ok(KvStore {
+            map,
+            cold,
+            cold_live,
+            rev,
+            compacted,
+            config,
+            pins: 0,
+            compaction_deferred: false,
+            leases: Default::default(),
+        })
     }
 
     /// Pins the state for [`KvStore::digest_pinned`] at `revision` (0: the current one), as

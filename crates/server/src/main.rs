@@ -13,6 +13,7 @@ mod flatio;
 mod gateway;
 mod grpc;
 mod kvsm;
+mod lease;
 mod member;
 mod node;
 mod peer;
