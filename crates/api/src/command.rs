@@ -4,8 +4,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 
-use crate::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
-use crate::raftkvpb::{InternalRequest, internal_request};
+use crate::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    TxnRequest,
+};
+use crate::raftkvpb::{InternalRequest, LeaseCheckpointRequest, internal_request};
 
 /// A command replicated through the log and applied to the state machine.
 pub type Command = InternalRequest;
@@ -54,6 +57,21 @@ impl InternalRequest {
     /// Command for a range read routed through the log.
     pub fn range(id: u64, req: RangeRequest) -> Self {
         Self::new(id, Request::Range(req))
+    }
+
+    /// Command granting a lease.
+    pub fn lease_grant(id: u64, req: LeaseGrantRequest) -> Self {
+        Self::new(id, Request::LeaseGrant(req))
+    }
+
+    /// Command revoking a lease (and deleting its keys).
+    pub fn lease_revoke(id: u64, req: LeaseRevokeRequest) -> Self {
+        Self::new(id, Request::LeaseRevoke(req))
+    }
+
+    /// Command recording the remaining TTLs of leases.
+    pub fn lease_checkpoint(id: u64, req: LeaseCheckpointRequest) -> Self {
+        Self::new(id, Request::LeaseCheckpoint(req))
     }
 
     /// Protobuf encoding of the command.

@@ -28,6 +28,10 @@ pub enum KvError {
     FutureRev,
     /// A put naming a lease that does not exist.
     LeaseNotFound,
+    /// A grant of a lease ID that exists.
+    LeaseExists,
+    /// A grant with a TTL above [`crate::MAX_LEASE_TTL`].
+    LeaseTtlTooLarge,
     /// A log entry that is not a valid command (this node's own data).
     InvalidCommand(String),
     /// A snapshot that fails its checksum or structural checks, or could not be read.
@@ -50,6 +54,8 @@ impl KvError {
             KvError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             KvError::FutureRev => "etcdserver: mvcc: required revision is a future revision",
             KvError::LeaseNotFound => "etcdserver: requested lease not found",
+            KvError::LeaseExists => "etcdserver: lease already exists",
+            KvError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
             KvError::InvalidCommand(m) | KvError::CorruptSnapshot(m) | KvError::ColdRead(m) => m,
         }
     }
@@ -65,6 +71,8 @@ impl KvError {
             | KvError::DuplicateKey => Code::InvalidArgument,
             KvError::Compacted | KvError::FutureRev => Code::OutOfRange,
             KvError::LeaseNotFound => Code::NotFound,
+            KvError::LeaseExists => Code::FailedPrecondition,
+            KvError::LeaseTtlTooLarge => Code::OutOfRange,
             KvError::InvalidCommand(_) | KvError::ColdRead(_) => Code::Internal,
             KvError::CorruptSnapshot(_) => Code::DataLoss,
         }

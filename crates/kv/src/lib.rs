@@ -16,6 +16,7 @@
 mod cold;
 mod error;
 mod index;
+mod lease;
 mod snapshot;
 mod store;
 mod validate;
@@ -23,6 +24,7 @@ mod watch;
 
 pub use cold::ColdStore;
 pub use error::KvError;
+pub use lease::{AttachedRecord, Lease, LeaseRecord, LeaseTable, MAX_LEASE_TTL};
 pub use raftkv_api::{Command, Request};
 pub use snapshot::{CrcReader, CrcWriter, SnapshotPoint};
 pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KvConfig, KvStore, LeasePolicy};

@@ -423,6 +423,7 @@ impl KvStore {
             pins: 0,
             compaction_deferred: false,
             changes: None,
+            leases: Default::default(),
         })
     }
 

@@ -20,19 +20,22 @@ use raftkv_api::{Command, Request};
 
 use crate::KvError;
 use crate::cold::{ColdPos, ColdStore};
+use crate::lease::LeaseTable;
 use crate::validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
+use raftkv_api::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse};
 
 /// etcd's default limit on operations per transaction.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
-/// What a put with a non-zero `lease` does. raftkv has no lease manager yet.
+/// What a put naming a lease that is not in the lease table does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LeasePolicy {
     /// Fail with [`KvError::LeaseNotFound`], as etcd does for a lease that
-    /// was never granted.
+    /// was never granted (or expired).
     #[default]
     Reject,
-    /// Accept the put and store lease 0 (the key never expires).
+    /// Accept the put and store lease 0 (the key never expires). Only for
+    /// tests and tools that replay writes without their leases.
     Ignore,
 }
 
@@ -56,8 +59,8 @@ impl Default for KvConfig {
 /// One version of a key. A tombstone (deletion) has `version == 0`.
 ///
 /// The value is not here: the newest version's value is [`KeyHistory::latest`], older
-/// ones are in the store's [`ColdStore`] at `pos`. Leases are not stored yet (see
-/// [`LeasePolicy`]): every version has lease 0.
+/// ones are in the store's [`ColdStore`] at `pos`. The lease of a version written with
+/// one is in the store's [`LeaseTable`], by the version's `(main, sub)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Rev {
     /// Revision of this write (its mod revision).
@@ -156,6 +159,12 @@ pub enum ApplyResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// A lease checkpoint was recorded (the store revision is unchanged).
+    LeaseCheckpoint {
+        revision: i64,
+    },
 }
 
 impl ApplyResult {
@@ -167,6 +176,9 @@ impl ApplyResult {
             ApplyResult::DeleteRange(r) => &r.header,
             ApplyResult::Txn(r) => &r.header,
             ApplyResult::Compaction(r) => &r.header,
+            ApplyResult::LeaseGrant(r) => &r.header,
+            ApplyResult::LeaseRevoke(r) => &r.header,
+            ApplyResult::LeaseCheckpoint { revision } => return *revision,
         };
         h.as_ref().map_or(0, |h| h.revision)
     }
@@ -200,6 +212,8 @@ pub struct KvStore {
     pub(crate) compaction_deferred: bool,
     /// Events of the applied writes, while capturing is on (see [`KvStore::set_capture`]).
     pub(crate) changes: Option<Vec<raftkv_api::mvccpb::Event>>,
+    /// The leases and the keys they hold.
+    pub(crate) leases: LeaseTable,
 }
 
 impl Default for KvStore {
@@ -210,9 +224,9 @@ impl Default for KvStore {
 
 /// The in-progress write transaction: all its writes share revision
 /// `begin + 1` with increasing sub-revisions.
-struct WriteCtx {
-    begin: i64,
-    changes: i64,
+pub(crate) struct WriteCtx {
+    pub(crate) begin: i64,
+    pub(crate) changes: i64,
 }
 
 impl WriteCtx {
@@ -225,7 +239,7 @@ impl WriteCtx {
     }
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
+pub(crate) fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader { revision, ..Default::default() })
 }
 
@@ -273,6 +287,7 @@ impl KvStore {
             pins: 0,
             compaction_deferred: false,
             changes: None,
+            leases: LeaseTable::default(),
         }
     }
 
@@ -334,10 +349,13 @@ impl KvStore {
             Request::DeleteRange(r) => self.delete_range(&r).map(ApplyResult::DeleteRange),
             Request::Txn(r) => self.txn(&r).map(ApplyResult::Txn),
             Request::Compaction(r) => self.compact(&r).map(ApplyResult::Compaction),
+            Request::LeaseGrant(r) => self.lease_grant(&r).map(ApplyResult::LeaseGrant),
+            Request::LeaseRevoke(r) => self.lease_revoke(&r).map(ApplyResult::LeaseRevoke),
+            Request::LeaseCheckpoint(r) => Ok(self.lease_checkpoint(&r)),
         }
     }
 
-    fn commit(&mut self, ctx: &WriteCtx) -> i64 {
+    pub(crate) fn commit(&mut self, ctx: &WriteCtx) -> i64 {
         if ctx.changes > 0 {
             self.rev = ctx.write_rev();
         }
@@ -439,9 +457,15 @@ impl KvStore {
     pub(crate) fn discard_compacted(&mut self) {
         let compacted = self.compacted;
         let mut freed = 0u64;
+        let leases = &mut self.leases;
         self.map.retain(|_, h| {
             let keep = retained(&h.revs, i64::MAX, compacted);
             if keep.start > 0 || keep.end < h.revs.len() {
+                if leases.has_attached() {
+                    for r in &h.revs[..keep.start] {
+                        leases.forget_version(r.main, r.sub);
+                    }
+                }
                 // Every version but the newest has its value in the cold store.
                 let cold_end = keep.start.min(h.revs.len().saturating_sub(1));
                 freed += KeyHistory::cold_bytes(&h.revs[..cold_end]);
@@ -501,7 +525,27 @@ impl KvStore {
     }
 
     fn to_kv(&self, key: Bytes, h: &KeyHistory, i: usize, keys_only: bool) -> Result<KeyValue, KvError> {
-        to_kv(&self.cold, key, h, i, keys_only)
+        let mut kv = to_kv(&self.cold, key, h, i, keys_only)?;
+        kv.lease = self.leases.lease_of(h.revs[i].main, h.revs[i].sub);
+        Ok(kv)
+    }
+
+    /// The lease of `h`'s newest version, if it is live (0: none).
+    fn newest_lease(&self, h: &KeyHistory) -> i64 {
+        match h.newest_live() {
+            Some(i) => self.leases.lease_of(h.revs[i].main, h.revs[i].sub),
+            None => 0,
+        }
+    }
+
+    /// The lease `key`'s current version holds (0: none or no such key).
+    pub fn lease_of_key(&self, key: &[u8]) -> i64 {
+        self.map.get(key).map_or(0, |h| self.newest_lease(h))
+    }
+
+    /// The replicated lease table.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
     }
 
     // ------------------------------------------------------------ reads
@@ -591,7 +635,7 @@ impl KvStore {
     // ------------------------------------------------------------ writes
 
     fn check_lease(&self, lease: i64) -> Result<(), KvError> {
-        if lease != 0 && self.config.lease_policy == LeasePolicy::Reject {
+        if lease != 0 && self.config.lease_policy == LeasePolicy::Reject && !self.leases.contains(lease) {
             return Err(KvError::LeaseNotFound);
         }
         Ok(())
@@ -604,13 +648,26 @@ impl KvStore {
         let rev = ctx.write_rev();
         let sub = sub_u32(ctx.changes);
         ctx.changes += 1;
-        let PutRequest { key, value, prev_kv, ignore_value, ignore_lease, .. } = req;
+        let PutRequest { key, value, prev_kv, ignore_value, ignore_lease, lease, .. } = req;
         // The request was decoded without copying, so `value` may be a slice of a large
         // buffer (a log entry batch, a network frame); as a key's newest value it can live
         // for a long time, and must not keep that whole buffer alive.
         let value = Bytes::copy_from_slice(&value);
-        // Leases are not stored (see LeasePolicy): every key has lease 0.
-        let _ = ignore_lease;
+        // The lease the key held, and the one it holds now (the same with ignore_lease).
+        let old_lease = self.map.get(&key[..]).map_or(0, |h| self.newest_lease(h));
+        let new_lease = if ignore_lease {
+            old_lease
+        } else if self.leases.contains(lease) {
+            lease
+        } else {
+            0 // LeasePolicy::Ignore
+        };
+        if old_lease != 0 && old_lease != new_lease {
+            self.leases.detach(old_lease, &key);
+        }
+        if new_lease != 0 {
+            self.leases.attach(new_lease, &key, rev, sub);
+        }
         let mut resp = PutResponse { header: header(rev), prev_kv: None };
         let capturing = self.changes.is_some();
         let KvStore { map, cold, cold_live, .. } = self;
@@ -622,7 +679,7 @@ impl KvStore {
                     Some(i) => {
                         let p = h.revs[i];
                         if prev_kv || capturing {
-                            prev = Some(newest_kv(key.clone(), h));
+                            prev = Some(KeyValue { lease: old_lease, ..newest_kv(key.clone(), h) });
                         }
                         let value = if ignore_value { h.latest.clone() } else { value };
                         (p.create, p.version + 1, value)
@@ -645,7 +702,7 @@ impl KvStore {
             }
         };
         if capturing {
-            self.capture_put(&key, &r, &value, prev.clone());
+            self.capture_put(&key, &r, &value, new_lease, prev.clone());
         }
         if prev_kv {
             resp.prev_kv = prev;
@@ -654,22 +711,27 @@ impl KvStore {
     }
 
     /// Like [`KvStore::do_put`], reads only the newest versions.
-    fn do_delete(&mut self, ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+    pub(crate) fn do_delete(&mut self, ctx: &mut WriteCtx, req: &DeleteRangeRequest) -> DeleteRangeResponse {
         let rev = ctx.write_rev();
         let mut deleted = 0i64;
         let mut prev_kvs = Vec::new();
-        let KvStore { map, cold, cold_live, changes, .. } = self;
+        let KvStore { map, cold, cold_live, changes, leases, .. } = self;
         if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
             map.for_each_in_range_mut(bounds, |k, h| {
                 debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
                 if h.newest_live().is_none() {
                     return;
                 }
+                let lease = h.revs.last().map_or(0, |r| leases.lease_of(r.main, r.sub));
                 if req.prev_kv {
-                    prev_kvs.push(newest_kv(Bytes::copy_from_slice(k), h));
+                    prev_kvs.push(KeyValue { lease, ..newest_kv(Bytes::copy_from_slice(k), h) });
+                }
+                if lease != 0 {
+                    leases.detach(lease, k);
                 }
                 if changes.is_some() {
-                    KvStore::capture_delete(changes, k, rev, newest_kv(Bytes::copy_from_slice(k), h));
+                    let prev = KeyValue { lease, ..newest_kv(Bytes::copy_from_slice(k), h) };
+                    KvStore::capture_delete(changes, k, rev, prev);
                 }
                 deleted += 1;
                 let r = Rev { main: rev, sub: sub_u32(ctx.changes), create: 0, version: 0, vlen: 0, pos: 0 };
@@ -716,7 +778,8 @@ impl KvStore {
                 any = true;
                 let value = if by_value { self.value_of(h, i).map_err(KvError::cold)? } else { Bytes::new() };
                 let r = &h.revs[i];
-                if !compare_entry(c, r.create, r.main, r.version, 0, &value) {
+                let lease = self.leases.lease_of(r.main, r.sub);
+                if !compare_entry(c, r.create, r.main, r.version, lease, &value) {
                     return Ok(false);
                 }
             }

@@ -101,7 +101,7 @@ impl KvStore {
 
     /// Records a put of `key` at `rev`/`r` (newest version `value`), `prev` being the
     /// version it supersedes.
-    pub(crate) fn capture_put(&mut self, key: &[u8], r: &Rev, value: &Bytes, prev: Option<KeyValue>) {
+    pub(crate) fn capture_put(&mut self, key: &[u8], r: &Rev, value: &Bytes, lease: i64, prev: Option<KeyValue>) {
         if let Some(changes) = &mut self.changes {
             // A copy: the request's key may be a slice of a large buffer (a log batch).
             let key = Bytes::copy_from_slice(key);
@@ -112,7 +112,7 @@ impl KvStore {
                 mod_revision: r.main,
                 version: r.version,
                 value: value.clone(),
-                lease: 0,
+                lease,
             };
             changes.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev });
         }
@@ -187,7 +187,9 @@ impl KvStore {
                 mod_revision: p.main,
                 version: p.version,
                 value: value_in(&self.cold, f.hist, i).map_err(KvError::cold)?,
-                lease: 0,
+                // Known while the version is the key's newest (the lease table tracks live
+                // attachments only); 0 for older versions.
+                lease: self.leases.lease_of(p.main, p.sub),
             }),
             _ => None,
         };
@@ -201,7 +203,7 @@ impl KvStore {
             mod_revision: r.main,
             version: r.version,
             value: value_in(&self.cold, f.hist, f.index).map_err(KvError::cold)?,
-            lease: 0,
+            lease: self.leases.lease_of(r.main, r.sub),
         };
         Ok(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev })
     }

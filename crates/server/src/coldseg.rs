@@ -38,8 +38,8 @@ const THIN_MAGIC: &[u8; 8] = b"RAFTKVT\0";
 const THIN_VERSION: u32 = 1;
 /// Segments one snapshot may list (a chain grows by one per snapshot until it restarts).
 const MAX_SEGMENTS: u32 = 1 << 16;
-/// Largest members section accepted.
-const MAX_MEMBERS: u32 = 64 << 20;
+/// Largest members section (members and lease table) accepted.
+const MAX_MEMBERS: u32 = 256 << 20;
 /// Cold bytes copied per visit to the live store.
 const COPY_CHUNK: usize = 1 << 20;
 

@@ -137,7 +137,7 @@ pub fn router_for<A: EtcdApi>(api: A) -> Router {
 }
 
 /// JSON carries `bytes` as base64 (4 characters for 3 bytes), plus syntax.
-fn body_limit(max_request_bytes: usize) -> usize {
+pub(crate) fn body_limit(max_request_bytes: usize) -> usize {
     max_request_bytes.saturating_add(max_request_bytes / 3).saturating_add(JSON_OVERHEAD_BYTES)
 }
 
@@ -176,7 +176,7 @@ where
     .fallback(method_not_allowed)
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Status> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Status> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => {
@@ -221,7 +221,7 @@ fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bod
     resp
 }
 
-fn json_response<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => with_type(StatusCode::OK, JSON, body),
         Err(e) => error_response(&Status::new(Code::Internal, format!("cannot encode the response: {e}"))),

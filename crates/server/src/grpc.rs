@@ -35,9 +35,14 @@ impl Cluster for Grpc {
     }
 }
 
+/// The largest message tonic decodes for these services.
+pub fn decode_limit(api: &Api) -> usize {
+    (api.max_request_bytes() + GRPC_OVERHEAD_BYTES) * DECODE_SLACK
+}
+
 /// The gRPC services other than KV (served in [`crate::client_port`]) as routes.
 pub fn routes(api: Api) -> tonic::service::Routes {
-    let limit = (api.max_request_bytes() + GRPC_OVERHEAD_BYTES) * DECODE_SLACK;
+    let limit = decode_limit(&api);
     tonic::service::Routes::new(MaintenanceServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
         .add_service(WatchServer::new(crate::watch::WatchService(api)).max_decoding_message_size(limit))

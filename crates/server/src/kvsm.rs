@@ -25,6 +25,23 @@ pub struct MemberAttributes {
     pub client_urls: Vec<String>,
 }
 
+/// The section after the key-value state in a snapshot: the members' attributes and,
+/// when there are leases, the lease table. A snapshot without leases keeps the original
+/// form (the members map alone), so older snapshots read as "no leases".
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Trailer {
+    WithLeases {
+        members: BTreeMap<u64, MemberAttributes>,
+        leases: Vec<raftkv_kv::LeaseRecord>,
+        attached: Vec<raftkv_kv::AttachedRecord>,
+    },
+    Members(BTreeMap<u64, MemberAttributes>),
+}
+
+/// Largest trailer (members and lease table) a snapshot may carry.
+const MAX_TRAILER: usize = 256 << 20;
+
 #[derive(Serialize, Deserialize)]
 enum Internal {
     Publish { request_id: u64, attributes: MemberAttributes },
@@ -143,14 +160,26 @@ impl StateMachine for KvMachine {
         }
     }
 
-    type Pin = (SnapshotPoint, BTreeMap<u64, MemberAttributes>, Option<SharedChain>);
+    type Pin = (SnapshotPoint, Trailer, Option<SharedChain>);
 
     fn pin(&mut self) -> Self::Pin {
-        (self.kv.pin(), self.members.clone(), self.chain.clone())
+        let trailer = if self.kv.leases().is_empty() {
+            Trailer::Members(self.members.clone())
+        } else {
+            let (leases, attached) = self.kv.leases().export();
+            Trailer::WithLeases { members: self.members.clone(), leases, attached }
+        };
+        (self.kv.pin(), trailer, self.chain.clone())
     }
 
     fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()> {
         let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
+        if members.len() > MAX_TRAILER {
+            return Err(io::Error::other(format!(
+                "the members and lease table take {} bytes, more than a snapshot holds ({MAX_TRAILER})",
+                members.len()
+            )));
+        }
         if let Some(chain) = &pin.2 {
             return coldseg::write_thin(chain, &pin.0, &members, w, &mut |f| {
                 visit(&mut |m: &KvMachine| f(&m.kv))
@@ -198,12 +227,31 @@ impl StateMachine for KvMachine {
         let mut len = [0u8; 4];
         r.read_exact(&mut len).map_err(|e| format!("snapshot members section: {e}"))?;
         let len = u32::from_le_bytes(len) as usize;
-        if len > 64 << 20 {
+        if len > MAX_TRAILER {
             return Err(format!("snapshot members section claims {len} bytes"));
         }
-        let mut buf = vec![0u8; len];
-        r.read_exact(&mut buf).map_err(|e| format!("snapshot members section: {e}"))?;
-        let members = serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))?;
+        let mut buf = Vec::new();
+        (&mut r)
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("snapshot members section: {e}"))?;
+        if buf.len() != len {
+            return Err("snapshot members section: truncated".into());
+        }
+        let mut kv = kv;
+        // The original form first (a map, whose numeric keys an untagged enum cannot read).
+        let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
+            Ok(members) => members,
+            Err(_) => {
+                match serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))? {
+                    Trailer::Members(members) => members,
+                    Trailer::WithLeases { members, leases, attached } => {
+                        kv.import_leases(&leases, &attached).map_err(|e| e.to_string())?;
+                        members
+                    }
+                }
+            }
+        };
         self.kv = kv;
         self.watch.restored(&mut self.kv);
         self.members = members;
@@ -248,6 +296,52 @@ mod tests {
         let mut bad = buf.clone();
         bad[10] ^= 1;
         assert!(KvMachine::new(KvConfig::default()).restore(&mut bad.as_slice(), bad.len() as u64).is_err());
+    }
+
+    /// Leases and the keys they hold survive a snapshot, thin or full.
+    #[test]
+    fn leases_survive_snapshots() {
+        use raftkv_api::etcdserverpb::{LeaseGrantRequest, RangeRequest};
+        let dir = tempfile::tempdir().expect("test setup");
+        let seg_dir = dir.path().join("history");
+        let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+        let mut m = KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
+        let grant = Command::lease_grant(1, LeaseGrantRequest { id: 42, ttl: 30 });
+        assert!(matches!(m.apply(1, &grant.encode_to_bytes()), Some((1, Output::Kv(Ok(_))))));
+        let req = PutRequest { key: "k".into(), value: "v".into(), lease: 42, ..Default::default() };
+        assert!(matches!(m.apply(2, &Command::put(2, req).encode_to_bytes()), Some((2, Output::Kv(Ok(_))))));
+        put(&mut m, 3, "plain", "v");
+        let thin = snapshot(&mut m);
+        // The same state in a machine without history segments writes a full snapshot.
+        let mut plain = KvMachine::new(KvConfig::default());
+        for (i, e) in [
+            (1, grant.encode_to_bytes()),
+            (
+                2,
+                Command::put(
+                    2,
+                    PutRequest { key: "k".into(), value: "v".into(), lease: 42, ..Default::default() },
+                )
+                .encode_to_bytes(),
+            ),
+        ] {
+            assert!(plain.apply(i, &e).is_some());
+        }
+        put(&mut plain, 3, "plain", "v");
+        let full = snapshot(&mut plain);
+        for (bytes, with_dir) in [(&thin, true), (&full, false)] {
+            let cold = ColdStore::temp_file_in(dir.path()).expect("test setup");
+            let mut r = KvMachine::with_cold_store(KvConfig::default(), cold);
+            if with_dir {
+                r = r.with_segment_dir(seg_dir.clone());
+            }
+            r.restore(&mut bytes.as_slice(), bytes.len() as u64).expect("restore");
+            let l = r.kv.leases().get(42).expect("lease restored");
+            assert_eq!((l.ttl, l.keys.len()), (30, 1));
+            let got = r.kv.range(&RangeRequest { key: "k".into(), ..Default::default() }).expect("range");
+            assert_eq!(got.kvs[0].lease, 42);
+            assert_eq!(r.kv.digest(), m.kv.digest());
+        }
     }
 
     fn put(m: &mut KvMachine, index: u64, key: &str, value: &str) {

@@ -12,6 +12,7 @@ mod flatio;
 mod gateway;
 mod grpc;
 mod kvsm;
+mod lease;
 mod member;
 mod peer;
 mod server;

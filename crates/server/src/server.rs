@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftkv_kv::{ColdStore, KvConfig, LeasePolicy};
+use raftkv_kv::{ColdStore, KvConfig};
 use raftkv_raft::NodeId;
 use raftkv_storage::{LogOptions, NodeIds, RealFs, Storage, SyncMode};
 use raftkv_transport::{Transport, TransportConfig};
@@ -73,7 +73,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let network = crate::peer::network(transport.clone());
 
     // The driver.
-    let kv_config = KvConfig { max_txn_ops: config.max_txn_ops, lease_policy: LeasePolicy::Ignore };
+    let kv_config = KvConfig { max_txn_ops: config.max_txn_ops, ..KvConfig::default() };
     // Superseded values (the MVCC history) live in an unnamed cache file, off the heap.
     let member_dir = member::member_dir(&config.data_dir);
     let cold = ColdStore::temp_file_in(&member_dir)
@@ -112,8 +112,15 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     if std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1") {
         tracing::warn!("RAFTKV_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (testing only)");
     }
-    let router = crate::grpc::routes(api.clone()).into_axum_router();
-    let router = router.merge(crate::gateway::router(api.clone()));
+    let leases = crate::lease::Leases::start(
+        api.clone(),
+        crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
+    );
+    let router = crate::grpc::routes(api.clone())
+        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
+        .into_axum_router();
+    let router =
+        router.merge(crate::gateway::router(api.clone())).merge(crate::lease::gateway_router(leases));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &config.listen_client {

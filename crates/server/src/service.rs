@@ -86,12 +86,17 @@ impl Api {
         }
     }
 
-    fn fill(&self, header: &mut Option<ResponseHeader>) {
+    pub(crate) fn fill(&self, header: &mut Option<ResponseHeader>) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
         *header = Some(self.header(revision));
     }
 
-    async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
+    /// The request timeout for proposals and read barriers.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
+    }
+
+    pub(crate) async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
         let id = self.node.next_request_id();
         let data: Bytes = command(id).encode_to_bytes();
         if data.len() > self.config.max_request_bytes {

@@ -438,3 +438,121 @@ async fn etcdctl_endpoint_status_with_url_endpoints() {
     assert_eq!(ok(&out).lines().count(), 3, "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
 }
+
+/// The lease commands: lease IDs differ between servers, so every ID a `lease grant`
+/// printed is replaced (hex and decimal) by `<lease-N>`, and `$N` in later arguments is
+/// that target's N-th ID; remaining TTLs vary with timing and are replaced too.
+fn lease_script() -> Vec<&'static str> {
+    vec![
+        "lease grant 100",
+        "put --lease=$1 foo bar",
+        "get foo -w json",
+        "lease timetolive $1",
+        "lease timetolive $1 --keys",
+        "lease list",
+        "lease keep-alive --once $1",
+        "put --lease=1234 x y",
+        "lease revoke 1234",
+        "lease timetolive 1234",
+        "lease keep-alive --once 1234",
+        "lease grant 9000000001",
+        "put foo bar2",
+        "lease timetolive $1 --keys",
+        "put --lease=$1 foo bar3",
+        "put --lease=$1 foo2 bar3",
+        "put foo2 bar4 --ignore-lease",
+        "get foo2 -w json",
+        "lease revoke $1",
+        "get foo --prefix",
+        "lease timetolive $1",
+        "lease grant 1",
+        "lease timetolive $2",
+        "lease list",
+    ]
+}
+
+fn run_lease_script(target: &Target) -> Vec<(String, Out)> {
+    let mut ids: Vec<i64> = Vec::new();
+    let mut outs = Vec::new();
+    for line in lease_script() {
+        let args: Vec<String> = line
+            .split(' ')
+            .map(|a| {
+                let mut a = a.to_string();
+                for (n, id) in ids.iter().enumerate() {
+                    a = a.replace(&format!("${}", n + 1), &format!("{id:x}"));
+                }
+                a
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = etcdctl(&target.client, &args, "");
+        if line.starts_with("lease grant ")
+            && let Some(rest) = out.stdout.strip_prefix("lease ")
+            && let Some(hex) = rest.split(' ').next()
+            && let Ok(id) = i64::from_str_radix(hex, 16)
+        {
+            ids.push(id);
+        }
+        let mut out = target.normalise(&out);
+        for (n, id) in ids.iter().enumerate() {
+            for s in [&mut out.stdout, &mut out.stderr] {
+                *s = s.replace(&format!("{id:x}"), &format!("<lease-{}>", n + 1));
+                *s = s.replace(&id.to_string(), &format!("<lease-{}>", n + 1));
+            }
+        }
+        for s in [&mut out.stdout, &mut out.stderr] {
+            if let Some(at) = s.find("remaining(")
+                && let Some(end) = s[at..].find("s)")
+            {
+                s.replace_range(at..at + end + 2, "remaining(<ttl>)");
+            }
+        }
+        outs.push((line.to_string(), out));
+    }
+    outs
+}
+
+/// The same lease commands against raftkv and real etcd give the same output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lease_commands_match_real_etcd() {
+    if !have("etcdctl") {
+        return;
+    }
+    // etcd's timing defaults: the minimum TTL (`lease grant 1`) follows from them.
+    let mut c = Cluster::start_named(&["default"], Opts::etcd_defaults());
+    c.wait_leader(START).await;
+    let raftkv = Target::new("raftkv", c.port(0), c.members[0].peer_port).await;
+    let ours = run_lease_script(&raftkv);
+    // The script really exercises leases (so the comparison below is not of two errors).
+    assert_eq!(ours[0].1.stdout, "lease <lease-1> granted with TTL(100s)\n", "{ours:?}");
+    assert!(ours[2].1.stdout.contains("\"lease\":<lease-1>"), "{ours:?}");
+    assert!(ours[4].1.stdout.contains("attached keys([foo])"), "{ours:?}");
+    assert_eq!(ours[21].1.stdout, "lease <lease-2> granted with TTL(2s)\n", "{ours:?}");
+    let etcd_dir = tempfile::tempdir().expect("temp dir");
+    let Some((_etcd, client, peer)) = start_etcd(etcd_dir.path()) else {
+        for (line, out) in &ours {
+            eprintln!("etcdctl {line} -> {out:?}");
+        }
+        return;
+    };
+    wait_for("etcd to elect itself", START, || async move {
+        common::status(client).await.ok().filter(|s| s.leader != 0)
+    })
+    .await;
+    let etcd = Target::new("etcd", client, peer).await;
+    let theirs = run_lease_script(&etcd);
+    let mismatches: Vec<String> = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, b)| format!("etcdctl {}\n  raftkv: {:?}\n  etcd:   {:?}", a.0, a.1, b.1))
+        .collect();
+    c.assert_running();
+    assert!(
+        mismatches.is_empty(),
+        "{} lease commands differ from etcd 3.4:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
