@@ -2,8 +2,11 @@
 //! simulator drives them: three members, each with the real `FileLogStore` and snapshot
 //! files on its own `SimFs`, a network that delays and reorders messages, disk batches and
 //! applies at arbitrary points, a member crashing (losing what it had not synced) and
-//! restarting from its files, catching up by snapshot. Checks that every member ends with
-//! the same state, holding every acknowledged command.
+//! restarting from its files, catching up by snapshot, clients reading through ReadIndex
+//! (forwarded by followers). Checks that every member ends with the same state, holding
+//! every acknowledged command, and that every linearizable read returns a count at least
+//! as large as the number of commands acknowledged before the read was sent, and no larger
+//! than the number proposed.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -48,8 +51,14 @@ impl StateMachine for Counter {
     }
 }
 
-struct Token;
+/// A read: its id.
+struct Token(u64);
 impl ReadWaiter for Token {}
+
+/// A read sent: acknowledged commands when it was sent.
+struct ReadSent {
+    acknowledged_before: u64,
+}
 
 /// SplitMix64: the harness's only randomness, from one seed.
 struct Rng(u64);
@@ -138,10 +147,19 @@ struct Cluster {
     net: BTreeMap<(Duration, u64), (NodeId, Inbound)>,
     seq: u64,
     acknowledged: BTreeSet<u64>,
+    proposed: u64,
+    reads: BTreeMap<u64, ReadSent>,
+    /// Reads whose read index arrived, waiting for their member to apply it:
+    /// (member, read id, read index).
+    read_waits: Vec<(usize, u64, u64)>,
+    reads_served: u64,
 }
 
 impl Cluster {
     fn send(&mut self, to: NodeId, inbound: Inbound) {
+        if matches!(inbound, Inbound::Message(_)) && self.rng.below(100) == 0 {
+            return; // lost
+        }
         let delay = Duration::from_millis(1 + self.rng.below(8));
         self.seq += 1;
         self.net.insert((self.now + delay, self.seq), (to, inbound));
@@ -168,7 +186,11 @@ impl Cluster {
                     .unwrap()
                     .apply_queue
                     .push_back(ApplyItem::Entries(entries)),
-                Action::ReadDone(..) | Action::Fail(..) | Action::SoftState(_) => {}
+                Action::ReadDone(Token(rid), Ok(index)) => self.read_waits.push((i, rid, index)),
+                Action::ReadDone(Token(rid), Err(_)) => {
+                    self.reads.remove(&rid);
+                }
+                Action::Fail(..) | Action::SoftState(_) => {}
             }
         }
     }
@@ -226,6 +248,41 @@ impl Cluster {
         let id = self.members[i].id;
         self.acknowledged.extend(done.into_iter().map(|(rid, _)| rid).filter(|rid| rid >> 48 == id.0));
         self.carry_out(i, out);
+        self.serve_reads(i);
+    }
+
+    /// Serves the reads of member `i` whose read index it has applied, and checks them.
+    fn serve_reads(&mut self, i: usize) {
+        let Some(r) = self.members[i].running.as_ref() else { return };
+        let (applied, value) = (r.applier.last().0.0, r.sm.value);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.read_waits.drain(..).partition(|&(m, _, index)| m == i && applied >= index);
+        self.read_waits = waiting;
+        for (_, rid, _) in ready {
+            let Some(sent) = self.reads.remove(&rid) else { continue };
+            assert!(
+                value >= sent.acknowledged_before,
+                "stale read {rid} on member {}: {value} < {} acknowledged before it was sent",
+                i + 1,
+                sent.acknowledged_before
+            );
+            assert!(
+                value <= self.proposed,
+                "read {rid} saw {value}, more than the {} proposed",
+                self.proposed
+            );
+            self.reads_served += 1;
+        }
+    }
+
+    fn read(&mut self, rid: u64) {
+        let i = self.rng.below(3) as usize;
+        let now = self.now;
+        let Some(r) = self.members[i].running.as_mut() else { return };
+        self.reads.insert(rid, ReadSent { acknowledged_before: self.acknowledged.len() as u64 });
+        let mut out = Vec::new();
+        r.driver.read([Token(rid)], now, &mut out);
+        self.carry_out(i, out);
     }
 
     fn deliver_due(&mut self) {
@@ -234,7 +291,8 @@ impl Cluster {
                 break;
             }
             let (to, inbound) = entry.remove();
-            if let Some(r) = self.members.iter_mut().find(|m| m.id == to).and_then(|m| m.running.as_mut()) {
+            let member = self.members.iter_mut().position(|m| m.id == to);
+            if let Some(r) = member.and_then(|i| self.members[i].running.as_mut()) {
                 r.driver.inbound(inbound);
             }
         }
@@ -256,6 +314,7 @@ impl Cluster {
         self.members[i].fs.crash(CrashMode::LoseUnsynced);
         let to = self.members[i].id;
         self.net.retain(|_, (dest, _)| *dest != to);
+        self.read_waits.retain(|&(m, _, _)| m != i);
     }
 }
 
@@ -269,15 +328,29 @@ fn run(seed: u64) {
             Member { id, fs, running }
         })
         .collect();
-    let mut c =
-        Cluster { members, rng: Rng(seed), now, net: BTreeMap::new(), seq: 0, acknowledged: BTreeSet::new() };
+    let mut c = Cluster {
+        members,
+        rng: Rng(seed),
+        now,
+        net: BTreeMap::new(),
+        seq: 0,
+        acknowledged: BTreeSet::new(),
+        proposed: 0,
+        reads: BTreeMap::new(),
+        read_waits: Vec::new(),
+        reads_served: 0,
+    };
     let mut proposed = 0;
     for ms in 0..12_000u64 {
         c.now = Duration::from_millis(ms);
         c.deliver_due();
         if ms < 9_000 && ms.is_multiple_of(7) {
             proposed += 1;
+            c.proposed = proposed;
             c.propose(proposed);
+        }
+        if ms < 9_000 && ms.is_multiple_of(5) {
+            c.read(ms);
         }
         if ms == 3_000 {
             c.crash(2);
@@ -306,6 +379,7 @@ fn run(seed: u64) {
         c.acknowledged.len(),
         states[0]
     );
+    assert!(c.reads_served > 500, "seed {seed}: only {} reads served", c.reads_served);
     let restarted = c.members[2].running.as_ref().unwrap();
     assert!(
         restarted.driver.raft().snapshot_meta().is_some(),
