@@ -1,63 +1,136 @@
-//! The checkers can fail: each known bug, planted in every core, is caught by the same
-//! checkers as the sweep within a fixed seed budget. Needs `--features planted-bugs`.
+//! The checkers can fail, at a known rate: each planted bug (in the core or in the member
+//! driver) has a targeted profile and must be caught by a safety checker in at least a
+//! minimum number of a fixed range of seeds. The measured rates (over the whole range) are in
+//! docs/testing.md; the minimums here are set well below them. The same seeds and profiles
+//! with nothing planted must pass. Needs `--features planted-bugs`.
 #![cfg(feature = "planted-bugs")]
 
-use raftkv_sim::{PlantedBug, Profile, SimOptions, run_seed};
+use raftkv_sim::{DriverBug, Plant, PlantedBug, Profile, SimOptions, replay_command, run_seed};
 
-/// Seeds tried per bug; each must be caught well within it.
-const BUDGET: u64 = 300;
-
-/// Runs seeds from 0 until one reports a safety violation (a liveness failure alone does not
-/// count: the bug must break a guarantee). Returns the seed and the violation.
-fn first_catch(bug: PlantedBug, profile: Profile) -> (u64, String) {
-    let options = SimOptions { profile, planted_bug: Some(bug), ..SimOptions::default() };
-    for seed in 0..BUDGET {
-        let o = run_seed(seed, &options);
-        if let Some(v) = o.violation
-            && v.kind != "liveness"
-        {
-            return (seed, v.to_string());
-        }
-    }
-    panic!("{bug:?} was not caught in {BUDGET} seeds of the {profile:?} profile");
+/// One planted bug, where to look for it, and how often it must be caught.
+struct Target {
+    plant: Plant,
+    profile: Profile,
+    /// Seeds `0..seeds` are the fixed range.
+    seeds: u64,
+    /// Caught (a safety violation, not a liveness failure) in at least this many of them.
+    min_caught: u64,
 }
 
-#[test]
-fn commit_previous_term_by_count_is_caught() {
-    let (seed, v) = first_catch(PlantedBug::CommitPreviousTermByCount, Profile::LeaderChurn);
-    eprintln!("caught at seed {seed}: {v}");
-    assert!(
-        v.contains("leader completeness") || v.contains("state machine") || v.contains("committed"),
-        "{v}"
+fn options(plant: Option<Plant>, profile: Profile) -> SimOptions {
+    SimOptions {
+        profile,
+        planted_bug: match plant {
+            Some(Plant::Core(b)) => Some(b),
+            _ => None,
+        },
+        driver_bug: match plant {
+            Some(Plant::Driver(b)) => Some(b),
+            _ => None,
+        },
+        ..SimOptions::default()
+    }
+}
+
+/// Runs the target's seeds in order until `min_caught` of them reported a safety violation
+/// (stopping early keeps the test fast; the full-range rate is measured with
+/// `raftkv-sim run --seeds N --profile P --plant B`). Fails if the range ends first.
+fn assert_catch_rate(t: &Target) {
+    let opts = options(Some(t.plant), t.profile);
+    let mut caught = Vec::new();
+    for seed in 0..t.seeds {
+        let o = run_seed(seed, &opts);
+        if let Some(v) = o.violation
+            && v.kind != "liveness"
+            && v.kind != "event budget"
+        {
+            caught.push((seed, v.to_string()));
+            if caught.len() as u64 >= t.min_caught {
+                let (first, v) = &caught[0];
+                eprintln!(
+                    "{} ({}): {} caught by seed {seed}; first at seed {first}: {v}\n  replay: {}",
+                    t.plant.name(),
+                    t.profile.name(),
+                    caught.len(),
+                    replay_command(*first, &opts)
+                );
+                return;
+            }
+        }
+    }
+    panic!(
+        "{} caught in only {} of {} seeds of the {} profile (at least {} required): {:?}",
+        t.plant.name(),
+        caught.len(),
+        t.seeds,
+        t.profile.name(),
+        t.min_caught,
+        caught
     );
 }
 
-#[test]
-fn vote_before_durable_is_caught() {
-    let (seed, v) = first_catch(PlantedBug::VoteBeforeDurable, Profile::LeaderChurn);
-    eprintln!("caught at seed {seed}: {v}");
+macro_rules! catch_rate_tests {
+    ($($name:ident: $plant:expr, $profile:expr, $seeds:expr, $min:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                assert_catch_rate(&Target { plant: $plant, profile: $profile, seeds: $seeds, min_caught: $min });
+            }
+        )*
+    };
 }
 
-#[test]
-fn truncate_matching_prefix_is_caught() {
-    let (seed, v) = first_catch(PlantedBug::TruncateMatchingPrefix, Profile::Mixed);
-    eprintln!("caught at seed {seed}: {v}");
+catch_rate_tests! {
+    // Measured over the whole range (docs/testing.md): 7, 141, 29, 224, 200, 26, 152, 79, 38.
+    commit_previous_term_by_count: Plant::Core(PlantedBug::CommitPreviousTermByCount), Profile::LeaderChurn, 1000, 3;
+    vote_before_durable: Plant::Core(PlantedBug::VoteBeforeDurable), Profile::LeaderChurn, 500, 70;
+    truncate_matching_prefix: Plant::Core(PlantedBug::TruncateMatchingPrefix), Profile::Mixed, 300, 14;
+    skip_up_to_date_check: Plant::Core(PlantedBug::SkipUpToDateCheck), Profile::Mixed, 500, 110;
+    serve_read_before_applied: Plant::Driver(DriverBug::ServeReadBeforeApplied), Profile::Reads, 200, 100;
+    read_context_restart: Plant::Driver(DriverBug::ReadContextRestart), Profile::Reads, 1000, 13;
+    ack_before_sync: Plant::Driver(DriverBug::AckBeforeSync), Profile::LeaderChurn, 200, 75;
+    ack_despite_fsync_error: Plant::Driver(DriverBug::AckDespiteFsyncError), Profile::DiskErrors, 500, 38;
+    snapshot_keeps_tail: Plant::Driver(DriverBug::SnapshotKeepsTail), Profile::SnapshotTail, 1000, 18;
 }
 
-#[test]
-fn skip_up_to_date_check_is_caught() {
-    let (seed, v) = first_catch(PlantedBug::SkipUpToDateCheck, Profile::Mixed);
-    eprintln!("caught at seed {seed}: {v}");
-}
-
-#[test]
-fn no_planted_bug_means_no_violation_in_the_same_seeds() {
-    // The same seeds and profiles with the switch off pass: what the tests above catch is the
-    // planted bug, not noise.
-    for profile in [Profile::Mixed, Profile::LeaderChurn] {
-        for seed in 0..50 {
-            let o = run_seed(seed, &SimOptions { profile, ..SimOptions::default() });
-            assert!(o.violation.is_none(), "seed {seed} {profile:?}: {:?}", o.violation);
-        }
+/// With nothing planted, the targeted profiles pass: seeds 0..500 of each here (to keep the
+/// test run short; the whole ranges were run clean with `raftkv-sim run`, see
+/// docs/testing.md); the mixed and leader-churn ranges are covered by the sweep tests.
+fn assert_clean(profile: Profile, seeds: std::ops::Range<u64>) {
+    let opts = options(None, profile);
+    for seed in seeds {
+        let o = run_seed(seed, &opts);
+        assert!(
+            o.violation.is_none(),
+            "seed {seed} {}: {:?}\n  replay: {}",
+            profile.name(),
+            o.violation,
+            replay_command(seed, &opts)
+        );
     }
+}
+
+#[test]
+fn no_planted_bug_reads_seeds_000_249() {
+    assert_clean(Profile::Reads, 0..250);
+}
+
+#[test]
+fn no_planted_bug_reads_seeds_250_499() {
+    assert_clean(Profile::Reads, 250..500);
+}
+
+#[test]
+fn no_planted_bug_snapshot_tail_seeds_000_249() {
+    assert_clean(Profile::SnapshotTail, 0..250);
+}
+
+#[test]
+fn no_planted_bug_snapshot_tail_seeds_250_499() {
+    assert_clean(Profile::SnapshotTail, 250..500);
+}
+
+#[test]
+fn no_planted_bug_disk_errors_seeds_000_499() {
+    assert_clean(Profile::DiskErrors, 0..500);
 }
