@@ -36,12 +36,30 @@ pub enum Profile {
     /// leader's entry is on a follower's disk but not yet on its own is wide. Targets
     /// `LeaderCountsUnsyncedSelf`.
     UnsyncedLeader,
+    /// Read-heavy clients on a cluster whose followers keep falling behind and restarting:
+    /// frequent short crashes, lossy links and stale deliveries. Targets read-path bugs
+    /// (serving before the read index is applied, a read confirmed by a stale reply).
+    Reads,
+    /// Leaders isolated while clients keep writing to them (no CheckQuorum), frequent
+    /// snapshots with no kept tail and crashes: an old leader's conflicting tail meets an
+    /// InstallSnapshot, then a restart.
+    SnapshotTail,
+    /// Frequent write/fsync errors and crashes: what a member acknowledged must survive them.
+    DiskErrors,
 }
 
 impl Profile {
     /// Every profile, in command-line order.
-    pub const ALL: [Profile; 5] =
-        [Profile::Mixed, Profile::LeaderChurn, Profile::Figure8, Profile::StaleTail, Profile::UnsyncedLeader];
+    pub const ALL: [Profile; 8] = [
+        Profile::Mixed,
+        Profile::LeaderChurn,
+        Profile::Figure8,
+        Profile::StaleTail,
+        Profile::UnsyncedLeader,
+        Profile::Reads,
+        Profile::SnapshotTail,
+        Profile::DiskErrors,
+    ];
 
     /// The command-line name (`--profile`).
     pub fn name(self) -> &'static str {
@@ -51,6 +69,9 @@ impl Profile {
             Profile::Figure8 => "figure-8",
             Profile::StaleTail => "stale-tail",
             Profile::UnsyncedLeader => "unsynced-leader",
+            Profile::Reads => "reads",
+            Profile::SnapshotTail => "snapshot-tail",
+            Profile::DiskErrors => "disk-errors",
         }
     }
 }
@@ -146,6 +167,8 @@ pub struct Params {
     /// (ReadIndex, forwarded to the leader by a follower).
     pub read_ppm: u64,
     pub serializable_ppm: u64,
+    /// Chance that a read goes to a random member rather than the believed leader.
+    pub read_anywhere_ppm: u64,
     /// Mean time between process pauses (0: none): a member freezes (no ticks, no messages,
     /// no disk completions handled) for `pause_us`, several election timeouts.
     pub pause_mean_us: u64,
@@ -184,6 +207,9 @@ impl Params {
             Profile::Figure8 => Params::figure_8(&mut r),
             Profile::StaleTail => Params::stale_tail(&mut r),
             Profile::UnsyncedLeader => Params::unsynced_leader(&mut r),
+            Profile::Reads => Params::reads(&mut r),
+            Profile::SnapshotTail => Params::snapshot_tail(&mut r),
+            Profile::DiskErrors => Params::disk_errors(&mut r),
         }
     }
 
@@ -235,6 +261,7 @@ impl Params {
             lag_downtime_us: 0,
             read_ppm: 0,
             serializable_ppm: 0,
+            read_anywhere_ppm: 500_000,
             pause_mean_us: 0,
             pause_us: (0, 0),
             drift_ppm: 0,
@@ -301,6 +328,64 @@ impl Params {
             self.compaction.snapshot_every_entries = self.compaction.snapshot_every_entries.min(50);
             self.compaction.keep_entries_behind = self.compaction.keep_entries_behind.min(20);
         }
+    }
+
+    fn reads(r: &mut Rng) -> Params {
+        let mut p = Params::mixed(r);
+        p.nodes = r.pick(&[3, 5]);
+        p.max_down = 1;
+        p.clients = r.between(4, 8) as usize;
+        p.client_think_us = (0, MS);
+        p.read_ppm = 600_000;
+        p.serializable_ppm = 0;
+        p.read_anywhere_ppm = 900_000;
+        p.delay_us = (r.between(100, MS), r.between(2 * MS, 6 * MS));
+        p.long_delay_ppm = r.pick(&[100_000, 300_000]);
+        p.long_delay_us = r.pick(&[50 * MS, 150 * MS]);
+        p.loss_ppm = r.pick(&[0, 50_000, 150_000]);
+        p.disk_us = (r.between(MS, 3 * MS), r.between(5 * MS, 30 * MS));
+        p.crash_mean_us = r.pick(&[50 * MS, 100 * MS, 200 * MS]);
+        p.downtime_us = (MS, r.pick(&[10 * MS, 30 * MS]));
+        p.crash_in_persist_ppm = 0;
+        p.partition_mean_us = 0;
+        p.pause_mean_us = 0;
+        p.fsync_error_ppm = 0;
+        p
+    }
+
+    fn snapshot_tail(r: &mut Rng) -> Params {
+        let mut p = Params::mixed(r);
+        p.nodes = 3;
+        p.max_down = 1;
+        // Each client has one write outstanding: many clients make a long uncommitted tail
+        // on an isolated leader.
+        p.clients = 12;
+        p.client_think_us = (0, MS);
+        p.read_ppm = 0;
+        p.check_quorum = false;
+        p.partition_mean_us = r.pick(&[200 * MS, 400 * MS]);
+        p.partition_us = (100 * MS, 400 * MS);
+        p.split_partitions = false;
+        p.isolate_leader = true;
+        p.asymmetric_partitions = false;
+        p.snapshot_mean_us = r.pick(&[20 * MS, 50 * MS]);
+        p.compaction.snapshot_every_entries = r.pick(&[1, 5]);
+        p.compaction.snapshot_every_log_bytes = 0;
+        p.compaction.keep_entries_behind = 0;
+        p.crash_mean_us = r.pick(&[100 * MS, 300 * MS]);
+        p.downtime_us = (5 * MS, 50 * MS);
+        p.crash_in_persist_ppm = r.pick(&[150_000, 300_000]);
+        p.crash_keeps_prefix = true;
+        p.pause_mean_us = 0;
+        p.fsync_error_ppm = 0;
+        p
+    }
+
+    fn disk_errors(r: &mut Rng) -> Params {
+        let mut p = Params::leader_churn(r);
+        p.fsync_error_ppm = r.pick(&[20_000, 50_000]);
+        p.pause_mean_us = 0;
+        p
     }
 
     fn leader_churn(r: &mut Rng) -> Params {

@@ -16,17 +16,21 @@ use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use raftkv_raft::{
     ClusterConfig, Config, Entry, HardState, InitialState, LogIndex, Message, MessageBody, NodeId,
     PlantedBug, ProposeError, Raft, ReadError, ReadState, Role, SnapshotMeta, Term,
 };
+use raftkv_transport::codec::{FrameType, SnapshotAck, SnapshotBegin, SnapshotChunk, SnapshotEnd};
+use raftkv_transport::{BodyError, BodyReceiver};
 
 use crate::check::{Checker, Mirror, Violation, attempt_of, entry_hash};
 use crate::params::{MS, Params, Profile, TICK_US};
 use crate::plant::DriverBug;
 use crate::rng::{Rng, chain, mix64};
-use crate::snapstream::{Body, Incoming, MAX_BODY_BYTES, Outgoing, Reject, SnapFrame};
+use crate::snapstream::{
+    Body, Incoming, MAX_BODY_BYTES, MAX_FRAME_BYTES, Outgoing, Reject, SnapFrame, unframe,
+};
 use crate::trace::{Trace, TraceEvent};
 
 /// How to run one seed.
@@ -1212,6 +1216,28 @@ impl Sim {
             live.lazy_hs = job.hard_state;
         }
         let id = node.id;
+        if live.jobs.is_empty() {
+            // With nothing queued, the disk holds exactly the member's log: same last entry.
+            let d = &node.durable;
+            let on_disk = match (d.log.last(), &d.snapshot) {
+                (Some(e), Some(s)) if s.meta.index >= e.index => (s.meta.index.0, s.meta.term),
+                (Some(e), _) => (e.index.0, e.term),
+                (None, Some(s)) => (s.meta.index.0, s.meta.term),
+                (None, None) => (0, Term(0)),
+            };
+            let last = live.mirror.last_index();
+            let in_memory = (last, live.mirror.get(last).map_or(Term(0), |(t, _)| t));
+            if on_disk != in_memory {
+                return Err(violation(
+                    self.now,
+                    "durable log",
+                    format!(
+                        "node {id} has every persist job done but its disk ends at {}@{} while its log ends at {}@{}",
+                        on_disk.0, on_disk.1, in_memory.0, in_memory.1
+                    ),
+                ));
+            }
+        }
         for m in job.after {
             self.send(n, m)?;
         }
@@ -1405,31 +1431,42 @@ impl Sim {
             stream_at: self.now,
         });
         self.stats.snapshots_sent += 1;
-        self.send_frame(from, to, SnapFrame::Begin { id, total_len, msg: m });
-        self.pump(from, id);
+        let mut wire = BytesMut::new();
+        SnapshotBegin { total_len, message: m }
+            .encode(MAX_FRAME_BYTES, &mut wire)
+            .map_err(|e| violation(self.now, "simulator", format!("encoding SnapshotBegin: {e}")))?;
+        self.send_frame(from, to, SnapFrame::Begin { id, wire: wire.freeze() });
+        self.pump(from, id)?;
         let at = self.now + self.params.snapshot_timeout_us;
         self.schedule(at, Event::SnapTimer { node: from, inc, id });
         Ok(())
     }
 
     /// Sends the chunks of transfer `id` the flow-control window allows, then End.
-    fn pump(&mut self, n: usize, id: u64) {
+    fn pump(&mut self, n: usize, id: u64) -> Result<(), Violation> {
+        let now = self.now;
         let window = self.params.snapshot_window_chunks * self.params.snapshot_chunk_bytes;
         let chunk = self.params.snapshot_chunk_bytes;
         let mut frames = Vec::new();
-        let Some(live) = self.nodes[n].live.as_mut() else { return };
-        let Some(t) = live.outgoing.iter_mut().find(|t| t.id == id) else { return };
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let Some(t) = live.outgoing.iter_mut().find(|t| t.id == id) else { return Ok(()) };
         let total = t.body.len() as u64;
         while t.next < total && t.next - t.acked < window {
             let end = (t.next + chunk).min(total);
             let data = t.body.slice(t.next as usize..end as usize);
-            let crc = crc32c::crc32c(&data);
-            frames.push(SnapFrame::Chunk { id, offset: t.next, data, crc });
+            let crc32c = crc32c::crc32c(&data);
+            let mut wire = BytesMut::new();
+            SnapshotChunk { offset: t.next, data, crc32c }
+                .encode(MAX_FRAME_BYTES, &mut wire)
+                .map_err(|e| violation(now, "simulator", format!("encoding SnapshotChunk: {e}")))?;
+            frames.push(SnapFrame::Chunk { id, wire: wire.freeze() });
             t.next = end;
         }
         if t.next == total && !t.end_sent {
             t.end_sent = true;
-            frames.push(SnapFrame::End { id, total_len: total, crc: t.crc });
+            let mut wire = BytesMut::new();
+            SnapshotEnd { total_len: total, crc32c: t.crc }.encode(&mut wire);
+            frames.push(SnapFrame::End { id, wire: wire.freeze() });
         }
         let in_flight = t.next - t.acked;
         let to = t.to;
@@ -1437,6 +1474,7 @@ impl Sim {
         for f in frames {
             self.send_frame(n, to, f);
         }
+        Ok(())
     }
 
     /// Puts one frame on the simulated network, drawing its faults. Frames of one transfer
@@ -1459,19 +1497,34 @@ impl Sim {
         }
         let mut frame = frame;
         if faults
-            && let SnapFrame::Chunk { data, crc, .. } = &mut frame
-            && !data.is_empty()
+            && let SnapFrame::Chunk { wire, .. } = &mut frame
             && self.rng.chance(self.params.chunk_corrupt_ppm)
         {
-            // A bit flips in flight; now and then the flip happened before the chunk's CRC was
+            // A bit flips in flight, anywhere in the encoded frame (length, offset, data or
+            // CRC); now and then the flip happened in the data before the chunk's CRC was
             // computed, so only the whole-body CRC can catch it.
-            let mut bytes = data.to_vec();
-            let bit = self.rng.below(bytes.len() as u64 * 8);
-            bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
-            *data = Bytes::from(bytes);
-            if self.rng.chance(250_000) {
-                *crc = crc32c::crc32c(data);
-            }
+            let chunk = unframe(wire, FrameType::SnapshotChunk).and_then(|p| SnapshotChunk::decode(p).ok());
+            let recomputed = match chunk {
+                Some(mut c) if !c.data.is_empty() && self.rng.chance(250_000) => {
+                    let mut bytes = c.data.to_vec();
+                    let bit = self.rng.below(bytes.len() as u64 * 8);
+                    bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+                    c.data = Bytes::from(bytes);
+                    c.crc32c = crc32c::crc32c(&c.data);
+                    let mut w = BytesMut::new();
+                    c.encode(MAX_FRAME_BYTES, &mut w).ok().map(|()| w.freeze())
+                }
+                _ => None,
+            };
+            *wire = match recomputed {
+                Some(w) => w,
+                None => {
+                    let mut bytes = wire.to_vec();
+                    let bit = self.rng.below(bytes.len() as u64 * 8);
+                    bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+                    Bytes::from(bytes)
+                }
+            };
             self.stats.chunks_corrupted += 1;
             self.record(TraceEvent::Drop { from: a, to: b, kind, reason: "bit flipped in flight" });
         }
@@ -1526,57 +1579,85 @@ impl Sim {
         let id = frame.id();
         self.record(TraceEvent::SnapFrame { from: a, to: b, kind, id });
         match frame {
-            SnapFrame::Begin { id, total_len, msg } => {
+            SnapFrame::Begin { id, wire } => {
                 let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
                 if live.seen_transfers[from] >= id {
                     return Ok(()); // A duplicate, or older than a transfer already seen.
                 }
                 live.seen_transfers[from] = id;
                 live.incoming.retain(|t| t.from != from);
+                let begin =
+                    unframe(&wire, FrameType::SnapshotBegin).and_then(|p| SnapshotBegin::decode(p).ok());
+                let Some(SnapshotBegin { total_len, message: msg }) = begin else {
+                    return self.reject_transfer(to, from, id, Reject::Undecodable);
+                };
+                if msg.from.0 != from as u64 + 1
+                    || msg.to.0 != to as u64 + 1
+                    || !matches!(msg.body, MessageBody::InstallSnapshot { .. })
+                {
+                    return self.reject_transfer(to, from, id, Reject::Undecodable);
+                }
                 if msg.term < live.raft.term() {
                     return self.reject_transfer(to, from, id, Reject::StaleTerm);
                 }
                 if total_len > MAX_BODY_BYTES {
                     return self.reject_transfer(to, from, id, Reject::TooLarge);
                 }
-                live.incoming.push(Incoming { id, from, msg, total_len, buf: Vec::new(), crc: 0 });
+                live.incoming.push(Incoming {
+                    id,
+                    from,
+                    msg,
+                    body: BodyReceiver::new(total_len),
+                    buf: Vec::new(),
+                });
                 Ok(())
             }
-            SnapFrame::Chunk { id, offset, data, crc } => {
+            SnapFrame::Chunk { id, wire } => {
                 let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
                 let Some(t) = live.incoming.iter_mut().find(|t| t.id == id && t.from == from) else {
                     return Ok(()); // Aborted, finished, or lost with a restart: the sender times out.
                 };
-                let expected = t.buf.len() as u64;
-                if offset < expected {
-                    return Ok(()); // Duplicate.
+                let Some(chunk) =
+                    unframe(&wire, FrameType::SnapshotChunk).and_then(|p| SnapshotChunk::decode(p).ok())
+                else {
+                    return self.reject_transfer(to, from, id, Reject::Undecodable);
+                };
+                if chunk.offset < t.body.offset() {
+                    return Ok(()); // A duplicate segment: TCP drops it.
                 }
-                if offset > expected {
-                    return self.reject_transfer(to, from, id, Reject::Gap);
+                match t.body.chunk(&chunk) {
+                    Ok(()) => {}
+                    Err(BodyError::Gap { .. }) => return self.reject_transfer(to, from, id, Reject::Gap),
+                    Err(BodyError::ChunkCrc { .. }) => {
+                        return self.reject_transfer(to, from, id, Reject::ChunkCrc);
+                    }
+                    Err(_) => return self.reject_transfer(to, from, id, Reject::Truncated),
                 }
-                if crc32c::crc32c(&data) != crc {
-                    return self.reject_transfer(to, from, id, Reject::ChunkCrc);
-                }
-                if offset + data.len() as u64 > t.total_len {
-                    return self.reject_transfer(to, from, id, Reject::Truncated);
-                }
-                t.crc = crc32c::crc32c_append(t.crc, &data);
-                t.buf.extend_from_slice(&data);
-                let next = t.buf.len() as u64;
+                t.buf.extend_from_slice(&chunk.data);
+                let next = t.body.offset();
                 self.send_frame(to, from, SnapFrame::Credit { id, next });
                 Ok(())
             }
-            SnapFrame::End { id, total_len, crc } => self.finish_transfer(to, from, id, total_len, crc),
+            SnapFrame::End { id, wire } => {
+                let end = unframe(&wire, FrameType::SnapshotEnd).and_then(|p| SnapshotEnd::decode(p).ok());
+                match end {
+                    Some(end) => self.finish_transfer(to, from, id, end),
+                    None => self.reject_transfer(to, from, id, Reject::Undecodable),
+                }
+            }
             SnapFrame::Credit { id, next } => {
                 let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
                 let Some(t) = live.outgoing.iter_mut().find(|t| t.id == id) else { return Ok(()) };
                 if next > t.acked && next <= t.next {
                     t.acked = next;
-                    self.pump(to, id);
+                    self.pump(to, id)?;
                 }
                 Ok(())
             }
-            SnapFrame::Ack { id, ok } => {
+            SnapFrame::Ack { id, wire } => {
+                let ok = unframe(&wire, FrameType::SnapshotAck)
+                    .and_then(|p| SnapshotAck::decode(p).ok())
+                    .is_some_and(|a| a.ok);
                 let Some(live) = self.nodes[to].live.as_mut() else { return Ok(()) };
                 let Some(pos) = live.outgoing.iter().position(|t| t.id == id) else { return Ok(()) };
                 let t = live.outgoing.remove(pos);
@@ -1612,31 +1693,25 @@ impl Sim {
             id,
             reason: why.reason(),
         });
-        self.send_frame(n, from, SnapFrame::Ack { id, ok: false });
+        let mut wire = BytesMut::new();
+        SnapshotAck { ok: false, reason: why.reason().to_string() }.encode(&mut wire);
+        self.send_frame(n, from, SnapFrame::Ack { id, wire: wire.freeze() });
         Ok(())
     }
 
     /// End of transfer `id` at node `n`: check length and whole-body CRC, decode, and only then
     /// hand the InstallSnapshot message to the core.
-    fn finish_transfer(
-        &mut self,
-        n: usize,
-        from: usize,
-        id: u64,
-        total_len: u64,
-        crc: u32,
-    ) -> Result<(), Violation> {
+    fn finish_transfer(&mut self, n: usize, from: usize, id: u64, end: SnapshotEnd) -> Result<(), Violation> {
         let now = self.now;
         let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
         let Some(pos) = live.incoming.iter().position(|t| t.id == id && t.from == from) else {
             return Ok(());
         };
         let t = &live.incoming[pos];
-        if t.buf.len() as u64 != total_len || total_len != t.total_len {
-            return self.reject_transfer(n, from, id, Reject::Truncated);
-        }
-        if t.crc != crc || crc32c::crc32c(&t.buf) != crc {
-            return self.reject_transfer(n, from, id, Reject::BodyCrc);
+        match t.body.end(&end) {
+            Ok(_) => {}
+            Err(BodyError::BodyCrc { .. }) => return self.reject_transfer(n, from, id, Reject::BodyCrc),
+            Err(_) => return self.reject_transfer(n, from, id, Reject::Truncated),
         }
         let body = match Body::decode(&t.buf) {
             Ok(b) => b,
@@ -1670,7 +1745,9 @@ impl Sim {
         self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
         self.trace.note(self.now, || describe(&m.body));
         self.step(n, m)?;
-        self.send_frame(n, from, SnapFrame::Ack { id, ok: true });
+        let mut wire = BytesMut::new();
+        SnapshotAck { ok: true, reason: String::new() }.encode(&mut wire);
+        self.send_frame(n, from, SnapFrame::Ack { id, wire: wire.freeze() });
         self.drive(n)
     }
 
@@ -1849,8 +1926,16 @@ impl Sim {
             self.wake_client(c, at);
             return Ok(());
         }
-        if self.nodes[target].live.is_some() && self.rng.chance(self.params.read_ppm) {
-            return self.client_read(c, target);
+        if self.rng.chance(self.params.read_ppm) {
+            // Many reads go to a random member, so followers forward them to the leader.
+            let member = if self.rng.chance(self.params.read_anywhere_ppm) {
+                self.rng.below(n) as usize
+            } else {
+                target
+            };
+            if self.nodes[member].live.is_some() && self.nodes[member].paused_until <= self.now {
+                return self.client_read(c, member);
+            }
         }
         let inc = self.nodes[target].inc;
         let Some(live) = self.nodes[target].live.as_mut() else {

@@ -1,41 +1,47 @@
-//! The simulated snapshot stream, shaped like the transport's (`docs/transport.md`): a
-//! transfer is `Begin` (total length and the InstallSnapshot message), `Chunk`s with offsets
-//! and a CRC32C each, and `End` with the total length and the whole body's CRC32C; the
-//! receiver answers `Credit` (bytes received contiguously, the sender's flow-control window)
-//! and a final `Ack`. Every frame crosses the simulated network on its own, so it can be
-//! lost, duplicated, reordered, corrupted or cut by a partition.
+//! The simulated snapshot stream, on the transport's own wire format (`docs/transport.md`):
+//! a transfer is `SnapshotBegin` (total length and the InstallSnapshot message),
+//! `SnapshotChunk`s with offsets and a CRC32C each, and `SnapshotEnd` with the total length and
+//! the whole body's CRC32C, then the receiver's `SnapshotAck`. Each of these is a frame encoded
+//! and decoded by `raftkv_transport::codec`, and the receiver verifies the body with the
+//! transport's `BodyReceiver`, so the simulator exercises the real framing and checks. Only
+//! what TCP does for the real transport is modelled here: `Credit` (bytes received
+//! contiguously: the window that bounds the bytes in flight) and dropping duplicate segments.
+//! Every frame crosses the simulated network on its own, so it can be lost, duplicated,
+//! reordered, corrupted (any bit of the encoded frame) or cut by a partition.
 //!
 //! This module holds the frames, the body encoding and the two endpoints' state; the event
 //! handling lives in `sim.rs`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use raftkv_raft::{ClusterConfig, LogIndex, Message, NodeId, SnapshotMeta, Term};
+use raftkv_transport::BodyReceiver;
+use raftkv_transport::codec::{DEFAULT_MAX_FRAME_BYTES, FrameType, split_frame};
 
 /// Largest body a receiver accepts (bounded memory on the receiving side).
 pub const MAX_BODY_BYTES: u64 = 1 << 20;
 
 const MAGIC: u32 = 0x524B_5353; // "RKSS"
 
-/// One frame of a snapshot transfer. `id` names the transfer (unique within a run).
+/// The frame size limit the simulated members use (the transport's default).
+pub const MAX_FRAME_BYTES: u32 = DEFAULT_MAX_FRAME_BYTES;
+
+/// One frame of a snapshot transfer. `id` names the transfer (its connection; unique within
+/// a run); `wire` is the frame as the transport encodes it.
 #[derive(Clone, Debug)]
 pub enum SnapFrame {
     Begin {
         id: u64,
-        total_len: u64,
-        msg: Message,
+        wire: Bytes,
     },
     Chunk {
         id: u64,
-        offset: u64,
-        data: Bytes,
-        crc: u32,
+        wire: Bytes,
     },
     End {
         id: u64,
-        total_len: u64,
-        crc: u32,
+        wire: Bytes,
     },
-    /// Receiver to sender: the first `next` bytes arrived intact (flow control).
+    /// Receiver to sender: the first `next` bytes arrived intact (TCP's window).
     Credit {
         id: u64,
         next: u64,
@@ -43,8 +49,18 @@ pub enum SnapFrame {
     /// Receiver to sender: the transfer was delivered to the core (`ok`) or rejected.
     Ack {
         id: u64,
-        ok: bool,
+        wire: Bytes,
     },
+}
+
+/// The payload of one whole frame of type `want`, as the transport's reader splits it;
+/// `None` when the bytes are not exactly one such frame (a damaged stream).
+pub fn unframe(wire: &Bytes, want: FrameType) -> Option<Bytes> {
+    let mut buf = BytesMut::from(wire.as_ref());
+    match split_frame(&mut buf, MAX_FRAME_BYTES) {
+        Ok(Some((ty, payload))) if ty == want && buf.is_empty() => Some(payload),
+        _ => None,
+    }
 }
 
 impl SnapFrame {
@@ -215,9 +231,9 @@ pub struct Incoming {
     pub id: u64,
     pub from: usize,
     pub msg: Message,
-    pub total_len: u64,
+    /// The transport's checks of the body received so far.
+    pub body: BodyReceiver,
     pub buf: Vec<u8>,
-    pub crc: u32,
 }
 
 /// Why a receiver rejected a transfer.

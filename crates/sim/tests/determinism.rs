@@ -5,7 +5,7 @@ use raftkv_sim::{Profile, SimOptions, run_seed};
 #[test]
 fn same_seed_gives_identical_trace() {
     for seed in [1u64, 7, 160, 4242] {
-        for profile in [Profile::Mixed, Profile::LeaderChurn] {
+        for profile in Profile::ALL {
             let options = SimOptions { profile, ..SimOptions::default() };
             let a = run_seed(seed, &options);
             let b = run_seed(seed, &options);

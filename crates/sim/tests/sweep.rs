@@ -2,7 +2,8 @@
 //! 500 seeds of the leader-churn profile, split so the test runner spreads them over cores.
 //! Any violation fails with the command that replays the seed. Each mixed batch must also
 //! really exercise snapshots: transfers installed, followers caught up by snapshot, and chunk
-//! faults (loss, duplication, reordering, corruption) that the receiver rejected.
+//! faults (loss, duplication, reordering, corruption) that the receiver rejected, and reads
+//! (linearizable and serializable), pauses, disk errors, torn writes and unreachable reports.
 
 use raftkv_sim::{Profile, SimOptions, replay_command, run_sweep};
 
@@ -10,7 +11,7 @@ fn sweep(start: u64, count: u64, profile: Profile) {
     let options = SimOptions { profile, ..SimOptions::default() };
     let sweep = run_sweep(start, count, 1, &options);
     let (failures, t) = (sweep.failures, sweep.totals);
-    eprintln!("seeds {start}..{}: {}", start + count, t.snapshot_summary());
+    eprintln!("seeds {start}..{}: {}; {}", start + count, t.snapshot_summary(), t.fault_summary());
     if profile == Profile::Mixed {
         // A sweep where nothing of the snapshot machinery fired would prove nothing about it.
         assert!(t.snapshots_installed >= 20, "too few snapshots installed: {}", t.snapshot_summary());
@@ -23,6 +24,11 @@ fn sweep(start: u64, count: u64, profile: Profile) {
             t.snapshot_summary()
         );
         assert!(t.snapshots_failed > 0, "no failed transfer retried: {}", t.snapshot_summary());
+        // Reads and the wider fault model must really happen too.
+        let f = t.fault_summary();
+        assert!(t.reads_linearizable >= 1_000 && t.reads_serializable >= 100, "too few reads: {f}");
+        assert!(t.pauses > 0 && t.fsync_errors > 0 && t.torn_writes > 0, "faults missing: {f}");
+        assert!(t.unreachable_reports > 0, "no unreachable reports: {f}");
     }
     let report: Vec<String> = failures
         .iter()

@@ -12,7 +12,12 @@
 //! operation ([`SimFs::crash_before_op`]): that operation and every later
 //! call fail, as if the process died there; "crash after op `n`" is "crash
 //! before op `n + 1`". Single faults can also be injected: fail the n-th
-//! write or the n-th sync, flip a bit.
+//! write or the n-th sync, flip a bit. A failed `sync_data` behaves like
+//! Linux after a writeback error: the file's unsynced writes are dropped
+//! (a retried or later sync does not make them durable, reads see the
+//! durable bytes), which is why a store must treat it as fatal.
+//! [`SimFs::corrupt_reads`] makes reads return a flipped bit now and then
+//! (a disk or bus returning bad data, without the stored bytes changing).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -68,6 +73,9 @@ struct State {
     fail_write: Option<u64>,
     fail_sync: Option<u64>,
     crashed: bool,
+    /// Transient read corruption: `(rng state, chance per read in ppm)`.
+    corrupt_reads: Option<(u64, u64)>,
+    reads_corrupted: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -192,6 +200,17 @@ impl SimFs {
     /// Make sync number `n` (1-based, global counter) fail once.
     pub fn fail_sync(&self, n: u64) {
         self.state.lock().fail_sync = Some(n);
+    }
+    /// From now on, each `read_at` returning data flips one random bit of it
+    /// with a chance of `ppm` per million (deterministic from `seed`). The
+    /// stored bytes are unchanged: a second read may return the right data.
+    /// `ppm == 0` turns it off.
+    pub fn corrupt_reads(&self, seed: u64, ppm: u64) {
+        self.state.lock().corrupt_reads = (ppm > 0).then_some((seed ^ 0xBAD_0DD5, ppm));
+    }
+    /// Number of reads returned corrupted so far.
+    pub fn reads_corrupted(&self) -> u64 {
+        self.state.lock().reads_corrupted
     }
     /// True once a scheduled crash has happened.
     pub fn has_crashed(&self) -> bool {
@@ -343,6 +362,14 @@ impl FsFile for SimFile {
         }
         let n = buf.len().min(data.len() - off);
         buf[..n].copy_from_slice(&data[off..off + n]);
+        if let Some((rng, ppm)) = st.corrupt_reads.as_mut()
+            && n > 0
+            && next_rand(rng) % 1_000_000 < *ppm
+        {
+            let bit = next_rand(rng) % (n as u64 * 8);
+            buf[(bit / 8) as usize] ^= 1 << (bit % 8);
+            st.reads_corrupted += 1;
+        }
         Ok(n)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -368,7 +395,17 @@ impl FsFile for SimFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         let mut st = self.state.lock();
-        st.begin_op(OpKind::Sync)?;
+        if let Err(e) = st.begin_op(OpKind::Sync) {
+            if !st.crashed
+                && let Ok(ino) = st.inode(self.ino)
+            {
+                // A writeback error: the kernel drops the dirty pages. Nothing
+                // written since the last good sync will ever reach the disk.
+                ino.data = ino.synced.clone();
+                ino.pending.clear();
+            }
+            return Err(e);
+        }
         let ino = st.inode(self.ino)?;
         ino.synced = ino.data.clone();
         ino.pending.clear();

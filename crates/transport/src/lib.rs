@@ -107,8 +107,8 @@ pub use codec::{DecodeError, EncodeError, StreamKind, decode, decode_slice, enco
 pub use config::{FaultInjection, TransportConfig};
 pub use frame_io::FrameError;
 pub use snapshot::{
-    MemorySinkFactory, MemorySnapshotSource, ReaderSnapshotSource, SnapshotSink, SnapshotSinkFactory,
-    SnapshotSource, StagedBody, StagedSnapshot,
+    BodyError, BodyReceiver, MemorySinkFactory, MemorySnapshotSource, ReaderSnapshotSource, SnapshotSink,
+    SnapshotSinkFactory, SnapshotSource, StagedBody, StagedSnapshot,
 };
 pub use stats::TransportStats;
 pub use stream::PeerTlsConfig;

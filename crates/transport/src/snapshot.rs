@@ -165,3 +165,118 @@ impl SnapshotSink for MemorySink {
         Ok(StagedBody::Memory(Bytes::from(self.data)))
     }
 }
+
+/// Why a snapshot stream's body was refused by [`BodyReceiver`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("chunk at offset {got} where {expected} was expected")]
+    Gap { expected: u64, got: u64 },
+    #[error("chunk of {len} bytes at {offset} does not fit a body of {total}")]
+    DoesNotFit { len: u64, offset: u64, total: u64 },
+    #[error("CRC mismatch in chunk at offset {offset}: computed {computed:#010x}, sent {sent:#010x}")]
+    ChunkCrc { offset: u64, computed: u32, sent: u32 },
+    #[error("transfer ended at {offset} of {total} bytes (trailer says {trailer})")]
+    Truncated { offset: u64, total: u64, trailer: u64 },
+    #[error("whole-body CRC mismatch: computed {computed:#010x}, sent {sent:#010x}")]
+    BodyCrc { computed: u32, sent: u32 },
+}
+
+/// The receiving side of one snapshot stream without the I/O: checks each chunk (in order,
+/// fits the announced length, its own CRC32C) and the trailer (length and the whole body's
+/// CRC32C). The transport runs it on its socket; the simulator runs it on its simulated
+/// network, so both verify a body with the same code.
+#[derive(Clone, Debug)]
+pub struct BodyReceiver {
+    total: u64,
+    offset: u64,
+    crc: u32,
+}
+
+impl BodyReceiver {
+    /// A stream whose `SnapshotBegin` announced `total_len` body bytes.
+    pub fn new(total_len: u64) -> BodyReceiver {
+        BodyReceiver { total: total_len, offset: 0, crc: 0 }
+    }
+
+    /// The announced body length.
+    pub fn total_len(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes received and verified so far (the offset the next chunk must have).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Checks the next chunk. On `Ok` its data is the body at `chunk.offset`, to be staged.
+    pub fn chunk(&mut self, chunk: &crate::codec::SnapshotChunk) -> Result<(), BodyError> {
+        let len = chunk.data.len() as u64;
+        if chunk.offset != self.offset {
+            return Err(BodyError::Gap { expected: self.offset, got: chunk.offset });
+        }
+        if len == 0 || self.offset + len > self.total {
+            return Err(BodyError::DoesNotFit { len, offset: self.offset, total: self.total });
+        }
+        let computed = crc32c::crc32c(&chunk.data);
+        if computed != chunk.crc32c {
+            return Err(BodyError::ChunkCrc { offset: self.offset, computed, sent: chunk.crc32c });
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &chunk.data);
+        self.offset += len;
+        Ok(())
+    }
+
+    /// Checks the trailer: the whole body arrived and its CRC32C matches. Returns that CRC.
+    pub fn end(&self, end: &crate::codec::SnapshotEnd) -> Result<u32, BodyError> {
+        if end.total_len != self.total || self.offset != self.total {
+            return Err(BodyError::Truncated {
+                offset: self.offset,
+                total: self.total,
+                trailer: end.total_len,
+            });
+        }
+        if end.crc32c != self.crc {
+            return Err(BodyError::BodyCrc { computed: self.crc, sent: end.crc32c });
+        }
+        Ok(self.crc)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod body_receiver_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::{SnapshotChunk, SnapshotEnd};
+
+    fn chunk(offset: u64, data: &'static [u8]) -> SnapshotChunk {
+        SnapshotChunk { offset, data: Bytes::from_static(data), crc32c: crc32c::crc32c(data) }
+    }
+
+    #[test]
+    fn accepts_a_whole_body_and_refuses_each_kind_of_damage() {
+        let body_crc = crc32c::crc32c(b"hello world");
+        let mut r = BodyReceiver::new(11);
+        r.chunk(&chunk(0, b"hello ")).unwrap();
+        r.chunk(&chunk(6, b"world")).unwrap();
+        assert_eq!(r.end(&SnapshotEnd { total_len: 11, crc32c: body_crc }), Ok(body_crc));
+
+        let mut r = BodyReceiver::new(11);
+        assert!(matches!(r.chunk(&chunk(6, b"world")), Err(BodyError::Gap { expected: 0, got: 6 })));
+        assert!(matches!(r.chunk(&chunk(0, b"hello world!")), Err(BodyError::DoesNotFit { .. })));
+        let mut bad = chunk(0, b"hello ");
+        bad.crc32c ^= 1;
+        assert!(matches!(r.chunk(&bad), Err(BodyError::ChunkCrc { .. })));
+        r.chunk(&chunk(0, b"hello ")).unwrap();
+        assert!(matches!(
+            r.end(&SnapshotEnd { total_len: 11, crc32c: body_crc }),
+            Err(BodyError::Truncated { .. })
+        ));
+        r.chunk(&chunk(6, b"World")).unwrap();
+        assert!(matches!(
+            r.end(&SnapshotEnd { total_len: 11, crc32c: body_crc }),
+            Err(BodyError::BodyCrc { .. })
+        ));
+    }
+}

@@ -22,7 +22,7 @@ use crate::codec::{
 };
 use crate::config::{FaultInjection, TransportConfig};
 use crate::frame_io::{FrameError, FrameReader};
-use crate::snapshot::{SnapshotSink, SnapshotSinkFactory, SnapshotSource, StagedSnapshot};
+use crate::snapshot::{BodyReceiver, SnapshotSink, SnapshotSinkFactory, SnapshotSource, StagedSnapshot};
 use crate::stats::{Counters, TransportStats};
 use crate::stream::{PeerStream, ReadHalf, WriteHalf};
 
@@ -1107,57 +1107,25 @@ async fn receive_snapshot_body(
         Ok(Err(e)) => return Err(InboundError::Snapshot(format!("cannot create sink: {e}"))),
         Err(e) => return Err(InboundError::Snapshot(format!("sink factory failed: {e}"))),
     };
-    let mut offset = 0u64;
-    let mut crc = 0u32;
+    let mut body = BodyReceiver::new(total);
     loop {
         let (ty, payload) = read_snapshot_frame(shared, rd, reader).await?;
         match ty {
             FrameType::SnapshotChunk => {
                 let chunk = SnapshotChunk::decode(payload)?;
-                let len = chunk.data.len() as u64;
-                if chunk.offset != offset {
-                    return Err(InboundError::Snapshot(format!(
-                        "chunk at offset {} where {offset} was expected",
-                        chunk.offset
-                    )));
-                }
-                if len == 0 || offset + len > total {
-                    return Err(InboundError::Snapshot(format!(
-                        "chunk of {len} bytes at {offset} does not fit a body of {total}"
-                    )));
-                }
-                let actual = crc32c::crc32c(&chunk.data);
-                if actual != chunk.crc32c {
-                    return Err(InboundError::Snapshot(format!(
-                        "CRC mismatch in chunk at offset {offset}: computed {actual:#010x}, sent {:#010x}",
-                        chunk.crc32c
-                    )));
-                }
-                crc = crc32c::crc32c_append(crc, &chunk.data);
+                body.chunk(&chunk).map_err(|e| InboundError::Snapshot(e.to_string()))?;
                 let data = chunk.data;
-                let at = offset;
+                let at = chunk.offset;
                 let (back, r) = with_sink(sink, move |s| s.write_chunk(at, &data)).await;
                 r.map_err(|e| InboundError::Snapshot(format!("sink write failed: {e}")))?;
                 let Some(back) = back else {
                     return Err(InboundError::Snapshot("sink lost".into()));
                 };
                 sink = back;
-                offset += len;
             }
             FrameType::SnapshotEnd => {
                 let end = SnapshotEnd::decode(payload)?;
-                if end.total_len != total || offset != total {
-                    return Err(InboundError::Snapshot(format!(
-                        "transfer ended at {offset} of {total} bytes (trailer says {})",
-                        end.total_len
-                    )));
-                }
-                if end.crc32c != crc {
-                    return Err(InboundError::Snapshot(format!(
-                        "whole-body CRC mismatch: computed {crc:#010x}, sent {:#010x}",
-                        end.crc32c
-                    )));
-                }
+                let crc = body.end(&end).map_err(|e| InboundError::Snapshot(e.to_string()))?;
                 let finished = tokio::task::spawn_blocking(move || sink.finish()).await;
                 let body = match finished {
                     Ok(Ok(body)) => body,
