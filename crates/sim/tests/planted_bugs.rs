@@ -17,7 +17,7 @@ const BUDGET: u64 = 300;
 /// over 1,000 seeds). The runs are deterministic, so each minimum is close to what the range
 /// gives today: a change that makes a profile lose its grip on its bug fails the test.
 const FIGURE_8_SEEDS: u64 = 400;
-const FIGURE_8_MIN: u64 = 16;
+const FIGURE_8_MIN: u64 = 24;
 const STALE_TAIL_SEEDS: u64 = 200;
 const STALE_TAIL_MIN: u64 = 150;
 const UNSYNCED_SEEDS: u64 = 300;
