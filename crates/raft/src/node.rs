@@ -25,7 +25,9 @@ pub struct InitialState {
     pub config: ClusterConfig,
     /// The latest durable snapshot, if any; its config overrides `config`.
     pub snapshot: Option<SnapshotMeta>,
-    /// Durable log entries following the snapshot, contiguous.
+    /// Durable log entries following the snapshot, contiguous. Configuration-change entries
+    /// among them are applied, in order, on top of the snapshot's (or `config`): a member
+    /// restarting in the middle of a change recovers the configuration in force.
     pub entries: Vec<Entry>,
 }
 

@@ -419,3 +419,23 @@ fn planted_timeout_now_from_anyone_deposes_the_leader() {
     c.deliver_all();
     assert_eq!(c.raft(others[0]).role(), Role::Leader, "planted: a follower's TimeoutNow was obeyed");
 }
+
+#[test]
+fn a_member_restarting_mid_joint_change_recovers_the_joint_configuration() {
+    let mut c = classic_members(5, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    let replace =
+        ConfChange { steps: vec![ConfChangeStep::AddVoter(NodeId(4)), ConfChangeStep::AddVoter(NodeId(5))] };
+    c.raft_mut(1).propose_conf_change(&replace).expect("joint change");
+    c.process(1);
+    c.deliver_all();
+    c.crash(2);
+    c.restart(2);
+    let cfg = c.raft(2).cluster_config();
+    assert_eq!((cfg.voters.clone(), cfg.voters_outgoing.clone()), (ids(&[1, 2, 3, 4, 5]), ids(&[1, 2, 3])));
+    c.clear_filters();
+    c.tick_all(5);
+    assert!(c.raft(2).cluster_config().voters_outgoing.is_empty(), "left once the joint entry committed");
+}
