@@ -12,8 +12,37 @@
 //! batching (proposals made between two [`Raft::ready`] calls travel in one AppendEntries,
 //! bounded by `append_bytes_max`), commitment of current-term entries only (§5.4.2) after a
 //! no-op on election, ReadIndex with one heartbeat round per batch of reads (thesis §6.4),
-//! snapshots and InstallSnapshot (§7). Membership is a [`ClusterConfig`] whose quorum
-//! arithmetic already handles joint configurations and learners.
+//! snapshots and InstallSnapshot (§7), membership changes (thesis chapter 4) and leadership
+//! transfer (thesis §3.10).
+//!
+//! ## Membership changes
+//!
+//! [`Raft::propose_conf_change`] appends a [`ConfChange`] (encoded compactly in an entry of
+//! kind [`EntryKind::ConfigChange`]). A change of at most one voter is applied directly
+//! (single-server change); a change of more voters enters joint consensus (C_old,new, where
+//! every decision needs a majority of both voter sets) and the leader leaves it by itself,
+//! with an empty change, once the joint entry commits (like etcd's ConfChangeV2 auto-leave).
+//! The rules that make this safe:
+//!
+//! - a configuration is in force as soon as its entry is appended to a member's log (not
+//!   when it commits), and reverts if the entry is truncated;
+//! - one change at a time: a change is refused while another is uncommitted or a joint
+//!   configuration is not yet left ([`ProposeError::ConfChangeInProgress`]);
+//! - a new leader proposes no change before it has committed an entry of its own term
+//!   ([`ProposeError::NoCommitInTerm`]; Ongaro's 2015 single-server change bug);
+//! - learners ([`ConfChangeStep::AddLearner`]) receive the log and snapshots but never vote
+//!   or count; [`ConfChangeStep::AddVoter`] of a learner promotes it;
+//! - a leader that removes itself keeps leading until the change commits, then steps down;
+//!   a member that is not a voter never campaigns;
+//! - the configuration is recovered at restart from the snapshot's and the log's
+//!   configuration entries ([`InitialState`]), and a snapshot records the configuration at
+//!   its index.
+//!
+//! [`Raft::transfer_leader`] hands leadership to a voter: the leader stops accepting
+//! proposals ([`ProposeError::TransferInProgress`]), brings the target up to date, sends it
+//! `TimeoutNow` (accepted only from the leader of the receiver's term), and the target
+//! campaigns at once with a flag that lets voters ignore their leader lease. The transfer
+//! aborts after one election timeout.
 //!
 //! ## Driving the core
 //!
@@ -127,6 +156,7 @@
 //! ```
 
 mod compaction;
+mod confchange;
 mod config;
 mod log;
 mod message;
@@ -137,9 +167,10 @@ mod rng;
 mod types;
 
 pub use compaction::CompactionPolicy;
+pub use confchange::{CONF_CHANGE_STEPS_MAX, ConfChange, ConfChangeError, ConfChangeStep};
 pub use config::{Config, ConfigError};
 pub use message::{Message, MessageBody, RejectHint};
-pub use node::{InitialState, PlantedBug, ProposeError, Raft, ReadError, Ready, StepError};
+pub use node::{InitialState, PlantedBug, ProposeError, Raft, ReadError, Ready, StepError, TransferError};
 pub use progress::ProgressState;
 pub use quorum::VoteResult;
 pub use types::{

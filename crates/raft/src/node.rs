@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use crate::confchange::{ConfChange, ConfChangeError};
 use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody, RejectHint};
@@ -24,7 +25,9 @@ pub struct InitialState {
     pub config: ClusterConfig,
     /// The latest durable snapshot, if any; its config overrides `config`.
     pub snapshot: Option<SnapshotMeta>,
-    /// Durable log entries following the snapshot, contiguous.
+    /// Durable log entries following the snapshot, contiguous. Configuration-change entries
+    /// among them are applied, in order, on top of the snapshot's (or `config`): a member
+    /// restarting in the middle of a change recovers the configuration in force.
     pub entries: Vec<Entry>,
 }
 
@@ -95,6 +98,16 @@ pub enum ProposeError {
     TooManyUncommitted,
     /// Nothing to propose.
     Empty,
+    /// A configuration change is appended but not yet committed (or a joint configuration
+    /// not yet left): one change at a time.
+    ConfChangeInProgress,
+    /// This leader has not yet committed an entry of its own term; until it has, it may not
+    /// propose a configuration change (the single-server change bug, Ongaro 2015).
+    NoCommitInTerm,
+    /// The change does not apply to the current configuration.
+    InvalidConfChange(ConfChangeError),
+    /// A leadership transfer is in progress: proposals wait until it completes or aborts.
+    TransferInProgress,
 }
 
 impl std::fmt::Display for ProposeError {
@@ -106,6 +119,12 @@ impl std::fmt::Display for ProposeError {
             ProposeError::NotLeader { leader_hint: None } => write!(f, "not the leader; no leader known"),
             ProposeError::TooManyUncommitted => write!(f, "too many uncommitted proposals"),
             ProposeError::Empty => write!(f, "empty proposal"),
+            ProposeError::ConfChangeInProgress => write!(f, "a configuration change is already in progress"),
+            ProposeError::NoCommitInTerm => {
+                write!(f, "the leader has not yet committed an entry of its term; retry shortly")
+            }
+            ProposeError::InvalidConfChange(e) => write!(f, "invalid configuration change: {e}"),
+            ProposeError::TransferInProgress => write!(f, "leadership transfer in progress"),
         }
     }
 }
@@ -139,6 +158,29 @@ impl std::fmt::Display for ReadError {
 }
 
 impl std::error::Error for ReadError {}
+
+/// A leadership transfer that cannot start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    /// Only the leader transfers leadership.
+    NotLeader { leader_hint: Option<NodeId> },
+    /// The target is this node.
+    ToSelf,
+    /// The target is not a voter of the current configuration.
+    NotAVoter(NodeId),
+}
+
+impl std::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferError::NotLeader { .. } => write!(f, "only the leader can transfer leadership"),
+            TransferError::ToSelf => write!(f, "this node already leads"),
+            TransferError::NotAVoter(id) => write!(f, "node {id} is not a voter"),
+        }
+    }
+}
+
+impl std::error::Error for TransferError {}
 
 /// A message that the core refuses to process (it is not a protocol outcome: a correct peer
 /// never sends it).
@@ -182,6 +224,16 @@ pub enum PlantedBug {
     /// reported it durable ([`Raft::persisted`]): an entry can commit on fewer durable copies
     /// than a majority, and be lost when the leader crashes.
     LeaderCountsUnsyncedSelf,
+    /// A leader proposes a configuration change before committing an entry of its term.
+    NoCurrentTermBarrier,
+    /// A leader accepts a second configuration change while one is uncommitted.
+    TwoChangesInFlight,
+    /// A configuration takes effect when its entry commits instead of when it is appended.
+    ConfigAppliedAtCommit,
+    /// The leader keeps counting the voters the latest change removed towards its quorum.
+    RemovedMemberCounted,
+    /// A member accepts `TimeoutNow` from any member, not only from its term's leader.
+    TimeoutNowFromAnyone,
 }
 
 /// A ReadIndex request waiting on the leader.
@@ -205,7 +257,14 @@ pub struct Raft {
     role: Role,
     leader: Option<NodeId>,
     log: RaftLog,
+    /// The configuration in force: that of the last configuration entry in the log (applied
+    /// when appended, not when committed), else `base_config`.
     cluster: ClusterConfig,
+    /// The configuration at the log's compaction point (from the snapshot or the initial
+    /// state).
+    base_config: ClusterConfig,
+    /// Configuration entries in the retained log, in order: index, term, resulting config.
+    config_entries: Vec<(LogIndex, Term, ClusterConfig)>,
     /// The latest snapshot the application reported (sent to followers that lag behind the
     /// log), or the one restored from.
     snapshot: Option<SnapshotMeta>,
@@ -218,6 +277,9 @@ pub struct Raft {
 
     // Leader state.
     pending_broadcast: bool,
+    /// The member leadership is being handed to, and the ticks since the transfer began.
+    lead_transferee: Option<NodeId>,
+    transfer_elapsed: u32,
     uncommitted_bytes: u64,
     /// Reads waiting for a quorum to acknowledge their round, in round order.
     pending_reads: VecDeque<PendingRead>,
@@ -287,6 +349,17 @@ impl Raft {
             initial.hard_state.term = last_term;
             initial.hard_state.voted_for = None;
         }
+        let base_config = cluster.clone();
+        let mut config_entries = Vec::new();
+        let mut current = base_config.clone();
+        for e in initial.entries.iter().filter(|e| e.kind == EntryKind::ConfigChange) {
+            let next = ConfChange::decode(&e.data).and_then(|cc| cc.apply(&current)).map_err(|err| {
+                ConfigError(format!("configuration change at index {} cannot be applied: {err}", e.index))
+            })?;
+            config_entries.push((e.index, e.term, next.clone()));
+            current = next;
+        }
+        let cluster = current;
         let log = RaftLog::restore(initial.snapshot.as_ref(), initial.entries, initial.hard_state.commit);
         let soft = SoftState { role: Role::Follower, leader: None, term: initial.hard_state.term };
         let mut hard = initial.hard_state;
@@ -299,6 +372,8 @@ impl Raft {
             leader: None,
             log,
             cluster,
+            base_config,
+            config_entries,
             snapshot: initial.snapshot,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -307,6 +382,8 @@ impl Raft {
             randomized_election_timeout: config.election_timeout_ticks,
             rng: Rng::new(config.seed),
             pending_broadcast: false,
+            lead_transferee: None,
+            transfer_elapsed: 0,
             uncommitted_bytes: 0,
             pending_reads: VecDeque::new(),
             reads_awaiting_commit: Vec::new(),
@@ -431,6 +508,9 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader_hint: self.leader });
         }
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
         if self.uncommitted_bytes > self.config.uncommitted_bytes_max {
             return Err(ProposeError::TooManyUncommitted);
         }
@@ -466,6 +546,77 @@ impl Raft {
         }
     }
 
+    /// Proposes a membership change (leader only); returns the `(term, index)` of its entry.
+    ///
+    /// The new configuration applies as soon as the entry is appended (on every member, when
+    /// it appends it), not when it commits, and reverts if the entry is truncated. Refused
+    /// while another change is uncommitted or a joint configuration is not yet left
+    /// ([`ProposeError::ConfChangeInProgress`]), until this leader has committed an entry of
+    /// its own term ([`ProposeError::NoCommitInTerm`]), and when it does not apply to the
+    /// current configuration. A change of more than one voter enters joint consensus; the
+    /// leader leaves it by itself once the joint entry commits. A leader that removes itself
+    /// keeps leading until the change commits, then steps down.
+    pub fn propose_conf_change(&mut self, change: &ConfChange) -> Result<(Term, LogIndex), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader_hint: self.leader });
+        }
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        let pending = self.config_entries.last().is_some_and(|(i, _, _)| *i > self.log.commit());
+        if (pending || (!self.cluster.voters_outgoing.is_empty() && !change.steps.is_empty()))
+            && !self.bug(PlantedBug::TwoChangesInFlight)
+        {
+            return Err(ProposeError::ConfChangeInProgress);
+        }
+        if self.log.term(self.log.commit()) != Some(self.term) && !self.bug(PlantedBug::NoCurrentTermBarrier)
+        {
+            return Err(ProposeError::NoCommitInTerm);
+        }
+        let next = change.apply(&self.cluster).map_err(ProposeError::InvalidConfChange)?;
+        self.append_config(change.encode(), next);
+        self.pending_broadcast = true;
+        Ok((self.term, self.log.last_index()))
+    }
+
+    /// Hands leadership to `target` (thesis §3.10): the leader stops accepting proposals,
+    /// brings the target's log up to date, then sends it `TimeoutNow`, and the target wins an
+    /// election at once (its vote requests override the voters' leader lease). The transfer
+    /// aborts, and the leader accepts proposals again, if it has not completed within one
+    /// election timeout. A new request for another target replaces the one in progress.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader { leader_hint: self.leader });
+        }
+        if target == self.id {
+            return Err(TransferError::ToSelf);
+        }
+        if !self.cluster.voters.contains(&target) {
+            return Err(TransferError::NotAVoter(target));
+        }
+        if self.lead_transferee == Some(target) {
+            return Ok(());
+        }
+        self.lead_transferee = Some(target);
+        self.transfer_elapsed = 0;
+        if self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index()) {
+            self.send(target, MessageBody::TimeoutNow);
+        } else {
+            self.send_append(target, true);
+        }
+        Ok(())
+    }
+
+    /// The member a leadership transfer in progress hands over to.
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.lead_transferee
+    }
+
+    /// The index of the last configuration entry that is appended but not committed, if any.
+    pub fn pending_conf_index(&self) -> Option<LogIndex> {
+        self.config_entries.last().map(|(i, _, _)| *i).filter(|i| *i > self.log.commit())
+    }
+
     /// Requests a linearizable read point (thesis §6.4). The result arrives in
     /// [`Ready::read_states`] (or [`Ready::failed_reads`]) with the same `context`.
     ///
@@ -499,12 +650,15 @@ impl Raft {
         if m.to != self.id {
             return Err(StepError::WrongRecipient { to: m.to });
         }
-        if !self.cluster.contains(m.from) || m.from == self.id {
+        let removed_but_counted =
+            self.bug(PlantedBug::RemovedMemberCounted) && self.previous_config().contains(m.from);
+        if (!self.cluster.contains(m.from) && !removed_but_counted) || m.from == self.id {
             return Err(StepError::UnknownSender { from: m.from });
         }
         if self.step_term(&m) {
             self.step_body(m);
         }
+        self.config_at_commit_bug();
         self.check_invariants();
         Ok(())
     }
@@ -515,6 +669,7 @@ impl Raft {
         if self.log.persisted_to(index, term) && self.role == Role::Leader {
             self.maybe_commit();
         }
+        self.config_at_commit_bug();
         self.check_invariants();
     }
 
@@ -533,11 +688,15 @@ impl Raft {
             return Err(format!("snapshot index {index} is beyond applied {}", self.log.applied()));
         }
         let term = self.log.term(index).ok_or_else(|| format!("no entry at snapshot index {index}"))?;
-        let meta = SnapshotMeta { index, term, config: self.cluster.clone() };
+        let meta = SnapshotMeta { index, term, config: self.config_at(index) };
         if self.snapshot.as_ref().is_none_or(|s| s.index < index) {
             self.snapshot = Some(meta.clone());
         }
-        self.log.compact(compact_to.min(index))?;
+        let compact_to = compact_to.min(index);
+        self.log.compact(compact_to)?;
+        let base = self.config_at(self.log.first_index() - 1);
+        self.config_entries.retain(|(i, _, _)| *i >= self.log.first_index());
+        self.base_config = base;
         Ok(meta)
     }
 
@@ -640,6 +799,13 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        if self.lead_transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_timeout_ticks {
+                // The target did not take over in time: resume leading.
+                self.lead_transferee = None;
+            }
+        }
         if self.election_elapsed >= self.config.election_timeout_ticks {
             self.election_elapsed = 0;
             if self.config.check_quorum {
@@ -694,6 +860,7 @@ impl Raft {
 
     fn abandon_leadership(&mut self) {
         self.pending_broadcast = false;
+        self.lead_transferee = None;
         self.uncommitted_bytes = 0;
         let reads: Vec<(u64, Option<NodeId>)> = self
             .pending_reads
@@ -808,6 +975,113 @@ impl Raft {
         self.append_entry(EntryKind::Noop, Bytes::new());
         self.pending_broadcast = true;
         // A single-voter cluster commits as soon as its own write is durable.
+    }
+
+    /// Leader: appends a configuration entry and puts its configuration in force.
+    fn append_config(&mut self, data: Bytes, next: ClusterConfig) {
+        self.append_entry(EntryKind::ConfigChange, data);
+        let index = self.log.last_index();
+        self.config_entries.push((index, self.term, next.clone()));
+        self.set_cluster(next);
+    }
+
+    /// Planted `ConfigAppliedAtCommit`: the configuration in force is that of the last
+    /// committed configuration entry.
+    fn config_at_commit_bug(&mut self) {
+        if self.bug(PlantedBug::ConfigAppliedAtCommit) {
+            let committed = self.config_at(self.log.commit());
+            if committed != self.cluster {
+                self.cluster = committed;
+                self.set_cluster(self.cluster.clone());
+            }
+        }
+    }
+
+    fn set_cluster(&mut self, next: ClusterConfig) {
+        let next = if self.bug(PlantedBug::ConfigAppliedAtCommit) {
+            self.config_at(self.log.commit())
+        } else {
+            next
+        };
+        self.cluster = next;
+        if self.role == Role::Leader {
+            // New members get a progress now; removed ones keep theirs until the change
+            // commits, so they receive the entry that removes them.
+            let next_index = self.log.last_index() + 1;
+            for id in self.cluster.members() {
+                if id != self.id {
+                    self.progress.entry(id).or_insert_with(|| Progress::new(next_index));
+                }
+            }
+        }
+    }
+
+    /// Follower: after log entries were merged, drops configuration entries that were
+    /// truncated (reverting to the one before) and applies newly appended ones.
+    fn track_config(&mut self, appended: &[Entry]) {
+        let before = self.cluster.clone();
+        while let Some((index, term, _)) = self.config_entries.last() {
+            if self.log.term(*index) == Some(*term) {
+                break;
+            }
+            self.config_entries.pop();
+        }
+        let mut current = self.config_entries.last().map_or(self.base_config.clone(), |(_, _, c)| c.clone());
+        let last_tracked = self.config_entries.last().map_or(LogIndex(0), |(i, _, _)| *i);
+        for e in appended {
+            if e.index <= last_tracked || self.log.term(e.index) != Some(e.term) {
+                continue;
+            }
+            // A leader validated the change; one that does not decode or apply changes nothing.
+            if let Ok(next) = ConfChange::decode(&e.data).and_then(|cc| cc.apply(&current)) {
+                self.config_entries.push((e.index, e.term, next.clone()));
+                current = next;
+            }
+        }
+        if current != before {
+            self.set_cluster(current);
+        }
+    }
+
+    /// The configuration before the latest configuration entry (the base one if none).
+    fn previous_config(&self) -> &ClusterConfig {
+        match self.config_entries.len() {
+            0 | 1 => &self.base_config,
+            n => &self.config_entries[n - 2].2,
+        }
+    }
+
+    /// The configuration in force at `index` (at or after the compaction point).
+    fn config_at(&self, index: LogIndex) -> ClusterConfig {
+        self.config_entries
+            .iter()
+            .rev()
+            .find(|(i, _, _)| *i <= index)
+            .map_or_else(|| self.base_config.clone(), |(_, _, c)| c.clone())
+    }
+
+    /// Leader, after its commit index advanced: prunes removed members, leaves a committed
+    /// joint configuration, and steps down once a configuration without it commits.
+    fn after_config_commit(&mut self) {
+        let commit = self.log.commit();
+        let Some((index, _, _)) = self.config_entries.last() else { return };
+        if *index > commit {
+            return;
+        }
+        let members = self.cluster.members();
+        self.progress.retain(|id, _| members.contains(id));
+        if !self.cluster.voters_outgoing.is_empty() {
+            // Auto-leave (etcd's ConfChangeV2): the joint configuration committed.
+            if let Ok(next) = ConfChange::leave_joint().apply(&self.cluster) {
+                self.append_config(ConfChange::leave_joint().encode(), next);
+                self.pending_broadcast = true;
+            }
+            return;
+        }
+        if !self.cluster.is_voter(self.id) {
+            // Removed (or demoted): C_new committed without us, so stop leading.
+            self.become_follower(self.term, None);
+        }
     }
 
     fn append_entry(&mut self, kind: EntryKind, data: Bytes) {
@@ -938,7 +1212,8 @@ impl Raft {
                 // Only the leader of our current term may hand over leadership (a higher-term
                 // TimeoutNow made us a follower without a known leader above, so it fails
                 // here too).
-                let from_leader = self.leader == Some(from) && m.term == self.term;
+                let from_leader = (self.leader == Some(from) && m.term == self.term)
+                    || self.bug(PlantedBug::TimeoutNowFromAnyone);
                 if self.role == Role::Follower && from_leader && self.cluster.is_voter(self.id) {
                     self.become_candidate_with(true);
                 }
@@ -1049,7 +1324,13 @@ impl Raft {
             return;
         }
         let count = entries.len() as u64;
+        let config_changes: Vec<Entry> =
+            entries.iter().filter(|e| e.kind == EntryKind::ConfigChange).cloned().collect();
         self.log.merge(entries, self.bug(PlantedBug::TruncateMatchingPrefix));
+        let truncated = self.config_entries.last().is_some_and(|(i, t, _)| self.log.term(*i) != Some(*t));
+        if !config_changes.is_empty() || truncated {
+            self.track_config(&config_changes);
+        }
         let last_new = prev_log_index + count;
         // The commit index we learn is capped at what this message proved matches.
         let proven =
@@ -1079,6 +1360,8 @@ impl Raft {
             self.log.commit_to(meta.index);
         } else {
             self.log.install_snapshot(&meta);
+            self.base_config = meta.config.clone();
+            self.config_entries.clear();
             self.cluster = meta.config.clone();
             self.snapshot = Some(meta.clone());
             self.pending_snapshot = Some(meta.clone());
@@ -1226,6 +1509,10 @@ impl Raft {
                     }
                     _ => {}
                 }
+                let caught_up = self.progress.get(&from).is_some_and(|p| p.match_index == last_index);
+                if self.lead_transferee == Some(from) && caught_up && self.role == Role::Leader {
+                    self.send(from, MessageBody::TimeoutNow);
+                }
                 if advanced && self.maybe_commit() {
                     return; // Everyone, `from` included, gets an append at the next ready().
                 }
@@ -1268,7 +1555,11 @@ impl Raft {
             self.log.persisted()
         };
         let progress = &self.progress;
-        let index = self.cluster.committed_index(&|n| {
+        let mut quorum_config = std::borrow::Cow::Borrowed(&self.cluster);
+        if self.bug(PlantedBug::RemovedMemberCounted) {
+            quorum_config.to_mut().voters.extend(self.previous_config().voters.iter().copied());
+        }
+        let index = quorum_config.committed_index(&|n| {
             if n == id { own } else { progress.get(&n).map_or(LogIndex(0), |p| p.match_index) }
         });
         if index <= self.log.commit() {
@@ -1290,6 +1581,7 @@ impl Raft {
         // Tell the followers at the next ready(), so many acknowledgements handled in one
         // batch cost one broadcast.
         self.pending_broadcast = true;
+        self.after_config_commit();
         true
     }
 

@@ -111,6 +111,11 @@ pub fn bug_name(bug: PlantedBug) -> &'static str {
         PlantedBug::SkipUpToDateCheck => "skip-up-to-date-check",
         PlantedBug::FollowerCommitToLastIndex => "follower-commit-to-last-index",
         PlantedBug::LeaderCountsUnsyncedSelf => "leader-counts-unsynced-self",
+        PlantedBug::NoCurrentTermBarrier => "no-current-term-barrier",
+        PlantedBug::TwoChangesInFlight => "two-changes-in-flight",
+        PlantedBug::ConfigAppliedAtCommit => "config-applied-at-commit",
+        PlantedBug::RemovedMemberCounted => "removed-member-counted",
+        PlantedBug::TimeoutNowFromAnyone => "timeout-now-from-anyone",
     }
 }
 
@@ -123,6 +128,11 @@ pub fn parse_bug(name: &str) -> Result<PlantedBug, String> {
         PlantedBug::SkipUpToDateCheck,
         PlantedBug::FollowerCommitToLastIndex,
         PlantedBug::LeaderCountsUnsyncedSelf,
+        PlantedBug::NoCurrentTermBarrier,
+        PlantedBug::TwoChangesInFlight,
+        PlantedBug::ConfigAppliedAtCommit,
+        PlantedBug::RemovedMemberCounted,
+        PlantedBug::TimeoutNowFromAnyone,
     ]
     .into_iter()
     .find(|b| bug_name(*b) == name)

@@ -426,6 +426,9 @@ impl Params {
         p.loss_ppm = r.pick(&[0, 20_000]);
         p.snapshot_mean_us = 0;
         p.lag_downtime_us = 0;
+        // Many clients with commands outstanding: short-lived leaders leave long, divergent
+        // uncommitted tails of their terms for the next leaders to replicate.
+        p.clients = r.between(6, 10) as usize;
         p
     }
 

@@ -328,7 +328,12 @@ impl Cluster {
                 }
             }
         }
-        self.raft_mut(to).step(m).expect("well-addressed message");
+        match self.raft_mut(to).step(m) {
+            // A member the receiver's configuration does not (or no longer) list: a driver
+            // drops such messages.
+            Err(raftkv_raft::StepError::UnknownSender { .. }) => return,
+            other => other.expect("well-addressed message"),
+        }
         self.process(to);
     }
 

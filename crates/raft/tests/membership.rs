@@ -1,0 +1,441 @@
+//! Membership changes in the core: learners, single-server changes, joint consensus with
+//! auto-leave, the one-change-at-a-time and current-term rules, configurations applied on
+//! append and reverted on truncation, removing the leader, and recovery at restart.
+
+mod harness;
+
+use harness::Cluster;
+use raftkv_raft::{ConfChange, ConfChangeStep, LogIndex, MessageBody, NodeId, ProposeError, Role};
+
+fn ids(v: &[u64]) -> std::collections::BTreeSet<NodeId> {
+    v.iter().map(|i| NodeId(*i)).collect()
+}
+
+fn classic_members(n: u64, voters: &[u64]) -> Cluster {
+    Cluster::with_members(n, voters, |c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    })
+}
+
+fn elect(c: &mut Cluster, id: u64) {
+    for _ in 0..3 {
+        c.campaign(id);
+        c.deliver_all();
+        if c.raft(id).role() == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(c.raft(id).role(), Role::Leader, "node {id} should have won");
+}
+
+fn change(c: &mut Cluster, leader: u64, step: ConfChangeStep) -> Result<(), ProposeError> {
+    let r = c.raft_mut(leader).propose_conf_change(&ConfChange::single(step)).map(|_| ());
+    c.process(leader);
+    r
+}
+
+#[test]
+fn learner_receives_the_log_never_votes_and_is_promoted() {
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.propose(1, "a").expect("leader");
+    c.deliver_all();
+    change(&mut c, 1, ConfChangeStep::AddLearner(NodeId(4))).expect("learner added");
+    c.deliver_all();
+    c.propose(1, "b").expect("leader");
+    c.deliver_all();
+    assert_eq!(c.raft(1).cluster_config().learners, ids(&[4]));
+    assert_eq!(c.applied_data(4), vec!["a", "b"], "the learner received the log");
+    // A learner never campaigns.
+    for _ in 0..100 {
+        c.tick(4);
+    }
+    assert_eq!(c.raft(4).role(), Role::Follower);
+    // With two voters down, the learner does not make a quorum.
+    c.crash(2);
+    c.crash(3);
+    let (_, index) = c.propose(1, "c").expect("leader");
+    c.deliver_all();
+    assert!(c.raft(1).commit_index() < index, "a learner must not count towards commitment");
+    c.restart(2);
+    c.restart(3);
+    c.tick_all(3);
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("promotion");
+    c.deliver_all();
+    c.tick_all(2);
+    for id in 1..=4 {
+        assert_eq!(c.raft(id).cluster_config().voters, ids(&[1, 2, 3, 4]), "node {id}");
+        assert!(c.raft(id).cluster_config().learners.is_empty());
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn one_change_at_a_time_and_only_after_a_commit_of_the_leaders_term() {
+    let mut c = classic_members(5, &[1, 2, 3]);
+    // Right after its election, before its no-op commits, the leader refuses a change.
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    elect(&mut c, 1);
+    assert_eq!(change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))), Err(ProposeError::NoCommitInTerm));
+    c.clear_filters();
+    c.tick_all(2);
+    // Hold acknowledgements so the first change stays uncommitted.
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("first change");
+    assert_eq!(
+        change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(5))),
+        Err(ProposeError::ConfChangeInProgress),
+        "a second change while the first is uncommitted"
+    );
+    c.clear_filters();
+    c.tick_all(3);
+    assert_eq!(c.raft(1).pending_conf_index(), None);
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(5))).expect("after the first committed");
+    c.tick_all(3);
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3, 4, 5]));
+    // Invalid changes are refused with a reason and change nothing.
+    assert!(matches!(
+        change(&mut c, 1, ConfChangeStep::Remove(NodeId(9))),
+        Err(ProposeError::InvalidConfChange(_))
+    ));
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3, 4, 5]));
+}
+
+#[test]
+fn configuration_applies_on_append_and_reverts_on_truncation() {
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    // The leader's own write is held back (lost if it crashes); the change reaches node 2
+    // only, and its acknowledgement is lost.
+    c.nodes.get_mut(&1).expect("node").hold_writes = true;
+    c.drop_where(|m| {
+        (m.from.0 == 1 && m.to.0 != 2) || matches!(m.body, MessageBody::AppendEntriesResponse { .. })
+    });
+    let step = ConfChange::single(ConfChangeStep::AddVoter(NodeId(4)));
+    let (_, index) = c.raft_mut(1).propose_conf_change(&step).expect("leader");
+    c.process(1);
+    c.deliver_all();
+    assert!(c.raft(2).commit_index() < index);
+    assert_eq!(c.raft(2).last_index(), index);
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1, 2, 3, 4]), "in force once appended");
+    // Node 1 crashes and loses the entry; node 3 wins with node 1's vote and overwrites
+    // the entry on node 2, whose configuration reverts.
+    c.crash(1);
+    c.clear_filters();
+    c.restart(1);
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3]));
+    elect(&mut c, 3);
+    c.tick_all(2);
+    assert_ne!(c.raft(2).log_term(index), Some(c.raft(1).term() - 1), "the entry was replaced");
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1, 2, 3]), "reverted with the truncation");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn joint_consensus_is_entered_and_left_automatically() {
+    let mut c = classic_members(5, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    let replace = ConfChange {
+        steps: vec![
+            ConfChangeStep::Remove(NodeId(3)),
+            ConfChangeStep::AddVoter(NodeId(4)),
+            ConfChangeStep::AddVoter(NodeId(5)),
+        ],
+    };
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    c.raft_mut(1).propose_conf_change(&replace).expect("joint change");
+    c.process(1);
+    let joint = c.raft(1).cluster_config().clone();
+    assert_eq!((joint.voters, joint.voters_outgoing), (ids(&[1, 2, 4, 5]), ids(&[1, 2, 3])));
+    assert_eq!(
+        c.raft_mut(1).propose_conf_change(&ConfChange::single(ConfChangeStep::AddLearner(NodeId(3)))),
+        Err(ProposeError::ConfChangeInProgress),
+        "no other change while joint"
+    );
+    c.clear_filters();
+    c.tick_all(5);
+    for id in [1, 2, 4, 5] {
+        let cfg = c.raft(id).cluster_config();
+        assert_eq!(cfg.voters, ids(&[1, 2, 4, 5]), "node {id}");
+        assert!(cfg.voters_outgoing.is_empty(), "node {id} left the joint configuration");
+    }
+    assert_eq!(c.raft(1).pending_conf_index(), None);
+    c.propose(1, "after").expect("leader");
+    c.tick_all(2);
+    for id in [1, 2, 4, 5] {
+        assert_eq!(c.applied_data(id).last().map(String::as_str), Some("after"), "node {id}");
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn removed_leader_leads_until_the_change_commits_then_steps_down() {
+    let mut c = classic_members(3, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(1))).expect("remove the leader");
+    assert_eq!(c.raft(1).role(), Role::Leader, "leads until C_new commits");
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[2, 3]));
+    c.clear_filters();
+    c.deliver_all();
+    c.tick_all(1);
+    assert_ne!(c.raft(1).role(), Role::Leader, "stepped down once C_new committed");
+    // The remaining members elect a leader; the removed one never campaigns.
+    let term = c.raft(1).term();
+    for _ in 0..300 {
+        c.tick_all(1);
+        if c.leader().is_some_and(|l| l != 1) {
+            break;
+        }
+    }
+    let leader = c.leader().expect("a new leader");
+    assert!(leader == 2 || leader == 3);
+    c.isolate(1);
+    c.tick_all(100);
+    assert_eq!(c.raft(1).role(), Role::Follower);
+    assert!(c.raft(1).term() <= c.raft(leader).term());
+    let _ = term;
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn configuration_is_recovered_from_the_log_at_restart() {
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    change(&mut c, 1, ConfChangeStep::AddLearner(NodeId(4))).expect("learner");
+    c.tick_all(2);
+    for id in 1..=4 {
+        c.crash(id);
+        c.restart(id);
+        assert_eq!(c.raft(id).cluster_config().learners, ids(&[4]), "node {id} after restart");
+    }
+    let _ = LogIndex(0);
+}
+
+// ----- leadership transfer -----
+
+#[test]
+fn transfer_catches_the_target_up_then_hands_over() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    c.tick_all(2);
+    let target = if leader == 3 { 2 } else { 3 };
+    // The target misses some entries first.
+    c.isolate(target);
+    for i in 0..5 {
+        c.propose(leader, &format!("v{i}")).expect("leader");
+    }
+    c.deliver_all();
+    c.heal();
+    let term = c.raft(leader).term();
+    c.raft_mut(leader).transfer_leader(NodeId(target)).expect("transfer starts");
+    assert_eq!(c.propose(leader, "during"), Err(ProposeError::TransferInProgress));
+    c.process(leader);
+    c.deliver_all();
+    assert_eq!(c.raft(target).role(), Role::Leader, "the target took over");
+    assert_eq!(c.raft(target).term(), term + 1);
+    assert_ne!(c.raft(leader).role(), Role::Leader);
+    assert_eq!(c.raft(leader).lead_transferee(), None);
+    c.propose(target, "after").expect("new leader");
+    c.tick_all(2);
+    for id in 1..=3 {
+        assert_eq!(c.applied_data(id).last().map(String::as_str), Some("after"), "node {id}");
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn transfer_aborts_after_an_election_timeout_and_the_leader_resumes() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    c.tick_all(2);
+    let target = if leader == 3 { 2 } else { 3 };
+    c.drop_where(move |m| m.to.0 == target && matches!(m.body, MessageBody::TimeoutNow));
+    c.raft_mut(leader).transfer_leader(NodeId(target)).expect("transfer starts");
+    c.process(leader);
+    c.deliver_all();
+    assert_eq!(c.raft(leader).lead_transferee(), Some(NodeId(target)));
+    assert_eq!(c.propose(leader, "x"), Err(ProposeError::TransferInProgress));
+    for _ in 0..10 {
+        c.tick(leader);
+        c.deliver_all();
+    }
+    assert_eq!(c.raft(leader).role(), Role::Leader);
+    assert_eq!(c.raft(leader).lead_transferee(), None, "aborted after one election timeout");
+    c.propose(leader, "x").expect("accepting proposals again");
+}
+
+#[test]
+fn transfer_is_refused_to_self_non_voters_and_by_followers() {
+    use raftkv_raft::TransferError;
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    assert_eq!(c.raft_mut(1).transfer_leader(NodeId(1)), Err(TransferError::ToSelf));
+    assert_eq!(c.raft_mut(1).transfer_leader(NodeId(4)), Err(TransferError::NotAVoter(NodeId(4))));
+    assert!(matches!(c.raft_mut(2).transfer_leader(NodeId(3)), Err(TransferError::NotLeader { .. })));
+}
+
+// ----- planted membership bugs -----
+
+/// Ongaro's 2015 single-server change bug: a new leader proposes a change before committing
+/// an entry of its term. With the barrier the change is refused; planted without it, two
+/// overlapping configurations both commit and State Machine Safety breaks.
+fn single_server_2015(c: &mut Cluster, planted: bool) -> Result<(), ProposeError> {
+    // C = {1, 2, 3, 4}; node 5 waits to be added.
+    elect(c, 1);
+    c.tick_all(2);
+    // S1 appends C_a = C + {5} but it reaches nobody.
+    c.isolate(1);
+    change(c, 1, ConfChangeStep::AddVoter(NodeId(5))).expect("C_a");
+    // S2 leads a new term with S3 and S4; its no-op and C_b = C - {1} reach only S3.
+    c.drop_where(|m| m.from.0 == 2 && m.to.0 == 4 && matches!(m.body, MessageBody::AppendEntries { .. }));
+    elect(c, 2);
+    let r = change(c, 2, ConfChangeStep::Remove(NodeId(1)));
+    if !planted {
+        return r;
+    }
+    r.expect("planted: no barrier");
+    c.deliver_all();
+    // C_b committed on S2 and S3 (a majority of {2, 3, 4}).
+    assert_eq!(c.raft(2).pending_conf_index(), None, "C_b committed");
+    // S1 restarts and wins a later term with S4 and S5 (a majority of C_a), then
+    // overwrites C_b's slot.
+    c.heal();
+    c.partition(&[2, 3], &[1, 4, 5]);
+    c.crash(1);
+    c.restart(1);
+    elect(c, 1);
+    c.tick_all(3);
+    Ok(())
+}
+
+#[test]
+fn single_server_change_waits_for_a_commit_in_the_leaders_term() {
+    let mut c = classic_members(5, &[1, 2, 3, 4]);
+    assert_eq!(single_server_2015(&mut c, false), Err(ProposeError::NoCommitInTerm));
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_no_current_term_barrier_breaks_safety_in_the_2015_scenario() {
+    let mut c = classic_members(5, &[1, 2, 3, 4]);
+    for id in 1..=5 {
+        c.raft_mut(id).plant_bug(Some(raftkv_raft::PlantedBug::NoCurrentTermBarrier));
+    }
+    single_server_2015(&mut c, true).expect("scenario runs");
+    assert!(
+        c.violations.iter().any(|v| v.contains("State Machine Safety") || v.contains("Election Safety")),
+        "the checker must catch it: {:?}",
+        c.violations
+    );
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_two_changes_in_flight_are_accepted() {
+    let mut c = classic_members(5, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    c.raft_mut(1).plant_bug(Some(raftkv_raft::PlantedBug::TwoChangesInFlight));
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("first");
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(5))).expect("planted: second accepted");
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3, 4, 5]));
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_config_applied_at_commit_is_not_in_force_on_append() {
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    for id in 1..=4 {
+        c.raft_mut(id).plant_bug(Some(raftkv_raft::PlantedBug::ConfigAppliedAtCommit));
+    }
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("change");
+    c.deliver_all();
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3]), "planted: waits for the commit");
+    c.clear_filters();
+    c.tick_all(3);
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3, 4]));
+}
+
+/// Removing node 3 while node 2 is down: the new configuration {1, 2} needs node 2, so
+/// the removal cannot commit on node 3's acknowledgement. Returns whether it committed.
+fn remove_with_the_remaining_voter_down(planted: bool) -> bool {
+    let mut c = classic_members(3, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    if planted {
+        #[cfg(feature = "planted-bugs")]
+        c.raft_mut(1).plant_bug(Some(raftkv_raft::PlantedBug::RemovedMemberCounted));
+    }
+    c.crash(2);
+    let step = ConfChange::single(ConfChangeStep::Remove(NodeId(3)));
+    let (_, index) = c.raft_mut(1).propose_conf_change(&step).expect("leader");
+    c.process(1);
+    c.deliver_all();
+    c.tick(1);
+    c.deliver_all();
+    assert_eq!(c.raft(3).last_index(), index, "node 3 holds the entry that removes it");
+    c.raft(1).commit_index() >= index
+}
+
+#[test]
+fn a_removed_voter_does_not_count_towards_the_new_quorum() {
+    assert!(!remove_with_the_remaining_voter_down(false));
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_removed_member_counted_commits_without_the_new_quorum() {
+    assert!(remove_with_the_remaining_voter_down(true));
+}
+
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_timeout_now_from_anyone_deposes_the_leader() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect_any(100).expect("leader");
+    c.tick_all(2);
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let term = c.raft(leader).term();
+    for id in 1..=3 {
+        c.raft_mut(id).plant_bug(Some(raftkv_raft::PlantedBug::TimeoutNowFromAnyone));
+    }
+    c.inject(raftkv_raft::Message {
+        from: NodeId(others[1]),
+        to: NodeId(others[0]),
+        term,
+        body: MessageBody::TimeoutNow,
+    });
+    c.deliver_all();
+    assert_eq!(c.raft(others[0]).role(), Role::Leader, "planted: a follower's TimeoutNow was obeyed");
+}
+
+#[test]
+fn a_member_restarting_mid_joint_change_recovers_the_joint_configuration() {
+    let mut c = classic_members(5, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    let replace =
+        ConfChange { steps: vec![ConfChangeStep::AddVoter(NodeId(4)), ConfChangeStep::AddVoter(NodeId(5))] };
+    c.raft_mut(1).propose_conf_change(&replace).expect("joint change");
+    c.process(1);
+    c.deliver_all();
+    c.crash(2);
+    c.restart(2);
+    let cfg = c.raft(2).cluster_config();
+    assert_eq!((cfg.voters.clone(), cfg.voters_outgoing.clone()), (ids(&[1, 2, 3, 4, 5]), ids(&[1, 2, 3])));
+    c.clear_filters();
+    c.tick_all(5);
+    assert!(c.raft(2).cluster_config().voters_outgoing.is_empty(), "left once the joint entry committed");
+}
