@@ -10,11 +10,11 @@ use raftkv_sim::{DriverBug, Plant, PlantedBug, Profile, SimOptions, replay_comma
 /// The core's targeted profiles: seed ranges and minimum catches (docs/testing.md has the
 /// measured rates).
 const FIG8_SEEDS: u64 = 400;
-const FIG8_MIN: u64 = 12;
+const FIG8_MIN: u64 = 10;
 const STALE_SEEDS: u64 = 200;
 const STALE_MIN: u64 = 75;
 const UNSYNCED_SEEDS: u64 = 300;
-const UNSYNCED_MIN: u64 = 18;
+const UNSYNCED_MIN: u64 = 20;
 
 /// One planted bug, where to look for it, and how often it must be caught.
 struct Target {
