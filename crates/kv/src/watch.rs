@@ -161,7 +161,8 @@ impl KvStore {
                 if r.main > to {
                     break;
                 }
-                let size = key.len() + r.vlen as usize + 32;
+                // The value, and the previous one as prev_kv (about as large).
+                let size = key.len() + 2 * r.vlen as usize + 64;
                 found.push(Found { main: r.main, sub: r.sub, key, hist, index, size });
             }
             // Keep the scan's memory bounded: cut at a revision boundary early.
