@@ -367,9 +367,14 @@ async fn to_router(
 async fn send_when_window(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(granted) => granted?,
-            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        // poll_capacity only reports an increase: capacity left over from an earlier
+        // reservation is used directly.
+        let granted = match stream.capacity() {
+            0 => match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(granted) => granted?,
+                None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+            },
+            granted => granted,
         };
         if granted == 0 {
             continue;

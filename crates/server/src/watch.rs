@@ -51,13 +51,15 @@ pub const MAX_WATCHERS_PER_MEMBER: usize = 1_000_000;
 /// Revisions the ring keeps.
 const RING_REVISIONS: usize = 8192;
 /// Estimated bytes of events the ring keeps.
-const RING_BYTES: usize = 64 << 20;
+const RING_BYTES: usize = 32 << 20;
 /// Responses queued per stream before its session waits for the client.
 const OUT_QUEUE: usize = 16;
 /// Ring revisions one session delivers before looking at its requests again.
 const REVISIONS_PER_PUMP: i64 = 64;
 /// History batches one session reads before looking at its requests again.
 const CATCH_UPS_PER_PUMP: usize = 8;
+/// One history batch: well within a client's default 4 MiB receive limit.
+const CATCH_UP_LIMITS: HistoryLimits = HistoryLimits { max_events: 1000, max_bytes: 2 << 20 };
 /// etcd's default progress notification interval (`--experimental-watch-progress-notify-interval`).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -557,7 +559,7 @@ impl Session {
         let (key, end, from) = (w.key.clone(), w.end.clone(), w.next_rev);
         let read = {
             let sm = self.api.node.shared.sm.read();
-            let batch = sm.kv.history_events(&key, &end, from, to, HistoryLimits::default());
+            let batch = sm.kv.history_events(&key, &end, from, to, CATCH_UP_LIMITS);
             (batch, sm.kv.revision(), sm.kv.compact_revision())
         };
         match read {
