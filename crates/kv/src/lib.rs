@@ -15,6 +15,7 @@
 
 mod cold;
 mod error;
+mod export;
 mod index;
 mod snapshot;
 mod store;
@@ -22,6 +23,7 @@ mod validate;
 
 pub use cold::ColdStore;
 pub use error::KvError;
+pub use export::{KvImporter, Version};
 pub use raftkv_api::{Command, Request};
 pub use snapshot::{CrcReader, CrcWriter, SnapshotPoint};
 pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KvConfig, KvStore, LeasePolicy};
