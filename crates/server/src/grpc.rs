@@ -22,6 +22,10 @@ impl Maintenance for Grpc {
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.0.hash_kv(req.into_inner()).await.map(Response::new)
     }
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let r = self.0.hash_kv(HashKvRequest { revision: 0 }).await?;
+        Ok(Response::new(HashResponse { header: r.header, hash: r.hash }))
+    }
     type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
     async fn snapshot(
         &self,

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod authority;
+mod autocompact;
 mod backup;
 mod bench;
 mod bolt;

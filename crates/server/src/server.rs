@@ -136,6 +136,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         let name = config.name.clone();
         tokio::spawn(async move { api.publish(name).await });
     }
+    tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install a signal handler: {e}"))?;
