@@ -526,6 +526,11 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
         return Err(usage("two members of --initial-cluster share the same peer URLs".into()));
     }
     let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.raftkv", a.name)));
+    // Without a trailing `/`, so that the staging directory is a sibling.
+    let data_dir: PathBuf = data_dir.components().collect();
+    let Some(dir_name) = data_dir.file_name() else {
+        return Err(usage(format!("--data-dir {} names no directory", data_dir.display())));
+    };
     if data_dir.exists() {
         return Err(usage(format!("data dir {} exists; restore into a new directory", data_dir.display())));
     }
@@ -539,7 +544,9 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
         members: members.clone(),
     };
     // Build in a sibling directory, renamed into place once complete.
-    let staging = data_dir.with_extension("restoring");
+    let mut staging_name = dir_name.to_os_string();
+    staging_name.push(".restoring");
+    let staging = data_dir.with_file_name(staging_name);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }

@@ -184,7 +184,12 @@ async fn migration_both_ways_with_etcd() {
                 .args(["--name", &m.name, "--initial-cluster", &c.initial_cluster])
                 .args(["--initial-cluster-token", &c.token, "--initial-advertise-peer-urls", &m.peer_url()])
                 .arg("--data-dir")
-                .arg(&m.data_dir),
+                // One given with a trailing slash, as shells complete directories.
+                .arg(if i == 2 {
+                    format!("{}/", m.data_dir.display())
+                } else {
+                    m.data_dir.display().to_string()
+                }),
             "raftkv snapshot restore",
         );
     }
