@@ -15,6 +15,7 @@
 
 mod cold;
 mod error;
+mod export;
 mod index;
 mod lease;
 mod snapshot;
@@ -24,6 +25,7 @@ mod watch;
 
 pub use cold::ColdStore;
 pub use error::KvError;
+pub use export::{KvImporter, Version};
 pub use lease::{AttachedRecord, Lease, LeaseRecord, LeaseTable, MAX_LEASE_TTL};
 pub use raftkv_api::{Command, Request};
 pub use snapshot::{CrcReader, CrcWriter, SnapshotPoint};

@@ -135,6 +135,11 @@ impl SnapshotPoint {
     pub fn revision(&self) -> i64 {
         self.rev
     }
+
+    /// The compaction revision at the pin (-1: never compacted).
+    pub fn compacted(&self) -> i64 {
+        self.compacted
+    }
 }
 
 /// Runs a closure on the store (under the caller's lock).

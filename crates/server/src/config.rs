@@ -60,6 +60,14 @@ pub struct ServerArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
+    /// Auto-compaction mode: `periodic` (the retention is a duration) or `revision` (the
+    /// retention is a number of revisions), as etcd.
+    #[arg(long)]
+    pub auto_compaction_mode: Option<String>,
+    /// Auto-compaction retention: in periodic mode a duration (`1h`, `30m`; a bare number
+    /// is hours), in revision mode the revisions to keep. 0 (default) disables it.
+    #[arg(long)]
+    pub auto_compaction_retention: Option<String>,
     /// Log format: `text` (human-readable, default) or `json`.
     #[arg(long)]
     pub log_format: Option<String>,
@@ -118,6 +126,7 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub auto_compaction: crate::autocompact::AutoCompaction,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Runtime worker threads.
@@ -170,6 +179,8 @@ impl ServerArgs {
             snapshot_count: self.snapshot_count.or(base.snapshot_count),
             max_txn_ops: self.max_txn_ops.or(base.max_txn_ops),
             max_request_bytes: self.max_request_bytes.or(base.max_request_bytes),
+            auto_compaction_mode: self.auto_compaction_mode.or(base.auto_compaction_mode),
+            auto_compaction_retention: self.auto_compaction_retention.or(base.auto_compaction_retention),
             log_format: self.log_format.or(base.log_format),
             log_level: self.log_level.or(base.log_level),
             worker_threads: self.worker_threads.or(base.worker_threads),
@@ -327,6 +338,11 @@ impl ServerConfig {
             snapshot_count: args.snapshot_count.unwrap_or(100_000).max(1),
             max_txn_ops: args.max_txn_ops.unwrap_or(128),
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
+            auto_compaction: crate::autocompact::parse(
+                args.auto_compaction_mode.as_deref(),
+                args.auto_compaction_retention.as_deref(),
+            )
+            .map_err(ConfigError)?,
             log_format,
             log_level: args.log_level.unwrap_or_else(|| "info".to_string()),
             worker_threads,

@@ -23,6 +23,17 @@ impl Maintenance for Grpc {
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.0.hash_kv(req.into_inner()).await.map(Response::new)
     }
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let r = self.0.hash_kv(HashKvRequest { revision: 0 }).await?;
+        Ok(Response::new(HashResponse { header: r.header, hash: r.hash }))
+    }
+    type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        crate::backup::snapshot(&self.0, self.0.member_dir()).await.map(Response::new)
+    }
 }
 
 #[tonic::async_trait]

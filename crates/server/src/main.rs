@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 
 mod authority;
+mod autocompact;
+mod backup;
 mod bench;
+mod bolt;
 mod client_port;
 mod coldseg;
 mod config;
@@ -41,6 +44,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Generate load against etcd v3 endpoints (raftkv or etcd) and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Backups: restore a snapshot file into a new member's data dir, or print its status.
+    Snapshot(backup::SnapshotArgs),
 }
 
 enum Run {
@@ -79,6 +84,15 @@ fn server_runtime(builder: &mut tokio::runtime::Builder) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Snapshot(args) = cli.command {
+        return match backup::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("raftkv: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     let command = match cli.command {
@@ -97,6 +111,7 @@ fn main() -> std::process::ExitCode {
             server_runtime(&mut builder);
             Ok(Run::Bench(args))
         }
+        Command::Snapshot(_) => Err("unreachable: handled above".to_string()),
     };
     let result = command.and_then(|command| {
         let runtime = builder.build().map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -107,6 +107,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             max_txn_ops: config.max_txn_ops,
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
             unsafe_stale_reads: std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1"),
+            member_dir: member_dir.clone(),
         },
     );
     if std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1") {
@@ -143,6 +144,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         let name = config.name.clone();
         tokio::spawn(async move { api.publish(name).await });
     }
+    tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install a signal handler: {e}"))?;

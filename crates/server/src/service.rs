@@ -30,6 +30,8 @@ pub struct ApiConfig {
     /// Set by the environment variable `RAFTKV_UNSAFE_STALE_READS=1`, used by the black-box
     /// tests to prove their checker catches stale reads. Never set it in production.
     pub unsafe_stale_reads: bool,
+    /// The member's directory, for the temporary files of `Maintenance.Snapshot`.
+    pub member_dir: std::path::PathBuf,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -70,6 +72,16 @@ impl Api {
 
     pub fn member_id(&self) -> u64 {
         self.config.cluster.member_id
+    }
+
+    /// The cluster's members as bootstrapped.
+    pub fn members(&self) -> &[crate::member::MemberRecord] {
+        &self.config.cluster.members
+    }
+
+    /// Where temporary files of this member go.
+    pub fn member_dir(&self) -> std::path::PathBuf {
+        self.config.member_dir.clone()
     }
 
     /// The largest request body accepted, for transport-level limits.

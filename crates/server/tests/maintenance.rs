@@ -1,0 +1,81 @@
+//! Maintenance on real processes: periodic auto-compaction (`--auto-compaction-mode
+//! periodic --auto-compaction-retention 2s`) compacts on every member to a revision at
+//! least a retention old, and Maintenance.Hash agrees across members at the same revision.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Opts};
+use raftkv_api::etcdserverpb::{HashKvRequest, HashRequest, RangeRequest};
+
+const START: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_and_hash() {
+    let retention = Duration::from_secs(2);
+    let opts = Opts {
+        extra: vec![
+            "--auto-compaction-mode".into(),
+            "periodic".into(),
+            "--auto-compaction-retention".into(),
+            "2s".into(),
+        ],
+        ..Opts::default()
+    };
+    let mut c = Cluster::start(3, opts);
+    let leader = c.wait_leader(START).await;
+    let port = c.port(leader);
+    // Write for a while, remembering when each revision was acknowledged.
+    let mut acked: Vec<(Instant, i64)> = Vec::new();
+    let began = Instant::now();
+    let mut compacted = None;
+    while began.elapsed() < Duration::from_secs(40) {
+        let rev = c.put_retry(leader, &format!("k{}", acked.len() % 20), "v", Duration::from_secs(10)).await;
+        acked.push((Instant::now(), rev));
+        let hk = common::maintenance(port)
+            .hash_kv(HashKvRequest { revision: 0 })
+            .await
+            .expect("hashkv")
+            .into_inner();
+        if hk.compact_revision > 0 {
+            compacted = Some((Instant::now(), hk.compact_revision));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (seen_at, rev) = compacted.expect("no auto-compaction within 40 s");
+    // The compaction target was sampled at least a retention before we saw it: it is at
+    // most the revision of the first write acknowledged after (seen_at - retention).
+    let bound = acked.iter().find(|(t, _)| *t + retention >= seen_at).map(|&(_, r)| r).expect("acked");
+    assert!(rev <= bound, "compacted to {rev}, above {bound}, the revision of a retention before");
+    assert!(began.elapsed() >= retention, "compacted before a retention passed");
+    // Every member refuses the compacted revisions (the compaction went through the log).
+    for i in 0..3 {
+        let p = c.port(i);
+        common::wait_for("the compaction on every member", START, || async move {
+            let req =
+                RangeRequest { key: "k1".into(), revision: 1, serializable: true, ..Default::default() };
+            match common::kv(p).range(req).await {
+                Err(e) if e.message().contains("compacted") => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+    // Maintenance.Hash: equal on all members once they are at the same revision.
+    common::wait_for("equal hashes at one revision", START, || async {
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            let r = common::maintenance(c.port(i)).hash(HashRequest {}).await.ok()?.into_inner();
+            seen.push((r.header?.revision, r.hash));
+        }
+        seen.iter().all(|s| *s == seen[0]).then_some(())
+    })
+    .await;
+    // And it changes with the state.
+    let before = common::maintenance(port).hash(HashRequest {}).await.expect("hash").into_inner().hash;
+    c.put_retry(leader, "another", "value", Duration::from_secs(10)).await;
+    let after = common::maintenance(port).hash(HashRequest {}).await.expect("hash").into_inner().hash;
+    assert_ne!(before, after);
+}
