@@ -14,6 +14,7 @@ mod gateway;
 mod grpc;
 mod kvsm;
 mod lease;
+mod lock;
 mod member;
 mod node;
 mod peer;
