@@ -6,7 +6,13 @@
 
 use std::io;
 
-const PROTOS: &[&str] = &["mvccpb/kv.proto", "etcdserverpb/rpc.proto", "raftkvpb/internal.proto"];
+const PROTOS: &[&str] = &[
+    "mvccpb/kv.proto",
+    "etcdserverpb/rpc.proto",
+    "raftkvpb/internal.proto",
+    "v3lockpb/v3lock.proto",
+    "v3electionpb/v3election.proto",
+];
 
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=proto");
@@ -31,7 +37,7 @@ fn json(fds: &prost_types::FileDescriptorSet) -> io::Result<()> {
         .preserve_proto_field_names()
         // Like etcd's gateway, unknown JSON fields are skipped, not refused.
         .ignore_unknown_fields()
-        .build(&[".mvccpb", ".etcdserverpb"])
+        .build(&[".mvccpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])
 }
 
 #[cfg(not(feature = "json"))]

@@ -540,7 +540,8 @@ async fn keepalive_gateway(leases: Leases, body: Body) -> Response {
             .and_then(|v| gateway::decode(&serde_json::to_vec(&v).unwrap_or_default()));
         let line = match req {
             Ok(req) => match leases.renew(req.id, false).await {
-                Ok(resp) => serde_json::to_vec(&serde_json::json!({ "result": resp })),
+                // Field order as etcd's gateway prints it (header first).
+                Ok(resp) => serde_json::to_vec(&resp).map(|r| [&b"{\"result\":"[..], &r, b"}"].concat()),
                 Err(status) => serde_json::to_vec(&stream_error(&status)),
             },
             Err(status) => serde_json::to_vec(&stream_error(&status)),

@@ -16,6 +16,7 @@ mod gateway;
 mod grpc;
 mod kvsm;
 mod lease;
+mod lock;
 mod member;
 mod peer;
 mod server;

@@ -117,9 +117,11 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         api.clone(),
         crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
     );
-    let router = crate::grpc::routes(api.clone())
-        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
-        .into_axum_router();
+    let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
+    let routes = crate::grpc::routes(api.clone())
+        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)));
+    let router =
+        crate::lock::add_services(routes, recipes, crate::grpc::decode_limit(&api)).into_axum_router();
     let router =
         router.merge(crate::gateway::router(api.clone())).merge(crate::lease::gateway_router(leases));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -60,6 +60,55 @@ async fn keep_alive_once(port: u16, id: i64) -> Result<i64, tonic::Status> {
     }
 }
 
+/// A JSON gateway POST over HTTP/1.1; the response body.
+fn http_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// The gateway's lease paths, as Patroni uses them: grant, keep-alive (one
+/// `{"result":...}` line per request), TimeToLive with keys through the `/v3/kv/lease`
+/// alias, revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_gateway_lease_paths() {
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    let v: serde_json::Value =
+        serde_json::from_str(&http_post(port, "/v3/lease/grant", r#"{"TTL":30,"ID":99}"#)).expect("json");
+    assert_eq!((v["ID"].as_str(), v["TTL"].as_str()), (Some("99"), Some("30")), "{v}");
+    let ka = http_post(port, "/v3/lease/keepalive", r#"{"ID":99}{"ID":5}"#);
+    let lines: Vec<serde_json::Value> =
+        ka.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(lines.len(), 2, "{ka}");
+    assert_eq!(lines[0]["result"]["TTL"].as_str(), Some("30"), "{ka}");
+    assert!(
+        lines[1]["result"]["ID"].as_str() == Some("5") && lines[1]["result"].get("TTL").is_none(),
+        "{ka}"
+    );
+    http_post(port, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy","lease":"99"}"#);
+    let v: serde_json::Value =
+        serde_json::from_str(&http_post(port, "/v3/kv/lease/timetolive", r#"{"ID":99,"keys":true}"#))
+            .expect("json");
+    assert_eq!((v["grantedTTL"].as_str(), v["keys"][0].as_str()), (Some("30"), Some("Zm9v")), "{v}");
+    let v: serde_json::Value =
+        serde_json::from_str(&http_post(port, "/v3/lease/revoke", r#"{"ID":99}"#)).expect("json");
+    assert!(v["header"]["revision"].as_str().is_some(), "{v}");
+    let v: serde_json::Value =
+        serde_json::from_str(&http_post(port, "/v3/lease/revoke", r#"{"ID":99}"#)).expect("json");
+    assert_eq!(v["error"].as_str(), Some("etcdserver: requested lease not found"), "{v}");
+    c.assert_running();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_keep_alive_across_leader_kill_and_restart() {
     let mut c = Cluster::start(3, Opts::default());

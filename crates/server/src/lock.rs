@@ -1,0 +1,389 @@
+//! etcd's `v3lock` (Lock, Unlock) and `v3election` (Campaign, Proclaim, Leader, Observe,
+//! Resign) services, built as etcd builds them (clientv3's `concurrency` recipes run on
+//! the server): a key `<name>/<lease in hex>` put under the caller's lease with a
+//! create-revision compare, and ownership when every key of the prefix created before it
+//! is gone.
+//!
+//! Waiting for those deletions polls the prefix with a bounded backoff (10 ms doubling
+//! to 500 ms) until the Watch service is available to wait on. Observe polls the same
+//! way: like etcd's, it always reports the newest leader value, not necessarily every
+//! intermediate one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftkv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use raftkv_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use raftkv_api::etcdserverpb::request_op::Request as Op;
+use raftkv_api::etcdserverpb::response_op::Response as OpResp;
+use raftkv_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, TxnRequest, TxnResponse,
+};
+use raftkv_api::mvccpb::KeyValue;
+use raftkv_api::v3electionpb::election_server::{Election, ElectionServer};
+use raftkv_api::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use raftkv_api::v3lockpb::lock_server::{Lock, LockServer};
+use raftkv_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::lease::Leases;
+use crate::service::Api;
+
+/// The TTL of the lease a Lock or Campaign without one gets (clientv3's session default).
+const SESSION_TTL: i64 = 60;
+const FIRST_DELAY: Duration = Duration::from_millis(10);
+const MAX_DELAY: Duration = Duration::from_millis(500);
+/// Observe responses buffered per stream.
+const OBSERVE_BUFFER: usize = 16;
+
+/// The Lock and Election services of one member.
+#[derive(Clone)]
+pub struct Recipes {
+    api: Api,
+    leases: Leases,
+}
+
+/// The end of the range of keys that start with `prefix` (etcd's `GetPrefixRangeEnd`).
+fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end.into();
+        }
+    }
+    Bytes::from_static(b"\0")
+}
+
+fn create_is(key: &Bytes, rev: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Create as i32,
+        key: key.clone(),
+        range_end: Bytes::new(),
+        target_union: Some(TargetUnion::CreateRevision(rev)),
+    }
+}
+
+fn op(request: Op) -> RequestOp {
+    RequestOp { request: Some(request) }
+}
+
+fn get(key: &Bytes) -> RequestOp {
+    op(Op::RequestRange(RangeRequest { key: key.clone(), ..Default::default() }))
+}
+
+/// The oldest key (by create revision) under `prefix` (clientv3's `WithFirstCreate`).
+fn first_created(prefix: &Bytes) -> RangeRequest {
+    RangeRequest {
+        key: prefix.clone(),
+        range_end: prefix_end(prefix),
+        sort_order: SortOrder::Ascend as i32,
+        sort_target: SortTarget::Create as i32,
+        limit: 1,
+        ..Default::default()
+    }
+}
+
+fn range_of(resp: &TxnResponse, i: usize) -> Option<&RangeResponse> {
+    match resp.responses.get(i)?.response.as_ref()? {
+        OpResp::ResponseRange(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn missing_leader_key() -> Status {
+    Status::unknown("\"leader\" field must be provided")
+}
+
+/// Deletes `key` when dropped while armed: a Lock or Campaign whose caller went away
+/// (or failed) while waiting does not leave its key queued.
+struct Withdraw {
+    api: Api,
+    key: Option<Bytes>,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let api = self.api.clone();
+            tokio::spawn(async move {
+                let _ = api.delete_range(DeleteRangeRequest { key, ..Default::default() }).await;
+            });
+        }
+    }
+}
+
+impl Recipes {
+    pub fn new(api: Api, leases: Leases) -> Recipes {
+        Recipes { api, leases }
+    }
+
+    async fn session_lease(&self, lease: i64) -> Result<i64, Status> {
+        if lease != 0 {
+            return Ok(lease);
+        }
+        Ok(self.leases.grant(LeaseGrantRequest { ttl: SESSION_TTL, id: 0 }).await?.id)
+    }
+
+    /// Waits until no key under `prefix` has a create revision at or below `max_create`
+    /// (clientv3's `waitDeletes`); the header of the read that saw none.
+    async fn wait_deletes(&self, prefix: &Bytes, max_create: i64) -> Result<Option<ResponseHeader>, Status> {
+        let mut delay = FIRST_DELAY;
+        loop {
+            let req = RangeRequest {
+                key: prefix.clone(),
+                range_end: prefix_end(prefix),
+                max_create_revision: max_create,
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Create as i32,
+                limit: 1,
+                keys_only: true,
+                ..Default::default()
+            };
+            let r = self.api.range(req).await?;
+            if r.kvs.is_empty() {
+                return Ok(r.header);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_DELAY);
+        }
+    }
+
+    async fn exists(&self, key: &Bytes) -> Result<bool, Status> {
+        let r =
+            self.api.range(RangeRequest { key: key.clone(), count_only: true, ..Default::default() }).await?;
+        Ok(r.count > 0)
+    }
+
+    pub async fn lock(&self, req: LockRequest) -> Result<LockResponse, Status> {
+        let lease = self.session_lease(req.lease).await?;
+        let prefix: Bytes = [&req.name[..], b"/"].concat().into();
+        let key: Bytes = [&prefix[..], format!("{lease:x}").as_bytes()].concat().into();
+        let put = PutRequest { key: key.clone(), lease, ..Default::default() };
+        let owner = op(Op::RequestRange(first_created(&prefix)));
+        let txn = TxnRequest {
+            compare: vec![create_is(&key, 0)],
+            success: vec![op(Op::RequestPut(put)), owner.clone()],
+            failure: vec![get(&key), owner],
+        };
+        let resp = self.api.txn(txn).await?;
+        let mut my_rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        if !resp.succeeded {
+            my_rev = range_of(&resp, 0).and_then(|r| r.kvs.first()).map_or(my_rev, |kv| kv.create_revision);
+        }
+        let first = range_of(&resp, 1).and_then(|r| r.kvs.first()).map(|kv| kv.create_revision);
+        if first.is_none_or(|rev| rev == my_rev) {
+            return Ok(LockResponse { header: resp.header, key });
+        }
+        let mut guard = Withdraw { api: self.api.clone(), key: Some(key.clone()) };
+        let mut header = self.wait_deletes(&prefix, my_rev - 1).await?;
+        // The lease may have expired while waiting: the key is gone, and so is the lock.
+        if !self.exists(&key).await? {
+            guard.key = None;
+            return Err(Status::unknown("concurrency: session expired"));
+        }
+        guard.key = None;
+        self.api.fill(&mut header);
+        Ok(LockResponse { header, key })
+    }
+
+    pub async fn unlock(&self, req: UnlockRequest) -> Result<UnlockResponse, Status> {
+        let resp = self.api.delete_range(DeleteRangeRequest { key: req.key, ..Default::default() }).await?;
+        Ok(UnlockResponse { header: resp.header })
+    }
+
+    pub async fn campaign(&self, req: CampaignRequest) -> Result<CampaignResponse, Status> {
+        let lease = self.session_lease(req.lease).await?;
+        let prefix: Bytes = [&req.name[..], b"/"].concat().into();
+        let key: Bytes = [&prefix[..], format!("{lease:x}").as_bytes()].concat().into();
+        let put = PutRequest { key: key.clone(), value: req.value.clone(), lease, ..Default::default() };
+        let txn = TxnRequest {
+            compare: vec![create_is(&key, 0)],
+            success: vec![op(Op::RequestPut(put))],
+            failure: vec![get(&key)],
+        };
+        let resp = self.api.txn(txn).await?;
+        let mut rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        let mut guard = Withdraw { api: self.api.clone(), key: Some(key.clone()) };
+        if !resp.succeeded
+            && let Some(kv) = range_of(&resp, 0).and_then(|r| r.kvs.first())
+        {
+            rev = kv.create_revision;
+            if kv.value != req.value {
+                let leader = LeaderKey { name: req.name.clone(), key: key.clone(), rev, lease };
+                self.proclaim(ProclaimRequest { leader: Some(leader), value: req.value.clone() }).await?;
+            }
+        }
+        self.wait_deletes(&prefix, rev - 1).await?;
+        guard.key = None;
+        let leader = LeaderKey { name: req.name, key, rev, lease };
+        Ok(CampaignResponse { header: resp.header, leader: Some(leader) })
+    }
+
+    pub async fn proclaim(&self, req: ProclaimRequest) -> Result<ProclaimResponse, Status> {
+        let leader = req.leader.ok_or_else(missing_leader_key)?;
+        let put = PutRequest {
+            key: leader.key.clone(),
+            value: req.value,
+            ignore_lease: true,
+            ..Default::default()
+        };
+        let txn = TxnRequest {
+            compare: vec![create_is(&leader.key, leader.rev)],
+            success: vec![op(Op::RequestPut(put))],
+            failure: Vec::new(),
+        };
+        let resp = self.api.txn(txn).await?;
+        if !resp.succeeded {
+            return Err(Status::unknown("election: not leader"));
+        }
+        Ok(ProclaimResponse { header: resp.header })
+    }
+
+    pub async fn resign(&self, req: ResignRequest) -> Result<ResignResponse, Status> {
+        let leader = req.leader.ok_or_else(missing_leader_key)?;
+        let del = DeleteRangeRequest { key: leader.key.clone(), ..Default::default() };
+        let txn = TxnRequest {
+            compare: vec![create_is(&leader.key, leader.rev)],
+            success: vec![op(Op::RequestDeleteRange(del))],
+            failure: Vec::new(),
+        };
+        let resp = self.api.txn(txn).await?;
+        Ok(ResignResponse { header: resp.header })
+    }
+
+    async fn current_leader(
+        &self,
+        name: &[u8],
+    ) -> Result<(Option<ResponseHeader>, Option<KeyValue>), Status> {
+        let prefix: Bytes = [name, b"/"].concat().into();
+        let mut r = self.api.range(first_created(&prefix)).await?;
+        Ok((r.header.take(), r.kvs.into_iter().next()))
+    }
+
+    pub async fn leader(&self, req: LeaderRequest) -> Result<LeaderResponse, Status> {
+        match self.current_leader(&req.name).await? {
+            (header, Some(kv)) => Ok(LeaderResponse { header, kv: Some(kv) }),
+            (_, None) => Err(Status::unknown("election: no leader")),
+        }
+    }
+
+    /// Reports the leader's value now and whenever it changes, until the client goes.
+    pub fn observe(&self, req: LeaderRequest) -> ReceiverStream<Result<LeaderResponse, Status>> {
+        let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last: Option<(Bytes, i64)> = None;
+            let mut delay = FIRST_DELAY;
+            loop {
+                match this.current_leader(&req.name).await {
+                    Ok((header, Some(kv))) => {
+                        let seen = (kv.key.clone(), kv.mod_revision);
+                        if last.as_ref() != Some(&seen) {
+                            last = Some(seen);
+                            delay = FIRST_DELAY;
+                            if tx.send(Ok(LeaderResponse { header, kv: Some(kv) })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok((_, None)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_DELAY);
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for Recipes {
+    async fn lock(&self, req: tonic::Request<LockRequest>) -> Result<tonic::Response<LockResponse>, Status> {
+        Recipes::lock(self, req.into_inner()).await.map(tonic::Response::new)
+    }
+
+    async fn unlock(
+        &self,
+        req: tonic::Request<UnlockRequest>,
+    ) -> Result<tonic::Response<UnlockResponse>, Status> {
+        Recipes::unlock(self, req.into_inner()).await.map(tonic::Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Election for Recipes {
+    async fn campaign(
+        &self,
+        req: tonic::Request<CampaignRequest>,
+    ) -> Result<tonic::Response<CampaignResponse>, Status> {
+        Recipes::campaign(self, req.into_inner()).await.map(tonic::Response::new)
+    }
+
+    async fn proclaim(
+        &self,
+        req: tonic::Request<ProclaimRequest>,
+    ) -> Result<tonic::Response<ProclaimResponse>, Status> {
+        Recipes::proclaim(self, req.into_inner()).await.map(tonic::Response::new)
+    }
+
+    async fn leader(
+        &self,
+        req: tonic::Request<LeaderRequest>,
+    ) -> Result<tonic::Response<LeaderResponse>, Status> {
+        Recipes::leader(self, req.into_inner()).await.map(tonic::Response::new)
+    }
+
+    type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
+
+    async fn observe(
+        &self,
+        req: tonic::Request<LeaderRequest>,
+    ) -> Result<tonic::Response<Self::ObserveStream>, Status> {
+        Ok(tonic::Response::new(Recipes::observe(self, req.into_inner())))
+    }
+
+    async fn resign(
+        &self,
+        req: tonic::Request<ResignRequest>,
+    ) -> Result<tonic::Response<ResignResponse>, Status> {
+        Recipes::resign(self, req.into_inner()).await.map(tonic::Response::new)
+    }
+}
+
+/// Adds the Lock and Election gRPC services to `routes`.
+pub fn add_services(
+    routes: tonic::service::Routes,
+    recipes: Recipes,
+    limit: usize,
+) -> tonic::service::Routes {
+    routes
+        .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
+        .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_like_etcd() {
+        assert_eq!(prefix_end(b"a/"), Bytes::from_static(b"a0"));
+        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
+        assert_eq!(prefix_end(b"\xff\xff"), Bytes::from_static(b"\0"));
+    }
+}
