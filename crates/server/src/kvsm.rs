@@ -145,16 +145,23 @@ impl StateMachine for KvMachine {
     }
 
     fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()> {
-        let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
-        if let Some(chain) = &pin.2 {
-            return coldseg::write_thin(chain, &pin.0, &members, w, &mut |f| {
-                visit(&mut |m: &KvMachine| f(&m.kv))
-            });
+        let started = std::time::Instant::now();
+        let written = (move || -> io::Result<()> {
+            let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
+            if let Some(chain) = &pin.2 {
+                return coldseg::write_thin(chain, &pin.0, &members, w, &mut |f| {
+                    visit(&mut |m: &KvMachine| f(&m.kv))
+                });
+            }
+            let mut w = w;
+            KvStore::write_pinned(&pin.0, &mut w, |f| visit(&mut |m: &KvMachine| f(&m.kv)))?;
+            w.write_all(&(members.len() as u32).to_le_bytes())?;
+            w.write_all(&members)
+        })();
+        if written.is_ok() {
+            crate::metrics::get().snapshot_saved(started.elapsed());
         }
-        let mut w = w;
-        KvStore::write_pinned(&pin.0, &mut w, |f| visit(&mut |m: &KvMachine| f(&m.kv)))?;
-        w.write_all(&(members.len() as u32).to_le_bytes())?;
-        w.write_all(&members)
+        written
     }
 
     fn snapshot_durable(pin: &Self::Pin) {
@@ -182,27 +189,38 @@ impl StateMachine for KvMachine {
     }
 
     fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
-        // A thin snapshot (this member's own) is expanded with its segments.
-        let mut r = match &self.segment_dir {
-            Some(dir) => BufReader::new(coldseg::open_full(r, len, dir)?.0),
-            None => BufReader::new(coldseg::FullReader::Pass(io::Cursor::new(Vec::new()).chain(r))),
-        };
-        let cold =
-            self.kv.cold_store().fresh().map_err(|e| format!("cannot create the history cache file: {e}"))?;
-        let kv = KvStore::restore_with(&mut r, self.config.clone(), cold).map_err(|e| e.to_string())?;
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).map_err(|e| format!("snapshot members section: {e}"))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > 64 << 20 {
-            return Err(format!("snapshot members section claims {len} bytes"));
+        let started = std::time::Instant::now();
+        let restored = (|| -> Result<(), String> {
+            // A thin snapshot (this member's own) is expanded with its segments.
+            let mut r = match &self.segment_dir {
+                Some(dir) => BufReader::new(coldseg::open_full(r, len, dir)?.0),
+                None => BufReader::new(coldseg::FullReader::Pass(io::Cursor::new(Vec::new()).chain(r))),
+            };
+            let cold = self
+                .kv
+                .cold_store()
+                .fresh()
+                .map_err(|e| format!("cannot create the history cache file: {e}"))?;
+            let kv = KvStore::restore_with(&mut r, self.config.clone(), cold).map_err(|e| e.to_string())?;
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len).map_err(|e| format!("snapshot members section: {e}"))?;
+            let len = u32::from_le_bytes(len) as usize;
+            if len > 64 << 20 {
+                return Err(format!("snapshot members section claims {len} bytes"));
+            }
+            let mut buf = vec![0u8; len];
+            r.read_exact(&mut buf).map_err(|e| format!("snapshot members section: {e}"))?;
+            let members =
+                serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))?;
+            self.kv = kv;
+            self.members = members;
+            self.generation += 1;
+            Ok(())
+        })();
+        if restored.is_ok() {
+            crate::metrics::get().snapshot_restored(started.elapsed());
         }
-        let mut buf = vec![0u8; len];
-        r.read_exact(&mut buf).map_err(|e| format!("snapshot members section: {e}"))?;
-        let members = serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))?;
-        self.kv = kv;
-        self.members = members;
-        self.generation += 1;
-        Ok(())
+        restored
     }
 }
 

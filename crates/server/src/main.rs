@@ -14,10 +14,12 @@ mod gateway;
 mod grpc;
 mod kvsm;
 mod member;
+mod metrics;
 mod node;
 mod peer;
 mod server;
 mod service;
+mod tls;
 
 #[derive(Parser, Debug)]
 #[command(
