@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use raftkv_api::prost::Message;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -72,7 +72,15 @@ impl KvCall {
 
 /// Serves the client port until `stop` turns true, then lets open connections finish
 /// (HTTP/2 GOAWAY, HTTP/1.1 after the request in progress) and returns once they have.
-pub async fn serve(listener: TcpListener, api: Api, router: axum::Router, mut stop: watch::Receiver<bool>) {
+/// With `tls`, every connection is a TLS connection (ALPN h2 and http/1.1), served the same
+/// way once the handshake is done.
+pub async fn serve(
+    listener: TcpListener,
+    api: Api,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -85,7 +93,11 @@ pub async fn serve(listener: TcpListener, api: Api, router: axum::Router, mut st
                 // Without TCP_NODELAY, Nagle holds a response's trailing frame until the
                 // client's delayed ACK: a 40 ms floor on every request.
                 let _ = tcp.set_nodelay(true);
-                connections.spawn(connection(tcp, api.clone(), router.clone(), stop.clone()));
+                let (api, router, stop) = (api.clone(), router.clone(), stop.clone());
+                match &tls {
+                    None => connections.spawn(plain_connection(tcp, api, router, stop)),
+                    Some(tls) => connections.spawn(tls_connection(tcp, tls.clone(), api, router, stop)),
+                };
             }
             // The peer gave up before we accepted: nothing to do.
             Err(e)
@@ -109,7 +121,72 @@ pub async fn serve(listener: TcpListener, api: Api, router: axum::Router, mut st
     while connections.join_next().await.is_some() {}
 }
 
-async fn connection(mut tcp: TcpStream, api: Api, router: axum::Router, stop: watch::Receiver<bool>) {
+/// A TLS record starts with the handshake content type and a 3.x version.
+fn looks_like_tls(head: &[u8]) -> bool {
+    head.len() >= 2 && head[0] == 0x16 && head[1] == 0x03
+}
+
+async fn plain_connection(tcp: TcpStream, api: Api, router: axum::Router, stop: watch::Receiver<bool>) {
+    let mut first = [0u8; 2];
+    if let Ok(Ok(2)) = tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut first)).await
+        && looks_like_tls(&first)
+    {
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!(
+            client = %peer,
+            "closing a client connection that starts a TLS handshake: this port serves http:// (plain text); give the server https:// client URLs and a certificate, or the client http://"
+        );
+        return;
+    }
+    connection(tcp, api, router, stop).await;
+}
+
+/// How long a new connection may stay silent before its first bytes are looked at anyway.
+const FIRST_BYTES_WAIT: Duration = Duration::from_secs(10);
+/// Bound on a TLS handshake: a client that stalls in it is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn tls_connection(
+    tcp: TcpStream,
+    tls: tokio_rustls::TlsAcceptor,
+    api: Api,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut first = [0u8; 2];
+    if let Ok(Ok(n)) = tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut first)).await
+        && n >= 1
+        && first[0] != 0x16
+    {
+        // Plain HTTP (or HTTP/2) on the TLS port: answer as Go's server does, then close.
+        tracing::warn!(client = %peer, "closing a plain-text client connection on a TLS port (the client must use https://)");
+        let mut tcp = tcp;
+        let _ = tcp
+            .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+            .await;
+        let _ = tcp.shutdown().await;
+        return;
+    }
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(client = %peer, error = %e, "client TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "client TLS handshake timed out");
+            return;
+        }
+    };
+    connection(stream, api, router, stop).await;
+}
+
+async fn connection<S>(mut tcp: S, api: Api, router: axum::Router, stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Read until the bytes stop matching the HTTP/2 preface or all of it has come.
     let mut head = [0u8; PREFACE.len()];
     let mut n = 0;
@@ -131,7 +208,10 @@ async fn connection(mut tcp: TcpStream, api: Api, router: axum::Router, stop: wa
     }
 }
 
-async fn serve_http1(io: AuthorityFix<TcpStream>, router: axum::Router, mut stop: watch::Receiver<bool>) {
+async fn serve_http1<S>(io: AuthorityFix<S>, router: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper_util::service::TowerToHyperService::new(router);
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
@@ -144,12 +224,10 @@ async fn serve_http1(io: AuthorityFix<TcpStream>, router: axum::Router, mut stop
     let _ = conn.await;
 }
 
-async fn serve_h2(
-    io: AuthorityFix<TcpStream>,
-    api: Api,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_h2<S>(io: AuthorityFix<S>, api: Api, router: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -180,7 +258,10 @@ async fn serve_h2(
                 let api = api.clone();
                 match KvCall::from_path(request.uri().path()) {
                     Some(call) => tokio::spawn(kv_call(call, request, respond, api)),
-                    None => tokio::spawn(to_router(request, respond, router.clone())),
+                    None => {
+                        let method = crate::metrics::Method::from_path(request.uri().path());
+                        tokio::spawn(to_router(request, respond, router.clone(), method))
+                    }
                 };
             }
             Some(Err(e)) => {
@@ -199,7 +280,11 @@ async fn kv_call(
     respond: h2::server::SendResponse<Bytes>,
     api: Api,
 ) {
+    let metrics = crate::metrics::get();
+    let method = crate::metrics::Method::kv(call as usize);
+    metrics.grpc_started(method);
     let result = run_kv_call(call, request, &api).await;
+    metrics.grpc_handled(method, result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
     let _ = match result {
         Ok(payload) => send_message(respond, payload),
         Err(status) => send_status(respond, status),
@@ -317,7 +402,14 @@ async fn to_router(
     request: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     router: axum::Router,
+    method: Option<crate::metrics::Method>,
 ) {
+    // gRPC calls are counted as on the key-value path: started, then handled with the code
+    // of the response headers (trailers-only) or trailers; a stream cut short is Unknown.
+    let mut counted = method.map(|m| {
+        crate::metrics::get().grpc_started(m);
+        Handled(m, false)
+    });
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(parts, axum::body::Body::new(H2Body { recv: body, data_done: false }));
     let response = match router.oneshot(request).await {
@@ -325,6 +417,11 @@ async fn to_router(
         Err(never) => match never {},
     };
     let (parts, mut body) = response.into_parts();
+    if let Some(c) = counted.as_mut()
+        && let Some(code) = grpc_code(&parts.headers)
+    {
+        c.done(code);
+    }
     let end = body.is_end_stream();
     let Ok(mut stream) = respond.send_response(Response::from_parts(parts, ()), end) else { return };
     if end {
@@ -355,6 +452,9 @@ async fn to_router(
             Err(frame) => frame,
         };
         if let Ok(trailers) = frame.into_trailers() {
+            if let Some(c) = counted.as_mut() {
+                c.done(grpc_code(&trailers).unwrap_or(tonic::Code::Unknown));
+            }
             let _ = stream.send_trailers(trailers);
             return;
         }
@@ -383,6 +483,29 @@ async fn send_when_window(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -
         stream.send_data(chunk, false)?;
     }
     Ok(())
+}
+
+/// A gRPC call through the router, counted as handled exactly once (on drop at the latest).
+struct Handled(crate::metrics::Method, bool);
+
+impl Handled {
+    fn done(&mut self, code: tonic::Code) {
+        if !self.1 {
+            self.1 = true;
+            crate::metrics::get().grpc_handled(self.0, code);
+        }
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        self.done(tonic::Code::Unknown);
+    }
+}
+
+fn grpc_code(headers: &HeaderMap) -> Option<tonic::Code> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(code))
 }
 
 /// An HTTP/2 request body as an `http_body::Body`, giving flow-control credit back as it is read.

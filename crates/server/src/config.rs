@@ -83,6 +83,42 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(default)]
     pub unsafe_no_fsync: bool,
+    /// Client TLS certificate file (PEM); with https:// client URLs. Re-read when it changes.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS key file (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that clients' certificates must chain to.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require clients to present a certificate signed by --trusted-ca-file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// Client TLS with a generated self-signed certificate (testing).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub auto_tls: Option<bool>,
+    /// Peer TLS certificate file (PEM); with https:// peer URLs. Re-read when it changes.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key file (PEM).
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that the other members' certificates must chain to.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Peer TLS with generated self-signed certificates (testing; peers are not verified).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_auto_tls: Option<bool>,
+    /// Comma-separated TLS 1.2 cipher suites (Go's names, as etcd); TLS 1.3 suites always on.
+    #[arg(long)]
+    pub cipher_suites: Option<String>,
+    /// Comma-separated http:// URLs serving /metrics and the health checks only.
+    #[arg(long)]
+    pub listen_metrics_urls: Option<String>,
     /// Path to a TOML (.toml) or YAML (.yaml/.yml) file with these settings. Flags given on
     /// the command line override the file.
     #[arg(long)]
@@ -134,6 +170,15 @@ pub struct ServerConfig {
     pub unsafe_no_fsync: bool,
     /// Whether --initial-cluster-token was given (a restarted member then checks it).
     pub initial_cluster_token_explicit: bool,
+    /// Client port TLS flags, and whether the client URLs are https://.
+    pub client_tls: crate::tls::TlsFlags,
+    pub client_uses_tls: bool,
+    /// Peer port TLS flags, and whether the peer URLs are https://.
+    pub peer_tls: crate::tls::TlsFlags,
+    pub peer_uses_tls: bool,
+    pub cipher_suites: Vec<String>,
+    /// Where to serve /metrics and the health checks besides the client port.
+    pub listen_metrics: Vec<SocketAddr>,
 }
 
 /// A configuration problem, explained for the operator.
@@ -185,6 +230,18 @@ impl ServerArgs {
             log_level: self.log_level.or(base.log_level),
             worker_threads: self.worker_threads.or(base.worker_threads),
             unsafe_no_fsync: self.unsafe_no_fsync || base.unsafe_no_fsync,
+            cert_file: self.cert_file.or(base.cert_file),
+            key_file: self.key_file.or(base.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(base.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.or(base.client_cert_auth),
+            auto_tls: self.auto_tls.or(base.auto_tls),
+            peer_cert_file: self.peer_cert_file.or(base.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(base.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(base.peer_trusted_ca_file),
+            peer_client_cert_auth: self.peer_client_cert_auth.or(base.peer_client_cert_auth),
+            peer_auto_tls: self.peer_auto_tls.or(base.peer_auto_tls),
+            cipher_suites: self.cipher_suites.or(base.cipher_suites),
+            listen_metrics_urls: self.listen_metrics_urls.or(base.listen_metrics_urls),
             config_file: self.config_file.or(base.config_file),
         }
     }
@@ -322,7 +379,51 @@ impl ServerConfig {
                 advertise_peer_urls.join(",")
             ));
         }
+        let client_tls = crate::tls::TlsFlags {
+            cert_file: args.cert_file,
+            key_file: args.key_file,
+            trusted_ca_file: args.trusted_ca_file,
+            client_cert_auth: args.client_cert_auth.unwrap_or(false),
+            auto_tls: args.auto_tls.unwrap_or(false),
+        };
+        let peer_tls = crate::tls::TlsFlags {
+            cert_file: args.peer_cert_file,
+            key_file: args.peer_key_file,
+            trusted_ca_file: args.peer_trusted_ca_file,
+            client_cert_auth: args.peer_client_cert_auth.unwrap_or(false),
+            auto_tls: args.peer_auto_tls.unwrap_or(false),
+        };
+        let client_urls: Vec<&str> =
+            listen_client_urls.iter().chain(&advertise_client_urls).map(String::as_str).collect();
+        let client_uses_tls =
+            crate::tls::urls_use_tls("--listen-client-urls and --advertise-client-urls", &client_urls)
+                .map_err(ConfigError)?;
+        let peer_urls: Vec<&str> = listen_peer_urls
+            .iter()
+            .chain(&advertise_peer_urls)
+            .chain(initial_cluster.iter().flat_map(|m| &m.peer_urls))
+            .map(String::as_str)
+            .collect();
+        let peer_uses_tls = crate::tls::urls_use_tls(
+            "--listen-peer-urls, --initial-advertise-peer-urls and --initial-cluster",
+            &peer_urls,
+        )
+        .map_err(ConfigError)?;
+        client_tls.check("", client_uses_tls).map_err(ConfigError)?;
+        peer_tls.check("peer-", peer_uses_tls).map_err(ConfigError)?;
+        let listen_metrics_urls = split_urls(args.listen_metrics_urls.as_deref().unwrap_or(""));
+        if let Some(u) = listen_metrics_urls.iter().find(|u| u.starts_with("https://")) {
+            return err(format!("--listen-metrics-urls {u}: only http:// is served for metrics"));
+        }
+        let listen_metrics =
+            listen_metrics_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
+            client_tls,
+            client_uses_tls,
+            peer_tls,
+            peer_uses_tls,
+            cipher_suites: split_urls(args.cipher_suites.as_deref().unwrap_or("")),
+            listen_metrics,
             name,
             data_dir,
             listen_client,

@@ -136,6 +136,17 @@ pub fn router_for<A: EtcdApi>(api: A) -> Router {
         .route("/version", get(version).fallback(get_only))
 }
 
+/// `/health` alone, for the `--listen-metrics-urls` listeners.
+pub fn health_router(api: Api) -> Router {
+    Router::new().route(
+        "/health",
+        get(move || {
+            let api = api.clone();
+            async move { health(api).await }
+        }),
+    )
+}
+
 /// JSON carries `bytes` as base64 (4 characters for 3 bytes), plus syntax.
 pub(crate) fn body_limit(max_request_bytes: usize) -> usize {
     max_request_bytes.saturating_add(max_request_bytes / 3).saturating_add(JSON_OVERHEAD_BYTES)

@@ -173,22 +173,12 @@ impl StateMachine for KvMachine {
     }
 
     fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()> {
-        let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
-        if members.len() > MAX_TRAILER {
-            return Err(io::Error::other(format!(
-                "the members and lease table take {} bytes, more than a snapshot holds ({MAX_TRAILER})",
-                members.len()
-            )));
+        let started = std::time::Instant::now();
+        let written = KvMachine::write_snapshot_timed(pin, w, visit);
+        if written.is_ok() {
+            crate::metrics::get().snapshot_saved(started.elapsed());
         }
-        if let Some(chain) = &pin.2 {
-            return coldseg::write_thin(chain, &pin.0, &members, w, &mut |f| {
-                visit(&mut |m: &KvMachine| f(&m.kv))
-            });
-        }
-        let mut w = w;
-        KvStore::write_pinned(&pin.0, &mut w, |f| visit(&mut |m: &KvMachine| f(&m.kv)))?;
-        w.write_all(&(members.len() as u32).to_le_bytes())?;
-        w.write_all(&members)
+        written
     }
 
     fn snapshot_durable(pin: &Self::Pin) {
@@ -216,6 +206,42 @@ impl StateMachine for KvMachine {
     }
 
     fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let restored = self.restore_timed(r, len);
+        if restored.is_ok() {
+            crate::metrics::get().snapshot_restored(started.elapsed());
+        }
+        restored
+    }
+}
+
+impl KvMachine {
+    /// [`StateMachine::write_snapshot`] without its metrics.
+    fn write_snapshot_timed(
+        pin: &<KvMachine as StateMachine>::Pin,
+        w: &mut dyn Write,
+        visit: &mut Visit<'_, KvMachine>,
+    ) -> io::Result<()> {
+        let members = serde_json::to_vec(&pin.1).map_err(io::Error::other)?;
+        if members.len() > MAX_TRAILER {
+            return Err(io::Error::other(format!(
+                "the members and lease table take {} bytes, more than a snapshot holds ({MAX_TRAILER})",
+                members.len()
+            )));
+        }
+        if let Some(chain) = &pin.2 {
+            return coldseg::write_thin(chain, &pin.0, &members, w, &mut |f| {
+                visit(&mut |m: &KvMachine| f(&m.kv))
+            });
+        }
+        let mut w = w;
+        KvStore::write_pinned(&pin.0, &mut w, |f| visit(&mut |m: &KvMachine| f(&m.kv)))?;
+        w.write_all(&(members.len() as u32).to_le_bytes())?;
+        w.write_all(&members)
+    }
+
+    /// [`StateMachine::restore`] without its metrics.
+    fn restore_timed(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
         // A thin snapshot (this member's own) is expanded with its segments.
         let mut r = match &self.segment_dir {
             Some(dir) => BufReader::new(coldseg::open_full(r, len, dir)?.0),

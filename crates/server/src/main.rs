@@ -18,9 +18,11 @@ mod kvsm;
 mod lease;
 mod lock;
 mod member;
+mod metrics;
 mod peer;
 mod server;
 mod service;
+mod tls;
 mod watch;
 
 // The member runtime (driver, disk worker, applier and their tokio shell).

@@ -53,6 +53,9 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         "starting member"
     );
 
+    // TLS (checked before anything listens: a bad certificate file stops the member here).
+    let tls = crate::tls::Ports::load(&config)?;
+
     // Peer transport.
     let listen_peer = *config.listen_peer.first().ok_or("no --listen-peer-urls")?;
     let mut tcfg = TransportConfig::new(record.cluster_id, NodeId(record.member_id), listen_peer);
@@ -63,6 +66,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         let url = m.peer_urls.first().ok_or_else(|| format!("member {} has no peer URL", m.name))?;
         tcfg.peers.insert(NodeId(m.id), parse_url(url).map_err(|e| e.to_string())?.to_string());
     }
+    tcfg.tls = tls.peer.clone();
     tcfg.snapshot_sinks = Arc::new(
         crate::peer::FileSinkFactory::new(member::member_dir(&config.data_dir).join("snap-recv"))
             .map_err(|e| format!("cannot prepare the snapshot staging directory: {e}"))?,
@@ -124,6 +128,9 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         crate::lock::add_services(routes, recipes, crate::grpc::decode_limit(&api)).into_axum_router();
     let router =
         router.merge(crate::gateway::router(api.clone())).merge(crate::lease::gateway_router(leases));
+    crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));
+    let metrics_router = crate::metrics::router(api.clone());
+    let router = router.merge(metrics_router.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &config.listen_client {
@@ -131,10 +138,21 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen for clients on {addr}: {e}"))?;
         let (api, router, stop) = (api.clone(), router.clone(), stop_rx.clone());
-        servers.push(tokio::spawn(crate::client_port::serve(listener, api, router, stop)));
+        let acceptor = tls.client.clone().map(tokio_rustls::TlsAcceptor::from);
+        servers.push(tokio::spawn(crate::client_port::serve(listener, api, router, acceptor, stop)));
+    }
+    for addr in &config.listen_metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        let router = metrics_router.clone().merge(crate::gateway::health_router(api.clone()));
+        servers.push(tokio::spawn(crate::metrics::serve(listener, router, stop_rx.clone())));
     }
     tracing::info!(
         clients = ?config.listen_client,
+        client_tls = config.client_uses_tls,
+        peer_tls = config.peer_uses_tls,
+        metrics = ?config.listen_metrics,
         peers = %listen_peer,
         advertise_peer_urls = ?config.advertise_peer_urls,
         member_id = format!("{:x}", api.member_id()),

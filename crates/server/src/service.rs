@@ -114,7 +114,14 @@ impl Api {
         if data.len() > self.config.max_request_bytes {
             return Err(request_too_large());
         }
-        match self.node.propose(id, data, self.config.request_timeout).await.map_err(node_status)? {
+        let metrics = crate::metrics::get();
+        metrics.proposals_pending.inc();
+        let proposed = self.node.propose(id, data, self.config.request_timeout).await;
+        metrics.proposals_pending.dec();
+        if proposed.is_err() {
+            metrics.proposals_failed.inc();
+        }
+        match proposed.map_err(node_status)? {
             Output::Kv(result) => result.map_err(kv_status),
             Output::Published => Err(Status::internal("unexpected result for a key-value request")),
         }

@@ -112,6 +112,7 @@ mod futex;
 mod group;
 mod log;
 mod mem;
+pub mod observe;
 pub mod record;
 mod simfs;
 mod snapshot;

@@ -515,10 +515,12 @@ impl FileLogStore {
         if !self.unsynced {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         if let Err(e) = self.active.sync_data() {
             let path = self.active_path();
             return Err(self.fatal(StorageError::FsyncFailed { path, source: e }));
         }
+        crate::observe::fsync_done(started.elapsed());
         self.unsynced = false;
         // The synced records are read again only by recovery: their pages may leave the
         // page cache (whole MiBs, never the page the next append writes into).

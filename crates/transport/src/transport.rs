@@ -208,6 +208,8 @@ struct PeerLink {
     queued_bytes: AtomicU64,
     unreachable_reported: AtomicBool,
     snapshot_busy: AtomicBool,
+    /// Bytes written on this peer's message streams.
+    bytes_sent: AtomicU64,
     /// The peer connected to us while this link was down: dial it now, not at the end of
     /// the backoff (a peer that was down for long would otherwise wait up to `backoff_max`).
     redial: tokio::sync::Notify,
@@ -389,6 +391,7 @@ impl TransportHandle {
             queued_bytes: AtomicU64::new(0),
             unreachable_reported: AtomicBool::new(false),
             snapshot_busy: AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
             redial: tokio::sync::Notify::new(),
         });
         // Known before the writer starts: its first dial can make the peer dial back at
@@ -441,6 +444,16 @@ impl TransportHandle {
             .peers
             .read()
             .map(|p| p.iter().map(|(id, e)| (*id, e.addr.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Bytes written on each known peer's message stream since start.
+    pub fn peer_bytes_sent(&self) -> Vec<(NodeId, u64)> {
+        self.inner
+            .shared
+            .links
+            .read()
+            .map(|l| l.iter().map(|(id, link)| (*id, link.bytes_sent.load(Ordering::Relaxed))).collect())
             .unwrap_or_default()
     }
 
@@ -730,6 +743,7 @@ async fn write_loop(
             Ok(Ok(())) => {
                 Counters::add(&shared.counters.messages_sent, batch);
                 Counters::add(&shared.counters.bytes_sent, buf.len() as u64);
+                link.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 Counters::add(&shared.counters.batches_sent, 1);
                 link.unreachable_reported.store(false, Ordering::Release);
             }

@@ -1,0 +1,132 @@
+//! `/metrics` on the client port and on `--listen-metrics-urls`, parsed with a Prometheus
+//! text-format parser: etcd's names, the WAL fsync histogram growing with writes, gRPC calls
+//! counted by method and code, leader changes counted; `/readyz` and `/livez`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Opts, free_ports};
+use prometheus_parse::{Scrape, Value};
+
+/// `GET path` over HTTP/1.1; returns (status line, body).
+fn http_get(port: u16, path: &str) -> Result<(String, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no header end")?;
+    Ok((head.lines().next().unwrap_or("").to_string(), body.to_string()))
+}
+
+fn scrape(port: u16) -> Scrape {
+    let (status, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert!(status.contains("200"), "{status}");
+    // The body is chunked when large: keep only metric lines (chunk sizes are bare hex).
+    let lines = body
+        .lines()
+        .filter(|l| l.starts_with('#') || l.contains(' '))
+        .map(|l| Ok(l.to_string()))
+        .collect::<Vec<_>>();
+    Scrape::parse(lines.into_iter()).expect("Prometheus text format")
+}
+
+/// The value of `name` with all of `labels`; a histogram's count.
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(b) => b.iter().map(|b| b.count).fold(0.0, f64::max),
+            Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_writes_and_leader_changes() {
+    let mport = free_ports(1)[0];
+    let mut c = Cluster::new(3, Opts::default());
+    for i in 0..3 {
+        let mut args = c.args(i);
+        if i == 0 {
+            args.extend(["--listen-metrics-urls".into(), format!("http://127.0.0.1:{mport}")]);
+        }
+        let child = c.spawn_raw(i, &args);
+        c.members[i].child = Some(child);
+    }
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let port = c.port(leader);
+    c.put_retry(leader, "warm", "up", Duration::from_secs(20)).await;
+
+    let before = scrape(port);
+    for name in [
+        "etcd_server_has_leader",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_proposals_failed_total",
+        "etcd_disk_wal_fsync_duration_seconds",
+        "etcd_disk_backend_commit_duration_seconds",
+        "etcd_network_peer_sent_bytes_total",
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_debugging_mvcc_keys_total",
+        "grpc_server_handled_total",
+        "grpc_server_started_total",
+        "raftkv_server_apply_lag_entries",
+    ] {
+        assert!(before.samples.iter().any(|s| s.metric == name), "{name} missing");
+    }
+    assert_eq!(value(&before, "etcd_server_has_leader", &[]), Some(1.0));
+    assert!(value(&before, "etcd_server_leader_changes_seen_total", &[]) >= Some(1.0));
+    let fsyncs = value(&before, "etcd_disk_wal_fsync_duration_seconds", &[]).expect("fsync histogram");
+    let put_ok = [("grpc_method", "Put"), ("grpc_code", "OK")];
+    let puts = value(&before, "grpc_server_handled_total", &put_ok).expect("Put OK");
+    for i in 0..20 {
+        common::put(port, &format!("k{i}"), "v").await.expect("put");
+    }
+    // Through the router path (not the key-value fast path): Status.
+    common::status(port).await.expect("status");
+    let after = scrape(port);
+    let fsyncs2 = value(&after, "etcd_disk_wal_fsync_duration_seconds", &[]).expect("fsync histogram");
+    assert!(fsyncs2 >= fsyncs + 1.0, "fsync count {fsyncs} -> {fsyncs2} after 20 puts");
+    assert_eq!(value(&after, "grpc_server_handled_total", &put_ok), Some(puts + 20.0));
+    assert!(
+        value(&after, "grpc_server_handled_total", &[("grpc_method", "Status"), ("grpc_code", "OK")])
+            >= Some(1.0)
+    );
+    assert!(value(&after, "etcd_debugging_mvcc_keys_total", &[]) >= Some(21.0));
+    assert!(
+        value(&after, "etcd_server_proposals_applied_total", &[])
+            > value(&before, "etcd_server_proposals_applied_total", &[])
+    );
+
+    // The metrics listener serves the same, with the health checks.
+    let m = scrape(mport);
+    assert!(value(&m, "etcd_server_has_leader", &[]).is_some());
+    for path in ["/health", "/readyz", "/livez"] {
+        let (status, body) = http_get(mport, path).expect(path);
+        assert!(status.contains("200"), "{path}: {status} {body}");
+    }
+
+    // Kill the leader: a survivor sees a new one and counts the change.
+    let survivor = (0..3).find(|&i| i != leader).expect("survivor");
+    let changes =
+        value(&scrape(c.port(survivor)), "etcd_server_leader_changes_seen_total", &[]).expect("changes");
+    c.kill9(leader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = scrape(c.port(survivor));
+        let now = value(&s, "etcd_server_leader_changes_seen_total", &[]).expect("changes");
+        if now > changes && value(&s, "etcd_server_has_leader", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leader change not counted: {changes} -> {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
