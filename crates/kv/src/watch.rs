@@ -101,7 +101,14 @@ impl KvStore {
 
     /// Records a put of `key` at `rev`/`r` (newest version `value`), `prev` being the
     /// version it supersedes.
-    pub(crate) fn capture_put(&mut self, key: &[u8], r: &Rev, value: &Bytes, lease: i64, prev: Option<KeyValue>) {
+    pub(crate) fn capture_put(
+        &mut self,
+        key: &[u8],
+        r: &Rev,
+        value: &Bytes,
+        lease: i64,
+        prev: Option<KeyValue>,
+    ) {
         if let Some(changes) = &mut self.changes {
             // A copy: the request's key may be a slice of a large buffer (a log batch).
             let key = Bytes::copy_from_slice(key);
