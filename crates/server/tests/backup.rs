@@ -16,29 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Cluster, EXE, Opts, Proc, die_with_parent, free_ports, wait_for};
+use common::{Cluster, EXE, Opts, Proc, die_with_parent, free_ports, have, wait_for};
 use raftkv_api::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse,
 };
 use raftkv_api::mvccpb::KeyValue;
 
 const START: Duration = Duration::from_secs(30);
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(if tool == "etcd" { "--version" } else { "version" })
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = format!("\n\n!!!!! `{tool}` is not on PATH: SKIPPING the migration test !!!!!\n");
-        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
-        eprintln!("{msg}");
-    }
-    ok
-}
 
 /// Runs a command to completion; panics with its output if it fails.
 fn run(cmd: &mut Command, what: &str) -> String {

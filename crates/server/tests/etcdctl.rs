@@ -13,29 +13,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Opts, Proc, die_with_parent, free_ports, wait_for};
+use common::{Cluster, Opts, Proc, die_with_parent, free_ports, have, wait_for};
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(20);
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(if tool == "etcd" { "--version" } else { "version" })
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = format!(
-            "\n\n!!!!! `{tool}` is not on PATH: SKIPPING this interop check. Install it with \
-             `apt-get install -y etcd-client etcd-server` !!!!!\n"
-        );
-        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
-        eprintln!("{msg}");
-    }
-    ok
-}
 
 #[derive(Debug, Clone, PartialEq)]
 struct Out {

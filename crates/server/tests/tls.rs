@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, die_with_parent, run_to_exit};
+use common::{Cluster, Opts, die_with_parent, have, run_to_exit};
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -50,23 +50,6 @@ fn issue(ca: &Ca, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 fn write_ca(ca: &Ca, path: &Path) -> PathBuf {
     std::fs::write(path, ca.cert.pem()).expect("write CA");
     path.to_path_buf()
-}
-
-fn have_etcdctl() -> bool {
-    let ok = Command::new("etcdctl")
-        .arg("version")
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "\n\n!!!!! `etcdctl` is not on PATH: SKIPPING the etcdctl TLS checks. Install it with \
-                   `apt-get install -y etcd-client` !!!!!\n";
-        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
-        eprintln!("{msg}");
-    }
-    ok
 }
 
 /// `etcdctl` with `tls` flags; returns (success, stdout, stderr).
@@ -201,7 +184,7 @@ fn three_members_with_mutual_tls_on_both_ports_serve_etcdctl() {
         tls_handshake(port, &ca_path, Some((&bad_cert, &bad_key))).is_err(),
         "a client with a certificate from another CA was served"
     );
-    if !have_etcdctl() {
+    if !have("etcdctl") {
         return;
     }
     let endpoints = c

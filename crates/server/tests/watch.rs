@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, Proc, die_with_parent, free_ports, wait_for};
+use common::{Cluster, Opts, Proc, die_with_parent, free_ports, have, wait_for};
 use raftkv_api::etcdserverpb::watch_client::WatchClient;
 use raftkv_api::etcdserverpb::watch_request::RequestUnion;
 use raftkv_api::etcdserverpb::{
@@ -22,25 +22,6 @@ use tonic::transport::{Channel, Endpoint};
 const START: Duration = Duration::from_secs(20);
 /// Generous: other builds share the machine.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(if tool == "etcd" { "--version" } else { "version" })
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = format!(
-            "\n\n!!!!! `{tool}` is not on PATH: SKIPPING this interop check. Install it with \
-             `apt-get install -y etcd-client etcd-server` !!!!!\n"
-        );
-        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
-        eprintln!("{msg}");
-    }
-    ok
-}
 
 /// Runs etcdctl to completion.
 fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> String {

@@ -514,3 +514,24 @@ pub fn run_to_exit(args: &[String], timeout: Duration) -> (ExitStatus, String) {
         .unwrap_or_else(|| panic!("raftkv {args:?} still running after {timeout:?}; stderr:\n{stderr}"));
     (status, stderr)
 }
+
+/// Whether `tool` (`etcd` or `etcdctl`) is on PATH. Without it an interop check is skipped
+/// with a loud message, unless `RAFTKV_REQUIRE_ETCD=1` (CI), where a missing tool fails.
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(if tool == "etcd" { "--version" } else { "version" })
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let msg = format!(
+            "\n\n!!!!! `{tool}` is not on PATH: SKIPPING this interop check. Install it with \
+             `apt-get install -y etcd-client etcd-server` !!!!!\n"
+        );
+        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
+        eprintln!("{msg}");
+    }
+    ok
+}
