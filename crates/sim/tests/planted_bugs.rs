@@ -10,7 +10,7 @@ use raftkv_sim::{DriverBug, Plant, PlantedBug, Profile, SimOptions, replay_comma
 /// The core's targeted profiles: seed ranges and minimum catches (docs/testing.md has the
 /// measured rates).
 const FIG8_SEEDS: u64 = 400;
-const FIG8_MIN: u64 = 10;
+const FIG8_MIN: u64 = 15;
 const STALE_SEEDS: u64 = 200;
 const STALE_MIN: u64 = 75;
 const UNSYNCED_SEEDS: u64 = 300;
