@@ -23,12 +23,13 @@ async fn periodic_auto_compaction_and_hash() {
         ],
         ..Opts::default()
     };
+    // The retention counts from the members' start: the compactor samples revisions from then.
+    let began = Instant::now();
     let mut c = Cluster::start(3, opts);
     let leader = c.wait_leader(START).await;
     let port = c.port(leader);
     // Write for a while, remembering when each revision was acknowledged.
     let mut acked: Vec<(Instant, i64)> = Vec::new();
-    let began = Instant::now();
     let mut compacted = None;
     while began.elapsed() < Duration::from_secs(40) {
         let rev = c.put_retry(leader, &format!("k{}", acked.len() % 20), "v", Duration::from_secs(10)).await;
