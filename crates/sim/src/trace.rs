@@ -100,8 +100,7 @@ pub enum TraceEvent {
     },
     Torn {
         node: u64,
-        entries_kept: usize,
-        entries: usize,
+        job: u64,
     },
     DiskError {
         node: u64,
@@ -179,10 +178,10 @@ impl fmt::Display for TraceEvent {
             }
             LivenessPhase => write!(f, "LIVENESS PHASE: faults stop, all healed and restarted"),
             Pause { node, ms } => write!(f, "PAUSE   n{node} for {ms} ms"),
-            Torn { node, entries_kept, entries } => {
+            Torn { node, job } => {
                 write!(
                     f,
-                    "torn    n{node}: {entries_kept} of {entries} entries of the lost job reached the disk"
+                    "torn    n{node}: crash while writing persist job {job}; a prefix may reach the disk"
                 )
             }
             DiskError { node, job } => {
