@@ -100,6 +100,8 @@ pub struct Stats {
     pub fsync_errors: u64,
     pub torn_writes: u64,
     pub unreachable_reports: u64,
+    /// Restarts refused by storage because a read returned a flipped bit (retried later).
+    pub corrupt_reads_refused: u64,
 }
 
 impl Stats {
@@ -137,12 +139,13 @@ impl Stats {
         self.fsync_errors += o.fsync_errors;
         self.torn_writes += o.torn_writes;
         self.unreachable_reports += o.unreachable_reports;
+        self.corrupt_reads_refused += o.corrupt_reads_refused;
     }
 
     /// The read and wider-fault counters as one summary line.
     pub fn fault_summary(&self) -> String {
         format!(
-            "reads: {} linearizable, {} serializable, {} failed and retried; faults: {} pauses, {} write/fsync errors, {} torn writes, {} unreachable reports",
+            "reads: {} linearizable, {} serializable, {} failed and retried; faults: {} pauses, {} write/fsync errors, {} torn writes, {} unreachable reports, {} restarts refused on a corrupt read",
             self.reads_linearizable,
             self.reads_serializable,
             self.reads_failed,
@@ -150,6 +153,7 @@ impl Stats {
             self.fsync_errors,
             self.torn_writes,
             self.unreachable_reports,
+            self.corrupt_reads_refused,
         )
     }
 
@@ -742,6 +746,41 @@ impl Sim {
         let now = self.now;
         let raft_config = self.raft_config(n);
         let config = self.node_config(n, &raft_config);
+        let corrupt =
+            self.phase == Phase::Faults && self.nodes[n].created && self.params.corrupt_read_ppm > 0;
+        let corrupted_before = self.nodes[n].fs.reads_corrupted();
+        if corrupt {
+            let seed = self.rng.next_u64();
+            self.nodes[n].fs.corrupt_reads(seed, self.params.corrupt_read_ppm);
+        }
+        let started = self.open_and_recover(n, raft_config, config);
+        let node = &self.nodes[n];
+        node.fs.corrupt_reads(0, 0);
+        match started {
+            Ok(live) => self.started(n, *live),
+            Err(v) if node.fs.reads_corrupted() > corrupted_before => {
+                // Storage refused damage it could not prove torn: the operator (here the
+                // simulator) restarts the member later; the next reads may be right.
+                self.stats.corrupt_reads_refused += 1;
+                let id = node.id.0;
+                self.record(TraceEvent::RestartRefused { node: id, reason: v.detail });
+                let at = now + self.rng.between(MS, 20 * MS);
+                self.schedule(at, Event::Restart { node: n });
+                Ok(())
+            }
+            Err(v) => Err(v),
+        }
+    }
+
+    /// Opens node `n`'s storage (creating it the first time) and recovers the runtime's
+    /// components from it.
+    fn open_and_recover(
+        &mut self,
+        n: usize,
+        raft_config: Config,
+        config: NodeConfig,
+    ) -> Result<Box<Live>, Violation> {
+        let now = self.now;
         let node = &mut self.nodes[n];
         let id = node.id;
         let fs: Arc<SimFs> = Arc::new(node.fs.clone());
@@ -810,9 +849,8 @@ impl Sim {
         };
         let queued_hs = codec::hard_state_from_storage(&disk.log().hard_state());
         let members = self.nodes.len();
-        let node = &mut self.nodes[n];
-        let inc = node.inc;
-        node.live = Some(Live {
+        self.record(restart);
+        Ok(Box::new(Live {
             driver,
             disk,
             applier,
@@ -828,9 +866,14 @@ impl Sim {
             incoming: Vec::new(),
             seen_transfers: vec![0; members],
             leader_term: None,
-        });
+        }))
+    }
+
+    /// Node `n` runs `live`.
+    fn started(&mut self, n: usize, live: Live) -> Result<(), Violation> {
+        let inc = self.nodes[n].inc;
+        self.nodes[n].live = Some(live);
         self.nodes[n].paused_until = 0;
-        self.record(restart);
         let at = self.now + self.rng.between(1, TICK_US);
         self.schedule(at, Event::Tick { node: n, inc });
         self.drive(n)
@@ -1090,11 +1133,17 @@ impl Sim {
         }
         let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
         if job.failed {
-            fs.fail_sync(fs.sync_count() + 1);
+            // Alternately the write or the fsync fails (both poison the log store).
+            if job.id % 2 == 0 {
+                fs.fail_write(fs.write_count() + 1);
+            } else {
+                fs.fail_sync(fs.sync_count() + 1);
+            }
         }
         let mut installed = Vec::new();
         let written = live.disk.write(std::slice::from_mut(&mut job.job), &mut |meta| installed.push(meta));
         fs.fail_sync(0);
+        fs.fail_write(0);
         let id = self.nodes[n].id;
         if job.failed {
             self.stats.fsync_errors += 1;

@@ -106,6 +106,10 @@ pub enum TraceEvent {
         node: u64,
         job: u64,
     },
+    RestartRefused {
+        node: u64,
+        reason: String,
+    },
     Unreachable {
         node: u64,
         peer: u64,
@@ -187,6 +191,7 @@ impl fmt::Display for TraceEvent {
             DiskError { node, job } => {
                 write!(f, "DISK ERROR n{node} persist job {job} failed: the member stops")
             }
+            RestartRefused { node, reason } => write!(f, "REFUSED n{node} restart: {reason}"),
             Unreachable { node, peer } => write!(f, "unreach n{node} reports n{peer} unreachable"),
             ReadSent { client, node, key, context, min_index } => {
                 write!(
