@@ -86,3 +86,39 @@ fn corrupted_reads_never_destroy_durable_entries() {
         assert_eq!(after, all, "seed {seed}: a bad read destroyed durable entries");
     }
 }
+
+/// A snapshot is verified when it is opened, and read again when it is restored or sent: a
+/// disk that returns other bytes on that second read must not hand them out as the body.
+#[test]
+fn a_bad_read_of_a_verified_snapshot_body_is_an_error() {
+    use std::io::Read;
+
+    use raftkv_storage::{NodeIds, SnapshotMeta, SnapshotStore};
+    use std::sync::Arc;
+
+    let fs = SimFs::new();
+    let ids = NodeIds { cluster_id: 1, node_id: 1 };
+    let store = SnapshotStore::create(Arc::new(fs.clone()), Path::new("/snap"), ids).unwrap();
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = store.begin(SnapshotMeta { index: 9, term: 2, config: Default::default() }).unwrap();
+    w.write(&body).unwrap();
+    w.finish().unwrap();
+
+    // Honest reads: the body comes back whole, through both ways of reading it.
+    let (_, mut r) = store.latest().unwrap().unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!(got, body);
+    let (_, r) = store.latest().unwrap().unwrap();
+    assert_eq!(r.read_all().unwrap(), body);
+
+    // Verified when opened, then every read flips a bit.
+    let (_, mut r) = store.latest().unwrap().unwrap();
+    let (_, r2) = store.latest().unwrap().unwrap();
+    fs.corrupt_reads(7, 1_000_000);
+    let mut got = Vec::new();
+    let err = r.read_to_end(&mut got).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(r2.read_all().is_err(), "a corrupted body was served");
+    assert!(fs.reads_corrupted() >= 2);
+}
