@@ -8,7 +8,6 @@ mod backup;
 mod bench;
 mod bolt;
 mod client_port;
-mod coldseg;
 mod config;
 mod dev;
 mod flatio;
