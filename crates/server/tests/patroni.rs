@@ -252,7 +252,10 @@ postgresql:
 fn start_patroni(node: &mut Node, uid: u32, gid: u32) {
     let log = OpenOptions::new().create(true).append(true).open(&node.log).expect("patroni log");
     let mut cmd = Command::new("patroni");
+    // The PostgreSQL tools fail when they cannot read their working directory (the test's own
+    // may be under a root-only home): run in the node's directory.
     cmd.arg(&node.config)
+        .current_dir(&node.dir)
         .env("HOME", &node.dir)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
@@ -335,7 +338,8 @@ async fn patroni_two_node_failover_on_raftkv() {
     let mut raftkv_port = c.port(0);
 
     // The nodes' directories belong to the PostgreSQL user (the temp dir is made 0700 by us).
-    let top = tempfile::Builder::new().prefix("raftkv-patroni-").tempdir().expect("temp dir");
+    // Under /tmp rather than $TMPDIR, which may be inside a directory the user cannot enter.
+    let top = tempfile::Builder::new().prefix("raftkv-patroni-").tempdir_in("/tmp").expect("temp dir");
     std::os::unix::fs::chown(top.path(), Some(uid), Some(gid)).expect("chown the test dir");
     let ports = free_ports(4);
     let mut nodes: Vec<Node> = (0..2)

@@ -19,8 +19,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_api::etcdserverpb::kv_client::KvClient;
+use raftkv_api::etcdserverpb::lease_client::LeaseClient;
 use raftkv_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use raftkv_api::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use raftkv_api::etcdserverpb::{
+    LeaseKeepAliveRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use tonic::transport::{Channel, Endpoint};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
@@ -560,4 +563,31 @@ pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
     }
     let child = die_with_parent(&mut cmd).spawn().expect("spawn etcd");
     Some((Proc::new("etcd", child, Some(log_path)), ports[0], ports[1]))
+}
+
+/// A JSON gateway POST over HTTP/1.1; the response body.
+pub fn http_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// One keep-alive through member `port`; the TTL answered.
+pub async fn keep_alive_once(port: u16, id: i64) -> Result<i64, tonic::Status> {
+    let mut stream = LeaseClient::new(channel(port))
+        .lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id }))
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(r) => Ok(r.ttl),
+        None => Err(tonic::Status::unavailable("stream closed")),
+    }
 }
