@@ -31,6 +31,7 @@ async fn stale_reads_from_an_isolated_leader_are_not_linearizable() {
         unsafe_stale_reads: true,
         check_budget: Budget::default(),
         quiet: false,
+        watch: false,
     };
     let r = runner::run(cfg).await.expect("the run completes");
     assert_eq!(r.outcome, Outcome2::Invalid, "stale reads must be reported as not linearizable");
