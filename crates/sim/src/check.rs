@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raftkv_raft::{Entry, EntryKind, LogIndex, NodeId, Term};
 
-use crate::machine::{KEYS, command_of, key_of};
+use crate::machine::{KEYS, command_id, key_of};
 use crate::rng::chain;
 
 /// A broken guarantee (or a core panic, or a liveness failure).
@@ -43,12 +43,12 @@ pub fn entry_hash(e: &Entry) -> u64 {
     chain(h, e.data.len() as u64)
 }
 
-/// The command id carried by a normal entry (the simulator's clients write 8-byte ids).
+/// The command id carried by a normal entry (an 8-byte id, or a key-value command's id).
 pub fn attempt_of(e: &Entry) -> Option<u64> {
     if e.kind != EntryKind::Normal {
         return None;
     }
-    command_of(&e.data)
+    command_id(&e.data)
 }
 
 /// One node's log as the simulator has seen it through `Ready.entries` and snapshots: for

@@ -103,6 +103,9 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     if let Some(bug) = options.driver_bug {
         cmd.push_str(&format!(" --plant {}", bug.name()));
     }
+    if options.kv_store {
+        cmd.push_str(" --kv");
+    }
     cmd
 }
 

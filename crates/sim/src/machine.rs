@@ -135,6 +135,134 @@ impl Reader<'_> {
     }
 }
 
+/// The state machine a run's members apply commands to: the registers alone, or the
+/// server's own key-value state machine (`raftkv_kvsm::KvMachine`: the MVCC store the
+/// server ships) with the registers kept beside it as the checkers' model of it.
+pub struct SimMachine {
+    /// The model: applied index, digest of the commands, last command per register.
+    pub regs: Registers,
+    /// The real store, when the run uses it: commands are `raftkv_api::Command` puts of
+    /// register `key` (key `r<key>`) holding the command id, and reads go through it.
+    pub kv: Option<raftkv_kvsm::KvMachine>,
+}
+
+/// The key-value store's key of register `key`.
+fn kv_key(key: usize) -> bytes::Bytes {
+    format!("r{key}").into_bytes().into()
+}
+
+impl SimMachine {
+    pub fn new(kv: bool, filler: u32) -> SimMachine {
+        SimMachine {
+            regs: Registers { filler, ..Registers::default() },
+            kv: kv.then(|| raftkv_kvsm::KvMachine::new(raftkv_kv::KvConfig::default())),
+        }
+    }
+
+    /// A command's entry data: its id alone, or a key-value put of its register.
+    pub fn command(kv: bool, attempt: u64) -> bytes::Bytes {
+        if !kv {
+            return bytes::Bytes::copy_from_slice(&attempt.to_le_bytes());
+        }
+        let put = raftkv_api::etcdserverpb::PutRequest {
+            key: kv_key(key_of(attempt)),
+            value: bytes::Bytes::copy_from_slice(&attempt.to_le_bytes()),
+            ..Default::default()
+        };
+        raftkv_api::Command::put(attempt, put).encode_to_bytes()
+    }
+
+    /// The state digest the checkers compare across members at one applied index.
+    pub fn digest(&self) -> u64 {
+        match &self.kv {
+            Some(kv) => chain(self.regs.digest, u64::from(kv.kv.digest())),
+            None => self.regs.digest,
+        }
+    }
+
+    /// Register `key` as a read returns it (0: never written): from the key-value store
+    /// when the run has one. An error is the store refusing the read or holding a value no
+    /// command could have written.
+    pub fn read(&self, key: usize) -> Result<u64, String> {
+        let Some(kv) = &self.kv else { return Ok(self.regs.values[key]) };
+        let req = raftkv_api::etcdserverpb::RangeRequest { key: kv_key(key), ..Default::default() };
+        let resp = kv.kv.range(&req).map_err(|e| format!("range of register {key}: {e}"))?;
+        match resp.kvs.first() {
+            None => Ok(0),
+            Some(found) => command_of(&found.value)
+                .ok_or_else(|| format!("register {key} holds {} bytes, not a command id", found.value.len())),
+        }
+    }
+}
+
+/// The command id of an entry's data, in either encoding (the checkers' view).
+pub fn command_id(data: &[u8]) -> Option<u64> {
+    command_of(data).or_else(|| raftkv_api::Command::decode_from(data).ok().map(|c| c.id))
+}
+
+impl StateMachine for SimMachine {
+    /// The index the command was applied at.
+    type Output = u64;
+    type Pin = (Registers, Option<<raftkv_kvsm::KvMachine as StateMachine>::Pin>);
+
+    fn apply(&mut self, index: u64, data: &[u8]) -> Option<(u64, u64)> {
+        let Some(kv) = &mut self.kv else { return self.regs.apply(index, data) };
+        self.regs.applied = index;
+        let (attempt, out) = kv.apply(index, data)?;
+        if let raftkv_kvsm::Output::Kv(Err(_)) = out {
+            // Every replica fails it alike; the model keeps the command out of its state.
+            return Some((attempt, index));
+        }
+        self.regs.digest = chain(self.regs.digest, attempt);
+        self.regs.commands += 1;
+        self.regs.values[key_of(attempt)] = attempt;
+        Some((attempt, index))
+    }
+
+    fn pin(&mut self) -> Self::Pin {
+        (self.regs.clone(), self.kv.as_mut().map(|kv| kv.pin()))
+    }
+
+    fn write_snapshot(pin: &Self::Pin, w: &mut dyn Write, visit: &mut Visit<'_, Self>) -> io::Result<()> {
+        let regs = pin.0.encode();
+        w.write_all(&(regs.len() as u32).to_be_bytes())?;
+        w.write_all(&regs)?;
+        match &pin.1 {
+            Some(kv_pin) => raftkv_kvsm::KvMachine::write_snapshot(kv_pin, w, &mut |f| {
+                visit(&mut |m: &SimMachine| {
+                    if let Some(kv) = &m.kv {
+                        f(kv)
+                    }
+                })
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn unpin(&mut self, pin: Self::Pin) {
+        if let (Some(kv), Some(kv_pin)) = (&mut self.kv, pin.1) {
+            kv.unpin(kv_pin);
+        }
+    }
+
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+        let mut n = [0u8; 4];
+        r.read_exact(&mut n).map_err(|e| format!("reading the snapshot: {e}"))?;
+        let regs_len = u64::from(u32::from_be_bytes(n));
+        if regs_len + 4 > len {
+            return Err(format!("snapshot registers of {regs_len} bytes in a body of {len}"));
+        }
+        let mut part = (&mut *r).take(regs_len);
+        self.regs.restore(&mut part, regs_len)?;
+        let rest = len - 4 - regs_len;
+        match &mut self.kv {
+            Some(kv) => kv.restore(r, rest),
+            None if rest == 0 => Ok(()),
+            None => Err(format!("{rest} bytes after the registers")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

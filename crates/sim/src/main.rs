@@ -26,6 +26,10 @@ struct Common {
     /// ack-despite-fsync-error, snapshot-keeps-tail, apply-before-durable.
     #[arg(long, value_parser = raftkv_sim::parse_plant)]
     plant: Option<Plant>,
+    /// Members apply commands to the server's key-value state machine (raftkv-kvsm's
+    /// KvMachine: puts through the MVCC store, reads from it) instead of the registers alone.
+    #[arg(long)]
+    kv: bool,
 }
 
 impl Common {
@@ -41,6 +45,7 @@ impl Common {
                 Some(Plant::Driver(b)) => Some(b),
                 _ => None,
             },
+            kv_store: self.kv,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use raftkv_node::{
     Action, Applier, DiskJob, DiskWorker, Driver, DriverBug, Inbound, NodeConfig, NodeError, ReadWaiter,
-    StateMachine as _, codec, recover_with, write_snapshot,
+    StateMachine, codec, recover_with, write_snapshot,
 };
 use raftkv_raft::{
     CompactionPolicy, Config, Entry, HardState, LogIndex, Message, MessageBody, NodeId, PlantedBug, Role,
@@ -37,7 +37,7 @@ use raftkv_transport::codec::{FrameType, SnapshotAck, SnapshotBegin, SnapshotChu
 use raftkv_transport::{BodyError, BodyReceiver};
 
 use crate::check::{Checker, Mirror, Violation, entry_hash};
-use crate::machine::{KEYS, MAX_BODY_BYTES, Registers};
+use crate::machine::{KEYS, MAX_BODY_BYTES, SimMachine};
 use crate::params::{MS, Params, Profile, TICK_US};
 use crate::rng::{Rng, mix64};
 use crate::snapstream::{Incoming, MAX_FRAME_BYTES, Outgoing, Reject, SnapFrame, unframe};
@@ -55,6 +55,9 @@ pub struct SimOptions {
     /// A known bug to plant in every member's runtime (see [`DriverBug`]). Takes effect
     /// only when this crate is built with the `planted-bugs` feature.
     pub driver_bug: Option<DriverBug>,
+    /// Members apply commands to the server's key-value state machine
+    /// (`raftkv_kvsm::KvMachine`) instead of the registers alone.
+    pub kv_store: bool,
 }
 
 /// Counters of one run, for the summary line.
@@ -219,7 +222,7 @@ struct Live {
     driver: Driver<ReadToken>,
     disk: DiskWorker<FileLogStore>,
     applier: Applier,
-    sm: Registers,
+    sm: SimMachine,
     snapshots: SnapshotStore,
     /// Disk jobs handed out and not yet written, in order.
     jobs: VecDeque<QueuedJob>,
@@ -228,7 +231,7 @@ struct Live {
     /// one needs a sync).
     queued_hs: HardState,
     /// A snapshot due and being written: the state pinned for it and its meta.
-    snapshotting: Option<(Registers, SnapshotMeta)>,
+    snapshotting: Option<(<SimMachine as StateMachine>::Pin, SnapshotMeta)>,
     mirror: Mirror,
     /// Snapshot transfers this node sends (at most one per peer) and receives (at most one
     /// per peer), and per peer the highest transfer id seen (older Begins are duplicates).
@@ -371,7 +374,6 @@ enum Phase {
 pub struct Sim {
     seed: u64,
     params: Params,
-    #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
     options: SimOptions,
     rng: Rng,
     now: u64,
@@ -795,7 +797,7 @@ impl Sim {
         let (storage, recovered) =
             opened.map_err(|e| violation(now, "restart refused", format!("node {id}: storage: {e}")))?;
         node.created = true;
-        let mut sm = Registers { filler: self.params.snapshot_filler_bytes, ..Registers::default() };
+        let mut sm = SimMachine::new(self.options.kv_store, self.params.snapshot_filler_bytes);
         let (raft, snapshot) = recover_with(&config, raft_config, &storage.snapshots, recovered, &mut sm)
             .map_err(|e| violation(now, "restart refused", format!("node {id}: {e}")))?;
         #[cfg(feature = "planted-bugs")]
@@ -819,11 +821,14 @@ impl Sim {
         // Mirror the recovered log for the checkers.
         let mut mirror = Mirror::default();
         if let Some(s) = &snapshot {
-            if sm.applied != s.index.0 {
+            if sm.regs.applied != s.index.0 {
                 return Err(violation(
                     now,
                     "snapshot",
-                    format!("node {id} restored a snapshot holding {} as snapshot {}", sm.applied, s.index),
+                    format!(
+                        "node {id} restored a snapshot holding {} as snapshot {}",
+                        sm.regs.applied, s.index
+                    ),
                 ));
             }
             let chain = self.chain_at(id, s.index.0, s.term)?;
@@ -840,7 +845,7 @@ impl Sim {
             let c = mirror.push(e);
             self.checker.log_entry(id, i, e.term, c)?;
         }
-        self.checker.restored(id, sm.applied, sm.digest)?;
+        self.checker.restored(id, sm.regs.applied, sm.digest())?;
         let restart = TraceEvent::Restart {
             node: id.0,
             term: raft.term().0,
@@ -1202,18 +1207,18 @@ impl Sim {
         live.applier
             .restore(&mut live.sm, &live.snapshots, meta)
             .map_err(|e| violation(now, "snapshot", format!("node {id} cannot restore: {e}")))?;
-        if live.sm.applied != meta.index.0 {
+        if live.sm.regs.applied != meta.index.0 {
             return Err(violation(
                 now,
                 "snapshot",
                 format!(
                     "node {id} restored snapshot {} holding the state at {}",
-                    meta.index, live.sm.applied
+                    meta.index, live.sm.regs.applied
                 ),
             ));
         }
         live.driver.applied(meta.index);
-        self.checker.restored(id, live.sm.applied, live.sm.digest)?;
+        self.checker.restored(id, live.sm.regs.applied, live.sm.digest())?;
         self.stats.snapshots_installed += 1;
         self.record(TraceEvent::SnapshotInstalled { node: id.0, index: meta.index.0, term: meta.term.0 });
         self.forget_pending(n, "its node installed a snapshot");
@@ -1257,8 +1262,8 @@ impl Sim {
             }
             let mut done = Vec::new();
             live.applier.apply(&mut live.sm, std::slice::from_ref(e), &mut done);
-            live.sm.applied = index;
-            let digest = live.sm.digest;
+            live.sm.regs.applied = index;
+            let digest = live.sm.digest();
             self.checker.applied(id, e, digest)?;
             // Clients waiting on this node for this command learn it committed.
             for (attempt, index) in done {
@@ -1311,7 +1316,12 @@ impl Sim {
         let Some((pin, meta)) = live.snapshotting.take() else { return Ok(()) };
         let id = live.driver.raft().id();
         let sm = &live.sm;
-        let bytes = write_snapshot::<Registers>(&pin, &live.snapshots, &meta, &mut |f| f(sm))
+        let written = write_snapshot::<SimMachine>(&pin, &live.snapshots, &meta, &mut |f| f(sm));
+        if written.is_ok() {
+            SimMachine::snapshot_durable(&pin);
+        }
+        live.sm.unpin(pin);
+        let bytes = written
             .map_err(|e| violation(now, "storage", format!("node {id} cannot write a snapshot: {e}")))?;
         live.applier.snapshot_written(bytes);
         let mut out = Vec::new();
@@ -2024,7 +2034,7 @@ impl Sim {
         let deadline = self.now + self.params.client_timeout_us;
         client.pending = Some(Pending { attempt, node: target, inc, deadline, proposed_at: self.now });
         self.wake_client(c, deadline);
-        let data = Bytes::copy_from_slice(&attempt.to_le_bytes());
+        let data = SimMachine::command(self.options.kv_store, attempt);
         self.input(target, |d, now, out| d.propose(vec![(attempt, data)], now, out))
     }
 }
@@ -2044,7 +2054,9 @@ impl Sim {
         let Some(live) = self.nodes[target].live.as_ref() else { return Ok(()) };
         let id = live.driver.raft().id();
         if !linearizable {
-            let (value, applied) = (live.sm.values[key], live.sm.applied);
+            let value =
+                live.sm.read(key).map_err(|e| violation(self.now, "read", format!("node {id}: {e}")))?;
+            let applied = live.sm.regs.applied;
             self.checker.read(id, key, value, min_index, false)?;
             self.stats.reads_serializable += 1;
             self.record(TraceEvent::ReadServed {
@@ -2101,7 +2113,7 @@ impl Sim {
     fn serve_reads(&mut self, n: usize) -> Result<(), Violation> {
         let inc = self.nodes[n].inc;
         let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
-        let (id, applied) = (live.driver.raft().id(), live.sm.applied);
+        let (id, applied) = (live.driver.raft().id(), live.sm.regs.applied);
         for c in 0..self.clients.len() {
             let Some(r) = &self.clients[c].read else { continue };
             let Some(read_index) = r.read_index else { continue };
@@ -2110,7 +2122,8 @@ impl Sim {
             }
             let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
             let (key, min_index) = (r.key, r.min_index);
-            let value = live.sm.values[key];
+            let value =
+                live.sm.read(key).map_err(|e| violation(self.now, "read", format!("node {id}: {e}")))?;
             self.checker.read(id, key, value, min_index, true)?;
             self.clients[c].read = None;
             self.stats.reads_linearizable += 1;

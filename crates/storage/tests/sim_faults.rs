@@ -122,3 +122,30 @@ fn a_bad_read_of_a_verified_snapshot_body_is_an_error() {
     assert!(r2.read_all().is_err(), "a corrupted body was served");
     assert!(fs.reads_corrupted() >= 2);
 }
+
+/// A record length damaged so that it runs past the end of the last segment looks like a
+/// write cut by a crash, but whole records follow it: the log refuses to open (a bad read
+/// is retried by restarting) instead of cutting the synced records after it.
+#[test]
+fn a_damaged_length_with_records_after_it_is_not_cut_as_torn() {
+    let fs = SimFs::new();
+    // No preallocated zeros: the damaged length runs past the end of the file.
+    let opts = raftkv_storage::LogOptions { preallocate: 0, ..small_opts() };
+    let mut s = sim_create(&fs, opts.clone());
+    for lo in (1..=20).step_by(4) {
+        s.append(&recs(lo, lo + 3, 1, "c")).unwrap();
+        s.sync().unwrap();
+    }
+    drop(s);
+    let segs = segment_files(&fs, &log_dir());
+    let last = segs.last().unwrap().clone();
+    let before = fs.file_bytes(&last).unwrap();
+    // The first record after the 64-byte segment header: +65,536 to its length.
+    assert!(fs.flip_bit(&last, 64 + 2, 0));
+    let opened = sim_open(&fs, opts.clone());
+    assert!(opened.is_err(), "a damaged length was cut as a torn tail");
+    assert!(fs.flip_bit(&last, 64 + 2, 0));
+    assert_eq!(fs.file_bytes(&last).unwrap(), before, "refusing to open changed the file");
+    let (_, r) = sim_open(&fs, opts.clone()).unwrap();
+    assert_eq!(r.records, recs(1, 20, 1, "c"));
+}
