@@ -35,6 +35,7 @@
 //! ```
 
 pub mod coldseg;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
@@ -48,6 +49,8 @@ use raftkv_node::{StateMachine, Visit};
 use serde::{Deserialize, Serialize};
 
 use crate::coldseg::{ColdChain, SharedChain};
+pub use crate::snapshot::{SnapshotError, write_store_snapshot};
+use crate::snapshot::{Trailer, read_full, write_full};
 
 /// What the embedding server does around the state machine (feed watch streams, record
 /// metrics). Every method defaults to doing nothing ([`NoHooks`]).
@@ -79,23 +82,6 @@ pub struct MemberAttributes {
     pub name: String,
     pub client_urls: Vec<String>,
 }
-
-/// The section after the key-value state in a snapshot: the members' attributes and,
-/// when there are leases, the lease table. A snapshot without leases keeps the original
-/// form (the members map alone), so older snapshots read as "no leases".
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Trailer {
-    WithLeases {
-        members: BTreeMap<u64, MemberAttributes>,
-        leases: Vec<raftkv_kv::LeaseRecord>,
-        attached: Vec<raftkv_kv::AttachedRecord>,
-    },
-    Members(BTreeMap<u64, MemberAttributes>),
-}
-
-/// Largest trailer (members and lease table) a snapshot may carry.
-const MAX_TRAILER: usize = 256 << 20;
 
 #[derive(Serialize, Deserialize)]
 enum Internal {
@@ -238,12 +224,7 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
     type Pin = KvPin<H>;
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = if self.kv.leases().is_empty() {
-            Trailer::Members(self.members.clone())
-        } else {
-            let (leases, attached) = self.kv.leases().export();
-            Trailer::WithLeases { members: self.members.clone(), leases, attached }
-        };
+        let trailer = Trailer::of(&self.kv, &self.members);
         KvPin { point: self.kv.pin(), trailer, chain: self.chain.clone(), hooks: self.hooks.clone() }
     }
 
@@ -269,7 +250,7 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
     ) -> Result<(Box<dyn Read + Send>, u64), String> {
         match &self.segment_dir {
             Some(dir) => {
-                let (full, len) = coldseg::open_full(r, len, dir)?;
+                let (full, len) = coldseg::open_full(r, len, dir).map_err(|e| e.to_string())?;
                 Ok((Box::new(full), len))
             }
             None => Ok((r, len)),
@@ -286,7 +267,7 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
         if restored.is_ok() {
             self.hooks.snapshot_restored(started.elapsed());
         }
-        restored
+        restored.map_err(|e| e.to_string())
     }
 }
 
@@ -297,62 +278,24 @@ impl<H: Hooks> KvMachine<H> {
         w: &mut dyn Write,
         visit: &mut Visit<'_, Self>,
     ) -> io::Result<()> {
-        let members = serde_json::to_vec(&pin.trailer).map_err(io::Error::other)?;
-        if members.len() > MAX_TRAILER {
-            return Err(io::Error::other(format!(
-                "the members and lease table take {} bytes, more than a snapshot holds ({MAX_TRAILER})",
-                members.len()
-            )));
-        }
+        let trailer = pin.trailer.encode()?;
         if let Some(chain) = &pin.chain {
-            return coldseg::write_thin(chain, &pin.point, &members, w, &mut |f| {
+            return coldseg::write_thin(chain, &pin.point, &trailer, w, &mut |f| {
                 visit(&mut |m: &Self| f(&m.kv))
             });
         }
-        let mut w = w;
-        KvStore::write_pinned(&pin.point, &mut w, |f| visit(&mut |m: &Self| f(&m.kv)))?;
-        w.write_all(&(members.len() as u32).to_le_bytes())?;
-        w.write_all(&members)
+        write_full(&pin.point, &trailer, w, |f| visit(&mut |m: &Self| f(&m.kv)))
     }
 
     /// [`StateMachine::restore`] without its timing.
-    fn restore_timed(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+    fn restore_timed(&mut self, r: &mut dyn Read, len: u64) -> Result<(), SnapshotError> {
         // A thin snapshot (this member's own) is expanded with its segments.
         let mut r = match &self.segment_dir {
             Some(dir) => BufReader::new(coldseg::open_full(r, len, dir)?.0),
             None => BufReader::new(coldseg::FullReader::Pass(io::Cursor::new(Vec::new()).chain(r))),
         };
-        let cold =
-            self.kv.cold_store().fresh().map_err(|e| format!("cannot create the history cache file: {e}"))?;
-        let kv = KvStore::restore_with(&mut r, self.config.clone(), cold).map_err(|e| e.to_string())?;
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).map_err(|e| format!("snapshot members section: {e}"))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_TRAILER {
-            return Err(format!("snapshot members section claims {len} bytes"));
-        }
-        let mut buf = Vec::new();
-        (&mut r)
-            .take(len as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("snapshot members section: {e}"))?;
-        if buf.len() != len {
-            return Err("snapshot members section: truncated".into());
-        }
-        let mut kv = kv;
-        // The original form first (a map, whose numeric keys an untagged enum cannot read).
-        let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
-            Ok(members) => members,
-            Err(_) => {
-                match serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))? {
-                    Trailer::Members(members) => members,
-                    Trailer::WithLeases { members, leases, attached } => {
-                        kv.import_leases(&leases, &attached).map_err(|e| e.to_string())?;
-                        members
-                    }
-                }
-            }
-        };
+        let cold = self.kv.cold_store().fresh().map_err(SnapshotError::ColdStore)?;
+        let (kv, members) = read_full(&mut r, self.config.clone(), cold)?;
         self.kv = kv;
         self.hooks.restored(&mut self.kv);
         self.members = members;
@@ -504,10 +447,8 @@ mod tests {
         // The full snapshot of the same state, written the classic way.
         let mut full = Vec::new();
         let pin = m.pin();
-        KvStore::write_pinned(&pin.point, &mut full, |f| f(&m.kv)).expect("test setup");
-        let members = serde_json::to_vec(&pin.trailer).expect("test setup");
-        full.extend_from_slice(&(members.len() as u32).to_le_bytes());
-        full.extend_from_slice(&members);
+        let trailer = pin.trailer.encode().expect("test setup");
+        write_full(&pin.point, &trailer, &mut full, |f| f(&m.kv)).expect("test setup");
         m.unpin(pin);
         assert!(full_of(&thin2, &seg_dir) == full, "the expanded thin snapshot differs from the full one");
         // Restoring from the thin snapshot (as after a restart) gives the same state.

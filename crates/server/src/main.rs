@@ -5,12 +5,10 @@ use clap::{Parser, Subcommand};
 mod authority;
 mod autocompact;
 mod backup;
-mod bench;
 mod bolt;
 mod client_port;
 mod config;
 mod dev;
-mod flatio;
 mod gateway;
 mod grpc;
 mod kvsm;
@@ -44,8 +42,6 @@ enum Command {
     Server(Box<config::ServerArgs>),
     /// Run a local three-member cluster on 127.0.0.1 (client ports 2379, 22379, 32379).
     Dev(dev::DevArgs),
-    /// Generate load against etcd v3 endpoints (raftkv or etcd) and report throughput and latency.
-    Bench(bench::BenchArgs),
     /// Backups: restore a snapshot file into a new member's data dir, or print its status.
     Snapshot(backup::SnapshotArgs),
 }
@@ -53,7 +49,6 @@ enum Command {
 enum Run {
     Server(Box<config::ServerConfig>),
     Dev(dev::DevArgs),
-    Bench(bench::BenchArgs),
 }
 
 fn init_logging(format: config::LogFormat, level: &str) {
@@ -107,12 +102,6 @@ fn main() -> std::process::ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::Dev(args) => Ok(Run::Dev(args)),
-        Command::Bench(args) => {
-            // The generator too: a burst of responses wakes its clients, whose next requests
-            // then leave together instead of one write each.
-            server_runtime(&mut builder);
-            Ok(Run::Bench(args))
-        }
         Command::Snapshot(_) => Err("unreachable: handled above".to_string()),
     };
     let result = command.and_then(|command| {
@@ -123,7 +112,6 @@ fn main() -> std::process::ExitCode {
                 runtime.block_on(server::run(*config))
             }
             Run::Dev(args) => runtime.block_on(dev::run(args)),
-            Run::Bench(args) => runtime.block_on(bench::run(args)),
         }
     });
     match result {

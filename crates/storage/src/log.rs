@@ -120,8 +120,8 @@ impl Replay {
 
 /// The file-backed [`LogStore`]: a directory of segment files.
 ///
-/// Not thread-safe by itself; wrap it in a [`crate::GroupCommitLog`] to
-/// share it between threads with group commit.
+/// Not thread-safe by itself: the member runtime's disk worker (`raftkv-node`)
+/// owns it and covers every job queued while it writes with one sync (group commit).
 pub struct FileLogStore {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
