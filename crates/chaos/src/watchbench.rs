@@ -169,12 +169,8 @@ async fn open_watchers(
 > {
     let n = reqs.len();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut client = WatchClient::new(ch).max_decoding_message_size(64 << 20);
-    let resp = client
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("watch: {e}"))?;
-    let mut stream = resp.into_inner();
+    // The requests go out before the response headers are awaited: etcd sends its headers
+    // with the first response.
     let sender = tx.clone();
     tokio::spawn(async move {
         for r in reqs {
@@ -183,6 +179,12 @@ async fn open_watchers(
             }
         }
     });
+    let mut client = WatchClient::new(ch).max_decoding_message_size(64 << 20);
+    let resp = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("watch: {e}"))?;
+    let mut stream = resp.into_inner();
     let mut created = 0;
     while created < n {
         match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
@@ -387,11 +389,9 @@ async fn keepalive_point(s: &Server, leases: usize, duration: Duration) -> Resul
         let (ids, stop, answered) = (ids.clone(), stop.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let Ok(resp) = c.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
-                return;
-            };
-            let mut stream = resp.into_inner();
             let stop2 = stop.clone();
+            // Sending starts before the response headers are awaited (etcd sends them with
+            // the first response).
             let sender = tokio::spawn(async move {
                 let mut i = k;
                 while !stop2.load(Ordering::Relaxed) {
@@ -401,6 +401,11 @@ async fn keepalive_point(s: &Server, leases: usize, duration: Duration) -> Resul
                     i += streams;
                 }
             });
+            let Ok(resp) = c.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+                sender.abort();
+                return;
+            };
+            let mut stream = resp.into_inner();
             while !stop.load(Ordering::Relaxed) {
                 match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
                     Ok(Ok(Some(_))) => {
