@@ -6,7 +6,7 @@
 //!   connections) to keys under `wb/` while 1, then 1,000 watchers (over up to 10 streams)
 //!   watch the prefix; events delivered per second, and the latency from a put's
 //!   acknowledgement to each delivery of its event (p50/p99; an event that arrives before the
-//!   acknowledgement counts as 0);
+//!   acknowledgement counts as 0), and from the put's request to each delivery;
 //! * **idle watchers**: the member's RSS before and after opening 100,000 watchers (on
 //!   distinct keys, 1,000 per stream, 100 streams over 10 connections);
 //! * **lease keep-alives**: 10,000 leases granted, then keep-alives as fast as 16 streams take
@@ -28,9 +28,7 @@ use raftkv_api::etcdserverpb::watch_request::RequestUnion;
 use raftkv_api::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, WatchCreateRequest, WatchRequest,
 };
-use tonic::transport::Channel;
-
-use crate::watchcheck::stream_channel;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -129,9 +127,7 @@ fn load_average() -> String {
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
     pub name: String,
-    /// (watchers, puts/s, events delivered/s, p50 ms, p99 ms, CPU µs per delivered event,
-    /// events missing)
-    pub watch: Vec<(usize, f64, f64, f64, f64, f64, u64)>,
+    pub watch: Vec<WatchPoint>,
     /// (watchers opened, RSS before, RSS after) in bytes
     pub idle: (usize, u64, u64),
     /// (leases, keep-alives/s, CPU µs per keep-alive)
@@ -139,8 +135,17 @@ pub struct Figures {
     pub load: Vec<String>,
 }
 
+/// Plain connections (no HTTP/2 keep-alive pings: etcd answers pings more often than every
+/// 5 s with GOAWAY).
 fn channels(url: &str, n: usize) -> Result<Vec<Channel>, String> {
-    (0..n).map(|_| stream_channel(url)).collect()
+    (0..n)
+        .map(|_| {
+            Ok(Endpoint::from_shared(url.to_string())
+                .map_err(|e| format!("bad endpoint {url}: {e}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy())
+        })
+        .collect()
 }
 
 fn create(key: &str, range_end: &str) -> WatchRequest {
@@ -164,12 +169,8 @@ async fn open_watchers(
 > {
     let n = reqs.len();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut client = WatchClient::new(ch).max_decoding_message_size(64 << 20);
-    let resp = client
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("watch: {e}"))?;
-    let mut stream = resp.into_inner();
+    // The requests go out before the response headers are awaited: etcd sends its headers
+    // with the first response.
     let sender = tx.clone();
     tokio::spawn(async move {
         for r in reqs {
@@ -178,6 +179,12 @@ async fn open_watchers(
             }
         }
     });
+    let mut client = WatchClient::new(ch).max_decoding_message_size(64 << 20);
+    let resp = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("watch: {e}"))?;
+    let mut stream = resp.into_inner();
     let mut created = 0;
     while created < n {
         match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
@@ -190,46 +197,60 @@ async fn open_watchers(
     Ok((stream, tx))
 }
 
-const ACK_SLOTS: usize = 1 << 22;
+const SLOTS: usize = 1 << 22;
+
+/// One watch throughput point.
+#[derive(Debug, Clone, Default)]
+pub struct WatchPoint {
+    pub watchers: usize,
+    pub puts_per_s: f64,
+    pub events_per_s: f64,
+    /// From the put's acknowledgement to the delivery (0 when the event came first), ms.
+    pub ack_p50: f64,
+    pub ack_p99: f64,
+    /// From the put's request to the delivery, ms.
+    pub send_p50: f64,
+    pub send_p99: f64,
+    pub cpu_us_per_event: f64,
+    pub missing: u64,
+}
 
 /// Writers at full speed with `watchers` watchers on their prefix.
-async fn watch_point(
-    s: &Server,
-    watchers: usize,
-    duration: Duration,
-) -> Result<(usize, f64, f64, f64, f64, f64, u64), String> {
+async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<WatchPoint, String> {
     let streams = watchers.clamp(1, 10);
     let base_rev = crate::watchcheck::current_revision(std::slice::from_ref(&s.url), Duration::from_secs(10))
         .await
         .ok_or("no revision")?;
     let start = Instant::now();
-    // Acknowledgement time (ns since start, + 1) by revision - base_rev.
-    let acks: Arc<Vec<AtomicU64>> = Arc::new((0..ACK_SLOTS).map(|_| AtomicU64::new(0)).collect());
+    // Per revision - base_rev: when its put was sent and acknowledged (ns since start).
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
     let mut readers = Vec::new();
     let done = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     for (i, ch) in channels(&s.url, streams)?.into_iter().enumerate() {
         let per = watchers / streams + usize::from(i < watchers % streams);
         let (mut stream, tx) = open_watchers(ch, (0..per).map(|_| create("wb/", "wb0")).collect()).await?;
-        let (acks, done, delivered) = (acks.clone(), done.clone(), delivered.clone());
-        let mut h = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+        let (done, delivered) = (done.clone(), delivered.clone());
         readers.push(tokio::spawn(async move {
             let _tx = tx;
+            // (revision - base_rev, received ns since start); latencies are computed at the
+            // end, when every acknowledgement is known.
+            let mut got: Vec<(u32, u64)> = Vec::new();
             while !done.load(Ordering::Relaxed) {
                 let m = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
                 let Ok(m) = m else { continue };
                 let Ok(Some(r)) = m else { break };
-                let now = start.elapsed().as_nanos() as u64 + 1;
+                let now = start.elapsed().as_nanos() as u64;
                 for e in &r.events {
                     let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                    let slot = usize::try_from(rev - base_rev).unwrap_or(usize::MAX);
-                    let ack = acks.get(slot).map_or(0, |a| a.load(Ordering::Relaxed));
-                    let us = if ack == 0 { 0 } else { now.saturating_sub(ack) / 1000 };
-                    let _ = h.record(us.max(1));
+                    if let Ok(slot) = u32::try_from(rev - base_rev) {
+                        got.push((slot, now));
+                    }
                 }
                 delivered.fetch_add(r.events.len() as u64, Ordering::Relaxed);
             }
-            h
+            got
         }));
     }
     let cpu0 = s.cpu();
@@ -240,8 +261,14 @@ async fn watch_point(
     let value = vec![b'v'; 256];
     for (c, ch) in channels(&s.url, 8)?.into_iter().enumerate() {
         for w in 0..8 {
-            let (mut kv, stop, puts, acks, value) =
-                (KvClient::new(ch.clone()), stop.clone(), puts.clone(), acks.clone(), value.clone());
+            let (mut kv, stop, puts, sent, acked, value) = (
+                KvClient::new(ch.clone()),
+                stop.clone(),
+                puts.clone(),
+                sent.clone(),
+                acked.clone(),
+                value.clone(),
+            );
             writers.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -249,10 +276,15 @@ async fn watch_point(
                     let key = format!("wb/{c}-{w}-{}", n % 100);
                     let req =
                         PutRequest { key: key.into(), value: value.clone().into(), ..Default::default() };
+                    let t_sent = start.elapsed().as_nanos() as u64;
                     let Ok(r) = kv.put(req).await else { continue };
+                    let t_ack = start.elapsed().as_nanos() as u64;
                     let rev = r.into_inner().header.map_or(0, |h| h.revision);
-                    if let Some(a) = usize::try_from(rev - base_rev).ok().and_then(|i| acks.get(i)) {
-                        a.store(start.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+                    if let Ok(i) = usize::try_from(rev - base_rev)
+                        && i < SLOTS
+                    {
+                        sent[i].store(t_sent, Ordering::Relaxed);
+                        acked[i].store(t_ack, Ordering::Relaxed);
                     }
                     puts.fetch_add(1, Ordering::Relaxed);
                 }
@@ -274,22 +306,34 @@ async fn watch_point(
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = s.cpu() - cpu0;
     done.store(true, Ordering::Relaxed);
-    let mut h = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut from_ack = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut from_send = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     for r in readers {
-        if let Ok(part) = r.await {
-            let _ = h.add(part);
+        for (slot, at) in r.await.unwrap_or_default() {
+            let (Some(t_sent), Some(t_ack)) = (sent.get(slot as usize), acked.get(slot as usize)) else {
+                continue;
+            };
+            let (t_sent, t_ack) = (t_sent.load(Ordering::Relaxed), t_ack.load(Ordering::Relaxed));
+            if t_ack == 0 {
+                continue;
+            }
+            let _ = from_ack.record(at.saturating_sub(t_ack) / 1000);
+            let _ = from_send.record(at.saturating_sub(t_sent) / 1000);
         }
     }
     let got = delivered.load(Ordering::Relaxed);
-    Ok((
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(WatchPoint {
         watchers,
-        written as f64 / duration.as_secs_f64(),
-        got as f64 / elapsed,
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        if got > 0 { cpu * 1e6 / got as f64 } else { 0.0 },
-        want.saturating_sub(got),
-    ))
+        puts_per_s: written as f64 / duration.as_secs_f64(),
+        events_per_s: got as f64 / elapsed,
+        ack_p50: ms(&from_ack, 0.5),
+        ack_p99: ms(&from_ack, 0.99),
+        send_p50: ms(&from_send, 0.5),
+        send_p99: ms(&from_send, 0.99),
+        cpu_us_per_event: if got > 0 { cpu * 1e6 / got as f64 } else { 0.0 },
+        missing: want.saturating_sub(got),
+    })
 }
 
 async fn idle_point(s: &Server, n: usize) -> Result<(usize, u64, u64), String> {
@@ -345,11 +389,9 @@ async fn keepalive_point(s: &Server, leases: usize, duration: Duration) -> Resul
         let (ids, stop, answered) = (ids.clone(), stop.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let Ok(resp) = c.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
-                return;
-            };
-            let mut stream = resp.into_inner();
             let stop2 = stop.clone();
+            // Sending starts before the response headers are awaited (etcd sends them with
+            // the first response).
             let sender = tokio::spawn(async move {
                 let mut i = k;
                 while !stop2.load(Ordering::Relaxed) {
@@ -359,6 +401,11 @@ async fn keepalive_point(s: &Server, leases: usize, duration: Duration) -> Resul
                     i += streams;
                 }
             });
+            let Ok(resp) = c.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+                sender.abort();
+                return;
+            };
+            let mut stream = resp.into_inner();
             while !stop.load(Ordering::Relaxed) {
                 match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
                     Ok(Ok(Some(_))) => {
@@ -387,15 +434,16 @@ async fn measure(name: &'static str, binary: &Path, cfg: &BenchConfig) -> Result
     crate::runner::wait_ready(std::slice::from_ref(&s.url), Duration::from_secs(30)).await?;
     let mut f = Figures { name: name.to_string(), ..Default::default() };
     eprintln!("bench-watch: {name} ({})", binary.display());
+    // Idle watchers first, on a member that has not served any yet.
+    f.load.push(load_average());
+    f.idle = idle_point(&s, cfg.idle_watchers).await?;
+    eprintln!("  idle: {:?}", f.idle);
     for watchers in [1, 1000] {
         f.load.push(load_average());
         let p = watch_point(&s, watchers, cfg.duration).await?;
         eprintln!("  {watchers} watchers: {p:?}");
         f.watch.push(p);
     }
-    f.load.push(load_average());
-    f.idle = idle_point(&s, cfg.idle_watchers).await?;
-    eprintln!("  idle: {:?}", f.idle);
     f.load.push(load_average());
     f.keepalive = keepalive_point(&s, cfg.leases, cfg.duration).await?;
     eprintln!("  keep-alives: {:?}", f.keepalive);
@@ -425,15 +473,24 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "| system | watchers | puts/s | events delivered/s | latency p50 ms | p99 ms | server CPU µs / event | events missing |"
+        "| system | watchers | puts/s | events delivered/s | ack→delivery p50 / p99 ms | request→delivery p50 / p99 ms | server CPU µs / event | events missing |"
     );
     let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in all {
-        for (w, puts, ev, p50, p99, cpu, missing) in &f.watch {
+        for p in &f.watch {
             let _ = writeln!(
                 o,
-                "| {} | {w} | {puts:.0} | {ev:.0} | {p50:.2} | {p99:.2} | {cpu:.2} | {missing} |",
-                f.name
+                "| {} | {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {} |",
+                f.name,
+                p.watchers,
+                p.puts_per_s,
+                p.events_per_s,
+                p.ack_p50,
+                p.ack_p99,
+                p.send_p50,
+                p.send_p99,
+                p.cpu_us_per_event,
+                p.missing
             );
         }
     }
