@@ -35,6 +35,9 @@ pub enum Trailer {
         members: BTreeMap<u64, MemberAttributes>,
         leases: Vec<raftkv_kv::LeaseRecord>,
         attached: Vec<raftkv_kv::AttachedRecord>,
+        /// Active alarms (absent in snapshots taken before alarms existed).
+        #[serde(default)]
+        alarms: crate::alarm::Alarms,
     },
     Members(BTreeMap<u64, MemberAttributes>),
 }
@@ -52,6 +55,8 @@ enum Internal {
 pub enum Output {
     Kv(Result<ApplyResult, KvError>),
     Published,
+    /// An Alarm request, or a command an active alarm refused ([`crate::alarm`]).
+    Alarm(crate::alarm::AlarmOutcome),
 }
 
 pub struct KvMachine {
@@ -71,6 +76,8 @@ pub struct KvMachine {
     segment_dir: Option<PathBuf>,
     /// Where applied changes go to the watch streams ([`crate::watch`]).
     pub watch: std::sync::Arc<WatchHub>,
+    /// The active alarms ([`crate::alarm`]).
+    pub alarms: crate::alarm::Alarms,
 }
 
 impl KvMachine {
@@ -92,6 +99,7 @@ impl KvMachine {
             chain: None,
             segment_dir: None,
             watch: WatchHub::new(1),
+            alarms: Default::default(),
         }
     }
 
@@ -147,6 +155,9 @@ impl StateMachine for KvMachine {
         match Command::decode_from(data) {
             Ok(cmd) => {
                 let id = cmd.id;
+                if let Some(outcome) = self.alarms.intercept(&cmd) {
+                    return Some((id, Output::Alarm(outcome)));
+                }
                 let out = self.kv.apply(cmd);
                 self.watch.after_apply(&mut self.kv);
                 self.report_cold_store();
@@ -163,11 +174,16 @@ impl StateMachine for KvMachine {
     type Pin = (SnapshotPoint, Trailer, Option<SharedChain>);
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = if self.kv.leases().is_empty() {
+        let trailer = if self.kv.leases().is_empty() && self.alarms.is_empty() {
             Trailer::Members(self.members.clone())
         } else {
             let (leases, attached) = self.kv.leases().export();
-            Trailer::WithLeases { members: self.members.clone(), leases, attached }
+            Trailer::WithLeases {
+                members: self.members.clone(),
+                leases,
+                attached,
+                alarms: self.alarms.clone(),
+            }
         };
         (self.kv.pin(), trailer, self.chain.clone())
     }
@@ -266,18 +282,21 @@ impl KvMachine {
         }
         let mut kv = kv;
         // The original form first (a map, whose numeric keys an untagged enum cannot read).
+        let mut alarms = crate::alarm::Alarms::default();
         let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
             Ok(members) => members,
             Err(_) => {
                 match serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))? {
                     Trailer::Members(members) => members,
-                    Trailer::WithLeases { members, leases, attached } => {
+                    Trailer::WithLeases { members, leases, attached, alarms: saved } => {
                         kv.import_leases(&leases, &attached).map_err(|e| e.to_string())?;
+                        alarms = saved;
                         members
                     }
                 }
             }
         };
+        self.alarms = alarms;
         self.kv = kv;
         self.watch.restored(&mut self.kv);
         self.members = members;

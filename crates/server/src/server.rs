@@ -112,8 +112,15 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
             unsafe_stale_reads: std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1"),
             member_dir: member_dir.clone(),
+            quota: config.quota_backend_bytes,
+            keepalive: config.keepalive,
         },
     );
+    if let Some(quota) = config.quota_backend_bytes.0
+        && quota > crate::quota::LARGE_QUOTA_BYTES
+    {
+        tracing::warn!(quota, "--quota-backend-bytes exceeds the maximum etcd recommends (8 GiB)");
+    }
     if std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1") {
         tracing::warn!("RAFTKV_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (testing only)");
     }
