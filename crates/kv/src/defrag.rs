@@ -154,7 +154,10 @@ impl KvStore {
     /// Step 3: switches to the fresh store once [`Defrag::copied_all`]. Fails with
     /// [`DefragError::Busy`] (keep the plan, retry) while a snapshot or hash has the store
     /// pinned; any other error ends the defragmentation with the store unchanged.
-    pub fn defrag_finish(&mut self, mut d: Defrag) -> Result<DefragStats, (Option<Defrag>, DefragError)> {
+    pub fn defrag_finish(
+        &mut self,
+        mut d: Defrag,
+    ) -> Result<DefragStats, (Option<Box<Defrag>>, DefragError)> {
         if d.cold_id != self.cold.id() {
             return Err((None, DefragError::Replaced));
         }
@@ -168,7 +171,7 @@ impl KvStore {
             }
         }
         if self.pins > 1 {
-            return Err((Some(d), DefragError::Busy));
+            return Err((Some(Box::new(d)), DefragError::Busy));
         }
         let size_before = self.size_bytes();
         // Values appended since the start, then every version's new position.
@@ -300,7 +303,7 @@ mod tests {
         assert!(matches!(e, DefragError::Busy));
         s.unpin();
         let d = d.expect("plan kept");
-        s.defrag_finish(d).map_err(|e| e.1).expect("finish after the snapshot");
+        s.defrag_finish(*d).map_err(|e| e.1).expect("finish after the snapshot");
         let d = s.defrag_begin().expect("begin");
         let mut other = KvStore::new();
         assert!(matches!(other.defrag_finish(d), Err((None, DefragError::Replaced))));

@@ -66,12 +66,12 @@ impl Api {
                 match sm.kv.defrag_finish(plan) {
                     Ok(stats) => return Ok((stats, switch.elapsed())),
                     Err((Some(back), DefragError::Busy)) if Instant::now() < deadline => {
-                        plan = back;
+                        plan = *back;
                         drop(sm);
                         std::thread::sleep(Duration::from_millis(20));
                     }
                     Err((Some(back), e)) => {
-                        sm.kv.defrag_abort(back);
+                        sm.kv.defrag_abort(*back);
                         return Err(failed(e));
                     }
                     Err((None, e)) => return Err(failed(e)),

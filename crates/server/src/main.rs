@@ -10,7 +10,6 @@ mod bench;
 mod bolt;
 mod certexpiry;
 mod client_port;
-mod coldseg;
 mod config;
 mod defrag;
 mod dev;

@@ -10,7 +10,6 @@ use raftkv_transport::{Transport, TransportConfig};
 use tokio::sync::mpsc;
 
 use crate::config::{ServerConfig, parse_url};
-use crate::kvsm::KvMachine;
 use crate::member;
 use crate::node::{Node, NodeConfig};
 use crate::service::{Api, ApiConfig};
@@ -83,8 +82,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let sm =
-        KvMachine::with_cold_store(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
+    let sm = crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
         voters: record.members.iter().map(|m| NodeId(m.id)).collect(),

@@ -126,8 +126,7 @@ impl Api {
     pub(crate) async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
         match self.propose_command(command).await? {
             Output::Kv(result) => result.map_err(kv_status),
-            Output::Alarm(outcome) => Err(outcome
-                .refusal()
+            Output::Alarm(outcome) => Err(crate::alarm::refusal(&outcome)
                 .unwrap_or_else(|| Status::internal("unexpected result for a key-value request"))),
             Output::Published => Err(Status::internal("unexpected result for a key-value request")),
         }

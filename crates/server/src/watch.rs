@@ -245,7 +245,7 @@ pub fn start(api: Api, input: Input) -> Output {
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
     let hub = {
         let mut sm = api.node.shared.sm.write();
-        let hub = sm.watch.clone();
+        let hub = sm.hooks.watch.clone();
         hub.open_stream(&mut sm.kv);
         hub
     };

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Opts, Proc, die_with_parent, free_ports, have, wait_for};
+use common::{Cluster, Opts, Proc, die_with_parent, have, start_etcd, wait_for};
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(20);
@@ -218,31 +218,6 @@ fn script() -> Vec<(Vec<&'static str>, String)> {
     s.push((vec!["put", "huge"], "x".repeat(3 << 20)));
     s.push((vec!["get", "big"], String::new()));
     s
-}
-
-/// Starts a one-member real etcd; None when the binary is absent.
-fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
-    if !have("etcd") {
-        return None;
-    }
-    let ports = free_ports(2);
-    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
-    let log_path = dir.join("etcd.log");
-    let log = File::create(&log_path).expect("etcd log");
-    let mut cmd = Command::new("etcd");
-    cmd.arg("--data-dir")
-        .arg(dir.join("etcd-data"))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log);
-    if cfg!(target_arch = "aarch64") {
-        cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
-    }
-    let child = die_with_parent(&mut cmd).spawn().expect("spawn etcd");
-    Some((Proc::new("etcd", child, Some(log_path)), ports[0], ports[1]))
 }
 
 /// The same etcdctl command sequence against raftkv and real etcd gives the same output.

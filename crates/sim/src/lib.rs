@@ -19,6 +19,7 @@
 //! ```
 
 pub mod check;
+pub mod machine;
 pub mod params;
 pub mod plant;
 pub mod rng;

@@ -535,3 +535,29 @@ pub fn have(tool: &str) -> bool {
     }
     ok
 }
+
+/// Starts a one-member real etcd with its data and log in `dir`; (process, client port,
+/// peer port), or None when the binary is absent.
+pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
+    if !have("etcd") {
+        return None;
+    }
+    let ports = free_ports(2);
+    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+    let log_path = dir.join("etcd.log");
+    let log = File::create(&log_path).expect("etcd log");
+    let mut cmd = Command::new("etcd");
+    cmd.arg("--data-dir")
+        .arg(dir.join("etcd-data"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    if cfg!(target_arch = "aarch64") {
+        cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+    }
+    let child = die_with_parent(&mut cmd).spawn().expect("spawn etcd");
+    Some((Proc::new("etcd", child, Some(log_path)), ports[0], ports[1]))
+}
