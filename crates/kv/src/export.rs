@@ -185,6 +185,7 @@ impl KvImporter {
         if compacted > 0 {
             self.store.discard_compacted();
         }
+        self.store.recount();
         Ok(self.store)
     }
 }

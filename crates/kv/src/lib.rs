@@ -14,6 +14,7 @@
 //! `member_id` and `raft_term`.
 
 mod cold;
+mod defrag;
 mod error;
 mod export;
 mod index;
@@ -24,12 +25,13 @@ mod validate;
 mod watch;
 
 pub use cold::ColdStore;
+pub use defrag::{Defrag, DefragError, DefragStats};
 pub use error::KvError;
 pub use export::{KvImporter, Version};
 pub use lease::{AttachedRecord, Lease, LeaseRecord, LeaseTable, MAX_LEASE_TTL};
 pub use raftkv_api::{Command, Request};
 pub use snapshot::{CrcReader, CrcWriter, SnapshotPoint};
-pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KvConfig, KvStore, LeasePolicy};
+pub use store::{ApplyResult, DEFAULT_MAX_TXN_OPS, KEY_COST, KvConfig, KvStore, LeasePolicy, REV_COST};
 pub use validate::{is_txn_read_only, validate_delete_range, validate_put, validate_range, validate_txn};
 pub use watch::{HistoryBatch, HistoryLimits, key_in_range};
 

@@ -416,7 +416,7 @@ impl KvStore {
                 "checksum mismatch (stored {want:#010x}, computed {body_crc:#010x})"
             )));
         }
-        Ok(KvStore {
+        let mut store = KvStore {
             map,
             cold,
             cold_live,
@@ -427,7 +427,10 @@ impl KvStore {
             compaction_deferred: false,
             changes: None,
             leases: Default::default(),
-        })
+            hot: 0,
+        };
+        store.recount();
+        Ok(store)
     }
 
     /// Pins the state for [`KvStore::digest_pinned`] at `revision` (0: the current one), as

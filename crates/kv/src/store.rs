@@ -151,6 +151,17 @@ pub(crate) fn retained(revs: &[Rev], rev: i64, compacted: i64) -> Range<usize> {
     from..end
 }
 
+/// Bytes counted for each key beyond its own bytes (its two index entries, each with
+/// room for a 24-byte key inline, and its history's header).
+pub const KEY_COST: u64 = 96;
+/// Bytes counted for each retained version (its record in the key's history).
+pub const REV_COST: u64 = std::mem::size_of::<Rev>() as u64;
+
+/// What a key's history counts in [`KvStore::hot_bytes`].
+pub(crate) fn history_cost(key: &[u8], h: &KeyHistory) -> u64 {
+    key.len() as u64 + KEY_COST + REV_COST * h.revs.len() as u64 + h.latest.len() as u64
+}
+
 /// The result of applying one [`Command`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApplyResult {
@@ -214,6 +225,8 @@ pub struct KvStore {
     pub(crate) changes: Option<Vec<raftkv_api::mvccpb::Event>>,
     /// The leases and the keys they hold.
     pub(crate) leases: LeaseTable,
+    /// Bytes of the index and the newest values (see [`KvStore::hot_bytes`]).
+    pub(crate) hot: u64,
 }
 
 impl Default for KvStore {
@@ -288,6 +301,7 @@ impl KvStore {
             compaction_deferred: false,
             changes: None,
             leases: LeaseTable::default(),
+            hot: 0,
         }
     }
 
@@ -331,6 +345,34 @@ impl KvStore {
         self.map.values().map(|h| h.revs.len()).sum()
     }
 
+    /// Bytes the store holds in memory for its index and newest values: every key's bytes
+    /// plus [`KEY_COST`], every retained version's [`REV_COST`], every newest value's
+    /// bytes. Kept up to date as writes and compactions apply (O(1) to read).
+    pub fn hot_bytes(&self) -> u64 {
+        self.hot
+    }
+
+    /// The store's size as raftkv reports it (its "backend size", the figure of
+    /// `etcd_mvcc_db_total_size_in_bytes` and of the space quota): [`KvStore::hot_bytes`]
+    /// plus every byte appended to the history store, including the values of versions
+    /// compaction discarded until a defragmentation (or a rewrite after a compaction)
+    /// drops them. Equal on members that applied the same commands and defragmented alike.
+    pub fn size_bytes(&self) -> u64 {
+        self.hot + self.cold.appended_bytes()
+    }
+
+    /// The part of [`KvStore::size_bytes`] still referenced: [`KvStore::hot_bytes`] plus
+    /// the values of retained past versions (etcd's "db size in use").
+    pub fn size_in_use_bytes(&self) -> u64 {
+        self.hot + self.cold_live
+    }
+
+    /// Recomputes [`KvStore::hot_bytes`] from the index (after a restore or an import).
+    pub(crate) fn recount(&mut self) {
+        self.hot =
+            self.map.range((Bound::Unbounded, Bound::Unbounded)).map(|(k, h)| history_cost(k, h)).sum();
+    }
+
     // ------------------------------------------------------------ apply
 
     /// Applies a replicated command.
@@ -352,6 +394,10 @@ impl KvStore {
             Request::LeaseGrant(r) => self.lease_grant(&r).map(ApplyResult::LeaseGrant),
             Request::LeaseRevoke(r) => self.lease_revoke(&r).map(ApplyResult::LeaseRevoke),
             Request::LeaseCheckpoint(r) => Ok(self.lease_checkpoint(&r)),
+            // Alarms are the server's state, applied before the store sees a command.
+            Request::Alarm(_) => {
+                Err(KvError::InvalidCommand("raftkv: an alarm is not a key-value command".into()))
+            }
         }
     }
 
@@ -457,8 +503,9 @@ impl KvStore {
     pub(crate) fn discard_compacted(&mut self) {
         let compacted = self.compacted;
         let mut freed = 0u64;
+        let mut hot = 0u64;
         let leases = &mut self.leases;
-        self.map.retain(|_, h| {
+        self.map.retain(|k, h| {
             let keep = retained(&h.revs, i64::MAX, compacted);
             if keep.start > 0 || keep.end < h.revs.len() {
                 if leases.has_attached() {
@@ -477,8 +524,13 @@ impl KvStore {
                     h.revs.shrink_to_fit();
                 }
             }
-            !h.revs.is_empty()
+            if h.revs.is_empty() {
+                return false;
+            }
+            hot += history_cost(k, h);
+            true
         });
+        self.hot = hot;
         self.cold_live = self.cold_live.saturating_sub(freed);
         self.maybe_rewrite_cold();
     }
@@ -670,7 +722,7 @@ impl KvStore {
         }
         let mut resp = PutResponse { header: header(rev), prev_kv: None };
         let capturing = self.changes.is_some();
-        let KvStore { map, cold, cold_live, .. } = self;
+        let KvStore { map, cold, cold_live, hot, .. } = self;
         let (r, value, prev) = match map.get_mut(&key[..]) {
             Some(h) => {
                 debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
@@ -690,6 +742,7 @@ impl KvStore {
                 let r = Rev { main: rev, sub, create, version, vlen: len_u32(&value), pos: 0 };
                 // Cloning a value may allocate (Bytes promotes its buffer): only to capture.
                 let captured = if capturing { value.clone() } else { Bytes::new() };
+                *hot = (*hot + REV_COST + value.len() as u64).saturating_sub(h.latest.len() as u64);
                 h.push(cold, cold_live, r, value);
                 (r, captured, prev)
             }
@@ -697,7 +750,9 @@ impl KvStore {
                 let value = if ignore_value { Bytes::new() } else { value };
                 let r = Rev { main: rev, sub, create: rev, version: 1, vlen: len_u32(&value), pos: 0 };
                 let captured = if capturing { value.clone() } else { Bytes::new() };
-                map.insert(Key::from_slice(&key), KeyHistory { revs: vec![r], latest: value });
+                let h = KeyHistory { revs: vec![r], latest: value };
+                *hot += history_cost(&key, &h);
+                map.insert(Key::from_slice(&key), h);
                 (r, captured, None)
             }
         };
@@ -715,7 +770,7 @@ impl KvStore {
         let rev = ctx.write_rev();
         let mut deleted = 0i64;
         let mut prev_kvs = Vec::new();
-        let KvStore { map, cold, cold_live, changes, leases, .. } = self;
+        let KvStore { map, cold, cold_live, changes, leases, hot, .. } = self;
         if let Some(bounds) = key_bounds(&req.key, &req.range_end) {
             map.for_each_in_range_mut(bounds, |k, h| {
                 debug_assert_eq!(h.at(ctx.read_rev()), h.newest_live());
@@ -735,6 +790,7 @@ impl KvStore {
                 }
                 deleted += 1;
                 let r = Rev { main: rev, sub: sub_u32(ctx.changes), create: 0, version: 0, vlen: 0, pos: 0 };
+                *hot = (*hot + REV_COST).saturating_sub(h.latest.len() as u64);
                 h.push(cold, cold_live, r, Bytes::new());
                 ctx.changes += 1;
             });

@@ -34,6 +34,7 @@
 //! assert_eq!(copy.kv.digest(), sm.kv.digest());
 //! ```
 
+pub mod alarm;
 pub mod coldseg;
 pub mod snapshot;
 
@@ -93,6 +94,8 @@ enum Internal {
 pub enum Output {
     Kv(Result<ApplyResult, KvError>),
     Published,
+    /// An Alarm request, or a command an active alarm refused ([`alarm`]).
+    Alarm(alarm::AlarmOutcome),
 }
 
 /// The replicated key-value state machine (see the crate documentation).
@@ -115,6 +118,8 @@ pub struct KvMachine<H: Hooks = NoHooks> {
     segment_dir: Option<PathBuf>,
     /// What the embedding server does around applying and snapshots.
     pub hooks: Arc<H>,
+    /// The active alarms ([`alarm`]).
+    pub alarms: alarm::Alarms,
 }
 
 impl KvMachine<NoHooks> {
@@ -143,6 +148,7 @@ impl<H: Hooks> KvMachine<H> {
             chain: None,
             segment_dir: None,
             hooks,
+            alarms: Default::default(),
         }
     }
 
@@ -208,6 +214,9 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
         match Command::decode_from(data) {
             Ok(cmd) => {
                 let id = cmd.id;
+                if let Some(outcome) = self.alarms.intercept(&cmd) {
+                    return Some((id, Output::Alarm(outcome)));
+                }
                 let out = self.kv.apply(cmd);
                 self.hooks.after_apply(&mut self.kv);
                 self.report_cold_store();
@@ -224,7 +233,7 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
     type Pin = KvPin<H>;
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = Trailer::of(&self.kv, &self.members);
+        let trailer = Trailer::of(&self.kv, &self.members, &self.alarms);
         KvPin { point: self.kv.pin(), trailer, chain: self.chain.clone(), hooks: self.hooks.clone() }
     }
 
@@ -295,7 +304,9 @@ impl<H: Hooks> KvMachine<H> {
             None => BufReader::new(coldseg::FullReader::Pass(io::Cursor::new(Vec::new()).chain(r))),
         };
         let cold = self.kv.cold_store().fresh().map_err(SnapshotError::ColdStore)?;
-        let (kv, members) = read_full(&mut r, self.config.clone(), cold)?;
+        let (kv, state) = read_full(&mut r, self.config.clone(), cold)?;
+        let members = state.members;
+        self.alarms = state.alarms;
         self.kv = kv;
         self.hooks.restored(&mut self.kv);
         self.members = members;

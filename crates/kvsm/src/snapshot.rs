@@ -37,6 +37,7 @@ use raftkv_kv::{AttachedRecord, ColdStore, KvConfig, KvError, KvStore, LeaseReco
 use serde::{Deserialize, Serialize};
 
 use crate::MemberAttributes;
+use crate::alarm::Alarms;
 
 /// Largest trailer (members and lease table) a snapshot may carry.
 pub(crate) const MAX_TRAILER: usize = 256 << 20;
@@ -51,18 +52,21 @@ pub(crate) enum Trailer {
         members: BTreeMap<u64, MemberAttributes>,
         leases: Vec<LeaseRecord>,
         attached: Vec<AttachedRecord>,
+        /// Active alarms (absent in snapshots taken before alarms existed).
+        #[serde(default)]
+        alarms: Alarms,
     },
     Members(BTreeMap<u64, MemberAttributes>),
 }
 
 impl Trailer {
-    /// The trailer of `kv` with `members`.
-    pub(crate) fn of(kv: &KvStore, members: &BTreeMap<u64, MemberAttributes>) -> Trailer {
-        if kv.leases().is_empty() {
+    /// The trailer of `kv` with `members` and `alarms`.
+    pub(crate) fn of(kv: &KvStore, members: &BTreeMap<u64, MemberAttributes>, alarms: &Alarms) -> Trailer {
+        if kv.leases().is_empty() && alarms.is_empty() {
             Trailer::Members(members.clone())
         } else {
             let (leases, attached) = kv.leases().export();
-            Trailer::WithLeases { members: members.clone(), leases, attached }
+            Trailer::WithLeases { members: members.clone(), leases, attached, alarms: alarms.clone() }
         }
     }
 
@@ -119,20 +123,26 @@ pub fn write_store_snapshot(
     members: &BTreeMap<u64, MemberAttributes>,
     w: &mut dyn Write,
 ) -> io::Result<()> {
-    let trailer = Trailer::of(kv, members).encode()?;
+    let trailer = Trailer::of(kv, members, &Alarms::default()).encode()?;
     let point = kv.pin();
     let written = write_full(&point, &trailer, w, |f| f(kv));
     kv.unpin();
     written
 }
 
-/// Reads a snapshot in the full layout: the store (its history kept in `cold`) and the
-/// members.
+/// What a snapshot in the full layout holds besides the store.
+pub(crate) struct TrailerState {
+    pub(crate) members: BTreeMap<u64, MemberAttributes>,
+    pub(crate) alarms: Alarms,
+}
+
+/// Reads a snapshot in the full layout: the store (its history kept in `cold`), the
+/// members and the active alarms.
 pub(crate) fn read_full(
     r: &mut impl Read,
     config: KvConfig,
     cold: ColdStore,
-) -> Result<(KvStore, BTreeMap<u64, MemberAttributes>), SnapshotError> {
+) -> Result<(KvStore, TrailerState), SnapshotError> {
     let mut kv = KvStore::restore_with(r, config, cold).map_err(SnapshotError::Kv)?;
     let mut len = [0u8; 4];
     r.read_exact(&mut len).map_err(|e| SnapshotError::Trailer(e.to_string()))?;
@@ -146,15 +156,15 @@ pub(crate) fn read_full(
         return Err(SnapshotError::Trailer("truncated".into()));
     }
     // The original form first (a map, whose numeric keys an untagged enum cannot read).
-    let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
-        Ok(members) => members,
+    let state = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
+        Ok(members) => TrailerState { members, alarms: Alarms::default() },
         Err(_) => match serde_json::from_slice(&buf).map_err(|e| SnapshotError::Trailer(e.to_string()))? {
-            Trailer::Members(members) => members,
-            Trailer::WithLeases { members, leases, attached } => {
+            Trailer::Members(members) => TrailerState { members, alarms: Alarms::default() },
+            Trailer::WithLeases { members, leases, attached, alarms } => {
                 kv.import_leases(&leases, &attached).map_err(SnapshotError::Leases)?;
-                members
+                TrailerState { members, alarms }
             }
         },
     };
-    Ok((kv, members))
+    Ok((kv, state))
 }

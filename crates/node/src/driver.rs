@@ -214,6 +214,7 @@ impl<R: ReadWaiter> Driver<R> {
         self.next_read += 1;
         let error = match self.raft.read_index(context) {
             Ok(()) => {
+                crate::observe::read_batch(replies.len());
                 self.reads.insert(context, replies);
                 return;
             }

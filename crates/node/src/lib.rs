@@ -73,6 +73,7 @@ pub mod disk;
 pub mod driver;
 #[cfg(feature = "tokio")]
 mod mem_net;
+pub mod observe;
 mod plant;
 #[cfg(feature = "tokio")]
 mod runtime;

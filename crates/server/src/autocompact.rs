@@ -54,7 +54,7 @@ pub fn parse(mode: Option<&str>, retention: Option<&str>) -> Result<AutoCompacti
 }
 
 /// Go-style durations: a sequence of number+unit (h, m, s, ms), e.g. `1h30m`, `2.5s`.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
     let mut rest = s;
     if rest.is_empty() {

@@ -44,8 +44,6 @@ const WINDOW: u32 = 1 << 20;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 /// Response bytes h2 buffers per stream beyond the peer's window (hyper's default).
 const MAX_SEND_BUFFER: usize = 400 << 10;
-/// gRPC's own framing beyond the request itself (etcd allows the same margin).
-pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The key-value calls served on h2 directly.
 #[derive(Clone, Copy)]
@@ -242,10 +240,21 @@ where
             return;
         }
     };
+    // Keepalive pings (crate::limits): an unanswered one ends the connection.
+    let keepalive = api.keepalive();
+    let pings = conn.ping_pong();
+    let dead = async move {
+        match pings {
+            Some(pings) => crate::limits::keepalive_pings(pings, keepalive).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(dead);
     let mut stopping = false;
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
+            _ = &mut dead => return,
             _ = stop.wait_for(|s| *s), if !stopping => {
                 // GOAWAY: streams already open finish, accept() then returns None.
                 conn.graceful_shutdown();
@@ -300,7 +309,7 @@ async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) 
             "Content is compressed with `{encoding}` which isn't supported"
         )));
     }
-    let limit = api.max_request_bytes() + GRPC_OVERHEAD_BYTES;
+    let limit = crate::limits::message_limit(api.max_request_bytes());
     let message = read_message(request.into_body(), limit).await?;
     match call {
         KvCall::Range => encode(api.range(decode(message)?).await?),
@@ -352,11 +361,7 @@ async fn read_message(mut body: h2::RecvStream, limit: usize) -> Result<Bytes, S
                 ));
             }
             let len = u32::from_be_bytes([have[1], have[2], have[3], have[4]]) as usize;
-            if len > limit {
-                return Err(Status::resource_exhausted(format!(
-                    "grpc: received message larger than max ({len} vs. {limit})"
-                )));
-            }
+            crate::limits::check_message_len(len, limit)?;
             want = Some(5 + len);
         }
         if let Some(want) = want

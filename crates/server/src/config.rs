@@ -60,6 +60,19 @@ pub struct ServerArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
+    /// Raise a NOSPACE alarm and refuse writes when the store's size reaches this many
+    /// bytes (0: the default, 2 GiB; negative: no quota). See docs/operations.md.
+    #[arg(long, allow_negative_numbers = true)]
+    pub quota_backend_bytes: Option<i64>,
+    /// Minimum interval a client should wait before pinging the server (Go duration).
+    #[arg(long)]
+    pub grpc_keepalive_min_time: Option<String>,
+    /// How often the server pings a client connection to check it is alive (0s: never).
+    #[arg(long)]
+    pub grpc_keepalive_interval: Option<String>,
+    /// How long the server waits for a ping's answer before closing the connection.
+    #[arg(long)]
+    pub grpc_keepalive_timeout: Option<String>,
     /// Auto-compaction mode: `periodic` (the retention is a duration) or `revision` (the
     /// retention is a number of revisions), as etcd.
     #[arg(long)]
@@ -162,6 +175,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub quota_backend_bytes: crate::quota::QuotaBytes,
+    pub keepalive: crate::limits::Keepalive,
     pub auto_compaction: crate::autocompact::AutoCompaction,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -224,6 +239,10 @@ impl ServerArgs {
             snapshot_count: self.snapshot_count.or(base.snapshot_count),
             max_txn_ops: self.max_txn_ops.or(base.max_txn_ops),
             max_request_bytes: self.max_request_bytes.or(base.max_request_bytes),
+            quota_backend_bytes: self.quota_backend_bytes.or(base.quota_backend_bytes),
+            grpc_keepalive_min_time: self.grpc_keepalive_min_time.or(base.grpc_keepalive_min_time),
+            grpc_keepalive_interval: self.grpc_keepalive_interval.or(base.grpc_keepalive_interval),
+            grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(base.grpc_keepalive_timeout),
             auto_compaction_mode: self.auto_compaction_mode.or(base.auto_compaction_mode),
             auto_compaction_retention: self.auto_compaction_retention.or(base.auto_compaction_retention),
             log_format: self.log_format.or(base.log_format),
@@ -417,6 +436,18 @@ impl ServerConfig {
         }
         let listen_metrics =
             listen_metrics_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let keepalive = crate::limits::Keepalive::from_flags(
+            args.grpc_keepalive_min_time.as_deref(),
+            args.grpc_keepalive_interval.as_deref(),
+            args.grpc_keepalive_timeout.as_deref(),
+        )
+        .map_err(ConfigError)?;
+        if args.max_request_bytes == Some(0) {
+            return err("--max-request-bytes must be positive");
+        }
+        if args.max_txn_ops == Some(0) {
+            return err("--max-txn-ops must be positive");
+        }
         Ok(ServerConfig {
             client_tls,
             client_uses_tls,
@@ -439,6 +470,8 @@ impl ServerConfig {
             snapshot_count: args.snapshot_count.unwrap_or(100_000).max(1),
             max_txn_ops: args.max_txn_ops.unwrap_or(128),
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
+            quota_backend_bytes: crate::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
+            keepalive,
             auto_compaction: crate::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),

@@ -62,6 +62,14 @@ pub trait EtcdApi: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<MemberListResponse, Status>> + Send;
     /// The largest request accepted (`--max-request-bytes`), as encoded protobuf.
     fn max_request_bytes(&self) -> usize;
+    /// The active alarms' types (etcd's names, e.g. `NOSPACE`), for `/health`.
+    fn alarm_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Whether this member knows a leader, for `/health`.
+    fn has_leader(&self) -> bool {
+        true
+    }
 }
 
 impl EtcdApi for Api {
@@ -88,6 +96,19 @@ impl EtcdApi for Api {
     }
     fn max_request_bytes(&self) -> usize {
         Api::max_request_bytes(self)
+    }
+    fn alarm_names(&self) -> Vec<String> {
+        self.active_alarms()
+            .iter()
+            .map(|a| {
+                raftkv_api::etcdserverpb::AlarmType::try_from(a.alarm)
+                    .map_or("NONE", |t| t.as_str_name())
+                    .to_string()
+            })
+            .collect()
+    }
+    fn has_leader(&self) -> bool {
+        self.node.status().leader != 0
     }
 }
 
@@ -127,9 +148,9 @@ pub fn router_for<A: EtcdApi>(api: A) -> Router {
     router
         .route(
             "/health",
-            get(move || {
+            get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
                 let api = health_api.clone();
-                async move { health(api).await }
+                async move { health(api, query).await }
             })
             .fallback(get_only),
         )
@@ -140,9 +161,9 @@ pub fn router_for<A: EtcdApi>(api: A) -> Router {
 pub fn health_router(api: Api) -> Router {
     Router::new().route(
         "/health",
-        get(move || {
+        get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
             let api = api.clone();
-            async move { health(api).await }
+            async move { health(api, query).await }
         }),
     )
 }
@@ -289,15 +310,30 @@ async fn get_only() -> Response {
     resp
 }
 
-/// etcd 3.4's `/health`: healthy when a linearizable read succeeds in time.
-async fn health<A: EtcdApi>(api: A) -> Response {
-    let probe =
-        RangeRequest { key: Bytes::from_static(b"health"), limit: 1, keys_only: true, ..Default::default() };
-    let healthy = matches!(tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await, Ok(Ok(_)));
+/// etcd 3.4's `/health`: unhealthy with an active alarm (unless its type is named by an
+/// `exclude` query parameter, `?exclude=NOSPACE`), without a leader, or when a
+/// linearizable read does not succeed within a second. Unhealthy answers are 503 with
+/// the JSON and a newline, as Go's `http.Error` writes them.
+async fn health<A: EtcdApi>(api: A, query: Option<String>) -> Response {
+    let excluded: Vec<&str> =
+        query.as_deref().unwrap_or("").split('&').filter_map(|kv| kv.strip_prefix("exclude=")).collect();
+    let alarmed = api.alarm_names().iter().any(|a| !excluded.contains(&a.as_str()));
+    let healthy = !alarmed && api.has_leader() && {
+        let probe = RangeRequest {
+            key: Bytes::from_static(b"health"),
+            limit: 1,
+            keys_only: true,
+            ..Default::default()
+        };
+        matches!(tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await, Ok(Ok(_)))
+    };
+    let metrics = crate::metrics::get();
     if healthy {
+        metrics.health_success.inc();
         with_type(StatusCode::OK, TEXT, r#"{"health":"true"}"#)
     } else {
-        with_type(StatusCode::SERVICE_UNAVAILABLE, TEXT, r#"{"health":"false"}"#)
+        metrics.health_failures.inc();
+        with_type(StatusCode::SERVICE_UNAVAILABLE, TEXT, "{\"health\":\"false\"}\n")
     }
 }
 

@@ -6,14 +6,9 @@ use raftkv_api::etcdserverpb::watch_server::WatchServer;
 use raftkv_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
-use crate::client_port::GRPC_OVERHEAD_BYTES;
 use crate::service::Api;
 
 pub struct Grpc(pub Api);
-
-/// tonic decodes up to `DECODE_SLACK` times the limit (a bounded allocation); these services'
-/// requests are all small.
-const DECODE_SLACK: usize = 4;
 
 #[tonic::async_trait]
 impl Maintenance for Grpc {
@@ -26,6 +21,15 @@ impl Maintenance for Grpc {
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let r = self.0.hash_kv(HashKvRequest { revision: 0 }).await?;
         Ok(Response::new(HashResponse { header: r.header, hash: r.hash }))
+    }
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        self.0.alarm(req.into_inner()).await.map(Response::new)
+    }
+    async fn defragment(
+        &self,
+        req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.0.defragment(req.into_inner()).await.map(Response::new)
     }
     type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
     async fn snapshot(
@@ -46,9 +50,10 @@ impl Cluster for Grpc {
     }
 }
 
-/// The largest message tonic decodes for these services.
+/// The largest message tonic decodes for these services: the same limit as on the
+/// key-value path ([`crate::limits::message_limit`]).
 pub fn decode_limit(api: &Api) -> usize {
-    (api.max_request_bytes() + GRPC_OVERHEAD_BYTES) * DECODE_SLACK
+    crate::limits::message_limit(api.max_request_bytes())
 }
 
 /// The gRPC services other than KV (served in [`crate::client_port`]) as routes.

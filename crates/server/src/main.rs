@@ -2,21 +2,26 @@
 
 use clap::{Parser, Subcommand};
 
+mod alarm;
 mod authority;
 mod autocompact;
 mod backup;
 mod bolt;
+mod certexpiry;
 mod client_port;
 mod config;
+mod defrag;
 mod dev;
 mod gateway;
 mod grpc;
 mod kvsm;
 mod lease;
+mod limits;
 mod lock;
 mod member;
 mod metrics;
 mod peer;
+mod quota;
 mod server;
 mod service;
 mod tls;

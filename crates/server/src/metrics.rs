@@ -125,6 +125,12 @@ pub struct Metrics {
     snapshot_restore: Histogram,
     peer_sent_bytes: IntGaugeVec,
     db_total_size: IntGauge,
+    db_in_use: IntGauge,
+    quota_bytes: IntGauge,
+    defrag_stall: Histogram,
+    read_batch: Histogram,
+    pub health_success: IntCounter,
+    pub health_failures: IntCounter,
     keys_total: IntGauge,
     apply_lag: IntGauge,
     raft_term: IntGauge,
@@ -258,7 +264,33 @@ impl Metrics {
             )?,
             db_total_size: gauge(
                 "etcd_mvcc_db_total_size_in_bytes",
-                "Total size of the underlying database in bytes (raftkv: an estimate of the key-value state).",
+                "Total size of the underlying database in bytes (raftkv: the store's size as the space quota counts it, see docs/operations.md).",
+            )?,
+            db_in_use: gauge(
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Total size of the underlying database logically in use in bytes.",
+            )?,
+            quota_bytes: gauge(
+                "etcd_server_quota_backend_bytes",
+                "Current backend storage quota size in bytes (0: no quota).",
+            )?,
+            defrag_stall: histogram(
+                "raftkv_defrag_stall_seconds",
+                "How long a defragmentation held the store's write lock (the longest stall it caused).",
+                prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default(),
+            )?,
+            read_batch: histogram(
+                "raftkv_read_index_batch_size",
+                "Linearizable reads served by each ReadIndex request (one heartbeat round).",
+                prometheus::exponential_buckets(1.0, 2.0, 12).unwrap_or_default(),
+            )?,
+            health_success: counter(
+                "etcd_server_health_success",
+                "The total number of successful health checks",
+            )?,
+            health_failures: counter(
+                "etcd_server_health_failures",
+                "The total number of failed health checks",
             )?,
             keys_total: gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.")?,
             apply_lag: gauge(
@@ -299,6 +331,10 @@ impl Metrics {
         self.backend_commit.observe(took.as_secs_f64());
     }
 
+    pub fn defrag_stalled(&self, took: Duration) {
+        self.defrag_stall.observe(took.as_secs_f64());
+    }
+
     pub fn snapshot_restored(&self, took: Duration) {
         self.snapshot_restore.observe(took.as_secs_f64());
     }
@@ -312,13 +348,15 @@ impl Metrics {
         self.proposals_applied.set(status.applied as i64);
         self.apply_lag.set(status.commit.saturating_sub(status.applied) as i64);
         self.raft_term.set(status.term as i64);
-        let (keys, versions) = {
+        let (keys, size, in_use) = {
             let sm = src.api.node.shared.sm.read();
-            (sm.kv.live_keys(), sm.kv.retained_versions())
+            (sm.kv.live_keys(), sm.kv.size_bytes(), sm.kv.size_in_use_bytes())
         };
         self.keys_total.set(keys as i64);
-        // The same estimate Maintenance.Status reports as the db size.
-        self.db_total_size.set((versions * 64) as i64);
+        // The figures Maintenance.Status reports (crate::quota defines them).
+        self.db_total_size.set(size as i64);
+        self.db_in_use.set(in_use as i64);
+        self.quota_bytes.set(src.api.quota.bytes.gauge());
         for (peer, bytes) in src.transport.peer_bytes_sent() {
             self.peer_sent_bytes.with_label_values(&[&format!("{:x}", peer.0)]).set(bytes as i64);
         }
@@ -337,12 +375,17 @@ fn observe_fsync(took: Duration) {
     get().wal_fsync.observe(took.as_secs_f64());
 }
 
+fn observe_read_batch(n: usize) {
+    get().read_batch.observe(n as f64);
+}
+
 /// Connects the metrics to a running member: scrape-time gauges, the fsync hook, and the
 /// leader-change watcher (sampling every `tick`).
 pub fn attach(api: Api, transport: raftkv_transport::TransportHandle, tick: Duration) {
     let m = get();
     m.server_id.with_label_values(&[&format!("{:x}", api.member_id())]).set(1);
     raftkv_storage::observe::set_fsync_observer(observe_fsync);
+    raftkv_node::observe::set_read_batch_observer(observe_read_batch);
     let node = api.node.clone();
     let _ = m.sources.set(Sources { api, transport });
     tokio::spawn(async move {

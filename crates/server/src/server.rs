@@ -110,8 +110,15 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
             unsafe_stale_reads: unsafe_stale_reads(),
             member_dir: member_dir.clone(),
+            quota: config.quota_backend_bytes,
+            keepalive: config.keepalive,
         },
     );
+    if let Some(quota) = config.quota_backend_bytes.0
+        && quota > crate::quota::LARGE_QUOTA_BYTES
+    {
+        tracing::warn!(quota, "--quota-backend-bytes exceeds the maximum etcd recommends (8 GiB)");
+    }
     let leases = crate::lease::Leases::start(
         api.clone(),
         crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),

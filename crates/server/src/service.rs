@@ -33,6 +33,10 @@ pub struct ApiConfig {
     pub unsafe_stale_reads: bool,
     /// The member's directory, for the temporary files of `Maintenance.Snapshot`.
     pub member_dir: std::path::PathBuf,
+    /// `--quota-backend-bytes` ([`crate::quota`]).
+    pub quota: crate::quota::QuotaBytes,
+    /// `--grpc-keepalive-*` ([`crate::limits`]).
+    pub keepalive: crate::limits::Keepalive,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -42,6 +46,9 @@ pub struct Api {
     config: Arc<ApiConfig>,
     /// One HashKV at a time per member: each reads the whole state.
     hash_gate: Arc<tokio::sync::Semaphore>,
+    pub(crate) quota: crate::quota::Quota,
+    /// One defragmentation at a time per member.
+    pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
 }
 
 fn node_status(e: NodeError) -> Status {
@@ -58,13 +65,16 @@ fn kv_status(e: KvError) -> Status {
     Status::new(e.grpc_code(), e.message().to_string())
 }
 
-fn request_too_large() -> Status {
-    Status::new(Code::InvalidArgument, "etcdserver: request is too large")
-}
-
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
-        Api { node, config: Arc::new(config), hash_gate: Arc::new(tokio::sync::Semaphore::new(1)) }
+        let quota = crate::quota::Quota::new(config.quota);
+        Api {
+            node,
+            config: Arc::new(config),
+            hash_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            quota,
+            defrag_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -104,17 +114,38 @@ impl Api {
         *header = Some(self.header(revision));
     }
 
+    /// The keepalive of the client port's HTTP/2 connections.
+    pub fn keepalive(&self) -> crate::limits::Keepalive {
+        self.config.keepalive
+    }
+
     /// The request timeout for proposals and read barriers.
     pub fn request_timeout(&self) -> Duration {
         self.config.request_timeout
     }
 
     pub(crate) async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
-        let id = self.node.next_request_id();
-        let data: Bytes = command(id).encode_to_bytes();
-        if data.len() > self.config.max_request_bytes {
-            return Err(request_too_large());
+        match self.propose_command(command).await? {
+            Output::Kv(result) => result.map_err(kv_status),
+            Output::Alarm(outcome) => Err(crate::alarm::refusal(&outcome)
+                .unwrap_or_else(|| Status::internal("unexpected result for a key-value request"))),
+            Output::Published => Err(Status::internal("unexpected result for a key-value request")),
         }
+    }
+
+    /// Proposes a command (refused first if it is too large or does not fit the quota) and
+    /// waits for its result.
+    pub(crate) async fn propose_command(
+        &self,
+        command: impl FnOnce(u64) -> Command,
+    ) -> Result<Output, Status> {
+        let id = self.node.next_request_id();
+        let command = command(id);
+        if let Some(request) = &command.request {
+            self.check_quota(crate::quota::cost(request))?;
+        }
+        let data: Bytes = command.encode_to_bytes();
+        crate::limits::check_request_len(data.len(), self.config.max_request_bytes)?;
         let metrics = crate::metrics::get();
         metrics.proposals_pending.inc();
         let proposed = self.node.propose(id, data, self.config.request_timeout).await;
@@ -122,10 +153,7 @@ impl Api {
         if proposed.is_err() {
             metrics.proposals_failed.inc();
         }
-        match proposed.map_err(node_status)? {
-            Output::Kv(result) => result.map_err(kv_status),
-            Output::Published => Err(Status::internal("unexpected result for a key-value request")),
-        }
+        proposed.map_err(node_status)
     }
 
     /// Publishes this member's client URLs through the log (retried until it succeeds).
@@ -212,10 +240,15 @@ impl Api {
 
     pub async fn status(&self, _req: StatusRequest) -> Result<StatusResponse, Status> {
         let s = self.node.status();
-        let (revision, db_size) = {
+        let (revision, db_size, db_size_in_use, errors) = {
             let sm = self.node.shared.sm.read();
-            // An estimate of the state's size: what a snapshot would hold.
-            (sm.kv.revision(), (sm.kv.retained_versions() * 64) as i64)
+            // The backend size as defined in crate::quota.
+            (
+                sm.kv.revision(),
+                sm.kv.size_bytes() as i64,
+                sm.kv.size_in_use_bytes() as i64,
+                sm.alarms.status_errors(),
+            )
         };
         Ok(StatusResponse {
             header: Some(self.header(revision)),
@@ -225,8 +258,8 @@ impl Api {
             raft_index: s.commit,
             raft_term: s.term,
             raft_applied_index: s.applied,
-            errors: Vec::new(),
-            db_size_in_use: db_size,
+            errors,
+            db_size_in_use,
             is_learner: false,
         })
     }

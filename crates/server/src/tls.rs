@@ -149,6 +149,7 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 
 fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let certs = read_certs("certificate file", cert)?;
+    crate::certexpiry::report(cert, &certs[0]);
     let key_bytes =
         std::fs::read(key).map_err(|source| TlsError::Read { what: "key file", path: key.into(), source })?;
     let der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Pem {
