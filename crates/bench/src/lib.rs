@@ -29,6 +29,52 @@ use tonic::{Code, Status};
 
 mod flatio;
 
+/// Why a benchmark cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A flag out of range.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// An endpoint that is not a plain `http://host:port`.
+    #[error("bad endpoint {url}: {reason}")]
+    BadEndpoint {
+        /// The endpoint.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An endpoint that cannot be reached.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The endpoint.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// `--target leader` and no member knows a leader.
+    #[error("no endpoint reports a leader")]
+    NoLeader,
+    /// `--target leader` and the leader is not one of the endpoints.
+    #[error("the leader {0:x} is not among the endpoints")]
+    LeaderNotListed(u64),
+    /// A load worker panicked.
+    #[error("a worker failed: {0}")]
+    Worker(tokio::task::JoinError),
+    /// The workers' latency histograms cannot be merged.
+    #[error("cannot merge histograms: {0}")]
+    Histogram(String),
+}
+
+impl BenchError {
+    fn bad_endpoint(url: &str, reason: impl std::fmt::Display) -> BenchError {
+        BenchError::BadEndpoint { url: url.to_string(), reason: reason.to_string() }
+    }
+
+    fn connect(url: &str, reason: impl std::fmt::Display) -> BenchError {
+        BenchError::Connect { url: url.to_string(), reason: reason.to_string() }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Put one key (a replicated write).
@@ -220,24 +266,24 @@ struct GrpcConn {
 }
 
 impl GrpcConn {
-    async fn connect(url: &str, timeout: Duration) -> Result<GrpcConn, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("bad endpoint {url}: {e}"))?;
+    async fn connect(url: &str, timeout: Duration) -> Result<GrpcConn, BenchError> {
+        let uri: http::Uri = url.parse().map_err(|e| BenchError::bad_endpoint(url, e))?;
         if uri.scheme_str() != Some("http") {
-            return Err(format!("bad endpoint {url}: raftkv-bench speaks plain http:// only"));
+            return Err(BenchError::bad_endpoint(url, "raftkv-bench speaks plain http:// only"));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("bad endpoint {url}: no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| BenchError::bad_endpoint(url, "no host"))?;
         let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
         let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
             .await
-            .map_err(|_| format!("cannot connect to {url}: timed out"))?
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("cannot set TCP_NODELAY towards {url}: {e}"))?;
+            .map_err(|_| BenchError::connect(url, "timed out"))?
+            .map_err(|e| BenchError::connect(url, e))?;
+        tcp.set_nodelay(true).map_err(|e| BenchError::connect(url, format!("TCP_NODELAY: {e}")))?;
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)
             .handshake::<_, Bytes>(flatio::FlatWrites(tcp))
             .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+            .map_err(|e| BenchError::connect(url, e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -462,19 +508,19 @@ fn endpoint_url(ep: &str) -> String {
     if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
+async fn connect(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
     Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("bad endpoint {url}: {e}"))?
+        .map_err(|e| BenchError::bad_endpoint(url, e))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))
+        .map_err(|e| BenchError::connect(url, e))
 }
 
 /// The endpoint of the current leader, according to the first member that knows one.
-async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, String> {
+async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, BenchError> {
     let mut ids = Vec::new();
     let mut leader = 0;
     for url in urls {
@@ -487,12 +533,12 @@ async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, Strin
         }
     }
     if leader == 0 {
-        return Err("no endpoint reports a leader".into());
+        return Err(BenchError::NoLeader);
     }
     ids.into_iter()
         .find(|(id, _)| *id == leader)
         .map(|(_, url)| url)
-        .ok_or_else(|| format!("the leader {leader:x} is not among the endpoints"))
+        .ok_or(BenchError::LeaderNotListed(leader))
 }
 
 /// This process's CPU time (user + system) in seconds, from /proc/self/stat.
@@ -510,18 +556,18 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), String> {
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if args.clients == 0 || args.conns == 0 {
-        return Err("--clients and --conns must be at least 1".into());
+        return Err(BenchError::Usage("--clients and --conns must be at least 1"));
     }
     if args.key_space == 0 {
-        return Err("--key-space must be at least 1".into());
+        return Err(BenchError::Usage("--key-space must be at least 1"));
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
-        return Err("--read-ratio must be within 0..1".into());
+        return Err(BenchError::Usage("--read-ratio must be within 0..1"));
     }
     if args.endpoints.is_empty() {
-        return Err("no --endpoints".into());
+        return Err(BenchError::Usage("no --endpoints"));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let urls: Vec<String> = args.endpoints.iter().map(|e| endpoint_url(e.trim())).collect();
@@ -569,8 +615,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut last_done: Option<Instant> = None;
     for h in handles {
-        let r = h.await.map_err(|e| format!("a worker failed: {e}"))?;
-        hist.add(&r.hist).map_err(|e| format!("cannot merge histograms: {e}"))?;
+        let r = h.await.map_err(BenchError::Worker)?;
+        hist.add(&r.hist).map_err(|e| BenchError::Histogram(e.to_string()))?;
         ops += r.ops;
         reads += r.reads;
         writes += r.writes;

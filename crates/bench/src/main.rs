@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     let result = builder
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
-        .and_then(|runtime| runtime.block_on(raftkv_bench::run(cli.args)));
+        .and_then(|runtime| runtime.block_on(raftkv_bench::run(cli.args)).map_err(|e| e.to_string()));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

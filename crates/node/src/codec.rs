@@ -5,9 +5,7 @@
 #[error("{0}")]
 pub struct CodecError(String);
 
-use std::collections::BTreeSet;
-
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raftkv_raft::{ClusterConfig, Entry, EntryKind, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use raftkv_storage as storage;
 
@@ -33,42 +31,27 @@ pub fn hard_state_from_storage(hs: &storage::HardState) -> HardState {
     }
 }
 
-fn put_set(buf: &mut BytesMut, set: &BTreeSet<NodeId>) {
-    buf.put_u32_le(set.len() as u32);
-    for id in set {
-        buf.put_u64_le(id.0);
-    }
-}
-
-fn get_set(buf: &mut &[u8]) -> Result<BTreeSet<NodeId>, CodecError> {
-    if buf.remaining() < 4 {
-        return Err(CodecError("cluster config truncated".into()));
-    }
-    let n = buf.get_u32_le() as usize;
-    if n > 10_000 || buf.remaining() < n * 8 {
-        return Err(CodecError(format!("cluster config claims {n} members")));
-    }
-    Ok((0..n).map(|_| NodeId(buf.get_u64_le())).collect())
-}
+/// Version of a snapshot file's configuration field: 2 is the core's encoding
+/// ([`ClusterConfig::encode`], the one peer messages carry too). Version 1 (a little-endian
+/// copy of it) was never released and is refused.
+const CONFIG_ENCODING: u8 = 2;
 
 pub fn encode_config(c: &ClusterConfig) -> Bytes {
-    let mut buf = BytesMut::new();
-    buf.put_u8(1); // version
-    put_set(&mut buf, &c.voters);
-    put_set(&mut buf, &c.voters_outgoing);
-    put_set(&mut buf, &c.learners);
+    let mut buf = BytesMut::with_capacity(1 + c.encoded_len());
+    buf.put_u8(CONFIG_ENCODING);
+    c.encode(&mut buf);
     buf.freeze()
 }
 
-pub fn decode_config(mut b: &[u8]) -> Result<ClusterConfig, CodecError> {
-    if b.first() != Some(&1) {
+pub fn decode_config(b: &[u8]) -> Result<ClusterConfig, CodecError> {
+    let Some((&CONFIG_ENCODING, mut rest)) = b.split_first() else {
         return Err(CodecError("unknown cluster config encoding".into()));
+    };
+    let config = ClusterConfig::decode(&mut rest).map_err(|e| CodecError(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError(format!("cluster config: {} trailing bytes", rest.len())));
     }
-    b.advance(1);
-    let voters = get_set(&mut b)?;
-    let voters_outgoing = get_set(&mut b)?;
-    let learners = get_set(&mut b)?;
-    Ok(ClusterConfig { voters, voters_outgoing, learners })
+    Ok(config)
 }
 
 pub fn meta_to_storage(m: &SnapshotMeta) -> storage::SnapshotMeta {
@@ -87,7 +70,14 @@ mod tests {
     fn config_round_trip_and_garbage() {
         let c = ClusterConfig::new([NodeId(3), NodeId(9)]);
         assert_eq!(decode_config(&encode_config(&c)).expect("round trip"), c);
-        assert!(decode_config(&[1, 255, 255, 255, 255]).is_err());
+        assert!(decode_config(&[CONFIG_ENCODING, 255, 255, 255, 255]).is_err());
         assert!(decode_config(&[]).is_err());
+        // The never-released little-endian version.
+        let mut v1 = encode_config(&c).to_vec();
+        v1[0] = 1;
+        assert!(decode_config(&v1).is_err());
+        let mut trailing = encode_config(&c).to_vec();
+        trailing.push(0);
+        assert!(decode_config(&trailing).is_err());
     }
 }

@@ -174,6 +174,6 @@ pub use node::{InitialState, PlantedBug, ProposeError, Raft, ReadError, Ready, S
 pub use progress::ProgressState;
 pub use quorum::VoteResult;
 pub use types::{
-    ClusterConfig, Entry, EntryKind, HardState, LogIndex, NodeId, ReadState, Role, SnapshotMeta, SoftState,
-    Term,
+    ClusterConfig, ConfigDecodeError, Entry, EntryKind, HardState, LogIndex, NodeId, ReadState, Role,
+    SnapshotMeta, SoftState, Term,
 };

@@ -170,6 +170,52 @@ impl ClusterConfig {
         self.is_voter(id) || self.learners.contains(&id)
     }
 
+    /// Bytes of [`ClusterConfig::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        12 + 8 * (self.voters.len() + self.voters_outgoing.len() + self.learners.len())
+    }
+
+    /// The one encoding of a configuration, in peer messages (InstallSnapshot) and snapshot
+    /// files alike: the voters, the outgoing voters and the learners, each as a count (u32
+    /// big-endian) then the ids in ascending order (u64 big-endian).
+    pub fn encode(&self, buf: &mut impl bytes::BufMut) {
+        for set in [&self.voters, &self.voters_outgoing, &self.learners] {
+            // A set of 2^32 ids would take 32 GiB: the count always fits.
+            buf.put_u32(u32::try_from(set.len()).unwrap_or(u32::MAX));
+            for id in set {
+                buf.put_u64(id.0);
+            }
+        }
+    }
+
+    /// Reads [`ClusterConfig::encode`]'s output from the front of `buf`, advancing it.
+    /// Untrusted input gets an error, never a panic or an allocation beyond its size.
+    pub fn decode(buf: &mut &[u8]) -> Result<ClusterConfig, ConfigDecodeError> {
+        fn set(buf: &mut &[u8]) -> Result<BTreeSet<NodeId>, ConfigDecodeError> {
+            let (count, rest) = buf.split_first_chunk::<4>().ok_or(ConfigDecodeError::Truncated)?;
+            let count = u64::from(u32::from_be_bytes(*count));
+            if count * 8 > rest.len() as u64 {
+                return Err(ConfigDecodeError::CountTooLarge { count, remaining: rest.len() });
+            }
+            let (ids, rest) = rest.split_at(count as usize * 8);
+            let mut out = BTreeSet::new();
+            let mut last: Option<u64> = None;
+            for chunk in ids.chunks_exact(8) {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(chunk);
+                let id = u64::from_be_bytes(id);
+                if last.is_some_and(|l| l >= id) {
+                    return Err(ConfigDecodeError::UnsortedSet);
+                }
+                last = Some(id);
+                out.insert(NodeId(id));
+            }
+            *buf = rest;
+            Ok(out)
+        }
+        Ok(ClusterConfig { voters: set(buf)?, voters_outgoing: set(buf)?, learners: set(buf)? })
+    }
+
     /// Whether `id` votes in either half of the (possibly joint) configuration.
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.voters_outgoing.contains(&id)
@@ -210,3 +256,35 @@ pub struct ReadState {
     pub context: u64,
     pub index: LogIndex,
 }
+
+/// Why an encoded [`ClusterConfig`] cannot be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigDecodeError {
+    /// The input ends inside a set's count.
+    Truncated,
+    /// A set claims more ids than the input holds.
+    CountTooLarge {
+        /// The claimed count.
+        count: u64,
+        /// Bytes left after the count.
+        remaining: usize,
+    },
+    /// A set's ids are not strictly increasing.
+    UnsortedSet,
+}
+
+impl std::fmt::Display for ConfigDecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigDecodeError::Truncated => write!(f, "cluster config truncated"),
+            ConfigDecodeError::CountTooLarge { count, remaining } => {
+                write!(f, "cluster config: a set claims {count} ids in {remaining} bytes")
+            }
+            ConfigDecodeError::UnsortedSet => {
+                write!(f, "cluster config: node id set is not strictly increasing")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigDecodeError {}

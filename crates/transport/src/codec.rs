@@ -10,11 +10,10 @@
 //!
 //! See the crate documentation for the layout tables.
 
-use std::collections::BTreeSet;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use raftkv_raft::{
-    ClusterConfig, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, RejectHint, SnapshotMeta, Term,
+    ClusterConfig, ConfigDecodeError, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, RejectHint,
+    SnapshotMeta, Term,
 };
 
 /// Version byte that starts every encoded [`Message`].
@@ -96,8 +95,8 @@ pub enum DecodeError {
     InvalidOption(u8),
     #[error("{what}: count {count} cannot fit in the {remaining} remaining bytes")]
     CountTooLarge { what: &'static str, count: u64, remaining: usize },
-    #[error("node id set is not strictly increasing")]
-    UnsortedSet,
+    #[error(transparent)]
+    Config(#[from] ConfigDecodeError),
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
     #[error("unknown frame type 0x{0:02x}")]
@@ -273,14 +272,6 @@ fn put_opt_u64(buf: &mut BytesMut, v: Option<u64>) {
     }
 }
 
-fn put_set(buf: &mut BytesMut, set: &BTreeSet<NodeId>) -> Result<(), EncodeError> {
-    buf.put_u32(count_u32("node id set", set.len())?);
-    for id in set {
-        buf.put_u64(id.get());
-    }
-    Ok(())
-}
-
 /// The exact number of bytes [`encode`] appends for `msg`.
 pub fn encoded_len(msg: &Message) -> usize {
     let header = 1 + 8 + 8 + 8 + 1;
@@ -299,13 +290,7 @@ pub fn encoded_len(msg: &Message) -> usize {
         }
         MessageBody::Heartbeat { .. } => 16,
         MessageBody::HeartbeatResponse { .. } => 8,
-        MessageBody::InstallSnapshot { meta } => {
-            8 + 8
-                + 12
-                + 8 * (meta.config.voters.len()
-                    + meta.config.voters_outgoing.len()
-                    + meta.config.learners.len())
-        }
+        MessageBody::InstallSnapshot { meta } => 8 + 8 + meta.config.encoded_len(),
         MessageBody::ReadIndexRequest { .. } => 8,
         MessageBody::ReadIndexResponse { index, .. } => 8 + 1 + if index.is_some() { 8 } else { 0 },
         MessageBody::Propose { entries } => 4 + entries.iter().map(|e| 4 + e.len()).sum::<usize>(),
@@ -376,9 +361,7 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) -> Result<(), EncodeError> {
             buf.put_u8(tag::INSTALL_SNAPSHOT);
             buf.put_u64(meta.index.get());
             buf.put_u64(meta.term.get());
-            put_set(buf, &meta.config.voters)?;
-            put_set(buf, &meta.config.voters_outgoing)?;
-            put_set(buf, &meta.config.learners)?;
+            meta.config.encode(buf);
         }
         MessageBody::ReadIndexRequest { context } => {
             buf.put_u8(tag::READ_INDEX_REQUEST);
@@ -402,19 +385,12 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) -> Result<(), EncodeError> {
     Ok(())
 }
 
-fn get_set(r: &mut Reader) -> Result<BTreeSet<NodeId>, DecodeError> {
-    let n = r.count("node id set", 8)?;
-    let mut set = BTreeSet::new();
-    let mut last: Option<u64> = None;
-    for _ in 0..n {
-        let id = r.u64("node id")?;
-        if last.is_some_and(|l| l >= id) {
-            return Err(DecodeError::UnsortedSet);
-        }
-        last = Some(id);
-        set.insert(NodeId(id));
-    }
-    Ok(set)
+fn get_config(r: &mut Reader) -> Result<ClusterConfig, DecodeError> {
+    let mut rest = &r.buf[r.pos..];
+    let before = rest.len();
+    let config = ClusterConfig::decode(&mut rest)?;
+    r.pos += before - rest.len();
+    Ok(config)
 }
 
 fn decode_from(r: &mut Reader) -> Result<Message, DecodeError> {
@@ -471,16 +447,7 @@ fn decode_from(r: &mut Reader) -> Result<Message, DecodeError> {
         tag::INSTALL_SNAPSHOT => {
             let index = LogIndex(r.u64("snapshot index")?);
             let term = Term(r.u64("snapshot term")?);
-            let voters = get_set(r)?;
-            let voters_outgoing = get_set(r)?;
-            let learners = get_set(r)?;
-            MessageBody::InstallSnapshot {
-                meta: SnapshotMeta {
-                    index,
-                    term,
-                    config: ClusterConfig { voters, voters_outgoing, learners },
-                },
-            }
+            MessageBody::InstallSnapshot { meta: SnapshotMeta { index, term, config: get_config(r)? } }
         }
         tag::READ_INDEX_REQUEST => MessageBody::ReadIndexRequest { context: r.u64("context")? },
         tag::READ_INDEX_RESPONSE => MessageBody::ReadIndexResponse {
@@ -979,7 +946,7 @@ mod tests {
         buf.put_u64(3);
         buf.put_u32(0);
         buf.put_u32(0);
-        assert_eq!(decode(buf.freeze()), Err(DecodeError::UnsortedSet));
+        assert_eq!(decode(buf.freeze()), Err(DecodeError::Config(ConfigDecodeError::UnsortedSet)));
     }
 
     #[test]
