@@ -109,7 +109,10 @@ impl Cluster {
         if !(1..=9).contains(&spec.members) {
             return Err("between 1 and 9 members".into());
         }
-        let salt = (std::process::id() as u64) << 16 ^ crate::history::unix_ms();
+        // The process id counts in the low bits too: two runners started in the same
+        // millisecond must not pick the same names.
+        let salt =
+            (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48 ^ crate::history::unix_ms();
         let run_id = format!("{:04x}", salt & 0xffff);
         let subnet = pick_subnet(salt)?;
         std::fs::create_dir_all(&spec.dir)

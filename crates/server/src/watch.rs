@@ -56,6 +56,8 @@ const RING_BYTES: usize = 32 << 20;
 const OUT_QUEUE: usize = 16;
 /// Ring revisions one session delivers before looking at its requests again.
 const REVISIONS_PER_PUMP: i64 = 64;
+/// Estimated bytes of ring revisions delivered together to a stream that is behind.
+const BATCH_BYTES: usize = 256 << 10;
 /// History batches one session reads before looking at its requests again.
 const CATCH_UPS_PER_PUMP: usize = 8;
 /// One history batch: well within a client's default 4 MiB receive limit.
@@ -463,15 +465,26 @@ impl Session {
         // Unsynced watchers that are at (or past) the cursor join the synced ones.
         self.join_synced();
         // The ring, for the synced watchers.
+        // A stream that is behind gets consecutive revisions together: one response per
+        // watcher for the whole batch (as etcd batches a lagging watcher's revisions).
         let upto = last.min(self.cursor + REVISIONS_PER_PUMP - 1);
-        while self.synced_count > 0 && self.cursor <= upto {
-            let Some(rev) = self.hub.get(self.cursor) else {
-                // The ring moved on while this stream was slow: catch up from the history.
-                self.demote();
+        let mut batch: Vec<Arc<RevEvents>> = Vec::new();
+        let mut batch_bytes = 0;
+        while self.synced_count > 0 && self.cursor + (batch.len() as i64) <= upto && batch_bytes < BATCH_BYTES
+        {
+            let Some(rev) = self.hub.get(self.cursor + batch.len() as i64) else {
+                if batch.is_empty() {
+                    // The ring moved on while this stream was slow: catch up from the history.
+                    self.demote();
+                }
                 break;
             };
-            self.deliver(&rev).await?;
-            self.cursor += 1;
+            batch_bytes += rev.bytes;
+            batch.push(rev);
+        }
+        if !batch.is_empty() {
+            self.deliver(&batch).await?;
+            self.cursor += batch.len() as i64;
             self.join_synced();
         }
         if self.synced_count == 0 {
@@ -522,11 +535,13 @@ impl Session {
         self.synced_count += joined;
     }
 
-    /// One revision from the ring to the synced watchers it concerns.
-    async fn deliver(&mut self, rev: &RevEvents) -> Result<(), End> {
+    /// Consecutive revisions from the ring to the synced watchers they concern: one
+    /// response per watcher, every revision whole, in order.
+    async fn deliver(&mut self, batch: &[Arc<RevEvents>]) -> Result<(), End> {
+        let Some(last_rev) = batch.last().map(|r| r.rev) else { return Ok(()) };
         let mut order: Vec<i64> = Vec::new();
         let mut per: HashMap<i64, Vec<Event>> = HashMap::new();
-        for ev in &rev.events {
+        for (rev, ev) in batch.iter().flat_map(|r| r.events.iter().map(move |e| (r, e))) {
             let Some(kv) = &ev.kv else { continue };
             let mut hit = |id: i64, w: &Watcher| {
                 if w.synced && rev.rev >= w.next_rev && wanted(w, ev) {
@@ -556,7 +571,7 @@ impl Session {
         for id in order {
             let Some(events) = per.remove(&id) else { continue };
             let resp =
-                WatchResponse { header: self.header(rev.rev), watch_id: id, events, ..Default::default() };
+                WatchResponse { header: self.header(last_rev), watch_id: id, events, ..Default::default() };
             self.send_events(id, resp).await?;
         }
         Ok(())
