@@ -22,6 +22,9 @@ pub enum ConfChangeStep {
     AddLearner(NodeId),
     /// Remove a voter or learner.
     Remove(NodeId),
+    /// Leaves the configuration as it is: a change of the member's attributes carried in
+    /// the context (raftkv: its peer URLs), ordered with the other membership changes.
+    Update(NodeId),
 }
 
 /// A membership change. An empty change leaves a joint configuration.
@@ -113,7 +116,7 @@ impl ConfChange {
     /// The encoding of a configuration-change entry: `version u8 = 2 | count u8 | count x
     /// (kind u8 | id u64 big-endian) | has_config u8 | [voters, voters_outgoing, learners:
     /// each count u16 | ids u64] | context_len u32 | context`, kind 1 add voter, 2 add
-    /// learner, 3 remove. The resulting configuration makes the entry self-describing: a
+    /// learner, 3 remove, 4 update. The resulting configuration makes the entry self-describing: a
     /// member that joined without knowing the configuration the log started from (a new
     /// member catching up from the log) takes it as it is. Version 1 (steps only) still
     /// decodes.
@@ -130,6 +133,7 @@ impl ConfChange {
                 ConfChangeStep::AddVoter(id) => (1, id),
                 ConfChangeStep::AddLearner(id) => (2, id),
                 ConfChangeStep::Remove(id) => (3, id),
+                ConfChangeStep::Update(id) => (4, id),
             };
             buf.put_u8(kind);
             buf.put_u64(id.0);
@@ -176,6 +180,7 @@ impl ConfChange {
                 1 => ConfChangeStep::AddVoter(id),
                 2 => ConfChangeStep::AddLearner(id),
                 3 => ConfChangeStep::Remove(id),
+                4 => ConfChangeStep::Update(id),
                 _ => return Err(ConfChangeError::Malformed("unknown step kind")),
             });
         }
@@ -222,7 +227,7 @@ impl ConfChange {
             .filter(|s| match s {
                 ConfChangeStep::AddVoter(id) => !config.voters.contains(id),
                 ConfChangeStep::Remove(id) => config.voters.contains(id),
-                ConfChangeStep::AddLearner(_) => false,
+                ConfChangeStep::AddLearner(_) | ConfChangeStep::Update(_) => false,
             })
             .count();
         changed > 1
@@ -252,7 +257,8 @@ impl ConfChange {
             let id = match step {
                 ConfChangeStep::AddVoter(id)
                 | ConfChangeStep::AddLearner(id)
-                | ConfChangeStep::Remove(id) => *id,
+                | ConfChangeStep::Remove(id)
+                | ConfChangeStep::Update(id) => *id,
             };
             if id == NodeId(0) {
                 return Err(ConfChangeError::ZeroId);
@@ -280,6 +286,11 @@ impl ConfChange {
                     }
                     next.voters.remove(id);
                     next.learners.remove(id);
+                }
+                ConfChangeStep::Update(id) => {
+                    if !next.contains(*id) {
+                        return Err(ConfChangeError::NotMember(*id));
+                    }
                 }
             }
         }
@@ -377,7 +388,7 @@ mod tests {
     proptest! {
         #[test]
         fn encoding_round_trips(
-            steps in proptest::collection::vec((0u8..3, any::<u64>()), 0..10),
+            steps in proptest::collection::vec((0u8..4, any::<u64>()), 0..10),
             context in proptest::collection::vec(any::<u8>(), 0..40),
             voters in proptest::collection::btree_set(any::<u64>(), 1..5),
             learners in proptest::collection::btree_set(any::<u64>(), 0..3),
@@ -389,6 +400,7 @@ mod tests {
                     .map(|(k, id)| match k {
                         0 => ConfChangeStep::AddVoter(NodeId(id)),
                         1 => ConfChangeStep::AddLearner(NodeId(id)),
+                        2 => ConfChangeStep::Update(NodeId(id)),
                         _ => ConfChangeStep::Remove(NodeId(id)),
                     })
                     .collect(),

@@ -31,12 +31,30 @@ pub struct MemberAttributes {
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Trailer {
+    /// With the member registry (names, peer URLs, learners, removed ids): what is written
+    /// now; read as a [`RegistryTrailer`] (an untagged enum cannot read the numeric keys of
+    /// its maps).
+    WithRegistry {
+        members: BTreeMap<u64, MemberAttributes>,
+        leases: Vec<raftkv_kv::LeaseRecord>,
+        attached: Vec<raftkv_kv::AttachedRecord>,
+        registry: crate::membership::Registry,
+    },
     WithLeases {
         members: BTreeMap<u64, MemberAttributes>,
         leases: Vec<raftkv_kv::LeaseRecord>,
         attached: Vec<raftkv_kv::AttachedRecord>,
     },
     Members(BTreeMap<u64, MemberAttributes>),
+}
+
+/// [`Trailer::WithRegistry`] as read back.
+#[derive(Deserialize)]
+struct RegistryTrailer {
+    members: BTreeMap<u64, MemberAttributes>,
+    leases: Vec<raftkv_kv::LeaseRecord>,
+    attached: Vec<raftkv_kv::AttachedRecord>,
+    registry: crate::membership::Registry,
 }
 
 /// Largest trailer (members and lease table) a snapshot may carry.
@@ -52,11 +70,15 @@ enum Internal {
 pub enum Output {
     Kv(Result<ApplyResult, KvError>),
     Published,
+    /// A membership change was applied (the registry holds the outcome).
+    Members,
 }
 
 pub struct KvMachine {
     pub kv: KvStore,
     pub members: BTreeMap<u64, MemberAttributes>,
+    /// The cluster's members as configuration changes left them ([`crate::membership`]).
+    pub registry: crate::membership::Registry,
     config: KvConfig,
     /// A write error of the history cache file is being reported (logged once).
     cold_error_logged: bool,
@@ -86,6 +108,7 @@ impl KvMachine {
         KvMachine {
             kv: KvStore::with_cold_store(config.clone(), cold),
             members: BTreeMap::new(),
+            registry: crate::membership::Registry::default(),
             config,
             cold_error_logged: false,
             generation: 0,
@@ -160,14 +183,24 @@ impl StateMachine for KvMachine {
         }
     }
 
+    fn apply_conf_change(
+        &mut self,
+        _index: u64,
+        change: &crate::node::ConfChange,
+        config: &crate::node::ClusterConfig,
+    ) -> Option<(u64, Output)> {
+        self.registry.apply(change, config).map(|id| (id, Output::Members))
+    }
+
     type Pin = (SnapshotPoint, Trailer, Option<SharedChain>);
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = if self.kv.leases().is_empty() {
-            Trailer::Members(self.members.clone())
-        } else {
-            let (leases, attached) = self.kv.leases().export();
-            Trailer::WithLeases { members: self.members.clone(), leases, attached }
+        let (leases, attached) = self.kv.leases().export();
+        let trailer = Trailer::WithRegistry {
+            members: self.members.clone(),
+            leases,
+            attached,
+            registry: self.registry.clone(),
         };
         (self.kv.pin(), trailer, self.chain.clone())
     }
@@ -268,9 +301,15 @@ impl KvMachine {
         // The original form first (a map, whose numeric keys an untagged enum cannot read).
         let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
             Ok(members) => members,
+            Err(_) if let Ok(t) = serde_json::from_slice::<RegistryTrailer>(&buf) => {
+                kv.import_leases(&t.leases, &t.attached).map_err(|e| e.to_string())?;
+                let version = self.registry.version + 1;
+                self.registry = crate::membership::Registry { version, ..t.registry };
+                t.members
+            }
             Err(_) => {
                 match serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))? {
-                    Trailer::Members(members) => members,
+                    Trailer::Members(members) | Trailer::WithRegistry { members, .. } => members,
                     Trailer::WithLeases { members, leases, attached } => {
                         kv.import_leases(&leases, &attached).map_err(|e| e.to_string())?;
                         members
@@ -305,6 +344,12 @@ mod tests {
         ));
         assert!(m.apply(3, b"\x00garbage").is_none());
         assert!(m.apply(4, b"\xffgarbage").is_none());
+        m.registry = crate::membership::Registry::seed(&[crate::member::MemberRecord {
+            id: 5,
+            name: "m5".into(),
+            peer_urls: vec!["http://127.0.0.1:2".into()],
+        }]);
+        m.registry.removed.insert(3);
         let mut buf = Vec::new();
         let pin = m.pin();
         // A write after the pin is not in the snapshot.
@@ -319,6 +364,10 @@ mod tests {
         assert_eq!(other.kv.digest(), digest_at_pin);
         assert_ne!(other.kv.digest(), m.kv.digest());
         assert_eq!(other.members.get(&5), Some(&attrs));
+        assert_eq!(
+            (&other.registry.members, &other.registry.removed),
+            (&m.registry.members, &m.registry.removed)
+        );
         let mut bad = buf.clone();
         bad[10] ^= 1;
         assert!(KvMachine::new(KvConfig::default()).restore(&mut bad.as_slice(), bad.len() as u64).is_err());

@@ -18,6 +18,7 @@ mod kvsm;
 mod lease;
 mod lock;
 mod member;
+mod membership;
 mod metrics;
 mod peer;
 mod server;
