@@ -757,6 +757,7 @@ impl<S: StateMachine> ApplyShell<S> {
             let _ = self.events.send(Event::Fatal(e.into()));
             return false;
         }
+        tracing::info!(index = meta.index.0, term = meta.term.0, "snapshot installed");
         let shared = &self.shared;
         shared.applied.send_replace(meta.index.0);
         {

@@ -441,6 +441,12 @@ pub async fn watch(
         tokio::select! {
             _ = tick.tick() => {}
             refusal = refusals.recv() => match refusal {
+                // A member joining afresh may be refused as removed by a peer that has not
+                // yet applied its addition (a replaced machine keeps its id): it waits, as
+                // when refused as unknown.
+                Some((_, true)) if joining && api.node.status().applied == 0 => {
+                    unknown_since.get_or_insert_with(std::time::Instant::now);
+                }
                 Some((by, true)) => {
                     break format!(
                         "this member ({me:x}) was removed from the cluster (peer {:x} refuses it); it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing",

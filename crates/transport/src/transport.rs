@@ -404,7 +404,11 @@ impl TransportHandle {
             redial: tokio::sync::Notify::new(),
         });
         // Known before the writer starts: its first dial can make the peer dial back at
-        // once, and that connection must not be refused as coming from a stranger.
+        // once, and that connection must not be refused as coming from a stranger. A member
+        // added again after its removal (a replaced machine) is no longer refused.
+        if let Ok(mut removed) = shared.removed.write() {
+            removed.remove(&id);
+        }
         if let Ok(mut known) = shared.known.write() {
             known.insert(id);
         }
