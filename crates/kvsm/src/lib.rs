@@ -36,6 +36,7 @@
 
 pub mod alarm;
 pub mod coldseg;
+pub mod registry;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -96,6 +97,8 @@ pub enum Output {
     Published,
     /// An Alarm request, or a command an active alarm refused ([`alarm`]).
     Alarm(alarm::AlarmOutcome),
+    /// A membership change was applied (the registry holds the outcome).
+    Members,
 }
 
 /// The replicated key-value state machine (see the crate documentation).
@@ -120,6 +123,8 @@ pub struct KvMachine<H: Hooks = NoHooks> {
     pub hooks: Arc<H>,
     /// The active alarms ([`alarm`]).
     pub alarms: alarm::Alarms,
+    /// The cluster's members as configuration changes left them ([`registry`]).
+    pub registry: registry::Registry,
 }
 
 impl KvMachine<NoHooks> {
@@ -149,6 +154,7 @@ impl<H: Hooks> KvMachine<H> {
             segment_dir: None,
             hooks,
             alarms: Default::default(),
+            registry: Default::default(),
         }
     }
 
@@ -230,10 +236,19 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
         }
     }
 
+    fn apply_conf_change(
+        &mut self,
+        _index: u64,
+        change: &raftkv_node::ConfChange,
+        config: &raftkv_node::ClusterConfig,
+    ) -> Option<(u64, Output)> {
+        self.registry.apply(change, config).map(|id| (id, Output::Members))
+    }
+
     type Pin = KvPin<H>;
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = Trailer::of(&self.kv, &self.members, &self.alarms);
+        let trailer = Trailer::of(&self.kv, &self.members, &self.alarms, Some(&self.registry));
         KvPin { point: self.kv.pin(), trailer, chain: self.chain.clone(), hooks: self.hooks.clone() }
     }
 
@@ -307,6 +322,11 @@ impl<H: Hooks> KvMachine<H> {
         let (kv, state) = read_full(&mut r, self.config.clone(), cold)?;
         let members = state.members;
         self.alarms = state.alarms;
+        if let Some(registry) = state.registry {
+            // `version` is not replicated: it moves so that the server acts on the change.
+            let version = self.registry.version + 1;
+            self.registry = registry::Registry { version, ..registry };
+        }
         self.kv = kv;
         self.hooks.restored(&mut self.kv);
         self.members = members;

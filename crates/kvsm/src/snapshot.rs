@@ -38,36 +38,41 @@ use serde::{Deserialize, Serialize};
 
 use crate::MemberAttributes;
 use crate::alarm::Alarms;
+use crate::registry::Registry;
 
 /// Largest trailer (members and lease table) a snapshot may carry.
 pub(crate) const MAX_TRAILER: usize = 256 << 20;
 
-/// The section after the key-value state in a snapshot: the members' attributes and,
-/// when there are leases, the lease table. A snapshot without leases keeps the original
-/// form (the members map alone), so older snapshots read as "no leases".
+/// The section after the key-value state in a snapshot (JSON): the members' published
+/// attributes, the lease table, the active alarms and the member registry. The oldest form,
+/// the members map alone, is still read (as no leases, no alarms, no registry). A struct,
+/// not an untagged enum: an untagged enum cannot read the numeric keys of the maps.
 #[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Trailer {
-    WithLeases {
-        members: BTreeMap<u64, MemberAttributes>,
-        leases: Vec<LeaseRecord>,
-        attached: Vec<AttachedRecord>,
-        /// Active alarms (absent in snapshots taken before alarms existed).
-        #[serde(default)]
-        alarms: Alarms,
-    },
-    Members(BTreeMap<u64, MemberAttributes>),
+pub(crate) struct Trailer {
+    members: BTreeMap<u64, MemberAttributes>,
+    #[serde(default)]
+    leases: Vec<LeaseRecord>,
+    #[serde(default)]
+    attached: Vec<AttachedRecord>,
+    /// Active alarms (absent in snapshots taken before alarms existed).
+    #[serde(default)]
+    alarms: Alarms,
+    /// The members as configuration changes left them (absent in snapshots taken before
+    /// membership changes existed, and in snapshots made from a backup).
+    #[serde(default)]
+    registry: Option<Registry>,
 }
 
 impl Trailer {
-    /// The trailer of `kv` with `members` and `alarms`.
-    pub(crate) fn of(kv: &KvStore, members: &BTreeMap<u64, MemberAttributes>, alarms: &Alarms) -> Trailer {
-        if kv.leases().is_empty() && alarms.is_empty() {
-            Trailer::Members(members.clone())
-        } else {
-            let (leases, attached) = kv.leases().export();
-            Trailer::WithLeases { members: members.clone(), leases, attached, alarms: alarms.clone() }
-        }
+    /// The trailer of `kv` with `members`, `alarms` and `registry`.
+    pub(crate) fn of(
+        kv: &KvStore,
+        members: &BTreeMap<u64, MemberAttributes>,
+        alarms: &Alarms,
+        registry: Option<&Registry>,
+    ) -> Trailer {
+        let (leases, attached) = kv.leases().export();
+        Trailer { members: members.clone(), leases, attached, alarms: alarms.clone(), registry: registry.cloned() }
     }
 
     /// The trailer's bytes (without their length).
@@ -123,7 +128,7 @@ pub fn write_store_snapshot(
     members: &BTreeMap<u64, MemberAttributes>,
     w: &mut dyn Write,
 ) -> io::Result<()> {
-    let trailer = Trailer::of(kv, members, &Alarms::default()).encode()?;
+    let trailer = Trailer::of(kv, members, &Alarms::default(), None).encode()?;
     let point = kv.pin();
     let written = write_full(&point, &trailer, w, |f| f(kv));
     kv.unpin();
@@ -134,6 +139,7 @@ pub fn write_store_snapshot(
 pub(crate) struct TrailerState {
     pub(crate) members: BTreeMap<u64, MemberAttributes>,
     pub(crate) alarms: Alarms,
+    pub(crate) registry: Option<Registry>,
 }
 
 /// Reads a snapshot in the full layout: the store (its history kept in `cold`), the
@@ -157,14 +163,12 @@ pub(crate) fn read_full(
     }
     // The original form first (a map, whose numeric keys an untagged enum cannot read).
     let state = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
-        Ok(members) => TrailerState { members, alarms: Alarms::default() },
-        Err(_) => match serde_json::from_slice(&buf).map_err(|e| SnapshotError::Trailer(e.to_string()))? {
-            Trailer::Members(members) => TrailerState { members, alarms: Alarms::default() },
-            Trailer::WithLeases { members, leases, attached, alarms } => {
-                kv.import_leases(&leases, &attached).map_err(SnapshotError::Leases)?;
-                TrailerState { members, alarms }
-            }
-        },
+        Ok(members) => TrailerState { members, alarms: Alarms::default(), registry: None },
+        Err(_) => {
+            let t: Trailer = serde_json::from_slice(&buf).map_err(|e| SnapshotError::Trailer(e.to_string()))?;
+            kv.import_leases(&t.leases, &t.attached).map_err(SnapshotError::Leases)?;
+            TrailerState { members: t.members, alarms: t.alarms, registry: t.registry }
+        }
     };
     Ok((kv, state))
 }

@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-use raftkv_raft::{ClusterConfig, Entry, EntryKind, LogIndex, SnapshotMeta, Term};
+use raftkv_raft::{ClusterConfig, ConfChange, Entry, EntryKind, LogIndex, SnapshotMeta, Term};
 use raftkv_storage::{SnapshotStore, SnapshotWriter, StorageError};
 
 use crate::{StateMachine, Visit, codec};
@@ -91,15 +91,40 @@ impl Applier {
         done: &mut Vec<(u64, S::Output)>,
     ) -> LogIndex {
         for e in entries {
-            if e.kind == EntryKind::Normal
-                && let Some(result) = sm.apply(e.index.0, &e.data)
-            {
-                done.push(result);
+            match e.kind {
+                EntryKind::Normal => done.extend(sm.apply(e.index.0, &e.data)),
+                EntryKind::ConfigChange => done.extend(self.apply_conf_change(sm, e)),
+                EntryKind::Noop => {}
             }
             self.last = (e.index, e.term);
             self.bytes_since += e.data.len() as u64 + ENTRY_OVERHEAD;
         }
         self.last.0
+    }
+
+    /// A committed membership change: the configuration it results in becomes the one
+    /// snapshots record, and the state machine sees it. The core validated the change when
+    /// it was appended; an entry that does not decode (never written by raftkv) changes
+    /// nothing.
+    fn apply_conf_change<S: StateMachine>(&mut self, sm: &mut S, e: &Entry) -> Option<(u64, S::Output)> {
+        let (change, config) = match ConfChange::decode_entry(&e.data) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                tracing::error!(index = e.index.0, error = %err, "undecodable configuration change ignored");
+                return None;
+            }
+        };
+        let config = match config {
+            Some(c) => c,
+            None => change.apply(&self.cluster).unwrap_or_else(|_| self.cluster.clone()),
+        };
+        self.cluster = config;
+        sm.apply_conf_change(e.index.0, &change, &self.cluster)
+    }
+
+    /// The configuration of everything applied so far.
+    pub fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
     }
 
     /// Whether a snapshot is due (the caller also checks that none is being written).

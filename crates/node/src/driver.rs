@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkv_raft::{
-    Entry, LogIndex, Message, MessageBody, NodeId, ProposeError, Raft, ReadError, Ready, Role, SnapshotMeta,
-    SoftState, Term,
+    ConfChange, Entry, LogIndex, Message, MessageBody, NodeId, ProposeError, Raft, ReadError, Ready, Role,
+    SnapshotMeta, SoftState, Term, TransferError,
 };
 
 use crate::disk::{DiskJob, PersistJob};
@@ -190,6 +190,36 @@ impl<R: ReadWaiter> Driver<R> {
                 out.push(Action::Fail(ids, error));
             }
         }
+    }
+
+    /// A membership change for client request `id` (whose id the change's context carries,
+    /// so that [`crate::StateMachine::apply_conf_change`] can complete it). Leader only: a
+    /// refusal fails the request with [`NodeError::ConfChange`] and changes nothing.
+    pub fn propose_conf_change(
+        &mut self,
+        id: u64,
+        change: &ConfChange,
+        now: Duration,
+        out: &mut Vec<Action<R>>,
+    ) {
+        match self.raft.propose_conf_change(change) {
+            Ok(_) => self.in_flight.push_back((vec![id], now)),
+            Err(e) => out.push(Action::Fail(vec![id], NodeError::ConfChange(e))),
+        }
+    }
+
+    /// Starts handing leadership to `target`, or to the most up-to-date voter when `None`;
+    /// returns the target.
+    pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let target = match target {
+            Some(t) => t,
+            None => self
+                .raft
+                .best_transferee()
+                .ok_or(TransferError::NotLeader { leader_hint: self.raft.leader() })?,
+        };
+        self.raft.transfer_leader(target)?;
+        Ok(target)
     }
 
     /// Read barriers, all arrived together: every one of them arrived before the read

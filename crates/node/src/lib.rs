@@ -81,8 +81,8 @@ mod runtime;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-pub use raftkv_raft::NodeId;
-use raftkv_raft::{ClusterConfig, Config, InitialState, Message, Raft, SnapshotMeta};
+pub use raftkv_raft::{ClusterConfig, ConfChange, ConfChangeStep, NodeId, ProposeError, TransferError};
+use raftkv_raft::{Config, InitialState, Message, Raft, SnapshotMeta};
 use raftkv_storage::{LogOptions, NodeIds, RealFs, SnapshotStore, StorageError};
 pub use raftkv_storage::{Recovered, Storage};
 
@@ -106,6 +106,17 @@ pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed normal entry. Returns the client request id carried in the
     /// entry (if any) and the outcome, to complete the waiting request.
     fn apply(&mut self, index: u64, data: &[u8]) -> Option<(u64, Self::Output)>;
+    /// Applies one committed membership change: `config` is the configuration it results
+    /// in, `change.context` what the proposer attached. Returns the request id the context
+    /// carries (if any) and the outcome, like [`StateMachine::apply`]. The default ignores it.
+    fn apply_conf_change(
+        &mut self,
+        _index: u64,
+        _change: &ConfChange,
+        _config: &ClusterConfig,
+    ) -> Option<(u64, Self::Output)> {
+        None
+    }
     /// Marks the current state for a snapshot that [`StateMachine::write_snapshot`] writes
     /// while entries go on being applied. Must be cheap: it runs on the apply path.
     fn pin(&mut self) -> Self::Pin;
@@ -244,6 +255,12 @@ pub enum NodeError {
     /// The leader changed while the request was in flight: it may or may not take effect.
     #[error("leader changed")]
     LeaderChanged,
+    /// The core refused a membership change (nothing changed).
+    #[error("{0}")]
+    ConfChange(ProposeError),
+    /// A leadership transfer could not start.
+    #[error("{0}")]
+    Transfer(TransferError),
 }
 
 /// Observable state of the member.
@@ -263,6 +280,10 @@ pub struct Status {
     pub last_index: u64,
     /// Index of the newest snapshot.
     pub snapshot_index: u64,
+    /// Whether this member is a learner in the configuration in force.
+    pub is_learner: bool,
+    /// A leadership transfer in progress hands over to this member (0: none).
+    pub lead_transferee: u64,
 }
 
 /// Why a member cannot start or had to stop.

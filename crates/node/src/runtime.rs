@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use raftkv_raft::{Entry, LogIndex, Message, MessageBody, Role, SnapshotMeta, Term};
+use raftkv_raft::{
+    ConfChange, Entry, LogIndex, Message, MessageBody, NodeId, Role, SnapshotMeta, Term, TransferError,
+};
 use raftkv_storage::{FileLogStore, SnapshotReader, SnapshotStore, Storage};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -53,6 +55,8 @@ impl ReadWaiter for ReadReply {
 enum Request {
     Propose { id: u64, data: Bytes },
     Read { reply: ReadReply },
+    ConfChange { id: u64, change: ConfChange },
+    Transfer { target: Option<NodeId>, reply: oneshot::Sender<Result<NodeId, TransferError>> },
 }
 
 /// A cheap handle for request handlers.
@@ -81,12 +85,17 @@ impl<S: StateMachine> NodeHandle<S> {
     /// Replicates a command built around request id `id` and waits until this member has
     /// applied it.
     pub async fn propose(&self, id: u64, data: Bytes, timeout: Duration) -> Result<S::Output, NodeError> {
+        self.submit(id, Request::Propose { id, data }, timeout).await
+    }
+
+    /// Queues a request whose outcome comes back through the waiter of `id`, and waits.
+    async fn submit(&self, id: u64, request: Request, timeout: Duration) -> Result<S::Output, NodeError> {
         if self.shared.stopped.load(Ordering::Relaxed) {
             return Err(NodeError::Stopped);
         }
         let (tx, rx) = oneshot::channel();
         self.shared.waiters.lock().insert(id, tx);
-        if let Err(e) = self.requests.try_send(Request::Propose { id, data }) {
+        if let Err(e) = self.requests.try_send(request) {
             self.shared.waiters.lock().remove(&id);
             return Err(match e {
                 mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
@@ -101,6 +110,47 @@ impl<S: StateMachine> NodeHandle<S> {
                 Err(NodeError::Timeout)
             }
         }
+    }
+
+    /// Proposes a membership change (this member must lead) whose context carries request
+    /// id `id`, and waits until this member has applied it: the outcome is what
+    /// [`StateMachine::apply_conf_change`] returned for it. A change the core refuses fails
+    /// at once with [`NodeError::ConfChange`].
+    pub async fn propose_conf_change(
+        &self,
+        id: u64,
+        change: ConfChange,
+        timeout: Duration,
+    ) -> Result<S::Output, NodeError> {
+        self.submit(id, Request::ConfChange { id, change }, timeout).await
+    }
+
+    /// Hands leadership to `target` (or to the most up-to-date voter when `None`) and waits
+    /// until this member sees it lead. Returns the new leader.
+    pub async fn transfer_leader(
+        &self,
+        target: Option<NodeId>,
+        timeout: Duration,
+    ) -> Result<NodeId, NodeError> {
+        let work = async {
+            let (tx, rx) = oneshot::channel();
+            self.requests.try_send(Request::Transfer { target, reply: tx }).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NodeError::TooManyRequests,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            })?;
+            let target = rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::Transfer)?;
+            loop {
+                let status = self.status();
+                if status.leader == target.0 {
+                    return Ok(target);
+                }
+                if self.shared.stopped.load(Ordering::Relaxed) {
+                    return Err(NodeError::Stopped);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| NodeError::Timeout)?
     }
 
     /// Waits until a linearizable read may be served locally (ReadIndex, then applied).
@@ -244,6 +294,21 @@ impl<S: StateMachine> Node<S> {
         self.task.await.map_err(|e| Error::Task(e.to_string()))?
     }
 
+    /// Stops like [`Node::stop`], but a leader first hands leadership to the most
+    /// up-to-date voter (waiting at most `patience`), so the cluster does not wait an
+    /// election timeout for a new leader (etcd does the same on a graceful stop).
+    pub async fn stop_gracefully(self, patience: Duration) -> Result<(), Error> {
+        if self.handle.status().is_leader {
+            match self.handle.transfer_leader(None, patience).await {
+                Ok(to) => {
+                    tracing::info!(to = format!("{:x}", to.0), "leadership handed over before stopping")
+                }
+                Err(e) => tracing::info!(error = %e, "stopping without a leadership transfer"),
+            }
+        }
+        self.stop().await
+    }
+
     /// Whether the driver ended on its own (a fatal error).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -363,9 +428,11 @@ impl<S: StateMachine> Runner<S> {
     fn on_requests(&mut self, first: Request) {
         let mut proposals: Vec<(u64, Bytes)> = Vec::new();
         let mut reads: Vec<ReadReply> = Vec::new();
+        let mut others = Vec::new();
         let mut handle = |req: Request| match req {
             Request::Propose { id, data } => proposals.push((id, data)),
             Request::Read { reply } => reads.push(reply),
+            other => others.push(other),
         };
         handle(first);
         for _ in 0..BATCH_MAX {
@@ -380,6 +447,21 @@ impl<S: StateMachine> Runner<S> {
         }
         if !proposals.is_empty() {
             self.driver.propose(proposals, now, &mut self.actions);
+        }
+        for req in others {
+            match req {
+                Request::ConfChange { id, change } => {
+                    self.driver.propose_conf_change(id, &change, now, &mut self.actions)
+                }
+                Request::Transfer { target, reply } => {
+                    let started = self.driver.transfer_leader(target);
+                    if let Ok(to) = &started {
+                        tracing::info!(to = format!("{:x}", to.0), "leadership transfer starting");
+                    }
+                    let _ = reply.send(started);
+                }
+                Request::Propose { .. } | Request::Read { .. } => {}
+            }
         }
     }
 
@@ -413,6 +495,8 @@ impl<S: StateMachine> Runner<S> {
         status.is_leader = raft.role() == Role::Leader;
         status.commit = raft.commit_index().0;
         status.last_index = raft.last_index().0;
+        status.is_learner = raft.cluster_config().learners.contains(&raft.id());
+        status.lead_transferee = raft.lead_transferee().map_or(0, |t| t.0);
         Ok(())
     }
 
@@ -673,6 +757,7 @@ impl<S: StateMachine> ApplyShell<S> {
             let _ = self.events.send(Event::Fatal(e.into()));
             return false;
         }
+        tracing::info!(index = meta.index.0, term = meta.term.0, "snapshot installed");
         let shared = &self.shared;
         shared.applied.send_replace(meta.index.0);
         {

@@ -203,3 +203,60 @@ fn entries_appended_with_the_install_are_kept() {
     assert_eq!(kept, vec![(12, 4), (13, 4)]);
     assert_eq!(last, 13);
 }
+
+/// A state machine that records the membership changes it is shown.
+#[derive(Default)]
+struct Changes(Vec<(u64, ClusterConfig, Bytes)>);
+
+impl raftkv_node::StateMachine for Changes {
+    type Output = ();
+    type Pin = ();
+    fn apply(&mut self, _index: u64, _data: &[u8]) -> Option<(u64, ())> {
+        None
+    }
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        change: &raftkv_raft::ConfChange,
+        config: &ClusterConfig,
+    ) -> Option<(u64, ())> {
+        self.0.push((index, config.clone(), change.context.clone()));
+        Some((index, ()))
+    }
+    fn pin(&mut self) {}
+    fn write_snapshot(
+        _pin: &(),
+        _w: &mut dyn std::io::Write,
+        _visit: &mut raftkv_node::Visit<'_, Self>,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _r: &mut dyn Read, _len: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A committed configuration change reaches the state machine with its context, and the
+/// snapshots taken after it record the configuration it results in (not the one the member
+/// started with).
+#[test]
+fn applied_configuration_changes_reach_the_state_machine_and_the_snapshot_meta() {
+    use raftkv_raft::{ConfChange, ConfChangeStep};
+    let start = ClusterConfig::new(voters());
+    let mut applier = raftkv_node::Applier::new(None, start.clone(), 1);
+    let change = ConfChange::single(ConfChangeStep::AddLearner(NodeId(4))).with_context(Bytes::from("m4"));
+    let mut next = start.clone();
+    next.learners.insert(NodeId(4));
+    let e = Entry {
+        term: Term(1),
+        index: LogIndex(2),
+        kind: EntryKind::ConfigChange,
+        data: change.encode_with_config(&next),
+    };
+    let mut sm = Changes::default();
+    let mut done = Vec::new();
+    applier.apply(&mut sm, &[entries(1, 1, 1).remove(0), e], &mut done);
+    assert_eq!(done.len(), 1, "the change completes its request");
+    assert_eq!(sm.0, vec![(2, next.clone(), Bytes::from("m4"))]);
+    assert_eq!(applier.begin_snapshot().config, next);
+}

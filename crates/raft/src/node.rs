@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::confchange::{ConfChange, ConfChangeError};
+use crate::confchange::{ConfChange, ConfChangeError, ConfChangeStep};
 use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody, RejectHint};
@@ -15,6 +15,16 @@ use crate::types::{
     ClusterConfig, Entry, EntryKind, HardState, LogIndex, NodeId, ReadState, Role, SnapshotMeta, SoftState,
     Term,
 };
+
+/// The configuration a configuration-change entry results in: the one it carries (its
+/// proposer computed it), else its steps applied to `current` (entries of encoding version 1).
+fn next_config(data: &[u8], current: &ClusterConfig) -> Result<ClusterConfig, ConfChangeError> {
+    match ConfChange::decode_entry(data)? {
+        (_, Some(config)) if !config.voters.is_empty() => Ok(config),
+        (_, Some(_)) => Err(ConfChangeError::NoVoters),
+        (cc, None) => cc.apply(current),
+    }
+}
 
 /// What a node restarts from: exactly what its storage holds durably.
 #[derive(Clone, Debug, Default)]
@@ -108,6 +118,9 @@ pub enum ProposeError {
     InvalidConfChange(ConfChangeError),
     /// A leadership transfer is in progress: proposals wait until it completes or aborts.
     TransferInProgress,
+    /// The change promotes a learner whose log is not yet close to the leader's (its match
+    /// index is below 90% of the leader's last index, as etcd's `isLearnerReady`).
+    LearnerNotReady(NodeId),
 }
 
 impl std::fmt::Display for ProposeError {
@@ -125,6 +138,9 @@ impl std::fmt::Display for ProposeError {
             }
             ProposeError::InvalidConfChange(e) => write!(f, "invalid configuration change: {e}"),
             ProposeError::TransferInProgress => write!(f, "leadership transfer in progress"),
+            ProposeError::LearnerNotReady(id) => {
+                write!(f, "learner {id} is not yet in sync with the leader; retry once it has caught up")
+            }
         }
     }
 }
@@ -354,7 +370,7 @@ impl Raft {
         let mut config_entries = Vec::new();
         let mut current = base_config.clone();
         for e in initial.entries.iter().filter(|e| e.kind == EntryKind::ConfigChange) {
-            let next = ConfChange::decode(&e.data).and_then(|cc| cc.apply(&current)).map_err(|err| {
+            let next = next_config(&e.data, &current).map_err(|err| {
                 ConfigError(format!("configuration change at index {} cannot be applied: {err}", e.index))
             })?;
             config_entries.push((e.index, e.term, next.clone()));
@@ -584,7 +600,19 @@ impl Raft {
             return Err(ProposeError::NoCommitInTerm);
         }
         let next = change.apply(&self.cluster).map_err(ProposeError::InvalidConfChange)?;
-        self.append_config(change.encode(), next);
+        let last = self.log.last_index();
+        for step in &change.steps {
+            if let ConfChangeStep::AddVoter(id) = step
+                && self.cluster.learners.contains(id)
+            {
+                let matched = self.progress.get(id).map_or(LogIndex(0), |p| p.match_index);
+                // etcd's readyPercent: the learner holds at least 90% of the leader's log.
+                if matched.0.saturating_mul(10) < last.0.saturating_mul(9) {
+                    return Err(ProposeError::LearnerNotReady(*id));
+                }
+            }
+        }
+        self.append_config(change.encode_with_config(&next), next);
         self.pending_broadcast = true;
         Ok((self.term, self.log.last_index()))
     }
@@ -615,6 +643,21 @@ impl Raft {
             self.send_append(target, true);
         }
         Ok(())
+    }
+
+    /// Leader: the voter (other than itself) whose log matches the most of the leader's, the
+    /// natural target of a leadership transfer; ties go to the lowest id.
+    pub fn best_transferee(&self) -> Option<NodeId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.cluster
+            .voters
+            .iter()
+            .filter(|id| **id != self.id)
+            .map(|id| (self.progress.get(id).map_or(LogIndex(0), |p| p.match_index), *id))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, id)| id)
     }
 
     /// The member a leadership transfer in progress hands over to.
@@ -662,7 +705,10 @@ impl Raft {
         }
         let removed_but_counted =
             self.bug(PlantedBug::RemovedMemberCounted) && self.previous_config().contains(m.from);
-        if (!self.cluster.contains(m.from) && !removed_but_counted) || m.from == self.id {
+        // The leader of our term stays the leader until it steps down, also once a change
+        // that removes it is in force here: its commit index and `TimeoutNow` still count.
+        let our_leader = self.leader == Some(m.from) && m.term == self.term;
+        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader) || m.from == self.id {
             return Err(StepError::UnknownSender { from: m.from });
         }
         if self.step_term(&m) {
@@ -1043,7 +1089,7 @@ impl Raft {
                 continue;
             }
             // A leader validated the change; one that does not decode or apply changes nothing.
-            if let Ok(next) = ConfChange::decode(&e.data).and_then(|cc| cc.apply(&current)) {
+            if let Ok(next) = next_config(&e.data, &current) {
                 self.config_entries.push((e.index, e.term, next.clone()));
                 current = next;
             }
@@ -1083,13 +1129,21 @@ impl Raft {
         if !self.cluster.voters_outgoing.is_empty() {
             // Auto-leave (etcd's ConfChangeV2): the joint configuration committed.
             if let Ok(next) = ConfChange::leave_joint().apply(&self.cluster) {
-                self.append_config(ConfChange::leave_joint().encode(), next);
+                self.append_config(ConfChange::leave_joint().encode_with_config(&next), next);
                 self.pending_broadcast = true;
             }
             return;
         }
         if !self.cluster.is_voter(self.id) {
-            // Removed (or demoted): C_new committed without us, so stop leading.
+            // Removed (or demoted): C_new committed without us, so stop leading, handing over
+            // to the most up-to-date voter at once when it holds our whole log (as a
+            // leadership transfer would) rather than leaving the cluster an election timeout
+            // without a leader.
+            if let Some(target) = self.best_transferee()
+                && self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index())
+            {
+                self.send(target, MessageBody::TimeoutNow);
+            }
             self.become_follower(self.term, None);
         }
     }

@@ -144,6 +144,7 @@ fn joint_consensus_is_entered_and_left_automatically() {
             ConfChangeStep::AddVoter(NodeId(4)),
             ConfChangeStep::AddVoter(NodeId(5)),
         ],
+        ..ConfChange::default()
     };
     c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
     c.raft_mut(1).propose_conf_change(&replace).expect("joint change");
@@ -426,8 +427,10 @@ fn a_member_restarting_mid_joint_change_recovers_the_joint_configuration() {
     elect(&mut c, 1);
     c.tick_all(2);
     c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
-    let replace =
-        ConfChange { steps: vec![ConfChangeStep::AddVoter(NodeId(4)), ConfChangeStep::AddVoter(NodeId(5))] };
+    let replace = ConfChange {
+        steps: vec![ConfChangeStep::AddVoter(NodeId(4)), ConfChangeStep::AddVoter(NodeId(5))],
+        ..ConfChange::default()
+    };
     c.raft_mut(1).propose_conf_change(&replace).expect("joint change");
     c.process(1);
     c.deliver_all();
@@ -438,4 +441,75 @@ fn a_member_restarting_mid_joint_change_recovers_the_joint_configuration() {
     c.clear_filters();
     c.tick_all(5);
     assert!(c.raft(2).cluster_config().voters_outgoing.is_empty(), "left once the joint entry committed");
+}
+
+#[test]
+fn promoting_a_learner_that_lags_is_refused_until_it_catches_up() {
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    change(&mut c, 1, ConfChangeStep::AddLearner(NodeId(4))).expect("learner added");
+    c.deliver_all();
+    // The learner is cut off while the log grows.
+    c.isolate(4);
+    for i in 0..20 {
+        c.propose(1, &format!("v{i}")).expect("leader");
+        c.deliver_all();
+    }
+    assert_eq!(
+        change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))),
+        Err(ProposeError::LearnerNotReady(NodeId(4))),
+        "a learner far behind is not promoted"
+    );
+    assert_eq!(c.raft(1).cluster_config().learners, ids(&[4]), "nothing changed");
+    assert_eq!(c.raft(1).pending_conf_index(), None);
+    c.heal();
+    c.tick_all(3);
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("promoted once in sync");
+    c.tick_all(2);
+    assert_eq!(c.raft(4).cluster_config().voters, ids(&[1, 2, 3, 4]));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn a_removed_leader_hands_over_without_waiting_for_an_election_timeout() {
+    let mut c = classic_members(3, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    let term = c.raft(1).term();
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(1))).expect("remove the leader");
+    c.deliver_all();
+    // Two ticks are far below the election timeout (10 ticks): only a handover explains a
+    // new leader this soon.
+    c.tick_all(2);
+    let leader = c.leader().expect("a new leader at once");
+    assert!(leader == 2 || leader == 3, "leader {leader}");
+    assert_eq!(c.raft(leader).term(), term + 1, "one election, started by TimeoutNow");
+    // The followers learned the removal's commit from the removed leader itself.
+    let removal = c.raft(leader).commit_index();
+    assert!(removal >= c.raft(1).commit_index());
+    assert_eq!(c.raft(leader).cluster_config().voters, ids(&[2, 3]));
+    // The removed member never campaigns again.
+    c.isolate(1);
+    c.tick_all(100);
+    assert_eq!(c.raft(1).role(), Role::Follower);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn best_transferee_is_the_most_caught_up_voter() {
+    let mut c = classic_members(4, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    change(&mut c, 1, ConfChangeStep::AddLearner(NodeId(4))).expect("learner");
+    c.deliver_all();
+    c.isolate(2);
+    c.propose(1, "x").expect("leader");
+    c.deliver_all();
+    assert_eq!(
+        c.raft(1).best_transferee(),
+        Some(NodeId(3)),
+        "3 holds more of the log than 2; 4 is a learner"
+    );
+    assert_eq!(c.raft(2).best_transferee(), None, "only a leader picks");
 }

@@ -542,6 +542,7 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
         name: a.name.clone(),
         token,
         members: members.clone(),
+        joined_existing: false,
     };
     // Build in a sibling directory, renamed into place once complete.
     let mut staging_name = dir_name.to_os_string();

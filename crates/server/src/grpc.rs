@@ -38,6 +38,12 @@ impl Maintenance for Grpc {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         crate::backup::snapshot(&self.0, self.0.member_dir()).await.map(Response::new)
     }
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.0.move_leader(req.into_inner()).await.map(Response::new)
+    }
 }
 
 #[tonic::async_trait]
@@ -47,6 +53,30 @@ impl Cluster for Grpc {
         req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         self.0.member_list(req.into_inner()).await.map(Response::new)
+    }
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        self.0.member_add(req.into_inner()).await.map(Response::new)
+    }
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.0.member_remove(req.into_inner()).await.map(Response::new)
+    }
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.0.member_update(req.into_inner()).await.map(Response::new)
+    }
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.0.member_promote(req.into_inner()).await.map(Response::new)
     }
 }
 

@@ -19,6 +19,7 @@ mod lease;
 mod limits;
 mod lock;
 mod member;
+mod membership;
 mod metrics;
 mod peer;
 mod quota;

@@ -24,6 +24,11 @@ pub struct ClusterRecord {
     pub name: String,
     pub token: String,
     pub members: Vec<MemberRecord>,
+    /// Started with `--initial-cluster-state existing`: `members` are the cluster's members
+    /// as given on the command line, and this member waits to be brought in by the leader
+    /// (it never campaigns before a configuration that makes it a voter reaches it).
+    #[serde(default)]
+    pub joined_existing: bool,
 }
 
 pub fn member_dir(data_dir: &Path) -> PathBuf {
@@ -93,12 +98,7 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
             member_dir(&config.data_dir).display()
         ));
     }
-    if config.initial_cluster_state == ClusterState::Existing {
-        return Err(
-            "--initial-cluster-state existing (joining a running cluster) needs runtime membership changes, which this version does not support yet; start every member with --initial-cluster-state new"
-                .into(),
-        );
-    }
+    let joining = config.initial_cluster_state == ClusterState::Existing;
     let token = &config.initial_cluster_token;
     let members: Vec<MemberRecord> = config
         .initial_cluster
@@ -118,11 +118,14 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
     let me = members.iter().find(|m| m.name == config.name).ok_or("member not in --initial-cluster")?;
     let record = ClusterRecord {
         format: 1,
-        cluster_id: config::cluster_id(&config.initial_cluster, token),
+        // A joining member learns the running cluster's id from its peers (see
+        // `crate::server`); this one is replaced before anything is written.
+        cluster_id: if joining { 0 } else { config::cluster_id(&config.initial_cluster, token) },
         member_id: me.id,
         name: config.name.clone(),
         token: token.clone(),
         members,
+        joined_existing: joining,
     };
     Ok(Identity { record, fresh: true })
 }

@@ -123,14 +123,22 @@ impl Drop for StagedFile {
 pub struct TransportSource {
     pub inbound: mpsc::Receiver<TransportInbound>,
     pub reports: mpsc::Receiver<Report>,
+    /// Where refusals by peers go (`(peer, removed)`, see [`Report::RefusedBy`]): the
+    /// membership watcher decides whether this member must stop.
+    pub refusals: mpsc::Sender<(NodeId, bool)>,
 }
 
 impl PeerSource for TransportSource {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
-        if let Poll::Ready(Some(r)) = self.reports.poll_recv(cx) {
+        while let Poll::Ready(Some(r)) = self.reports.poll_recv(cx) {
             return Poll::Ready(Some(match r {
                 Report::Unreachable(id) => Inbound::Unreachable(id),
                 Report::Snapshot { to, ok } => Inbound::SnapshotReport { to, ok },
+                Report::RefusedBy { by, removed } => {
+                    // Not for the driver; a full queue already holds the news.
+                    let _ = self.refusals.try_send((by, removed));
+                    continue;
+                }
             }));
         }
         loop {

@@ -23,7 +23,12 @@ pub async fn run(config: ServerConfig) -> Result<(), String> {
 
 async fn run_member(config: ServerConfig) -> Result<(), String> {
     let identity = member::load_or_bootstrap(&config, config.initial_cluster_token_explicit)?;
-    let record = identity.record;
+    let mut record = identity.record;
+    // TLS (checked before anything listens: a bad certificate file stops the member here).
+    let tls = crate::tls::Ports::load(&config)?;
+    if identity.fresh && record.joined_existing {
+        record.cluster_id = discover_cluster(&record, tls.peer.as_ref()).await?;
+    }
     let ids = NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
     let fs = Arc::new(RealFs);
     let opts = LogOptions {
@@ -52,9 +57,6 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         "starting member"
     );
 
-    // TLS (checked before anything listens: a bad certificate file stops the member here).
-    let tls = crate::tls::Ports::load(&config)?;
-
     // Peer transport.
     let listen_peer = *config.listen_peer.first().ok_or("no --listen-peer-urls")?;
     let mut tcfg = TransportConfig::new(record.cluster_id, NodeId(record.member_id), listen_peer);
@@ -82,10 +84,20 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let sm = crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
+    let mut sm = crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
+    // The bootstrap members; a snapshot's registry replaces them, configuration changes
+    // in the log update them.
+    sm.registry = crate::membership::seed_registry(&record.members);
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
-        voters: record.members.iter().map(|m| NodeId(m.id)).collect(),
+        // A joining member starts outside the configuration (so it never campaigns) until
+        // the leader's log or snapshot brings the real one.
+        voters: record
+            .members
+            .iter()
+            .filter(|m| !(record.joined_existing && m.id == record.member_id))
+            .map(|m| NodeId(m.id))
+            .collect(),
         tick: Duration::from_millis(config.tick_ms()),
         heartbeat_ticks: config.heartbeat_ticks(),
         election_ticks: config.election_ticks(),
@@ -94,7 +106,12 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         request_queue: 16 * 1024,
         seed: record.member_id,
     };
-    let peers = Box::new(crate::peer::TransportSource { inbound: t_inbound_rx, reports: reports_rx });
+    let (refusals_tx, refusals_rx) = mpsc::channel(64);
+    let peers = Box::new(crate::peer::TransportSource {
+        inbound: t_inbound_rx,
+        reports: reports_rx,
+        refusals: refusals_tx,
+    });
     let node = Node::start(node_config, storage, recovered, sm, network.clone(), peers)
         .map_err(|e| e.to_string())?;
     let _ = network.driver.set(node.inbound());
@@ -112,8 +129,17 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             member_dir: member_dir.clone(),
             quota: config.quota_backend_bytes,
             keepalive: config.keepalive,
+            peer_transport: Some(transport.clone()),
         },
     );
+    let (removed_tx, removed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(crate::membership::watch(
+        api.clone(),
+        transport.clone(),
+        refusals_rx,
+        record.joined_existing,
+        removed_tx,
+    ));
     if let Some(quota) = config.quota_backend_bytes.0
         && quota > crate::quota::LARGE_QUOTA_BYTES
     {
@@ -175,10 +201,21 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = term.recv() => tracing::info!("terminated; shutting down"),
-        _ = fatal => tracing::error!("the Raft driver stopped"),
+    let mut stopped_by: Option<String> = None;
+    let graceful = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); true }
+        _ = term.recv() => { tracing::info!("terminated; shutting down"); true }
+        _ = fatal => { tracing::error!("the Raft driver stopped"); false }
+        Ok(reason) = removed_rx => { stopped_by = Some(reason); false }
+    };
+    if graceful && node.handle.status().is_leader {
+        // As etcd on a graceful stop: hand leadership over first, so the cluster does not
+        // wait an election timeout for a new leader.
+        let patience = Duration::from_millis(2 * config.election_timeout_ms);
+        match node.handle.transfer_leader(None, patience).await {
+            Ok(to) => tracing::info!(to = format!("{:x}", to.0), "leadership handed over before stopping"),
+            Err(e) => tracing::info!(error = %e, "stopping without a leadership transfer"),
+        }
     }
     let _ = stop_tx.send(true);
     for s in servers {
@@ -186,7 +223,41 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     }
     let result = node.stop().await.map_err(|e| e.to_string());
     transport.shutdown().await;
-    result
+    match stopped_by {
+        Some(reason) => Err(reason),
+        None => result,
+    }
+}
+
+/// The running cluster's id, asked of the members in `--initial-cluster` (a member joining
+/// with `--initial-cluster-state existing`).
+async fn discover_cluster(
+    record: &member::ClusterRecord,
+    tls: Option<&raftkv_transport::PeerTlsConfig>,
+) -> Result<u64, String> {
+    let mut failures = Vec::new();
+    for m in record.members.iter().filter(|m| m.id != record.member_id) {
+        for url in &m.peer_urls {
+            let addr = match parse_url(url) {
+                Ok(a) => a.to_string(),
+                Err(e) => {
+                    failures.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            match raftkv_transport::discover(&addr, tls, Duration::from_secs(3)).await {
+                Ok((cluster_id, _)) => {
+                    tracing::info!(cluster_id = format!("{cluster_id:x}"), peer = %url, "joining a running cluster");
+                    return Ok(cluster_id);
+                }
+                Err(e) => failures.push(format!("{url}: {e}")),
+            }
+        }
+    }
+    Err(format!(
+        "--initial-cluster-state existing: no member of --initial-cluster answered ({}); the cluster must be running, and this member added to it first with `etcdctl member add`",
+        failures.join("; ")
+    ))
 }
 
 /// Whether linearizable reads skip ReadIndex: `RAFTKV_UNSAFE_STALE_READS=1`, honoured only by

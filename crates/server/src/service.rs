@@ -7,7 +7,7 @@ use bytes::Bytes;
 use raftkv_api::Command;
 use raftkv_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
+    HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use raftkv_kv::{ApplyResult, KvError, KvStore};
@@ -37,6 +37,8 @@ pub struct ApiConfig {
     pub quota: crate::quota::QuotaBytes,
     /// `--grpc-keepalive-*` ([`crate::limits`]).
     pub keepalive: crate::limits::Keepalive,
+    /// The peer transport, told of a member being added before its entry is appended.
+    pub peer_transport: Option<raftkv_transport::TransportHandle>,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -51,13 +53,15 @@ pub struct Api {
     pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
 }
 
-fn node_status(e: NodeError) -> Status {
+pub(crate) fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::TooManyRequests => Status::new(Code::ResourceExhausted, "etcdserver: too many requests"),
         NodeError::NoLeader => Status::new(Code::Unavailable, "etcdserver: no leader"),
         NodeError::Timeout => Status::new(Code::Unavailable, "etcdserver: request timed out"),
         NodeError::Stopped => Status::new(Code::Unavailable, "etcdserver: server stopped"),
         NodeError::LeaderChanged => Status::new(Code::Unavailable, "etcdserver: leader changed"),
+        NodeError::ConfChange(e) => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
+        NodeError::Transfer(e) => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
     }
 }
 
@@ -88,6 +92,16 @@ impl Api {
     /// The cluster's members as bootstrapped.
     pub fn members(&self) -> &[crate::member::MemberRecord] {
         &self.config.cluster.members
+    }
+
+    /// The cluster's `--initial-cluster-token` (member ids derive from it).
+    pub fn cluster_token(&self) -> &str {
+        &self.config.cluster.token
+    }
+
+    /// The peer transport, if this member runs one.
+    pub fn peer_transport(&self) -> Option<&raftkv_transport::TransportHandle> {
+        self.config.peer_transport.as_ref()
     }
 
     /// Where temporary files of this member go.
@@ -129,7 +143,9 @@ impl Api {
             Output::Kv(result) => result.map_err(kv_status),
             Output::Alarm(outcome) => Err(crate::alarm::refusal(&outcome)
                 .unwrap_or_else(|| Status::internal("unexpected result for a key-value request"))),
-            Output::Published => Err(Status::internal("unexpected result for a key-value request")),
+            Output::Published | Output::Members => {
+                Err(Status::internal("unexpected result for a key-value request"))
+            }
         }
     }
 
@@ -260,7 +276,7 @@ impl Api {
             raft_applied_index: s.applied,
             errors,
             db_size_in_use,
-            is_learner: false,
+            is_learner: s.is_learner,
         })
     }
 
@@ -311,21 +327,7 @@ impl Api {
     }
 
     pub async fn member_list(&self, _req: MemberListRequest) -> Result<MemberListResponse, Status> {
-        let published = self.node.shared.sm.read().members.clone();
-        let members = self
-            .config
-            .cluster
-            .members
-            .iter()
-            .map(|m| Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: published.get(&m.id).map(|a| a.client_urls.clone()).unwrap_or_default(),
-                is_learner: false,
-            })
-            .collect();
         // etcd's MemberList header carries no revision.
-        Ok(MemberListResponse { header: Some(self.header(0)), members })
+        Ok(MemberListResponse { header: Some(self.header(0)), members: self.member_protos() })
     }
 }

@@ -203,7 +203,7 @@ async fn main() -> Result<(), BoxError> {
     let ok = loop {
         match tokio::time::timeout(timeout, rep1.recv()).await {
             Ok(Some(Report::Snapshot { ok, .. })) => break ok,
-            Ok(Some(Report::Unreachable(_))) => continue,
+            Ok(Some(Report::Unreachable(_) | Report::RefusedBy { .. })) => continue,
             Ok(None) | Err(_) => return Err("no snapshot report".into()),
         }
     };

@@ -668,6 +668,8 @@ pub enum RefusalCode {
     WrongMember = 4,
     UnknownPeer = 5,
     Overloaded = 6,
+    /// The dialer was removed from the cluster's configuration: it must not come back.
+    Removed = 7,
 }
 
 impl RefusalCode {
@@ -679,6 +681,7 @@ impl RefusalCode {
             4 => RefusalCode::WrongMember,
             5 => RefusalCode::UnknownPeer,
             6 => RefusalCode::Overloaded,
+            7 => RefusalCode::Removed,
             b => return Err(DecodeError::InvalidRefusalCode(b)),
         })
     }

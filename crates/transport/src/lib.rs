@@ -113,5 +113,6 @@ pub use snapshot::{
 pub use stats::TransportStats;
 pub use stream::PeerTlsConfig;
 pub use transport::{
-    Inbound, Report, SendError, SnapshotSendError, Transport, TransportError, TransportHandle,
+    DialError, Inbound, Report, SendError, SnapshotSendError, Transport, TransportError, TransportHandle,
+    discover,
 };

@@ -45,6 +45,11 @@ pub enum Report {
     /// A transfer started by [`TransportHandle::send_snapshot`] ended: call
     /// `raft.report_snapshot(to, ok)`. Exactly one per accepted transfer.
     Snapshot { to: NodeId, ok: bool },
+    /// Peer `by` refused this member's connection because it does not know this member
+    /// (`removed: false`: not, or not yet, in its configuration) or because this member was
+    /// removed from the cluster (`removed: true`). Sent once per refusal seen (repeated
+    /// refusals with the same reason are not reported again until a connection succeeds).
+    RefusedBy { by: NodeId, removed: bool },
 }
 
 /// Why [`Transport::start`] failed.
@@ -142,6 +147,7 @@ impl Transport {
             inbound,
             reports,
             known: RwLock::new(BTreeSet::new()),
+            removed: RwLock::new(BTreeSet::new()),
             links: RwLock::new(BTreeMap::new()),
             inbound_conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -242,6 +248,9 @@ struct Shared {
     inbound: mpsc::Sender<Inbound>,
     reports: mpsc::Sender<Report>,
     known: RwLock<BTreeSet<NodeId>>,
+    /// Members removed from the cluster: their connections are refused with
+    /// [`RefusalCode::Removed`].
+    removed: RwLock<BTreeSet<NodeId>>,
     /// Every peer's outbound link, to wake its writer when the peer connects in.
     links: RwLock<BTreeMap<NodeId, Arc<PeerLink>>>,
     /// The live inbound connection per (peer, stream kind): a newer one replaces (cancels)
@@ -395,7 +404,11 @@ impl TransportHandle {
             redial: tokio::sync::Notify::new(),
         });
         // Known before the writer starts: its first dial can make the peer dial back at
-        // once, and that connection must not be refused as coming from a stranger.
+        // once, and that connection must not be refused as coming from a stranger. A member
+        // added again after its removal (a replaced machine) is no longer refused.
+        if let Ok(mut removed) = shared.removed.write() {
+            removed.remove(&id);
+        }
         if let Ok(mut known) = shared.known.write() {
             known.insert(id);
         }
@@ -425,6 +438,15 @@ impl TransportHandle {
         }
         if let Ok(mut conns) = shared.inbound_conns.lock() {
             conns.retain(|(peer, _), _| *peer != id);
+        }
+    }
+
+    /// Removes a peer for good: like [`TransportHandle::remove_peer`], and its connections
+    /// are refused with [`RefusalCode::Removed`], which tells it that it was removed.
+    pub fn mark_removed(&self, id: NodeId) {
+        self.remove_peer(id);
+        if let Ok(mut removed) = self.inner.shared.removed.write() {
+            removed.insert(id);
         }
     }
 
@@ -478,7 +500,7 @@ impl TransportHandle {
 // Outbound: dialing and the handshake.
 
 #[derive(Debug, thiserror::Error)]
-enum DialError {
+pub enum DialError {
     #[error("connect failed: {0}")]
     Connect(io::Error),
     #[error("connect timed out")]
@@ -489,8 +511,8 @@ enum DialError {
     Tls(io::Error),
     #[error("handshake failed: {0}")]
     Frame(#[from] FrameError),
-    #[error("refused: {0}")]
-    Refused(String),
+    #[error("refused: {1}")]
+    Refused(RefusalCode, String),
     #[error(
         "peer answered as cluster {cluster:#x} node {node}, expected cluster {expected_cluster:#x} node {expected_node}"
     )]
@@ -520,23 +542,6 @@ async fn dial(
     peer: NodeId,
     stream: StreamKind,
 ) -> Result<(PeerStream, FrameReader), DialError> {
-    let tcp = match timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(DialError::ConnectTimeout),
-        Ok(Err(e)) => return Err(DialError::Connect(e)),
-        Ok(Ok(tcp)) => tcp,
-    };
-    tcp.set_nodelay(true)?;
-    let mut tcp = match &shared.tls_connector {
-        None => PeerStream::Plain(tcp),
-        Some(connector) => {
-            let name = crate::stream::server_name(addr).map_err(DialError::Tls)?;
-            match timeout(shared.handshake_timeout, connector.connect(name, tcp)).await {
-                Err(_) => return Err(DialError::HandshakeTimeout),
-                Ok(Err(e)) => return Err(DialError::Tls(e)),
-                Ok(Ok(tls)) => PeerStream::Tls(Box::new(tls.into())),
-            }
-        }
-    };
     let hello = Hello {
         magic: MAGIC,
         protocol_version: PROTOCOL_VERSION,
@@ -545,6 +550,44 @@ async fn dial(
         to: peer,
         stream,
     };
+    let limits = (shared.connect_timeout, shared.handshake_timeout);
+    let (tcp, reader, ok) = dial_hello(limits, shared.tls_connector.as_ref(), addr, &hello).await?;
+    if ok.cluster_id != shared.cluster_id || ok.node_id != peer {
+        return Err(DialError::WrongPeer {
+            cluster: ok.cluster_id,
+            node: ok.node_id,
+            expected_cluster: shared.cluster_id,
+            expected_node: peer,
+        });
+    }
+    Ok((tcp, reader))
+}
+
+/// Connects (with TLS when a connector is given), sends `hello` and returns the acceptor's
+/// `HelloOk`.
+async fn dial_hello(
+    (connect_timeout, handshake_timeout): (Duration, Duration),
+    tls: Option<&tokio_rustls::TlsConnector>,
+    addr: &str,
+    hello: &Hello,
+) -> Result<(PeerStream, FrameReader, HelloOk), DialError> {
+    let tcp = match timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(DialError::ConnectTimeout),
+        Ok(Err(e)) => return Err(DialError::Connect(e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    tcp.set_nodelay(true)?;
+    let mut tcp = match tls {
+        None => PeerStream::Plain(tcp),
+        Some(connector) => {
+            let name = crate::stream::server_name(addr).map_err(DialError::Tls)?;
+            match timeout(handshake_timeout, connector.connect(name, tcp)).await {
+                Err(_) => return Err(DialError::HandshakeTimeout),
+                Ok(Err(e)) => return Err(DialError::Tls(e)),
+                Ok(Ok(tls)) => PeerStream::Tls(Box::new(tls.into())),
+            }
+        }
+    };
     let mut reader = FrameReader::new();
     let exchange = async {
         let mut buf = BytesMut::new();
@@ -552,29 +595,40 @@ async fn dial(
         tcp.write_all(&buf).await?;
         match reader.read_frame(&mut tcp, HANDSHAKE_MAX_FRAME_BYTES).await? {
             None => Err(DialError::Closed),
-            Some((FrameType::HelloOk, payload)) => {
-                let ok = HelloOk::decode(payload)?;
-                if ok.cluster_id != shared.cluster_id || ok.node_id != peer {
-                    return Err(DialError::WrongPeer {
-                        cluster: ok.cluster_id,
-                        node: ok.node_id,
-                        expected_cluster: shared.cluster_id,
-                        expected_node: peer,
-                    });
-                }
-                Ok(())
-            }
+            Some((FrameType::HelloOk, payload)) => Ok(HelloOk::decode(payload)?),
             Some((FrameType::HelloRefused, payload)) => {
-                Err(DialError::Refused(HelloRefused::decode(payload)?.reason))
+                let refused = HelloRefused::decode(payload)?;
+                Err(DialError::Refused(refused.code, refused.reason))
             }
             Some((other, _)) => Err(DialError::Unexpected(other)),
         }
     };
-    match timeout(shared.handshake_timeout, exchange).await {
+    match timeout(handshake_timeout, exchange).await {
         Err(_) => Err(DialError::HandshakeTimeout),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(())) => Ok((tcp, reader)),
+        Ok(Ok(ok)) => Ok((tcp, reader, ok)),
     }
+}
+
+/// Asks the member listening at `addr` (`host:port`) which cluster it belongs to, as a
+/// member joining a running cluster must: returns its cluster id and node id. A discovery
+/// Hello (cluster 0, from node 0) is answered with the acceptor's identity, then closed.
+pub async fn discover(
+    addr: &str,
+    tls: Option<&crate::stream::PeerTlsConfig>,
+    limit: Duration,
+) -> Result<(u64, NodeId), DialError> {
+    let connector = tls.map(|t| tokio_rustls::TlsConnector::from(t.client.clone()));
+    let hello = Hello {
+        magic: MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: 0,
+        from: NodeId(0),
+        to: NodeId(0),
+        stream: StreamKind::Messages,
+    };
+    let (_, _, ok) = dial_hello((limit, limit), connector.as_ref(), addr, &hello).await?;
+    Ok((ok.cluster_id, ok.node_id))
 }
 
 /// Exponential backoff with jitter in `[d/2, d]`.
@@ -654,10 +708,14 @@ async fn run_peer(shared: Arc<Shared>, link: Arc<PeerLink>, addr: String, mut rx
                 Counters::add(&shared.counters.connect_failures, 1);
                 let text = e.to_string();
                 match &e {
-                    DialError::Refused(reason) => {
+                    DialError::Refused(code, reason) => {
                         Counters::add(&shared.counters.refused_by_peer, 1);
                         if last_failure.as_deref() != Some(&text) {
                             warn!("peer {} at {addr} refused: {reason}", link.id);
+                            if matches!(code, RefusalCode::UnknownPeer | RefusalCode::Removed) {
+                                let removed = *code == RefusalCode::Removed;
+                                let _ = shared.reports.try_send(Report::RefusedBy { by: link.id, removed });
+                            }
                         }
                     }
                     DialError::WrongPeer { .. } if last_failure.as_deref() != Some(&text) => {
@@ -872,6 +930,12 @@ fn check_hello(shared: &Shared, hello: &Hello) -> Result<(), HelloRefused> {
             format!("wrong member: dialed node {}, this is node {}", hello.to, shared.local_id),
         );
     }
+    if shared.removed.read().is_ok_and(|r| r.contains(&hello.from)) {
+        return refuse(
+            RefusalCode::Removed,
+            format!("node {} was removed from the cluster (refused by node {})", hello.from, shared.local_id),
+        );
+    }
     if !shared.is_known(hello.from) {
         return refuse(
             RefusalCode::UnknownPeer,
@@ -948,6 +1012,19 @@ async fn serve_inbound_inner(
         Ok(Ok(Some((got, _)))) => return Err(InboundError::Unexpected { expected: "Hello", got }),
     };
     let mut buf = BytesMut::new();
+    if hello.magic == MAGIC && hello.cluster_id == 0 && hello.from == NodeId(0) {
+        // Discovery by a member about to join (see [`discover`]): who we are, nothing more.
+        debug!(peer_addr = %addr, "answering a discovery hello");
+        HelloOk {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: shared.cluster_id,
+            node_id: shared.local_id,
+        }
+        .encode(&mut buf);
+        let _ = timeout(shared.handshake_timeout, wr.write_all(&buf)).await;
+        let _ = wr.shutdown().await;
+        return Ok(());
+    }
     if let Err(refused) = check_hello(shared, &hello) {
         Counters::add(&shared.counters.refused_inbound, 1);
         warn!(peer_addr = %addr, peer = %hello.from, "refusing connection: {}", refused.reason);

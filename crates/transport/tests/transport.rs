@@ -635,3 +635,62 @@ async fn a_peer_that_connects_in_is_dialed_without_waiting_for_the_backoff() {
     assert_eq!(seq_of(&got), 9);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Peers learned and forgotten at runtime: a member added later connects; a member marked
+/// removed is refused, and learns from the refusal that it was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_added_at_runtime_and_a_removed_member_is_told() {
+    let mut nodes = cluster(2, |_| {}).await;
+    let mut third = start(config(CLUSTER, 3, any_addr())).await;
+    // A stranger is refused as unknown, and told so.
+    third.t.add_peer(NodeId(1), nodes[0].t.local_addr().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        assert!(Instant::now() < deadline, "no refusal reported");
+        let _ = third.t.send(hb(3, 1, 1));
+        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(50), third.reports.recv()).await
+            && matches!(r, Report::RefusedBy { .. })
+        {
+            break r;
+        }
+    };
+    assert_eq!(report, Report::RefusedBy { by: NodeId(1), removed: false });
+    // Once added, it connects and its messages arrive.
+    nodes[0].t.add_peer(NodeId(3), third.t.local_addr().to_string());
+    wait_connected(&nodes[0].t, NodeId(3)).await;
+    let got = loop {
+        let _ = third.t.send(hb(3, 1, 2));
+        if let Ok(Some(Inbound::Message(m))) =
+            tokio::time::timeout(Duration::from_millis(50), nodes[0].inbound.recv()).await
+            && m.from == NodeId(3)
+        {
+            break m;
+        }
+    };
+    assert_eq!(got.to, NodeId(1));
+    // Removed: its connections are refused with the reason, and it is told.
+    nodes[0].t.mark_removed(NodeId(3));
+    assert!(!nodes[0].t.peers().contains_key(&NodeId(3)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "the removed member was never told");
+        let _ = third.t.send(hb(3, 1, 3));
+        if let Ok(Some(Report::RefusedBy { by, removed: true })) =
+            tokio::time::timeout(Duration::from_millis(50), third.reports.recv()).await
+        {
+            assert_eq!(by, NodeId(1));
+            break;
+        }
+    }
+    assert!(logged("node 3 was removed from the cluster"));
+}
+
+/// A member about to join asks a peer which cluster it belongs to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_tells_the_cluster_id_and_node_id() {
+    let nodes = cluster(1, |_| {}).await;
+    let addr = nodes[0].t.local_addr().to_string();
+    let found = raftkv_transport::discover(&addr, None, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(found, (CLUSTER, NodeId(1)));
+    assert_eq!(nodes[0].t.stats().messages_received, 0);
+}

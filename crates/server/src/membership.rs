@@ -1,0 +1,470 @@
+//! Membership changes in the server: the replicated member registry (names, peer URLs,
+//! learners, removed ids), etcd's Cluster API (MemberAdd, MemberRemove, MemberUpdate,
+//! MemberPromote, MemberList) and Maintenance.MoveLeader on top of the core's configuration
+//! changes, and the watcher that keeps the peer transport in step with the registry and stops
+//! a member that was removed or never added.
+//!
+//! A change travels as one configuration-change entry: the core's steps (add voter, add
+//! learner, remove, update) and, in the entry's context, this module's [`ChangeContext`] (the
+//! request id and the member's peer URLs). Every member applies it to the [`Registry`] in
+//! its state machine, so addresses are learned from the log, and from snapshots, which carry
+//! the registry.
+
+use std::time::Duration;
+
+use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
+use raftkv_api::etcdserverpb::{
+    Member, MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
+    MoveLeaderResponse,
+};
+use raftkv_raft::{ConfChange, ConfChangeError, ConfChangeStep, NodeId, ProposeError};
+use tonic::{Code, Status};
+
+use crate::config;
+use crate::member::MemberRecord;
+use crate::node::NodeError;
+use crate::service::Api;
+
+pub use raftkv_kvsm::registry::{ChangeContext, Registry};
+
+/// The registry of the members a cluster was bootstrapped with.
+pub fn seed_registry(members: &[MemberRecord]) -> Registry {
+    Registry::seed(members.iter().map(|m| (m.id, m.name.clone(), m.peer_urls.clone())))
+}
+
+// ----- etcd's errors (etcdserver/api/v3rpc/rpctypes/error.go, etcdserver/errors.go) -----
+
+fn member_not_found() -> Status {
+    Status::new(Code::NotFound, "etcdserver: member not found")
+}
+fn member_exist() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: member ID already exist")
+}
+fn peer_url_exist() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: Peer URLs already exists")
+}
+fn bad_urls() -> Status {
+    Status::new(Code::InvalidArgument, "etcdserver: given member URLs are invalid")
+}
+fn not_learner() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: can only promote a learner member")
+}
+fn learner_not_ready() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    )
+}
+fn not_enough_started() -> Status {
+    Status::new(
+        Code::FailedPrecondition,
+        "etcdserver: re-configuration failed due to not enough started members",
+    )
+}
+fn not_leader() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: not leader")
+}
+fn bad_transferee() -> Status {
+    Status::new(Code::FailedPrecondition, "etcdserver: bad leader transferee")
+}
+fn leader_changed() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: leader changed")
+}
+
+/// A refusal by the core, as the client sees it. etcd has no error of its own for a change
+/// proposed while another is in progress (its Raft drops the second change and the request
+/// times out); raftkv says so at once, with FailedPrecondition.
+fn refused(e: NodeError) -> Status {
+    match e {
+        NodeError::ConfChange(e) => match e {
+            ProposeError::LearnerNotReady(_) => learner_not_ready(),
+            ProposeError::ConfChangeInProgress => Status::new(
+                Code::FailedPrecondition,
+                "etcdserver: another membership change is in progress; retry once it completes",
+            ),
+            ProposeError::InvalidConfChange(ConfChangeError::NoVoters) => not_enough_started(),
+            ProposeError::InvalidConfChange(ConfChangeError::NotMember(_)) => member_not_found(),
+            ProposeError::InvalidConfChange(ConfChangeError::AlreadyVoter(_)) => not_learner(),
+            ProposeError::InvalidConfChange(ConfChangeError::AlreadyMember(_)) => member_exist(),
+            ProposeError::InvalidConfChange(other) => {
+                Status::new(Code::InvalidArgument, format!("etcdserver: {other}"))
+            }
+            ProposeError::NotLeader { .. } => leader_changed(),
+            ProposeError::NoCommitInTerm | ProposeError::TransferInProgress => Status::new(
+                Code::Unavailable,
+                format!("etcdserver: the leader cannot change the membership yet ({e}); retry shortly"),
+            ),
+            ProposeError::TooManyUncommitted | ProposeError::Empty => {
+                Status::new(Code::Unavailable, format!("etcdserver: {e}"))
+            }
+        },
+        NodeError::Transfer(e) => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
+        other => crate::service::node_status(other),
+    }
+}
+
+/// Checks peer URLs as etcd does (`http(s)://host:port`).
+fn check_urls(urls: &[String]) -> Result<(), Status> {
+    if urls.is_empty() || urls.iter().any(|u| config::parse_url(u).is_err()) {
+        return Err(bad_urls());
+    }
+    Ok(())
+}
+
+/// The id of a member with these peer URLs: a hash of the sorted URLs and the cluster
+/// token, the same formula as at bootstrap, so a member joining with
+/// `--initial-cluster-state existing` computes the id the cluster gave it.
+pub fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
+    let m = config::InitialMember { name: String::new(), peer_urls: peer_urls.to_vec() };
+    config::member_id(&m, token)
+}
+
+impl Api {
+    /// The registry as this member applied it.
+    pub fn registry(&self) -> Registry {
+        self.node.shared.sm.read().registry.clone()
+    }
+
+    /// The members in etcd's form, with the client URLs (and names) members published.
+    pub fn member_protos(&self) -> Vec<Member> {
+        let sm = self.node.shared.sm.read();
+        sm.registry
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let published = sm.members.get(id);
+                Member {
+                    id: *id,
+                    name: published.map_or_else(|| m.name.clone(), |p| p.name.clone()),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    client_ur_ls: published.map(|p| p.client_urls.clone()).unwrap_or_default(),
+                    is_learner: m.is_learner,
+                }
+            })
+            .collect()
+    }
+
+    /// A client of the leader's Cluster service, for a change sent to a follower (etcd's
+    /// followers hand changes to the leader too). Plain-http client URLs only.
+    async fn leader_cluster(&self) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
+        let leader = self.node.status().leader;
+        if leader == 0 {
+            return Err(Status::new(Code::Unavailable, "etcdserver: no leader"));
+        }
+        let url =
+            self.node.shared.sm.read().members.get(&leader).and_then(|a| a.client_urls.first().cloned());
+        let url = match url {
+            Some(u) if u.starts_with("http://") => u,
+            _ => {
+                return Err(Status::new(
+                    Code::Unavailable,
+                    "etcdserver: not leader; send membership changes to the leader's client URL",
+                ));
+            }
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| Status::unavailable(format!("etcdserver: leader's client URL {url}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(self.request_timeout());
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("etcdserver: cannot reach the leader at {url}: {e}")))?;
+        Ok(ClusterClient::new(channel))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.status().is_leader
+    }
+
+    /// Proposes `steps` with the context, waits until applied here.
+    async fn change(&self, steps: Vec<ConfChangeStep>, peer_urls: Vec<String>) -> Result<(), Status> {
+        let request_id = self.node.next_request_id();
+        let context = ChangeContext { request_id, peer_urls }.encode();
+        let change = ConfChange { steps, context };
+        self.node
+            .propose_conf_change(request_id, change, self.request_timeout())
+            .await
+            .map(|_| ())
+            .map_err(refused)
+    }
+
+    pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        check_urls(&req.peer_ur_ls)?;
+        if !self.is_leader() {
+            return Ok(self.leader_cluster().await?.member_add(req).await?.into_inner());
+        }
+        let registry = self.registry();
+        if registry.url_owner(&req.peer_ur_ls, None).is_some() {
+            return Err(peer_url_exist());
+        }
+        let id = new_member_id(&req.peer_ur_ls, self.cluster_token());
+        if registry.members.contains_key(&id) || id == 0 {
+            return Err(member_exist());
+        }
+        // The leader must reach the new member as soon as the entry is appended (a voter
+        // added to a one-member cluster counts towards committing its own addition).
+        if let (Some(t), Ok(addr)) = (self.peer_transport(), config::parse_url(&req.peer_ur_ls[0])) {
+            t.add_peer(NodeId(id), addr.to_string());
+        }
+        let step = if req.is_learner {
+            ConfChangeStep::AddLearner(NodeId(id))
+        } else {
+            ConfChangeStep::AddVoter(NodeId(id))
+        };
+        if let Err(e) = self.change(vec![step], req.peer_ur_ls.clone()).await {
+            if let Some(t) = self.peer_transport()
+                && !self.registry().members.contains_key(&id)
+            {
+                t.remove_peer(NodeId(id));
+            }
+            return Err(e);
+        }
+        tracing::info!(member_id = format!("{id:x}"), peer_urls = ?req.peer_ur_ls, learner = req.is_learner, "member added");
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: req.peer_ur_ls,
+            client_ur_ls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        Ok(MemberAddResponse {
+            header: Some(self.header(0)),
+            member: Some(member),
+            members: self.member_protos(),
+        })
+    }
+
+    pub async fn member_remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, Status> {
+        if !self.is_leader() {
+            return Ok(self.leader_cluster().await?.member_remove(req).await?.into_inner());
+        }
+        let registry = self.registry();
+        let Some(member) = registry.members.get(&req.id) else { return Err(member_not_found()) };
+        let voters = registry.members.values().filter(|m| !m.is_learner).count();
+        if !member.is_learner && voters <= 1 {
+            return Err(not_enough_started());
+        }
+        self.change(vec![ConfChangeStep::Remove(NodeId(req.id))], Vec::new()).await?;
+        tracing::info!(member_id = format!("{:x}", req.id), "member removed");
+        Ok(MemberRemoveResponse { header: Some(self.header(0)), members: self.member_protos() })
+    }
+
+    pub async fn member_update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse, Status> {
+        check_urls(&req.peer_ur_ls)?;
+        if !self.is_leader() {
+            return Ok(self.leader_cluster().await?.member_update(req).await?.into_inner());
+        }
+        let registry = self.registry();
+        if !registry.members.contains_key(&req.id) {
+            return Err(member_not_found());
+        }
+        if registry.url_owner(&req.peer_ur_ls, Some(req.id)).is_some() {
+            return Err(peer_url_exist());
+        }
+        self.change(vec![ConfChangeStep::Update(NodeId(req.id))], req.peer_ur_ls.clone()).await?;
+        tracing::info!(member_id = format!("{:x}", req.id), peer_urls = ?req.peer_ur_ls, "member updated");
+        Ok(MemberUpdateResponse { header: Some(self.header(0)), members: self.member_protos() })
+    }
+
+    pub async fn member_promote(&self, req: MemberPromoteRequest) -> Result<MemberPromoteResponse, Status> {
+        if !self.is_leader() {
+            return Ok(self.leader_cluster().await?.member_promote(req).await?.into_inner());
+        }
+        let registry = self.registry();
+        let Some(member) = registry.members.get(&req.id) else { return Err(member_not_found()) };
+        if !member.is_learner {
+            return Err(not_learner());
+        }
+        self.change(vec![ConfChangeStep::AddVoter(NodeId(req.id))], Vec::new()).await?;
+        tracing::info!(member_id = format!("{:x}", req.id), "learner promoted");
+        Ok(MemberPromoteResponse { header: Some(self.header(0)), members: self.member_protos() })
+    }
+
+    /// Maintenance.MoveLeader: only the leader hands over, to a voting member.
+    pub async fn move_leader(&self, req: MoveLeaderRequest) -> Result<MoveLeaderResponse, Status> {
+        if !self.is_leader() {
+            return Err(not_leader());
+        }
+        let registry = self.registry();
+        match registry.members.get(&req.target_id) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(bad_transferee()),
+        }
+        if req.target_id == self.member_id() {
+            return Ok(MoveLeaderResponse { header: Some(self.header(0)) });
+        }
+        let started = std::time::Instant::now();
+        match self.node.transfer_leader(Some(NodeId(req.target_id)), self.request_timeout()).await {
+            Ok(_) => {
+                tracing::info!(
+                    to = format!("{:x}", req.target_id),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "leadership transfer finished"
+                );
+                Ok(MoveLeaderResponse { header: Some(self.header(0)) })
+            }
+            Err(NodeError::Timeout) => Err(Status::new(
+                Code::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
+            )),
+            Err(NodeError::Transfer(_)) => Err(bad_transferee()),
+            Err(e) => Err(refused(e)),
+        }
+    }
+}
+
+/// Why the watcher stops the member.
+pub type StopReason = String;
+
+/// Keeps the peer transport in step with the registry (new members dialed, new addresses
+/// used, removed members refused) and reports when this member must stop: it was removed
+/// (it applied its own removal, or a peer refused it as removed), or it joined with
+/// `--initial-cluster-state existing` but the cluster does not know it.
+pub async fn watch(
+    api: Api,
+    transport: raftkv_transport::TransportHandle,
+    mut refusals: tokio::sync::mpsc::Receiver<(NodeId, bool)>,
+    joining: bool,
+    stop: tokio::sync::oneshot::Sender<StopReason>,
+) {
+    let me = api.member_id();
+    let mut seen = 0;
+    let mut unknown_since: Option<std::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let reason = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            refusal = refusals.recv() => match refusal {
+                // A member joining afresh may be refused as removed by a peer that has not
+                // yet applied its addition (a replaced machine keeps its id): it waits, as
+                // when refused as unknown.
+                Some((_, true)) if joining && api.node.status().applied == 0 => {
+                    unknown_since.get_or_insert_with(std::time::Instant::now);
+                }
+                Some((by, true)) => {
+                    break format!(
+                        "this member ({me:x}) was removed from the cluster (peer {:x} refuses it); it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing",
+                        by.0
+                    );
+                }
+                Some((_, false)) => {
+                    // A member that has never heard from a leader and is refused as unknown:
+                    // the cluster was not told about it (or its id differs, see the token).
+                    if joining && api.node.status().applied == 0 {
+                        unknown_since.get_or_insert_with(std::time::Instant::now);
+                    }
+                }
+                None => return,
+            },
+        }
+        if let Some(since) = unknown_since {
+            if api.node.status().applied > 0 {
+                unknown_since = None;
+            } else if since.elapsed() > Duration::from_secs(5) {
+                break format!(
+                    "this member ({me:x}) is not in the cluster's configuration: its peers refuse it as unknown. Add it first with `etcdctl member add NAME --peer-urls=URL` (and start it with the same --initial-cluster-token as the cluster)"
+                );
+            }
+        }
+        let registry = {
+            let sm = api.node.shared.sm.read();
+            if sm.registry.version == seen {
+                continue;
+            }
+            sm.registry.clone()
+        };
+        seen = registry.version;
+        if registry.removed.contains(&me) {
+            break format!(
+                "this member ({me:x}) was removed from the cluster; it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing"
+            );
+        }
+        let known = transport.peers();
+        for (id, m) in &registry.members {
+            if *id == me {
+                continue;
+            }
+            let Some(addr) = m.peer_urls.first().and_then(|u| config::parse_url(u).ok()) else { continue };
+            let addr = addr.to_string();
+            if known.get(&NodeId(*id)) != Some(&addr) {
+                tracing::info!(peer = format!("{id:x}"), %addr, "peer address learned");
+                transport.add_peer(NodeId(*id), addr);
+            }
+        }
+        for id in &registry.removed {
+            if *id != me && known.contains_key(&NodeId(*id)) {
+                tracing::info!(
+                    peer = format!("{id:x}"),
+                    "removed member: its connections are refused from now on"
+                );
+            }
+            transport.mark_removed(NodeId(*id));
+        }
+    };
+    tracing::error!("{reason}");
+    let _ = stop.send(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, url: &str) -> MemberRecord {
+        MemberRecord { id, name: format!("m{id}"), peer_urls: vec![url.into()] }
+    }
+
+    #[test]
+    fn registry_follows_adds_promotions_updates_and_removals() {
+        let mut r = seed_registry(&[record(1, "http://a:1"), record(2, "http://b:2")]);
+        let mut config = ClusterConfig::new([NodeId(1), NodeId(2)]);
+        let ctx = |id, urls: &[&str]| {
+            ChangeContext { request_id: id, peer_urls: urls.iter().map(|u| u.to_string()).collect() }.encode()
+        };
+        let add = ConfChange {
+            steps: vec![ConfChangeStep::AddLearner(NodeId(3))],
+            context: ctx(7, &["http://c:3"]),
+        };
+        config = add.apply(&config).unwrap_or_default();
+        assert_eq!(r.apply(&add, &config), Some(7));
+        assert!(r.members[&3].is_learner);
+        assert_eq!(r.url_owner(&["http://c:3".into()], None), Some(3));
+        assert_eq!(r.url_owner(&["http://c:3".into()], Some(3)), None);
+        let promote = ConfChange { steps: vec![ConfChangeStep::AddVoter(NodeId(3))], context: ctx(8, &[]) };
+        config = promote.apply(&config).unwrap_or_default();
+        r.apply(&promote, &config);
+        assert!(!r.members[&3].is_learner);
+        assert_eq!(r.members[&3].peer_urls, vec!["http://c:3".to_string()], "kept when none given");
+        let update =
+            ConfChange { steps: vec![ConfChangeStep::Update(NodeId(3))], context: ctx(9, &["http://d:4"]) };
+        r.apply(&update, &config);
+        assert_eq!(r.members[&3].peer_urls, vec!["http://d:4".to_string()]);
+        let remove = ConfChange { steps: vec![ConfChangeStep::Remove(NodeId(1))], context: Bytes::new() };
+        config = remove.apply(&config).unwrap_or_default();
+        assert_eq!(r.apply(&remove, &config), None, "no context, no request");
+        assert!(!r.members.contains_key(&1));
+        assert!(r.removed.contains(&1));
+        // Re-added (a member whose disk was replaced, same URLs): no longer refused.
+        let readd = ConfChange {
+            steps: vec![ConfChangeStep::AddLearner(NodeId(1))],
+            context: ctx(10, &["http://a:1"]),
+        };
+        config = readd.apply(&config).unwrap_or_default();
+        r.apply(&readd, &config);
+        assert!(!r.removed.contains(&1));
+        let json = serde_json::to_vec(&r).unwrap_or_default();
+        let back: Registry = serde_json::from_slice(&json).unwrap_or_default();
+        assert_eq!((back.members, back.removed), (r.members.clone(), r.removed.clone()));
+    }
+
+    #[test]
+    fn new_member_ids_match_the_bootstrap_formula() {
+        let m = config::InitialMember {
+            name: "x".into(),
+            peer_urls: vec!["http://b:2".into(), "http://a:1".into()],
+        };
+        assert_eq!(new_member_id(&m.peer_urls, "tok"), config::member_id(&m, "tok"));
+        assert_ne!(new_member_id(&m.peer_urls, "tok"), new_member_id(&m.peer_urls, "other"));
+    }
+}
