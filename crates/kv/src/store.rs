@@ -352,6 +352,10 @@ impl KvStore {
             Request::LeaseGrant(r) => self.lease_grant(&r).map(ApplyResult::LeaseGrant),
             Request::LeaseRevoke(r) => self.lease_revoke(&r).map(ApplyResult::LeaseRevoke),
             Request::LeaseCheckpoint(r) => Ok(self.lease_checkpoint(&r)),
+            // The auth state is the server's (see `AuthStore`), never applied here.
+            Request::Auth(_) => {
+                Err(KvError::InvalidCommand("an auth command applied to the key-value store".into()))
+            }
         }
     }
 

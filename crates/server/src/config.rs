@@ -60,6 +60,15 @@ pub struct ServerArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
+    /// Auth token kind: `simple` (the only one served; etcd's default).
+    #[arg(long)]
+    pub auth_token: Option<String>,
+    /// Seconds a simple auth token stays valid after its last use (default 300, as etcd).
+    #[arg(long)]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of stored password hashes, 4 to 31 (default 10, as etcd).
+    #[arg(long)]
+    pub bcrypt_cost: Option<u32>,
     /// Auto-compaction mode: `periodic` (the retention is a duration) or `revision` (the
     /// retention is a number of revisions), as etcd.
     #[arg(long)]
@@ -162,6 +171,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// Tokens, password hashing and certificate names (see [`crate::auth`]).
+    pub auth: crate::auth::AuthOptions,
     pub auto_compaction: crate::autocompact::AutoCompaction,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -182,6 +193,35 @@ pub struct ServerConfig {
 }
 
 /// A configuration problem, explained for the operator.
+/// The auth settings from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
+fn auth_options(
+    token: &Option<String>,
+    ttl: Option<u64>,
+    cost: Option<u32>,
+    client_cert_auth: bool,
+) -> Result<crate::auth::AuthOptions, ConfigError> {
+    if let Some(kind) = token
+        && kind != "simple"
+    {
+        return Err(ConfigError(format!(
+            "--auth-token {kind}: only simple tokens are served (JWT tokens are not)"
+        )));
+    }
+    let bcrypt_cost = cost.unwrap_or(crate::auth::DEFAULT_BCRYPT_COST);
+    if !(4..=31).contains(&bcrypt_cost) {
+        return Err(ConfigError(format!("--bcrypt-cost {bcrypt_cost}: must be between 4 and 31")));
+    }
+    let ttl = ttl.unwrap_or(crate::auth::DEFAULT_TOKEN_TTL);
+    if ttl == 0 {
+        return Err(ConfigError("--auth-token-ttl must be at least 1 second".into()));
+    }
+    Ok(crate::auth::AuthOptions {
+        token_ttl: std::time::Duration::from_secs(ttl),
+        bcrypt_cost,
+        client_cert_auth,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
@@ -224,6 +264,9 @@ impl ServerArgs {
             snapshot_count: self.snapshot_count.or(base.snapshot_count),
             max_txn_ops: self.max_txn_ops.or(base.max_txn_ops),
             max_request_bytes: self.max_request_bytes.or(base.max_request_bytes),
+            auth_token: self.auth_token.or(base.auth_token),
+            auth_token_ttl: self.auth_token_ttl.or(base.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost.or(base.bcrypt_cost),
             auto_compaction_mode: self.auto_compaction_mode.or(base.auto_compaction_mode),
             auto_compaction_retention: self.auto_compaction_retention.or(base.auto_compaction_retention),
             log_format: self.log_format.or(base.log_format),
@@ -411,6 +454,12 @@ impl ServerConfig {
         .map_err(ConfigError)?;
         client_tls.check("", client_uses_tls).map_err(ConfigError)?;
         peer_tls.check("peer-", peer_uses_tls).map_err(ConfigError)?;
+        let auth = auth_options(
+            &args.auth_token,
+            args.auth_token_ttl,
+            args.bcrypt_cost,
+            client_tls.client_cert_auth,
+        )?;
         let listen_metrics_urls = split_urls(args.listen_metrics_urls.as_deref().unwrap_or(""));
         if let Some(u) = listen_metrics_urls.iter().find(|u| u.starts_with("https://")) {
             return err(format!("--listen-metrics-urls {u}: only http:// is served for metrics"));
@@ -439,6 +488,7 @@ impl ServerConfig {
             snapshot_count: args.snapshot_count.unwrap_or(100_000).max(1),
             max_txn_ops: args.max_txn_ops.unwrap_or(128),
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
+            auth,
             auto_compaction: crate::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),

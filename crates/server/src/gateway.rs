@@ -157,6 +157,19 @@ struct Shared<A> {
     body_limit: usize,
 }
 
+/// A `POST` route of a member's [`Api`] with the gateway's JSON handling (for services
+/// whose routes live next to their code).
+pub(crate) fn unary_for<Req, Resp, F, Fut>(api: &Api, call: F) -> MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Api, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let shared = Arc::new(Shared { body_limit: body_limit(api.max_request_bytes()), api: api.clone() });
+    unary(&shared, call)
+}
+
 fn unary<A, Req, Resp, F, Fut>(shared: &Arc<Shared<A>>, call: F) -> MethodRouter
 where
     A: EtcdApi,
@@ -293,7 +306,15 @@ async fn get_only() -> Response {
 async fn health<A: EtcdApi>(api: A) -> Response {
     let probe =
         RangeRequest { key: Bytes::from_static(b"health"), limit: 1, keys_only: true, ..Default::default() };
-    let healthy = matches!(tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await, Ok(Ok(_)));
+    // With auth enabled the anonymous probe is refused, which still proves the read went
+    // through (etcd's health check is not subject to auth either).
+    let healthy = match tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(s)) => {
+            s.code() == Code::PermissionDenied || s.message() == raftkv_kv::AuthError::UserEmpty.message()
+        }
+        Err(_) => false,
+    };
     if healthy {
         with_type(StatusCode::OK, TEXT, r#"{"health":"true"}"#)
     } else {

@@ -6,7 +6,9 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 
 use raftkv_api::Command;
-use raftkv_kv::{ApplyResult, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
+use raftkv_kv::{
+    ApplyResult, AuthError, AuthState, AuthStore, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::coldseg::{self, ColdChain, SharedChain};
@@ -35,6 +37,9 @@ pub enum Trailer {
         members: BTreeMap<u64, MemberAttributes>,
         leases: Vec<raftkv_kv::LeaseRecord>,
         attached: Vec<raftkv_kv::AttachedRecord>,
+        /// The auth state; absent (older snapshots, or never used) reads as auth disabled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<AuthState>,
     },
     Members(BTreeMap<u64, MemberAttributes>),
 }
@@ -51,12 +56,16 @@ enum Internal {
 #[derive(Debug)]
 pub enum Output {
     Kv(Result<ApplyResult, KvError>),
+    /// An auth command's outcome, or a command refused for a stale auth check.
+    Auth(Result<(), AuthError>),
     Published,
 }
 
 pub struct KvMachine {
     pub kv: KvStore,
     pub members: BTreeMap<u64, MemberAttributes>,
+    /// Users, roles and permissions (see [`crate::auth`]).
+    pub auth: AuthStore,
     config: KvConfig,
     /// A write error of the history cache file is being reported (logged once).
     cold_error_logged: bool,
@@ -86,6 +95,7 @@ impl KvMachine {
         KvMachine {
             kv: KvStore::with_cold_store(config.clone(), cold),
             members: BTreeMap::new(),
+            auth: AuthStore::new(),
             config,
             cold_error_logged: false,
             generation: 0,
@@ -147,6 +157,9 @@ impl StateMachine for KvMachine {
         match Command::decode_from(data) {
             Ok(cmd) => {
                 let id = cmd.id;
+                if let Some(out) = self.auth.apply_command(&cmd) {
+                    return Some((id, Output::Auth(out)));
+                }
                 let out = self.kv.apply(cmd);
                 self.watch.after_apply(&mut self.kv);
                 self.report_cold_store();
@@ -163,11 +176,12 @@ impl StateMachine for KvMachine {
     type Pin = (SnapshotPoint, Trailer, Option<SharedChain>);
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = if self.kv.leases().is_empty() {
+        let trailer = if self.kv.leases().is_empty() && self.auth.is_pristine() {
             Trailer::Members(self.members.clone())
         } else {
             let (leases, attached) = self.kv.leases().export();
-            Trailer::WithLeases { members: self.members.clone(), leases, attached }
+            let auth = (!self.auth.is_pristine()).then(|| self.auth.export());
+            Trailer::WithLeases { members: self.members.clone(), leases, attached, auth }
         };
         (self.kv.pin(), trailer, self.chain.clone())
     }
@@ -266,13 +280,15 @@ impl KvMachine {
         }
         let mut kv = kv;
         // The original form first (a map, whose numeric keys an untagged enum cannot read).
+        let mut auth = AuthState::default();
         let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
             Ok(members) => members,
             Err(_) => {
                 match serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))? {
                     Trailer::Members(members) => members,
-                    Trailer::WithLeases { members, leases, attached } => {
+                    Trailer::WithLeases { members, leases, attached, auth: a } => {
                         kv.import_leases(&leases, &attached).map_err(|e| e.to_string())?;
+                        auth = a.unwrap_or_default();
                         members
                     }
                 }
@@ -281,6 +297,7 @@ impl KvMachine {
         self.kv = kv;
         self.watch.restored(&mut self.kv);
         self.members = members;
+        self.auth = AuthStore::import(auth);
         self.generation += 1;
         Ok(())
     }

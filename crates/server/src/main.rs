@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod authority;
 mod autocompact;
 mod backup;

@@ -32,6 +32,8 @@ pub struct ApiConfig {
     pub unsafe_stale_reads: bool,
     /// The member's directory, for the temporary files of `Maintenance.Snapshot`.
     pub member_dir: std::path::PathBuf,
+    /// Auth tokens, password hashing, certificate names.
+    pub auth: crate::auth::AuthOptions,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -41,9 +43,11 @@ pub struct Api {
     config: Arc<ApiConfig>,
     /// One HashKV at a time per member: each reads the whole state.
     hash_gate: Arc<tokio::sync::Semaphore>,
+    /// This member's auth tokens and settings.
+    pub(crate) auth: Arc<crate::auth::AuthRuntime>,
 }
 
-fn node_status(e: NodeError) -> Status {
+pub(crate) fn node_status(e: NodeError) -> Status {
     match e {
         NodeError::TooManyRequests => Status::new(Code::ResourceExhausted, "etcdserver: too many requests"),
         NodeError::NoLeader => Status::new(Code::Unavailable, "etcdserver: no leader"),
@@ -63,7 +67,8 @@ fn request_too_large() -> Status {
 
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
-        Api { node, config: Arc::new(config), hash_gate: Arc::new(tokio::sync::Semaphore::new(1)) }
+        let auth = Arc::new(crate::auth::AuthRuntime::new(config.auth.clone()));
+        Api { node, config: Arc::new(config), hash_gate: Arc::new(tokio::sync::Semaphore::new(1)), auth }
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -109,8 +114,26 @@ impl Api {
     }
 
     pub(crate) async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
+        match self.propose_output(command).await? {
+            Output::Kv(result) => result.map_err(kv_status),
+            Output::Auth(result) => Err(result.err().map_or_else(
+                || Status::internal("unexpected result for a key-value request"),
+                |e| Status::new(e.grpc_code(), e.message()),
+            )),
+            Output::Published => Err(Status::internal("unexpected result for a key-value request")),
+        }
+    }
+
+    /// Proposes a command, stamped with the auth revision the caller was checked against,
+    /// and waits for its output.
+    pub(crate) async fn propose_output(
+        &self,
+        command: impl FnOnce(u64) -> Command,
+    ) -> Result<Output, Status> {
         let id = self.node.next_request_id();
-        let data: Bytes = command(id).encode_to_bytes();
+        let mut command = command(id);
+        command.auth_revision = crate::auth::checked_at();
+        let data: Bytes = command.encode_to_bytes();
         if data.len() > self.config.max_request_bytes {
             return Err(request_too_large());
         }
@@ -121,10 +144,7 @@ impl Api {
         if proposed.is_err() {
             metrics.proposals_failed.inc();
         }
-        match proposed.map_err(node_status)? {
-            Output::Kv(result) => result.map_err(kv_status),
-            Output::Published => Err(Status::internal("unexpected result for a key-value request")),
-        }
+        proposed.map_err(node_status)
     }
 
     /// Publishes this member's client URLs through the log (retried until it succeeds).
@@ -153,6 +173,7 @@ impl Api {
         if !req.serializable && !self.config.unsafe_stale_reads {
             self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
         }
+        self.authorize(|sm, user| crate::auth::check_range(sm, user, &req))?;
         let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -160,6 +181,7 @@ impl Api {
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
         raftkv_kv::validate_put(&req).map_err(kv_status)?;
+        self.authorize(|sm, user| crate::auth::check_put(sm, user, &req))?;
         match self.propose(|id| Command::put(id, req)).await? {
             ApplyResult::Put(mut resp) => {
                 self.fill(&mut resp.header);
@@ -171,6 +193,7 @@ impl Api {
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         raftkv_kv::validate_delete_range(&req).map_err(kv_status)?;
+        self.authorize(|sm, user| crate::auth::check_delete_range(sm, user, &req))?;
         match self.propose(|id| Command::delete_range(id, req)).await? {
             ApplyResult::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
@@ -186,10 +209,12 @@ impl Api {
             if !self.config.unsafe_stale_reads {
                 self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
             }
+            self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
             let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
+        self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
         match self.propose(|id| Command::txn(id, req)).await? {
             ApplyResult::Txn(mut resp) => {
                 self.fill(&mut resp.header);
@@ -200,6 +225,8 @@ impl Api {
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        // etcd 3.4 checks no permission for Compact, but a token given must be valid.
+        self.authorize(|_, _| Ok(()))?;
         match self.propose(|id| Command::compaction(id, req)).await? {
             ApplyResult::Compaction(mut resp) => {
                 self.fill(&mut resp.header);
@@ -210,6 +237,7 @@ impl Api {
     }
 
     pub async fn status(&self, _req: StatusRequest) -> Result<StatusResponse, Status> {
+        self.require_admin()?;
         let s = self.node.status();
         let (revision, db_size) = {
             let sm = self.node.shared.sm.read();
@@ -233,6 +261,7 @@ impl Api {
     /// A checksum of this member's MVCC state at a revision (0: its current one), computed
     /// off the async workers over a pinned state, in batches under the read lock.
     pub async fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+        self.require_admin()?;
         let permit =
             match tokio::time::timeout(self.config.request_timeout, self.hash_gate.clone().acquire_owned())
                 .await
@@ -277,6 +306,7 @@ impl Api {
     }
 
     pub async fn member_list(&self, _req: MemberListRequest) -> Result<MemberListResponse, Status> {
+        self.require_user()?;
         let published = self.node.shared.sm.read().members.clone();
         let members = self
             .config
