@@ -783,6 +783,9 @@ mod tests {
             AuthOp::UserGrantRole(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() });
         apply_auth(&mut m, 2, grant).expect("grant");
         apply_auth(&mut m, 3, AuthOp::Enable(AuthEnableRequest {})).expect("enable");
+        // A published member too: the members map must read back beside the auth state.
+        let attrs = crate::kvsm::MemberAttributes { id: 7, name: "m7".into(), client_urls: vec![] };
+        assert!(m.apply(10, &KvMachine::encode_publish(1, attrs.clone())).is_some());
         assert_eq!(apply_auth(&mut m, 4, user("root")), Err(AuthError::UserAlreadyExist));
         // A put checked against an older auth revision is refused; a current one applies.
         let mut put =
@@ -801,6 +804,7 @@ mod tests {
         let mut other = KvMachine::new(KvConfig::default());
         other.restore(&mut buf.as_slice(), buf.len() as u64).expect("restore");
         assert_eq!(other.auth.export(), m.auth.export());
+        assert_eq!(other.members.get(&7), Some(&attrs));
         assert!(other.auth.enabled());
         // A snapshot of a machine that never used auth: restoring it turns auth off.
         let fresh = KvMachine::new(KvConfig::default());

@@ -44,6 +44,18 @@ pub enum Trailer {
     Members(BTreeMap<u64, MemberAttributes>),
 }
 
+/// [`Trailer::WithLeases`] read back. Not through the untagged enum: serde buffers an
+/// untagged enum's input, and the buffered members map keeps its keys as strings, which do
+/// not read back as the `u64` member ids.
+#[derive(Deserialize)]
+struct TrailerFields {
+    members: BTreeMap<u64, MemberAttributes>,
+    leases: Vec<raftkv_kv::LeaseRecord>,
+    attached: Vec<raftkv_kv::AttachedRecord>,
+    #[serde(default)]
+    auth: Option<AuthState>,
+}
+
 /// Largest trailer (members and lease table) a snapshot may carry.
 const MAX_TRAILER: usize = 256 << 20;
 
@@ -284,14 +296,11 @@ impl KvMachine {
         let members = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
             Ok(members) => members,
             Err(_) => {
-                match serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))? {
-                    Trailer::Members(members) => members,
-                    Trailer::WithLeases { members, leases, attached, auth: a } => {
-                        kv.import_leases(&leases, &attached).map_err(|e| e.to_string())?;
-                        auth = a.unwrap_or_default();
-                        members
-                    }
-                }
+                let t: TrailerFields =
+                    serde_json::from_slice(&buf).map_err(|e| format!("snapshot members section: {e}"))?;
+                kv.import_leases(&t.leases, &t.attached).map_err(|e| e.to_string())?;
+                auth = t.auth.unwrap_or_default();
+                t.members
             }
         };
         self.kv = kv;

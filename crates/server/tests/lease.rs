@@ -62,17 +62,7 @@ async fn keep_alive_once(port: u16, id: i64) -> Result<i64, tonic::Status> {
 
 /// A JSON gateway POST over HTTP/1.1; the response body.
 fn http_post(port: u16, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    common::http_post(port, path, body, &[])
 }
 
 /// The gateway's lease paths, as Patroni uses them: grant, keep-alive (one

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, Proc, die_with_parent, free_ports, have, wait_for};
+use common::{Cluster, Opts, Proc, die_with_parent, have};
 use raftkv_api::etcdserverpb::watch_client::WatchClient;
 use raftkv_api::etcdserverpb::watch_request::RequestUnion;
 use raftkv_api::etcdserverpb::{
@@ -69,31 +69,6 @@ fn etcdctl_watch(endpoint: &str, args: &[&str], stdin: &str, lines: usize, durin
     drop(input);
     drop(proc);
     out
-}
-
-/// Starts a one-member real etcd; None when the binary is absent.
-fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16)> {
-    if !have("etcd") {
-        return None;
-    }
-    let ports = free_ports(2);
-    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
-    let log_path = dir.join("etcd.log");
-    let log = File::create(&log_path).expect("etcd log");
-    let mut cmd = Command::new("etcd");
-    cmd.arg("--data-dir")
-        .arg(dir.join("etcd-data"))
-        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log);
-    if cfg!(target_arch = "aarch64") {
-        cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
-    }
-    let child = die_with_parent(&mut cmd).spawn().expect("spawn etcd");
-    Some((Proc::new("etcd", child, Some(log_path)), ports[0]))
 }
 
 /// The writes both servers get before the watches (same revisions on both).
@@ -158,11 +133,7 @@ async fn etcdctl_watch_matches_real_etcd() {
     // Sanity without etcd: the first case is the key's four events.
     assert_eq!(ours[0].1, "PUT\nfoo\n1\nPUT\nfoo\n3\nDELETE\nfoo\n\n", "{ours:?}");
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some((_etcd, port)) = start_etcd(dir.path()) else { return };
-    wait_for("etcd to elect itself", START, || async move {
-        common::status(port).await.ok().filter(|s| s.leader != 0)
-    })
-    .await;
+    let Some((_etcd, port, _)) = common::start_etcd_elected(dir.path()).await else { return };
     let theirs = format!("127.0.0.1:{port}");
     let theirs = tokio::task::spawn_blocking(move || watch_outputs(&theirs)).await.expect("watch outputs");
     let mismatches: Vec<String> = ours
