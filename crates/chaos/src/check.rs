@@ -69,7 +69,7 @@ pub fn stats(records: &[Record]) -> Stats {
             Record::Leader { term, member, .. } => {
                 terms.insert((*term, *member));
             }
-            Record::Run { .. } => {}
+            Record::Run { .. } | Record::Watch(_) => {}
         }
     }
     s.leader_changes = terms.len().saturating_sub(1);

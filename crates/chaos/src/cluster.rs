@@ -30,6 +30,13 @@ pub struct ClusterSpec {
     pub unsafe_stale_reads: bool,
 }
 
+impl ClusterSpec {
+    /// The runs' usual timing: 100 ms heartbeats, 1 s election timeout.
+    pub fn new(members: usize, binary: PathBuf, dir: PathBuf) -> ClusterSpec {
+        ClusterSpec { members, binary, dir, heartbeat_ms: 100, election_ms: 1000, unsafe_stale_reads: false }
+    }
+}
+
 pub struct Member {
     pub name: String,
     pub ns: String,
@@ -222,6 +229,14 @@ impl Cluster {
 
     pub fn start_all(&mut self) -> Result<(), String> {
         (0..self.members.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// Creates the cluster and starts every member; returns it with the client URLs.
+    pub fn launch(spec: ClusterSpec) -> Result<(Cluster, Vec<String>), String> {
+        let mut c = Cluster::create(spec)?;
+        c.start_all()?;
+        let endpoints = c.members.iter().map(|m| m.client_url()).collect();
+        Ok((c, endpoints))
     }
 
     /// kill -9 (a paused member too), and reap it.

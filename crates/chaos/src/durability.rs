@@ -34,16 +34,8 @@ type Attempts = BTreeMap<String, Vec<(u64, Outcome)>>;
 pub async fn run(cfg: DurabilityConfig) -> Result<bool, String> {
     let dir = cfg.out.join(format!("durability-seed{}", cfg.seed));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut cluster = Cluster::create(ClusterSpec {
-        members: cfg.members,
-        binary: cfg.binary.clone(),
-        dir: dir.clone(),
-        heartbeat_ms: 100,
-        election_ms: 1000,
-        unsafe_stale_reads: false,
-    })?;
-    cluster.start_all()?;
-    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
+    let (mut cluster, endpoints) =
+        Cluster::launch(ClusterSpec::new(cfg.members, cfg.binary.clone(), dir.clone()))?;
     crate::runner::wait_ready(&endpoints, Duration::from_secs(30)).await?;
     let attempts: Arc<Mutex<Attempts>> = Arc::default();
     let mut all_ok = true;

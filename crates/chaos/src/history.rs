@@ -72,6 +72,8 @@ pub enum Record {
         term: u64,
         member: usize,
     },
+    /// What a watcher's stream delivered (the watch checker).
+    Watch(crate::watchcheck::WatchRecord),
 }
 
 pub fn unix_ms() -> u64 {

@@ -4,14 +4,19 @@
 //! bridge of the run's own), [`nemesis`] injects faults on a schedule drawn from a seed,
 //! [`workload`] runs concurrent register clients over the etcd v3 API and records every
 //! operation, [`linearizability`] checks the recorded histories, [`durability`] checks that
-//! acknowledged writes survive every member being killed at once.
+//! acknowledged writes survive every member being killed at once, [`watchcheck`] checks
+//! watchers resumed across faults against the KV history, [`leasecheck`] checks leases
+//! under repeated leader kills; [`watchbench`] measures watch and lease figures beside etcd.
 
 pub mod check;
 pub mod cluster;
 pub mod durability;
 pub mod history;
+pub mod leasecheck;
 pub mod linearizability;
 pub mod nemesis;
 pub mod rng;
 pub mod runner;
+pub mod watchbench;
+pub mod watchcheck;
 pub mod workload;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use raftkv_chaos::check;
 use raftkv_chaos::durability::{self, DurabilityConfig};
 use raftkv_chaos::history;
+use raftkv_chaos::leasecheck::{self, LeaseTestConfig};
 use raftkv_chaos::linearizability::{Budget, Verdict};
 use raftkv_chaos::nemesis::Profile;
 use raftkv_chaos::runner::{self, Outcome2, RunConfig};
@@ -60,6 +61,10 @@ struct RunArgs {
     /// Seconds the checker may spend on one key before reporting unknown.
     #[arg(long, default_value_t = 60)]
     check_seconds: u64,
+    /// Also run watchers (resumed across the faults) and a compactor, and check their
+    /// streams against the KV history.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,6 +103,41 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         workers: usize,
     },
+    /// Leases under repeated leader kills: kept-alive leases keep their keys, expired ones
+    /// lose them on every member at one revision (see docs/testing.md).
+    Lease {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds of leader kills.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Kept-alive leases (three keys each).
+        #[arg(long, default_value_t = 4)]
+        live: usize,
+    },
+    /// Watch and lease figures for raftkv and etcd 3.4 (one member each, in turn): event
+    /// throughput and latency with 1 and 1,000 watchers, RSS of idle watchers, lease
+    /// keep-alives per second, server CPU per operation.
+    BenchWatch {
+        /// The raftkv binary (default: `raftkv` beside this binary).
+        #[arg(long)]
+        raftkv: Option<PathBuf>,
+        /// etcd's binary; `none` measures raftkv alone.
+        #[arg(long, default_value = "etcd")]
+        etcd: String,
+        /// Seconds per throughput point.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 100_000)]
+        idle_watchers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+        /// Data dirs and member logs.
+        #[arg(long, default_value = "target/bench-watch")]
+        out: PathBuf,
+    },
     /// A put and a get through the given endpoints (for checking a deployed cluster).
     Smoke {
         /// Comma-separated client URLs, e.g. http://127.0.0.1:2379,http://127.0.0.1:22379
@@ -134,6 +174,7 @@ fn run_config(a: &RunArgs, seed: u64, quiet: bool) -> Result<RunConfig, String> 
         unsafe_stale_reads: a.unsafe_stale_reads,
         check_budget: Budget { max_steps: 50_000_000, max_time: Duration::from_secs(a.check_seconds) },
         quiet,
+        watch: a.watch,
     })
 }
 
@@ -211,7 +252,17 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
             for a in &report.revision_anomalies {
                 println!("REVISION ANOMALY: {a}");
             }
-            Ok(if report.invalid() {
+            let watch = raftkv_chaos::watchcheck::check(&records);
+            if watch.watchers > 0 {
+                println!(
+                    "watchers: {} ({} streams, {} events, {} confirmed the final revision)",
+                    watch.watchers, watch.streams, watch.events, watch.confirmed
+                );
+            }
+            for a in &watch.anomalies {
+                println!("WATCH ANOMALY: {a}");
+            }
+            Ok(if report.invalid() || watch.invalid() {
                 ExitCode::from(1)
             } else if report.keys.iter().any(|k| matches!(k.verdict, Verdict::Unknown { .. })) {
                 ExitCode::from(2)
@@ -231,6 +282,43 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
             })
             .await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Lease { common, seed, duration, live } => {
+            let cfg = LeaseTestConfig {
+                seed: seed.unwrap_or_else(seed_now),
+                members: common.members,
+                duration: Duration::from_secs(duration.max(5)),
+                binary: binary(&common)?,
+                out: std::path::absolute(&common.out).map_err(|e| e.to_string())?,
+                live,
+                live_ttl: 6,
+                expiring_ttl: 2,
+            };
+            let r = leasecheck::run(cfg.clone()).await?;
+            let dir = cfg.out.join(format!("lease-seed{}", cfg.seed));
+            print!("{}", std::fs::read_to_string(dir.join("summary.txt")).unwrap_or_default());
+            let bit = r.leader_changes > 0 && r.expired_checked > 0 && r.live_checked > 0;
+            Ok(if !r.valid() {
+                ExitCode::from(1)
+            } else if !bit {
+                println!("SUSPECT: no leader change, or nothing was checked");
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::BenchWatch { raftkv, etcd, duration, idle_watchers, leases, out } => {
+            let common = Common { members: 1, raftkv, out: out.clone() };
+            let cfg = raftkv_chaos::watchbench::BenchConfig {
+                raftkv: binary(&common)?,
+                etcd: (etcd != "none").then(|| PathBuf::from(etcd)),
+                duration: Duration::from_secs(duration.max(1)),
+                out: std::path::absolute(&out).map_err(|e| e.to_string())?,
+                idle_watchers,
+                leases,
+            };
+            print!("{}", raftkv_chaos::watchbench::run(cfg).await?);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Smoke { endpoints } => {
             let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();

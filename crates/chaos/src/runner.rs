@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, ClusterSpec};
 use crate::history::{Outcome, Record, Recorder};
 use crate::linearizability::{Budget, Kept, Verdict};
 use crate::nemesis::{self, Profile};
+use crate::watchcheck::{self, WatchReport};
 use crate::workload::{self, WorkloadConfig};
 
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct RunConfig {
     pub unsafe_stale_reads: bool,
     pub check_budget: Budget,
     pub quiet: bool,
+    /// Run watchers and a compactor beside the workload and check their streams.
+    pub watch: bool,
 }
 
 /// How a run ended. Exit codes: 0 valid, 1 not linearizable, 2 checker gave up (unknown),
@@ -54,6 +57,8 @@ impl Outcome2 {
 pub struct RunResult {
     pub outcome: Outcome2,
     pub report: Report,
+    /// The watch checker's report (when the run had watchers).
+    pub watch: Option<WatchReport>,
     pub history: PathBuf,
     pub suspect: Vec<String>,
 }
@@ -94,16 +99,11 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     });
     let plan = nemesis::schedule(cfg.profile, cfg.seed, cfg.duration, cfg.members);
-    let mut cluster = Cluster::create(ClusterSpec {
-        members: cfg.members,
-        binary: cfg.binary.clone(),
-        dir: dir.clone(),
-        heartbeat_ms: 100,
-        election_ms: 1000,
+    let spec = ClusterSpec {
         unsafe_stale_reads: cfg.unsafe_stale_reads,
-    })?;
-    cluster.start_all()?;
-    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.client_url()).collect();
+        ..ClusterSpec::new(cfg.members, cfg.binary.clone(), dir.clone())
+    };
+    let (cluster, endpoints) = Cluster::launch(spec)?;
     if !cfg.quiet {
         eprintln!(
             "run: profile {} seed {} for {:?}: {} members on 10.77.{}.0/24 ({}), {} faults planned, history {}",
@@ -128,6 +128,19 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         recorder.clone(),
         stop.clone(),
     ));
+    let watch_ctl = watchcheck::Control::default();
+    let watchers = if cfg.watch {
+        watchcheck::spawn(
+            endpoints.clone(),
+            cfg.workload.keys,
+            cfg.seed,
+            recorder.clone(),
+            stop.clone(),
+            watch_ctl.clone(),
+        )
+    } else {
+        Vec::new()
+    };
     let nem_stop = Arc::new(AtomicBool::new(false));
     let nem = tokio::spawn(nemesis::run(
         plan,
@@ -163,12 +176,26 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = workers.await;
+    if !watchers.is_empty() {
+        // Every watcher must confirm the final revision (or is checked up to what it got).
+        match watchcheck::current_revision(&endpoints, Duration::from_secs(10)).await {
+            Some(rev) => watch_ctl.final_rev.store(rev, Ordering::Relaxed),
+            None => recorder.nemesis("watch-final", "no final revision could be read".into()),
+        }
+        let all = futures_join(watchers);
+        if tokio::time::timeout(Duration::from_secs(20), all).await.is_err() {
+            recorder
+                .nemesis("watch-final", "some watchers did not confirm the final revision in 20 s".into());
+        }
+        watch_ctl.halt.store(true, Ordering::Relaxed);
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     recorder.flush();
     cluster.lock().unwrap_or_else(|e| e.into_inner()).cleanup();
     let records = recorder.records();
     let t = Instant::now();
     let report = check::check(&records, cfg.check_budget, Duration::from_secs(30));
+    let watch = cfg.watch.then(|| watchcheck::check(&records));
     if !cfg.quiet {
         eprintln!("check: {:.1} s", t.elapsed().as_secs_f64());
     }
@@ -185,7 +212,15 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     if s.ok_after_heal == 0 {
         suspect.push("no operation succeeded after the final heal: the cluster did not recover".to_string());
     }
-    let outcome = if report.invalid() {
+    if let Some(w) = &watch {
+        if w.streams <= w.watchers {
+            suspect.push("no watcher resumed".to_string());
+        }
+        if w.confirmed == 0 {
+            suspect.push("no watcher confirmed the final revision".to_string());
+        }
+    }
+    let outcome = if report.invalid() || watch.as_ref().is_some_and(WatchReport::invalid) {
         Outcome2::Invalid
     } else if report.unknown() {
         Outcome2::Unknown
@@ -194,7 +229,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     } else {
         Outcome2::Valid
     };
-    let result = RunResult { outcome, report, history, suspect };
+    let result = RunResult { outcome, report, watch, history, suspect };
     std::fs::write(dir.join("summary.txt"), summary(&cfg, &result, &records))
         .map_err(|e| format!("cannot write the summary: {e}"))?;
     Ok(result)
@@ -269,6 +304,16 @@ pub fn summary(cfg: &RunConfig, r: &RunResult, records: &[Record]) -> String {
     for a in &r.report.revision_anomalies {
         let _ = writeln!(o, "  REVISION ANOMALY: {a}");
     }
+    if let Some(w) = &r.watch {
+        let _ = writeln!(
+            o,
+            "watchers: {} ({} streams, {} events, {} cancelled by compaction, {} confirmed the final revision); acknowledged writes checked against covering watchers: {}",
+            w.watchers, w.streams, w.events, w.compacted, w.confirmed, w.checked
+        );
+        for a in &w.anomalies {
+            let _ = writeln!(o, "  WATCH ANOMALY: {a}");
+        }
+    }
     for s in &r.suspect {
         let _ = writeln!(o, "SUSPECT: {s}");
     }
@@ -290,7 +335,8 @@ pub fn summary(cfg: &RunConfig, r: &RunResult, records: &[Record]) -> String {
         cfg.seed,
         cfg.duration.as_secs(),
         cfg.members,
-        if cfg.unsafe_stale_reads { " --unsafe-stale-reads" } else { "" },
+        if cfg.unsafe_stale_reads { " --unsafe-stale-reads" } else { "" }.to_string()
+            + if cfg.watch { " --watch" } else { "" },
         r.history.display()
     );
     o
@@ -317,4 +363,11 @@ pub async fn smoke(endpoints: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Waits for every task.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
 }

@@ -23,9 +23,8 @@
 //! same positions. It may hold values of versions that compaction discarded (garbage the
 //! cold store has not reclaimed yet); only the referenced spans are ever read.
 //!
-//! Older formats are still read. Format 3 wrote every entry as main i64, sub u32,
-//! create i64, version i64, value_len u32 and value_pos u64 (40 bytes a version, where
-//! format 4 needs about 12: snapshots of a long history are mostly these records). Format 2 wrote every entry as main i64, sub i64,
+//! Formats 1 and 2 are still read; format 3 (fixed-width records with a cold section) was
+//! never released and is refused. Format 2 wrote every entry as main i64, sub i64,
 //! create i64, version i64, lease i64, value_len u32, value, and had no cold section;
 //! format 1 was format 2 with `key_count u64` after the revisions and no end marker. The
 //! end marker lets a snapshot be written from a live store ([`KvStore::pin`]): the key
@@ -49,10 +48,9 @@ use crate::store::{Key, KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 const MAGIC: &[u8; 8] = b"RAFTKVS\0";
 /// Format 1 counted the keys up front; format 2 ends the keys with [`END_OF_KEYS`], so a
-/// snapshot can be written while the store changes; format 3 adds the cold section; format
-/// 4 writes the version records as varint differences. All are read.
+/// snapshot can be written while the store changes; format 4 adds the cold section and
+/// writes the version records as varint differences. Formats 1, 2 and 4 are read.
 const FORMAT: u32 = 4;
-const FORMAT_FIXED: u32 = 3;
 const FORMAT_INLINE: u32 = 2;
 const FORMAT_COUNTED: u32 = 1;
 /// Cold section bytes copied per visit to the store.
@@ -60,9 +58,9 @@ const COLD_PER_VISIT: usize = 1 << 20;
 /// What [`KvStore::write_body`] writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BodyKind {
-    /// Format 3 with the cold section.
+    /// Format 4 with the cold section.
     Full,
-    /// Format 3 up to the end-of-keys marker.
+    /// Format 4 up to the end-of-keys marker.
     Keys,
     /// Format 2 (values inline) up to the end-of-keys marker, for the digest.
     Inline,
@@ -307,7 +305,7 @@ impl KvStore {
         self.cold.id()
     }
 
-    /// The body in format 3, or in format 2 with `BodyKind::Inline` (for the digest).
+    /// The body in format 4, or in format 2 with `BodyKind::Inline` (for the digest).
     fn write_body(
         point: &SnapshotPoint,
         w: &mut impl Write,
@@ -403,7 +401,7 @@ impl KvStore {
             return Err(KvError::corrupt("bad magic (not a kv snapshot)"));
         }
         let format = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if ![FORMAT, FORMAT_FIXED, FORMAT_INLINE, FORMAT_COUNTED].contains(&format) {
+        if ![FORMAT, FORMAT_INLINE, FORMAT_COUNTED].contains(&format) {
             return Err(KvError::corrupt(format!("unsupported format version {format}")));
         }
         let mut cr = CrcReader { inner: r, crc: 0 };
@@ -542,8 +540,7 @@ type Body = (i64, i64, KeyIndex, u64);
 
 fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Body, KvError> {
     let counted = format == FORMAT_COUNTED;
-    let with_cold = format == FORMAT || format == FORMAT_FIXED;
-    let compact = format == FORMAT;
+    let with_cold = format == FORMAT;
     // Positions in the cold section become positions in `cold` (empty, normally).
     let base = cold.appended_bytes();
     let mut cold_end = 0u64;
@@ -579,23 +576,17 @@ fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Bo
         let mut prev_pos = 0i64;
         for j in 0..n {
             if with_cold {
-                let (main, sub, create, version, vlen) = if compact {
-                    let (main, create, version) =
-                        h.revs.last().map_or((0, 0, 0), |p| (p.main, p.create, p.version));
-                    let main = i64::try_from(read_varint(r)?)
-                        .ok()
-                        .and_then(|d| main.checked_add(d))
-                        .ok_or_else(|| KvError::corrupt("revision out of range"))?;
-                    let sub = u32::try_from(read_varint(r)?)
-                        .map_err(|_| KvError::corrupt("invalid sub-revision"))?;
-                    let create = read_delta(r, create)?;
-                    let version = read_delta(r, version)?;
-                    let vlen =
-                        u32::try_from(read_varint(r)?).map_err(|_| KvError::corrupt("value too long"))?;
-                    (main, sub, create, version, vlen)
-                } else {
-                    (read_i64(r)?, read_u32(r)?, read_i64(r)?, read_i64(r)?, read_u32(r)?)
-                };
+                let (main, create, version) =
+                    h.revs.last().map_or((0, 0, 0), |p| (p.main, p.create, p.version));
+                let main = i64::try_from(read_varint(r)?)
+                    .ok()
+                    .and_then(|d| main.checked_add(d))
+                    .ok_or_else(|| KvError::corrupt("revision out of range"))?;
+                let sub =
+                    u32::try_from(read_varint(r)?).map_err(|_| KvError::corrupt("invalid sub-revision"))?;
+                let create = read_delta(r, create)?;
+                let version = read_delta(r, version)?;
+                let vlen = u32::try_from(read_varint(r)?).map_err(|_| KvError::corrupt("value too long"))?;
                 let ordered = h.revs.last().is_none_or(|p| (p.main, p.sub) < (main, sub));
                 if !ordered || main < 1 || main > rev || version < 0 || create > main {
                     return Err(KvError::corrupt("invalid version record"));
@@ -604,12 +595,8 @@ fn parse_body(r: &mut impl Read, format: u32, cold: &mut ColdStore) -> Result<Bo
                     h.latest = read_bytes(r, vlen)?;
                     h.revs.push(Rev { main, sub, create, version, vlen, pos: 0 });
                 } else {
-                    let pos = if compact {
-                        prev_pos = read_delta(r, prev_pos)?;
-                        u64::try_from(prev_pos).map_err(|_| KvError::corrupt("value position"))?
-                    } else {
-                        read_u64(r)?
-                    };
+                    prev_pos = read_delta(r, prev_pos)?;
+                    let pos = u64::try_from(prev_pos).map_err(|_| KvError::corrupt("value position"))?;
                     let end =
                         pos.checked_add(u64::from(vlen)).ok_or_else(|| KvError::corrupt("value position"))?;
                     cold_end = cold_end.max(end);

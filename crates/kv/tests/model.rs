@@ -482,7 +482,7 @@ fn bit_flip_in_value_reports_checksum() {
     assert_eq!(e.grpc_code(), raftkv_api::tonic::Code::DataLoss);
 }
 
-/// Format 2 (every value inline, no cold section), as written before format 3.
+/// Format 2 (every value inline, no cold section), as written before format 4.
 fn format2_snapshot(value_pos_bug: bool) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&3i64.to_le_bytes()); // revision
@@ -553,10 +553,10 @@ fn reseal(buf: &mut [u8]) {
     buf[body_end..].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Format 3 (fixed-width version records), as earlier releases wrote it, still restores.
+/// Format 3 (fixed-width version records with a cold section) was never released: it is
+/// refused, not misread as another format.
 #[test]
-fn format_3_snapshots_are_read() {
-    let s = two_versions();
+fn format_3_snapshots_are_refused() {
     let mut body = Vec::new();
     body.extend_from_slice(&3i64.to_le_bytes());
     body.extend_from_slice(&(-1i64).to_le_bytes());
@@ -582,8 +582,8 @@ fn format_3_snapshots_are_read() {
     buf.extend_from_slice(&3u32.to_le_bytes());
     buf.extend_from_slice(&body);
     buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    let r = KvStore::restore(&mut &buf[..]).unwrap();
-    assert_eq!((r.revision(), r.digest()), (3, s.digest()));
+    let e = KvStore::restore(&mut &buf[..]).unwrap_err();
+    assert!(e.message().contains("unsupported format version 3"), "{e}");
 }
 
 #[test]
@@ -594,7 +594,7 @@ fn snapshot_format_4_is_compact() {
     }
     let mut buf = Vec::new();
     s.snapshot(&mut buf).unwrap();
-    // 1000 versions: about 7 bytes each here (format 3 took 40), plus the cold section.
+    // 1000 versions: about 7 bytes each here (fixed-width records took 40), plus the cold section.
     assert!(buf.len() < 1000 * 10 + 1000, "{} bytes", buf.len());
     let r = KvStore::restore(&mut &buf[..]).unwrap();
     assert_eq!(r.digest(), s.digest());

@@ -11,6 +11,7 @@ use std::io::Read;
 use raftkv_raft::{Entry, HardState, LogIndex, Message, SnapshotMeta, Term};
 use raftkv_storage::{LogStore, SnapshotStore, StorageError};
 
+use crate::plant::Planted;
 use crate::{StagedSnapshot, codec};
 
 /// What one `Ready` needs written, and what may happen once it is durable.
@@ -57,13 +58,20 @@ pub struct DiskWorker<L> {
     snapshots: SnapshotStore,
     /// The term and vote on disk: only a change of them (or new entries) needs a sync.
     durable: HardState,
+    planted: Planted,
 }
 
 impl<L: LogStore> DiskWorker<L> {
     /// A worker over an opened log and snapshot store.
     pub fn new(log: L, snapshots: SnapshotStore) -> DiskWorker<L> {
         let durable = codec::hard_state_from_storage(&log.hard_state());
-        DiskWorker { log, snapshots, durable }
+        DiskWorker { log, snapshots, durable, planted: Planted::default() }
+    }
+
+    /// Plants a known bug (simulator only; see [`crate::DriverBug`]).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_bug(&mut self, bug: Option<crate::DriverBug>) {
+        self.planted.set(bug);
     }
 
     /// The log store.
@@ -88,6 +96,7 @@ impl<L: LogStore> DiskWorker<L> {
     ) -> Result<(), DiskError> {
         let mut dirty = false;
         let mut newest = None;
+        let ignore_errors = self.planted.is(crate::DriverBug::AckDespiteFsyncError);
         for job in jobs.iter_mut() {
             match job {
                 DiskJob::Persist(job) => {
@@ -110,16 +119,20 @@ impl<L: LogStore> DiskWorker<L> {
                         writer.finish()?;
                         // The core discarded its whole log: so must the disk, also entries
                         // after the snapshot's index (they conflict with it). Durable now.
-                        self.log.reset(meta.index.0)?;
+                        if self.planted.is(crate::DriverBug::SnapshotKeepsTail) {
+                            self.log.compact(meta.index.0)?;
+                        } else {
+                            self.log.reset(meta.index.0)?;
+                        }
                         installed(meta);
                     }
                     if !job.entries.is_empty() {
                         let records: Vec<_> = job.entries.iter().map(codec::entry_to_record).collect();
-                        self.log.append(&records)?;
+                        ignore_if(self.log.append(&records), ignore_errors)?;
                         dirty = true;
                     }
                     if let Some(hs) = &job.hard_state {
-                        self.log.save_hard_state(codec::hard_state_to_storage(hs))?;
+                        ignore_if(self.log.save_hard_state(codec::hard_state_to_storage(hs)), ignore_errors)?;
                         dirty |= hs.needs_sync_after(&self.durable);
                         newest = Some(*hs);
                     }
@@ -128,11 +141,19 @@ impl<L: LogStore> DiskWorker<L> {
             }
         }
         if dirty {
-            self.log.sync()?;
+            ignore_if(self.log.sync(), ignore_errors)?;
             if let Some(hs) = newest {
                 self.durable = hs;
             }
         }
         Ok(())
+    }
+}
+
+/// A log write's result, or `Ok` when the planted `AckDespiteFsyncError` ignores failures.
+fn ignore_if(result: Result<(), StorageError>, ignore: bool) -> Result<(), StorageError> {
+    match result {
+        Err(_) if ignore => Ok(()),
+        other => other,
     }
 }

@@ -14,6 +14,7 @@ use raftkv_raft::{
 };
 
 use crate::disk::{DiskJob, PersistJob};
+use crate::plant::Planted;
 use crate::{Inbound, NodeConfig, NodeError, StagedSnapshot};
 
 /// How long queued reads wait for an outstanding read index before asking for their own.
@@ -84,6 +85,7 @@ pub struct Driver<R> {
     /// Proposals waiting for a leader to be known.
     parked: VecDeque<(u64, Bytes, Duration)>,
     known_leader: Option<NodeId>,
+    planted: Planted,
 }
 
 impl<R: ReadWaiter> Driver<R> {
@@ -102,6 +104,16 @@ impl<R: ReadWaiter> Driver<R> {
             in_flight: VecDeque::new(),
             parked: VecDeque::new(),
             known_leader: None,
+            planted: Planted::default(),
+        }
+    }
+
+    /// Plants a known bug (simulator only; see [`crate::DriverBug`]).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_bug(&mut self, bug: Option<crate::DriverBug>) {
+        self.planted.set(bug);
+        if self.planted.is(crate::DriverBug::ReadContextRestart) {
+            self.next_read = 1;
         }
     }
 
@@ -271,8 +283,12 @@ impl<R: ReadWaiter> Driver<R> {
             }
         }
         for rs in rd.read_states {
+            let mut index = rs.index.0;
+            if self.planted.is(crate::DriverBug::ServeReadBeforeApplied) {
+                index = index.min(self.raft.applied_index().0);
+            }
             for reply in self.reads.remove(&rs.context).into_iter().flatten() {
-                out.push(Action::ReadDone(reply, Ok(rs.index.0)));
+                out.push(Action::ReadDone(reply, Ok(index)));
             }
         }
         for context in rd.failed_reads {
@@ -288,19 +304,23 @@ impl<R: ReadWaiter> Driver<R> {
             },
             None => None,
         };
-        let job = PersistJob {
-            snapshot,
-            entries: rd.entries,
-            hard_state: rd.hard_state,
-            after_persist: rd.messages_after_persist,
-            target,
-        };
+        let mut after_persist = rd.messages_after_persist;
+        if self.planted.is(crate::DriverBug::AckBeforeSync) {
+            out.extend(after_persist.drain(..).map(Action::Send));
+        }
+        let job =
+            PersistJob { snapshot, entries: rd.entries, hard_state: rd.hard_state, after_persist, target };
         if !(job.snapshot.is_none()
             && job.entries.is_empty()
             && job.hard_state.is_none()
             && job.after_persist.is_empty())
         {
             out.push(Action::Disk(DiskJob::Persist(job)));
+            if self.planted.is(crate::DriverBug::ApplyBeforeDurable)
+                && let Some((index, term)) = target
+            {
+                self.raft.persisted(index, term);
+            }
         }
         if !rd.committed_entries.is_empty() {
             out.push(Action::Apply(rd.committed_entries));

@@ -73,6 +73,7 @@ pub mod disk;
 pub mod driver;
 #[cfg(feature = "tokio")]
 mod mem_net;
+mod plant;
 #[cfg(feature = "tokio")]
 mod runtime;
 
@@ -90,6 +91,7 @@ pub use disk::{DiskError, DiskJob, DiskWorker, PersistJob};
 pub use driver::{Action, Driver, DriverError, ReadWaiter};
 #[cfg(feature = "tokio")]
 pub use mem_net::MemNetwork;
+pub use plant::DriverBug;
 #[cfg(feature = "tokio")]
 pub use runtime::{Node, NodeHandle, Shared};
 
@@ -196,6 +198,16 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The core's settings for this member (what [`recover`] starts it with).
+    pub fn raft_config(&self) -> Config {
+        let mut raft_config = Config::new(self.id);
+        raft_config.election_timeout_ticks = self.election_ticks;
+        raft_config.heartbeat_interval_ticks = self.heartbeat_ticks;
+        raft_config.seed = self.seed;
+        raft_config.append_bytes_max = 4 << 20;
+        raft_config
+    }
+
     /// etcd's defaults (100 ms heartbeat, 1 s election timeout, ticking five times per
     /// heartbeat) for member `id` of `voters`.
     pub fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> NodeConfig {
@@ -300,6 +312,18 @@ pub fn recover<S: StateMachine>(
     recovered: Recovered,
     sm: &mut S,
 ) -> Result<(Raft, Option<SnapshotMeta>), Error> {
+    recover_with(config, config.raft_config(), snapshots, recovered, sm)
+}
+
+/// Like [`recover`], with the core's settings given whole (a simulator varies PreVote,
+/// CheckQuorum, pipelining and batching per run).
+pub fn recover_with<S: StateMachine>(
+    config: &NodeConfig,
+    raft_config: Config,
+    snapshots: &SnapshotStore,
+    recovered: Recovered,
+    sm: &mut S,
+) -> Result<(Raft, Option<SnapshotMeta>), Error> {
     let snapshot = match &recovered.snapshot {
         Some(meta) => {
             let (found, mut reader) = snapshots.latest()?.ok_or(Error::SnapshotChanged)?;
@@ -319,11 +343,6 @@ pub fn recover<S: StateMachine>(
         snapshot: snapshot.clone(),
         entries,
     };
-    let mut raft_config = Config::new(config.id);
-    raft_config.election_timeout_ticks = config.election_ticks;
-    raft_config.heartbeat_interval_ticks = config.heartbeat_ticks;
-    raft_config.seed = config.seed;
-    raft_config.append_bytes_max = 4 << 20;
     let raft = Raft::new(raft_config, initial).map_err(|e| Error::Core(e.to_string()))?;
     Ok((raft, snapshot))
 }

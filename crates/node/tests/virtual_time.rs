@@ -60,20 +60,8 @@ struct ReadSent {
     acknowledged_before: u64,
 }
 
-/// SplitMix64: the harness's only randomness, from one seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The harness's only randomness, from one seed.
+use raftkv_rng::SplitMix64 as Rng;
 
 enum ApplyItem {
     Entries(Vec<raftkv_raft::Entry>),
@@ -330,7 +318,7 @@ fn run(seed: u64) {
         .collect();
     let mut c = Cluster {
         members,
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         now,
         net: BTreeMap::new(),
         seq: 0,

@@ -304,6 +304,7 @@ pub struct Raft {
     last_hard_state: HardState,
 
     apply_bytes_max: u64,
+    #[cfg(feature = "planted-bugs")]
     planted_bug: Option<PlantedBug>,
 }
 
@@ -380,7 +381,7 @@ impl Raft {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: config.election_timeout_ticks,
-            rng: Rng::new(config.seed),
+            rng: crate::rng::seeded(config.seed),
             pending_broadcast: false,
             lead_transferee: None,
             transfer_elapsed: 0,
@@ -397,6 +398,7 @@ impl Raft {
             last_soft_state: soft,
             last_hard_state: hard,
             apply_bytes_max: 64 << 20,
+            #[cfg(feature = "planted-bugs")]
             planted_bug: None,
             config,
         };
@@ -410,8 +412,16 @@ impl Raft {
         self.planted_bug = bug;
     }
 
+    /// Whether `bug` is planted; always false without the `planted-bugs` feature, so a
+    /// shipping build compiles the buggy paths out.
+    #[cfg(feature = "planted-bugs")]
     fn bug(&self, bug: PlantedBug) -> bool {
         self.planted_bug == Some(bug)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    fn bug(&self, _bug: PlantedBug) -> bool {
+        false
     }
 
     // ----- observation -----

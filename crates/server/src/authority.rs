@@ -188,7 +188,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
-    /// No: HTTP/2 frames then coalesce into one write per burst (see [`crate::flatio`]).
+    /// No: HTTP/2 frames then coalesce into one write per burst (see `crates/bench/src/flatio.rs`).
     fn is_write_vectored(&self) -> bool {
         false
     }

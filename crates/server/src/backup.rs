@@ -611,7 +611,6 @@ fn build_data_dir(
         .begin(raftkv_node::codec::meta_to_storage(&meta))
         .map_err(|e| io::Error::other(e.to_string()))?;
     let mut kv = imported.kv;
-    let point = kv.pin();
     {
         struct Sink<'a>(&'a mut raftkv_storage::SnapshotWriter);
         impl Write for Sink<'_> {
@@ -623,15 +622,9 @@ fn build_data_dir(
                 Ok(())
             }
         }
-        let mut sink = Sink(&mut writer);
-        KvStore::write_pinned(&point, &mut sink, |f| f(&kv))?;
-        // The members section of the state machine's snapshot: nobody published yet.
-        let members =
-            serde_json::to_vec(&BTreeMap::<u64, MemberAttributes>::new()).map_err(io::Error::other)?;
-        sink.write_all(&(members.len() as u32).to_le_bytes())?;
-        sink.write_all(&members)?;
+        // The state machine's snapshot; nobody published attributes yet.
+        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), &mut Sink(&mut writer))?;
     }
-    kv.unpin();
     writer.finish().map_err(|e| io::Error::other(e.to_string()))?;
     crate::member::save(data_dir, record).map_err(BackupError::Usage)?;
     Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys()))

@@ -61,6 +61,8 @@ const KEEPALIVE_BUFFER: usize = 16;
 /// Metadata on a request a member forwarded to the leader: the receiver must not forward
 /// it again.
 const FORWARDED: &str = "raftkv-forwarded";
+/// Pause between forwards of a renewal or TimeToLive while the leader changes (etcd's 50 ms).
+const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -277,6 +279,37 @@ impl Leases {
         Ok(LeaseClient::new(ch))
     }
 
+    /// Runs `call` against the leader's Lease service, or answers None when this member is
+    /// the leader. As etcd's followers do for renewals and TimeToLive, a failed forward (the
+    /// leader just died, or is no longer the leader) is retried, against whichever member is
+    /// the leader by then, until the request timeout: a leader change delays a keep-alive
+    /// rather than failing it (which clients such as Patroni take for a lost lease).
+    async fn on_leader<T, F, Fut>(&self, forwarded: bool, mut call: F) -> Result<Option<T>, Status>
+    where
+        F: FnMut(LeaseClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.api.request_timeout();
+        loop {
+            let Some(leader) = self.primary().await? else { return Ok(None) };
+            if forwarded {
+                return Err(Status::unavailable("etcdserver: not leader"));
+            }
+            let err = match self.upstream(leader) {
+                Ok(client) => match call(client).await {
+                    Ok(answer) => return Ok(Some(answer)),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            let retry = matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+            if !retry || Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
     fn forwarded<T>(msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
@@ -332,22 +365,19 @@ impl Leases {
     /// Renews a lease on the leader (forwarding when this member is not the leader). An
     /// unknown or expired lease answers TTL 0, as etcd does.
     pub async fn renew(&self, id: i64, forwarded: bool) -> Result<LeaseKeepAliveResponse, Status> {
-        if let Some(leader) = self.primary().await? {
-            if forwarded {
-                return Err(Status::unavailable("etcdserver: not leader"));
-            }
-            let mut client = self.upstream(leader)?;
-            let mut stream = client
-                .lease_keep_alive(Self::forwarded(tokio_stream::once(LeaseKeepAliveRequest { id })))
-                .await?
-                .into_inner();
-            return match stream.message().await? {
-                Some(mut resp) => {
-                    self.api.fill(&mut resp.header);
-                    Ok(resp)
-                }
-                None => Err(Status::unavailable("etcdserver: the leader closed the keep-alive stream")),
-            };
+        let upstream = self
+            .on_leader(forwarded, |mut client| async move {
+                let once = tokio_stream::once(LeaseKeepAliveRequest { id });
+                let mut stream = client.lease_keep_alive(Self::forwarded(once)).await?.into_inner();
+                stream
+                    .message()
+                    .await?
+                    .ok_or_else(|| Status::unavailable("etcdserver: the leader closed the keep-alive stream"))
+            })
+            .await?;
+        if let Some(mut resp) = upstream {
+            self.api.fill(&mut resp.header);
+            return Ok(resp);
         }
         let mut resp = LeaseKeepAliveResponse { header: None, id, ttl: 0 };
         let revision = self.api.node.shared.sm.read().kv.revision();
@@ -397,15 +427,14 @@ impl Leases {
                 self.api.authorize(|sm, user| crate::auth::check_lease_keys(sm, user, req.id, false))?;
             }
         }
-        if let Some(leader) = self.primary().await? {
-            if forwarded {
-                return Err(Status::unavailable("etcdserver: not leader"));
-            }
-            let want_keys = req.keys;
-            let upstream_req = LeaseTimeToLiveRequest { keys: req.keys && !auth_on, ..req };
-            let mut resp =
-                self.upstream(leader)?.lease_time_to_live(Self::forwarded(upstream_req)).await?.into_inner();
-            if want_keys && auth_on {
+        let upstream_req = LeaseTimeToLiveRequest { keys: req.keys && !auth_on, ..req };
+        let upstream = self
+            .on_leader(forwarded, |mut client| async move {
+                Ok(client.lease_time_to_live(Self::forwarded(upstream_req)).await?.into_inner())
+            })
+            .await?;
+        if let Some(mut resp) = upstream {
+            if req.keys && auth_on {
                 let sm = self.api.node.shared.sm.read();
                 resp.keys = sm
                     .kv

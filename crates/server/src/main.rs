@@ -6,13 +6,10 @@ mod auth;
 mod authority;
 mod autocompact;
 mod backup;
-mod bench;
 mod bolt;
 mod client_port;
-mod coldseg;
 mod config;
 mod dev;
-mod flatio;
 mod gateway;
 mod grpc;
 mod kvsm;
@@ -46,8 +43,6 @@ enum Command {
     Server(Box<config::ServerArgs>),
     /// Run a local three-member cluster on 127.0.0.1 (client ports 2379, 22379, 32379).
     Dev(dev::DevArgs),
-    /// Generate load against etcd v3 endpoints (raftkv or etcd) and report throughput and latency.
-    Bench(bench::BenchArgs),
     /// Backups: restore a snapshot file into a new member's data dir, or print its status.
     Snapshot(backup::SnapshotArgs),
 }
@@ -55,7 +50,6 @@ enum Command {
 enum Run {
     Server(Box<config::ServerConfig>),
     Dev(dev::DevArgs),
-    Bench(bench::BenchArgs),
 }
 
 fn init_logging(format: config::LogFormat, level: &str) {
@@ -109,12 +103,6 @@ fn main() -> std::process::ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::Dev(args) => Ok(Run::Dev(args)),
-        Command::Bench(args) => {
-            // The generator too: a burst of responses wakes its clients, whose next requests
-            // then leave together instead of one write each.
-            server_runtime(&mut builder);
-            Ok(Run::Bench(args))
-        }
         Command::Snapshot(_) => Err("unreachable: handled above".to_string()),
     };
     let result = command.and_then(|command| {
@@ -125,7 +113,6 @@ fn main() -> std::process::ExitCode {
                 runtime.block_on(server::run(*config))
             }
             Run::Dev(args) => runtime.block_on(dev::run(args)),
-            Run::Bench(args) => runtime.block_on(bench::run(args)),
         }
     });
     match result {

@@ -10,7 +10,6 @@ use raftkv_transport::{Transport, TransportConfig};
 use tokio::sync::mpsc;
 
 use crate::config::{ServerConfig, parse_url};
-use crate::kvsm::KvMachine;
 use crate::member;
 use crate::node::{Node, NodeConfig};
 use crate::service::{Api, ApiConfig};
@@ -83,8 +82,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let sm =
-        KvMachine::with_cold_store(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
+    let sm = crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
         voters: record.members.iter().map(|m| NodeId(m.id)).collect(),
@@ -110,14 +108,11 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
-            unsafe_stale_reads: std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1"),
+            unsafe_stale_reads: unsafe_stale_reads(),
             member_dir: member_dir.clone(),
             auth: config.auth.clone(),
         },
     );
-    if std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1") {
-        tracing::warn!("RAFTKV_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (testing only)");
-    }
     let leases = crate::lease::Leases::start(
         api.clone(),
         crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
@@ -191,4 +186,22 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let result = node.stop().await.map_err(|e| e.to_string());
     transport.shutdown().await;
     result
+}
+
+/// Whether linearizable reads skip ReadIndex: `RAFTKV_UNSAFE_STALE_READS=1`, honoured only by
+/// test builds (cargo feature `unsafe-stale-reads`), so the black-box tests can prove their
+/// checker catches stale reads. A shipping binary ignores the variable.
+fn unsafe_stale_reads() -> bool {
+    if !std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1") {
+        return false;
+    }
+    if cfg!(feature = "unsafe-stale-reads") {
+        tracing::warn!("RAFTKV_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (testing only)");
+        true
+    } else {
+        tracing::warn!(
+            "RAFTKV_UNSAFE_STALE_READS ignored: this binary was built without the unsafe-stale-reads feature"
+        );
+        false
+    }
 }

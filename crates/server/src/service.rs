@@ -27,7 +27,8 @@ pub struct ApiConfig {
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
     /// Test-only: serve linearizable reads without ReadIndex (stale reads become possible).
-    /// Set by the environment variable `RAFTKV_UNSAFE_STALE_READS=1`, used by the black-box
+    /// Set by the environment variable `RAFTKV_UNSAFE_STALE_READS=1` in builds with the cargo
+    /// feature `unsafe-stale-reads` only, used by the black-box
     /// tests to prove their checker catches stale reads. Never set it in production.
     pub unsafe_stale_reads: bool,
     /// The member's directory, for the temporary files of `Maintenance.Snapshot`.

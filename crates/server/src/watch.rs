@@ -63,6 +63,16 @@ const CATCH_UP_LIMITS: HistoryLimits = HistoryLimits { max_events: 1000, max_byt
 /// etcd's default progress notification interval (`--experimental-watch-progress-notify-interval`).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
+/// Revisions between what an unsynced watcher reads from the history (through the cursor
+/// - 1 - SEAM_GAP) and where it joins the synced ones (the cursor - SEAM_GAP): none.
+#[cfg(not(feature = "planted-watch-seam-bug"))]
+const SEAM_GAP: i64 = 0;
+/// Planted bug (feature `planted-watch-seam-bug`, to measure the black-box watch checker):
+/// the history read stops one revision short of the cursor and the join accepts it, so a
+/// watcher that catches up never gets the revision at the replay/live seam.
+#[cfg(feature = "planted-watch-seam-bug")]
+const SEAM_GAP: i64 = 1;
+
 /// etcd's errors, with its texts.
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
@@ -245,7 +255,7 @@ pub fn start(api: Api, input: Input) -> Output {
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
     let hub = {
         let mut sm = api.node.shared.sm.write();
-        let hub = sm.watch.clone();
+        let hub = sm.hooks.watch.clone();
         hub.open_stream(&mut sm.kv);
         hub
     };
@@ -506,7 +516,7 @@ impl Session {
         let watchers = &mut self.watchers;
         let mut joined = 0;
         self.unsynced.retain(|id| match watchers.get_mut(id) {
-            Some(w) if w.next_rev >= cursor => {
+            Some(w) if w.next_rev >= cursor - SEAM_GAP => {
                 w.synced = true;
                 joined += 1;
                 false
@@ -560,7 +570,7 @@ impl Session {
     /// One history batch for an unsynced watcher (which is not in `unsynced` meanwhile).
     async fn catch_up(&mut self, id: i64) -> Result<(), End> {
         let Some(w) = self.watchers.get(&id) else { return Ok(()) };
-        let to = self.cursor - 1;
+        let to = self.cursor - 1 - SEAM_GAP;
         let (key, end, from) = (w.key.clone(), w.end.clone(), w.next_rev);
         let read = {
             let sm = self.api.node.shared.sm.read();

@@ -285,13 +285,18 @@ async fn tokens_permissions_and_the_gateway() {
         assert_eq!((first.canceled, first.cancel_reason.as_str()), (!reason.is_empty(), reason), "{key}");
     }
     // The JSON gateway: authenticate, then the Authorization header.
-    let body =
-        common::http_post(port, "/v3/auth/authenticate", r#"{"name":"alice","password":"alicepw"}"#, &[]);
+    let body = common::http_post_with(
+        port,
+        "/v3/auth/authenticate",
+        r#"{"name":"alice","password":"alicepw"}"#,
+        &[],
+    );
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     let gw_token = v["token"].as_str().expect("token").to_string();
-    let got = common::http_post(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#, &[("Authorization", &gw_token)]);
+    let got =
+        common::http_post_with(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#, &[("Authorization", &gw_token)]);
     assert!(got.contains(r#""value":"YmFy""#), "{got}");
-    let denied = common::http_post(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#, &[]);
+    let denied = common::http_post_with(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#, &[]);
     assert!(denied.contains("etcdserver: user name is empty"), "{denied}");
     // A deleted user's token is invalid at once; so is one issued before a password change.
     let mut a = auth_client(port);

@@ -6,11 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Opts, channel, wait_for};
+use common::{Cluster, Opts, channel, http_post, keep_alive_once, wait_for};
 use raftkv_api::etcdserverpb::lease_client::LeaseClient;
 use raftkv_api::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-    PutRequest, RangeRequest,
+    LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
+    RangeRequest,
 };
 use tonic::Code;
 
@@ -48,21 +48,6 @@ async fn local(port: u16, key: &str, revision: i64) -> Option<(bool, i64, i64)> 
     let r = common::kv(port).range(req).await.ok()?.into_inner();
     let rev = r.header.map_or(0, |h| h.revision);
     Some((!r.kvs.is_empty(), r.kvs.first().map_or(0, |kv| kv.lease), rev))
-}
-
-/// One keep-alive through member `port`; the TTL answered.
-async fn keep_alive_once(port: u16, id: i64) -> Result<i64, tonic::Status> {
-    let mut stream =
-        lease(port).lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id })).await?.into_inner();
-    match stream.message().await? {
-        Some(r) => Ok(r.ttl),
-        None => Err(tonic::Status::unavailable("stream closed")),
-    }
-}
-
-/// A JSON gateway POST over HTTP/1.1; the response body.
-fn http_post(port: u16, path: &str, body: &str) -> String {
-    common::http_post(port, path, body, &[])
 }
 
 /// The gateway's lease paths, as Patroni uses them: grant, keep-alive (one

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use raftkv_raft::{Entry, EntryKind, LogIndex, NodeId, Term};
 
+use crate::machine::{KEYS, command_id, key_of};
 use crate::rng::chain;
-use crate::sim::{KEYS, key_of};
 
 /// A broken guarantee (or a core panic, or a liveness failure).
 #[derive(Clone, Debug)]
@@ -43,13 +43,12 @@ pub fn entry_hash(e: &Entry) -> u64 {
     chain(h, e.data.len() as u64)
 }
 
-/// The command id carried by a normal entry (the simulator's clients write 8-byte ids).
+/// The command id carried by a normal entry (an 8-byte id, or a key-value command's id).
 pub fn attempt_of(e: &Entry) -> Option<u64> {
     if e.kind != EntryKind::Normal {
         return None;
     }
-    let bytes: [u8; 8] = e.data.as_ref().try_into().ok()?;
-    Some(u64::from_le_bytes(bytes))
+    command_id(&e.data)
 }
 
 /// One node's log as the simulator has seen it through `Ready.entries` and snapshots: for
@@ -189,6 +188,11 @@ impl Checker {
                 Ok(())
             }
         }
+    }
+
+    /// The chain hash recorded for `(index, term)`, if any node's log held it.
+    pub fn chain_at(&self, index: u64, term: Term) -> Option<u64> {
+        self.chains.get(&(index, term.0)).copied()
     }
 
     /// A node's commit index covers `index`, whose entry it holds as `(term, chain)`.

@@ -1,11 +1,14 @@
-//! # raftkv-sim: the deterministic simulator that proves the Raft core
+//! # raftkv-sim: the deterministic simulator that proves the member runtime
 //!
-//! An in-process cluster of 3, 5 or 7 [`raftkv_raft::Raft`] cores, driven by one `u64` seed
+//! An in-process cluster of 3, 5 or 7 members, each the runtime the server ships
+//! (`raftkv-node`'s `Driver`, `DiskWorker`, `Applier` and `recover` over the storage crate's
+//! real log and snapshot files on its own fault-injecting `SimFs`), driven by one `u64` seed
 //! in virtual time. The seed picks the cluster size and a fault mix (swarm testing, see
 //! [`Params`]): message delay, loss, duplication and reordering; symmetric, asymmetric and
-//! leader-isolating partitions that heal; crashes that lose every write not yet synced and
-//! restarts from durable state alone; snapshots and InstallSnapshot. Clients propose commands
-//! to whoever they believe leads and retry. After every step the checkers in [`check`] verify
+//! leader-isolating partitions that heal; crashes that lose every write not yet synced (or
+//! tear the one in progress) and restarts from the files alone; write/fsync errors;
+//! snapshots and InstallSnapshot. Clients send commands and reads to members, whose drivers
+//! propose, forward or park them. After every step the checkers in [`check`] verify
 //! Election Safety, Leader Append-Only, Log Matching, Leader Completeness, State Machine
 //! Safety and exactly-once, in-order application of acknowledged commands. A final liveness
 //! phase heals everything and requires a fresh command to commit within a deadline.
@@ -19,6 +22,7 @@
 //! ```
 
 pub mod check;
+pub mod machine;
 pub mod params;
 pub mod plant;
 pub mod rng;
@@ -98,6 +102,9 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     }
     if let Some(bug) = options.driver_bug {
         cmd.push_str(&format!(" --plant {}", bug.name()));
+    }
+    if options.kv_store {
+        cmd.push_str(" --kv");
     }
     cmd
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use raftkv_sim::{Outcome, Plant, Profile, SimOptions, replay_command, run_seed, run_seeds, run_sweep};
 
 #[derive(Parser)]
-#[command(name = "raftkv-sim", about = "Deterministic simulator for the raftkv Raft core")]
+#[command(name = "raftkv-sim", about = "Deterministic simulator for the raftkv member runtime")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,10 +22,14 @@ struct Common {
     /// Plant a known bug (needs --features planted-bugs). In every core:
     /// commit-previous-term-by-count, vote-before-durable, truncate-matching-prefix,
     /// skip-up-to-date-check, follower-commit-to-last-index, leader-counts-unsynced-self.
-    /// In the member driver: serve-read-before-applied, read-context-restart, ack-before-sync,
-    /// ack-despite-fsync-error, snapshot-keeps-tail.
+    /// In the member runtime: serve-read-before-applied, read-context-restart, ack-before-sync,
+    /// ack-despite-fsync-error, snapshot-keeps-tail, apply-before-durable.
     #[arg(long, value_parser = raftkv_sim::parse_plant)]
     plant: Option<Plant>,
+    /// Members apply commands to the server's key-value state machine (raftkv-kvsm's
+    /// KvMachine: puts through the MVCC store, reads from it) instead of the registers alone.
+    #[arg(long)]
+    kv: bool,
 }
 
 impl Common {
@@ -41,6 +45,7 @@ impl Common {
                 Some(Plant::Driver(b)) => Some(b),
                 _ => None,
             },
+            kv_store: self.kv,
         }
     }
 }

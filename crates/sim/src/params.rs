@@ -185,6 +185,10 @@ pub struct Params {
     /// Chance, on a crash with unsynced jobs lost, that the first lost job is torn: a prefix
     /// of its entries reached the disk, its hard state did not.
     pub torn_write_ppm: u64,
+    /// Chance, per read of a member's files while it restarts in the fault phase, that the
+    /// read returns a flipped bit (the disk or bus; the stored bytes are intact). Storage
+    /// refuses to open on damage it cannot prove torn; the member then retries later.
+    pub corrupt_read_ppm: u64,
 
     /// Length of the fault phase; the liveness phase follows.
     pub fault_phase_us: u64,
@@ -201,7 +205,7 @@ impl Params {
     /// Draws a seed's parameters.
     pub fn draw(seed: u64, profile: Profile) -> Params {
         let mut r = Rng::new(seed ^ 0xA076_1D64_78BD_642F);
-        match profile {
+        let mut p = match profile {
             Profile::Mixed => Params::mixed(&mut r),
             Profile::LeaderChurn => Params::leader_churn(&mut r),
             Profile::Figure8 => Params::figure_8(&mut r),
@@ -210,7 +214,13 @@ impl Params {
             Profile::Reads => Params::reads(&mut r),
             Profile::SnapshotTail => Params::snapshot_tail(&mut r),
             Profile::DiskErrors => Params::disk_errors(&mut r),
+        };
+        if profile == Profile::Mixed {
+            // Its own stream, so the other draws stay as they were.
+            let mut r = Rng::new(seed ^ 0x0BAD_0DD5_EED5_0001);
+            p.corrupt_read_ppm = r.pick(&[0, 0, 20_000, 100_000]);
         }
+        p
     }
 
     fn mixed(r: &mut Rng) -> Params {
@@ -268,6 +278,7 @@ impl Params {
             unreachable_ppm: 0,
             fsync_error_ppm: 0,
             torn_write_ppm: 0,
+            corrupt_read_ppm: 0,
             pre_vote: r.chance(800_000),
             check_quorum: r.chance(800_000),
             // Small appends with a deep pipeline on a reordering network make the leader

@@ -1,49 +1,11 @@
-//! Known bugs the simulator can plant in its member driver (the core's own planted bugs are
-//! [`raftkv_raft::PlantedBug`]), to prove the checkers catch them. They take effect only in a
-//! build with the `planted-bugs` feature.
+//! Known bugs the simulator can plant: in every core ([`raftkv_raft::PlantedBug`]) or in
+//! every member's runtime ([`raftkv_node::DriverBug`], planted in the very `Driver` and
+//! `DiskWorker` the server runs), to prove the checkers catch them. They take effect only in
+//! a build with the `planted-bugs` feature.
 
 use raftkv_raft::PlantedBug;
 
-/// A bug in the driver around the core, not in the core itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DriverBug {
-    /// Serve a linearizable read as soon as its read index is confirmed, without waiting for
-    /// the state machine to apply up to it.
-    ServeReadBeforeApplied,
-    /// ReadIndex contexts restart at 1 in every incarnation, so a reply to a read sent before
-    /// a crash confirms a new read after the restart.
-    ReadContextRestart,
-    /// Send `messages_after_persist` (vote grants, append acknowledgements) when the persist
-    /// job is queued instead of when it is durable.
-    AckBeforeSync,
-    /// Treat a failed write or fsync as success: the job's data is lost with the next crash,
-    /// but it was acknowledged.
-    AckDespiteFsyncError,
-    /// Install a snapshot by compacting the log up to it, keeping entries after it even when
-    /// they conflict with the leader's log.
-    SnapshotKeepsTail,
-}
-
-impl DriverBug {
-    pub const ALL: [DriverBug; 5] = [
-        DriverBug::ServeReadBeforeApplied,
-        DriverBug::ReadContextRestart,
-        DriverBug::AckBeforeSync,
-        DriverBug::AckDespiteFsyncError,
-        DriverBug::SnapshotKeepsTail,
-    ];
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            DriverBug::ServeReadBeforeApplied => "serve-read-before-applied",
-            DriverBug::ReadContextRestart => "read-context-restart",
-            DriverBug::AckBeforeSync => "ack-before-sync",
-            DriverBug::AckDespiteFsyncError => "ack-despite-fsync-error",
-            DriverBug::SnapshotKeepsTail => "snapshot-keeps-tail",
-        }
-    }
-}
+pub use raftkv_node::DriverBug;
 
 /// A planted bug of either kind, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +23,7 @@ impl Plant {
     }
 }
 
-/// Parses a planted bug's command-line name (a core bug or a driver bug).
+/// Parses a planted bug's command-line name (a core bug or a runtime bug).
 pub fn parse_plant(name: &str) -> Result<Plant, String> {
     if let Some(b) = DriverBug::ALL.into_iter().find(|b| b.name() == name) {
         return Ok(Plant::Driver(b));

@@ -1,36 +1,46 @@
-//! One simulated cluster: nodes (a Raft core, a disk model, a state machine), a network,
-//! clients and a fault schedule, all driven by one seed in virtual time.
+//! One simulated cluster, driven by one seed in virtual time: members, a network, clients and
+//! a fault schedule.
 //!
-//! Each node is driven exactly as a real driver must drive the core (see the ordering
-//! contract in `raftkv_raft`): after every input, `while has_ready() { ready() }`, sending
-//! `messages` at once, queueing `snapshot`/`entries`/`hard_state` as one persist job that
-//! completes after a disk latency (jobs complete in order; a job holding only a new commit
-//! index needs no sync, completes at once and becomes durable only with the next synced
-//! job, as `Ready::must_sync` allows), releasing
-//! `messages_after_persist` and calling `persisted` only when the job is durable, and applying
-//! `committed_entries` in order. A crash drops the core, its volatile state and every job not
-//! yet complete; a restart builds a new core from the durable state alone.
+//! Each member is the runtime the server ships (`raftkv-node`): its `Driver` (the core, the
+//! batching of proposals and reads, forwarding, the ordering contract), its `DiskWorker`
+//! writing the real `FileLogStore` and snapshot files, its `Applier` and `recover`, all on
+//! the member's own `SimFs`. The simulator plays the part of the tokio shell: it carries out
+//! the driver's actions when its scheduler decides. A disk job completes after a disk latency
+//! (jobs of a member complete in order, each written by the `DiskWorker` then); only then do
+//! its `after_persist` messages leave and is `persisted` reported. Committed entries are
+//! applied when the driver hands them out; a snapshot is written some time after the
+//! `Applier` finds one due. A crash drops every component and whatever the file system had
+//! not synced (maybe tearing the write in progress); a restart is `Storage::open` and
+//! `recover` from the files alone.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use raftkv_node::{
+    Action, Applier, DiskJob, DiskWorker, Driver, DriverBug, Inbound, NodeConfig, NodeError, ReadWaiter,
+    StateMachine, codec, recover_with, write_snapshot,
+};
 use raftkv_raft::{
-    ClusterConfig, Config, Entry, HardState, InitialState, LogIndex, Message, MessageBody, NodeId,
-    PlantedBug, ProposeError, Raft, ReadError, ReadState, Role, SnapshotMeta, Term,
+    CompactionPolicy, Config, Entry, HardState, LogIndex, Message, MessageBody, NodeId, PlantedBug, Role,
+    SnapshotMeta, Term,
+};
+use raftkv_storage::{
+    CrashMode, FileLogStore, LogOptions, LogStore, NodeIds, Recovered, SimFs, SnapshotStore, Storage,
 };
 use raftkv_transport::codec::{FrameType, SnapshotAck, SnapshotBegin, SnapshotChunk, SnapshotEnd};
 use raftkv_transport::{BodyError, BodyReceiver};
 
-use crate::check::{Checker, Mirror, Violation, attempt_of, entry_hash};
+use crate::check::{Checker, Mirror, Violation, entry_hash};
+use crate::machine::{KEYS, MAX_BODY_BYTES, SimMachine};
 use crate::params::{MS, Params, Profile, TICK_US};
-use crate::plant::DriverBug;
-use crate::rng::{Rng, chain, mix64};
-use crate::snapstream::{
-    Body, Incoming, MAX_BODY_BYTES, MAX_FRAME_BYTES, Outgoing, Reject, SnapFrame, unframe,
-};
+use crate::rng::{Rng, mix64};
+use crate::snapstream::{Incoming, MAX_FRAME_BYTES, Outgoing, Reject, SnapFrame, unframe};
 use crate::trace::{Trace, TraceEvent};
 
 /// How to run one seed.
@@ -42,9 +52,12 @@ pub struct SimOptions {
     /// A known bug to plant in every core. Takes effect only when this crate is built with
     /// the `planted-bugs` feature.
     pub planted_bug: Option<PlantedBug>,
-    /// A known bug to plant in the simulator's member driver (see [`DriverBug`]). Takes
-    /// effect only when this crate is built with the `planted-bugs` feature.
+    /// A known bug to plant in every member's runtime (see [`DriverBug`]). Takes effect
+    /// only when this crate is built with the `planted-bugs` feature.
     pub driver_bug: Option<DriverBug>,
+    /// Members apply commands to the server's key-value state machine
+    /// (`raftkv_kvsm::KvMachine`) instead of the registers alone.
+    pub kv_store: bool,
 }
 
 /// Counters of one run, for the summary line.
@@ -90,6 +103,8 @@ pub struct Stats {
     pub fsync_errors: u64,
     pub torn_writes: u64,
     pub unreachable_reports: u64,
+    /// Restarts refused by storage because a read returned a flipped bit (retried later).
+    pub corrupt_reads_refused: u64,
 }
 
 impl Stats {
@@ -127,12 +142,13 @@ impl Stats {
         self.fsync_errors += o.fsync_errors;
         self.torn_writes += o.torn_writes;
         self.unreachable_reports += o.unreachable_reports;
+        self.corrupt_reads_refused += o.corrupt_reads_refused;
     }
 
     /// The read and wider-fault counters as one summary line.
     pub fn fault_summary(&self) -> String {
         format!(
-            "reads: {} linearizable, {} serializable, {} failed and retried; faults: {} pauses, {} write/fsync errors, {} torn writes, {} unreachable reports",
+            "reads: {} linearizable, {} serializable, {} failed and retried; faults: {} pauses, {} write/fsync errors, {} torn writes, {} unreachable reports, {} restarts refused on a corrupt read",
             self.reads_linearizable,
             self.reads_serializable,
             self.reads_failed,
@@ -140,6 +156,7 @@ impl Stats {
             self.fsync_errors,
             self.torn_writes,
             self.unreachable_reports,
+            self.corrupt_reads_refused,
         )
     }
 
@@ -180,117 +197,72 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-/// The state machine: a digest over the applied commands, in order, and a few registers
-/// (keys), each holding the last command written to it.
-#[derive(Clone, Debug, Default)]
-struct StateMachine {
-    applied: u64,
-    digest: u64,
-    commands: u64,
-    values: [u64; KEYS],
+/// Where each member keeps its files on its own file system.
+const MEMBER_DIR: &str = "/member";
+const CLUSTER_ID: u64 = 0x0053_494D;
+
+/// A linearizable read waiting in a member's driver: the client and its read's serial.
+pub struct ReadToken {
+    client: usize,
+    serial: u64,
 }
 
-/// Registers in the state machine; each command writes one (see [`key_of`]).
-pub(crate) const KEYS: usize = 3;
+impl ReadWaiter for ReadToken {}
 
-/// The register a command writes.
-pub(crate) fn key_of(attempt: u64) -> usize {
-    (mix64(attempt) % KEYS as u64) as usize
-}
-
-/// A snapshot as stored on a disk and shipped by InstallSnapshot: the core's metadata plus the
-/// state machine at that index and the log's chain hash there (for the Log Matching mirror).
-#[derive(Debug)]
-struct SnapData {
-    meta: SnapshotMeta,
-    sm: StateMachine,
-    chain: u64,
-}
-
-/// What survives a crash.
-#[derive(Default)]
-struct Durable {
-    hard_state: HardState,
-    snapshot: Option<Arc<SnapData>>,
-    /// Contiguous entries; may start at or before the snapshot (a kept tail).
-    log: Vec<Entry>,
-    /// Set when a failed write/fsync was treated as success (planted bug): what the failure
-    /// really lost, gone at the next crash: the log from this index, and the hard state.
-    fsync_lost: Option<(Option<u64>, Option<HardState>)>,
-}
-
-impl Durable {
-    fn snapshot_index(&self) -> u64 {
-        self.snapshot.as_ref().map_or(0, |s| s.meta.index.0)
-    }
-}
-
-/// One Ready's worth of writes, made durable together (one write + sync), or, when it
-/// holds nothing but a new commit index, written without a sync (see `Ready::must_sync`).
-struct Job {
+/// A disk job handed out by a member's driver, waiting for its completion event.
+struct QueuedJob {
     id: u64,
-    /// Whether the job ends with a sync; a job without one is durable only once a later
-    /// synced job completes, and is lost in a crash before that.
-    synced: bool,
-    snapshot: Option<Arc<SnapData>>,
-    entries: Vec<Entry>,
-    hard_state: Option<HardState>,
-    after: Vec<Message>,
-    target: Option<(LogIndex, Term)>,
-    /// The write or fsync of this job fails.
+    job: DiskJob,
+    /// The job's write or fsync fails (an injected fault).
     failed: bool,
 }
 
-/// A running node's volatile state.
+/// A running member: the runtime's components and what the shell keeps around them.
 struct Live {
-    raft: Raft,
-    sm: StateMachine,
-    jobs: VecDeque<Job>,
+    driver: Driver<ReadToken>,
+    disk: DiskWorker<FileLogStore>,
+    applier: Applier,
+    sm: SimMachine,
+    snapshots: SnapshotStore,
+    /// Disk jobs handed out and not yet written, in order.
+    jobs: VecDeque<QueuedJob>,
     disk_free_at: u64,
+    /// The newest hard state handed to the disk (its term and vote decide whether the next
+    /// one needs a sync).
+    queued_hs: HardState,
+    /// A snapshot due and being written: the state pinned for it and its meta.
+    snapshotting: Option<(<SimMachine as StateMachine>::Pin, SnapshotMeta)>,
     mirror: Mirror,
-    /// Snapshot data received and verified by the snapshot stream, newest last.
-    staged: Vec<Arc<SnapData>>,
     /// Snapshot transfers this node sends (at most one per peer) and receives (at most one
     /// per peer), and per peer the highest transfer id seen (older Begins are duplicates).
     outgoing: Vec<Outgoing>,
     incoming: Vec<Incoming>,
     seen_transfers: Vec<u64>,
-    /// The newest snapshot this node has (taken or installed), to ship to followers.
-    latest_snap: Option<Arc<SnapData>>,
     /// The term this node was last seen leading in, if it leads now.
     leader_term: Option<Term>,
     last_commit: u64,
-    /// The newest hard state queued for the disk (its term and vote decide whether the next
-    /// one needs a sync).
-    queued_hs: HardState,
-    /// A hard state written without a sync: durable with the next synced job, lost in a crash.
-    lazy_hs: Option<HardState>,
-    /// ReadIndex contexts of this incarnation (used only by the planted
-    /// `ReadContextRestart`; the driver otherwise numbers contexts across incarnations).
-    local_contexts: u64,
 }
 
 struct Node {
     id: NodeId,
     /// Incarnation: bumped at each crash so timers of a dead incarnation are ignored.
     inc: u64,
-    durable: Durable,
+    /// The member's disk: survives crashes (minus what was not synced).
+    fs: SimFs,
+    /// Whether its storage was created (the first start creates it, later ones open it).
+    created: bool,
     live: Option<Live>,
-    /// The next ReadIndex context; kept across crashes so that a reply to a read of an earlier
-    /// incarnation can never confirm a read of this one.
-    next_context: u64,
     /// The member is frozen (a process pause) until this time.
     paused_until: u64,
     /// This member's tick interval: `TICK_US` scaled by its clock drift.
     tick_us: u64,
 }
 
+/// A command a client waits for: it completes when the member it was sent to applies it.
 struct Pending {
     attempt: u64,
     node: usize,
     inc: u64,
-    term: Term,
-    index: u64,
     deadline: u64,
     proposed_at: u64,
 }
@@ -300,9 +272,8 @@ struct ReadOp {
     node: usize,
     inc: u64,
     key: usize,
-    linearizable: bool,
-    context: u64,
-    /// The read index the leader confirmed, once it did.
+    serial: u64,
+    /// The read index the driver confirmed, once it did.
     read_index: Option<u64>,
     /// The highest index of a write to `key` acknowledged before the read was sent: a
     /// linearizable read must return that write or a newer one.
@@ -360,7 +331,8 @@ enum Event {
     },
     PartitionStart,
     Heal,
-    TakeSnapshot {
+    /// The snapshot a member started writing is written.
+    SnapshotWritten {
         node: usize,
         inc: u64,
     },
@@ -418,6 +390,7 @@ pub struct Sim {
     liveness_ok: Option<u64>,
     next_job: u64,
     next_transfer: u64,
+    next_read: u64,
     stats: Stats,
 }
 
@@ -434,6 +407,16 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// Virtual time as the runtime's components take it.
+fn at(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
+fn log_options() -> LogOptions {
+    // Small segments: rollover and whole-segment compaction happen within a run.
+    LogOptions { segment_size: 16 << 10, preallocate: 0, ..LogOptions::default() }
+}
+
 impl Sim {
     pub fn new(seed: u64, options: SimOptions) -> Sim {
         let params = Params::draw(seed, options.profile);
@@ -446,9 +429,9 @@ impl Sim {
                 Node {
                     id: NodeId(i as u64 + 1),
                     inc: 0,
-                    durable: Durable::default(),
+                    fs: SimFs::new(),
+                    created: false,
                     live: None,
-                    next_context: 1,
                     paused_until: 0,
                     tick_us: tick_us.max(1),
                 }
@@ -482,13 +465,9 @@ impl Sim {
             liveness_ok: None,
             next_job: 0,
             next_transfer: 0,
+            next_read: 0,
             stats: Stats::default(),
         }
-    }
-
-    /// Whether the driver bug `b` is planted (only in a `planted-bugs` build).
-    fn bug(&self, b: DriverBug) -> bool {
-        cfg!(feature = "planted-bugs") && self.options.driver_bug == Some(b)
     }
 
     /// Runs the seed to the end or to the first violation.
@@ -602,7 +581,7 @@ impl Sim {
             Event::Tick { node, .. }
             | Event::SnapTimer { node, .. }
             | Event::PersistDone { node, .. }
-            | Event::TakeSnapshot { node, .. } => Some(*node),
+            | Event::SnapshotWritten { node, .. } => Some(*node),
             Event::Deliver { msg, .. } => Some((msg.to.0 as usize).wrapping_sub(1)),
             Event::Snap { to, .. } => Some(*to),
             _ => None,
@@ -626,11 +605,10 @@ impl Sim {
                 if self.nodes[node].inc != inc {
                     return Ok(());
                 }
-                if let Some(live) = self.nodes[node].live.as_mut() {
-                    live.raft.tick();
+                if self.nodes[node].live.is_some() {
                     let at = self.now + self.nodes[node].tick_us;
                     self.schedule(at, Event::Tick { node, inc });
-                    self.drive(node)?;
+                    self.input(node, |d, now, out| d.tick(now, out))?;
                 }
                 Ok(())
             }
@@ -641,7 +619,9 @@ impl Sim {
                 // A follower goes down for long while the others commit and compact.
                 let down = self.nodes.iter().filter(|n| n.live.is_none()).count();
                 let candidates: Vec<usize> = (0..self.nodes.len())
-                    .filter(|i| self.nodes[*i].live.as_ref().is_some_and(|l| l.raft.role() != Role::Leader))
+                    .filter(|i| {
+                        self.nodes[*i].live.as_ref().is_some_and(|l| l.driver.raft().role() != Role::Leader)
+                    })
                     .collect();
                 if self.phase == Phase::Faults && down < self.params.max_down && !candidates.is_empty() {
                     let n = self.rng.pick(&candidates);
@@ -701,7 +681,7 @@ impl Sim {
                 }
                 Ok(())
             }
-            Event::TakeSnapshot { node, inc } => self.take_snapshot(node, inc),
+            Event::SnapshotWritten { node, inc } => self.snapshot_written(node, inc),
             Event::LivenessStart => self.liveness_start(),
             Event::PauseRandom => {
                 if self.phase != Phase::Faults {
@@ -721,19 +701,20 @@ impl Sim {
         }
     }
 
-    // ----- nodes -----
+    // ----- members -----
 
     /// The live node leading the highest term, if any.
     fn live_leader(&self) -> Option<usize> {
         (0..self.nodes.len())
             .filter_map(|i| {
-                let l = self.nodes[i].live.as_ref()?;
-                (l.raft.role() == Role::Leader).then_some((l.raft.term(), i))
+                let r = self.nodes[i].live.as_ref()?.driver.raft();
+                (r.role() == Role::Leader).then_some((r.term(), i))
             })
             .max()
             .map(|(_, i)| i)
     }
 
+    /// The core's settings of node `n` for this run.
     fn raft_config(&self, n: usize) -> Config {
         let node = &self.nodes[n];
         let mut config = Config::new(node.id);
@@ -745,69 +726,173 @@ impl Sim {
         config
     }
 
-    /// Boots node `n` from its durable state only.
+    /// The runtime's settings of node `n`: the run's snapshot policy (the `Applier` takes a
+    /// snapshot every `snapshot_every_entries`, paced by the log against the snapshot's size).
+    fn node_config(&self, n: usize, raft: &Config) -> NodeConfig {
+        let mut c = NodeConfig::new(self.nodes[n].id, self.nodes.iter().map(|x| x.id));
+        c.tick = at(TICK_US);
+        c.election_ticks = raft.election_timeout_ticks;
+        c.heartbeat_ticks = raft.heartbeat_interval_ticks;
+        c.seed = raft.seed;
+        let CompactionPolicy { snapshot_every_entries, keep_entries_behind, .. } = self.params.compaction;
+        c.snapshot_count =
+            if self.params.snapshot_mean_us == 0 { u64::MAX } else { snapshot_every_entries.max(1) };
+        c.snapshot_keep_entries = keep_entries_behind;
+        c.request_queue = 1024;
+        c
+    }
+
+    /// Boots node `n`: creates its storage the first time, later opens what its disk holds
+    /// and recovers from it alone.
     fn start_node(&mut self, n: usize) -> Result<(), Violation> {
-        let config = self.raft_config(n);
-        let voters = ClusterConfig::new(self.nodes.iter().map(|x| x.id));
-        let node = &self.nodes[n];
-        let id = node.id;
-        let d = &node.durable;
-        let snap_index = d.snapshot_index();
-        let entries: Vec<Entry> = d.log.iter().filter(|e| e.index.0 > snap_index).cloned().collect();
-        let initial = InitialState {
-            hard_state: d.hard_state,
-            config: voters,
-            snapshot: d.snapshot.as_ref().map(|s| s.meta.clone()),
-            entries: entries.clone(),
-        };
-        #[allow(unused_mut)]
-        let mut raft = Raft::new(config, initial)
-            .map_err(|e| violation(self.now, "restart refused", format!("node {id}: {e}")))?;
-        #[cfg(feature = "planted-bugs")]
-        raft.plant_bug(self.options.planted_bug);
-        let (sm, mut mirror) = match &d.snapshot {
-            Some(s) => (s.sm.clone(), Mirror::new(s.meta.index.0, s.meta.term, s.chain)),
-            None => (StateMachine::default(), Mirror::default()),
-        };
-        let latest_snap = d.snapshot.clone();
-        for e in &entries {
-            let c = mirror.push(e);
-            self.checker.log_entry(id, e.index.0, e.term, c)?;
+        let now = self.now;
+        let raft_config = self.raft_config(n);
+        let config = self.node_config(n, &raft_config);
+        let corrupt =
+            self.phase == Phase::Faults && self.nodes[n].created && self.params.corrupt_read_ppm > 0;
+        let corrupted_before = self.nodes[n].fs.reads_corrupted();
+        if corrupt {
+            let seed = self.rng.next_u64();
+            self.nodes[n].fs.corrupt_reads(seed, self.params.corrupt_read_ppm);
         }
-        self.checker.restored(id, sm.applied, sm.digest)?;
+        let started = self.open_and_recover(n, raft_config, config);
+        let node = &self.nodes[n];
+        node.fs.corrupt_reads(0, 0);
+        match started {
+            Ok(live) => self.started(n, *live),
+            Err(v) if node.fs.reads_corrupted() > corrupted_before => {
+                // Storage refused damage it could not prove torn: the operator (here the
+                // simulator) restarts the member later; the next reads may be right.
+                self.stats.corrupt_reads_refused += 1;
+                let id = node.id.0;
+                self.record(TraceEvent::RestartRefused { node: id, reason: v.detail });
+                let at = now + self.rng.between(MS, 20 * MS);
+                self.schedule(at, Event::Restart { node: n });
+                Ok(())
+            }
+            Err(v) => Err(v),
+        }
+    }
+
+    /// Opens node `n`'s storage (creating it the first time) and recovers the runtime's
+    /// components from it.
+    fn open_and_recover(
+        &mut self,
+        n: usize,
+        raft_config: Config,
+        config: NodeConfig,
+    ) -> Result<Box<Live>, Violation> {
+        let now = self.now;
+        let node = &mut self.nodes[n];
+        let id = node.id;
+        let fs: Arc<SimFs> = Arc::new(node.fs.clone());
+        let ids = NodeIds { cluster_id: CLUSTER_ID, node_id: id.0 };
+        let dir = Path::new(MEMBER_DIR);
+        let opened = if node.created {
+            Storage::open(fs, dir, ids, log_options())
+        } else {
+            Storage::create(fs, dir, ids, log_options())
+                .map(|s| (s, Recovered { first_index: 1, ..Recovered::default() }))
+        };
+        let (storage, recovered) =
+            opened.map_err(|e| violation(now, "restart refused", format!("node {id}: storage: {e}")))?;
+        node.created = true;
+        let mut sm = SimMachine::new(self.options.kv_store, self.params.snapshot_filler_bytes);
+        let (raft, snapshot) = recover_with(&config, raft_config, &storage.snapshots, recovered, &mut sm)
+            .map_err(|e| violation(now, "restart refused", format!("node {id}: {e}")))?;
+        #[cfg(feature = "planted-bugs")]
+        let raft = {
+            let mut raft = raft;
+            raft.plant_bug(self.options.planted_bug);
+            raft
+        };
+        let applier = Applier::new(snapshot.as_ref(), raft.cluster_config().clone(), config.snapshot_count);
+        // Read contexts start from a stamp that grows from one start to the next, as the
+        // server's boot stamp does.
+        #[allow(unused_mut)]
+        let mut driver = Driver::new(raft, config, (now + 1) * 256);
+        #[allow(unused_mut)]
+        let mut disk = DiskWorker::new(storage.log, storage.snapshots.clone());
+        #[cfg(feature = "planted-bugs")]
+        {
+            driver.plant_bug(self.options.driver_bug);
+            disk.plant_bug(self.options.driver_bug);
+        }
+        // Mirror the recovered log for the checkers.
+        let mut mirror = Mirror::default();
+        if let Some(s) = &snapshot {
+            if sm.regs.applied != s.index.0 {
+                return Err(violation(
+                    now,
+                    "snapshot",
+                    format!(
+                        "node {id} restored a snapshot holding {} as snapshot {}",
+                        sm.regs.applied, s.index
+                    ),
+                ));
+            }
+            let chain = self.chain_at(id, s.index.0, s.term)?;
+            mirror = Mirror::new(s.index.0, s.term, chain);
+        }
+        let raft = driver.raft();
+        for i in raft.first_index().0..=raft.last_index().0 {
+            if i <= mirror.base_index {
+                continue;
+            }
+            let Some(e) = raft.log_entry(LogIndex(i)) else {
+                return Err(violation(now, "simulator", format!("node {id} recovered no entry {i}")));
+            };
+            let c = mirror.push(e);
+            self.checker.log_entry(id, i, e.term, c)?;
+        }
+        self.checker.restored(id, sm.regs.applied, sm.digest())?;
         let restart = TraceEvent::Restart {
             node: id.0,
             term: raft.term().0,
             commit: raft.commit_index().0,
             last: raft.last_index().0,
         };
-        let inc = node.inc;
-        self.nodes[n].live = Some(Live {
-            raft,
+        let queued_hs = codec::hard_state_from_storage(&disk.log().hard_state());
+        let members = self.nodes.len();
+        self.record(restart);
+        Ok(Box::new(Live {
+            driver,
+            disk,
+            applier,
             sm,
+            snapshots: storage.snapshots,
             jobs: VecDeque::new(),
-            disk_free_at: self.now,
+            disk_free_at: now,
+            queued_hs,
+            snapshotting: None,
             last_commit: mirror.base_index,
             mirror,
-            staged: Vec::new(),
             outgoing: Vec::new(),
             incoming: Vec::new(),
-            seen_transfers: vec![0; self.nodes.len()],
-            latest_snap,
+            seen_transfers: vec![0; members],
             leader_term: None,
-            queued_hs: self.nodes[n].durable.hard_state,
-            lazy_hs: None,
-            local_contexts: 0,
-        });
+        }))
+    }
+
+    /// Node `n` runs `live`.
+    fn started(&mut self, n: usize, live: Live) -> Result<(), Violation> {
+        let inc = self.nodes[n].inc;
+        self.nodes[n].live = Some(live);
         self.nodes[n].paused_until = 0;
-        self.record(restart);
         let at = self.now + self.rng.between(1, TICK_US);
         self.schedule(at, Event::Tick { node: n, inc });
-        if self.params.snapshot_mean_us > 0 {
-            let at = self.now + self.rng.exp(self.params.snapshot_mean_us);
-            self.schedule(at, Event::TakeSnapshot { node: n, inc });
-        }
         self.drive(n)
+    }
+
+    /// The chain hash the checkers recorded for `(index, term)`: a snapshot's base.
+    fn chain_at(&self, id: NodeId, index: u64, term: Term) -> Result<u64, Violation> {
+        self.checker.chain_at(index, term).ok_or_else(|| {
+            violation(
+                self.now,
+                "snapshot",
+                format!("node {id} holds a snapshot at {index}@{term}, an entry no member's log ever held"),
+            )
+        })
     }
 
     fn crash(&mut self, n: usize) {
@@ -815,222 +900,447 @@ impl Sim {
         self.crash_for(n, downtime);
     }
 
+    /// Node `n` loses power: with the seed's chances, the disk got a prefix of the pending
+    /// jobs out first (nobody heard of it), and the next one is cut in the middle of its
+    /// write (the file system keeps a random prefix of what it wrote, the last record
+    /// possibly torn). Whatever was not synced is lost.
     fn crash_for(&mut self, n: usize, downtime: u64) {
-        let keep_tail = self.bug(DriverBug::SnapshotKeepsTail);
-        let Some(live) = self.nodes[n].live.take() else { return };
+        let Some(mut live) = self.nodes[n].live.take() else { return };
         let total = live.jobs.len();
         let kept =
             if self.params.crash_keeps_prefix { self.rng.between(0, total as u64) as usize } else { 0 };
-        let mut jobs = live.jobs.into_iter();
-        for job in jobs.by_ref().take(kept) {
-            // The disk got these writes out before the power went; nobody heard of it.
-            let _ = write_durable(&mut self.nodes[n].durable, &job, keep_tail);
-        }
-        if let Some(job) = jobs.next() {
-            self.tear(n, &job);
-        }
-        if let Some((first, hs)) = self.nodes[n].durable.fsync_lost.take() {
-            // What a failed write or fsync lost (the planted bug acknowledged it anyway).
-            let d = &mut self.nodes[n].durable;
-            if let Some(first) = first {
-                d.log.retain(|e| e.index.0 < first);
+        let fs = self.nodes[n].fs.clone();
+        let mut written = 0;
+        for mut job in live.jobs.drain(..kept) {
+            if live.disk.write(std::slice::from_mut(&mut job.job), &mut |_| {}).is_err() {
+                break;
             }
-            if let Some(hs) = hs {
-                d.hard_state = hs;
+            written += 1;
+        }
+        let mut mode = CrashMode::LoseUnsynced;
+        if written == kept
+            && let Some(mut job) = live.jobs.pop_front()
+            && self.rng.chance(self.params.torn_write_ppm)
+        {
+            // The power goes before the job's sync: its writes are in flight.
+            fs.crash_before_op(fs.op_count() + 2);
+            let _ = live.disk.write(std::slice::from_mut(&mut job.job), &mut |_| {});
+            if fs.has_crashed() {
+                mode = CrashMode::Torn { seed: self.rng.next_u64() };
+                self.stats.torn_writes += 1;
+                let id = self.nodes[n].id.0;
+                self.record(TraceEvent::Torn { node: id, job: job.id });
             }
         }
+        drop(live);
+        fs.crash(mode);
         self.nodes[n].paused_until = 0;
         self.nodes[n].inc += 1;
         self.stats.crashes += 1;
         let id = self.nodes[n].id.0;
-        self.record(TraceEvent::Crash { node: id, jobs_kept: kept, jobs_lost: total - kept });
-        self.forget_pending(n, u64::MAX, "node crashed");
+        self.record(TraceEvent::Crash { node: id, jobs_kept: written, jobs_lost: total - written });
+        self.forget_pending(n, "node crashed");
         self.forget_reads(n, "node crashed");
         self.schedule(self.now + downtime, Event::Restart { node: n });
     }
 
-    /// A crash in the middle of persist job `job`: with the seed's chance, a prefix of its
-    /// entries reached the disk but not its hard state (a torn write; the storage's record
-    /// checksums drop a torn record, so what survives is whole records).
-    fn tear(&mut self, n: usize, job: &Job) {
-        if job.snapshot.is_some() || job.entries.len() < 2 || !self.rng.chance(self.params.torn_write_ppm) {
-            return;
-        }
-        let keep = self.rng.between(1, job.entries.len() as u64 - 1) as usize;
-        let torn = Job {
-            id: job.id,
-            synced: false,
-            snapshot: None,
-            entries: job.entries[..keep].to_vec(),
-            hard_state: None,
-            after: Vec::new(),
-            target: None,
-            failed: false,
-        };
-        if write_durable(&mut self.nodes[n].durable, &torn, false).is_ok() {
-            self.stats.torn_writes += 1;
-            let id = self.nodes[n].id.0;
-            self.record(TraceEvent::Torn { node: id, entries_kept: keep, entries: job.entries.len() });
-        }
+    /// An input to node `n`'s driver, then the driver loop.
+    fn input(
+        &mut self,
+        n: usize,
+        f: impl FnOnce(&mut Driver<ReadToken>, Duration, &mut Vec<Action<ReadToken>>),
+    ) -> Result<(), Violation> {
+        let now = at(self.now);
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let mut out = Vec::new();
+        f(&mut live.driver, now, &mut out);
+        self.carry_out(n, out)?;
+        self.drive(n)
     }
 
-    /// The driver loop of node `n` after an input: drain every Ready, obeying the ordering
-    /// contract, then run the per-step checks.
+    /// The driver loop of node `n` after an input, as the server's shell runs it: take every
+    /// Ready, then housekeeping, carrying out the actions; then the per-step checks.
     fn drive(&mut self, n: usize) -> Result<(), Violation> {
-        let ack_early = self.bug(DriverBug::AckBeforeSync);
         loop {
-            let now = self.now;
+            let now = at(self.now);
             let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
-            if !live.raft.has_ready() {
+            let mut out = Vec::new();
+            live.driver.process_ready(now, &mut out).map_err(|e| {
+                violation(self.now, "driver", format!("node {}: {e}", live.driver.raft().id()))
+            })?;
+            let waiting: Vec<u64> = self
+                .clients
+                .iter()
+                .filter_map(|c| c.pending.as_ref().filter(|p| p.node == n).map(|p| p.attempt))
+                .collect();
+            live.driver.housekeeping(now, |id| waiting.contains(&id), &mut out);
+            let more = !out.is_empty();
+            self.carry_out(n, out)?;
+            self.commit_points(n)?;
+            self.serve_reads(n)?;
+            let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
+            if !more || !live.driver.raft().has_ready() {
                 break;
             }
-            let id = live.raft.id();
-            let leading_same_term =
-                live.raft.role() == Role::Leader && live.leader_term == Some(live.raft.term());
-            let mut rd = live.raft.ready();
-            let read_states = std::mem::take(&mut rd.read_states);
-            let failed_reads = std::mem::take(&mut rd.failed_reads);
-            let must_persist = rd.must_persist();
-            let must_sync = rd.must_sync(&live.queued_hs);
-            if let Some(hs) = rd.hard_state {
-                live.queued_hs = hs;
-            }
-            let persist_target = rd.persist_target();
-            if let Some(ss) = rd.soft_state {
-                if ss.role == Role::Leader {
-                    self.stats.elections_won += 1;
-                }
-                self.record(TraceEvent::Role {
-                    node: id.0,
-                    role: role_name(ss.role),
-                    term: ss.term.0,
-                    leader: ss.leader.map_or(0, |l| l.0),
-                });
-            }
-            // 1. Messages that may leave before anything is durable.
-            for m in std::mem::take(&mut rd.messages) {
-                self.send(n, m)?;
-            }
-            // 2a. A snapshot from the leader: restore the state machine from it first.
-            let mut job_snapshot = None;
-            if let Some(meta) = &rd.snapshot {
-                let data = self.install_snapshot(n, meta)?;
-                job_snapshot = Some(data);
-            }
-            // 2b. New log entries: mirror them and check Leader Append-Only and Log Matching.
-            let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
-            if let Some(first) = rd.entries.first() {
-                let first_index = first.index.0;
-                let last = live.mirror.last_index();
-                if leading_same_term && first_index <= last {
-                    return Err(violation(
-                        now,
-                        "leader append-only",
-                        format!(
-                            "leader {id} of term {} rewrites its log from {first_index} (last index was {last})",
-                            live.raft.term()
-                        ),
-                    ));
-                }
-                if first_index > last + 1 || (first_index <= last && !live.mirror.truncate_from(first_index))
-                {
-                    return Err(violation(
-                        now,
-                        "log continuity",
-                        format!(
-                            "node {id} hands out entries from {first_index} for a log of {}..={last}",
-                            live.mirror.base_index
-                        ),
-                    ));
-                }
-                for e in &rd.entries {
-                    let c = live.mirror.push(e);
-                    self.checker.log_entry(id, e.index.0, e.term, c)?;
-                }
-            }
-            // Commit points: everything up to the commit index is committed, with this prefix.
-            let commit = live.raft.commit_index().0;
-            if commit > live.last_commit {
-                for i in live.last_commit + 1..=commit {
-                    if let Some((t, c)) = live.mirror.get(i) {
-                        self.checker.committed(id, i, t, c, live.raft.term())?;
-                    }
-                }
-                live.last_commit = commit;
-                self.stats.max_commit = self.stats.max_commit.max(commit);
-                self.trace.record(now, TraceEvent::Commit { node: id.0, index: commit });
-            }
-            // 2c. Persist snapshot, entries, hard state as one job; its messages wait for it.
-            if must_persist || !live.jobs.is_empty() {
-                self.next_job += 1;
-                let mut early = Vec::new();
-                let after = if ack_early {
-                    // Planted: acknowledgements leave before the job is durable.
-                    early = rd.messages_after_persist;
-                    Vec::new()
-                } else {
-                    rd.messages_after_persist
-                };
-                let failed =
-                    must_sync && self.phase == Phase::Faults && self.rng.chance(self.params.fsync_error_ppm);
-                let job = Job {
-                    id: self.next_job,
-                    synced: must_sync,
-                    target: persist_target,
-                    snapshot: job_snapshot,
-                    entries: rd.entries,
-                    hard_state: rd.hard_state,
-                    after,
-                    failed,
-                };
-                // A Ready with nothing to sync only waits for the jobs before it.
-                let latency = if must_sync {
-                    self.rng.between(self.params.disk_us.0, self.params.disk_us.1)
-                } else {
-                    0
-                };
-                let done = live.disk_free_at.max(now) + latency;
-                live.disk_free_at = done;
-                live.jobs.push_back(job);
-                let inc = self.nodes[n].inc;
-                let job = self.next_job;
-                self.schedule(done, Event::PersistDone { node: n, inc, job });
-                if self.phase == Phase::Faults && self.rng.chance(self.params.crash_in_persist_ppm) {
-                    let at = self.rng.between(now, done.saturating_sub(1).max(now));
-                    self.schedule(at, Event::Crash { node: n, inc });
-                }
-                for m in early {
-                    self.send(n, m)?;
-                }
-            } else {
-                for m in rd.messages_after_persist {
-                    self.send(n, m)?;
-                }
-            }
-            // 5. Apply committed entries in order.
-            if let Some(last) = rd.committed_entries.last().map(|e| e.index) {
-                for e in &rd.committed_entries {
-                    self.apply(n, e)?;
-                }
-                if let Some(live) = self.nodes[n].live.as_mut() {
-                    live.raft.applied(last);
-                }
-            }
-            // 6. Confirmed and failed reads; serve those whose index is applied.
-            if !read_states.is_empty() || !failed_reads.is_empty() {
-                self.reads_confirmed(n, &read_states, &failed_reads);
-            }
-            self.serve_reads(n)?;
         }
         self.after_step(n)
+    }
+
+    /// Commit points: everything up to the commit index is committed, with this prefix.
+    fn commit_points(&mut self, n: usize) -> Result<(), Violation> {
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let raft = live.driver.raft();
+        let (id, term) = (raft.id(), raft.term());
+        // Up to what the checkers have seen of its log so far (the driver's actions of one
+        // step are carried out in order; the core's commit index is already the newest).
+        let commit = raft.commit_index().0.min(live.mirror.last_index());
+        if commit > live.last_commit {
+            for i in live.last_commit + 1..=commit {
+                if let Some((t, c)) = live.mirror.get(i) {
+                    self.checker.committed(id, i, t, c, term)?;
+                }
+            }
+            live.last_commit = commit;
+            self.stats.max_commit = self.stats.max_commit.max(commit);
+            self.trace.record(self.now, TraceEvent::Commit { node: id.0, index: commit });
+        }
+        Ok(())
+    }
+
+    /// Carries out node `n`'s driver actions, in order.
+    fn carry_out(&mut self, n: usize, actions: Vec<Action<ReadToken>>) -> Result<(), Violation> {
+        for action in actions {
+            match action {
+                Action::Send(m) => self.send(n, m)?,
+                Action::SendSnapshot(m) => self.start_transfer(n, m)?,
+                Action::Disk(job) => self.queue_job(n, job)?,
+                Action::Apply(entries) => self.apply_entries(n, &entries)?,
+                Action::ReadDone(token, result) => self.read_done(n, token, result),
+                Action::Fail(ids, error) => self.requests_failed(n, &ids, &error)?,
+                Action::SoftState(ss) => {
+                    if ss.role == Role::Leader {
+                        self.stats.elections_won += 1;
+                    }
+                    self.record(TraceEvent::Role {
+                        node: n as u64 + 1,
+                        role: role_name(ss.role),
+                        term: ss.term.0,
+                        leader: ss.leader.map_or(0, |l| l.0),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A disk job from node `n`'s driver: mirror its log changes for the checkers and queue
+    /// it; it completes after the disk's latency (a job that needs no sync only waits for
+    /// the ones before it).
+    fn queue_job(&mut self, n: usize, job: DiskJob) -> Result<(), Violation> {
+        let now = self.now;
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let raft = live.driver.raft();
+        let id = raft.id();
+        let leading_same_term = raft.role() == Role::Leader && live.leader_term == Some(raft.term());
+        let must_sync = match &job {
+            DiskJob::Persist(p) => {
+                if let Some((meta, _)) = &p.snapshot {
+                    // Installing a snapshot: the log restarts after it.
+                    let chain = self.checker.chain_at(meta.index.0, meta.term).ok_or_else(|| {
+                        violation(
+                            now,
+                            "snapshot",
+                            format!(
+                                "node {id} installs snapshot {}@{}, an entry no log held",
+                                meta.index, meta.term
+                            ),
+                        )
+                    })?;
+                    live.mirror = Mirror::new(meta.index.0, meta.term, chain);
+                    live.last_commit = live.last_commit.max(meta.index.0);
+                    self.checker.committed(id, meta.index.0, meta.term, chain, raft.term())?;
+                }
+                if let Some(first) = p.entries.first() {
+                    let first_index = first.index.0;
+                    let last = live.mirror.last_index();
+                    if leading_same_term && first_index <= last {
+                        return Err(violation(
+                            now,
+                            "leader append-only",
+                            format!(
+                                "leader {id} of term {} rewrites its log from {first_index} (last index was {last})",
+                                raft.term()
+                            ),
+                        ));
+                    }
+                    if first_index > last + 1
+                        || (first_index <= last && !live.mirror.truncate_from(first_index))
+                    {
+                        return Err(violation(
+                            now,
+                            "log continuity",
+                            format!(
+                                "node {id} hands out entries from {first_index} for a log of {}..={last}",
+                                live.mirror.base_index
+                            ),
+                        ));
+                    }
+                    for e in &p.entries {
+                        let c = live.mirror.push(e);
+                        self.checker.log_entry(id, e.index.0, e.term, c)?;
+                    }
+                }
+                let new_hs = p.hard_state.is_some_and(|hs| hs.needs_sync_after(&live.queued_hs));
+                if let Some(hs) = p.hard_state {
+                    live.queued_hs = hs;
+                }
+                p.snapshot.is_some() || !p.entries.is_empty() || new_hs
+            }
+            DiskJob::Compact(_) => false,
+        };
+        self.next_job += 1;
+        let failed = must_sync && self.phase == Phase::Faults && self.rng.chance(self.params.fsync_error_ppm);
+        let latency =
+            if must_sync { self.rng.between(self.params.disk_us.0, self.params.disk_us.1) } else { 0 };
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let done = live.disk_free_at.max(now) + latency;
+        live.disk_free_at = done;
+        live.jobs.push_back(QueuedJob { id: self.next_job, job, failed });
+        let inc = self.nodes[n].inc;
+        let job = self.next_job;
+        self.schedule(done, Event::PersistDone { node: n, inc, job });
+        if self.phase == Phase::Faults && self.rng.chance(self.params.crash_in_persist_ppm) {
+            let at = self.rng.between(now, done.saturating_sub(1).max(now));
+            self.schedule(at, Event::Crash { node: n, inc });
+        }
+        Ok(())
+    }
+
+    /// The disk of node `n` completes job `job_id`: the `DiskWorker` writes it (syncing once
+    /// if it needs it); then its messages leave and the core hears it is durable.
+    fn persist_done(&mut self, n: usize, inc: u64, job_id: u64) -> Result<(), Violation> {
+        let now = self.now;
+        if self.nodes[n].inc != inc {
+            return Ok(());
+        }
+        let fs = self.nodes[n].fs.clone();
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let Some(mut job) = live.jobs.pop_front() else {
+            return Err(violation(now, "simulator", "persist completion without a job".into()));
+        };
+        if job.id != job_id {
+            return Err(violation(now, "simulator", "persist jobs completed out of order".into()));
+        }
+        if matches!(&job.job, DiskJob::Persist(p) if p.snapshot.is_some()) && live.snapshotting.is_some() {
+            // A snapshot being written lands before an installed one is read (as the
+            // server's apply thread waits for its snapshot thread).
+            self.finish_snapshot(n)?;
+        }
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        if job.failed {
+            // Alternately the write or the fsync fails (both poison the log store).
+            if job.id % 2 == 0 {
+                fs.fail_write(fs.write_count() + 1);
+            } else {
+                fs.fail_sync(fs.sync_count() + 1);
+            }
+        }
+        let mut installed = Vec::new();
+        let written = live.disk.write(std::slice::from_mut(&mut job.job), &mut |meta| installed.push(meta));
+        fs.fail_sync(0);
+        fs.fail_write(0);
+        let id = self.nodes[n].id;
+        if job.failed {
+            self.stats.fsync_errors += 1;
+        }
+        if let Err(e) = written {
+            if !job.failed {
+                return Err(violation(now, "storage", format!("node {id}: disk job {job_id} failed: {e}")));
+            }
+            // A member that cannot make its log durable stops (etcd panics on a failed
+            // fsync): nothing of this job or a later one is acknowledged. It restarts later.
+            self.record(TraceEvent::DiskError { node: id.0, job: job_id });
+            self.crash(n);
+            return Ok(());
+        }
+        for meta in installed {
+            self.restore(n, &meta)?;
+        }
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        if live.jobs.is_empty() {
+            // With nothing queued, the log store holds exactly the member's log.
+            let log = live.disk.log();
+            let on_disk = (log.last_index(), log.term(log.last_index()));
+            let last = live.mirror.last_index();
+            let in_memory = (last, live.mirror.get(last).map(|(t, _)| t.0));
+            if on_disk.0 != in_memory.0 || on_disk.1.is_some_and(|t| Some(t) != in_memory.1) {
+                return Err(violation(
+                    now,
+                    "durable log",
+                    format!(
+                        "node {id} has every persist job done but its log store ends at {}@{:?} while its log ends at {}@{:?}",
+                        on_disk.0, on_disk.1, in_memory.0, in_memory.1
+                    ),
+                ));
+            }
+        }
+        if let DiskJob::Persist(p) = job.job {
+            for m in p.after_persist {
+                self.send(n, m)?;
+            }
+            if let Some((index, term)) = p.target {
+                if let Some(live) = self.nodes[n].live.as_mut() {
+                    live.driver.persisted(index, term);
+                }
+                self.record(TraceEvent::Persisted { node: id.0, index: index.0, term: term.0 });
+            }
+        }
+        self.drive(n)
+    }
+
+    /// Node `n`'s disk installed snapshot `meta`: the `Applier` restores the state machine
+    /// from the stored file.
+    fn restore(&mut self, n: usize, meta: &SnapshotMeta) -> Result<(), Violation> {
+        let now = self.now;
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let id = live.driver.raft().id();
+        live.applier
+            .restore(&mut live.sm, &live.snapshots, meta)
+            .map_err(|e| violation(now, "snapshot", format!("node {id} cannot restore: {e}")))?;
+        if live.sm.regs.applied != meta.index.0 {
+            return Err(violation(
+                now,
+                "snapshot",
+                format!(
+                    "node {id} restored snapshot {} holding the state at {}",
+                    meta.index, live.sm.regs.applied
+                ),
+            ));
+        }
+        live.driver.applied(meta.index);
+        self.checker.restored(id, live.sm.regs.applied, live.sm.digest())?;
+        self.stats.snapshots_installed += 1;
+        self.record(TraceEvent::SnapshotInstalled { node: id.0, index: meta.index.0, term: meta.term.0 });
+        self.forget_pending(n, "its node installed a snapshot");
+        Ok(())
+    }
+
+    /// Applies committed entries on node `n`, one at a time so the checkers see each, and
+    /// completes the commands its clients wait for.
+    fn apply_entries(&mut self, n: usize, entries: &[Entry]) -> Result<(), Violation> {
+        let now = self.now;
+        self.commit_points(n)?;
+        let inc = self.nodes[n].inc;
+        for e in entries {
+            let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+            let id = live.driver.raft().id();
+            let index = e.index.0;
+            if index != live.applier.last().0.0 + 1 {
+                return Err(violation(
+                    now,
+                    "exactly once",
+                    format!("node {id} applies {index} after {}: not in order", live.applier.last().0),
+                ));
+            }
+            let in_log = live.mirror.get(index);
+            if live.mirror.entry_hash(index) != Some(entry_hash(e)) {
+                return Err(violation(
+                    now,
+                    "state machine safety",
+                    format!(
+                        "node {id} applies {index}@{} which is not the entry its log holds there",
+                        e.term
+                    ),
+                ));
+            }
+            if in_log.is_none() || self.checker.committed_at(index) != in_log {
+                return Err(violation(
+                    now,
+                    "state machine safety",
+                    format!("node {id} applies {index}@{} which is not the committed entry there", e.term),
+                ));
+            }
+            let mut done = Vec::new();
+            live.applier.apply(&mut live.sm, std::slice::from_ref(e), &mut done);
+            live.sm.regs.applied = index;
+            let digest = live.sm.digest();
+            self.checker.applied(id, e, digest)?;
+            // Clients waiting on this node for this command learn it committed.
+            for (attempt, index) in done {
+                let Some(c) = self.clients.iter().position(|c| {
+                    c.pending.as_ref().is_some_and(|p| p.attempt == attempt && p.node == n && p.inc == inc)
+                }) else {
+                    continue;
+                };
+                let Some(p) = self.clients[c].pending.take() else { continue };
+                self.checker.acknowledged(attempt, index)?;
+                self.stats.acknowledged += 1;
+                self.record(TraceEvent::Ack { client: c as u64, attempt, index, term: e.term.0 });
+                if self.liveness_ok.is_none() && self.heal_at.is_some_and(|h| p.proposed_at >= h) {
+                    self.liveness_ok = Some(self.now);
+                }
+                let at =
+                    self.now + self.rng.between(self.params.client_think_us.0, self.params.client_think_us.1);
+                self.wake_client(c, at);
+            }
+        }
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        if let Some(last) = entries.last() {
+            live.driver.applied(last.index);
+        }
+        if live.snapshotting.is_none() && live.applier.snapshot_due() {
+            // Pin the state; the snapshot is written in the background (the server's snapshot
+            // thread) while applying goes on.
+            let pin = live.sm.pin();
+            let meta = live.applier.begin_snapshot();
+            live.snapshotting = Some((pin, meta));
+            let at = now + self.rng.between(self.params.disk_us.0, self.params.disk_us.1);
+            self.schedule(at, Event::SnapshotWritten { node: n, inc });
+        }
+        self.serve_reads(n)
+    }
+
+    fn snapshot_written(&mut self, n: usize, inc: u64) -> Result<(), Violation> {
+        if self.nodes[n].inc != inc || self.nodes[n].live.as_ref().is_none_or(|l| l.snapshotting.is_none()) {
+            return Ok(());
+        }
+        self.finish_snapshot(n)?;
+        self.drive(n)
+    }
+
+    /// Writes node `n`'s pinned snapshot (durable on return) and tells the driver, which
+    /// compacts the log behind it.
+    fn finish_snapshot(&mut self, n: usize) -> Result<(), Violation> {
+        let now = self.now;
+        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
+        let Some((pin, meta)) = live.snapshotting.take() else { return Ok(()) };
+        let id = live.driver.raft().id();
+        let sm = &live.sm;
+        let written = write_snapshot::<SimMachine>(&pin, &live.snapshots, &meta, &mut |f| f(sm));
+        if written.is_ok() {
+            SimMachine::snapshot_durable(&pin);
+        }
+        live.sm.unpin(pin);
+        let bytes = written
+            .map_err(|e| violation(now, "storage", format!("node {id} cannot write a snapshot: {e}")))?;
+        live.applier.snapshot_written(bytes);
+        let mut out = Vec::new();
+        if live.driver.snapshot_taken(meta.index, &mut out) {
+            let compact_to = live.driver.raft().first_index().0.saturating_sub(1);
+            live.mirror.compact_to(compact_to.min(live.mirror.last_index()));
+            self.stats.snapshots_taken += 1;
+            self.record(TraceEvent::SnapshotTaken { node: id.0, index: meta.index.0, compact_to });
+        }
+        self.carry_out(n, out)
     }
 
     /// Checks that need the node's state after a whole step: Election Safety and, for a new
     /// leader, Leader Completeness.
     fn after_step(&mut self, n: usize) -> Result<(), Violation> {
         let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
-        if live.raft.role() == Role::Leader {
-            let (id, term) = (live.raft.id(), live.raft.term());
+        let raft = live.driver.raft();
+        if raft.role() == Role::Leader {
+            let (id, term) = (raft.id(), raft.term());
             self.checker.leader(term, id)?;
             if live.leader_term != Some(term) {
                 self.checker.new_leader(id, term, &live.mirror)?;
@@ -1057,242 +1367,9 @@ impl Sim {
                 }
             }
         } else {
-            if let Some(live) = self.nodes[n].live.as_mut() {
-                live.leader_term = None;
-            }
+            live.leader_term = None;
         }
         Ok(())
-    }
-
-    fn install_snapshot(&mut self, n: usize, meta: &SnapshotMeta) -> Result<Arc<SnapData>, Violation> {
-        let now = self.now;
-        let Some(live) = self.nodes[n].live.as_mut() else {
-            return Err(violation(now, "simulator", "snapshot for a node that is down".into()));
-        };
-        let id = live.raft.id();
-        let Some(data) =
-            live.staged.iter().rev().find(|s| s.meta.index == meta.index && s.meta.term == meta.term)
-        else {
-            return Err(violation(
-                now,
-                "snapshot",
-                format!("node {id} installs snapshot {}@{} that it never received", meta.index, meta.term),
-            ));
-        };
-        let data = data.clone();
-        if data.sm.applied != meta.index.0 {
-            return Err(violation(now, "simulator", "snapshot data does not match its metadata".into()));
-        }
-        live.sm = data.sm.clone();
-        live.mirror = Mirror::new(meta.index.0, meta.term, data.chain);
-        live.latest_snap = Some(data.clone());
-        live.raft.applied(meta.index);
-        live.last_commit = live.last_commit.max(meta.index.0);
-        self.checker.log_entry(id, meta.index.0, meta.term, data.chain)?;
-        self.checker.committed(id, meta.index.0, meta.term, data.chain, live.raft.term())?;
-        self.checker.restored(id, data.sm.applied, data.sm.digest)?;
-        self.stats.snapshots_installed += 1;
-        self.record(TraceEvent::SnapshotInstalled { node: id.0, index: meta.index.0, term: meta.term.0 });
-        self.forget_pending(n, meta.index.0, "its node installed a snapshot over it");
-        Ok(data)
-    }
-
-    fn apply(&mut self, n: usize, e: &Entry) -> Result<(), Violation> {
-        let now = self.now;
-        let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
-        let id = live.raft.id();
-        let index = e.index.0;
-        if index != live.sm.applied + 1 {
-            return Err(violation(
-                now,
-                "exactly once",
-                format!("node {id} applies {index} after {}: not in order", live.sm.applied),
-            ));
-        }
-        let in_log = live.mirror.get(index);
-        if live.mirror.entry_hash(index) != Some(entry_hash(e)) {
-            return Err(violation(
-                now,
-                "state machine safety",
-                format!("node {id} applies {index}@{} which is not the entry its log holds there", e.term),
-            ));
-        }
-        if in_log.is_none() || self.checker.committed_at(index) != in_log {
-            return Err(violation(
-                now,
-                "state machine safety",
-                format!("node {id} applies {index}@{} which is not the committed entry there", e.term),
-            ));
-        }
-        if let Some(attempt) = attempt_of(e) {
-            live.sm.digest = chain(live.sm.digest, attempt);
-            live.sm.commands += 1;
-            live.sm.values[key_of(attempt)] = attempt;
-        }
-        live.sm.applied = index;
-        let digest = live.sm.digest;
-        let inc = self.nodes[n].inc;
-        self.checker.applied(id, e, digest)?;
-        // Clients waiting on this node for this index learn their outcome.
-        for c in 0..self.clients.len() {
-            let resolved = match &self.clients[c].pending {
-                Some(p) if p.node == n && p.inc == inc && p.index == index => {
-                    Some((p.attempt, p.term == e.term, p.proposed_at, p.term))
-                }
-                _ => None,
-            };
-            let Some((attempt, committed, proposed_at, term)) = resolved else { continue };
-            self.clients[c].pending = None;
-            if committed {
-                self.checker.acknowledged(attempt, index)?;
-                self.stats.acknowledged += 1;
-                self.record(TraceEvent::Ack { client: c as u64, attempt, index, term: term.0 });
-                if self.liveness_ok.is_none() && self.heal_at.is_some_and(|h| proposed_at >= h) {
-                    self.liveness_ok = Some(self.now);
-                }
-            } else {
-                self.checker.abandoned(attempt)?;
-                self.stats.lost += 1;
-                self.record(TraceEvent::Lost { client: c as u64, attempt, index });
-            }
-            let at =
-                self.now + self.rng.between(self.params.client_think_us.0, self.params.client_think_us.1);
-            self.wake_client(c, at);
-        }
-        Ok(())
-    }
-
-    fn persist_done(&mut self, n: usize, inc: u64, job_id: u64) -> Result<(), Violation> {
-        let keep_tail = self.bug(DriverBug::SnapshotKeepsTail);
-        let ignore_disk_errors = self.bug(DriverBug::AckDespiteFsyncError);
-        if self.nodes[n].inc != inc {
-            return Ok(());
-        }
-        let node = &mut self.nodes[n];
-        let Some(live) = node.live.as_mut() else { return Ok(()) };
-        let Some(job) = live.jobs.pop_front() else {
-            return Err(violation(self.now, "simulator", "persist completion without a job".into()));
-        };
-        if job.id != job_id {
-            return Err(violation(self.now, "simulator", "persist jobs completed out of order".into()));
-        }
-        if job.failed {
-            self.stats.fsync_errors += 1;
-            let id = node.id.0;
-            if ignore_disk_errors {
-                // Planted: the error is ignored. The kernel dropped the failed pages, so what
-                // the job wrote is gone at the next crash, yet everything below acknowledges it.
-                let first = job.entries.first().map(|e| e.index.0);
-                let hs_before = job.hard_state.map(|_| node.durable.hard_state);
-                let lost = match node.durable.fsync_lost.take() {
-                    Some((f, h)) => (f.or(first).min(first.or(f)), h.or(hs_before)),
-                    None => (first, hs_before),
-                };
-                node.durable.fsync_lost = Some(lost);
-            } else {
-                // A member that cannot make its log durable stops (like etcd, which panics on
-                // a failed fsync): nothing of this job or a later one is acknowledged, and the
-                // failed write may have left a torn prefix. It is restarted later.
-                live.jobs.push_front(job);
-                self.record(TraceEvent::DiskError { node: id, job: job_id });
-                self.crash(n);
-                return Ok(());
-            }
-        }
-        let node = &mut self.nodes[n];
-        let Some(live) = node.live.as_mut() else { return Ok(()) };
-        if job.synced {
-            // The sync also makes an earlier unsynced hard state durable, unless this job
-            // writes a newer one.
-            let lazy = live.lazy_hs.take();
-            write_durable(&mut node.durable, &job, keep_tail)
-                .map_err(|d| violation(self.now, "durable log", d))?;
-            if job.hard_state.is_none()
-                && let Some(hs) = lazy
-            {
-                node.durable.hard_state = hs;
-            }
-        } else if job.hard_state.is_some() {
-            live.lazy_hs = job.hard_state;
-        }
-        let id = node.id;
-        if live.jobs.is_empty() {
-            // With nothing queued, the disk holds exactly the member's log: same last entry.
-            let d = &node.durable;
-            let on_disk = match (d.log.last(), &d.snapshot) {
-                (Some(e), Some(s)) if s.meta.index >= e.index => (s.meta.index.0, s.meta.term),
-                (Some(e), _) => (e.index.0, e.term),
-                (None, Some(s)) => (s.meta.index.0, s.meta.term),
-                (None, None) => (0, Term(0)),
-            };
-            let last = live.mirror.last_index();
-            let in_memory = (last, live.mirror.get(last).map_or(Term(0), |(t, _)| t));
-            if on_disk != in_memory {
-                return Err(violation(
-                    self.now,
-                    "durable log",
-                    format!(
-                        "node {id} has every persist job done but its disk ends at {}@{} while its log ends at {}@{}",
-                        on_disk.0, on_disk.1, in_memory.0, in_memory.1
-                    ),
-                ));
-            }
-        }
-        for m in job.after {
-            self.send(n, m)?;
-        }
-        if let Some((index, term)) = job.target {
-            if let Some(live) = self.nodes[n].live.as_mut() {
-                live.raft.persisted(index, term);
-            }
-            self.record(TraceEvent::Persisted { node: id.0, index: index.0, term: term.0 });
-        }
-        self.drive(n)
-    }
-
-    fn take_snapshot(&mut self, n: usize, inc: u64) -> Result<(), Violation> {
-        if self.nodes[n].inc != inc {
-            return Ok(());
-        }
-        let now = self.now;
-        let policy = self.params.compaction;
-        let next = now + self.rng.exp(self.params.snapshot_mean_us);
-        self.schedule(next, Event::TakeSnapshot { node: n, inc });
-        let node = &mut self.nodes[n];
-        let Some(live) = node.live.as_mut() else { return Ok(()) };
-        let applied = live.sm.applied;
-        let current = live.latest_snap.as_ref().map_or(0, |s| s.meta.index.0);
-        // Only between persist jobs, so the durable log and the core's log agree.
-        if !live.jobs.is_empty() || applied == 0 {
-            return Ok(());
-        }
-        let log_bytes: u64 = (live.raft.first_index().0..=live.raft.last_index().0)
-            .filter_map(|i| live.raft.log_entry(LogIndex(i)).map(Entry::size_bytes))
-            .sum();
-        let Some((_, compact_to)) = policy.plan(LogIndex(applied), LogIndex(current), log_bytes) else {
-            return Ok(());
-        };
-        let compact_to = compact_to.0;
-        let Some((_, chain_at)) = live.mirror.get(applied) else {
-            return Err(violation(
-                now,
-                "simulator",
-                format!("applied index {applied} not in the mirrored log"),
-            ));
-        };
-        let meta = live
-            .raft
-            .snapshot_taken(LogIndex(applied), LogIndex(compact_to))
-            .map_err(|e| violation(now, "snapshot refused", format!("node {}: {e}", node.id)))?;
-        let data = Arc::new(SnapData { meta, sm: live.sm.clone(), chain: chain_at });
-        live.latest_snap = Some(data.clone());
-        live.mirror.compact_to(compact_to.min(live.raft.first_index().0.saturating_sub(1)));
-        node.durable.snapshot = Some(data);
-        node.durable.log.retain(|e| e.index.0 > compact_to);
-        self.stats.snapshots_taken += 1;
-        let id = node.id.0;
-        self.record(TraceEvent::SnapshotTaken { node: id, index: applied, compact_to });
-        self.drive(n)
     }
 
     // ----- network -----
@@ -1302,16 +1379,17 @@ impl Sim {
         if to >= self.nodes.len() {
             return Err(violation(self.now, "simulator", format!("message to unknown node {}", m.to)));
         }
-        if let MessageBody::InstallSnapshot { meta } = &m.body {
-            let meta = meta.clone();
-            return self.start_transfer(from, to, meta, m);
-        }
         let from_inc = self.nodes[from].inc;
         if self.rng.chance(self.params.loss_ppm) {
             self.dropped(&m, "lost");
             return Ok(());
         }
-        let copies = if self.rng.chance(self.params.duplicate_ppm) { 2 } else { 1 };
+        // A forwarded proposal travels on a TCP connection like everything else; it is
+        // never duplicated, or its command would be appended twice (the runtime does not
+        // deduplicate; the server's commands are idempotent by request id at a higher level).
+        let duplicate =
+            !matches!(m.body, MessageBody::Propose { .. }) && self.rng.chance(self.params.duplicate_ppm);
+        let copies = if duplicate { 2 } else { 1 };
         for _ in 0..copies {
             let mut delay = self.rng.between(self.params.delay_us.0, self.params.delay_us.1);
             if self.rng.chance(self.params.long_delay_ppm) {
@@ -1336,11 +1414,12 @@ impl Sim {
         {
             return Ok(());
         }
-        let Some(live) = self.nodes[from].live.as_mut() else { return Ok(()) };
-        live.raft.report_unreachable(NodeId(to as u64 + 1));
+        if self.nodes[from].live.is_none() {
+            return Ok(());
+        }
         self.stats.unreachable_reports += 1;
         self.record(TraceEvent::Unreachable { node: from as u64 + 1, peer: to as u64 + 1 });
-        self.drive(from)
+        self.input(from, |d, _, _| d.inbound(Inbound::Unreachable(NodeId(to as u64 + 1))))
     }
 
     fn deliver(&mut self, m: Message, from_inc: u64) -> Result<(), Violation> {
@@ -1357,59 +1436,49 @@ impl Sim {
         self.stats.messages_delivered += 1;
         self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
         self.trace.note(self.now, || describe(&m.body));
-        self.step(to, m)?;
-        self.drive(to)
-    }
-
-    fn step(&mut self, to: usize, m: Message) -> Result<(), Violation> {
-        let now = self.now;
-        if let Some(live) = self.nodes[to].live.as_mut() {
-            let (sender, recipient) = (m.from, m.to);
-            live.raft.step(m).map_err(|e| {
-                violation(now, "simulator", format!("node {recipient} refused a message from {sender}: {e}"))
-            })?;
-        }
-        Ok(())
+        self.input(to, |d, _, _| d.inbound(Inbound::Message(m)))
     }
 
     // ----- the snapshot stream (see `snapstream`) -----
 
-    /// The core asked to send a snapshot: stream the stored snapshot's bytes to `to`. At most
-    /// one transfer per peer; a request for the snapshot already streaming keeps that one,
-    /// one for another snapshot replaces it.
-    fn start_transfer(
-        &mut self,
-        from: usize,
-        to: usize,
-        meta: SnapshotMeta,
-        m: Message,
-    ) -> Result<(), Violation> {
-        let node = &self.nodes[from];
-        let Some(live) = node.live.as_ref() else { return Ok(()) };
-        let found = [live.latest_snap.clone(), node.durable.snapshot.clone()]
-            .into_iter()
-            .flatten()
-            .find(|s| s.meta.index == meta.index && s.meta.term == meta.term);
-        let Some(data) = found else {
-            return Err(violation(
-                self.now,
-                "snapshot",
-                format!("node {} sends snapshot {}@{} that it does not have", m.from, meta.index, meta.term),
-            ));
+    /// The driver asked to send a snapshot: stream the newest stored snapshot's body to `to`
+    /// (as the server's shell does, whatever the core last heard of). At most one transfer
+    /// per peer; a request for the snapshot already streaming keeps that one, one for
+    /// another snapshot replaces it.
+    fn start_transfer(&mut self, from: usize, mut m: Message) -> Result<(), Violation> {
+        let now = self.now;
+        let to = (m.to.0 as usize).wrapping_sub(1);
+        if to >= self.nodes.len() {
+            return Err(violation(now, "simulator", format!("snapshot to unknown node {}", m.to)));
+        }
+        let Some(live) = self.nodes[from].live.as_mut() else { return Ok(()) };
+        let id = live.driver.raft().id();
+        let stored = live.snapshots.latest().and_then(|found| match found {
+            Some((meta, reader)) => Ok(Some((meta, reader.read_all()?))),
+            None => Ok(None),
+        });
+        let (meta, body) = match stored {
+            Ok(Some((meta, body))) => {
+                let meta = codec::meta_from_storage(&meta).map_err(|e| {
+                    violation(now, "snapshot", format!("node {id}: stored snapshot meta: {e}"))
+                })?;
+                (meta, Bytes::from(body))
+            }
+            Ok(None) => {
+                return Err(violation(
+                    now,
+                    "snapshot",
+                    format!("node {id} sends a snapshot but has none stored"),
+                ));
+            }
+            Err(e) => {
+                return Err(violation(now, "storage", format!("node {id} cannot read its snapshot: {e}")));
+            }
         };
         if live.outgoing.iter().any(|t| t.to == to && t.meta == meta) {
             return Ok(());
         }
-        let body = Body {
-            meta: data.meta.clone(),
-            applied: data.sm.applied,
-            digest: data.sm.digest,
-            commands: data.sm.commands,
-            values: data.sm.values,
-            chain: data.chain,
-            filler: self.params.snapshot_filler_bytes,
-        }
-        .encode();
+        m.body = MessageBody::InstallSnapshot { meta: meta.clone() };
         self.next_transfer += 1;
         let id = self.next_transfer;
         let crc = crc32c::crc32c(&body);
@@ -1597,7 +1666,7 @@ impl Sim {
                 {
                     return self.reject_transfer(to, from, id, Reject::Undecodable);
                 }
-                if msg.term < live.raft.term() {
+                if msg.term < live.driver.raft().term() {
                     return self.reject_transfer(to, from, id, Reject::StaleTerm);
                 }
                 if total_len > MAX_BODY_BYTES {
@@ -1662,13 +1731,12 @@ impl Sim {
                 let Some(pos) = live.outgoing.iter().position(|t| t.id == id) else { return Ok(()) };
                 let t = live.outgoing.remove(pos);
                 let peer = NodeId(t.to as u64 + 1);
-                live.raft.report_snapshot(peer, ok);
                 if ok {
                     self.stats.snapshots_delivered += 1;
                 } else {
                     self.stats.snapshots_failed += 1;
                 }
-                self.drive(to)
+                self.input(to, |d, _, _| d.inbound(Inbound::SnapshotReport { to: peer, ok }))
             }
         }
     }
@@ -1699,56 +1767,30 @@ impl Sim {
         Ok(())
     }
 
-    /// End of transfer `id` at node `n`: check length and whole-body CRC, decode, and only then
-    /// hand the InstallSnapshot message to the core.
+    /// End of transfer `id` at node `n`: check length and whole-body CRC, and only then hand
+    /// the InstallSnapshot message with the body to the driver (which stages it until the
+    /// core accepts or refuses it).
     fn finish_transfer(&mut self, n: usize, from: usize, id: u64, end: SnapshotEnd) -> Result<(), Violation> {
-        let now = self.now;
         let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
         let Some(pos) = live.incoming.iter().position(|t| t.id == id && t.from == from) else {
             return Ok(());
         };
-        let t = &live.incoming[pos];
-        match t.body.end(&end) {
+        match live.incoming[pos].body.end(&end) {
             Ok(_) => {}
             Err(BodyError::BodyCrc { .. }) => return self.reject_transfer(n, from, id, Reject::BodyCrc),
             Err(_) => return self.reject_transfer(n, from, id, Reject::Truncated),
         }
-        let body = match Body::decode(&t.buf) {
-            Ok(b) => b,
-            Err(_) => return self.reject_transfer(n, from, id, Reject::Undecodable),
-        };
         let t = live.incoming.remove(pos);
-        let matches = matches!(&t.msg.body, MessageBody::InstallSnapshot { meta } if *meta == body.meta);
-        if !matches || body.applied != body.meta.index.0 {
-            return Err(violation(
-                now,
-                "snapshot",
-                format!("transfer {id} carries a body that differs from its metadata"),
-            ));
-        }
-        let data = Arc::new(SnapData {
-            meta: body.meta,
-            sm: StateMachine {
-                applied: body.applied,
-                digest: body.digest,
-                commands: body.commands,
-                values: body.values,
-            },
-            chain: body.chain,
-        });
-        live.staged.push(data);
-        if live.staged.len() > 4 {
-            live.staged.remove(0);
-        }
         let m = t.msg;
         self.stats.messages_delivered += 1;
         self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
         self.trace.note(self.now, || describe(&m.body));
-        self.step(n, m)?;
+        let data = Box::new(Cursor::new(t.buf));
+        self.input(n, |d, _, _| d.inbound(Inbound::Snapshot { message: m, data }))?;
         let mut wire = BytesMut::new();
         SnapshotAck { ok: true, reason: String::new() }.encode(&mut wire);
         self.send_frame(n, from, SnapFrame::Ack { id, wire: wire.freeze() });
-        self.drive(n)
+        Ok(())
     }
 
     /// A transfer that made no confirmed progress for a whole timeout fails.
@@ -1766,7 +1808,6 @@ impl Sim {
             return Ok(());
         }
         let t = live.outgoing.remove(pos);
-        live.raft.report_snapshot(NodeId(t.to as u64 + 1), false);
         self.stats.snapshots_failed += 1;
         self.record(TraceEvent::SnapshotRejected {
             node: t.to as u64 + 1,
@@ -1774,7 +1815,8 @@ impl Sim {
             id,
             reason: "sender timed out",
         });
-        self.drive(n)
+        let peer = NodeId(t.to as u64 + 1);
+        self.input(n, |d, _, _| d.inbound(Inbound::SnapshotReport { to: peer, ok: false }))
     }
 
     fn partition(&mut self) {
@@ -1810,7 +1852,7 @@ impl Sim {
                 let leader = (0..n)
                     .filter_map(|i| {
                         let l = self.nodes[i].live.as_ref()?;
-                        (l.raft.role() == Role::Leader).then_some((l.raft.term(), i))
+                        (l.driver.raft().role() == Role::Leader).then_some((l.driver.raft().term(), i))
                     })
                     .max()
                     .map(|(_, i)| i);
@@ -1876,12 +1918,12 @@ impl Sim {
         self.schedule(at, Event::ClientWake { client: c, generation });
     }
 
-    /// Clients waiting on node `n` for an index up to `upto` can no longer learn the outcome
-    /// there: it is unknown, and they move on to a new command.
-    fn forget_pending(&mut self, n: usize, upto: u64, reason: &'static str) {
+    /// Clients waiting on node `n` can no longer learn the outcome there: it is unknown, and
+    /// they move on to a new command.
+    fn forget_pending(&mut self, n: usize, reason: &'static str) {
         for c in 0..self.clients.len() {
             let Some(p) = &self.clients[c].pending else { continue };
-            if p.node == n && p.index <= upto {
+            if p.node == n {
                 let attempt = p.attempt;
                 self.clients[c].pending = None;
                 self.record(TraceEvent::Unknown { client: c as u64, attempt, reason });
@@ -1889,6 +1931,37 @@ impl Sim {
                 self.wake_client(c, at);
             }
         }
+    }
+
+    /// Node `n`'s driver failed these commands. `LeaderChanged` (and a stop) leaves the
+    /// outcome unknown; `NoLeader` and `TooManyRequests` mean the command was never handed
+    /// to a core, so it must never be applied.
+    fn requests_failed(&mut self, n: usize, ids: &[u64], error: &NodeError) -> Result<(), Violation> {
+        for &attempt in ids {
+            let Some(c) = self
+                .clients
+                .iter()
+                .position(|c| c.pending.as_ref().is_some_and(|p| p.attempt == attempt && p.node == n))
+            else {
+                continue;
+            };
+            self.clients[c].pending = None;
+            let retry = match error {
+                NodeError::NoLeader | NodeError::TooManyRequests => {
+                    self.checker.abandoned(attempt)?;
+                    self.stats.lost += 1;
+                    self.record(TraceEvent::Lost { client: c as u64, attempt, index: 0 });
+                    self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
+                    self.rng.between(10 * MS, 50 * MS)
+                }
+                _ => {
+                    self.record(TraceEvent::Unknown { client: c as u64, attempt, reason: "leader changed" });
+                    self.rng.between(MS, 10 * MS)
+                }
+            };
+            self.wake_client(c, self.now + retry);
+        }
+        Ok(())
     }
 
     fn client_wake(&mut self, c: usize) -> Result<(), Violation> {
@@ -1938,52 +2011,31 @@ impl Sim {
             }
         }
         let inc = self.nodes[target].inc;
-        let Some(live) = self.nodes[target].live.as_mut() else {
+        let Some(live) = self.nodes[target].live.as_ref() else {
             let at = self.now + self.rng.between(MS, 20 * MS);
             self.wake_client(c, at);
             return Ok(());
         };
-        let attempt = ((c as u64 + 1) << 48) | (self.clients[c].counter + 1);
-        let result = live.raft.propose(Bytes::copy_from_slice(&attempt.to_le_bytes()));
-        let node = live.raft.id().0;
-        let outcome = match &result {
-            Ok((term, index)) => format!("accepted at {index}@{term}"),
-            Err(e) => e.to_string(),
+        // The member proposes the command if it leads, forwards it to the leader it knows,
+        // or parks it until a leader is known; the client learns the outcome when this member
+        // applies it.
+        let raft = live.driver.raft();
+        let outcome = match (raft.role(), raft.leader()) {
+            (Role::Leader, _) => "proposed".to_string(),
+            (_, Some(l)) => format!("forwarded to n{l}"),
+            (_, None) => "parked (no leader known)".to_string(),
         };
+        let node = raft.id().0;
+        let attempt = ((c as u64 + 1) << 48) | (self.clients[c].counter + 1);
         self.record(TraceEvent::Propose { client: c as u64, node, attempt, outcome });
-        match result {
-            Ok((term, index)) => {
-                self.stats.proposals += 1;
-                let client = &mut self.clients[c];
-                client.counter += 1;
-                let deadline = self.now + self.params.client_timeout_us;
-                client.pending = Some(Pending {
-                    attempt,
-                    node: target,
-                    inc,
-                    term,
-                    index: index.0,
-                    deadline,
-                    proposed_at: self.now,
-                });
-                self.wake_client(c, deadline);
-                self.drive(target)
-            }
-            Err(ProposeError::NotLeader { leader_hint }) => {
-                self.clients[c].target = match leader_hint {
-                    Some(l) if l.0 >= 1 && l.0 <= n => l.0 as usize - 1,
-                    _ => self.rng.below(n) as usize,
-                };
-                let at = self.now + self.rng.between(MS, 10 * MS);
-                self.wake_client(c, at);
-                Ok(())
-            }
-            Err(_) => {
-                let at = self.now + self.rng.between(10 * MS, 50 * MS);
-                self.wake_client(c, at);
-                Ok(())
-            }
-        }
+        self.stats.proposals += 1;
+        let client = &mut self.clients[c];
+        client.counter += 1;
+        let deadline = self.now + self.params.client_timeout_us;
+        client.pending = Some(Pending { attempt, node: target, inc, deadline, proposed_at: self.now });
+        self.wake_client(c, deadline);
+        let data = SimMachine::command(self.options.kv_store, attempt);
+        self.input(target, |d, now, out| d.propose(vec![(attempt, data)], now, out))
     }
 }
 
@@ -1991,19 +2043,20 @@ impl Sim {
     // ----- reads -----
 
     /// Client `c` reads a random register on member `target`: serializable (from the member's
-    /// state machine at once) or linearizable (ReadIndex; a follower forwards it to the leader).
+    /// state machine at once) or linearizable (a read barrier through the member's driver:
+    /// ReadIndex, forwarded to the leader by a follower, served once applied).
     fn client_read(&mut self, c: usize, target: usize) -> Result<(), Violation> {
         let key = self.rng.below(KEYS as u64) as usize;
         let linearizable = !self.rng.chance(self.params.serializable_ppm);
         let min_index = self.checker.acked_index(key);
-        let restart_contexts = self.bug(DriverBug::ReadContextRestart);
         let think = self.rng.between(self.params.client_think_us.0, self.params.client_think_us.1);
-        let node = &mut self.nodes[target];
-        let inc = node.inc;
-        let Some(live) = node.live.as_mut() else { return Ok(()) };
-        let id = live.raft.id();
+        let inc = self.nodes[target].inc;
+        let Some(live) = self.nodes[target].live.as_ref() else { return Ok(()) };
+        let id = live.driver.raft().id();
         if !linearizable {
-            let (value, applied) = (live.sm.values[key], live.sm.applied);
+            let value =
+                live.sm.read(key).map_err(|e| violation(self.now, "read", format!("node {id}: {e}")))?;
+            let applied = live.sm.regs.applied;
             self.checker.read(id, key, value, min_index, false)?;
             self.stats.reads_serializable += 1;
             self.record(TraceEvent::ReadServed {
@@ -2018,100 +2071,59 @@ impl Sim {
             self.wake_client(c, self.now + think);
             return Ok(());
         }
-        // Contexts are unique across the member's incarnations (the planted bug restarts them).
-        let context = if restart_contexts {
-            live.local_contexts += 1;
-            live.local_contexts
-        } else {
-            node.next_context += 1;
-            node.next_context - 1
-        };
-        let Some(live) = node.live.as_mut() else { return Ok(()) };
-        match live.raft.read_index(context) {
-            Ok(()) => {
-                let deadline = self.now + self.params.client_timeout_us;
-                self.clients[c].read = Some(ReadOp {
-                    node: target,
-                    inc,
-                    key,
-                    linearizable,
-                    context,
-                    read_index: None,
-                    min_index,
-                    deadline,
-                });
-                self.record(TraceEvent::ReadSent { client: c as u64, node: id.0, key, context, min_index });
-                self.wake_client(c, deadline);
-                self.drive(target)
-            }
+        let context = live.driver.next_read_context();
+        self.next_read += 1;
+        let serial = self.next_read;
+        let deadline = self.now + self.params.client_timeout_us;
+        self.clients[c].read =
+            Some(ReadOp { node: target, inc, key, serial, read_index: None, min_index, deadline });
+        self.record(TraceEvent::ReadSent { client: c as u64, node: id.0, key, context, min_index });
+        self.wake_client(c, deadline);
+        self.input(target, |d, now, out| d.read([ReadToken { client: c, serial }], now, out))
+    }
+
+    /// Node `n`'s driver answered a read barrier: its read index, or why there is none.
+    fn read_done(&mut self, n: usize, token: ReadToken, result: Result<u64, NodeError>) {
+        let inc = self.nodes[n].inc;
+        let c = token.client;
+        let Some(r) = self.clients.get_mut(c).and_then(|cl| cl.read.as_mut()) else { return };
+        if r.serial != token.serial || r.node != n || r.inc != inc {
+            return; // The client gave up on this read.
+        }
+        match result {
+            Ok(index) => r.read_index = Some(index),
             Err(e) => {
+                self.clients[c].read = None;
                 self.stats.reads_failed += 1;
                 let reason = match e {
-                    ReadError::NotLeader { .. } => "no leader known",
-                    ReadError::TooManyPending => "too many pending reads",
-                    ReadError::DuplicateContext { .. } => "read context already pending",
+                    NodeError::NoLeader => "no leader (or leadership lost)",
+                    NodeError::TooManyRequests => "too many pending reads",
+                    _ => "read failed",
                 };
-                self.record(TraceEvent::ReadFailed { client: c as u64, node: id.0, reason });
+                self.record(TraceEvent::ReadFailed { client: c as u64, node: n as u64 + 1, reason });
                 self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
                 let at = self.now + self.rng.between(MS, 20 * MS);
                 self.wake_client(c, at);
-                Ok(())
             }
         }
     }
 
-    /// A Ready of member `n` confirmed the read indices `confirmed` and failed `failed`.
-    fn reads_confirmed(&mut self, n: usize, confirmed: &[ReadState], failed: &[u64]) {
-        let inc = self.nodes[n].inc;
-        for rs in confirmed {
-            for client in &mut self.clients {
-                if let Some(r) = &mut client.read
-                    && r.node == n
-                    && r.inc == inc
-                    && r.context == rs.context
-                    && r.read_index.is_none()
-                {
-                    r.read_index = Some(rs.index.0);
-                }
-            }
-        }
-        for context in failed {
-            for c in 0..self.clients.len() {
-                let hit = self.clients[c]
-                    .read
-                    .as_ref()
-                    .is_some_and(|r| r.node == n && r.inc == inc && r.context == *context);
-                if hit {
-                    self.clients[c].read = None;
-                    self.stats.reads_failed += 1;
-                    self.record(TraceEvent::ReadFailed {
-                        client: c as u64,
-                        node: n as u64 + 1,
-                        reason: "read index failed (no leader, or leadership lost)",
-                    });
-                    self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
-                    let at = self.now + self.rng.between(MS, 20 * MS);
-                    self.wake_client(c, at);
-                }
-            }
-        }
-    }
-
-    /// Serves the confirmed linearizable reads on member `n` whose read index it has applied.
+    /// Serves the confirmed linearizable reads on member `n` whose read index it has applied
+    /// (as the server's read barrier waits for the applied index).
     fn serve_reads(&mut self, n: usize) -> Result<(), Violation> {
-        let early = self.bug(DriverBug::ServeReadBeforeApplied);
         let inc = self.nodes[n].inc;
         let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
-        let (id, applied) = (live.raft.id(), live.sm.applied);
+        let (id, applied) = (live.driver.raft().id(), live.sm.regs.applied);
         for c in 0..self.clients.len() {
             let Some(r) = &self.clients[c].read else { continue };
             let Some(read_index) = r.read_index else { continue };
-            if r.node != n || r.inc != inc || !r.linearizable || (applied < read_index && !early) {
+            if r.node != n || r.inc != inc || applied < read_index {
                 continue;
             }
             let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
             let (key, min_index) = (r.key, r.min_index);
-            let value = live.sm.values[key];
+            let value =
+                live.sm.read(key).map_err(|e| violation(self.now, "read", format!("node {id}: {e}")))?;
             self.checker.read(id, key, value, min_index, true)?;
             self.clients[c].read = None;
             self.stats.reads_linearizable += 1;
@@ -2143,56 +2155,6 @@ impl Sim {
             }
         }
     }
-}
-
-/// Makes a persist job durable: snapshot, then entries (discarding a conflicting suffix
-/// first), then hard state.
-fn write_durable(d: &mut Durable, job: &Job, keep_tail: bool) -> Result<(), String> {
-    if let Some(s) = &job.snapshot {
-        d.snapshot = Some(s.clone());
-        if keep_tail {
-            // Planted: compact up to the snapshot, keeping a tail that may conflict with it.
-            d.log.retain(|e| e.index > s.meta.index);
-        } else {
-            d.log.clear();
-        }
-    }
-    if let Some(first) = job.entries.first() {
-        let first_index = first.index.0;
-        if first_index <= d.snapshot_index() {
-            return Err(format!(
-                "entries from {first_index} would overwrite the durable snapshot at {}",
-                d.snapshot_index()
-            ));
-        }
-        match d.log.first().map(|e| e.index.0) {
-            Some(start) if first_index >= start => {
-                let keep = (first_index - start) as usize;
-                if keep > d.log.len() {
-                    return Err(format!(
-                        "entries from {first_index} leave a gap after {}",
-                        start + d.log.len() as u64 - 1
-                    ));
-                }
-                d.log.truncate(keep);
-            }
-            Some(_) => d.log.clear(),
-            None => {}
-        }
-        if d.log.is_empty() && first_index != d.snapshot_index() + 1 {
-            // The kept tail may have been compacted away entirely; the entries must then
-            // follow the snapshot.
-            return Err(format!(
-                "entries from {first_index} leave a gap after the durable snapshot at {}",
-                d.snapshot_index()
-            ));
-        }
-        d.log.extend(job.entries.iter().cloned());
-    }
-    if let Some(hs) = job.hard_state {
-        d.hard_state = hs;
-    }
-    Ok(())
 }
 
 /// A message body in a trace line: the fields, with entries shortened to `index@term`.

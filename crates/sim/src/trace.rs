@@ -100,12 +100,15 @@ pub enum TraceEvent {
     },
     Torn {
         node: u64,
-        entries_kept: usize,
-        entries: usize,
+        job: u64,
     },
     DiskError {
         node: u64,
         job: u64,
+    },
+    RestartRefused {
+        node: u64,
+        reason: String,
     },
     Unreachable {
         node: u64,
@@ -179,15 +182,16 @@ impl fmt::Display for TraceEvent {
             }
             LivenessPhase => write!(f, "LIVENESS PHASE: faults stop, all healed and restarted"),
             Pause { node, ms } => write!(f, "PAUSE   n{node} for {ms} ms"),
-            Torn { node, entries_kept, entries } => {
+            Torn { node, job } => {
                 write!(
                     f,
-                    "torn    n{node}: {entries_kept} of {entries} entries of the lost job reached the disk"
+                    "torn    n{node}: crash while writing persist job {job}; a prefix may reach the disk"
                 )
             }
             DiskError { node, job } => {
                 write!(f, "DISK ERROR n{node} persist job {job} failed: the member stops")
             }
+            RestartRefused { node, reason } => write!(f, "REFUSED n{node} restart: {reason}"),
             Unreachable { node, peer } => write!(f, "unreach n{node} reports n{peer} unreachable"),
             ReadSent { client, node, key, context, min_index } => {
                 write!(

@@ -41,3 +41,15 @@ fn runs_last_at_least_ten_virtual_seconds_and_make_progress() {
         assert!(o.stats.acknowledged > 0, "seed {seed}: no command committed");
     }
 }
+
+#[test]
+fn the_key_value_state_machine_runs_deterministically_and_commits() {
+    let options = SimOptions { kv_store: true, ..SimOptions::default() };
+    for seed in [2u64, 9] {
+        let a = run_seed(seed, &options);
+        let b = run_seed(seed, &options);
+        assert!(a.violation.is_none(), "seed {seed}: {:?}", a.violation);
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed}: traces differ");
+        assert!(a.stats.acknowledged > 0 && a.stats.reads_linearizable + a.stats.reads_serializable > 0);
+    }
+}

@@ -4,11 +4,17 @@
 //! really exercise snapshots: transfers installed, followers caught up by snapshot, and chunk
 //! faults (loss, duplication, reordering, corruption) that the receiver rejected, and reads
 //! (linearizable and serializable), pauses, disk errors, torn writes and unreachable reports.
+//! 250 more mixed seeds run the members on the server's key-value state machine
+//! (`raftkv-kvsm`) instead of the registers.
 
 use raftkv_sim::{Profile, SimOptions, replay_command, run_sweep};
 
 fn sweep(start: u64, count: u64, profile: Profile) {
-    let options = SimOptions { profile, ..SimOptions::default() };
+    sweep_with(start, count, SimOptions { profile, ..SimOptions::default() });
+}
+
+fn sweep_with(start: u64, count: u64, options: SimOptions) {
+    let profile = options.profile;
     let sweep = run_sweep(start, count, 1, &options);
     let (failures, t) = (sweep.failures, sweep.totals);
     eprintln!("seeds {start}..{}: {}; {}", start + count, t.snapshot_summary(), t.fault_summary());
@@ -61,4 +67,9 @@ sweep_tests! {
     mixed_seeds_1500_1749: 1500, 250, Profile::Mixed;
     mixed_seeds_1750_1999: 1750, 250, Profile::Mixed;
     leader_churn_seeds_0000_0499: 0, 500, Profile::LeaderChurn;
+}
+
+#[test]
+fn kv_store_mixed_seeds_5000_5249() {
+    sweep_with(5000, 250, SimOptions { kv_store: true, ..SimOptions::default() });
 }

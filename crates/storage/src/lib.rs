@@ -12,8 +12,6 @@
 //! * [`FileLogStore`]: segmented, checksummed log + hard state, implementing
 //!   [`LogStore`]. [`MemLogStore`] is the in-memory model; both pass one
 //!   conformance suite (`tests/conformance.rs`).
-//! * [`GroupCommitLog`]: thread-safe front end; many callers block in
-//!   `append`/`propose`/`save_hard_state`, one fdatasync covers them all.
 //! * [`SnapshotStore`]: snapshot files written to a temporary name, fsynced,
 //!   renamed into place; older ones removed only after that.
 //! * [`Storage`]: `<dir>/log` + `<dir>/snap`; [`Storage::open`] returns
@@ -61,7 +59,6 @@
 //!   (snapshot install) are durable when they return; compaction within the log removes whole
 //!   segments only (each removal followed by a directory fsync), and only
 //!   after the caller's snapshot is durable ([`SnapshotWriter::finish`]).
-//! * [`GroupCommitLog`] calls return only once durable.
 //! * A new segment is created as: fsync of the previous one, create, write
 //!   header and hard state, fsync, fsync of the directory; only then are
 //!   entries written into it. So only the last segment can ever have an unsynced
@@ -108,8 +105,6 @@
 
 pub mod error;
 pub mod fs;
-mod futex;
-mod group;
 mod log;
 mod mem;
 pub mod observe;
@@ -122,7 +117,6 @@ use bytes::Bytes;
 
 pub use error::{Result, StorageError};
 pub use fs::{FileSystem, FsFile, RealFs};
-pub use group::GroupCommitLog;
 pub use log::{FileLogStore, TornTail};
 pub use mem::{MemDisk, MemLogStore};
 #[doc(inline)]

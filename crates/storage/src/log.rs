@@ -120,8 +120,8 @@ impl Replay {
 
 /// The file-backed [`LogStore`]: a directory of segment files.
 ///
-/// Not thread-safe by itself; wrap it in a [`crate::GroupCommitLog`] to
-/// share it between threads with group commit.
+/// Not thread-safe by itself: the member runtime's disk worker (`raftkv-node`)
+/// owns it and covers every job queued while it writes with one sync (group commit).
 pub struct FileLogStore {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
@@ -370,7 +370,13 @@ impl FileLogStore {
                     other => other,
                 };
                 let (torn_ok, reason) = match stop {
-                    Decoded::Incomplete => (true, "record runs past the end of the file".to_string()),
+                    // A write cut by a crash ends the file; a length field damaged on the
+                    // disk (or by a bad read) also claims more bytes than are left, but whole
+                    // records follow it: cutting there would drop synced records.
+                    Decoded::Incomplete => (
+                        !whole_record_after(&data, off + 1, opts.max_record_size),
+                        "record runs past the end of the file".to_string(),
+                    ),
                     Decoded::ZeroLen => (all_zero(&data[off..]), "zero record length".to_string()),
                     Decoded::BadLen(len) => (
                         all_zero(&data[(off + FRAME_HEADER_LEN).min(data.len())..]),
@@ -741,4 +747,9 @@ pub(crate) fn slice_entries(
     let a = (lo - first) as usize;
     let b = (hi - first) as usize;
     Ok(entries.range(a..b).cloned().collect())
+}
+
+/// Whether a whole record (its checksum matching) starts anywhere in `data` from `from` on.
+fn whole_record_after(data: &Bytes, from: usize, max_record_size: u32) -> bool {
+    (from..data.len()).any(|off| matches!(decode_record(data, off, max_record_size), Decoded::Record { .. }))
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use raftkv_rng::SplitMix64;
 
 use crate::fs::{FileSystem, FsFile};
 
@@ -73,8 +74,8 @@ struct State {
     fail_write: Option<u64>,
     fail_sync: Option<u64>,
     crashed: bool,
-    /// Transient read corruption: `(rng state, chance per read in ppm)`.
-    corrupt_reads: Option<(u64, u64)>,
+    /// Transient read corruption: `(generator, chance per read in ppm)`.
+    corrupt_reads: Option<(SplitMix64, u64)>,
     reads_corrupted: u64,
 }
 
@@ -151,15 +152,6 @@ fn apply_write(data: &mut Vec<u8>, off: u64, bytes: &[u8]) {
     data[off..end].copy_from_slice(bytes);
 }
 
-/// Deterministic splitmix64.
-fn next_rand(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// In-memory fault-injecting file system. Cloning gives another handle to
 /// the same state.
 #[derive(Debug, Clone, Default)]
@@ -206,7 +198,7 @@ impl SimFs {
     /// stored bytes are unchanged: a second read may return the right data.
     /// `ppm == 0` turns it off.
     pub fn corrupt_reads(&self, seed: u64, ppm: u64) {
-        self.state.lock().corrupt_reads = (ppm > 0).then_some((seed ^ 0xBAD_0DD5, ppm));
+        self.state.lock().corrupt_reads = (ppm > 0).then_some((SplitMix64::new(seed ^ 0xBAD_0DD5), ppm));
     }
     /// Number of reads returned corrupted so far.
     pub fn reads_corrupted(&self) -> u64 {
@@ -241,10 +233,10 @@ impl SimFs {
     /// Open handles from before the crash become stale.
     pub fn crash(&self, mode: CrashMode) {
         let mut st = self.state.lock();
-        let mut rng = match mode {
+        let mut rng = SplitMix64::new(match mode {
             CrashMode::Torn { seed } => seed ^ 0x5EED,
             _ => 0,
-        };
+        });
         let names = match mode {
             CrashMode::KeepUnsynced => st.names.clone(),
             _ => st.durable_names.clone(),
@@ -261,7 +253,7 @@ impl SimFs {
                 CrashMode::Torn { .. } => {
                     let mut d = old.synced.clone();
                     let n = old.pending.len() as u64;
-                    let keep = if n == 0 { 0 } else { next_rand(&mut rng) % (n + 1) };
+                    let keep = if n == 0 { 0 } else { rng.next_u64() % (n + 1) };
                     for p in old.pending.iter().take(keep as usize) {
                         match p {
                             Pending::Write { off, bytes } => apply_write(&mut d, *off, bytes),
@@ -269,7 +261,7 @@ impl SimFs {
                         }
                     }
                     if let Some(Pending::Write { off, bytes }) = old.pending.get(keep as usize) {
-                        let cut = (next_rand(&mut rng) % (bytes.len() as u64 + 1)) as usize;
+                        let cut = (rng.next_u64() % (bytes.len() as u64 + 1)) as usize;
                         apply_write(&mut d, *off, &bytes[..cut]);
                     }
                     d
@@ -364,9 +356,9 @@ impl FsFile for SimFile {
         buf[..n].copy_from_slice(&data[off..off + n]);
         if let Some((rng, ppm)) = st.corrupt_reads.as_mut()
             && n > 0
-            && next_rand(rng) % 1_000_000 < *ppm
+            && rng.next_u64() % 1_000_000 < *ppm
         {
-            let bit = next_rand(rng) % (n as u64 * 8);
+            let bit = rng.next_u64() % (n as u64 * 8);
             buf[(bit / 8) as usize] ^= 1 << (bit % 8);
             st.reads_corrupted += 1;
         }
@@ -407,8 +399,15 @@ impl FsFile for SimFile {
             return Err(e);
         }
         let ino = st.inode(self.ino)?;
-        ino.synced = ino.data.clone();
-        ino.pending.clear();
+        // `synced` plus the pending writes is `data`: replaying them costs what they wrote,
+        // where copying `data` would cost the whole file on every sync.
+        for p in std::mem::take(&mut ino.pending) {
+            match p {
+                Pending::Write { off, bytes } => apply_write(&mut ino.synced, off, &bytes),
+                Pending::SetLen(len) => apply_set_len(&mut ino.synced, len),
+            }
+        }
+        debug_assert!(ino.synced == ino.data, "synced data and pending writes diverge from the file");
         Ok(())
     }
 }

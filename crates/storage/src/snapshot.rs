@@ -72,6 +72,11 @@ pub struct SnapshotReader {
     path: PathBuf,
     pos: u64,
     end: u64,
+    /// The body's checksum from the trailer, and the checksum of what was read so far: the
+    /// body was verified when the snapshot was opened, but a disk can return other bytes on
+    /// the second read, so the read that reaches the end checks them again.
+    body_crc: u32,
+    crc: u32,
 }
 
 impl SnapshotStore {
@@ -184,7 +189,7 @@ impl SnapshotStore {
             return Ok(None);
         };
         let file = self.fs.open(&path).map_err(|e| StorageError::io("open", &path, e))?;
-        let (meta, start, end) = self.verify(file.as_ref(), &path)?;
+        let (meta, start, end, body_crc) = self.verify(file.as_ref(), &path)?;
         if meta.index != index || meta.term != term {
             return Err(StorageError::corrupt(
                 &path,
@@ -195,11 +200,11 @@ impl SnapshotStore {
                 ),
             ));
         }
-        Ok(Some((meta, SnapshotReader { file, path, pos: start, end })))
+        Ok(Some((meta, SnapshotReader { file, path, pos: start, end, body_crc, crc: 0 })))
     }
 
-    /// Check a snapshot file; returns its meta and the body's byte range.
-    fn verify(&self, file: &dyn FsFile, path: &Path) -> Result<(SnapshotMeta, u64, u64)> {
+    /// Check a snapshot file; returns its meta, the body's byte range and its checksum.
+    fn verify(&self, file: &dyn FsFile, path: &Path) -> Result<(SnapshotMeta, u64, u64, u32)> {
         let read_err = |e: io::Error| StorageError::io("read", path, e);
         let len = file.len().map_err(read_err)?;
         if len < (FIXED_HEADER + 4 + TRAILER_LEN) as u64 {
@@ -284,7 +289,7 @@ impl SnapshotStore {
         if crc != u32_at(&t, 8) {
             return Err(StorageError::corrupt(path, header_len, "snapshot body checksum mismatch"));
         }
-        Ok((meta, header_len, trailer_off))
+        Ok((meta, header_len, trailer_off, crc))
     }
 }
 
@@ -379,8 +384,26 @@ impl SnapshotReader {
         let mut v = vec![0u8; self.remaining() as usize];
         read_exact_at(self.file.as_ref(), &mut v, self.pos)
             .map_err(|e| StorageError::io("read", &self.path, e))?;
-        self.pos = self.end;
+        let start = self.pos;
+        self.advance(&v).map_err(|e| StorageError::corrupt(&self.path, start, e.to_string()))?;
         Ok(v)
+    }
+
+    /// Counts `got` as read; at the end of the body, checks what was read against the
+    /// body's checksum.
+    fn advance(&mut self, got: &[u8]) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, got);
+        self.pos += got.len() as u64;
+        if self.pos == self.end && self.crc != self.body_crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: snapshot body read back differs from its checksum (a bad read)",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -391,7 +414,7 @@ impl io::Read for SnapshotReader {
             return Ok(0);
         }
         let got = self.file.read_at(&mut buf[..n], self.pos)?;
-        self.pos += got as u64;
+        self.advance(&buf[..got])?;
         Ok(got)
     }
 }

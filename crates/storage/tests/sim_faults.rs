@@ -86,3 +86,66 @@ fn corrupted_reads_never_destroy_durable_entries() {
         assert_eq!(after, all, "seed {seed}: a bad read destroyed durable entries");
     }
 }
+
+/// A snapshot is verified when it is opened, and read again when it is restored or sent: a
+/// disk that returns other bytes on that second read must not hand them out as the body.
+#[test]
+fn a_bad_read_of_a_verified_snapshot_body_is_an_error() {
+    use std::io::Read;
+
+    use raftkv_storage::{NodeIds, SnapshotMeta, SnapshotStore};
+    use std::sync::Arc;
+
+    let fs = SimFs::new();
+    let ids = NodeIds { cluster_id: 1, node_id: 1 };
+    let store = SnapshotStore::create(Arc::new(fs.clone()), Path::new("/snap"), ids).unwrap();
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = store.begin(SnapshotMeta { index: 9, term: 2, config: Default::default() }).unwrap();
+    w.write(&body).unwrap();
+    w.finish().unwrap();
+
+    // Honest reads: the body comes back whole, through both ways of reading it.
+    let (_, mut r) = store.latest().unwrap().unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!(got, body);
+    let (_, r) = store.latest().unwrap().unwrap();
+    assert_eq!(r.read_all().unwrap(), body);
+
+    // Verified when opened, then every read flips a bit.
+    let (_, mut r) = store.latest().unwrap().unwrap();
+    let (_, r2) = store.latest().unwrap().unwrap();
+    fs.corrupt_reads(7, 1_000_000);
+    let mut got = Vec::new();
+    let err = r.read_to_end(&mut got).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(r2.read_all().is_err(), "a corrupted body was served");
+    assert!(fs.reads_corrupted() >= 2);
+}
+
+/// A record length damaged so that it runs past the end of the last segment looks like a
+/// write cut by a crash, but whole records follow it: the log refuses to open (a bad read
+/// is retried by restarting) instead of cutting the synced records after it.
+#[test]
+fn a_damaged_length_with_records_after_it_is_not_cut_as_torn() {
+    let fs = SimFs::new();
+    // No preallocated zeros: the damaged length runs past the end of the file.
+    let opts = raftkv_storage::LogOptions { preallocate: 0, ..small_opts() };
+    let mut s = sim_create(&fs, opts.clone());
+    for lo in (1..=20).step_by(4) {
+        s.append(&recs(lo, lo + 3, 1, "c")).unwrap();
+        s.sync().unwrap();
+    }
+    drop(s);
+    let segs = segment_files(&fs, &log_dir());
+    let last = segs.last().unwrap().clone();
+    let before = fs.file_bytes(&last).unwrap();
+    // The first record after the 64-byte segment header: +65,536 to its length.
+    assert!(fs.flip_bit(&last, 64 + 2, 0));
+    let opened = sim_open(&fs, opts.clone());
+    assert!(opened.is_err(), "a damaged length was cut as a torn tail");
+    assert!(fs.flip_bit(&last, 64 + 2, 0));
+    assert_eq!(fs.file_bytes(&last).unwrap(), before, "refusing to open changed the file");
+    let (_, r) = sim_open(&fs, opts.clone()).unwrap();
+    assert_eq!(r.records, recs(1, 20, 1, "c"));
+}

@@ -19,8 +19,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_api::etcdserverpb::kv_client::KvClient;
+use raftkv_api::etcdserverpb::lease_client::LeaseClient;
 use raftkv_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use raftkv_api::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use raftkv_api::etcdserverpb::{
+    LeaseKeepAliveRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use tonic::transport::{Channel, Endpoint};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
@@ -572,7 +575,8 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Out {
     }
 }
 
-/// Starts a one-member real etcd; None when the binary is absent.
+/// Starts a one-member real etcd with its data and log in `dir`; (process, client port,
+/// peer port), or None when the binary is absent.
 pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
     if !have("etcd") {
         return None;
@@ -597,6 +601,11 @@ pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
     Some((Proc::new("etcd", child, Some(log_path)), ports[0], ports[1]))
 }
 
+/// A JSON gateway POST over HTTP/1.1; the response body.
+pub fn http_post(port: u16, path: &str, body: &str) -> String {
+    http_post_with(port, path, body, &[])
+}
+
 /// [`start_etcd`], then waits until etcd has elected itself.
 pub async fn start_etcd_elected(dir: &Path) -> Option<(Proc, u16, u16)> {
     let (proc, client, peer) = start_etcd(dir)?;
@@ -608,7 +617,7 @@ pub async fn start_etcd_elected(dir: &Path) -> Option<(Proc, u16, u16)> {
 }
 
 /// A JSON gateway POST over HTTP/1.1 with extra `headers`; the response body.
-pub fn http_post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> String {
+pub fn http_post_with(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
@@ -620,4 +629,16 @@ pub fn http_post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) ->
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// One keep-alive through member `port`; the TTL answered.
+pub async fn keep_alive_once(port: u16, id: i64) -> Result<i64, tonic::Status> {
+    let mut stream = LeaseClient::new(channel(port))
+        .lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id }))
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(r) => Ok(r.ttl),
+        None => Err(tonic::Status::unavailable("stream closed")),
+    }
 }

@@ -18,8 +18,7 @@
 //! | keys (KvStore::write_pinned_keys) | crc u32 (CRC32C of everything after the magic)
 //! ```
 //!
-//! Full layout: `KvStore::snapshot_header()`, keys, cold_len u64, cold bytes, crc u32
-//! (CRC32C of keys, cold_len and cold bytes), members_len u32, members.
+//! Full layout: see [`crate::snapshot`].
 //!
 //! Segment files (`cold-<name_id>.seg`, raw bytes) are synced with their directory before
 //! the snapshot that lists them is written; a chain starts over (one segment with the
@@ -38,8 +37,6 @@ const THIN_MAGIC: &[u8; 8] = b"RAFTKVT\0";
 const THIN_VERSION: u32 = 1;
 /// Segments one snapshot may list (a chain grows by one per snapshot until it restarts).
 const MAX_SEGMENTS: u32 = 1 << 16;
-/// Largest members section (members and lease table) accepted.
-const MAX_MEMBERS: u32 = 256 << 20;
 /// Cold bytes copied per visit to the live store.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -176,6 +173,39 @@ pub fn remove_unlisted(chain: &SharedChain) {
     }
 }
 
+/// Why a thin snapshot cannot be expanded.
+#[derive(Debug, thiserror::Error)]
+pub enum ThinError {
+    /// The snapshot itself cannot be read.
+    #[error("reading the snapshot: {0}")]
+    Read(io::Error),
+    /// The thin snapshot's header is damaged or of an unknown version.
+    #[error("thin snapshot: {0}")]
+    Malformed(String),
+    /// A listed history segment cannot be opened.
+    #[error("history segment {}: {source}", path.display())]
+    Segment {
+        /// The segment file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// A listed history segment has another length than the snapshot lists.
+    #[error("history segment {}: {on_disk} bytes, the snapshot lists {listed}", path.display())]
+    SegmentLength {
+        /// The segment file.
+        path: PathBuf,
+        /// Its length on disk.
+        on_disk: u64,
+        /// The length the snapshot lists.
+        listed: u64,
+    },
+}
+
+fn malformed(msg: impl Into<String>) -> ThinError {
+    ThinError::Malformed(msg.into())
+}
+
 /// A snapshot in the full layout (see [`open_full`]).
 pub enum FullReader<R> {
     /// A full snapshot, passed through.
@@ -197,29 +227,29 @@ impl<R: Read> Read for FullReader<R> {
 /// snapshots are expanded with the segments in `dir` (which are opened here, so removing
 /// them later does not disturb this reader), full ones pass through. Returns the reader
 /// and its length.
-pub fn open_full<R: Read>(mut r: R, len: u64, dir: &Path) -> Result<(FullReader<R>, u64), String> {
+pub fn open_full<R: Read>(mut r: R, len: u64, dir: &Path) -> Result<(FullReader<R>, u64), ThinError> {
     let mut magic = [0u8; 8];
     if len < 8 {
         return Ok((FullReader::Pass(io::Cursor::new(Vec::new()).chain(r)), len));
     }
-    r.read_exact(&mut magic).map_err(|e| format!("reading the snapshot: {e}"))?;
+    r.read_exact(&mut magic).map_err(ThinError::Read)?;
     if &magic != THIN_MAGIC {
         return Ok((FullReader::Pass(io::Cursor::new(magic.to_vec()).chain(r)), len));
     }
     let mut cr = CrcReader { inner: r, crc: 0 };
     let version = read_u32(&mut cr)?;
     if version != THIN_VERSION {
-        return Err(format!("thin snapshot: unsupported version {version}"));
+        return Err(malformed(format!("unsupported version {version}")));
     }
     let members_len = read_u32(&mut cr)?;
-    if members_len > MAX_MEMBERS {
-        return Err(format!("thin snapshot: members section claims {members_len} bytes"));
+    if members_len as usize > crate::snapshot::MAX_TRAILER {
+        return Err(malformed(format!("members section claims {members_len} bytes")));
     }
     let mut members = vec![0u8; members_len as usize];
-    cr.read_exact(&mut members).map_err(|e| format!("thin snapshot members: {e}"))?;
+    cr.read_exact(&mut members).map_err(|e| malformed(format!("members: {e}")))?;
     let count = read_u32(&mut cr)?;
     if count > MAX_SEGMENTS {
-        return Err(format!("thin snapshot: {count} segments listed"));
+        return Err(malformed(format!("{count} segments listed")));
     }
     let mut segments = Vec::with_capacity(count as usize);
     let mut expected_start = 0u64;
@@ -229,22 +259,20 @@ pub fn open_full<R: Read>(mut r: R, len: u64, dir: &Path) -> Result<(FullReader<
         let seg_len = read_u64(&mut cr)?;
         let crc = read_u32(&mut cr)?;
         if start != expected_start {
-            return Err(format!("thin snapshot: segment at {start}, expected {expected_start}"));
+            return Err(malformed(format!("segment at {start}, expected {expected_start}")));
         }
-        expected_start = start.checked_add(seg_len).ok_or("thin snapshot: segment length overflows")?;
+        expected_start = start.checked_add(seg_len).ok_or_else(|| malformed("segment length overflows"))?;
         let path = segment_path(dir, name_id);
-        let file = File::open(&path).map_err(|e| format!("history segment {}: {e}", path.display()))?;
-        let on_disk = file.metadata().map_err(|e| format!("history segment {}: {e}", path.display()))?.len();
+        let file = File::open(&path).map_err(|source| ThinError::Segment { path: path.clone(), source })?;
+        let on_disk =
+            file.metadata().map_err(|source| ThinError::Segment { path: path.clone(), source })?.len();
         if on_disk != seg_len {
-            return Err(format!(
-                "history segment {}: {on_disk} bytes, the snapshot lists {seg_len}",
-                path.display()
-            ));
+            return Err(ThinError::SegmentLength { path, on_disk, listed: seg_len });
         }
         segments.push((Segment { name_id, start, len: seg_len, crc }, file, path));
     }
     let header = 8 + 4 + 4 + u64::from(members_len) + 4 + 28 * u64::from(count);
-    let keys_len = len.checked_sub(header + 4).ok_or("thin snapshot: shorter than its header")?;
+    let keys_len = len.checked_sub(header + 4).ok_or_else(|| malformed("shorter than its header"))?;
     let cold_len = expected_start;
     let full_len = 12 + keys_len + 8 + cold_len + 4 + 4 + u64::from(members_len);
     let reader = Expand {
@@ -261,15 +289,15 @@ pub fn open_full<R: Read>(mut r: R, len: u64, dir: &Path) -> Result<(FullReader<
     Ok((FullReader::Thin(Box::new(reader)), full_len))
 }
 
-fn read_u32(r: &mut impl Read) -> Result<u32, String> {
+fn read_u32(r: &mut impl Read) -> Result<u32, ThinError> {
     let mut b = [0u8; 4];
-    r.read_exact(&mut b).map_err(|e| format!("thin snapshot: {e}"))?;
+    r.read_exact(&mut b).map_err(|e| malformed(e.to_string()))?;
     Ok(u32::from_le_bytes(b))
 }
 
-fn read_u64(r: &mut impl Read) -> Result<u64, String> {
+fn read_u64(r: &mut impl Read) -> Result<u64, ThinError> {
     let mut b = [0u8; 8];
-    r.read_exact(&mut b).map_err(|e| format!("thin snapshot: {e}"))?;
+    r.read_exact(&mut b).map_err(|e| malformed(e.to_string()))?;
     Ok(u64::from_le_bytes(b))
 }
 

@@ -1,11 +1,19 @@
-//! `raftkv bench` against a one-member `raftkv server`: the JSON result line parses, some
-//! puts succeeded, none failed.
+//! `raftkv-bench` against a one-member `raftkv server`: the JSON result line parses, some
+//! puts succeeded, none failed. The server binary is the release `raftkv` beside
+//! `raftkv-bench` (`cargo build --release -p raftkv` first, as scripts/test does).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
+const BENCH: &str = env!("CARGO_BIN_EXE_raftkv-bench");
+
+/// The `raftkv` binary of the same build.
+fn server_exe() -> std::path::PathBuf {
+    let exe = std::path::Path::new(BENCH).with_file_name("raftkv");
+    assert!(exe.exists(), "{} not found: build it with `cargo build --release -p raftkv`", exe.display());
+    exe
+}
 
 /// A running member, killed (and reaped) when dropped.
 struct Member {
@@ -30,7 +38,7 @@ fn start_member() -> Member {
     let (client, peer) = (free_port(), free_port());
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(EXE)
+    let child = Command::new(server_exe())
         .arg("server")
         .args(["--name", "b1"])
         .arg("--data-dir")
@@ -46,14 +54,14 @@ fn start_member() -> Member {
     Member { child, _dir: dir, client: format!("127.0.0.1:{client}") }
 }
 
-/// Runs `raftkv bench` with `args`; returns its JSON line if it exited successfully.
+/// Runs `raftkv-bench` with `args`; returns its JSON line if it exited successfully.
 fn bench(endpoint: &str, args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new(EXE)
-        .args(["bench", "--endpoints", endpoint, "--json", "--quiet"])
+    let out = Command::new(BENCH)
+        .args(["--endpoints", endpoint, "--json", "--quiet"])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("raftkv bench runs");
+        .expect("raftkv-bench runs");
     if !out.status.success() {
         return None;
     }
@@ -77,7 +85,7 @@ fn bench_puts_against_one_member() {
     }
 
     let j = bench(&member.client, &["--op", "put", "--duration", "2", "--clients", "4", "--conns", "2"])
-        .expect("raftkv bench succeeds and prints a JSON line");
+        .expect("raftkv-bench succeeds and prints a JSON line");
     assert_eq!(j["op"], "put");
     assert_eq!(j["clients"], 4);
     let ops = j["ops"].as_u64().expect("ops is a number");

@@ -1,4 +1,4 @@
-//! `raftkv bench`: a load generator speaking the etcd v3 gRPC API, so the same command
+//! `raftkv-bench`: a load generator speaking the etcd v3 gRPC API, so the same command
 //! drives raftkv and etcd.
 //!
 //! `--clients` workers each keep one request in flight, spread round-robin over `--conns`
@@ -22,8 +22,12 @@ use raftkv_api::etcdserverpb::{
     TxnResponse, compare, request_op,
 };
 use raftkv_api::prost::Message;
+// Keys are picked uniformly by multiply-shift (`SplitMix64::scaled`).
+use raftkv_rng::SplitMix64 as Rng;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+mod flatio;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -117,30 +121,6 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// SplitMix64: small, fast and good enough to pick keys uniformly.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (multiply-shift; the bias is below 2^-40 for any key space used here).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Every key of the key space in one buffer; a key is a zero-copy slice of it.
@@ -243,7 +223,7 @@ impl GrpcConn {
     async fn connect(url: &str, timeout: Duration) -> Result<GrpcConn, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("bad endpoint {url}: {e}"))?;
         if uri.scheme_str() != Some("http") {
-            return Err(format!("bad endpoint {url}: raftkv bench speaks plain http:// only"));
+            return Err(format!("bad endpoint {url}: raftkv-bench speaks plain http:// only"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| format!("bad endpoint {url}: no host"))?;
         let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
@@ -255,7 +235,7 @@ impl GrpcConn {
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)
-            .handshake::<_, Bytes>(crate::flatio::FlatWrites(tcp))
+            .handshake::<_, Bytes>(flatio::FlatWrites(tcp))
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         tokio::spawn(async move {
@@ -394,7 +374,7 @@ async fn worker(id: usize, mut kv: GrpcConn, plan: Arc<Plan>, shared: Arc<Shared
             _ => {}
         }
         let n = match plan.key_order {
-            KeyOrder::Random => rng.below(plan.key_space),
+            KeyOrder::Random => rng.scaled(plan.key_space),
             KeyOrder::Sequential => shared.next_key.fetch_add(1, Ordering::Relaxed) % plan.key_space,
         };
         let key = plan.keys.get(n);
@@ -557,7 +537,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let mut value = vec![0u8; args.value_size];
     let mut rng = Rng::new(args.seed);
     for b in value.iter_mut() {
-        *b = b'a' + rng.below(26) as u8;
+        *b = b'a' + rng.scaled(26) as u8;
     }
     let now = Instant::now();
     let start = now + Duration::from_secs_f64(args.warmup);

@@ -1,0 +1,519 @@
+//! `raftkv-chaos bench-watch`: watch and lease figures for raftkv and etcd in the same run.
+//!
+//! Each system runs as one member on 127.0.0.1 (free ports, fsync on, a fresh data dir),
+//! one after the other, driven by the same client code over the etcd v3 gRPC API:
+//! * **watch events**: writers put 256-byte values at full speed (64 concurrent puts over 8
+//!   connections) to keys under `wb/` while 1, then 1,000 watchers (over up to 10 streams)
+//!   watch the prefix; events delivered per second, and the latency from a put's
+//!   acknowledgement to each delivery of its event (p50/p99; an event that arrives before the
+//!   acknowledgement counts as 0), and from the put's request to each delivery;
+//! * **idle watchers**: the member's RSS before and after opening 100,000 watchers (on
+//!   distinct keys, 1,000 per stream, 100 streams over 10 connections);
+//! * **lease keep-alives**: 10,000 leases granted, then keep-alives as fast as 16 streams take
+//!   them, cycling over the leases.
+//!
+//! Each figure comes with the member's CPU time (user + system, from /proc) per operation.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use raftkv_api::etcdserverpb::kv_client::KvClient;
+use raftkv_api::etcdserverpb::lease_client::LeaseClient;
+use raftkv_api::etcdserverpb::watch_client::WatchClient;
+use raftkv_api::etcdserverpb::watch_request::RequestUnion;
+use raftkv_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, WatchCreateRequest, WatchRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub raftkv: PathBuf,
+    /// etcd's binary (skipped when None).
+    pub etcd: Option<PathBuf>,
+    pub duration: Duration,
+    pub out: PathBuf,
+    pub idle_watchers: usize,
+    pub leases: usize,
+}
+
+/// One single-member server under measurement.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(name: &'static str, binary: &Path, dir: &Path) -> Result<Server, String> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let client = free_port()?;
+        let peer = free_port()?;
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.join("member.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(binary);
+        if name == "raftkv" {
+            cmd.arg("server");
+        }
+        cmd.args(["--name", "b", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("b={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        Ok(Server { child, url })
+    }
+
+    /// User + system CPU time so far, in seconds.
+    fn cpu(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 14th field.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = [11, 12].iter().filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok())).sum();
+        ticks as f64 / clock_ticks()
+    }
+
+    /// Resident set size, in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The figures of one system.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    pub name: String,
+    pub watch: Vec<WatchPoint>,
+    /// (watchers opened, RSS before, RSS after) in bytes
+    pub idle: (usize, u64, u64),
+    /// (leases, keep-alives/s, CPU µs per keep-alive)
+    pub keepalive: (usize, f64, f64),
+    pub load: Vec<String>,
+}
+
+/// Plain connections (no HTTP/2 keep-alive pings: etcd answers pings more often than every
+/// 5 s with GOAWAY).
+fn channels(url: &str, n: usize) -> Result<Vec<Channel>, String> {
+    (0..n)
+        .map(|_| {
+            Ok(Endpoint::from_shared(url.to_string())
+                .map_err(|e| format!("bad endpoint {url}: {e}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy())
+        })
+        .collect()
+}
+
+fn create(key: &str, range_end: &str) -> WatchRequest {
+    WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_string().into(),
+            range_end: range_end.to_string().into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Opens a stream with `reqs` create requests and waits for their `created` responses.
+/// Returns the stream and its request sender (which must live as long as the stream).
+async fn open_watchers(
+    ch: Channel,
+    reqs: Vec<WatchRequest>,
+) -> Result<
+    (tonic::Streaming<raftkv_api::etcdserverpb::WatchResponse>, tokio::sync::mpsc::Sender<WatchRequest>),
+    String,
+> {
+    let n = reqs.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // The requests go out before the response headers are awaited: etcd sends its headers
+    // with the first response.
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        for r in reqs {
+            if sender.send(r).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = WatchClient::new(ch).max_decoding_message_size(64 << 20);
+    let resp = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("watch: {e}"))?;
+    let mut stream = resp.into_inner();
+    let mut created = 0;
+    while created < n {
+        match tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
+            Ok(Ok(Some(r))) if r.created && !r.canceled => created += 1,
+            Ok(Ok(Some(r))) if r.canceled => return Err(format!("watch refused: {}", r.cancel_reason)),
+            Ok(Ok(Some(_))) => {}
+            other => return Err(format!("watch stream ended while creating watchers: {other:?}")),
+        }
+    }
+    Ok((stream, tx))
+}
+
+const SLOTS: usize = 1 << 22;
+
+/// One watch throughput point.
+#[derive(Debug, Clone, Default)]
+pub struct WatchPoint {
+    pub watchers: usize,
+    pub puts_per_s: f64,
+    pub events_per_s: f64,
+    /// From the put's acknowledgement to the delivery (0 when the event came first), ms.
+    pub ack_p50: f64,
+    pub ack_p99: f64,
+    /// From the put's request to the delivery, ms.
+    pub send_p50: f64,
+    pub send_p99: f64,
+    pub cpu_us_per_event: f64,
+    pub missing: u64,
+}
+
+/// Writers at full speed with `watchers` watchers on their prefix.
+async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<WatchPoint, String> {
+    let streams = watchers.clamp(1, 10);
+    let base_rev = crate::watchcheck::current_revision(std::slice::from_ref(&s.url), Duration::from_secs(10))
+        .await
+        .ok_or("no revision")?;
+    let start = Instant::now();
+    // Per revision - base_rev: when its put was sent and acknowledged (ns since start).
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+    let mut readers = Vec::new();
+    let done = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    for (i, ch) in channels(&s.url, streams)?.into_iter().enumerate() {
+        let per = watchers / streams + usize::from(i < watchers % streams);
+        let (mut stream, tx) = open_watchers(ch, (0..per).map(|_| create("wb/", "wb0")).collect()).await?;
+        let (done, delivered) = (done.clone(), delivered.clone());
+        readers.push(tokio::spawn(async move {
+            let _tx = tx;
+            // (revision - base_rev, received ns since start); latencies are computed at the
+            // end, when every acknowledgement is known.
+            let mut got: Vec<(u32, u64)> = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let m = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
+                let Ok(m) = m else { continue };
+                let Ok(Some(r)) = m else { break };
+                let now = start.elapsed().as_nanos() as u64;
+                for e in &r.events {
+                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    if let Ok(slot) = u32::try_from(rev - base_rev) {
+                        got.push((slot, now));
+                    }
+                }
+                delivered.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+            }
+            got
+        }));
+    }
+    let cpu0 = s.cpu();
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let puts = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    let value = vec![b'v'; 256];
+    for (c, ch) in channels(&s.url, 8)?.into_iter().enumerate() {
+        for w in 0..8 {
+            let (mut kv, stop, puts, sent, acked, value) = (
+                KvClient::new(ch.clone()),
+                stop.clone(),
+                puts.clone(),
+                sent.clone(),
+                acked.clone(),
+                value.clone(),
+            );
+            writers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("wb/{c}-{w}-{}", n % 100);
+                    let req =
+                        PutRequest { key: key.into(), value: value.clone().into(), ..Default::default() };
+                    let t_sent = start.elapsed().as_nanos() as u64;
+                    let Ok(r) = kv.put(req).await else { continue };
+                    let t_ack = start.elapsed().as_nanos() as u64;
+                    let rev = r.into_inner().header.map_or(0, |h| h.revision);
+                    if let Ok(i) = usize::try_from(rev - base_rev)
+                        && i < SLOTS
+                    {
+                        sent[i].store(t_sent, Ordering::Relaxed);
+                        acked[i].store(t_ack, Ordering::Relaxed);
+                    }
+                    puts.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let written = puts.load(Ordering::Relaxed);
+    let want = written * watchers as u64;
+    // Let the watchers drain (at most 30 s).
+    let drain = Instant::now();
+    while delivered.load(Ordering::Relaxed) < want && drain.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = s.cpu() - cpu0;
+    done.store(true, Ordering::Relaxed);
+    let mut from_ack = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut from_send = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    for r in readers {
+        for (slot, at) in r.await.unwrap_or_default() {
+            let (Some(t_sent), Some(t_ack)) = (sent.get(slot as usize), acked.get(slot as usize)) else {
+                continue;
+            };
+            let (t_sent, t_ack) = (t_sent.load(Ordering::Relaxed), t_ack.load(Ordering::Relaxed));
+            if t_ack == 0 {
+                continue;
+            }
+            let _ = from_ack.record(at.saturating_sub(t_ack) / 1000);
+            let _ = from_send.record(at.saturating_sub(t_sent) / 1000);
+        }
+    }
+    let got = delivered.load(Ordering::Relaxed);
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(WatchPoint {
+        watchers,
+        puts_per_s: written as f64 / duration.as_secs_f64(),
+        events_per_s: got as f64 / elapsed,
+        ack_p50: ms(&from_ack, 0.5),
+        ack_p99: ms(&from_ack, 0.99),
+        send_p50: ms(&from_send, 0.5),
+        send_p99: ms(&from_send, 0.99),
+        cpu_us_per_event: if got > 0 { cpu * 1e6 / got as f64 } else { 0.0 },
+        missing: want.saturating_sub(got),
+    })
+}
+
+async fn idle_point(s: &Server, n: usize) -> Result<(usize, u64, u64), String> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = s.rss();
+    let per_stream = 1000;
+    let streams = n.div_ceil(per_stream);
+    let chans = channels(&s.url, 10)?;
+    let mut held = Vec::new();
+    for i in 0..streams {
+        let lo = i * per_stream;
+        let hi = (lo + per_stream).min(n);
+        let reqs = (lo..hi).map(|k| create(&format!("idle/{k:06}"), "")).collect();
+        held.push(open_watchers(chans[i % chans.len()].clone(), reqs).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = s.rss();
+    drop(held);
+    Ok((n, before, after))
+}
+
+async fn keepalive_point(s: &Server, leases: usize, duration: Duration) -> Result<(usize, f64, f64), String> {
+    let chans = channels(&s.url, 8)?;
+    let mut ids = Vec::with_capacity(leases);
+    let mut grants = Vec::new();
+    for (i, ch) in chans.iter().enumerate() {
+        let (mut c, count) = (LeaseClient::new(ch.clone()), leases / 8 + usize::from(i < leases % 8));
+        grants.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..count {
+                if let Ok(r) = c.lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await {
+                    out.push(r.into_inner().id);
+                }
+            }
+            out
+        }));
+    }
+    for g in grants {
+        ids.extend(g.await.unwrap_or_default());
+    }
+    if ids.len() < leases {
+        return Err(format!("only {} of {leases} leases granted", ids.len()));
+    }
+    let ids = Arc::new(ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let streams = 16;
+    let mut tasks = Vec::new();
+    let cpu0 = s.cpu();
+    let t0 = Instant::now();
+    for k in 0..streams {
+        let mut c = LeaseClient::new(chans[k % chans.len()].clone());
+        let (ids, stop, answered) = (ids.clone(), stop.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let stop2 = stop.clone();
+            // Sending starts before the response headers are awaited (etcd sends them with
+            // the first response).
+            let sender = tokio::spawn(async move {
+                let mut i = k;
+                while !stop2.load(Ordering::Relaxed) {
+                    if tx.send(LeaseKeepAliveRequest { id: ids[i % ids.len()] }).await.is_err() {
+                        return;
+                    }
+                    i += streams;
+                }
+            });
+            let Ok(resp) = c.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+                sender.abort();
+                return;
+            };
+            let mut stream = resp.into_inner();
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                    Ok(Ok(Some(_))) => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            sender.abort();
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    let n = answered.load(Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = s.cpu() - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok((leases, n as f64 / elapsed, if n > 0 { cpu * 1e6 / n as f64 } else { 0.0 }))
+}
+
+async fn measure(name: &'static str, binary: &Path, cfg: &BenchConfig) -> Result<Figures, String> {
+    let s = Server::start(name, binary, &cfg.out.join(name))?;
+    crate::runner::wait_ready(std::slice::from_ref(&s.url), Duration::from_secs(30)).await?;
+    let mut f = Figures { name: name.to_string(), ..Default::default() };
+    eprintln!("bench-watch: {name} ({})", binary.display());
+    // Idle watchers first, on a member that has not served any yet.
+    f.load.push(load_average());
+    f.idle = idle_point(&s, cfg.idle_watchers).await?;
+    eprintln!("  idle: {:?}", f.idle);
+    for watchers in [1, 1000] {
+        f.load.push(load_average());
+        let p = watch_point(&s, watchers, cfg.duration).await?;
+        eprintln!("  {watchers} watchers: {p:?}");
+        f.watch.push(p);
+    }
+    f.load.push(load_average());
+    f.keepalive = keepalive_point(&s, cfg.leases, cfg.duration).await?;
+    eprintln!("  keep-alives: {:?}", f.keepalive);
+    f.load.push(load_average());
+    Ok(f)
+}
+
+pub async fn run(cfg: BenchConfig) -> Result<String, String> {
+    let mut all = vec![measure("raftkv", &cfg.raftkv, &cfg).await?];
+    if let Some(etcd) = &cfg.etcd {
+        all.push(measure("etcd", etcd, &cfg).await?);
+    }
+    Ok(report(&cfg, &all))
+}
+
+fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "bench-watch: one member each, {} s per point; load average (1, 5, 15 min) at each point:",
+        cfg.duration.as_secs()
+    );
+    for f in all {
+        let _ = writeln!(o, "  {}: {}", f.name, f.load.join(" | "));
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "| system | watchers | puts/s | events delivered/s | ack→delivery p50 / p99 ms | request→delivery p50 / p99 ms | server CPU µs / event | events missing |"
+    );
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for f in all {
+        for p in &f.watch {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {} |",
+                f.name,
+                p.watchers,
+                p.puts_per_s,
+                p.events_per_s,
+                p.ack_p50,
+                p.ack_p99,
+                p.send_p50,
+                p.send_p99,
+                p.cpu_us_per_event,
+                p.missing
+            );
+        }
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| system | idle watchers | RSS before MiB | RSS after MiB | bytes per watcher |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
+    for f in all {
+        let (n, before, after) = f.idle;
+        let _ = writeln!(
+            o,
+            "| {} | {n} | {:.1} | {:.1} | {:.0} |",
+            f.name,
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+            after.saturating_sub(before) as f64 / n.max(1) as f64
+        );
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "| system | leases | keep-alives/s | server CPU µs / keep-alive |");
+    let _ = writeln!(o, "| --- | --- | --- | --- |");
+    for f in all {
+        let (n, rate, cpu) = f.keepalive;
+        let _ = writeln!(o, "| {} | {n} | {rate:.0} | {cpu:.2} |", f.name);
+    }
+    o
+}

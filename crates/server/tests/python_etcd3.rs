@@ -1,0 +1,97 @@
+//! The Python `etcd3` client (PyPI etcd3 0.12.0) against a three-member raftkv cluster: KV and
+//! Txn, watch (key, prefix, start revision, prev_kv, cancel, callbacks, on another member),
+//! leases (keys, time to live, refresh, revoke, expiry seen by watches on every member) and its
+//! `Lock` (contended, released, expiring holder). The script, tests/python/etcd3_client.py,
+//! runs against a real etcd 3.4 first when etcd is installed, so its expectations are etcd's.
+//!
+//! The interpreter: `$RAFTKV_PYTHON`, else `target/py-clients/bin/python` (made by .ci/run
+//! from tests/python/requirements.txt), else `python3`. Without the client the test is skipped
+//! loudly, or fails under `RAFTKV_REQUIRE_ETCD=1` (CI).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Cluster, Opts, Proc, die_with_parent, start_etcd, wait_for};
+
+const START: Duration = Duration::from_secs(20);
+/// The script's checks take about 15 s; generous for a machine shared with builds.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/etcd3_client.py")
+}
+
+/// A Python interpreter that can `import etcd3`, if there is one.
+fn python() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-clients/bin/python");
+    let candidates: Vec<PathBuf> = match std::env::var_os("RAFTKV_PYTHON") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![venv, PathBuf::from("python3")],
+    };
+    let found = candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import etcd3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        let msg = "\n\n!!!!! no Python with the `etcd3` client: SKIPPING the python-etcd3 interop test. \
+                   Install it with `python3 -m venv target/py-clients && target/py-clients/bin/pip \
+                   install -r crates/server/tests/python/requirements.txt` !!!!!\n";
+        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
+        eprintln!("{msg}");
+    }
+    found
+}
+
+/// Runs the script against `endpoints`; panics with its output unless every check passed.
+fn run_script(py: &Path, endpoints: &[String], against: &str, dir: &Path) {
+    let out_path = dir.join(format!("python-{against}.out"));
+    let out = std::fs::File::create(&out_path).expect("output file");
+    let mut cmd = Command::new(py);
+    cmd.arg(script())
+        .args(endpoints)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out);
+    let child = die_with_parent(&mut cmd).spawn().expect("spawn python");
+    let mut proc = Proc::new("python", child, None);
+    let status = proc.wait_exit(SCRIPT_TIMEOUT);
+    let output = common::read_log(&out_path);
+    eprintln!("===== python etcd3 against {against} =====\n{output}");
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("the python etcd3 checks failed against {against} ({s})"),
+        None => panic!("the python etcd3 checks did not finish within {SCRIPT_TIMEOUT:?} against {against}"),
+    }
+    assert!(
+        output.lines().any(|l| l.ends_with(" passed, 0 failed") && !l.starts_with("0 passed")),
+        "no summary line from the script against {against}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_etcd3_client_kv_watch_lease_lock() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // etcd 3.4 first: the script's expectations are etcd's behaviour.
+    if let Some((etcd, port, _)) = start_etcd(dir.path()) {
+        wait_for("etcd to serve", START, || async move { common::status(port).await.ok() }).await;
+        run_script(&py, &[format!("127.0.0.1:{port}")], "etcd 3.4", dir.path());
+        drop(etcd);
+    }
+
+    let mut c = Cluster::start(3, Opts::default());
+    c.wait_leader(START).await;
+    // Writes through one member, watches on it and on another.
+    let endpoints = vec![c.members[0].endpoint(), c.members[1].endpoint()];
+    run_script(&py, &endpoints, "raftkv", dir.path());
+    c.assert_running();
+}
