@@ -9,6 +9,8 @@ use std::io;
 const PROTOS: &[&str] = &[
     "mvccpb/kv.proto",
     "etcdserverpb/rpc.proto",
+    "authpb/auth.proto",
+    "etcdserverpb/auth.proto",
     "raftkvpb/internal.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
@@ -37,7 +39,7 @@ fn json(fds: &prost_types::FileDescriptorSet) -> io::Result<()> {
         .preserve_proto_field_names()
         // Like etcd's gateway, unknown JSON fields are skipped, not refused.
         .ignore_unknown_fields()
-        .build(&[".mvccpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])
+        .build(&[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])
 }
 
 #[cfg(not(feature = "json"))]

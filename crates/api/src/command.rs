@@ -8,7 +8,7 @@ use crate::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
     TxnRequest,
 };
-use crate::raftkvpb::{InternalRequest, LeaseCheckpointRequest, internal_request};
+use crate::raftkvpb::{AuthCommand, InternalRequest, LeaseCheckpointRequest, internal_request};
 
 /// A command replicated through the log and applied to the state machine.
 pub type Command = InternalRequest;
@@ -31,7 +31,7 @@ impl std::error::Error for CommandDecodeError {}
 impl InternalRequest {
     /// A command with proposal id `id` carrying `request`.
     pub fn new(id: u64, request: Request) -> Self {
-        InternalRequest { id, request: Some(request) }
+        InternalRequest { id, request: Some(request), auth_revision: 0 }
     }
 
     /// Command for a put.
@@ -72,6 +72,11 @@ impl InternalRequest {
     /// Command recording the remaining TTLs of leases.
     pub fn lease_checkpoint(id: u64, req: LeaseCheckpointRequest) -> Self {
         Self::new(id, Request::LeaseCheckpoint(req))
+    }
+
+    /// Command changing the auth state.
+    pub fn auth(id: u64, req: AuthCommand) -> Self {
+        Self::new(id, Request::Auth(req))
     }
 
     /// Protobuf encoding of the command.

@@ -28,6 +28,14 @@ pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
+/// etcd's auth records: users, roles and permissions (`authpb` package).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
+}
+
 /// The etcd v3 client API (`etcdserverpb` package).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod etcdserverpb {

@@ -13,6 +13,7 @@
 //! Response headers carry only `revision`; the server fills `cluster_id`,
 //! `member_id` and `raft_term`.
 
+mod auth;
 mod cold;
 mod defrag;
 mod error;
@@ -24,6 +25,7 @@ mod store;
 mod validate;
 mod watch;
 
+pub use auth::{AuthError, AuthState, AuthStore, Permission, ROOT, Role, User};
 pub use cold::ColdStore;
 pub use defrag::{Defrag, DefragError, DefragStats};
 pub use error::KvError;

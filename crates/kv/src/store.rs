@@ -398,6 +398,10 @@ impl KvStore {
             Request::Alarm(_) => {
                 Err(KvError::InvalidCommand("raftkv: an alarm is not a key-value command".into()))
             }
+            // The auth state is the server's (see `AuthStore`), never applied here.
+            Request::Auth(_) => {
+                Err(KvError::InvalidCommand("an auth command applied to the key-value store".into()))
+            }
         }
     }
 

@@ -684,7 +684,7 @@ fn commands_roundtrip_and_apply() {
     assert!(matches!(res, ApplyResult::Compaction(_)));
     let e = s.apply_encoded(&b"\x0a\xff"[..]).unwrap_err();
     assert_eq!(e.grpc_code(), Code::Internal);
-    assert!(s.apply(Command { id: 1, request: None }).is_err());
+    assert!(s.apply(Command { id: 1, request: None, auth_revision: 0 }).is_err());
     assert_eq!(s.revision(), 4);
 }
 

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftkv_api::Command;
-use raftkv_kv::{ApplyResult, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
+use raftkv_kv::{ApplyResult, AuthError, AuthStore, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
 use raftkv_node::{StateMachine, Visit};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +94,8 @@ enum Internal {
 #[derive(Debug)]
 pub enum Output {
     Kv(Result<ApplyResult, KvError>),
+    /// An auth command's outcome, or a command refused for a stale auth check.
+    Auth(Result<(), AuthError>),
     Published,
     /// An Alarm request, or a command an active alarm refused ([`alarm`]).
     Alarm(alarm::AlarmOutcome),
@@ -107,6 +109,8 @@ pub struct KvMachine<H: Hooks = NoHooks> {
     pub kv: KvStore,
     /// The members' published attributes, by member id.
     pub members: BTreeMap<u64, MemberAttributes>,
+    /// Users, roles and permissions (the server's auth checks read them).
+    pub auth: AuthStore,
     config: KvConfig,
     /// A write error of the history cache file is being reported (logged once).
     cold_error_logged: bool,
@@ -147,6 +151,7 @@ impl<H: Hooks> KvMachine<H> {
         KvMachine {
             kv: KvStore::with_cold_store(config.clone(), cold),
             members: BTreeMap::new(),
+            auth: AuthStore::new(),
             config,
             cold_error_logged: false,
             generation: 0,
@@ -223,6 +228,9 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
                 if let Some(outcome) = self.alarms.intercept(&cmd) {
                     return Some((id, Output::Alarm(outcome)));
                 }
+                if let Some(out) = self.auth.apply_command(&cmd) {
+                    return Some((id, Output::Auth(out)));
+                }
                 let out = self.kv.apply(cmd);
                 self.hooks.after_apply(&mut self.kv);
                 self.report_cold_store();
@@ -248,7 +256,7 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
     type Pin = KvPin<H>;
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = Trailer::of(&self.kv, &self.members, &self.alarms, Some(&self.registry));
+        let trailer = Trailer::of(&self.kv, &self.members, &self.alarms, Some(&self.registry), Some(&self.auth));
         KvPin { point: self.kv.pin(), trailer, chain: self.chain.clone(), hooks: self.hooks.clone() }
     }
 
@@ -327,6 +335,7 @@ impl<H: Hooks> KvMachine<H> {
             let version = self.registry.version + 1;
             self.registry = registry::Registry { version, ..registry };
         }
+        self.auth = state.auth;
         self.kv = kv;
         self.hooks.restored(&mut self.kv);
         self.members = members;
@@ -542,5 +551,70 @@ mod tests {
         r.read_to_end(&mut out).expect("expand");
         assert_eq!(out.len() as u64, len);
         out
+    }
+
+    use raftkv_api::etcdserverpb::{AuthEnableRequest, AuthUserGrantRoleRequest};
+    use raftkv_api::raftkvpb::auth_command::Op as AuthOp;
+    use raftkv_api::raftkvpb::{AuthCommand, AuthUserAdd};
+
+    fn apply_auth(m: &mut KvMachine, index: u64, op: AuthOp) -> Result<(), AuthError> {
+        let cmd = Command::auth(index, AuthCommand { op: Some(op) });
+        match m.apply(index, &cmd.encode_to_bytes()) {
+            Some((_, Output::Auth(result))) => result,
+            other => panic!("unexpected output {other:?}"),
+        }
+    }
+
+    /// The auth state is applied through the log, refuses stale permission checks, and
+    /// survives a snapshot; a snapshot without it (older, or with no auth use) restores as
+    /// auth disabled with no users.
+    #[test]
+    fn auth_state_through_the_state_machine_and_snapshots() {
+        let mut m = KvMachine::new(KvConfig::default());
+        let user = |name: &str| {
+            AuthOp::UserAdd(AuthUserAdd {
+                name: name.into(),
+                hashed_password: "h".into(),
+                no_password: false,
+            })
+        };
+        apply_auth(&mut m, 1, user("root")).expect("add");
+        let grant =
+            AuthOp::UserGrantRole(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() });
+        apply_auth(&mut m, 2, grant).expect("grant");
+        apply_auth(&mut m, 3, AuthOp::Enable(AuthEnableRequest {})).expect("enable");
+        // A published member too: the members map must read back beside the auth state.
+        let attrs = MemberAttributes { id: 7, name: "m7".into(), client_urls: vec![] };
+        assert!(m.apply(10, &KvMachine::<NoHooks>::encode_publish(1, attrs.clone())).is_some());
+        assert_eq!(apply_auth(&mut m, 4, user("root")), Err(AuthError::UserAlreadyExist));
+        // A put checked against an older auth revision is refused; a current one applies.
+        let mut put =
+            Command::put(5, PutRequest { key: "k".into(), value: "v".into(), ..Default::default() });
+        put.auth_revision = m.auth.revision() - 1;
+        assert!(matches!(
+            m.apply(5, &put.encode_to_bytes()),
+            Some((5, Output::Auth(Err(AuthError::AuthOldRevision))))
+        ));
+        put.auth_revision = m.auth.revision();
+        assert!(matches!(m.apply(6, &put.encode_to_bytes()), Some((5, Output::Kv(Ok(_))))));
+        let pin = m.pin();
+        let mut buf = Vec::new();
+        KvMachine::write_snapshot(&pin, &mut buf, &mut |f| f(&m)).expect("snapshot");
+        m.unpin(pin);
+        let mut other = KvMachine::new(KvConfig::default());
+        other.restore(&mut buf.as_slice(), buf.len() as u64).expect("restore");
+        assert_eq!(other.auth.export(), m.auth.export());
+        assert_eq!(other.members.get(&7), Some(&attrs));
+        assert!(other.auth.enabled());
+        // A snapshot of a machine that never used auth: restoring it turns auth off.
+        let fresh = KvMachine::new(KvConfig::default());
+        let mut fresh = fresh;
+        let pin = fresh.pin();
+        let mut plain = Vec::new();
+        KvMachine::write_snapshot(&pin, &mut plain, &mut |f| f(&fresh)).expect("snapshot");
+        fresh.unpin(pin);
+        other.restore(&mut plain.as_slice(), plain.len() as u64).expect("restore");
+        assert!(!other.auth.enabled());
+        assert!(other.auth.user_names().is_empty());
     }
 }

@@ -33,7 +33,9 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use raftkv_kv::{AttachedRecord, ColdStore, KvConfig, KvError, KvStore, LeaseRecord, SnapshotPoint};
+use raftkv_kv::{
+    AttachedRecord, AuthState, AuthStore, ColdStore, KvConfig, KvError, KvStore, LeaseRecord, SnapshotPoint,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::MemberAttributes;
@@ -44,8 +46,9 @@ use crate::registry::Registry;
 pub(crate) const MAX_TRAILER: usize = 256 << 20;
 
 /// The section after the key-value state in a snapshot (JSON): the members' published
-/// attributes, the lease table, the active alarms and the member registry. The oldest form,
-/// the members map alone, is still read (as no leases, no alarms, no registry). A struct,
+/// attributes, the lease table, the active alarms, the member registry and the auth state. The
+/// oldest form, the members map alone, is still read (as no leases, no alarms, no registry,
+/// auth disabled). A struct,
 /// not an untagged enum: an untagged enum cannot read the numeric keys of the maps.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Trailer {
@@ -61,18 +64,30 @@ pub(crate) struct Trailer {
     /// membership changes existed, and in snapshots made from a backup).
     #[serde(default)]
     registry: Option<Registry>,
+    /// The auth state; absent (older snapshots, or never used) reads as auth disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth: Option<AuthState>,
 }
 
 impl Trailer {
-    /// The trailer of `kv` with `members`, `alarms` and `registry`.
+    /// The trailer of `kv` with `members`, `alarms`, `registry` and the auth state `auth`.
     pub(crate) fn of(
         kv: &KvStore,
         members: &BTreeMap<u64, MemberAttributes>,
         alarms: &Alarms,
         registry: Option<&Registry>,
+        auth: Option<&AuthStore>,
     ) -> Trailer {
+        let auth = auth.filter(|a| !a.is_pristine()).map(AuthStore::export);
         let (leases, attached) = kv.leases().export();
-        Trailer { members: members.clone(), leases, attached, alarms: alarms.clone(), registry: registry.cloned() }
+        Trailer {
+            members: members.clone(),
+            leases,
+            attached,
+            alarms: alarms.clone(),
+            registry: registry.cloned(),
+            auth,
+        }
     }
 
     /// The trailer's bytes (without their length).
@@ -128,7 +143,7 @@ pub fn write_store_snapshot(
     members: &BTreeMap<u64, MemberAttributes>,
     w: &mut dyn Write,
 ) -> io::Result<()> {
-    let trailer = Trailer::of(kv, members, &Alarms::default(), None).encode()?;
+    let trailer = Trailer::of(kv, members, &Alarms::default(), None, None).encode()?;
     let point = kv.pin();
     let written = write_full(&point, &trailer, w, |f| f(kv));
     kv.unpin();
@@ -140,10 +155,12 @@ pub(crate) struct TrailerState {
     pub(crate) members: BTreeMap<u64, MemberAttributes>,
     pub(crate) alarms: Alarms,
     pub(crate) registry: Option<Registry>,
+    pub(crate) auth: AuthStore,
 }
 
 /// Reads a snapshot in the full layout: the store (its history kept in `cold`), the
-/// members and the active alarms.
+/// members, the active alarms, the registry and the auth state (disabled when the
+/// snapshot has none).
 pub(crate) fn read_full(
     r: &mut impl Read,
     config: KvConfig,
@@ -163,11 +180,21 @@ pub(crate) fn read_full(
     }
     // The original form first (a map, whose numeric keys an untagged enum cannot read).
     let state = match serde_json::from_slice::<BTreeMap<u64, MemberAttributes>>(&buf) {
-        Ok(members) => TrailerState { members, alarms: Alarms::default(), registry: None },
+        Ok(members) => TrailerState {
+            members,
+            alarms: Alarms::default(),
+            registry: None,
+            auth: AuthStore::import(AuthState::default()),
+        },
         Err(_) => {
             let t: Trailer = serde_json::from_slice(&buf).map_err(|e| SnapshotError::Trailer(e.to_string()))?;
             kv.import_leases(&t.leases, &t.attached).map_err(SnapshotError::Leases)?;
-            TrailerState { members: t.members, alarms: t.alarms, registry: t.registry }
+            TrailerState {
+                members: t.members,
+                alarms: t.alarms,
+                registry: t.registry,
+                auth: AuthStore::import(t.auth.unwrap_or_default()),
+            }
         }
     };
     Ok((kv, state))

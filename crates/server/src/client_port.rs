@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use tower::ServiceExt;
 
+use crate::auth::{Call, ClientCn};
 use crate::authority::AuthorityFix;
 use crate::service::Api;
 
@@ -136,7 +137,7 @@ async fn plain_connection(tcp: TcpStream, api: Api, router: axum::Router, stop: 
         );
         return;
     }
-    connection(tcp, api, router, stop).await;
+    connection(tcp, api, router, stop, None).await;
 }
 
 /// How long a new connection may stay silent before its first bytes are looked at anyway.
@@ -178,11 +179,28 @@ async fn tls_connection(
             return;
         }
     };
-    connection(stream, api, router, stop).await;
+    // With --client-cert-auth, the verified certificate's common name names the user of
+    // requests that carry no token (etcd's AuthInfoFromTLS).
+    let cn = if api.auth.options.client_cert_auth {
+        let (_, session) = stream.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| crate::auth::common_name(cert))
+            .map(|cn| ClientCn(cn.into()))
+    } else {
+        None
+    };
+    connection(stream, api, router, stop, cn).await;
 }
 
-async fn connection<S>(mut tcp: S, api: Api, router: axum::Router, stop: watch::Receiver<bool>)
-where
+async fn connection<S>(
+    mut tcp: S,
+    api: Api,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    cn: Option<ClientCn>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Read until the bytes stop matching the HTTP/2 preface or all of it has come.
@@ -200,17 +218,27 @@ where
     let is_h2 = n == PREFACE.len() && head == *PREFACE;
     let io = AuthorityFix::with_received(tcp, &head[..n]);
     if is_h2 {
-        serve_h2(io, api, router, stop).await;
+        serve_h2(io, api, router, stop, cn).await;
     } else {
-        serve_http1(io, router, stop).await;
+        serve_http1(io, router, stop, cn).await;
     }
 }
 
-async fn serve_http1<S>(io: AuthorityFix<S>, router: axum::Router, mut stop: watch::Receiver<bool>)
-where
+async fn serve_http1<S>(
+    io: AuthorityFix<S>,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    cn: Option<ClientCn>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper_util::service::TowerToHyperService::new(router);
+    let service = router.map_request(move |mut r: Request<hyper::body::Incoming>| {
+        if let Some(cn) = &cn {
+            r.extensions_mut().insert(cn.clone());
+        }
+        r
+    });
+    let service = hyper_util::service::TowerToHyperService::new(service);
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -222,8 +250,13 @@ where
     let _ = conn.await;
 }
 
-async fn serve_h2<S>(io: AuthorityFix<S>, api: Api, router: axum::Router, mut stop: watch::Receiver<bool>)
-where
+async fn serve_h2<S>(
+    io: AuthorityFix<S>,
+    api: Api,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    cn: Option<ClientCn>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = h2::server::Builder::new()
@@ -263,11 +296,14 @@ where
             }
         };
         match next {
-            Some(Ok((request, respond))) => {
+            Some(Ok((mut request, respond))) => {
                 let api = api.clone();
                 match KvCall::from_path(request.uri().path()) {
-                    Some(call) => tokio::spawn(kv_call(call, request, respond, api)),
+                    Some(call) => tokio::spawn(kv_call(call, request, respond, api, cn.clone())),
                     None => {
+                        if let Some(cn) = &cn {
+                            request.extensions_mut().insert(cn.clone());
+                        }
                         let method = crate::metrics::Method::from_path(request.uri().path());
                         tokio::spawn(to_router(request, respond, router.clone(), method))
                     }
@@ -288,11 +324,23 @@ async fn kv_call(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     api: Api,
+    cn: Option<ClientCn>,
 ) {
     let metrics = crate::metrics::get();
     let method = crate::metrics::Method::kv(call as usize);
     metrics.grpc_started(method);
-    let result = run_kv_call(call, request, &api).await;
+    // The same caller resolution and checks as every other path (see crate::auth).
+    let caller = Call::from_headers(request.headers(), cn.as_ref());
+    let deadline = request.headers().get("grpc-timeout").map(|v| grpc_timeout(v.as_bytes()));
+    let run = crate::auth::scoped(caller, run_kv_call(call, request, &api));
+    let result = match deadline {
+        None => run.await,
+        Some(Err(status)) => Err(status),
+        Some(Ok(limit)) => match tokio::time::timeout(limit, run).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded("context deadline exceeded")),
+        },
+    };
     metrics.grpc_handled(method, result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
     let _ = match result {
         Ok(payload) => send_message(respond, payload),
@@ -318,6 +366,26 @@ async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) 
         KvCall::Txn => encode(api.txn(decode(message)?).await?),
         KvCall::Compact => encode(api.compact(decode(message)?).await?),
     }
+}
+
+/// A `grpc-timeout` header value (gRPC over HTTP/2: at most 8 digits and a unit).
+fn grpc_timeout(value: &[u8]) -> Result<Duration, Status> {
+    let bad =
+        || Status::internal(format!("malformed grpc-timeout header {:?}", String::from_utf8_lossy(value)));
+    let (&unit, digits) = value.split_last().ok_or_else(bad)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let n: u64 = std::str::from_utf8(digits).map_err(|_| bad())?.parse().map_err(|_| bad())?;
+    Ok(match unit {
+        b'H' => Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => Duration::from_secs(n.saturating_mul(60)),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return Err(bad()),
+    })
 }
 
 fn decode<M: Message + Default>(message: Bytes) -> Result<M, Status> {
@@ -547,5 +615,21 @@ impl Body for H2Body {
 
     fn is_end_stream(&self) -> bool {
         self.recv.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(grpc_timeout(b"5S").ok(), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(b"250m").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(b"1H").ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"99999999n").ok(), Some(Duration::from_nanos(99_999_999)));
+        for bad in [&b""[..], b"S", b"5", b"123456789S", b"5x", b"-5S", b"5 S"] {
+            assert!(grpc_timeout(bad).is_err(), "{bad:?}");
+        }
     }
 }

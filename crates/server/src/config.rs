@@ -73,6 +73,15 @@ pub struct ServerArgs {
     /// How long the server waits for a ping's answer before closing the connection.
     #[arg(long)]
     pub grpc_keepalive_timeout: Option<String>,
+    /// Auth token kind: `simple` (the only one served; etcd's default).
+    #[arg(long)]
+    pub auth_token: Option<String>,
+    /// Seconds a simple auth token stays valid after its last use (default 300, as etcd).
+    #[arg(long)]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of stored password hashes, 4 to 31 (default 10, as etcd).
+    #[arg(long)]
+    pub bcrypt_cost: Option<u32>,
     /// Auto-compaction mode: `periodic` (the retention is a duration) or `revision` (the
     /// retention is a number of revisions), as etcd.
     #[arg(long)]
@@ -177,6 +186,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub quota_backend_bytes: crate::quota::QuotaBytes,
     pub keepalive: crate::limits::Keepalive,
+    /// Tokens, password hashing and certificate names (see [`crate::auth`]).
+    pub auth: crate::auth::AuthOptions,
     pub auto_compaction: crate::autocompact::AutoCompaction,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -197,6 +208,35 @@ pub struct ServerConfig {
 }
 
 /// A configuration problem, explained for the operator.
+/// The auth settings from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
+fn auth_options(
+    token: &Option<String>,
+    ttl: Option<u64>,
+    cost: Option<u32>,
+    client_cert_auth: bool,
+) -> Result<crate::auth::AuthOptions, ConfigError> {
+    if let Some(kind) = token
+        && kind != "simple"
+    {
+        return Err(ConfigError(format!(
+            "--auth-token {kind}: only simple tokens are served (JWT tokens are not)"
+        )));
+    }
+    let bcrypt_cost = cost.unwrap_or(crate::auth::DEFAULT_BCRYPT_COST);
+    if !(4..=31).contains(&bcrypt_cost) {
+        return Err(ConfigError(format!("--bcrypt-cost {bcrypt_cost}: must be between 4 and 31")));
+    }
+    let ttl = ttl.unwrap_or(crate::auth::DEFAULT_TOKEN_TTL);
+    if ttl == 0 {
+        return Err(ConfigError("--auth-token-ttl must be at least 1 second".into()));
+    }
+    Ok(crate::auth::AuthOptions {
+        token_ttl: std::time::Duration::from_secs(ttl),
+        bcrypt_cost,
+        client_cert_auth,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
@@ -243,6 +283,9 @@ impl ServerArgs {
             grpc_keepalive_min_time: self.grpc_keepalive_min_time.or(base.grpc_keepalive_min_time),
             grpc_keepalive_interval: self.grpc_keepalive_interval.or(base.grpc_keepalive_interval),
             grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(base.grpc_keepalive_timeout),
+            auth_token: self.auth_token.or(base.auth_token),
+            auth_token_ttl: self.auth_token_ttl.or(base.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost.or(base.bcrypt_cost),
             auto_compaction_mode: self.auto_compaction_mode.or(base.auto_compaction_mode),
             auto_compaction_retention: self.auto_compaction_retention.or(base.auto_compaction_retention),
             log_format: self.log_format.or(base.log_format),
@@ -430,6 +473,12 @@ impl ServerConfig {
         .map_err(ConfigError)?;
         client_tls.check("", client_uses_tls).map_err(ConfigError)?;
         peer_tls.check("peer-", peer_uses_tls).map_err(ConfigError)?;
+        let auth = auth_options(
+            &args.auth_token,
+            args.auth_token_ttl,
+            args.bcrypt_cost,
+            client_tls.client_cert_auth,
+        )?;
         let listen_metrics_urls = split_urls(args.listen_metrics_urls.as_deref().unwrap_or(""));
         if let Some(u) = listen_metrics_urls.iter().find(|u| u.starts_with("https://")) {
             return err(format!("--listen-metrics-urls {u}: only http:// is served for metrics"));
@@ -472,6 +521,7 @@ impl ServerConfig {
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
             quota_backend_bytes: crate::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
             keepalive,
+            auth,
             auto_compaction: crate::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),

@@ -178,6 +178,19 @@ struct Shared<A> {
     body_limit: usize,
 }
 
+/// A `POST` route of a member's [`Api`] with the gateway's JSON handling (for services
+/// whose routes live next to their code).
+pub(crate) fn unary_for<Req, Resp, F, Fut>(api: &Api, call: F) -> MethodRouter
+where
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Api, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let shared = Arc::new(Shared { body_limit: body_limit(api.max_request_bytes()), api: api.clone() });
+    unary(&shared, call)
+}
+
 fn unary<A, Req, Resp, F, Fut>(shared: &Arc<Shared<A>>, call: F) -> MethodRouter
 where
     A: EtcdApi,
@@ -313,7 +326,9 @@ async fn get_only() -> Response {
 /// etcd 3.4's `/health`: unhealthy with an active alarm (unless its type is named by an
 /// `exclude` query parameter, `?exclude=NOSPACE`), without a leader, or when a
 /// linearizable read does not succeed within a second. Unhealthy answers are 503 with
-/// the JSON and a newline, as Go's `http.Error` writes them.
+/// the JSON and a newline, as Go's `http.Error` writes them. With auth enabled the
+/// anonymous probe is refused, which still proves the read went through (etcd's health
+/// check is not subject to auth either).
 async fn health<A: EtcdApi>(api: A, query: Option<String>) -> Response {
     let excluded: Vec<&str> =
         query.as_deref().unwrap_or("").split('&').filter_map(|kv| kv.strip_prefix("exclude=")).collect();
@@ -325,7 +340,13 @@ async fn health<A: EtcdApi>(api: A, query: Option<String>) -> Response {
             keys_only: true,
             ..Default::default()
         };
-        matches!(tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await, Ok(Ok(_)))
+        match tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(s)) => {
+                s.code() == Code::PermissionDenied || s.message() == raftkv_kv::AuthError::UserEmpty.message()
+            }
+            Err(_) => false,
+        }
     };
     let metrics = crate::metrics::get();
     if healthy {

@@ -36,6 +36,7 @@ impl Maintenance for Grpc {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.0.require_admin()?;
         crate::backup::snapshot(&self.0, self.0.member_dir()).await.map(Response::new)
     }
     async fn move_leader(

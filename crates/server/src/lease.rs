@@ -335,6 +335,7 @@ impl Leases {
             req.id = (self.api.node.next_request_id() & (i64::MAX as u64)) as i64;
         }
         req.ttl = req.ttl.max(self.config.min_ttl);
+        self.api.require_user()?;
         match self.api.propose(|id| Command::lease_grant(id, req)).await? {
             ApplyResult::LeaseGrant(mut resp) => {
                 self.api.fill(&mut resp.header);
@@ -350,6 +351,8 @@ impl Leases {
     }
 
     pub async fn revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, Status> {
+        self.api.require_user()?;
+        self.api.authorize(|sm, user| crate::auth::check_lease_keys(sm, user, req.id, true))?;
         match self.api.propose(|id| Command::lease_revoke(id, req)).await? {
             ApplyResult::LeaseRevoke(mut resp) => {
                 self.api.fill(&mut resp.header);
@@ -415,12 +418,31 @@ impl Leases {
         req: LeaseTimeToLiveRequest,
         forwarded: bool,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
+        // Checked where the client's token lives; the leader answers a forwarded request
+        // without the keys when auth is on, and this member adds them from its own state.
+        let auth_on = self.api.node.shared.sm.read().auth.enabled();
+        if !forwarded {
+            self.api.require_user()?;
+            if req.keys {
+                self.api.authorize(|sm, user| crate::auth::check_lease_keys(sm, user, req.id, false))?;
+            }
+        }
+        let upstream_req = LeaseTimeToLiveRequest { keys: req.keys && !auth_on, ..req };
         let upstream = self
             .on_leader(forwarded, |mut client| async move {
-                Ok(client.lease_time_to_live(Self::forwarded(req)).await?.into_inner())
+                Ok(client.lease_time_to_live(Self::forwarded(upstream_req)).await?.into_inner())
             })
             .await?;
         if let Some(mut resp) = upstream {
+            if req.keys && auth_on {
+                let sm = self.api.node.shared.sm.read();
+                resp.keys = sm
+                    .kv
+                    .leases()
+                    .get(req.id)
+                    .map(|l| l.keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect())
+                    .unwrap_or_default();
+            }
             self.api.fill(&mut resp.header);
             return Ok(resp);
         }
@@ -441,7 +463,7 @@ impl Leases {
             Some(at) => i64::try_from(at.saturating_duration_since(now).as_secs()).unwrap_or(i64::MAX),
             None => lease.ttl,
         };
-        let keys = if req.keys {
+        let keys = if req.keys && !(forwarded && auth_on) {
             lease.keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect()
         } else {
             Vec::new()
@@ -451,6 +473,7 @@ impl Leases {
 
     pub async fn leases(&self, _req: LeaseLeasesRequest) -> Result<LeaseLeasesResponse, Status> {
         self.barrier().await?;
+        self.api.authorize(crate::auth::check_all_leases)?;
         let sm = self.api.node.shared.sm.read();
         let leases = sm.kv.leases().iter().map(|l| LeaseStatus { id: l.id }).collect();
         Ok(LeaseLeasesResponse { header: Some(self.api.header(sm.kv.revision())), leases })

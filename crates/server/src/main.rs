@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod alarm;
+mod auth;
 mod authority;
 mod autocompact;
 mod backup;

@@ -130,6 +130,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             quota: config.quota_backend_bytes,
             keepalive: config.keepalive,
             peer_transport: Some(transport.clone()),
+            auth: config.auth.clone(),
         },
     );
     let (removed_tx, removed_rx) = tokio::sync::oneshot::channel();
@@ -151,11 +152,16 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     );
     let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
     let routes = crate::grpc::routes(api.clone())
-        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)));
+        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
+        .add_service(crate::auth::service(api.clone(), crate::grpc::decode_limit(&api)));
     let router =
         crate::lock::add_services(routes, recipes, crate::grpc::decode_limit(&api)).into_axum_router();
-    let router =
-        router.merge(crate::gateway::router(api.clone())).merge(crate::lease::gateway_router(leases));
+    let router = router
+        .merge(crate::gateway::router(api.clone()))
+        .merge(crate::lease::gateway_router(leases))
+        .merge(crate::auth::gateway_router(api.clone()))
+        // Every request the router serves runs as its caller (see crate::auth).
+        .layer(axum::middleware::from_fn(crate::auth::scope_request));
     crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));
     let metrics_router = crate::metrics::router(api.clone());
     let router = router.merge(metrics_router.clone());

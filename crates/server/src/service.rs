@@ -39,6 +39,8 @@ pub struct ApiConfig {
     pub keepalive: crate::limits::Keepalive,
     /// The peer transport, told of a member being added before its entry is appended.
     pub peer_transport: Option<raftkv_transport::TransportHandle>,
+    /// Auth tokens, password hashing, certificate names.
+    pub auth: crate::auth::AuthOptions,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -51,6 +53,8 @@ pub struct Api {
     pub(crate) quota: crate::quota::Quota,
     /// One defragmentation at a time per member.
     pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
+    /// This member's auth tokens and settings.
+    pub(crate) auth: Arc<crate::auth::AuthRuntime>,
 }
 
 pub(crate) fn node_status(e: NodeError) -> Status {
@@ -72,12 +76,14 @@ fn kv_status(e: KvError) -> Status {
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
         let quota = crate::quota::Quota::new(config.quota);
+        let auth = Arc::new(crate::auth::AuthRuntime::new(config.auth.clone()));
         Api {
             node,
             config: Arc::new(config),
             hash_gate: Arc::new(tokio::sync::Semaphore::new(1)),
             quota,
             defrag_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            auth,
         }
     }
 
@@ -143,6 +149,10 @@ impl Api {
             Output::Kv(result) => result.map_err(kv_status),
             Output::Alarm(outcome) => Err(crate::alarm::refusal(&outcome)
                 .unwrap_or_else(|| Status::internal("unexpected result for a key-value request"))),
+            Output::Auth(result) => Err(result.err().map_or_else(
+                || Status::internal("unexpected result for a key-value request"),
+                |e| Status::new(e.grpc_code(), e.message()),
+            )),
             Output::Published | Output::Members => {
                 Err(Status::internal("unexpected result for a key-value request"))
             }
@@ -156,7 +166,9 @@ impl Api {
         command: impl FnOnce(u64) -> Command,
     ) -> Result<Output, Status> {
         let id = self.node.next_request_id();
-        let command = command(id);
+        let mut command = command(id);
+        // Stamped with the auth revision the caller was checked against (see crate::auth).
+        command.auth_revision = crate::auth::checked_at();
         if let Some(request) = &command.request {
             self.check_quota(crate::quota::cost(request))?;
         }
@@ -198,6 +210,7 @@ impl Api {
         if !req.serializable && !self.config.unsafe_stale_reads {
             self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
         }
+        self.authorize(|sm, user| crate::auth::check_range(sm, user, &req))?;
         let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -205,6 +218,7 @@ impl Api {
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
         raftkv_kv::validate_put(&req).map_err(kv_status)?;
+        self.authorize(|sm, user| crate::auth::check_put(sm, user, &req))?;
         match self.propose(|id| Command::put(id, req)).await? {
             ApplyResult::Put(mut resp) => {
                 self.fill(&mut resp.header);
@@ -216,6 +230,7 @@ impl Api {
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         raftkv_kv::validate_delete_range(&req).map_err(kv_status)?;
+        self.authorize(|sm, user| crate::auth::check_delete_range(sm, user, &req))?;
         match self.propose(|id| Command::delete_range(id, req)).await? {
             ApplyResult::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
@@ -231,10 +246,12 @@ impl Api {
             if !self.config.unsafe_stale_reads {
                 self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
             }
+            self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
             let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
+        self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
         match self.propose(|id| Command::txn(id, req)).await? {
             ApplyResult::Txn(mut resp) => {
                 self.fill(&mut resp.header);
@@ -245,6 +262,8 @@ impl Api {
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        // etcd 3.4 checks no permission for Compact, but a token given must be valid.
+        self.authorize(|_, _| Ok(()))?;
         match self.propose(|id| Command::compaction(id, req)).await? {
             ApplyResult::Compaction(mut resp) => {
                 self.fill(&mut resp.header);
@@ -255,6 +274,7 @@ impl Api {
     }
 
     pub async fn status(&self, _req: StatusRequest) -> Result<StatusResponse, Status> {
+        self.require_admin()?;
         let s = self.node.status();
         let (revision, db_size, db_size_in_use, errors) = {
             let sm = self.node.shared.sm.read();
@@ -283,6 +303,7 @@ impl Api {
     /// A checksum of this member's MVCC state at a revision (0: its current one), computed
     /// off the async workers over a pinned state, in batches under the read lock.
     pub async fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+        self.require_admin()?;
         let permit =
             match tokio::time::timeout(self.config.request_timeout, self.hash_gate.clone().acquire_owned())
                 .await
@@ -327,6 +348,7 @@ impl Api {
     }
 
     pub async fn member_list(&self, _req: MemberListRequest) -> Result<MemberListResponse, Status> {
+        self.require_user()?;
         // etcd's MemberList header carries no revision.
         Ok(MemberListResponse { header: Some(self.header(0)), members: self.member_protos() })
     }

@@ -276,7 +276,8 @@ pub fn start(api: Api, input: Input) -> Output {
         next_id: 0,
         progress_pending: false,
     };
-    tokio::spawn(session.run(input));
+    // The session checks each watch it creates as the stream's caller.
+    tokio::spawn(crate::auth::inherit(session.run(input)));
     rx
 }
 
@@ -367,6 +368,7 @@ impl Session {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), End> {
+        let permitted = self.api.authorize(|sm, user| sm.auth.check_range(user, &c.key, &c.range_end, false));
         let key = if c.key.is_empty() { Bytes::from_static(&[0]) } else { c.key };
         let end = c.range_end;
         let refuse = |reason: String| WatchResponse {
@@ -377,7 +379,10 @@ impl Session {
             ..Default::default()
         };
         let current = self.api.node.shared.sm.read().kv.revision();
-        let refused = if !end.is_empty() && end[..] != [0] && end <= key {
+        let refused = if let Err(status) = permitted {
+            // etcd answers a refused watch as created and canceled, the reason its error text.
+            Some(status.message().to_string())
+        } else if !end.is_empty() && end[..] != [0] && end <= key {
             Some(ERR_EMPTY_RANGE.to_string())
         } else if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
             Some(ERR_DUPLICATE_ID.to_string())

@@ -8,51 +8,12 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Opts, Proc, die_with_parent, have, start_etcd, wait_for};
+use common::{Cluster, Opts, Out, etcdctl, have, start_etcd_elected, wait_for};
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone, PartialEq)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `etcdctl --endpoints=<endpoints> <args>` with `stdin`.
-fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Out {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(["--dial-timeout=3s", "--command-timeout=5s"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(File::create(&out_path).expect("out"))
-        .stderr(File::create(&err_path).expect("err"));
-    let mut child = die_with_parent(&mut cmd).spawn().expect("spawn etcdctl");
-    let mut input = child.stdin.take().expect("stdin");
-    let _ = input.write_all(stdin.as_bytes());
-    drop(input);
-    let mut proc = Proc::new("etcdctl", child, None);
-    let status = proc.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| panic!("etcdctl {args:?} hung"));
-    Out {
-        code: status.code(),
-        stdout: common::read_log(&out_path),
-        stderr: common::read_log(&err_path)
-            .lines()
-            .filter(|l| !l.starts_with("{\"level\":"))
-            .map(|l| format!("{l}\n"))
-            .collect(),
-    }
-}
 
 /// What differs legitimately between two servers' answers, to be replaced by placeholders.
 struct Target {
@@ -232,16 +193,9 @@ async fn etcdctl_output_matches_real_etcd() {
     let raftkv = Target::new("raftkv", c.port(0), c.members[0].peer_port).await;
 
     let etcd_dir = tempfile::tempdir().expect("temp dir");
-    let etcd = start_etcd(etcd_dir.path());
+    let etcd = start_etcd_elected(etcd_dir.path()).await;
     let etcd_target = match &etcd {
-        Some((_, client, peer)) => {
-            let (client, peer) = (*client, *peer);
-            wait_for("etcd to elect itself", START, || async move {
-                common::status(client).await.ok().filter(|s| s.leader != 0)
-            })
-            .await;
-            Some(Target::new("etcd", client, peer).await)
-        }
+        Some((_, client, peer)) => Some(Target::new("etcd", *client, *peer).await),
         None => None,
     };
 
@@ -486,16 +440,12 @@ async fn etcdctl_lease_commands_match_real_etcd() {
     assert!(ours[4].1.stdout.contains("attached keys([foo])"), "{ours:?}");
     assert_eq!(ours[21].1.stdout, "lease <lease-2> granted with TTL(2s)\n", "{ours:?}");
     let etcd_dir = tempfile::tempdir().expect("temp dir");
-    let Some((_etcd, client, peer)) = start_etcd(etcd_dir.path()) else {
+    let Some((_etcd, client, peer)) = start_etcd_elected(etcd_dir.path()).await else {
         for (line, out) in &ours {
             eprintln!("etcdctl {line} -> {out:?}");
         }
         return;
     };
-    wait_for("etcd to elect itself", START, || async move {
-        common::status(client).await.ok().filter(|s| s.leader != 0)
-    })
-    .await;
     let etcd = Target::new("etcd", client, peer).await;
     let theirs = run_lease_script(&etcd);
     let mismatches: Vec<String> = ours

@@ -244,6 +244,20 @@ fn three_members_with_mutual_tls_on_both_ports_serve_etcdctl() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // With --client-cert-auth and auth enabled, a request without a token runs as the user
+    // its certificate names (etcd's common-name rule).
+    let (root_cert, root_key) = issue(&ca, dir.path(), "root");
+    let root = flags(&root_cert, &root_key);
+    for args in
+        [&["user", "add", "root:rootpw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]]
+    {
+        let (ok, out, err) = etcdctl(&endpoints, &good, args);
+        assert!(ok, "{args:?}: {out} {err}");
+    }
+    let (ok, out, err) = etcdctl(&endpoints, &root, &["put", "k", "as-root"]);
+    assert!(ok && out.trim() == "OK", "the certificate named root: {out} {err}");
+    let (ok, _, err) = etcdctl(&endpoints, &good, &["get", "k"]);
+    assert!(!ok && err.contains("etcdserver: permission denied"), "a certificate naming no user: {err}");
 }
 
 #[test]

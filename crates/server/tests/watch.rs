@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, Proc, die_with_parent, have, start_etcd, wait_for};
+use common::{Cluster, Opts, Proc, die_with_parent, have};
 use raftkv_api::etcdserverpb::watch_client::WatchClient;
 use raftkv_api::etcdserverpb::watch_request::RequestUnion;
 use raftkv_api::etcdserverpb::{
@@ -133,11 +133,7 @@ async fn etcdctl_watch_matches_real_etcd() {
     // Sanity without etcd: the first case is the key's four events.
     assert_eq!(ours[0].1, "PUT\nfoo\n1\nPUT\nfoo\n3\nDELETE\nfoo\n\n", "{ours:?}");
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some((_etcd, port, _)) = start_etcd(dir.path()) else { return };
-    wait_for("etcd to elect itself", START, || async move {
-        common::status(port).await.ok().filter(|s| s.leader != 0)
-    })
-    .await;
+    let Some((_etcd, port, _)) = common::start_etcd_elected(dir.path()).await else { return };
     let theirs = format!("127.0.0.1:{port}");
     let theirs = tokio::task::spawn_blocking(move || watch_outputs(&theirs)).await.expect("watch outputs");
     let mismatches: Vec<String> = ours

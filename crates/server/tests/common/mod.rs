@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -539,6 +539,42 @@ pub fn have(tool: &str) -> bool {
     ok
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `etcdctl --endpoints=<endpoints> <args>` (etcd 3.4's) with `stdin`.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Out {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(File::create(&out_path).expect("out"))
+        .stderr(File::create(&err_path).expect("err"));
+    let mut child = die_with_parent(&mut cmd).spawn().expect("spawn etcdctl");
+    let mut input = child.stdin.take().expect("stdin");
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    let mut proc = Proc::new("etcdctl", child, None);
+    let status = proc.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| panic!("etcdctl {args:?} hung"));
+    Out {
+        code: status.code(),
+        stdout: read_log(&out_path),
+        stderr: read_log(&err_path)
+            .lines()
+            .filter(|l| !l.starts_with("{\"level\":"))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    }
+}
+
 /// Starts a one-member real etcd with its data and log in `dir`; (process, client port,
 /// peer port), or None when the binary is absent.
 pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
@@ -567,11 +603,26 @@ pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
 
 /// A JSON gateway POST over HTTP/1.1; the response body.
 pub fn http_post(port: u16, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
+    http_post_with(port, path, body, &[])
+}
+
+/// [`start_etcd`], then waits until etcd has elected itself.
+pub async fn start_etcd_elected(dir: &Path) -> Option<(Proc, u16, u16)> {
+    let (proc, client, peer) = start_etcd(dir)?;
+    wait_for("etcd to elect itself", Duration::from_secs(20), || async move {
+        status(client).await.ok().filter(|s| s.leader != 0)
+    })
+    .await;
+    Some((proc, client, peer))
+}
+
+/// A JSON gateway POST over HTTP/1.1 with extra `headers`; the response body.
+pub fn http_post_with(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write");

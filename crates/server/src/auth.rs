@@ -1,0 +1,766 @@
+//! Authentication and authorisation on the client port (etcd's Auth service).
+//!
+//! * Who calls: every request on the client port runs inside a [`Call`] scope (a task-local)
+//!   holding the `token` (or the gateway's `Authorization`) metadata and, with
+//!   `--client-cert-auth`, the client certificate's common name. The scope is set in one
+//!   place per path: [`scope_request`] for everything the router serves (tonic services,
+//!   JSON gateway) and [`Call::from_headers`] + [`scoped`] on the direct HTTP/2 key-value
+//!   path ([`crate::client_port`]). Work a member does on its own (lease expiry,
+//!   auto-compaction, publishing) runs outside any scope and is not checked.
+//! * Checks: [`Api::authorize`] resolves the caller (token, else certificate name) and runs a
+//!   permission check against the member's applied auth state (`raftkv_kv::AuthStore`),
+//!   recording the auth revision it checked against. [`Api::propose`] stamps that revision
+//!   into the command; the state machine refuses a command checked against an older auth
+//!   revision (etcd's "revision of auth store is old", which clients retry), so a permission
+//!   revoked while a write was in flight is honoured.
+//! * Tokens: etcd's "simple" tokens: random, kept in memory on the member that issued them,
+//!   valid for `--auth-token-ttl` seconds after their last use, void once their user is
+//!   deleted or changes password. Passwords are hashed with bcrypt on the member that
+//!   receives them, before they enter the log; neither passwords nor tokens are logged.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use parking_lot::Mutex;
+use raftkv_api::Command;
+use raftkv_api::etcdserverpb::auth_server::{Auth, AuthServer};
+use raftkv_api::etcdserverpb::request_op::Request as Op;
+use raftkv_api::etcdserverpb::*;
+use raftkv_api::raftkvpb::auth_command::Op as AuthOp;
+use raftkv_api::raftkvpb::{AuthCommand, AuthUserAdd, AuthUserChangePassword};
+use raftkv_kv::{AuthError, AuthStore};
+use tonic::{Request, Response, Status};
+
+use crate::kvsm::{KvMachine, Output};
+use crate::service::Api;
+
+/// etcd's default `--auth-token-ttl` (seconds).
+pub const DEFAULT_TOKEN_TTL: u64 = 300;
+/// etcd's default `--bcrypt-cost`.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
+/// Tokens a member keeps at most; past it, the one closest to expiry goes.
+const MAX_TOKENS: usize = 100_000;
+/// A token (or name) longer than this is refused without a lookup.
+const MAX_TOKEN_BYTES: usize = 256;
+/// Bounds the bcrypt input as the algorithm does (it reads 72 bytes); longer passwords are
+/// refused rather than silently cut.
+const MAX_PASSWORD_BYTES: usize = 72;
+
+/// The auth settings of a member.
+#[derive(Clone, Debug)]
+pub struct AuthOptions {
+    pub token_ttl: Duration,
+    pub bcrypt_cost: u32,
+    /// `--client-cert-auth`: a verified client certificate's common name names the user when
+    /// the request carries no token.
+    pub client_cert_auth: bool,
+}
+
+impl Default for AuthOptions {
+    fn default() -> Self {
+        AuthOptions {
+            token_ttl: Duration::from_secs(DEFAULT_TOKEN_TTL),
+            bcrypt_cost: DEFAULT_BCRYPT_COST,
+            client_cert_auth: false,
+        }
+    }
+}
+
+/// The common name of a connection's verified client certificate (a request extension).
+#[derive(Clone, Debug)]
+pub struct ClientCn(pub Arc<str>);
+
+/// The caller of the request being served (see the module documentation).
+pub struct Call {
+    token: Option<String>,
+    cn: Option<Arc<str>>,
+    /// The auth revision the last check ran against (0: none yet).
+    checked_at: Cell<u64>,
+}
+
+impl Call {
+    /// The caller as the request's metadata and connection name it.
+    pub fn from_headers(headers: &HeaderMap, cn: Option<&ClientCn>) -> Call {
+        let token = headers
+            .get("token")
+            .or_else(|| headers.get(http::header::AUTHORIZATION))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Call { token, cn: cn.map(|c| c.0.clone()), checked_at: Cell::new(0) }
+    }
+
+    /// A copy to carry into a task serving the same stream (a watch stream).
+    fn fork(&self) -> Call {
+        Call { token: self.token.clone(), cn: self.cn.clone(), checked_at: Cell::new(0) }
+    }
+}
+
+tokio::task_local! {
+    static CALL: Call;
+}
+
+/// Runs `f` as `call`.
+pub async fn scoped<F: Future>(call: Call, f: F) -> F::Output {
+    CALL.scope(call, f).await
+}
+
+/// Runs `f` as the current caller, if there is one (for tasks serving a client's stream).
+pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    let call = CALL.try_with(Call::fork).ok();
+    async move {
+        match call {
+            Some(call) => CALL.scope(call, f).await,
+            None => f.await,
+        }
+    }
+}
+
+/// Router middleware: every request the router serves runs in its caller's scope.
+pub async fn scope_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let call = Call::from_headers(req.headers(), req.extensions().get::<ClientCn>());
+    CALL.scope(call, next.run(req)).await
+}
+
+/// The auth revision the current call's permissions were checked against (0: none).
+pub fn checked_at() -> u64 {
+    CALL.try_with(|c| c.checked_at.get()).unwrap_or(0)
+}
+
+fn status(e: AuthError) -> Status {
+    Status::new(e.grpc_code(), e.message())
+}
+
+struct Token {
+    user: String,
+    /// The auth revision when it was issued.
+    issued_at: u64,
+    expires: Instant,
+}
+
+/// A member's simple tokens.
+pub struct Tokens {
+    map: Mutex<HashMap<String, Token>>,
+    ttl: Duration,
+    next: AtomicU64,
+}
+
+const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+impl Tokens {
+    pub fn new(ttl: Duration) -> Tokens {
+        Tokens { map: Mutex::new(HashMap::new()), ttl, next: AtomicU64::new(1) }
+    }
+
+    /// A new token for `user` (etcd's form: 16 random letters, a dot, a counter).
+    fn issue(&self, user: &str, issued_at: u64) -> Result<String, Status> {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random)
+            .map_err(|e| Status::internal(format!("no randomness for a token: {e}")))?;
+        let mut token: String = random.iter().map(|b| LETTERS[*b as usize % LETTERS.len()] as char).collect();
+        token.push('.');
+        token.push_str(&self.next.fetch_add(1, Ordering::Relaxed).to_string());
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        if map.len() >= MAX_TOKENS {
+            map.retain(|_, t| t.expires > now);
+        }
+        if map.len() >= MAX_TOKENS
+            && let Some(oldest) = map.iter().min_by_key(|(_, t)| t.expires).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(token.clone(), Token { user: user.to_string(), issued_at, expires: now + self.ttl });
+        Ok(token)
+    }
+
+    /// The user and issue revision of a live token, extending its life (etcd resets a simple
+    /// token's TTL on use).
+    fn lookup(&self, token: &str) -> Option<(String, u64)> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        let t = map.get_mut(token)?;
+        if t.expires <= now {
+            map.remove(token);
+            return None;
+        }
+        t.expires = now + self.ttl;
+        Some((t.user.clone(), t.issued_at))
+    }
+
+    /// Forgets every token (auth was disabled).
+    fn clear(&self) {
+        self.map.lock().clear();
+    }
+}
+
+/// A member's auth runtime: its tokens and settings.
+pub struct AuthRuntime {
+    pub tokens: Tokens,
+    pub options: AuthOptions,
+}
+
+impl AuthRuntime {
+    pub fn new(options: AuthOptions) -> AuthRuntime {
+        AuthRuntime { tokens: Tokens::new(options.token_ttl), options }
+    }
+}
+
+impl Api {
+    /// Checks the current call with `check` (given the state and the caller's user name, if
+    /// any) and records the auth revision it checked against. Outside a call scope (a
+    /// member's own work) everything is allowed.
+    pub(crate) fn authorize(
+        &self,
+        check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
+    ) -> Result<(), Status> {
+        match CALL.try_with(|call| self.authorize_call(call, check)) {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn authorize_call(
+        &self,
+        call: &Call,
+        check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
+    ) -> Result<(), Status> {
+        let sm = self.node.shared.sm.read();
+        let store = &sm.auth;
+        if !store.enabled() {
+            call.checked_at.set(store.revision());
+            return Ok(());
+        }
+        let user = match &call.token {
+            Some(token) => {
+                let (user, issued_at) =
+                    self.auth.tokens.lookup(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?;
+                if !store.token_valid(&user, issued_at) {
+                    return Err(status(AuthError::InvalidAuthToken));
+                }
+                Some(user)
+            }
+            None if self.auth.options.client_cert_auth => call.cn.as_deref().map(str::to_string),
+            None => None,
+        };
+        check(&sm, user.as_deref()).map_err(status)?;
+        call.checked_at.set(store.revision());
+        Ok(())
+    }
+
+    /// etcd's `requireAuthInfo`: with auth on, the caller must be some user.
+    pub(crate) fn require_user(&self) -> Result<(), Status> {
+        self.authorize(|sm, user| match user {
+            None if sm.auth.enabled() => Err(AuthError::UserEmpty),
+            _ => Ok(()),
+        })
+    }
+
+    /// etcd's `IsAdminPermitted` for the current caller.
+    pub(crate) fn require_admin(&self) -> Result<(), Status> {
+        self.authorize(|sm, user| sm.auth.check_admin(user))
+    }
+
+    /// Proposes an auth command and waits for its result.
+    async fn propose_auth(&self, op: AuthOp) -> Result<(), Status> {
+        let cmd = AuthCommand { op: Some(op) };
+        match self.propose_command(|id| Command::auth(id, cmd)).await? {
+            Output::Auth(result) => result.map_err(status),
+            _ => Err(Status::internal("unexpected result for an auth request")),
+        }
+    }
+
+    /// A linearizable view of the auth state for the Auth service's reads.
+    async fn auth_read<T>(&self, read: impl FnOnce(&AuthStore) -> Result<T, AuthError>) -> Result<T, Status> {
+        self.node.read_barrier(self.request_timeout()).await.map_err(crate::service::node_status)?;
+        let sm = self.node.shared.sm.read();
+        read(&sm.auth).map_err(status)
+    }
+
+    fn auth_header(&self) -> Option<ResponseHeader> {
+        let revision = self.node.shared.sm.read().kv.revision();
+        Some(self.header(revision))
+    }
+
+    async fn hash_password(&self, password: String) -> Result<String, Status> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "raftkv: a password may have at most {MAX_PASSWORD_BYTES} bytes"
+            )));
+        }
+        let cost = self.auth.options.bcrypt_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .map_err(|e| Status::internal(format!("password hashing failed: {e}")))?
+            .map_err(|e| Status::internal(format!("password hashing failed: {e}")))
+    }
+
+    /// Authenticate: checks the password against the applied state and issues a token.
+    pub async fn authenticate(&self, req: AuthenticateRequest) -> Result<AuthenticateResponse, Status> {
+        let (hash, revision) = self
+            .auth_read(|a| {
+                if !a.enabled() {
+                    return Err(AuthError::AuthNotEnabled);
+                }
+                match a.user(&req.name) {
+                    Some(u) if !u.no_password => Ok((u.password.clone(), a.revision())),
+                    _ => Err(AuthError::AuthFailed),
+                }
+            })
+            .await?;
+        let password = req.password;
+        let good = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .map_err(|e| Status::internal(format!("password check failed: {e}")))?;
+        if !good {
+            return Err(status(AuthError::AuthFailed));
+        }
+        let token = self.auth.tokens.issue(&req.name, revision)?;
+        tracing::info!(user = %req.name, "authenticated a user");
+        Ok(AuthenticateResponse { header: self.auth_header(), token })
+    }
+
+    pub async fn auth_enable(&self) -> Result<AuthEnableResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::Enable(AuthEnableRequest {})).await?;
+        tracing::info!("enabled authentication");
+        Ok(AuthEnableResponse { header: self.auth_header() })
+    }
+
+    pub async fn auth_disable(&self) -> Result<AuthDisableResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::Disable(AuthDisableRequest {})).await?;
+        self.auth.tokens.clear();
+        tracing::info!("disabled authentication");
+        Ok(AuthDisableResponse { header: self.auth_header() })
+    }
+
+    pub async fn auth_status(&self) -> Result<AuthStatusResponse, Status> {
+        self.require_admin()?;
+        let (enabled, auth_revision) = self.auth_read(|a| Ok((a.enabled(), a.revision()))).await?;
+        Ok(AuthStatusResponse { header: self.auth_header(), enabled, auth_revision })
+    }
+
+    pub async fn user_add(&self, req: AuthUserAddRequest) -> Result<AuthUserAddResponse, Status> {
+        self.require_admin()?;
+        let no_password = req.options.is_some_and(|o| o.no_password);
+        if req.name.is_empty() {
+            return Err(status(AuthError::UserEmpty));
+        }
+        let hashed_password =
+            if no_password { String::new() } else { self.hash_password(req.password).await? };
+        self.propose_auth(AuthOp::UserAdd(AuthUserAdd {
+            name: req.name.clone(),
+            hashed_password,
+            no_password,
+        }))
+        .await?;
+        tracing::info!(user = %req.name, "added a user");
+        Ok(AuthUserAddResponse { header: self.auth_header() })
+    }
+
+    pub async fn user_delete(&self, req: AuthUserDeleteRequest) -> Result<AuthUserDeleteResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::UserDelete(req)).await?;
+        Ok(AuthUserDeleteResponse { header: self.auth_header() })
+    }
+
+    pub async fn user_change_password(
+        &self,
+        req: AuthUserChangePasswordRequest,
+    ) -> Result<AuthUserChangePasswordResponse, Status> {
+        self.require_admin()?;
+        let hashed_password = self.hash_password(req.password).await?;
+        self.propose_auth(AuthOp::UserChangePassword(AuthUserChangePassword {
+            name: req.name,
+            hashed_password,
+        }))
+        .await?;
+        Ok(AuthUserChangePasswordResponse { header: self.auth_header() })
+    }
+
+    pub async fn user_grant_role(
+        &self,
+        req: AuthUserGrantRoleRequest,
+    ) -> Result<AuthUserGrantRoleResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::UserGrantRole(req)).await?;
+        Ok(AuthUserGrantRoleResponse { header: self.auth_header() })
+    }
+
+    pub async fn user_revoke_role(
+        &self,
+        req: AuthUserRevokeRoleRequest,
+    ) -> Result<AuthUserRevokeRoleResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::UserRevokeRole(req)).await?;
+        Ok(AuthUserRevokeRoleResponse { header: self.auth_header() })
+    }
+
+    /// UserGet: the admin, or a user asking about itself (etcd's rule).
+    pub async fn user_get(&self, req: AuthUserGetRequest) -> Result<AuthUserGetResponse, Status> {
+        self.authorize(|sm, user| match sm.auth.check_admin(user) {
+            Err(e) if user != Some(req.name.as_str()) => Err(e),
+            _ => Ok(()),
+        })?;
+        let roles = self
+            .auth_read(|a| a.user(&req.name).map(|u| u.roles.clone()).ok_or(AuthError::UserNotFound))
+            .await?;
+        Ok(AuthUserGetResponse { header: self.auth_header(), roles })
+    }
+
+    pub async fn user_list(&self) -> Result<AuthUserListResponse, Status> {
+        self.require_admin()?;
+        let users = self.auth_read(|a| Ok(a.user_names())).await?;
+        Ok(AuthUserListResponse { header: self.auth_header(), users })
+    }
+
+    pub async fn role_add(&self, req: AuthRoleAddRequest) -> Result<AuthRoleAddResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::RoleAdd(req)).await?;
+        Ok(AuthRoleAddResponse { header: self.auth_header() })
+    }
+
+    pub async fn role_delete(&self, req: AuthRoleDeleteRequest) -> Result<AuthRoleDeleteResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::RoleDelete(req)).await?;
+        Ok(AuthRoleDeleteResponse { header: self.auth_header() })
+    }
+
+    /// RoleGet: the admin, or a user holding the role (etcd's rule).
+    pub async fn role_get(&self, req: AuthRoleGetRequest) -> Result<AuthRoleGetResponse, Status> {
+        self.authorize(|sm, user| match sm.auth.check_admin(user) {
+            Err(e) if !user.is_some_and(|u| sm.auth.has_role(u, &req.role)) => Err(e),
+            _ => Ok(()),
+        })?;
+        let perm = self
+            .auth_read(|a| {
+                let role = a.role(&req.role).ok_or(AuthError::RoleNotFound)?;
+                Ok(role
+                    .perms
+                    .iter()
+                    .map(|p| raftkv_api::authpb::Permission {
+                        perm_type: p.perm_type,
+                        key: p.key.clone().into(),
+                        range_end: p.range_end.clone().into(),
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(AuthRoleGetResponse { header: self.auth_header(), perm })
+    }
+
+    pub async fn role_list(&self) -> Result<AuthRoleListResponse, Status> {
+        self.require_admin()?;
+        let roles = self.auth_read(|a| Ok(a.role_names())).await?;
+        Ok(AuthRoleListResponse { header: self.auth_header(), roles })
+    }
+
+    pub async fn role_grant_permission(
+        &self,
+        req: AuthRoleGrantPermissionRequest,
+    ) -> Result<AuthRoleGrantPermissionResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::RoleGrantPermission(req)).await?;
+        Ok(AuthRoleGrantPermissionResponse { header: self.auth_header() })
+    }
+
+    pub async fn role_revoke_permission(
+        &self,
+        req: AuthRoleRevokePermissionRequest,
+    ) -> Result<AuthRoleRevokePermissionResponse, Status> {
+        self.require_admin()?;
+        self.propose_auth(AuthOp::RoleRevokePermission(req)).await?;
+        Ok(AuthRoleRevokePermissionResponse { header: self.auth_header() })
+    }
+}
+
+// ------------------------------------------------------------------ permission rules
+
+/// Read permission on a range request's keys.
+pub fn check_range(sm: &KvMachine, user: Option<&str>, req: &RangeRequest) -> Result<(), AuthError> {
+    sm.auth.check_range(user, &req.key, &req.range_end, false)
+}
+
+/// etcd's `checkPutAuth`: write on the key, write on every key of the lease it attaches to
+/// (unless admin), read on the key when the previous value is asked for.
+pub fn check_put(sm: &KvMachine, user: Option<&str>, req: &PutRequest) -> Result<(), AuthError> {
+    sm.auth.check_range(user, &req.key, &[], true)?;
+    check_lease_keys(sm, user, req.lease, true)?;
+    if req.prev_kv {
+        sm.auth.check_range(user, &req.key, &[], false)?;
+    }
+    Ok(())
+}
+
+/// Write on the deleted range, and read when the previous values are asked for.
+pub fn check_delete_range(
+    sm: &KvMachine,
+    user: Option<&str>,
+    req: &DeleteRangeRequest,
+) -> Result<(), AuthError> {
+    sm.auth.check_range(user, &req.key, &req.range_end, true)?;
+    if req.prev_kv {
+        sm.auth.check_range(user, &req.key, &req.range_end, false)?;
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnAuth`: read on every compared key, and every operation of both branches,
+/// nested transactions included.
+pub fn check_txn(sm: &KvMachine, user: Option<&str>, req: &TxnRequest) -> Result<(), AuthError> {
+    for c in &req.compare {
+        sm.auth.check_range(user, &c.key, &c.range_end, false)?;
+    }
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(Op::RequestRange(r)) => check_range(sm, user, r)?,
+            Some(Op::RequestPut(r)) => check_put(sm, user, r)?,
+            Some(Op::RequestDeleteRange(r)) => check_delete_range(sm, user, r)?,
+            Some(Op::RequestTxn(r)) => check_txn(sm, user, r)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Permission on every key attached to lease `id` (none needed for the admin or an unknown
+/// lease): write for a put or revoke (etcd's `checkLeasePuts`), read to list its keys.
+pub fn check_lease_keys(sm: &KvMachine, user: Option<&str>, id: i64, write: bool) -> Result<(), AuthError> {
+    if id == 0 || !sm.auth.enabled() || sm.auth.check_admin(user).is_ok() {
+        return Ok(());
+    }
+    match sm.kv.leases().get(id) {
+        Some(lease) => lease.keys.iter().try_for_each(|k| sm.auth.check_range(user, k, &[], write)),
+        None => Ok(()),
+    }
+}
+
+/// LeaseLeases: read on every key of every lease, unless admin (etcd's `checkLeaseLeases`).
+pub fn check_all_leases(sm: &KvMachine, user: Option<&str>) -> Result<(), AuthError> {
+    if !sm.auth.enabled() {
+        return Ok(());
+    }
+    if user.is_none() {
+        return Err(AuthError::UserEmpty);
+    }
+    if sm.auth.check_admin(user).is_ok() {
+        return Ok(());
+    }
+    for lease in sm.kv.leases().iter() {
+        check_lease_keys(sm, user, lease.id, false)?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ gRPC
+
+pub struct AuthService(pub Api);
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        _r: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        self.0.auth_enable().await.map(Response::new)
+    }
+    async fn auth_disable(
+        &self,
+        _r: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        self.0.auth_disable().await.map(Response::new)
+    }
+    async fn auth_status(
+        &self,
+        _r: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.0.auth_status().await.map(Response::new)
+    }
+    async fn authenticate(
+        &self,
+        r: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        self.0.authenticate(r.into_inner()).await.map(Response::new)
+    }
+    async fn user_add(
+        &self,
+        r: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        self.0.user_add(r.into_inner()).await.map(Response::new)
+    }
+    async fn user_get(
+        &self,
+        r: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        self.0.user_get(r.into_inner()).await.map(Response::new)
+    }
+    async fn user_list(
+        &self,
+        _r: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.0.user_list().await.map(Response::new)
+    }
+    async fn user_delete(
+        &self,
+        r: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        self.0.user_delete(r.into_inner()).await.map(Response::new)
+    }
+    async fn user_change_password(
+        &self,
+        r: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.0.user_change_password(r.into_inner()).await.map(Response::new)
+    }
+    async fn user_grant_role(
+        &self,
+        r: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        self.0.user_grant_role(r.into_inner()).await.map(Response::new)
+    }
+    async fn user_revoke_role(
+        &self,
+        r: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        self.0.user_revoke_role(r.into_inner()).await.map(Response::new)
+    }
+    async fn role_add(
+        &self,
+        r: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        self.0.role_add(r.into_inner()).await.map(Response::new)
+    }
+    async fn role_get(
+        &self,
+        r: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        self.0.role_get(r.into_inner()).await.map(Response::new)
+    }
+    async fn role_list(
+        &self,
+        _r: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.0.role_list().await.map(Response::new)
+    }
+    async fn role_delete(
+        &self,
+        r: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        self.0.role_delete(r.into_inner()).await.map(Response::new)
+    }
+    async fn role_grant_permission(
+        &self,
+        r: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        self.0.role_grant_permission(r.into_inner()).await.map(Response::new)
+    }
+    async fn role_revoke_permission(
+        &self,
+        r: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        self.0.role_revoke_permission(r.into_inner()).await.map(Response::new)
+    }
+}
+
+/// The Auth gRPC service.
+pub fn service(api: Api, decode_limit: usize) -> AuthServer<AuthService> {
+    AuthServer::new(AuthService(api)).max_decoding_message_size(decode_limit)
+}
+
+/// The JSON gateway's `/v3/auth/...` routes (etcd 3.4's paths).
+pub fn gateway_router(api: Api) -> axum::Router {
+    use crate::gateway::unary_for;
+    let mut router = axum::Router::new();
+    for prefix in ["/v3", "/v3beta"] {
+        let p = |s: &str| format!("{prefix}/auth/{s}");
+        router = router
+            .route(
+                &p("enable"),
+                unary_for(&api, |a: Api, _: AuthEnableRequest| async move { a.auth_enable().await }),
+            )
+            .route(
+                &p("disable"),
+                unary_for(&api, |a: Api, _: AuthDisableRequest| async move { a.auth_disable().await }),
+            )
+            .route(
+                &p("status"),
+                unary_for(&api, |a: Api, _: AuthStatusRequest| async move { a.auth_status().await }),
+            )
+            .route(&p("authenticate"), unary_for(&api, |a: Api, r| async move { a.authenticate(r).await }))
+            .route(&p("user/add"), unary_for(&api, |a: Api, r| async move { a.user_add(r).await }))
+            .route(&p("user/get"), unary_for(&api, |a: Api, r| async move { a.user_get(r).await }))
+            .route(
+                &p("user/list"),
+                unary_for(&api, |a: Api, _: AuthUserListRequest| async move { a.user_list().await }),
+            )
+            .route(&p("user/delete"), unary_for(&api, |a: Api, r| async move { a.user_delete(r).await }))
+            .route(
+                &p("user/changepw"),
+                unary_for(&api, |a: Api, r| async move { a.user_change_password(r).await }),
+            )
+            .route(&p("user/grant"), unary_for(&api, |a: Api, r| async move { a.user_grant_role(r).await }))
+            .route(&p("user/revoke"), unary_for(&api, |a: Api, r| async move { a.user_revoke_role(r).await }))
+            .route(&p("role/add"), unary_for(&api, |a: Api, r| async move { a.role_add(r).await }))
+            .route(&p("role/get"), unary_for(&api, |a: Api, r| async move { a.role_get(r).await }))
+            .route(
+                &p("role/list"),
+                unary_for(&api, |a: Api, _: AuthRoleListRequest| async move { a.role_list().await }),
+            )
+            .route(&p("role/delete"), unary_for(&api, |a: Api, r| async move { a.role_delete(r).await }))
+            .route(
+                &p("role/grant"),
+                unary_for(&api, |a: Api, r| async move { a.role_grant_permission(r).await }),
+            )
+            .route(
+                &p("role/revoke"),
+                unary_for(&api, |a: Api, r| async move { a.role_revoke_permission(r).await }),
+            );
+    }
+    router
+}
+
+/// The common name of a DER certificate's subject, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_expire_are_bounded_and_refuse_oversized_lookups() {
+        let tokens = Tokens::new(Duration::from_millis(50));
+        let t = tokens.issue("u", 3).expect("issue");
+        assert_eq!(t.split('.').next().map(str::len), Some(16));
+        assert_eq!(tokens.lookup(&t), Some(("u".to_string(), 3)));
+        assert_ne!(tokens.issue("u", 3).expect("issue"), t, "tokens differ");
+        assert_eq!(tokens.lookup(&"x".repeat(100_000)), None);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(tokens.lookup(&t), None, "expired");
+        tokens.clear();
+        assert!(tokens.map.lock().is_empty());
+    }
+
+    #[test]
+    fn call_reads_token_then_authorization() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("gw"));
+        assert_eq!(Call::from_headers(&h, None).token.as_deref(), Some("gw"));
+        h.insert("token", http::HeaderValue::from_static("grpc"));
+        assert_eq!(Call::from_headers(&h, None).token.as_deref(), Some("grpc"));
+        assert!(Call::from_headers(&HeaderMap::new(), None).token.is_none());
+    }
+}

@@ -1,0 +1,386 @@
+//! Acceptance: authentication and authorisation (etcd's Auth service).
+//!
+//! * The same etcdctl 3.4 `user`/`role`/`auth` and `--user` sequence runs against a
+//!   one-member raftkv and a one-member real etcd; the outputs must be identical.
+//! * Tokens over gRPC (both the direct key-value path and the tonic services) and the JSON
+//!   gateway: a deleted user's token, oversized and garbage tokens, watch refusals.
+//! * A three-member cluster: the auth state survives a restart of every member and reaches a
+//!   member that catches up by snapshot.
+//!
+//! Without `etcdctl` (or `etcd`) on PATH the etcdctl tests say so loudly and pass, unless
+//! RAFTKV_REQUIRE_ETCD=1 is set.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Opts, Out, etcdctl, have, start_etcd_elected, wait_for};
+use raftkv_api::etcdserverpb::auth_client::AuthClient;
+use raftkv_api::etcdserverpb::watch_client::WatchClient;
+use raftkv_api::etcdserverpb::*;
+use tonic::Code;
+
+const START: Duration = Duration::from_secs(20);
+
+/// The etcdctl sequence: (arguments, stdin). `R` is the root user's flag, `A` alice's.
+fn script() -> Vec<(String, String)> {
+    const R: &str = "--user root:rootpw";
+    const A: &str = "--user alice:alicepw";
+    let compare_only = "value(\"secret\") = \"x\"\n\n\n\n";
+    let put_in_success = "value(\"foo\") = \"x\"\n\nput secret s\n\nget foo\n\n";
+    let allowed_txn = "value(\"foo\") = \"bar\"\n\nput pre/t 1\n\nget foo\n\n";
+    let s: Vec<(String, &str)> = vec![
+        ("put foo bar".into(), ""),
+        ("put secret s0".into(), ""),
+        ("user add root:rootpw".into(), ""),
+        ("user add alice:alicepw".into(), ""),
+        ("user add alice:again".into(), ""),
+        ("user add :x".into(), ""),
+        ("role add reader".into(), ""),
+        ("role add reader".into(), ""),
+        ("role grant-permission reader read foo".into(), ""),
+        ("role grant-permission reader readwrite pre/ --prefix".into(), ""),
+        ("role grant-permission reader write w1 w5".into(), ""),
+        ("role grant-permission reader read from/ --from-key".into(), ""),
+        ("role grant-permission reader read foo".into(), ""),
+        ("role grant-permission nobody read foo".into(), ""),
+        ("role get reader".into(), ""),
+        ("role revoke-permission reader w1 w5".into(), ""),
+        ("role revoke-permission reader nothere".into(), ""),
+        ("role get reader".into(), ""),
+        ("role list".into(), ""),
+        ("user grant-role alice reader".into(), ""),
+        ("user grant-role alice nosuchrole".into(), ""),
+        ("user grant-role root root".into(), ""),
+        ("user get alice".into(), ""),
+        ("user get nobody".into(), ""),
+        ("user list".into(), ""),
+        ("user revoke-role alice nosuchrole".into(), ""),
+        ("auth enable".into(), ""),
+        ("get foo".into(), ""),
+        ("put foo x".into(), ""),
+        ("user list".into(), ""),
+        (format!("{A} get foo"), ""),
+        ("--user alice:wrong get foo".into(), ""),
+        ("--user nobody:pw get foo".into(), ""),
+        (format!("{A} get secret"), ""),
+        (format!("{A} put foo x"), ""),
+        (format!("{A} put pre/a 1"), ""),
+        (format!("{A} get pre/ --prefix"), ""),
+        (format!("{A} get p --prefix"), ""),
+        (format!("{A} get from/x"), ""),
+        (format!("{A} del pre/a"), ""),
+        (format!("{A} del foo"), ""),
+        (format!("{A} txn"), compare_only),
+        (format!("{A} txn"), put_in_success),
+        (format!("{A} txn"), allowed_txn),
+        (format!("{A} user list"), ""),
+        (format!("{A} user get alice"), ""),
+        (format!("{A} user get root"), ""),
+        (format!("{A} role get reader"), ""),
+        (format!("{A} role list"), ""),
+        (format!("{A} user add eve:x"), ""),
+        (format!("{A} auth disable"), ""),
+        (format!("{R} get secret"), ""),
+        (format!("{R} user list"), ""),
+        (format!("{R} user passwd alice --interactive=false"), "newpw\n"),
+        (format!("{A} get foo"), ""),
+        ("--user alice:newpw get foo".into(), ""),
+        (format!("{R} user revoke-role alice reader"), ""),
+        ("--user alice:newpw get foo".into(), ""),
+        (format!("{R} user revoke-role root root"), ""),
+        (format!("{R} user delete root"), ""),
+        (format!("{R} role add root"), ""),
+        (format!("{R} role delete root"), ""),
+        (format!("{R} role delete reader"), ""),
+        (format!("{R} user delete alice"), ""),
+        ("--user alice:newpw get foo".into(), ""),
+        (format!("{R} auth disable"), ""),
+        ("get secret".into(), ""),
+        ("auth enable".into(), ""),
+        ("user delete root".into(), ""),
+        ("auth enable".into(), ""),
+    ];
+    s.into_iter().map(|(a, i)| (a, i.to_string())).collect()
+}
+
+fn run(endpoint: &str, args: &str, stdin: &str) -> Out {
+    let args: Vec<&str> = args.split(' ').collect();
+    etcdctl(endpoint, &args, stdin)
+}
+
+/// The same user, role, auth and `--user` commands answer exactly as etcd 3.4's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_auth_commands_match_real_etcd() {
+    if !have("etcdctl") {
+        return;
+    }
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let ours_ep = c.members[0].endpoint();
+    let etcd_dir = tempfile::tempdir().expect("temp dir");
+    let etcd = start_etcd_elected(etcd_dir.path()).await;
+    let theirs_ep = etcd.as_ref().map(|(_, client, _)| format!("127.0.0.1:{client}"));
+    let mut mismatches = Vec::new();
+    for (args, stdin) in script() {
+        let ours = run(&ours_ep, &args, &stdin);
+        let Some(theirs_ep) = &theirs_ep else {
+            eprintln!("etcdctl {args} -> {ours:?}");
+            continue;
+        };
+        let theirs = run(theirs_ep, &args, &stdin);
+        if ours != theirs {
+            mismatches.push(format!("etcdctl {args}\n  raftkv: {ours:?}\n  etcd:   {theirs:?}"));
+        }
+    }
+    c.assert_running();
+    assert!(
+        mismatches.is_empty(),
+        "{} etcdctl commands answered differently from etcd 3.4:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+fn auth_client(port: u16) -> AuthClient<tonic::transport::Channel> {
+    AuthClient::new(common::channel(port))
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if !token.is_empty()
+        && let Ok(v) = token.parse()
+    {
+        r.metadata_mut().insert("token", v);
+    }
+    r
+}
+
+async fn authenticate(port: u16, name: &str, password: &str) -> Result<String, tonic::Status> {
+    let req = AuthenticateRequest { name: name.into(), password: password.into() };
+    auth_client(port).authenticate(req).await.map(|r| r.into_inner().token)
+}
+
+/// Root (with the root role) and alice (reading `foo`, reading and writing `pre/`), auth on.
+async fn set_up_users(port: u16) {
+    let mut a = auth_client(port);
+    for (name, password) in [("root", "rootpw"), ("alice", "alicepw")] {
+        let req = AuthUserAddRequest { name: name.into(), password: password.into(), options: None };
+        a.user_add(req).await.expect("user add");
+    }
+    a.role_add(AuthRoleAddRequest { name: "reader".into() }).await.expect("role add");
+    for (t, key, end) in [(0, "foo", ""), (2, "pre/", "pre0")] {
+        let perm = raftkv_api::authpb::Permission { perm_type: t, key: key.into(), range_end: end.into() };
+        let req = AuthRoleGrantPermissionRequest { name: "reader".into(), perm: Some(perm) };
+        a.role_grant_permission(req).await.expect("grant permission");
+    }
+    for (user, role) in [("alice", "reader"), ("root", "root")] {
+        let req = AuthUserGrantRoleRequest { user: user.into(), role: role.into() };
+        a.user_grant_role(req).await.expect("grant role");
+    }
+    a.auth_enable(AuthEnableRequest {}).await.expect("auth enable");
+}
+
+fn range(key: &str) -> RangeRequest {
+    RangeRequest { key: key.to_string().into(), ..Default::default() }
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest { key: key.to_string().into(), value: value.to_string().into(), ..Default::default() }
+}
+
+fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, message: &str) {
+    match r {
+        Err(s) => assert_eq!((s.code(), s.message()), (code, message), "{s:?}"),
+        Ok(v) => panic!("expected {code:?} {message:?}, got {v:?}"),
+    }
+}
+
+/// Tokens on both gRPC paths and the JSON gateway: good, missing, garbage, oversized, of a
+/// deleted user; watches refused with etcd's cancel reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_permissions_and_the_gateway() {
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    common::put(port, "foo", "bar").await.expect("put");
+    set_up_users(port).await;
+    let root = authenticate(port, "root", "rootpw").await.expect("root token");
+    let alice = authenticate(port, "alice", "alicepw").await.expect("alice token");
+    assert_status(
+        authenticate(port, "alice", "nope").await,
+        Code::InvalidArgument,
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    let mut kv = common::kv(port);
+    // The direct key-value path.
+    assert_status(kv.range(range("foo")).await, Code::InvalidArgument, "etcdserver: user name is empty");
+    let got = kv.range(with_token(range("foo"), &alice)).await.expect("alice reads foo").into_inner();
+    assert_eq!(got.kvs[0].value, "bar");
+    assert_status(
+        kv.put(with_token(put("foo", "x"), &alice)).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    kv.put(with_token(put("pre/a", "1"), &alice)).await.expect("alice writes pre/");
+    kv.put(with_token(put("secret", "s"), &root)).await.expect("root writes anything");
+    // A transaction that only compares a key alice cannot read.
+    let compare_only = TxnRequest {
+        compare: vec![Compare { key: "secret".into(), target: 3, ..Default::default() }],
+        ..Default::default()
+    };
+    assert_status(
+        kv.txn(with_token(compare_only, &alice)).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    // A nested transaction touching a forbidden key.
+    let nested = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(put("secret", "x"))),
+                }],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    assert_status(
+        kv.txn(with_token(nested, &alice)).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    // Garbage and oversized tokens are invalid, not a crash; beyond the header limit the
+    // request is refused by HTTP/2 itself.
+    for bad in ["garbage".to_string(), "x".repeat(8 << 10)] {
+        assert_status(
+            kv.range(with_token(range("foo"), &bad)).await,
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token",
+        );
+    }
+    assert!(kv.range(with_token(range("foo"), &"x".repeat(64 << 10))).await.is_err());
+    // Watch: refused with etcd's reason, permitted for a readable key.
+    for (token, key, reason) in [
+        (alice.as_str(), "secret", "etcdserver: permission denied"),
+        ("", "foo", "etcdserver: user name is empty"),
+        (alice.as_str(), "foo", ""),
+    ] {
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.to_string().into(),
+                ..Default::default()
+            })),
+        };
+        let req = with_token(tokio_stream::iter(vec![create]), token);
+        let mut stream =
+            WatchClient::new(common::channel(port)).watch(req).await.expect("watch").into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a watch response in time")
+            .expect("watch stream")
+            .expect("a response");
+        assert!(first.created, "{first:?}");
+        assert_eq!((first.canceled, first.cancel_reason.as_str()), (!reason.is_empty(), reason), "{key}");
+    }
+    // The JSON gateway: authenticate, then the Authorization header.
+    let body = common::http_post_with(
+        port,
+        "/v3/auth/authenticate",
+        r#"{"name":"alice","password":"alicepw"}"#,
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let gw_token = v["token"].as_str().expect("token").to_string();
+    let got =
+        common::http_post_with(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#, &[("Authorization", &gw_token)]);
+    assert!(got.contains(r#""value":"YmFy""#), "{got}");
+    let denied = common::http_post_with(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#, &[]);
+    assert!(denied.contains("etcdserver: user name is empty"), "{denied}");
+    // A deleted user's token is invalid at once; so is one issued before a password change.
+    let mut a = auth_client(port);
+    a.user_delete(with_token(AuthUserDeleteRequest { name: "alice".into() }, &root)).await.expect("delete");
+    assert_status(
+        kv.range(with_token(range("foo"), &alice)).await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+    );
+    let req = AuthUserChangePasswordRequest { name: "root".into(), password: "new".into() };
+    a.user_change_password(with_token(req, &root)).await.expect("change password");
+    assert_status(
+        kv.range(with_token(range("foo"), &root)).await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+    );
+    let root = authenticate(port, "root", "new").await.expect("new root token");
+    let status = common::maintenance(port).status(with_token(StatusRequest {}, &root)).await;
+    assert!(status.is_ok(), "root may call Status: {status:?}");
+    assert_status(
+        common::maintenance(port).status(StatusRequest {}).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    c.assert_running();
+}
+
+/// Reads `foo` through member `port` as alice (a fresh token) and without a token.
+async fn check_enforced(port: u16) {
+    let alice = wait_for("alice to authenticate", START, || async move {
+        authenticate(port, "alice", "alicepw").await.ok()
+    })
+    .await;
+    let mut kv = common::kv(port);
+    let got = kv.range(with_token(range("foo"), &alice)).await.expect("alice reads foo").into_inner();
+    assert_eq!(got.kvs.len(), 1);
+    assert_status(
+        kv.range(with_token(range("k/1"), &alice)).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    assert_status(kv.range(range("foo")).await, Code::InvalidArgument, "etcdserver: user name is empty");
+}
+
+/// Three members: the auth state is replicated, reaches a member that catches up by snapshot
+/// (--snapshot-count 100 and 400 writes while it is down), and survives a restart of all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_state_survives_restart_and_snapshot_install() {
+    let opts = Opts { snapshot_count: Some(100), ..Opts::default() };
+    let mut c = Cluster::start(3, opts);
+    let leader = c.wait_leader(START).await;
+    let port = c.port(leader);
+    common::put(port, "foo", "bar").await.expect("put");
+    set_up_users(port).await;
+    for i in 0..3 {
+        check_enforced(c.port(i)).await;
+    }
+    let down = (leader + 1) % 3;
+    c.stop(down, Duration::from_secs(10));
+    let writer = (down + 1) % 3;
+    let root = authenticate(c.port(writer), "root", "rootpw").await.expect("root token");
+    let mut kv = common::kv(c.port(writer));
+    for i in 0..400 {
+        kv.put(with_token(put(&format!("k/{i}"), "v"), &root)).await.expect("root put");
+    }
+    c.start_member(down);
+    let down_port = c.port(down);
+    wait_for("the restarted member to catch up", START, || async move {
+        let root = authenticate(down_port, "root", "rootpw").await.ok()?;
+        let got = common::kv(down_port).range(with_token(range("k/399"), &root)).await.ok()?;
+        (got.into_inner().kvs.len() == 1).then_some(())
+    })
+    .await;
+    check_enforced(down_port).await;
+    for i in 0..3 {
+        c.stop(i, Duration::from_secs(10));
+    }
+    for i in 0..3 {
+        c.start_member(i);
+    }
+    // (Status needs root now, so the harness's leader wait does not apply: authenticating
+    // waits for a leader.)
+    for i in 0..3 {
+        check_enforced(c.port(i)).await;
+    }
+    c.assert_running();
+}
