@@ -475,13 +475,15 @@ impl Lease for Leases {
         self.revoke(req.into_inner()).await.map(tonic::Response::new)
     }
 
-    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream =
+        crate::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaseKeepAliveResponse, Status>>>;
 
     async fn lease_keep_alive(
         &self,
         req: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
+        let required = crate::require_leader::required_by(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let this = self.clone();
@@ -494,7 +496,8 @@ impl Lease for Leases {
                 }
             }
         });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        let stream = ReceiverStream::new(rx);
+        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.api, required, stream)))
     }
 
     async fn lease_time_to_live(

@@ -19,6 +19,7 @@ mod lock;
 mod member;
 mod metrics;
 mod peer;
+mod require_leader;
 mod server;
 mod service;
 mod tls;

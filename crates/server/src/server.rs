@@ -108,6 +108,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
+            election_timeout: Duration::from_millis(config.election_timeout_ms),
             unsafe_stale_reads: std::env::var("RAFTKV_UNSAFE_STALE_READS").is_ok_and(|v| v == "1"),
             member_dir: member_dir.clone(),
         },

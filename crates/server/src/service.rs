@@ -26,6 +26,8 @@ pub struct ApiConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
+    /// The Raft election timeout: how often streams that require a leader look for one.
+    pub election_timeout: Duration,
     /// Test-only: serve linearizable reads without ReadIndex (stale reads become possible).
     /// Set by the environment variable `RAFTKV_UNSAFE_STALE_READS=1`, used by the black-box
     /// tests to prove their checker catches stale reads. Never set it in production.
@@ -101,6 +103,11 @@ impl Api {
     pub(crate) fn fill(&self, header: &mut Option<ResponseHeader>) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
         *header = Some(self.header(revision));
+    }
+
+    /// The Raft election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        self.config.election_timeout
     }
 
     /// The request timeout for proposals and read barriers.
