@@ -530,22 +530,8 @@ where
     F: Fn(Leases, Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Resp, Status>> + Send + 'static,
 {
-    let leases = leases.clone();
-    post(move |body: Body| {
-        let leases = leases.clone();
-        let call = call.clone();
-        async move {
-            let limit = gateway::body_limit(leases.api.max_request_bytes());
-            let req: Req = match gateway::read_body(body, limit).await.and_then(|b| gateway::decode(&b)) {
-                Ok(req) => req,
-                Err(status) => return gateway::error_response(&status),
-            };
-            match call(leases, req).await {
-                Ok(resp) => gateway::json_response(&resp),
-                Err(status) => gateway::error_response(&status),
-            }
-        }
-    })
+    let limit = gateway::body_limit(leases.api.max_request_bytes());
+    gateway::unary_on(leases.clone(), limit, call)
 }
 
 /// grpc-gateway's error object inside a stream.

@@ -123,10 +123,12 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
     let routes = crate::grpc::routes(api.clone())
         .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)));
-    let router =
-        crate::lock::add_services(routes, recipes, crate::grpc::decode_limit(&api)).into_axum_router();
-    let router =
-        router.merge(crate::gateway::router(api.clone())).merge(crate::lease::gateway_router(leases));
+    let router = crate::lock::add_services(routes, recipes.clone(), crate::grpc::decode_limit(&api))
+        .into_axum_router();
+    let router = router
+        .merge(crate::gateway::router(api.clone()))
+        .merge(crate::lease::gateway_router(leases))
+        .merge(crate::gateway::recipes::router(recipes, api.max_request_bytes()));
     crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));
     let metrics_router = crate::metrics::router(api.clone());
     let router = router.merge(metrics_router.clone());
