@@ -189,10 +189,9 @@ impl KvStore {
             table.grant(id, ttl).map_err(|e| KvError::corrupt(format!("lease {id}: {e}")))?;
             table.checkpoint(id, remaining);
         }
+        // Older versions may name a lease revoked since (their history keeps it, as etcd's
+        // does); only a key's live newest version must hold an existing lease.
         for &(main, sub, lease) in attached {
-            if !table.contains(lease) {
-                return Err(KvError::corrupt(format!("a version holds lease {lease}, which does not exist")));
-            }
             if main < 1 || main > self.rev {
                 return Err(KvError::corrupt(format!("a leased version at revision {main} of {}", self.rev)));
             }
@@ -201,9 +200,13 @@ impl KvStore {
         for (key, h) in self.map.range((Bound::Unbounded, Bound::Unbounded)) {
             if let Some(r) = h.revs.last().filter(|r| r.version != 0) {
                 let lease = table.lease_of(r.main, r.sub);
-                if let Some(l) = table.leases.get_mut(&lease) {
-                    l.keys.insert(Key::from_slice(key));
+                if lease == 0 {
+                    continue;
                 }
+                let Some(l) = table.leases.get_mut(&lease) else {
+                    return Err(KvError::corrupt(format!("a key holds lease {lease}, which does not exist")));
+                };
+                l.keys.insert(Key::from_slice(key));
             }
         }
         self.leases = table;

@@ -195,8 +195,8 @@ impl KvStore {
                 mod_revision: p.main,
                 version: p.version,
                 value: value_in(&self.cold, f.hist, i).map_err(KvError::cold)?,
-                // Known while the version is the key's newest (the lease table tracks live
-                // attachments only); 0 for older versions.
+                // The lease table keeps each version's lease until compaction discards it
+                // (also after the lease is revoked).
                 lease: self.leases.lease_of(p.main, p.sub),
             }),
             _ => None,
@@ -268,6 +268,28 @@ mod tests {
                 (e.r#type, String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision, prev)
             })
             .collect()
+    }
+
+    /// A replayed version that is no longer the key's newest (overwritten, its lease since
+    /// revoked) reports the lease it was written with, as etcd's history does.
+    #[test]
+    fn history_keeps_the_lease_of_older_versions() {
+        let mut s = KvStore::new();
+        for id in [1, 2] {
+            s.lease_grant(&raftkv_api::etcdserverpb::LeaseGrantRequest { ttl: 60, id }).unwrap();
+        }
+        for (v, lease) in [("1", 1), ("2", 2)] {
+            let req = PutRequest { key: "a".into(), value: v.into(), lease, ..Default::default() };
+            s.put(req).unwrap();
+        }
+        s.lease_revoke(&raftkv_api::etcdserverpb::LeaseRevokeRequest { id: 2 }).unwrap();
+        let history = s.history_events(b"a", &[], 1, i64::MAX, HistoryLimits::default()).unwrap();
+        let leases: Vec<(i64, Option<i64>)> = history
+            .events
+            .iter()
+            .map(|e| (e.kv.as_ref().map_or(-1, |kv| kv.lease), e.prev_kv.as_ref().map(|p| p.lease)))
+            .collect();
+        assert_eq!(leases, vec![(1, None), (2, Some(1)), (0, Some(2))]);
     }
 
     /// The events captured while applying and those read back from the history are the

@@ -156,3 +156,19 @@ fn export_import_round_trip_and_compaction_forgets_versions() {
     s.compact(&CompactionRequest { revision: 4, physical: false }).unwrap();
     assert_eq!(s.leases().export().1, vec![(3, 0, 2), (4, 0, 2)]);
 }
+
+#[test]
+fn a_snapshot_after_a_revoke_restores_with_the_history_leases() {
+    let mut s = KvStore::new();
+    grant(&mut s, 1, 60).unwrap();
+    leased_put(&mut s, "a", "1", 1).unwrap(); // rev 2
+    revoke(&mut s, 1).unwrap(); // rev 3 deletes "a"
+    let (leases, attached) = s.leases().export();
+    let mut buf = Vec::new();
+    s.snapshot(&mut buf).unwrap();
+    let mut t = KvStore::restore(&mut buf.as_slice()).unwrap();
+    t.import_leases(&leases, &attached).unwrap();
+    // The old version still reports the lease it was written with, as etcd's history does.
+    assert_eq!(get(&s, RangeRequest { revision: 2, ..range_req("a", "") }).kvs[0].lease, 1);
+    assert_eq!(get(&t, RangeRequest { revision: 2, ..range_req("a", "") }).kvs[0].lease, 1);
+}

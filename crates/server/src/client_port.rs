@@ -305,7 +305,7 @@ async fn serve_h2<S>(
                             request.extensions_mut().insert(cn.clone());
                         }
                         let method = crate::metrics::Method::from_path(request.uri().path());
-                        tokio::spawn(to_router(request, respond, router.clone(), method))
+                        tokio::spawn(to_router(request, respond, router.clone(), method, api))
                     }
                 };
             }
@@ -349,6 +349,7 @@ async fn kv_call(
 }
 
 async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) -> Result<Bytes, Status> {
+    crate::require_leader::check(request.headers(), api)?;
     if let Some(encoding) = request.headers().get("grpc-encoding")
         && encoding != "identity"
     {
@@ -476,6 +477,7 @@ async fn to_router(
     mut respond: h2::server::SendResponse<Bytes>,
     router: axum::Router,
     method: Option<crate::metrics::Method>,
+    api: Api,
 ) {
     // gRPC calls are counted as on the key-value path: started, then handled with the code
     // of the response headers (trailers-only) or trailers; a stream cut short is Unknown.
@@ -483,6 +485,15 @@ async fn to_router(
         crate::metrics::get().grpc_started(m);
         Handled(m, false)
     });
+    if is_grpc(request.headers())
+        && let Err(status) = crate::require_leader::check(request.headers(), &api)
+    {
+        if let Some(c) = counted.as_mut() {
+            c.done(status.code());
+        }
+        let _ = send_status(respond, status);
+        return;
+    }
     let (parts, body) = request.into_parts();
     let request = Request::from_parts(parts, axum::body::Body::new(H2Body { recv: body, data_done: false }));
     let response = match router.oneshot(request).await {
@@ -574,6 +585,11 @@ impl Drop for Handled {
     fn drop(&mut self) {
         self.done(tonic::Code::Unknown);
     }
+}
+
+/// Whether a request is a gRPC call (rather than the JSON gateway over HTTP/2).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn grpc_code(headers: &HeaderMap) -> Option<tonic::Code> {

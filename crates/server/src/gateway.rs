@@ -221,6 +221,33 @@ where
     .fallback(method_not_allowed)
 }
 
+/// A gateway route for a unary call on any state: decodes the JSON body (at most `limit`
+/// bytes), calls `call`, answers with the JSON response or etcd's error body.
+pub(crate) fn unary_on<S, Req, Resp, F, Fut>(state: S, limit: usize, call: F) -> MethodRouter
+where
+    S: Clone + Send + Sync + 'static,
+    Req: DeserializeOwned + Default + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    post(move |body: Body| {
+        let state = state.clone();
+        let call = call.clone();
+        async move {
+            let req: Req = match read_body(body, limit).await.and_then(|b| decode(&b)) {
+                Ok(req) => req,
+                Err(status) => return error_response(&status),
+            };
+            match call(state, req).await {
+                Ok(resp) => json_response(&resp),
+                Err(status) => error_response(&status),
+            }
+        }
+    })
+    .fallback(method_not_allowed)
+}
+
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Status> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -380,4 +407,5 @@ fn cluster_version(server: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests;
 
+pub mod recipes;
 mod watch;

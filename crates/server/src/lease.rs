@@ -498,13 +498,15 @@ impl Lease for Leases {
         self.revoke(req.into_inner()).await.map(tonic::Response::new)
     }
 
-    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream =
+        crate::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaseKeepAliveResponse, Status>>>;
 
     async fn lease_keep_alive(
         &self,
         req: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
+        let required = crate::require_leader::required_by(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let this = self.clone();
@@ -517,7 +519,8 @@ impl Lease for Leases {
                 }
             }
         });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        let stream = ReceiverStream::new(rx);
+        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.api, required, stream)))
     }
 
     async fn lease_time_to_live(
@@ -550,22 +553,8 @@ where
     F: Fn(Leases, Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Resp, Status>> + Send + 'static,
 {
-    let leases = leases.clone();
-    post(move |body: Body| {
-        let leases = leases.clone();
-        let call = call.clone();
-        async move {
-            let limit = gateway::body_limit(leases.api.max_request_bytes());
-            let req: Req = match gateway::read_body(body, limit).await.and_then(|b| gateway::decode(&b)) {
-                Ok(req) => req,
-                Err(status) => return gateway::error_response(&status),
-            };
-            match call(leases, req).await {
-                Ok(resp) => gateway::json_response(&resp),
-                Err(status) => gateway::error_response(&status),
-            }
-        }
-    })
+    let limit = gateway::body_limit(leases.api.max_request_bytes());
+    gateway::unary_on(leases.clone(), limit, call)
 }
 
 /// grpc-gateway's error object inside a stream.

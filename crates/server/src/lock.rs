@@ -348,13 +348,16 @@ impl Election for Recipes {
         Recipes::leader(self, req.into_inner()).await.map(tonic::Response::new)
     }
 
-    type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
+    type ObserveStream =
+        crate::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaderResponse, Status>>>;
 
     async fn observe(
         &self,
         req: tonic::Request<LeaderRequest>,
     ) -> Result<tonic::Response<Self::ObserveStream>, Status> {
-        Ok(tonic::Response::new(Recipes::observe(self, req.into_inner())))
+        let required = crate::require_leader::required_by(&req);
+        let stream = Recipes::observe(self, req.into_inner());
+        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.api, required, stream)))
     }
 
     async fn resign(

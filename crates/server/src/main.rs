@@ -24,6 +24,7 @@ mod membership;
 mod metrics;
 mod peer;
 mod quota;
+mod require_leader;
 mod server;
 mod service;
 mod tls;

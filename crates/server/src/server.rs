@@ -125,6 +125,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             request_timeout: Duration::from_millis(5000 + 2 * config.election_timeout_ms),
+            election_timeout: Duration::from_millis(config.election_timeout_ms),
             unsafe_stale_reads: unsafe_stale_reads(),
             member_dir: member_dir.clone(),
             quota: config.quota_backend_bytes,
@@ -154,12 +155,13 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let routes = crate::grpc::routes(api.clone())
         .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
         .add_service(crate::auth::service(api.clone(), crate::grpc::decode_limit(&api)));
-    let router =
-        crate::lock::add_services(routes, recipes, crate::grpc::decode_limit(&api)).into_axum_router();
+    let router = crate::lock::add_services(routes, recipes.clone(), crate::grpc::decode_limit(&api))
+        .into_axum_router();
     let router = router
         .merge(crate::gateway::router(api.clone()))
         .merge(crate::lease::gateway_router(leases))
         .merge(crate::auth::gateway_router(api.clone()))
+        .merge(crate::gateway::recipes::router(recipes, api.max_request_bytes()))
         // Every request the router serves runs as its caller (see crate::auth).
         .layer(axum::middleware::from_fn(crate::auth::scope_request));
     crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));

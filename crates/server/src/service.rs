@@ -26,6 +26,8 @@ pub struct ApiConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
+    /// The Raft election timeout: how often streams that require a leader look for one.
+    pub election_timeout: Duration,
     /// Test-only: serve linearizable reads without ReadIndex (stale reads become possible).
     /// Set by the environment variable `RAFTKV_UNSAFE_STALE_READS=1` in builds with the cargo
     /// feature `unsafe-stale-reads` only, used by the black-box
@@ -137,6 +139,11 @@ impl Api {
     /// The keepalive of the client port's HTTP/2 connections.
     pub fn keepalive(&self) -> crate::limits::Keepalive {
         self.config.keepalive
+    }
+
+    /// The Raft election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        self.config.election_timeout
     }
 
     /// The request timeout for proposals and read barriers.

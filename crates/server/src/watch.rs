@@ -711,14 +711,18 @@ pub struct WatchService(pub Api);
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = crate::require_leader::UntilLeaderLost<
+        tokio_stream::wrappers::ReceiverStream<Result<WatchResponse, Status>>,
+    >;
 
     async fn watch(
         &self,
         req: tonic::Request<tonic::Streaming<WatchRequest>>,
     ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        let required = crate::require_leader::required_by(&req);
         let rx = start(self.0.clone(), Box::pin(req.into_inner()));
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
     }
 }
 

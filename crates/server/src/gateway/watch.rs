@@ -146,7 +146,7 @@ async fn watch(api: Api, body: Body) -> Response {
 
 /// grpc-gateway's error object in a stream.
 #[derive(serde::Serialize)]
-struct StreamError {
+pub(super) struct StreamError {
     grpc_code: i32,
     http_code: u16,
     message: String,
@@ -154,7 +154,7 @@ struct StreamError {
 }
 
 impl StreamError {
-    fn of(status: &Status) -> StreamError {
+    pub(super) fn of(status: &Status) -> StreamError {
         let http = super::http_status(status.code());
         StreamError {
             grpc_code: status.code() as i32,
@@ -166,7 +166,7 @@ impl StreamError {
 }
 
 /// `{"<field>":<value>}` and a newline.
-fn json_line<T: serde::Serialize>(field: &str, value: &T) -> Bytes {
+pub(super) fn json_line<T: serde::Serialize>(field: &str, value: &T) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(field.as_bytes());

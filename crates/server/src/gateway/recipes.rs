@@ -1,0 +1,73 @@
+//! The gateway's Lock and Election routes, as etcd 3.4's grpc-gateway binds them:
+//! `/v3/lock/lock`, `/v3/lock/unlock`, `/v3/election/{campaign,proclaim,leader,resign}` as
+//! unary JSON calls, and `/v3/election/observe` as a stream of newline-delimited
+//! `{"result":<LeaderResponse>}` objects (an `{"error":{...}}` line ends it), open until the
+//! client goes away (also under `/v3beta`).
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use raftkv_api::v3electionpb::LeaderRequest;
+use tokio_stream::StreamExt;
+
+use super::watch::{StreamError, json_line};
+use super::{body_limit, decode, error_response, method_not_allowed, read_body, unary_on};
+use crate::lock::Recipes;
+
+/// The Lock and Election routes over `recipes`; request bodies up to the gateway's limit for
+/// `max_request_bytes`.
+pub fn router(recipes: Recipes, max_request_bytes: usize) -> Router {
+    let limit = body_limit(max_request_bytes);
+    macro_rules! unary {
+        ($method:ident) => {
+            unary_on(recipes.clone(), limit, |r: Recipes, q| async move { r.$method(q).await })
+        };
+    }
+    let mut router = Router::new();
+    for prefix in ["/v3", "/v3beta"] {
+        let observing = recipes.clone();
+        let observe = post(move |body: Body| observe(observing.clone(), limit, body));
+        router = router
+            .route(&format!("{prefix}/lock/lock"), unary!(lock))
+            .route(&format!("{prefix}/lock/unlock"), unary!(unlock))
+            .route(&format!("{prefix}/election/campaign"), unary!(campaign))
+            .route(&format!("{prefix}/election/proclaim"), unary!(proclaim))
+            .route(&format!("{prefix}/election/leader"), unary!(leader))
+            .route(&format!("{prefix}/election/resign"), unary!(resign))
+            .route(&format!("{prefix}/election/observe"), observe.fallback(method_not_allowed));
+    }
+    router
+}
+
+/// `/v3/election/observe`: the body is one `LeaderRequest`; the answer streams the election's
+/// leader, then every change of it.
+async fn observe(recipes: Recipes, limit: usize, body: Body) -> Response {
+    let req: LeaderRequest = match read_body(body, limit).await.and_then(|b| decode(&b)) {
+        Ok(req) => req,
+        Err(status) => return error_response(&status),
+    };
+    let mut failed = false;
+    let lines = recipes
+        .observe(req)
+        .map_while(move |item| {
+            if failed {
+                return None;
+            }
+            Some(match item {
+                Ok(resp) => json_line("result", &resp),
+                Err(status) => {
+                    failed = true;
+                    json_line("error", &StreamError::of(&status))
+                }
+            })
+        })
+        .map(Ok::<Bytes, Infallible>);
+    let mut resp = (StatusCode::OK, Body::from_stream(lines)).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
