@@ -256,7 +256,8 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
     type Pin = KvPin<H>;
 
     fn pin(&mut self) -> Self::Pin {
-        let trailer = Trailer::of(&self.kv, &self.members, &self.alarms, Some(&self.registry), Some(&self.auth));
+        let trailer =
+            Trailer::of(&self.kv, &self.members, &self.alarms, Some(&self.registry), Some(&self.auth));
         KvPin { point: self.kv.pin(), trailer, chain: self.chain.clone(), hooks: self.hooks.clone() }
     }
 

@@ -187,7 +187,8 @@ pub(crate) fn read_full(
             auth: AuthStore::import(AuthState::default()),
         },
         Err(_) => {
-            let t: Trailer = serde_json::from_slice(&buf).map_err(|e| SnapshotError::Trailer(e.to_string()))?;
+            let t: Trailer =
+                serde_json::from_slice(&buf).map_err(|e| SnapshotError::Trailer(e.to_string()))?;
             kv.import_leases(&t.leases, &t.attached).map_err(SnapshotError::Leases)?;
             TrailerState {
                 members: t.members,

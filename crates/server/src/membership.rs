@@ -410,6 +410,8 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use raftkv_raft::ClusterConfig;
 
     fn record(id: u64, url: &str) -> MemberRecord {
         MemberRecord { id, name: format!("m{id}"), peer_urls: vec![url.into()] }

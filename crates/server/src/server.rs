@@ -84,7 +84,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let mut sm = crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
+    let mut sm =
+        crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
     // The bootstrap members; a snapshot's registry replaces them, configuration changes
     // in the log update them.
     sm.registry = crate::membership::seed_registry(&record.members);
