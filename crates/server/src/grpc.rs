@@ -29,6 +29,9 @@ impl Maintenance for Grpc {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        // Administrators only once auth is enabled, as etcd (its membership and
+        // defragmentation permission checks).
+        self.0.require_admin()?;
         self.0.defragment(req.into_inner()).await.map(Response::new)
     }
     type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
@@ -43,6 +46,9 @@ impl Maintenance for Grpc {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        // Administrators only once auth is enabled, as etcd (its membership and
+        // defragmentation permission checks).
+        self.0.require_admin()?;
         self.0.move_leader(req.into_inner()).await.map(Response::new)
     }
 }
@@ -59,24 +65,36 @@ impl Cluster for Grpc {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        // Administrators only once auth is enabled, as etcd (its membership and
+        // defragmentation permission checks).
+        self.0.require_admin()?;
         self.0.member_add(req.into_inner()).await.map(Response::new)
     }
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        // Administrators only once auth is enabled, as etcd (its membership and
+        // defragmentation permission checks).
+        self.0.require_admin()?;
         self.0.member_remove(req.into_inner()).await.map(Response::new)
     }
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        // Administrators only once auth is enabled, as etcd (its membership and
+        // defragmentation permission checks).
+        self.0.require_admin()?;
         self.0.member_update(req.into_inner()).await.map(Response::new)
     }
     async fn member_promote(
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        // Administrators only once auth is enabled, as etcd (its membership and
+        // defragmentation permission checks).
+        self.0.require_admin()?;
         self.0.member_promote(req.into_inner()).await.map(Response::new)
     }
 }

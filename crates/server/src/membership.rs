@@ -148,6 +148,15 @@ impl Api {
     /// A client of the leader's Cluster service, for a change sent to a follower (etcd's
     /// followers hand changes to the leader too). Plain-http client URLs only.
     async fn leader_cluster(&self) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
+        // The caller's auth token is known only to the member that issued it, so a forwarded
+        // change could not be authorised on the leader: with auth enabled the client must
+        // send membership changes to the leader itself.
+        if self.node.shared.sm.read().auth.enabled() {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                "etcdserver: not leader; with auth enabled, send membership changes to the leader's client URL",
+            ));
+        }
         let leader = self.node.status().leader;
         if leader == 0 {
             return Err(Status::new(Code::Unavailable, "etcdserver: no leader"));

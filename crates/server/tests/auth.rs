@@ -88,6 +88,8 @@ fn script() -> Vec<(String, String)> {
         ("--user alice:newpw get foo".into(), ""),
         (format!("{R} user revoke-role alice reader"), ""),
         ("--user alice:newpw get foo".into(), ""),
+        // Membership changes are for administrators only.
+        ("--user alice:newpw member remove 1234".into(), ""),
         (format!("{R} user revoke-role root root"), ""),
         (format!("{R} user delete root"), ""),
         (format!("{R} role add root"), ""),

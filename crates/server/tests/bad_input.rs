@@ -274,7 +274,7 @@ async fn malformed_grpc_requests_get_grpc_errors() {
         ),
         ("/etcdserverpb.KV/Range", vec![], grpc_frame(0, b"\xff\xff\xff"), Code::Internal, "decode"),
         ("/etcdserverpb.KV/Nope", vec![], grpc_frame(0, &put_req), Code::Unimplemented, ""),
-        ("/etcdserverpb.Auth/Authenticate", vec![], grpc_frame(0, b""), Code::Unimplemented, ""),
+        ("/etcdserverpb.Nope/Call", vec![], grpc_frame(0, b""), Code::Unimplemented, ""),
     ];
     for (path, extra, body, code, wording) in cases {
         let headers: Vec<(&str, &str)> = grpc.iter().copied().chain(extra.iter().copied()).collect();
