@@ -104,11 +104,15 @@ async fn etcd_client_crate_leases_with_keys_and_expiry() {
     let short = client.lease_grant(2, None).await.expect("grant").id();
     let kept = client.lease_grant(2, None).await.expect("grant").id();
     client.put("exp/short", "1", Some(PutOptions::new().with_lease(short))).await.expect("put");
-    client.put("exp/kept", "1", Some(PutOptions::new().with_lease(kept))).await.expect("put");
+    let put = client.put("exp/kept", "1", Some(PutOptions::new().with_lease(kept))).await.expect("put");
+    // From the revision after the puts: the short lease may expire before a watch is created
+    // on a loaded machine, and its delete must still be seen.
+    let after = put.header().expect("header").revision() + 1;
     let mut watches = Vec::new();
     for ep in &eps {
         let mut cl = connect(ep).await;
-        let w = cl.watch("exp/short", None).await.expect("watch");
+        let w =
+            cl.watch("exp/short", Some(WatchOptions::new().with_start_revision(after))).await.expect("watch");
         watches.push((cl, w));
     }
     let (mut keeper, mut answers) = client.lease_keep_alive(kept).await.expect("keep-alive stream");
