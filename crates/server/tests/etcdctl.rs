@@ -407,6 +407,8 @@ fn run_lease_script(target: &Target) -> Vec<(String, Out)> {
         let mut out = target.normalise(&out);
         for (n, id) in ids.iter().enumerate() {
             for s in [&mut out.stdout, &mut out.stderr] {
+                // etcdctl prints ids zero-padded to 16 hex digits (`%016x`).
+                *s = s.replace(&format!("{id:016x}"), &format!("<lease-{}>", n + 1));
                 *s = s.replace(&format!("{id:x}"), &format!("<lease-{}>", n + 1));
                 *s = s.replace(&id.to_string(), &format!("<lease-{}>", n + 1));
             }
