@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use raftkv_api::Command;
 use raftkv_kv::{ApplyResult, AuthError, AuthStore, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
-use raftkv_node::{StateMachine, Visit};
+use raftkv_node::{StateMachine, StateMachineError, Visit};
 use serde::{Deserialize, Serialize};
 
 use crate::coldseg::{ColdChain, SharedChain};
@@ -280,10 +280,10 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
         &self,
         r: Box<dyn Read + Send>,
         len: u64,
-    ) -> Result<(Box<dyn Read + Send>, u64), String> {
+    ) -> Result<(Box<dyn Read + Send>, u64), StateMachineError> {
         match &self.segment_dir {
             Some(dir) => {
-                let (full, len) = coldseg::open_full(r, len, dir).map_err(|e| e.to_string())?;
+                let (full, len) = coldseg::open_full(r, len, dir)?;
                 Ok((Box::new(full), len))
             }
             None => Ok((r, len)),
@@ -294,13 +294,11 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
         self.kv.unpin();
     }
 
-    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), StateMachineError> {
         let started = Instant::now();
-        let restored = self.restore_timed(r, len);
-        if restored.is_ok() {
-            self.hooks.snapshot_restored(started.elapsed());
-        }
-        restored.map_err(|e| e.to_string())
+        self.restore_timed(r, len)?;
+        self.hooks.snapshot_restored(started.elapsed());
+        Ok(())
     }
 }
 
@@ -508,10 +506,10 @@ mod tests {
         let mut broken =
             KvMachine::with_cold_store(KvConfig::default(), cold).with_segment_dir(seg_dir.clone());
         let err = broken.restore(&mut thin2.as_slice(), thin2.len() as u64).expect_err("must fail");
-        assert!(err.contains("corrupt"), "{err}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
         std::fs::remove_file(&segs[1]).expect("test setup");
         let err = broken.restore(&mut thin2.as_slice(), thin2.len() as u64).expect_err("must fail");
-        assert!(err.contains("history segment"), "{err}");
+        assert!(err.to_string().contains("history segment"), "{err}");
         // A flipped bit in the thin snapshot itself fails too.
         let mut bad = thin2.clone();
         let at = bad.len() - 10;

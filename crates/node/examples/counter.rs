@@ -39,7 +39,7 @@ impl StateMachine for Counter {
         w.write_all(&pin.to_le_bytes())
     }
 
-    fn restore(&mut self, r: &mut dyn Read, _len: u64) -> Result<(), String> {
+    fn restore(&mut self, r: &mut dyn Read, _len: u64) -> Result<(), raftkv_node::StateMachineError> {
         let mut buf = [0u8; 8];
         r.read_exact(&mut buf).map_err(|e| format!("bad counter snapshot: {e}"))?;
         self.value = u64::from_le_bytes(buf);

@@ -37,12 +37,12 @@ pub enum ApplyError {
         found: Option<u64>,
     },
     /// The state machine refused the snapshot.
-    #[error("cannot restore snapshot {index}: {reason}")]
+    #[error("cannot restore snapshot {index}: {source}")]
     Restore {
         /// The snapshot's index.
         index: u64,
         /// The state machine's reason.
-        reason: String,
+        source: crate::StateMachineError,
     },
     /// Writing a snapshot failed.
     #[error("cannot write snapshot: {0}")]
@@ -169,7 +169,7 @@ impl Applier {
             }
         };
         let len = reader.remaining();
-        sm.restore(&mut reader, len).map_err(|reason| ApplyError::Restore { index: found.index, reason })?;
+        sm.restore(&mut reader, len).map_err(|source| ApplyError::Restore { index: found.index, source })?;
         self.cluster = meta.config.clone();
         self.last = (meta.index, meta.term);
         self.last_snapshot = meta.index;

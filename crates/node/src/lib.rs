@@ -135,12 +135,16 @@ pub trait StateMachine: Send + Sync + 'static {
         &self,
         r: Box<dyn Read + Send>,
         len: u64,
-    ) -> Result<(Box<dyn Read + Send>, u64), String> {
+    ) -> Result<(Box<dyn Read + Send>, u64), StateMachineError> {
         Ok((r, len))
     }
     /// Replaces the whole state by a stored or received snapshot of `len` bytes.
-    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String>;
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), StateMachineError>;
 }
+
+/// Why a [`StateMachine`] refused a snapshot: any error type of the embedder's choice
+/// (`String` and `&str` convert with `?` or `.into()`).
+pub type StateMachineError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs a closure on the live state machine (under its read lock).
 pub type Visit<'a, S> = dyn FnMut(&mut dyn FnMut(&S)) + 'a;
@@ -299,12 +303,12 @@ pub enum Error {
     #[error("the snapshot directory changed during start-up")]
     SnapshotChanged,
     /// The state machine refused the stored snapshot.
-    #[error("cannot restore snapshot {index}: {reason}")]
+    #[error("cannot restore snapshot {index}: {source}")]
     Restore {
         /// The snapshot's index.
         index: u64,
         /// The state machine's reason.
-        reason: String,
+        source: StateMachineError,
     },
     /// The core refused the recovered state.
     #[error("cannot start the Raft core: {0}")]
@@ -353,7 +357,7 @@ pub fn recover_with<S: StateMachine>(
                 return Err(Error::SnapshotChanged);
             }
             let len = reader.remaining();
-            sm.restore(&mut reader, len).map_err(|reason| Error::Restore { index: meta.index, reason })?;
+            sm.restore(&mut reader, len).map_err(|source| Error::Restore { index: meta.index, source })?;
             Some(codec::meta_from_storage(meta)?)
         }
         None => None,

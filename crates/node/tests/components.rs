@@ -231,7 +231,7 @@ impl raftkv_node::StateMachine for Changes {
     ) -> std::io::Result<()> {
         Ok(())
     }
-    fn restore(&mut self, _r: &mut dyn Read, _len: u64) -> Result<(), String> {
+    fn restore(&mut self, _r: &mut dyn Read, _len: u64) -> Result<(), raftkv_node::StateMachineError> {
         Ok(())
     }
 }

@@ -43,7 +43,7 @@ impl StateMachine for Counter {
     fn write_snapshot(pin: &u64, w: &mut dyn Write, _visit: &mut Visit<'_, Self>) -> io::Result<()> {
         w.write_all(&pin.to_le_bytes())
     }
-    fn restore(&mut self, r: &mut dyn Read, _len: u64) -> Result<(), String> {
+    fn restore(&mut self, r: &mut dyn Read, _len: u64) -> Result<(), raftkv_node::StateMachineError> {
         let mut b = [0u8; 8];
         r.read_exact(&mut b).map_err(|e| e.to_string())?;
         self.value = u64::from_le_bytes(b);

@@ -10,6 +10,7 @@
 //! its state machine, so addresses are learned from the log, and from snapshots, which carry
 //! the registry.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
@@ -329,8 +330,14 @@ pub type StopReason = String;
 
 /// Keeps the peer transport in step with the registry (new members dialed, new addresses
 /// used, removed members refused) and reports when this member must stop: it was removed
-/// (it applied its own removal, or a peer refused it as removed), or it joined with
-/// `--initial-cluster-state existing` but the cluster does not know it.
+/// (it applied its own removal and is caught up, or the leader or a majority of its peers
+/// refuse it as removed), or it joined with `--initial-cluster-state existing` but the
+/// cluster does not know it.
+///
+/// One peer's refusal is not enough: a member replaced on the same peer URLs gets its old id
+/// back, and a peer that has not yet applied the new addition (it lags, was paused, or is
+/// replaying its log after a restart) still refuses that id as removed. A refusal stops
+/// counting once a connection to that peer succeeds.
 pub async fn watch(
     api: Api,
     transport: raftkv_transport::TransportHandle,
@@ -341,26 +348,17 @@ pub async fn watch(
     let me = api.member_id();
     let mut seen = 0;
     let mut unknown_since: Option<std::time::Instant> = None;
+    // Peers refusing this member (`true`: as removed), until a connection to them succeeds.
+    let mut refused: BTreeMap<NodeId, bool> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let reason = loop {
         tokio::select! {
             _ = tick.tick() => {}
             refusal = refusals.recv() => match refusal {
-                // A member joining afresh may be refused as removed by a peer that has not
-                // yet applied its addition (a replaced machine keeps its id): it waits, as
-                // when refused as unknown.
-                Some((_, true)) if joining && api.node.status().applied == 0 => {
-                    unknown_since.get_or_insert_with(std::time::Instant::now);
-                }
-                Some((by, true)) => {
-                    break format!(
-                        "this member ({me:x}) was removed from the cluster (peer {:x} refuses it); it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing",
-                        by.0
-                    );
-                }
-                Some((_, false)) => {
-                    // A member that has never heard from a leader and is refused as unknown:
-                    // the cluster was not told about it (or its id differs, see the token).
+                Some((by, removed)) => {
+                    refused.insert(by, removed);
+                    // A member that has never heard from a leader, refused: the cluster may
+                    // not know it (or not yet: see below).
                     if joining && api.node.status().applied == 0 {
                         unknown_since.get_or_insert_with(std::time::Instant::now);
                     }
@@ -368,14 +366,49 @@ pub async fn watch(
                 None => return,
             },
         }
+        refused.retain(|id, _| !transport.is_connected(*id));
+        let status = api.node.status();
+        // The other members this member knows of: the registry's, or before anything was
+        // applied, the peers it was started with.
+        let others: Vec<NodeId> = {
+            let sm = api.node.shared.sm.read();
+            if sm.registry.members.is_empty() {
+                transport.peers().into_keys().filter(|id| id.0 != me).collect()
+            } else {
+                sm.registry.members.keys().filter(|id| **id != me).map(|id| NodeId(*id)).collect()
+            }
+        };
+        let refusing = |removed_only: bool| {
+            others.iter().filter(|id| refused.get(id).is_some_and(|r| *r || !removed_only)).count()
+        };
+        let majority = others.len() / 2 + 1;
         if let Some(since) = unknown_since {
-            if api.node.status().applied > 0 {
+            if status.applied > 0 {
                 unknown_since = None;
-            } else if since.elapsed() > Duration::from_secs(5) {
+            } else if since.elapsed() > Duration::from_secs(5) && refusing(false) >= majority {
                 break format!(
                     "this member ({me:x}) is not in the cluster's configuration: its peers refuse it as unknown. Add it first with `etcdctl member add NAME --peer-urls=URL` (and start it with the same --initial-cluster-token as the cluster)"
                 );
             }
+        }
+        if !(joining && status.applied == 0) {
+            let by_leader = status.leader != 0 && refused.get(&NodeId(status.leader)) == Some(&true);
+            if by_leader || (!others.is_empty() && refusing(true) >= majority) {
+                let by: Vec<String> =
+                    refused.iter().filter(|(_, r)| **r).map(|(id, _)| format!("{:x}", id.0)).collect();
+                break format!(
+                    "this member ({me:x}) was removed from the cluster (peers {} refuse it); it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing",
+                    by.join(", ")
+                );
+            }
+        }
+        // Its own removal applied, with nothing committed left to apply: a member replaying
+        // an old removal of its id that a later addition undoes is not stopped halfway.
+        let removed_here = api.node.shared.sm.read().registry.removed.contains(&me);
+        if removed_here && status.applied >= status.commit {
+            break format!(
+                "this member ({me:x}) was removed from the cluster; it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing"
+            );
         }
         let registry = {
             let sm = api.node.shared.sm.read();
@@ -385,11 +418,6 @@ pub async fn watch(
             sm.registry.clone()
         };
         seen = registry.version;
-        if registry.removed.contains(&me) {
-            break format!(
-                "this member ({me:x}) was removed from the cluster; it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing"
-            );
-        }
         let known = transport.peers();
         for (id, m) in &registry.members {
             if *id == me {

@@ -17,8 +17,8 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tonic::Code;
 
@@ -124,7 +124,10 @@ pub struct Metrics {
     snapshot_save: Histogram,
     snapshot_restore: Histogram,
     peer_sent_bytes: IntGaugeVec,
+    peer_received_bytes: IntGaugeVec,
+    peer_rtt: HistogramVec,
     db_total_size: IntGauge,
+    db_total_size_debugging: IntGauge,
     db_in_use: IntGauge,
     quota_bytes: IntGauge,
     defrag_stall: Histogram,
@@ -170,6 +173,10 @@ impl Metrics {
             r.register(Box::new(c.clone()))?;
             Ok(c)
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds, process_start_time_seconds, ... as etcd's Go client exports them.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         let gauge = |name: &str, help: &str| reg(r, IntGauge::new(name, help)?);
         let counter = |name: &str, help: &str| reg(r, IntCounter::new(name, help)?);
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
@@ -261,6 +268,31 @@ impl Metrics {
                     ),
                     &["To"],
                 )?,
+            )?,
+            peer_received_bytes: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "etcd_network_peer_received_bytes_total",
+                        "The total number of bytes received from peers.",
+                    ),
+                    &["From"],
+                )?,
+            )?,
+            peer_rtt: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "etcd_network_peer_round_trip_time_seconds",
+                        "Round-Trip-Time histogram between peers (raftkv: a leader's heartbeat to its answer).",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()),
+                    &["To"],
+                )?,
+            )?,
+            db_total_size_debugging: gauge(
+                "etcd_debugging_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes (the same figure as etcd_mvcc_db_total_size_in_bytes; older dashboards read this name).",
             )?,
             db_total_size: gauge(
                 "etcd_mvcc_db_total_size_in_bytes",
@@ -355,10 +387,14 @@ impl Metrics {
         self.keys_total.set(keys as i64);
         // The figures Maintenance.Status reports (crate::quota defines them).
         self.db_total_size.set(size as i64);
+        self.db_total_size_debugging.set(size as i64);
         self.db_in_use.set(in_use as i64);
         self.quota_bytes.set(src.api.quota.bytes.gauge());
         for (peer, bytes) in src.transport.peer_bytes_sent() {
             self.peer_sent_bytes.with_label_values(&[&format!("{:x}", peer.0)]).set(bytes as i64);
+        }
+        for (peer, bytes) in src.transport.peer_bytes_received() {
+            self.peer_received_bytes.with_label_values(&[&format!("{:x}", peer.0)]).set(bytes as i64);
         }
     }
 
@@ -375,6 +411,10 @@ fn observe_fsync(took: Duration) {
     get().wal_fsync.observe(took.as_secs_f64());
 }
 
+fn observe_peer_rtt(peer: raftkv_raft::NodeId, took: Duration) {
+    get().peer_rtt.with_label_values(&[&format!("{:x}", peer.0)]).observe(took.as_secs_f64());
+}
+
 fn observe_read_batch(n: usize) {
     get().read_batch.observe(n as f64);
 }
@@ -386,6 +426,7 @@ pub fn attach(api: Api, transport: raftkv_transport::TransportHandle, tick: Dura
     m.server_id.with_label_values(&[&format!("{:x}", api.member_id())]).set(1);
     raftkv_storage::observe::set_fsync_observer(observe_fsync);
     raftkv_node::observe::set_read_batch_observer(observe_read_batch);
+    raftkv_transport::observe::set_rtt_observer(observe_peer_rtt);
     let node = api.node.clone();
     let _ = m.sources.set(Sources { api, transport });
     tokio::spawn(async move {
@@ -481,5 +522,9 @@ mod tests {
             r#"grpc_server_handled_total{grpc_code="Unavailable",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#
         ), "{text}");
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket"));
+        #[cfg(target_os = "linux")]
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing: {text}");
+        }
     }
 }

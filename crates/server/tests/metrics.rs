@@ -106,6 +106,49 @@ async fn metrics_follow_writes_and_leader_changes() {
             > value(&before, "etcd_server_proposals_applied_total", &[])
     );
 
+    // Peer traffic both ways, round trips measured from the leader's heartbeats, and the
+    // process metrics of etcd's dashboards.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = scrape(port);
+        let count = |name: &str| s.samples.iter().filter(|x| x.metric == name).count();
+        let rtts = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == "etcd_network_peer_round_trip_time_seconds")
+            .map(|x| match &x.value {
+                Value::Histogram(b) => b.iter().map(|b| b.count).fold(0.0, f64::max),
+                _ => 0.0,
+            })
+            .collect::<Vec<_>>();
+        let received = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == "etcd_network_peer_received_bytes_total")
+            .filter_map(|x| match x.value {
+                Value::Gauge(v) | Value::Counter(v) | Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "etcd_debugging_mvcc_db_total_size_in_bytes",
+        ] {
+            assert!(count(name) > 0, "{name} missing");
+        }
+        if rtts.len() == 2
+            && rtts.iter().all(|&n| n >= 1.0)
+            && received.len() == 2
+            && received.iter().all(|&b| b > 0.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peer round trips {rtts:?}, bytes received {received:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The metrics listener serves the same, with the health checks.
     let m = scrape(mport);
     assert!(value(&m, "etcd_server_has_leader", &[]).is_some());

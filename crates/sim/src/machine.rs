@@ -103,9 +103,9 @@ impl StateMachine for Registers {
         w.write_all(&pin.encode())
     }
 
-    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), raftkv_node::StateMachineError> {
         if len > MAX_BODY_BYTES {
-            return Err(format!("snapshot body of {len} bytes exceeds {MAX_BODY_BYTES}"));
+            return Err(format!("snapshot body of {len} bytes exceeds {MAX_BODY_BYTES}").into());
         }
         let mut data = Vec::with_capacity(len as usize);
         r.take(len).read_to_end(&mut data).map_err(|e| format!("reading the snapshot: {e}"))?;
@@ -245,12 +245,12 @@ impl StateMachine for SimMachine {
         }
     }
 
-    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), String> {
+    fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), raftkv_node::StateMachineError> {
         let mut n = [0u8; 4];
         r.read_exact(&mut n).map_err(|e| format!("reading the snapshot: {e}"))?;
         let regs_len = u64::from(u32::from_be_bytes(n));
         if regs_len + 4 > len {
-            return Err(format!("snapshot registers of {regs_len} bytes in a body of {len}"));
+            return Err(format!("snapshot registers of {regs_len} bytes in a body of {len}").into());
         }
         let mut part = (&mut *r).take(regs_len);
         self.regs.restore(&mut part, regs_len)?;
@@ -258,7 +258,7 @@ impl StateMachine for SimMachine {
         match &mut self.kv {
             Some(kv) => kv.restore(r, rest),
             None if rest == 0 => Ok(()),
-            None => Err(format!("{rest} bytes after the registers")),
+            None => Err(format!("{rest} bytes after the registers").into()),
         }
     }
 }

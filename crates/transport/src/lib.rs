@@ -98,6 +98,7 @@
 pub mod codec;
 mod config;
 mod frame_io;
+pub mod observe;
 mod snapshot;
 mod stats;
 mod stream;

@@ -216,9 +216,49 @@ struct PeerLink {
     snapshot_busy: AtomicBool,
     /// Bytes written on this peer's message streams.
     bytes_sent: AtomicU64,
+    /// Bytes of messages read from this peer's message streams.
+    bytes_received: AtomicU64,
+    /// The heartbeat whose response will measure the next round trip (see `observe`).
+    rtt_probe: Mutex<Option<RttProbe>>,
     /// The peer connected to us while this link was down: dial it now, not at the end of
     /// the backoff (a peer that was down for long would otherwise wait up to `backoff_max`).
     redial: tokio::sync::Notify,
+}
+
+/// A heartbeat sent to a peer: `(term, read round)` identify its response.
+#[derive(Clone, Copy)]
+struct RttProbe {
+    term: u64,
+    read_round: u64,
+    sent: std::time::Instant,
+}
+
+/// A probe without an answer for this long is given up (the heartbeat or its answer was lost).
+const RTT_PROBE_GIVE_UP: Duration = Duration::from_secs(10);
+
+impl PeerLink {
+    /// A heartbeat is being sent: it becomes the probe unless one is outstanding.
+    fn probe_sent(&self, msg: &Message) {
+        let MessageBody::Heartbeat { read_round, .. } = msg.body else { return };
+        let Ok(mut probe) = self.rtt_probe.lock() else { return };
+        let now = std::time::Instant::now();
+        if probe.is_none_or(|p| now.duration_since(p.sent) > RTT_PROBE_GIVE_UP) {
+            *probe = Some(RttProbe { term: msg.term.0, read_round, sent: now });
+        }
+    }
+
+    /// A heartbeat response arrived: if it answers the probe, that is one round trip.
+    fn probe_answered(&self, msg: &Message) {
+        let MessageBody::HeartbeatResponse { read_round } = msg.body else { return };
+        let Ok(mut probe) = self.rtt_probe.lock() else { return };
+        if let Some(p) = *probe
+            && p.term == msg.term.0
+            && p.read_round == read_round
+        {
+            *probe = None;
+            crate::observe::rtt_measured(self.id, p.sent.elapsed());
+        }
+    }
 }
 
 const LINK_CONNECTING: u8 = 0;
@@ -331,6 +371,7 @@ impl TransportHandle {
             shared.report_unreachable(link);
             return Err(SendError::Disconnected(to));
         }
+        link.probe_sent(&msg);
         let size = msg.size_bytes();
         let queued = link.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if queued > 0 && queued + size > self.inner.per_peer_queue_bytes {
@@ -401,6 +442,8 @@ impl TransportHandle {
             unreachable_reported: AtomicBool::new(false),
             snapshot_busy: AtomicBool::new(false),
             bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            rtt_probe: Mutex::new(None),
             redial: tokio::sync::Notify::new(),
         });
         // Known before the writer starts: its first dial can make the peer dial back at
@@ -476,6 +519,16 @@ impl TransportHandle {
             .links
             .read()
             .map(|l| l.iter().map(|(id, link)| (*id, link.bytes_sent.load(Ordering::Relaxed))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Bytes of messages received from each peer on its message streams.
+    pub fn peer_bytes_received(&self) -> Vec<(NodeId, u64)> {
+        self.inner
+            .shared
+            .links
+            .read()
+            .map(|l| l.iter().map(|(id, link)| (*id, link.bytes_received.load(Ordering::Relaxed))).collect())
             .unwrap_or_default()
     }
 
@@ -1071,6 +1124,8 @@ async fn read_messages(
     mut reader: FrameReader,
     peer: NodeId,
 ) -> Result<(), InboundError> {
+    // A member not (or no longer) in the configuration has no link: nothing is counted for it.
+    let link = shared.links.read().ok().and_then(|l| l.get(&peer).cloned());
     loop {
         let Some((ty, payload)) = reader.read_frame(rd, shared.max_frame_bytes).await? else {
             debug!(peer = %peer, "peer closed the connection");
@@ -1090,6 +1145,10 @@ async fn read_messages(
         // Counted before it is handed over, so whoever receives it sees it counted.
         Counters::add(&shared.counters.messages_received, 1);
         Counters::add(&shared.counters.bytes_received, len);
+        if let Some(link) = &link {
+            link.bytes_received.fetch_add(len, Ordering::Relaxed);
+            link.probe_answered(&msg);
+        }
         // Awaiting here is the backpressure: a slow driver slows this TCP connection.
         if shared.inbound.send(Inbound::Message(msg)).await.is_err() {
             return Ok(());
