@@ -40,6 +40,9 @@ pub struct MembershipReport {
     pub replaced: usize,
     /// Times for a new learner to reach the leader's applied index of when it was started.
     pub catch_up_ms: Vec<u64>,
+    /// Members that exited on their own while they were members (the final heal restarts
+    /// them on their data dirs).
+    pub self_stopped: usize,
     /// Changes that did not complete, final lists that disagree: each fails the run.
     pub anomalies: Vec<String>,
 }

@@ -169,6 +169,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         ))
     });
     let mut membership_report = None;
+    let mut self_stopped = 0;
     // Progress while the run lasts; members that exit on their own are reported.
     let started = Instant::now();
     let heal_at = cfg.duration.saturating_sub(Duration::from_secs(6));
@@ -176,8 +177,15 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     let mut nem = Some(nem);
     while started.elapsed() < cfg.duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for (i, status) in cluster.lock().unwrap_or_else(|e| e.into_inner()).exited() {
-            recorder.nemesis("member-exited", format!("m{} exited on its own: {status}", i + 1));
+        {
+            let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, status) in c.exited() {
+                // (A removed member stopping is expected; the membership changes see to it.)
+                if c.members[i].active {
+                    self_stopped += 1;
+                }
+                recorder.nemesis("member-exited", format!("m{} exited on its own: {status}", i + 1));
+            }
         }
         if !healed && started.elapsed() >= heal_at {
             healed = true;
@@ -209,6 +217,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(m) = membership_report.as_mut() {
+        m.self_stopped = self_stopped;
+    }
     let _ = workers.await;
     if !watchers.is_empty() {
         // Every watcher must confirm the final revision (or is checked up to what it got).
@@ -362,6 +373,13 @@ pub fn summary(cfg: &RunConfig, r: &RunResult, records: &[Record]) -> String {
             "membership: {} added, {} promoted, {} removed, {} of them replaced; learner catch-up (ms): {:?}",
             m.added, m.promoted, m.removed, m.replaced, m.catch_up_ms
         );
+        if m.self_stopped > 0 {
+            let _ = writeln!(
+                o,
+                "  members that stopped on their own while members: {} (see member-exited above and the member's log)",
+                m.self_stopped
+            );
+        }
         for a in &m.anomalies {
             let _ = writeln!(o, "  MEMBERSHIP ANOMALY: {a}");
         }
