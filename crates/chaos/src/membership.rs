@@ -126,14 +126,22 @@ async fn list(url: &str) -> Result<Vec<Member>, String> {
     Ok(r.into_inner().members)
 }
 
-/// The id of the member with this peer URL, from whichever member answers.
+/// The id of the member with this peer URL: from the first member that lists it (one that
+/// lags may not list it yet); None when every member that answers does not.
 async fn id_of(cluster: &Mutex<Cluster>, peer: &str) -> Result<Option<u64>, String> {
     let deadline = Instant::now() + CHANGE_PATIENCE;
     while Instant::now() < deadline {
+        let mut answered = false;
         for url in targets(cluster, None) {
             if let Ok(ms) = list(&url).await {
-                return Ok(ms.iter().find(|m| m.peer_ur_ls.iter().any(|u| u == peer)).map(|m| m.id));
+                answered = true;
+                if let Some(m) = ms.iter().find(|m| m.peer_ur_ls.iter().any(|u| u == peer)) {
+                    return Ok(Some(m.id));
+                }
             }
+        }
+        if answered {
+            return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
