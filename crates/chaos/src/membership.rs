@@ -327,8 +327,9 @@ impl Changer {
         let deadline = Instant::now() + Duration::from_secs(3);
         let stopped = loop {
             let running = {
-                let mut c = lock(&self.cluster);
-                c.exited();
+                let cluster = self.cluster.clone();
+                let mut c = lock(&cluster);
+                self.reap(&mut c, Some(i));
                 c.members[i].running()
             };
             if !running || Instant::now() > deadline {
@@ -384,12 +385,25 @@ impl Changer {
         }
     }
 
-    async fn disagreements(&self) -> Vec<String> {
+    /// Reaps members that exited on their own and records them (all but `expected`, a member
+    /// just removed).
+    fn reap(&mut self, c: &mut Cluster, expected: Option<usize>) {
+        for (i, status) in c.exited() {
+            if Some(i) != expected {
+                self.report.self_stopped += usize::from(c.members[i].active);
+                self.recorder
+                    .nemesis("member-exited", format!("{} exited on its own: {status}", c.members[i].name));
+            }
+        }
+    }
+
+    async fn disagreements(&mut self) -> Vec<String> {
         // Each host: name, client URL, a member, running.
         type Host = (String, String, bool, bool);
         let (want, hosts): (BTreeMap<String, bool>, Vec<Host>) = {
-            let mut c = lock(&self.cluster);
-            c.exited();
+            let cluster = self.cluster.clone();
+            let mut c = lock(&cluster);
+            self.reap(&mut c, None);
             let want = self.intended.iter().map(|(&i, &l)| (c.members[i].peer_url(), l)).collect();
             let hosts =
                 c.members.iter().map(|m| (m.name.clone(), m.client_url(), m.active, m.running())).collect();
@@ -401,6 +415,10 @@ impl Changer {
                 if running {
                     problems.push(format!("{name} was removed but still runs"));
                 }
+                continue;
+            }
+            if !running {
+                problems.push(format!("{name} is a member but stopped on its own (see {name}.log)"));
                 continue;
             }
             match list(&url).await {

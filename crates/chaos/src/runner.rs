@@ -218,7 +218,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     }
     stop.store(true, Ordering::Relaxed);
     if let Some(m) = membership_report.as_mut() {
-        m.self_stopped = self_stopped;
+        m.self_stopped += self_stopped;
     }
     let _ = workers.await;
     if !watchers.is_empty() {
