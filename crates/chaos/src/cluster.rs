@@ -28,12 +28,25 @@ pub struct ClusterSpec {
     pub election_ms: u64,
     /// Start members with `RAFTKV_UNSAFE_STALE_READS=1` (reads skip ReadIndex).
     pub unsafe_stale_reads: bool,
+    /// Hosts created beside the members but not started: room for members added later.
+    pub spares: usize,
+    /// The binary is etcd (started without raftkv's `server` subcommand).
+    pub etcd: bool,
 }
 
 impl ClusterSpec {
     /// The runs' usual timing: 100 ms heartbeats, 1 s election timeout.
     pub fn new(members: usize, binary: PathBuf, dir: PathBuf) -> ClusterSpec {
-        ClusterSpec { members, binary, dir, heartbeat_ms: 100, election_ms: 1000, unsafe_stale_reads: false }
+        ClusterSpec {
+            members,
+            binary,
+            dir,
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            unsafe_stale_reads: false,
+            spares: 0,
+            etcd: false,
+        }
     }
 }
 
@@ -45,11 +58,20 @@ pub struct Member {
     pub log: PathBuf,
     child: Option<Child>,
     pub paused: bool,
+    /// A member of the cluster (false: a spare host, or a member that was removed). Only
+    /// active members are started.
+    pub active: bool,
+    /// For a member added at run time: the `--initial-cluster` it joins with
+    /// (`--initial-cluster-state existing`).
+    pub join: Option<String>,
 }
 
 impl Member {
     pub fn client_url(&self) -> String {
         format!("http://{}:{CLIENT_PORT}", self.ip)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://{}:{PEER_PORT}", self.ip)
     }
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
@@ -106,8 +128,8 @@ fn pick_subnet(seed: u64) -> Result<u8, String> {
 impl Cluster {
     /// Creates the namespaces and links (members are not started yet).
     pub fn create(spec: ClusterSpec) -> Result<Cluster, String> {
-        if !(1..=9).contains(&spec.members) {
-            return Err("between 1 and 9 members".into());
+        if !(1..=9).contains(&(spec.members + spec.spares)) {
+            return Err("between 1 and 9 members (spares included)".into());
         }
         // The process id counts in the low bits too: two runners started in the same
         // millisecond must not pick the same names.
@@ -158,7 +180,7 @@ impl Cluster {
         ns_run(&self.hub, &["ip", "link", "set", &hub_end, "master", "br0", "up"])?;
         run(&["ip", "addr", "add", &format!("10.77.{s}.254/24"), "dev", &self.root_veth])?;
         run(&["ip", "link", "set", &self.root_veth, "up"])?;
-        for i in 0..self.spec.members {
+        for i in 0..self.spec.members + self.spec.spares {
             let name = format!("m{}", i + 1);
             let ns = format!("{PREFIX}{}-{name}", self.run_id);
             run(&["ip", "netns", "add", &ns])?;
@@ -176,42 +198,59 @@ impl Cluster {
             ns_run(&ns, &["ip", "link", "set", "eth0", "up"])?;
             let data_dir = self.spec.dir.join(&name);
             let log = self.spec.dir.join(format!("{name}.log"));
-            self.members.push(Member { name, ns, ip, data_dir, log, child: None, paused: false });
+            let active = i < self.spec.members;
+            self.members.push(Member {
+                name,
+                ns,
+                ip,
+                data_dir,
+                log,
+                child: None,
+                paused: false,
+                active,
+                join: None,
+            });
         }
         Ok(())
     }
 
     fn initial_cluster(&self) -> String {
-        self.members
+        self.members[..self.spec.members]
             .iter()
-            .map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip))
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect::<Vec<_>>()
             .join(",")
     }
 
+    /// Starts member `i` on its data dir (nothing if it runs already or is not a member).
     pub fn start(&mut self, i: usize) -> Result<(), String> {
-        if self.members[i].child.is_some() {
+        if self.members[i].child.is_some() || !self.members[i].active {
             return Ok(());
         }
-        let initial = self.initial_cluster();
         let m = &self.members[i];
+        let (initial, state) = match &m.join {
+            Some(j) => (j.clone(), "existing"),
+            None => (self.initial_cluster(), "new"),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&m.log)
             .map_err(|e| format!("cannot open {}: {e}", m.log.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let peer = format!("http://{}:{PEER_PORT}", m.ip);
+        let peer = m.peer_url();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &m.ns])
-            .arg(&self.spec.binary)
-            .arg("server")
-            .args(["--name", &m.name])
+        cmd.args(["netns", "exec", &m.ns]).arg(&self.spec.binary);
+        if !self.spec.etcd {
+            cmd.arg("server");
+        }
+        cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &m.client_url(), "--advertise-client-urls", &m.client_url()])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial, "--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", &self.spec.heartbeat_ms.to_string()])
             .args(["--election-timeout", &self.spec.election_ms.to_string()])
             // Far below the default (100,000), so that snapshots are taken, sent and restored
@@ -228,6 +267,53 @@ impl Cluster {
         m.child = Some(child);
         m.paused = false;
         Ok(())
+    }
+
+    /// A member added to the cluster at run time on host `i` (a spare, or a removed
+    /// member's): it will start with a wiped data dir and join the given `--initial-cluster`.
+    pub fn enlist(&mut self, i: usize, join: String) -> Result<(), String> {
+        self.retire(i)?;
+        let m = &mut self.members[i];
+        m.active = true;
+        m.join = Some(join);
+        Ok(())
+    }
+
+    /// Host `i` stops being a member: its process is killed and its data dir removed.
+    pub fn retire(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        let m = &mut self.members[i];
+        m.active = false;
+        m.join = None;
+        match std::fs::remove_dir_all(&m.data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("cannot remove {}: {e}", m.data_dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// SIGTERM (a graceful stop: a leader hands over first) and waits for the exit, up to
+    /// `patience` (then kill -9). Returns whether it exited on its own.
+    pub fn stop(&mut self, i: usize, patience: Duration) -> bool {
+        let m = &mut self.members[i];
+        let Some(mut child) = m.child.take() else { return true };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + patience;
+        let mut graceful = false;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                graceful = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !graceful {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        m.paused = false;
+        graceful
     }
 
     pub fn start_all(&mut self) -> Result<(), String> {

@@ -6,7 +6,9 @@
 //! operation, [`linearizability`] checks the recorded histories, [`durability`] checks that
 //! acknowledged writes survive every member being killed at once, [`watchcheck`] checks
 //! watchers resumed across faults against the KV history, [`leasecheck`] checks leases
-//! under repeated leader kills; [`watchbench`] measures watch and lease figures beside etcd.
+//! under repeated leader kills; [`membership`] adds, promotes, removes and replaces members
+//! beside the faults; [`watchbench`] measures watch and lease figures beside etcd;
+//! [`rolling`] measures the write gaps of a rolling restart beside etcd.
 
 pub mod check;
 pub mod cluster;
@@ -14,8 +16,10 @@ pub mod durability;
 pub mod history;
 pub mod leasecheck;
 pub mod linearizability;
+pub mod membership;
 pub mod nemesis;
 pub mod rng;
+pub mod rolling;
 pub mod runner;
 pub mod watchbench;
 pub mod watchcheck;

@@ -138,6 +138,31 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-watch")]
         out: PathBuf,
     },
+    /// Rolling restart under steady writes: every member in turn stopped with SIGTERM (a
+    /// leader hands over first) and restarted; reports the longest time without a
+    /// successful write around each restart, then the catch-up time of a new learner. Fails
+    /// when a leader's restart left writes stalled for --max-gap-ms or more (raftkv only).
+    RollingRestart {
+        #[command(flatten)]
+        common: Common,
+        /// Run this etcd binary instead of raftkv (e.g. /usr/bin/etcd), for comparison.
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        /// kill -9 instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Keys written first (snapshots every 5,000 entries); 0 skips the new learner.
+        #[arg(long, default_value_t = 20_000)]
+        preload: usize,
+        /// The longest acceptable write gap when the leader is restarted (the election
+        /// timeout is 1,000 ms).
+        #[arg(long, default_value_t = 500)]
+        max_gap_ms: u64,
+    },
     /// A put and a get through the given endpoints (for checking a deployed cluster).
     Smoke {
         /// Comma-separated client URLs, e.g. http://127.0.0.1:2379,http://127.0.0.1:22379
@@ -319,6 +344,37 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
             };
             print!("{}", raftkv_chaos::watchbench::run(cfg).await?);
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RollingRestart { common, etcd, kill, writers, rounds, preload, max_gap_ms } => {
+            let binary = match &etcd {
+                Some(e) => std::fs::canonicalize(e).map_err(|err| format!("{}: {err}", e.display()))?,
+                None => binary(&common)?,
+            };
+            let cfg = raftkv_chaos::rolling::RollingConfig {
+                members: common.members,
+                binary,
+                etcd: etcd.is_some(),
+                out: std::path::absolute(&common.out).map_err(|e| e.to_string())?,
+                graceful: !kill,
+                writers: writers.max(1),
+                preload,
+                rounds: rounds.max(1),
+            };
+            let r = raftkv_chaos::rolling::run(cfg.clone()).await?;
+            print!("{}", r.render(&cfg));
+            match r.leader_max_gap_ms() {
+                Some(g) if etcd.is_none() && !kill && g >= max_gap_ms => {
+                    println!(
+                        "FAIL: writes stalled {g} ms when the leader was restarted (limit {max_gap_ms} ms)"
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                None if etcd.is_none() => {
+                    println!("SUSPECT: the leader was never restarted");
+                    Ok(ExitCode::from(3))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Cmd::Smoke { endpoints } => {
             let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();

@@ -1,5 +1,7 @@
 //! Faults, scheduled from a seed: kill -9 and restart on the same data, SIGSTOP/SIGCONT,
 //! partitions (random halves, the leader isolated, a majority ring, one-way loss), heal.
+//! With the membership profile these run beside [`crate::membership`]'s changes; faults
+//! then hit the hosts that are members when the fault starts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,8 @@ pub enum Profile {
     IsolateLeader,
     /// No faults at all (a baseline; reported as suspect).
     None,
+    /// Mixed faults while members are added, promoted, removed and replaced.
+    Membership,
 }
 
 impl std::str::FromStr for Profile {
@@ -33,9 +37,10 @@ impl std::str::FromStr for Profile {
             "mixed" => Profile::Mixed,
             "isolate-leader" => Profile::IsolateLeader,
             "none" => Profile::None,
+            "membership" => Profile::Membership,
             _ => {
                 return Err(format!(
-                    "unknown profile {s:?}: partitions, kills-pauses, mixed, isolate-leader, none"
+                    "unknown profile {s:?}: partitions, kills-pauses, mixed, isolate-leader, none, membership"
                 ));
             }
         })
@@ -50,6 +55,7 @@ impl std::fmt::Display for Profile {
             Profile::Mixed => "mixed",
             Profile::IsolateLeader => "isolate-leader",
             Profile::None => "none",
+            Profile::Membership => "membership",
         })
     }
 }
@@ -105,7 +111,7 @@ pub fn schedule(profile: Profile, seed: u64, duration: Duration, members: usize)
         let kinds: &[&str] = match profile {
             Profile::Partitions => &["halves", "leader", "ring", "oneway"],
             Profile::KillsPauses => &["kill", "kill", "pause", "pause"],
-            Profile::Mixed => &["kill", "pause", "halves", "leader", "ring", "oneway"],
+            Profile::Mixed | Profile::Membership => &["kill", "pause", "halves", "leader", "ring", "oneway"],
             Profile::IsolateLeader => &["leader"],
             Profile::None => &[],
         };
@@ -194,11 +200,15 @@ pub fn spawn_monitor(endpoints: Vec<String>, recorder: Recorder, stop: Arc<Atomi
 /// What ends a kill (restart) or a pause (SIGCONT).
 type Undo = Box<dyn FnOnce(&mut Cluster, &Recorder) -> Result<(), String> + Send>;
 
-fn resolve(t: Target, leader: Option<usize>, rng: &mut Rng, n: usize) -> usize {
-    match t {
+/// The host a fault hits: the leader, or the given host; a host that is not a member then
+/// stands for the next one that is.
+fn resolve(t: Target, leader: Option<usize>, rng: &mut Rng, c: &Cluster) -> usize {
+    let n = c.members.len();
+    let m = match t {
         Target::Leader => leader.unwrap_or_else(|| rng.below(n)),
         Target::Member(m) => m,
-    }
+    };
+    (0..n).map(|k| (m + k) % n).find(|&i| c.members[i].active).unwrap_or(m)
 }
 
 fn names(c: &Cluster, ids: &[usize]) -> String {
@@ -228,17 +238,20 @@ pub async fn run(
             let n = c.members.len();
             match &p.fault {
                 Fault::Kill(t) => {
-                    let m = resolve(*t, l, &mut rng, n);
+                    let m = resolve(*t, l, &mut rng, &c);
                     c.kill(m);
                     recorder.nemesis("kill", format!("{} (kill -9){}", c.members[m].name, lead_note(*t, l)));
                     undo = Some(Box::new(move |c: &mut Cluster, r: &Recorder| {
-                        c.start(m)?;
-                        r.nemesis("restart", format!("{} on its data dir", c.members[m].name));
+                        // A member removed meanwhile stays down; one added there meanwhile runs.
+                        if c.members[m].active && !c.members[m].running() {
+                            c.start(m)?;
+                            r.nemesis("restart", format!("{} on its data dir", c.members[m].name));
+                        }
                         Ok(())
                     }));
                 }
                 Fault::Pause(t) => {
-                    let m = resolve(*t, l, &mut rng, n);
+                    let m = resolve(*t, l, &mut rng, &c);
                     c.pause(m);
                     recorder.nemesis(
                         "pause",
@@ -258,7 +271,7 @@ pub async fn run(
                     );
                 }
                 Fault::IsolateLeader => {
-                    let m = l.unwrap_or_else(|| rng.below(n));
+                    let m = resolve(Target::Leader, l, &mut rng, &c);
                     let rest: Vec<usize> = (0..n).filter(|&i| i != m).collect();
                     c.partition(&[vec![m], rest])?;
                     recorder.nemesis(
@@ -296,7 +309,7 @@ pub async fn run(
                     recorder.nemesis("partition-ring", desc.join("; "));
                 }
                 Fault::OneWay { from, to, p: prob } => {
-                    let f = resolve(*from, l, &mut rng, n);
+                    let f = resolve(*from, l, &mut rng, &c);
                     let to: Vec<usize> = to.iter().copied().filter(|&t| t != f).collect();
                     for &t in &to {
                         c.drop_from(f, t, *prob)?;
@@ -345,7 +358,7 @@ pub fn heal_all(c: &mut Cluster, recorder: &Recorder) -> Result<(), String> {
         if c.members[i].paused {
             c.resume(i);
         }
-        if !c.members[i].running() {
+        if c.members[i].active && !c.members[i].running() {
             c.start(i)?;
             recorder.nemesis("restart", format!("{} on its data dir", c.members[i].name));
         }

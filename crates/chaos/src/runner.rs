@@ -13,6 +13,7 @@ use crate::check::{self, Report};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::history::{Outcome, Record, Recorder};
 use crate::linearizability::{Budget, Kept, Verdict};
+use crate::membership::{self, MembershipReport};
 use crate::nemesis::{self, Profile};
 use crate::watchcheck::{self, WatchReport};
 use crate::workload::{self, WorkloadConfig};
@@ -59,6 +60,8 @@ pub struct RunResult {
     pub report: Report,
     /// The watch checker's report (when the run had watchers).
     pub watch: Option<WatchReport>,
+    /// The membership changes and the final membership check (membership profile).
+    pub membership: Option<MembershipReport>,
     pub history: PathBuf,
     pub suspect: Vec<String>,
 }
@@ -98,9 +101,13 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         started_unix_ms: crate::history::unix_ms(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     });
-    let plan = nemesis::schedule(cfg.profile, cfg.seed, cfg.duration, cfg.members);
+    // The membership profile keeps two spare hosts for members added during the run.
+    let changes = cfg.profile == Profile::Membership;
+    let spares = if changes { 2 } else { 0 };
+    let plan = nemesis::schedule(cfg.profile, cfg.seed, cfg.duration, cfg.members + spares);
     let spec = ClusterSpec {
         unsafe_stale_reads: cfg.unsafe_stale_reads,
+        spares,
         ..ClusterSpec::new(cfg.members, cfg.binary.clone(), dir.clone())
     };
     let (cluster, endpoints) = Cluster::launch(spec)?;
@@ -150,6 +157,19 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         cfg.seed,
         nem_stop.clone(),
     ));
+    // Membership changes from 4 s on; none starts in the last 20 s (one may take a while).
+    let mut changer = changes.then(|| {
+        let ch = membership::Changer::new(cluster.clone(), monitor.current.clone(), recorder.clone());
+        tokio::spawn(membership::run(
+            ch,
+            cfg.seed,
+            Duration::from_secs(4),
+            cfg.duration.saturating_sub(Duration::from_secs(20)),
+            nem_stop.clone(),
+        ))
+    });
+    let mut membership_report = None;
+    let mut self_stopped = 0;
     // Progress while the run lasts; members that exit on their own are reported.
     let started = Instant::now();
     let heal_at = cfg.duration.saturating_sub(Duration::from_secs(6));
@@ -157,8 +177,15 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     let mut nem = Some(nem);
     while started.elapsed() < cfg.duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for (i, status) in cluster.lock().unwrap_or_else(|e| e.into_inner()).exited() {
-            recorder.nemesis("member-exited", format!("m{} exited on its own: {status}", i + 1));
+        {
+            let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, status) in c.exited() {
+                // (A removed member stopping is expected; the membership changes see to it.)
+                if c.members[i].active {
+                    self_stopped += 1;
+                }
+                recorder.nemesis("member-exited", format!("m{} exited on its own: {status}", i + 1));
+            }
         }
         if !healed && started.elapsed() >= heal_at {
             healed = true;
@@ -170,11 +197,29 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
                     Ok(Ok(())) => {}
                 }
             }
-            let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-            nemesis::heal_all(&mut c, &recorder)?;
+            nemesis::heal_all(&mut cluster.lock().unwrap_or_else(|e| e.into_inner()), &recorder)?;
+            // The change under way completes (every change retries until confirmed), then
+            // every member must list the intended membership.
+            if let Some(task) = changer.take() {
+                match task.await {
+                    Ok(mut ch) => {
+                        ch.verify(Duration::from_secs(20)).await;
+                        membership_report = Some(ch.report);
+                    }
+                    Err(e) => {
+                        membership_report = Some(MembershipReport {
+                            anomalies: vec![format!("the membership changes failed: {e}")],
+                            ..Default::default()
+                        })
+                    }
+                }
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(m) = membership_report.as_mut() {
+        m.self_stopped += self_stopped;
+    }
     let _ = workers.await;
     if !watchers.is_empty() {
         // Every watcher must confirm the final revision (or is checked up to what it got).
@@ -212,6 +257,11 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     if s.ok_after_heal == 0 {
         suspect.push("no operation succeeded after the final heal: the cluster did not recover".to_string());
     }
+    if let Some(m) = &membership_report
+        && m.added + m.removed == 0
+    {
+        suspect.push("no membership change was made".to_string());
+    }
     if let Some(w) = &watch {
         if w.streams <= w.watchers {
             suspect.push("no watcher resumed".to_string());
@@ -220,7 +270,10 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
             suspect.push("no watcher confirmed the final revision".to_string());
         }
     }
-    let outcome = if report.invalid() || watch.as_ref().is_some_and(WatchReport::invalid) {
+    let outcome = if report.invalid()
+        || watch.as_ref().is_some_and(WatchReport::invalid)
+        || membership_report.as_ref().is_some_and(MembershipReport::invalid)
+    {
         Outcome2::Invalid
     } else if report.unknown() {
         Outcome2::Unknown
@@ -229,7 +282,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
     } else {
         Outcome2::Valid
     };
-    let result = RunResult { outcome, report, watch, history, suspect };
+    let result = RunResult { outcome, report, watch, membership: membership_report, history, suspect };
     std::fs::write(dir.join("summary.txt"), summary(&cfg, &result, &records))
         .map_err(|e| format!("cannot write the summary: {e}"))?;
     Ok(result)
@@ -314,6 +367,23 @@ pub fn summary(cfg: &RunConfig, r: &RunResult, records: &[Record]) -> String {
             let _ = writeln!(o, "  WATCH ANOMALY: {a}");
         }
     }
+    if let Some(m) = &r.membership {
+        let _ = writeln!(
+            o,
+            "membership: {} added, {} promoted, {} removed, {} of them replaced; learner catch-up (ms): {:?}",
+            m.added, m.promoted, m.removed, m.replaced, m.catch_up_ms
+        );
+        if m.self_stopped > 0 {
+            let _ = writeln!(
+                o,
+                "  members that stopped on their own while members: {} (see member-exited above and the member's log)",
+                m.self_stopped
+            );
+        }
+        for a in &m.anomalies {
+            let _ = writeln!(o, "  MEMBERSHIP ANOMALY: {a}");
+        }
+    }
     for s in &r.suspect {
         let _ = writeln!(o, "SUSPECT: {s}");
     }
@@ -323,7 +393,7 @@ pub fn summary(cfg: &RunConfig, r: &RunResult, records: &[Record]) -> String {
         "verdict: {}",
         match r.outcome {
             Outcome2::Valid => "VALID",
-            Outcome2::Invalid => "INVALID (not linearizable)",
+            Outcome2::Invalid => "INVALID (not linearizable, or a membership anomaly)",
             Outcome2::Unknown => "UNKNOWN (checker budget exhausted)",
             Outcome2::Suspect => "SUSPECT",
         }
