@@ -189,8 +189,9 @@ fn public_key(path: &str, bytes: &[u8], alg: Algorithm, family: Family) -> Resul
         .map_err(|e| format!("pub-key {path}: not a public key: {e}"))?;
     let parsed = spki.parsed().map_err(|e| format!("pub-key {path}: not a public key: {e}"))?;
     match (family, parsed) {
-        (Family::Rsa, x509_parser::public_key::PublicKey::RSA(k)) => {
-            Ok(DecodingKey::from_rsa_raw_components(k.modulus, k.exponent))
+        // The key bits of an RSA SPKI are the PKCS#1 RSAPublicKey ring verifies with.
+        (Family::Rsa, x509_parser::public_key::PublicKey::RSA(_)) => {
+            Ok(DecodingKey::from_rsa_der(&spki.subject_public_key.data))
         }
         (Family::Ecdsa, x509_parser::public_key::PublicKey::EC(point)) => {
             let want = if alg == Algorithm::ES256 { 65 } else { 97 };
