@@ -290,15 +290,19 @@ async fn verify_only_member_and_bad_options() {
     c.wait_leader(START).await;
     let port = c.port(0);
     let ep = c.members[0].endpoint();
+    // Tokens signed with the private half are good here; a bad one is refused even while
+    // auth is disabled (as etcd).
+    let key = EncodingKey::from_ec_pem(&pkcs8_of(keys.path(), "ec.key")).expect("ec key");
+    let token =
+        sign(Algorithm::ES256, &Claims { exp: now() + 60, revision: 100, username: "alice".into() }, &key);
+    let invalid: Answer = Err((Code::Unauthenticated, "etcdserver: invalid auth token".into()));
+    assert_eq!(get(port, &token, "foo").await, Ok(()));
+    assert_eq!(get(port, &format!("{token}x"), "foo").await, invalid);
     set_up(&ep);
     let r = authenticate(port, "alice", "alicepw").await;
     let verify_only: Answer =
         Err((Code::Unknown, "auth: token signing attempted with verify-only key".into()));
     assert_eq!(answer(r), verify_only);
-    // Tokens signed with the private half are good here.
-    let key = EncodingKey::from_ec_pem(&pkcs8_of(keys.path(), "ec.key")).expect("ec key");
-    let token =
-        sign(Algorithm::ES256, &Claims { exp: now() + 60, revision: 100, username: "alice".into() }, &key);
     assert_eq!(get(port, &token, "foo").await, Ok(()));
     assert_eq!(
         get(port, &token, "secret").await,
