@@ -225,7 +225,7 @@ fn private_key(
                 "PRIVATE KEY" => rsig::RsaKeyPair::from_pkcs8(&der),
                 other => return Err(format!("priv-key {path}: expected an RSA private key, found {other}")),
             }
-            .map_err(|e| format!("priv-key {path}: not a usable RSA private key (2048 to 8192 bits): {e}"))?;
+            .map_err(|e| format!("priv-key {path}: not a usable RSA private key (2048 to 4096 bits): {e}"))?;
             let encoding = EncodingKey::from_rsa_pem(bytes).map_err(|e| format!("priv-key {path}: {e}"))?;
             Ok((encoding, DecodingKey::from_rsa_der(pair.public_key().as_ref())))
         }
@@ -423,6 +423,56 @@ mod tests {
             .expect("jwt");
         assert_eq!(verify_only.verify(&token), Some(claims));
         assert!(matches!(verify_only.issue("alice", 1), Err(IssueError::VerifyOnly)));
+    }
+
+    /// Runs `openssl` in `dir`; false (loudly) when it is not installed.
+    fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+        match std::process::Command::new("openssl").current_dir(dir).args(args).status() {
+            Ok(s) => {
+                assert!(s.success(), "openssl {args:?} failed");
+                true
+            }
+            Err(e) => {
+                eprintln!("!!!!! no openssl ({e}): SKIPPING the RSA key checks !!!!!");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn rsa_keys_in_pkcs1_and_pkcs8_with_every_rsa_method() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path();
+        if !openssl(d, &["genrsa", "-out", "k8.pem", "2048"]) {
+            return;
+        }
+        openssl(d, &["rsa", "-in", "k8.pem", "-pubout", "-out", "k8.pub"]);
+        openssl(d, &["rsa", "-in", "k8.pem", "-traditional", "-out", "k1.pem"]);
+        openssl(d, &["rsa", "-in", "k8.pem", "-RSAPublicKey_out", "-out", "k1.pub"]);
+        openssl(d, &["genrsa", "-out", "small.pem", "1024"]);
+        let p = |f: &str| d.join(f).display().to_string();
+        for method in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+            for (private, public) in [("k8.pem", "k8.pub"), ("k1.pem", "k1.pub"), ("k1.pem", "k8.pub")] {
+                let spec = format!("jwt,sign-method={method},priv-key={},pub-key={}", p(private), p(public));
+                let keys = parse_auth_token(&spec).unwrap_or_else(|e| panic!("{spec}: {e}")).expect("jwt");
+                let token = keys.issue("u", 3).expect("issue");
+                assert_eq!(keys.verify(&token).map(|c| c.revision), Some(3), "{spec}");
+                // Verify-only with either public key form.
+                let spec = format!("jwt,sign-method={method},pub-key={}", p(public));
+                let verifier = parse_auth_token(&spec).expect("parse").expect("jwt");
+                assert!(verifier.verify(&token).is_some(), "{spec}");
+            }
+        }
+        let small = format!("jwt,sign-method=RS256,priv-key={}", p("small.pem"));
+        assert!(parse_auth_token(&small).expect_err("1024 bits").contains("2048 to 4096 bits"));
+        // An RS256 token is no PS256 token.
+        let rs = parse_auth_token(&format!("jwt,sign-method=RS256,priv-key={}", p("k8.pem")))
+            .expect("p")
+            .expect("j");
+        let ps = parse_auth_token(&format!("jwt,sign-method=PS256,priv-key={}", p("k8.pem")))
+            .expect("p")
+            .expect("j");
+        assert!(ps.verify(&rs.issue("u", 1).expect("issue")).is_none());
     }
 
     #[test]
