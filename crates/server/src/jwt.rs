@@ -11,10 +11,12 @@
 //! * Signing and verification are `jsonwebtoken`'s (on ring); this module loads and checks the
 //!   keys, so that a bad key is a startup error rather than a refused login later.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use ring::signature::{self as rsig, KeyPair};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::FromDer;
@@ -24,6 +26,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// A token longer than this is refused without parsing (an RS512 token signed with a 4096-bit
 /// key is about 900 bytes).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Verified tokens remembered at most (see [`JwtKeys::verify`]).
+const MAX_VERIFIED: usize = 10_000;
 /// A key file larger than this is refused (PEM keys are a few kilobytes).
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
@@ -85,6 +89,10 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    /// Tokens whose signature verified, with their claims: a token is sent with every
+    /// request, and checking an RSA or ECDSA signature each time costs tens of microseconds.
+    /// Bounded by [`MAX_VERIFIED`]; entries past their `exp` are dropped when found.
+    verified: Mutex<HashMap<String, Claims>>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -286,16 +294,25 @@ impl JwtKeys {
         validation.validate_aud = false;
         let keys = match (private, public) {
             (None, None) => return Err("no key: give priv-key (and pub-key) files".into()),
-            (None, Some(decoding)) => JwtKeys { alg, encoding: None, decoding, validation, ttl },
+            (None, Some(decoding)) => {
+                JwtKeys { alg, encoding: None, decoding, validation, ttl, verified: Mutex::default() }
+            }
             (Some((encoding, derived)), public) => {
-                let keys = JwtKeys { alg, encoding: Some(encoding), decoding: derived, validation, ttl };
+                let keys = JwtKeys {
+                    alg,
+                    encoding: Some(encoding),
+                    decoding: derived,
+                    validation,
+                    ttl,
+                    verified: Mutex::default(),
+                };
                 // The key must sign, and (when given) the public key must verify what it signs.
                 let probe = keys.issue("probe", 1).map_err(|e| format!("priv-key {priv_path}: {e}"))?;
                 keys.verify(&probe)
                     .ok_or_else(|| format!("priv-key {priv_path}: cannot verify its own token"))?;
                 match public {
                     Some(decoding) => {
-                        let keys = JwtKeys { decoding, ..keys };
+                        let keys = JwtKeys { decoding, verified: Mutex::default(), ..keys };
                         if keys.verify(&probe).is_none() {
                             return Err(format!("pub-key {pub_path} does not match priv-key {priv_path}"));
                         }
@@ -305,6 +322,8 @@ impl JwtKeys {
                 }
             }
         };
+        // Nothing verified while checking the keys is kept.
+        keys.verified.lock().clear();
         Ok(keys)
     }
 
@@ -322,7 +341,28 @@ impl JwtKeys {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok().map(|d| d.claims)
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        {
+            let mut verified = self.verified.lock();
+            if let Some(claims) = verified.get(token) {
+                // Good through the second `exp` names, as jsonwebtoken (without leeway) and etcd.
+                if claims.exp >= now {
+                    return Some(claims.clone());
+                }
+                verified.remove(token);
+                return None;
+            }
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?.claims;
+        let mut verified = self.verified.lock();
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, c| c.exp >= now);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_string(), claims.clone());
+        Some(claims)
     }
 }
 
@@ -489,9 +529,19 @@ mod tests {
             .expect("parse")
             .expect("jwt");
         assert!(hs384.verify(&token).is_none());
-        // exp is in whole seconds: at most 2 s after issue the token is void.
+        assert_eq!(keys.verified.lock().len(), 1, "remembered");
+        // exp is in whole seconds: at most 2 s after issue the token is void, remembered or not.
         std::thread::sleep(Duration::from_millis(2100));
         assert!(keys.verify(&token).is_none(), "expired");
+        assert!(keys.verified.lock().is_empty(), "forgotten");
+        // Past the bound, expired entries go first, then all.
+        let good = parse_auth_token(&format!("jwt,sign-method=HS256,priv-key={secret},ttl=1h"))
+            .expect("parse")
+            .expect("jwt");
+        for i in 0..=MAX_VERIFIED {
+            assert!(good.verify(&good.issue(&format!("u{i}"), 1).expect("issue")).is_some());
+        }
+        assert!(good.verified.lock().len() <= MAX_VERIFIED);
         let with_pub = format!("jwt,sign-method=HS256,priv-key={secret},pub-key={secret}");
         assert!(parse_auth_token(&with_pub).expect_err("pub").contains("pub-key is not used"));
     }
