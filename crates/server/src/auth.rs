@@ -262,24 +262,25 @@ impl Api {
         check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
         keys: bool,
     ) -> Result<(), Status> {
+        // A JWT is verified before the state is locked (a signature check is slow). As etcd, it
+        // must verify even while auth is disabled.
+        let jwt = match (&call.token, &self.auth.options.jwt) {
+            (Some(token), Some(jwt)) => {
+                Some(jwt.verify(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?)
+            }
+            _ => None,
+        };
         let sm = self.node.shared.sm.read();
         let store = &sm.auth;
         if !store.enabled() {
-            // As etcd, a JWT sent while auth is disabled must still verify.
-            if let (Some(token), Some(jwt)) = (&call.token, &self.auth.options.jwt)
-                && jwt.verify(token).is_none()
-            {
-                return Err(status(AuthError::InvalidAuthToken));
-            }
             call.checked_at.set(store.revision());
             return Ok(());
         }
         // The auth revision the caller's rights are valid at: the applied one, or for a JWT
         // the one it was issued at (never older, or it is refused here).
         let mut valid_at = store.revision();
-        let user = match (&call.token, &self.auth.options.jwt) {
-            (Some(token), Some(jwt)) => {
-                let claims = jwt.verify(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?;
+        let user = match (&call.token, jwt) {
+            (_, Some(claims)) => {
                 if claims.revision < store.revision() {
                     if keys {
                         return Err(status(AuthError::AuthOldRevision));
