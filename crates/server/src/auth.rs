@@ -13,10 +13,14 @@
 //!   into the command; the state machine refuses a command checked against an older auth
 //!   revision (etcd's "revision of auth store is old", which clients retry), so a permission
 //!   revoked while a write was in flight is honoured.
-//! * Tokens: etcd's "simple" tokens: random, kept in memory on the member that issued them,
-//!   valid for `--auth-token-ttl` seconds after their last use, void once their user is
-//!   deleted or changes password. Passwords are hashed with bcrypt on the member that
-//!   receives them, before they enter the log; neither passwords nor tokens are logged.
+//! * Tokens: etcd's "simple" tokens (the default): random, kept in memory on the member that
+//!   issued them, valid for `--auth-token-ttl` seconds after their last use, void once their
+//!   user is deleted or changes password. Or, with `--auth-token jwt,...`, signed JWTs
+//!   ([`crate::jwt`]) that any member holding the key verifies: good until their `exp`, and
+//!   refused with "revision of auth store is old" once the auth state has changed since they
+//!   were issued (any user, role or permission change, as etcd), so the client authenticates
+//!   again. Passwords are hashed with bcrypt on the member that receives them, before they
+//!   enter the log; neither passwords nor tokens are logged.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -59,6 +63,9 @@ pub struct AuthOptions {
     /// `--client-cert-auth`: a verified client certificate's common name names the user when
     /// the request carries no token.
     pub client_cert_auth: bool,
+    /// `--auth-token jwt,...`: the keys tokens are signed and verified with (None: simple
+    /// tokens).
+    pub jwt: Option<Arc<crate::jwt::JwtKeys>>,
 }
 
 impl Default for AuthOptions {
@@ -67,6 +74,7 @@ impl Default for AuthOptions {
             token_ttl: Duration::from_secs(DEFAULT_TOKEN_TTL),
             bcrypt_cost: DEFAULT_BCRYPT_COST,
             client_cert_auth: false,
+            jwt: None,
         }
     }
 }
@@ -131,6 +139,11 @@ pub async fn scope_request(
 /// The auth revision the current call's permissions were checked against (0: none).
 pub fn checked_at() -> u64 {
     CALL.try_with(|c| c.checked_at.get()).unwrap_or(0)
+}
+
+/// The current caller's token, if it sent one.
+pub fn current_token() -> Option<String> {
+    CALL.try_with(|c| c.token.clone()).ok().flatten()
 }
 
 fn status(e: AuthError) -> Status {
@@ -216,14 +229,28 @@ impl AuthRuntime {
 }
 
 impl Api {
-    /// Checks the current call with `check` (given the state and the caller's user name, if
-    /// any) and records the auth revision it checked against. Outside a call scope (a
-    /// member's own work) everything is allowed.
+    /// Checks the current call's key permissions with `check` (given the state and the
+    /// caller's user name, if any) and records the auth revision it checked against. Outside a
+    /// call scope (a member's own work) everything is allowed. A JWT issued before the last
+    /// auth change is refused ("revision of auth store is old", as etcd's `isOpPermitted`).
     pub(crate) fn authorize(
         &self,
         check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
     ) -> Result<(), Status> {
-        match CALL.try_with(|call| self.authorize_call(call, check)) {
+        match CALL.try_with(|call| self.authorize_call(call, check, true)) {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// [`Api::authorize`] for checks that are not about keys (administrators, a user asking
+    /// about itself, Compact): as etcd, a JWT issued before the last auth change still names
+    /// its user here, unless that user's password changed (or it was re-added) since.
+    pub(crate) fn authorize_any_revision(
+        &self,
+        check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
+    ) -> Result<(), Status> {
+        match CALL.try_with(|call| self.authorize_call(call, check, false)) {
             Ok(result) => result,
             Err(_) => Ok(()),
         }
@@ -233,15 +260,40 @@ impl Api {
         &self,
         call: &Call,
         check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
+        keys: bool,
     ) -> Result<(), Status> {
+        // A JWT is verified before the state is locked (a signature check is slow). As etcd, it
+        // must verify even while auth is disabled.
+        let jwt = match (&call.token, &self.auth.options.jwt) {
+            (Some(token), Some(jwt)) => {
+                Some(jwt.verify(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?)
+            }
+            _ => None,
+        };
         let sm = self.node.shared.sm.read();
         let store = &sm.auth;
         if !store.enabled() {
             call.checked_at.set(store.revision());
             return Ok(());
         }
-        let user = match &call.token {
-            Some(token) => {
+        // The auth revision the caller's rights are valid at: the applied one, or for a JWT
+        // the one it was issued at (never older, or it is refused here).
+        let mut valid_at = store.revision();
+        let user = match (&call.token, jwt) {
+            (_, Some(claims)) => {
+                if claims.revision < store.revision() {
+                    if keys {
+                        return Err(status(AuthError::AuthOldRevision));
+                    }
+                    if store.user(&claims.username).is_some_and(|u| u.since > claims.revision) {
+                        return Err(status(AuthError::InvalidAuthToken));
+                    }
+                } else {
+                    valid_at = claims.revision;
+                }
+                Some(claims.username)
+            }
+            (Some(token), None) => {
                 let (user, issued_at) =
                     self.auth.tokens.lookup(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?;
                 if !store.token_valid(&user, issued_at) {
@@ -249,17 +301,17 @@ impl Api {
                 }
                 Some(user)
             }
-            None if self.auth.options.client_cert_auth => call.cn.as_deref().map(str::to_string),
-            None => None,
+            (None, _) if self.auth.options.client_cert_auth => call.cn.as_deref().map(str::to_string),
+            (None, _) => None,
         };
         check(&sm, user.as_deref()).map_err(status)?;
-        call.checked_at.set(store.revision());
+        call.checked_at.set(valid_at);
         Ok(())
     }
 
     /// etcd's `requireAuthInfo`: with auth on, the caller must be some user.
     pub(crate) fn require_user(&self) -> Result<(), Status> {
-        self.authorize(|sm, user| match user {
+        self.authorize_any_revision(|sm, user| match user {
             None if sm.auth.enabled() => Err(AuthError::UserEmpty),
             _ => Ok(()),
         })
@@ -267,7 +319,7 @@ impl Api {
 
     /// etcd's `IsAdminPermitted` for the current caller.
     pub(crate) fn require_admin(&self) -> Result<(), Status> {
-        self.authorize(|sm, user| sm.auth.check_admin(user))
+        self.authorize_any_revision(|sm, user| sm.auth.check_admin(user))
     }
 
     /// Proposes an auth command and waits for its result.
@@ -324,7 +376,10 @@ impl Api {
         if !good {
             return Err(status(AuthError::AuthFailed));
         }
-        let token = self.auth.tokens.issue(&req.name, revision)?;
+        let token = match &self.auth.options.jwt {
+            Some(jwt) => jwt.issue(&req.name, revision).map_err(|e| Status::unknown(e.to_string()))?,
+            None => self.auth.tokens.issue(&req.name, revision)?,
+        };
         tracing::info!(user = %req.name, "authenticated a user");
         Ok(AuthenticateResponse { header: self.auth_header(), token })
     }
@@ -408,7 +463,7 @@ impl Api {
 
     /// UserGet: the admin, or a user asking about itself (etcd's rule).
     pub async fn user_get(&self, req: AuthUserGetRequest) -> Result<AuthUserGetResponse, Status> {
-        self.authorize(|sm, user| match sm.auth.check_admin(user) {
+        self.authorize_any_revision(|sm, user| match sm.auth.check_admin(user) {
             Err(e) if user != Some(req.name.as_str()) => Err(e),
             _ => Ok(()),
         })?;
@@ -438,7 +493,7 @@ impl Api {
 
     /// RoleGet: the admin, or a user holding the role (etcd's rule).
     pub async fn role_get(&self, req: AuthRoleGetRequest) -> Result<AuthRoleGetResponse, Status> {
-        self.authorize(|sm, user| match sm.auth.check_admin(user) {
+        self.authorize_any_revision(|sm, user| match sm.auth.check_admin(user) {
             Err(e) if !user.is_some_and(|u| sm.auth.has_role(u, &req.role)) => Err(e),
             _ => Ok(()),
         })?;

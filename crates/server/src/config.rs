@@ -73,10 +73,13 @@ pub struct ServerArgs {
     /// How long the server waits for a ping's answer before closing the connection.
     #[arg(long)]
     pub grpc_keepalive_timeout: Option<String>,
-    /// Auth token kind: `simple` (the only one served; etcd's default).
+    /// Auth tokens: `simple` (etcd's default) or
+    /// `jwt,sign-method=<RS256|...|ES256|...|HS256|...>,priv-key=<path>,pub-key=<path>,ttl=<duration>`
+    /// (etcd's options; see docs/operations.md).
     #[arg(long)]
     pub auth_token: Option<String>,
-    /// Seconds a simple auth token stays valid after its last use (default 300, as etcd).
+    /// Seconds a simple auth token stays valid after its last use (default 300, as etcd; JWT
+    /// tokens take their `ttl` option instead).
     #[arg(long)]
     pub auth_token_ttl: Option<u64>,
     /// bcrypt cost of stored password hashes, 4 to 31 (default 10, as etcd).
@@ -215,13 +218,10 @@ fn auth_options(
     cost: Option<u32>,
     client_cert_auth: bool,
 ) -> Result<crate::auth::AuthOptions, ConfigError> {
-    if let Some(kind) = token
-        && kind != "simple"
-    {
-        return Err(ConfigError(format!(
-            "--auth-token {kind}: only simple tokens are served (JWT tokens are not)"
-        )));
-    }
+    let jwt = match token {
+        Some(spec) => crate::jwt::parse_auth_token(spec).map_err(ConfigError)?,
+        None => None,
+    };
     let bcrypt_cost = cost.unwrap_or(crate::auth::DEFAULT_BCRYPT_COST);
     if !(4..=31).contains(&bcrypt_cost) {
         return Err(ConfigError(format!("--bcrypt-cost {bcrypt_cost}: must be between 4 and 31")));
@@ -234,6 +234,7 @@ fn auth_options(
         token_ttl: std::time::Duration::from_secs(ttl),
         bcrypt_cost,
         client_cert_auth,
+        jwt,
     })
 }
 

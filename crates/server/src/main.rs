@@ -15,6 +15,7 @@ mod defrag;
 mod dev;
 mod gateway;
 mod grpc;
+mod jwt;
 mod kvsm;
 mod lease;
 mod limits;

@@ -149,15 +149,6 @@ impl Api {
     /// A client of the leader's Cluster service, for a change sent to a follower (etcd's
     /// followers hand changes to the leader too). Plain-http client URLs only.
     async fn leader_cluster(&self) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-        // The caller's auth token is known only to the member that issued it, so a forwarded
-        // change could not be authorised on the leader: with auth enabled the client must
-        // send membership changes to the leader itself.
-        if self.node.shared.sm.read().auth.enabled() {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                "etcdserver: not leader; with auth enabled, send membership changes to the leader's client URL",
-            ));
-        }
         let leader = self.node.status().leader;
         if leader == 0 {
             return Err(Status::new(Code::Unavailable, "etcdserver: no leader"));
@@ -184,6 +175,34 @@ impl Api {
         Ok(ClusterClient::new(channel))
     }
 
+    /// A change for the leader, carrying the caller's token. With auth enabled that works
+    /// for JWT tokens (every member holding the key verifies them) but not for simple tokens
+    /// (known only to the member that issued them) nor for a certificate's name: then the
+    /// client must send the change to the leader itself.
+    fn forwarded<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
+        let mut req = tonic::Request::new(msg);
+        if !self.node.shared.sm.read().auth.enabled() {
+            return Ok(req);
+        }
+        let token = match (&self.auth.options.jwt, crate::auth::current_token()) {
+            (Some(_), Some(token)) => token,
+            _ => {
+                return Err(Status::new(
+                    Code::FailedPrecondition,
+                    "etcdserver: not leader; with auth enabled, send membership changes to the leader's client URL",
+                ));
+            }
+        };
+        let value = token.parse().map_err(|_| {
+            Status::new(
+                raftkv_kv::AuthError::InvalidAuthToken.grpc_code(),
+                raftkv_kv::AuthError::InvalidAuthToken.message(),
+            )
+        })?;
+        req.metadata_mut().insert("token", value);
+        Ok(req)
+    }
+
     fn is_leader(&self) -> bool {
         self.node.status().is_leader
     }
@@ -203,6 +222,7 @@ impl Api {
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
         check_urls(&req.peer_ur_ls)?;
         if !self.is_leader() {
+            let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_add(req).await?.into_inner());
         }
         let registry = self.registry();
@@ -248,6 +268,7 @@ impl Api {
 
     pub async fn member_remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, Status> {
         if !self.is_leader() {
+            let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_remove(req).await?.into_inner());
         }
         let registry = self.registry();
@@ -264,6 +285,7 @@ impl Api {
     pub async fn member_update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse, Status> {
         check_urls(&req.peer_ur_ls)?;
         if !self.is_leader() {
+            let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_update(req).await?.into_inner());
         }
         let registry = self.registry();
@@ -280,6 +302,7 @@ impl Api {
 
     pub async fn member_promote(&self, req: MemberPromoteRequest) -> Result<MemberPromoteResponse, Status> {
         if !self.is_leader() {
+            let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_promote(req).await?.into_inner());
         }
         let registry = self.registry();

@@ -356,6 +356,17 @@ async fn auth_state_survives_restart_and_snapshot_install() {
     for i in 0..3 {
         check_enforced(c.port(i)).await;
     }
+    // Simple tokens are known only to their issuer: a follower does not forward a membership
+    // change (JWT tokens are forwarded, see tests/auth_jwt.rs).
+    let follower = (leader + 1) % 3;
+    let root = authenticate(c.port(follower), "root", "rootpw").await.expect("root token");
+    let req = MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1:9".into()], is_learner: true };
+    let r = common::cluster_client(c.port(follower)).member_add(with_token(req, &root)).await;
+    assert_status(
+        r,
+        Code::FailedPrecondition,
+        "etcdserver: not leader; with auth enabled, send membership changes to the leader's client URL",
+    );
     let down = (leader + 1) % 3;
     c.stop(down, Duration::from_secs(10));
     let writer = (down + 1) % 3;

@@ -578,6 +578,11 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Out {
 /// Starts a one-member real etcd with its data and log in `dir`; (process, client port,
 /// peer port), or None when the binary is absent.
 pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
+    start_etcd_with(dir, &[])
+}
+
+/// [`start_etcd`] with extra flags.
+pub fn start_etcd_with(dir: &std::path::Path, extra: &[String]) -> Option<(Proc, u16, u16)> {
     if !have("etcd") {
         return None;
     }
@@ -591,6 +596,7 @@ pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
         .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
         .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("default={peer}")])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))
         .stderr(log);
@@ -608,7 +614,12 @@ pub fn http_post(port: u16, path: &str, body: &str) -> String {
 
 /// [`start_etcd`], then waits until etcd has elected itself.
 pub async fn start_etcd_elected(dir: &Path) -> Option<(Proc, u16, u16)> {
-    let (proc, client, peer) = start_etcd(dir)?;
+    start_etcd_elected_with(dir, &[]).await
+}
+
+/// [`start_etcd_elected`] with extra flags.
+pub async fn start_etcd_elected_with(dir: &Path, extra: &[String]) -> Option<(Proc, u16, u16)> {
+    let (proc, client, peer) = start_etcd_with(dir, extra)?;
     wait_for("etcd to elect itself", Duration::from_secs(20), || async move {
         status(client).await.ok().filter(|s| s.leader != 0)
     })
