@@ -338,10 +338,12 @@ pub fn read_etcd_db(
 /// `Maintenance.Snapshot`: pins the member's state (one revision, whatever writes go on),
 /// writes it as an etcd backend file on a blocking thread and streams it in 32 KiB
 /// messages, the last one carrying the sha256 of the whole file, as etcd does.
+/// Administrators only once auth is enabled (as etcd).
 pub async fn snapshot(
     api: &Api,
     spill_dir: PathBuf,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>, Status> {
+    api.require_admin()?;
     let permit = SNAPSHOT_GATE
         .try_acquire()
         .map_err(|_| Status::resource_exhausted("etcdserver: too many snapshots in progress; retry later"))?;

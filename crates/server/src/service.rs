@@ -7,8 +7,8 @@ use bytes::Bytes;
 use raftkv_api::Command;
 use raftkv_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    HashKvResponse, HashResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use raftkv_kv::{ApplyResult, KvError, KvStore};
 use tonic::{Code, Status};
@@ -305,6 +305,12 @@ impl Api {
             db_size_in_use,
             is_learner: s.is_learner,
         })
+    }
+
+    /// Maintenance.Hash: [`Api::hash_kv`] at the current revision.
+    pub async fn hash(&self) -> Result<HashResponse, Status> {
+        let r = self.hash_kv(HashKvRequest { revision: 0 }).await?;
+        Ok(HashResponse { header: r.header, hash: r.hash })
     }
 
     /// A checksum of this member's MVCC state at a revision (0: its current one), computed
