@@ -30,12 +30,14 @@ impl Maintenance for Grpc {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.0.defragment(req.into_inner()).await.map(Response::new)
     }
-    type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = crate::require_leader::UntilLeaderLost<crate::backup::SnapshotStream>;
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        crate::backup::snapshot(&self.0, self.0.member_dir()).await.map(Response::new)
+        let required = crate::require_leader::required_by(&req);
+        let stream = crate::backup::snapshot(&self.0, self.0.member_dir()).await?;
+        Ok(Response::new(crate::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
     }
     async fn move_leader(
         &self,

@@ -226,6 +226,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             Err(e) => tracing::info!(error = %e, "stopping without a leadership transfer"),
         }
     }
+    api.begin_stop();
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
