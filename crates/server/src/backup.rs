@@ -338,10 +338,11 @@ pub fn read_etcd_db(
 /// `Maintenance.Snapshot`: pins the member's state (one revision, whatever writes go on),
 /// writes it as an etcd backend file on a blocking thread and streams it in 32 KiB
 /// messages, the last one carrying the sha256 of the whole file, as etcd does.
-pub async fn snapshot(
-    api: &Api,
-    spill_dir: PathBuf,
-) -> Result<tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>, Status> {
+/// Administrators only once auth is enabled (as etcd).
+/// The stream ends with `etcdserver: server stopped` when the member stops meanwhile (rather
+/// than being cut off with the connection).
+pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, Status> {
+    api.require_admin()?;
     let permit = SNAPSHOT_GATE
         .try_acquire()
         .map_err(|_| Status::resource_exhausted("etcdserver: too many snapshots in progress; retry later"))?;
@@ -431,7 +432,39 @@ pub async fn snapshot(
             blob: Bytes::copy_from_slice(sum.as_slice()),
         }));
     });
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    Ok(SnapshotStream {
+        inner: Some(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        stopped: Box::pin(api.stopped()),
+    })
+}
+
+/// A snapshot's messages, until the member stops.
+pub struct SnapshotStream {
+    inner: Option<tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>>,
+    stopped: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl tokio_stream::Stream for SnapshotStream {
+    type Item = Result<SnapshotResponse, Status>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        if this.stopped.as_mut().poll(cx).is_ready() {
+            // Dropping the receiver stops the task reading the file.
+            this.inner = None;
+            return Poll::Ready(Some(Err(crate::service::node_status(crate::node::NodeError::Stopped))));
+        }
+        let next = std::pin::Pin::new(inner).poll_next(cx);
+        if let Poll::Ready(None) = next {
+            this.inner = None;
+        }
+        next
+    }
 }
 
 /// `raftkv snapshot ...`

@@ -65,6 +65,7 @@ pub struct ServerArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub quota_backend_bytes: Option<i64>,
     /// Minimum interval a client should wait before pinging the server (Go duration).
+    /// Accepted for etcd compatibility but not enforced (docs/operations.md).
     #[arg(long)]
     pub grpc_keepalive_min_time: Option<String>,
     /// How often the server pings a client connection to check it is alive (0s: never).

@@ -114,7 +114,7 @@ impl EtcdApi for Api {
 
 /// The gateway's routes for a member's [`Api`], to merge with the gRPC router.
 pub fn router(api: Api) -> Router {
-    router_for(api.clone()).merge(watch::router(api))
+    router_for(api.clone()).merge(maintenance::router(api.clone())).merge(watch::router(api))
 }
 
 /// The gateway's routes over any [`EtcdApi`]. The router has no fallback of
@@ -340,6 +340,38 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// A server stream as grpc-gateway sends it: one `{"result":<message>}` line a message; an
+/// error is sent as an `{"error":{...}}` line and ends the stream.
+pub(crate) fn stream_response<S, T>(stream: S) -> Response
+where
+    S: tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Serialize,
+{
+    use tokio_stream::StreamExt;
+    let mut failed = false;
+    let lines = stream
+        .map_while(move |item| {
+            if failed {
+                return None;
+            }
+            Some(match item {
+                Ok(resp) => watch::json_line("result", &resp),
+                Err(status) => {
+                    failed = true;
+                    watch::json_line("error", &watch::StreamError::of(&status))
+                }
+            })
+        })
+        .map(Ok::<Bytes, std::convert::Infallible>);
+    with_type(StatusCode::OK, JSON, Body::from_stream(lines))
+}
+
+/// A server stream refused before its first message: the error line alone, with the code's
+/// HTTP status (grpc-gateway's answer).
+pub(crate) fn stream_refusal(status: &Status) -> Response {
+    with_type(http_status(status.code()), JSON, watch::json_line("error", &watch::StreamError::of(status)))
+}
+
 async fn method_not_allowed() -> Response {
     with_type(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Method Not Allowed\n")
 }
@@ -407,5 +439,6 @@ fn cluster_version(server: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests;
 
+mod maintenance;
 pub mod recipes;
 mod watch;

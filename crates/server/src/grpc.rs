@@ -19,8 +19,7 @@ impl Maintenance for Grpc {
         self.0.hash_kv(req.into_inner()).await.map(Response::new)
     }
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let r = self.0.hash_kv(HashKvRequest { revision: 0 }).await?;
-        Ok(Response::new(HashResponse { header: r.header, hash: r.hash }))
+        self.0.hash().await.map(Response::new)
     }
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         self.0.alarm(req.into_inner()).await.map(Response::new)
@@ -29,26 +28,21 @@ impl Maintenance for Grpc {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        // Administrators only once auth is enabled, as etcd (its membership and
-        // defragmentation permission checks).
-        self.0.require_admin()?;
         self.0.defragment(req.into_inner()).await.map(Response::new)
     }
-    type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = crate::require_leader::UntilLeaderLost<crate::backup::SnapshotStream>;
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.0.require_admin()?;
-        crate::backup::snapshot(&self.0, self.0.member_dir()).await.map(Response::new)
+        let required = crate::require_leader::required_by(&req);
+        let stream = crate::backup::snapshot(&self.0, self.0.member_dir()).await?;
+        Ok(Response::new(crate::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
     }
     async fn move_leader(
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        // Administrators only once auth is enabled, as etcd (its membership and
-        // defragmentation permission checks).
-        self.0.require_admin()?;
         self.0.move_leader(req.into_inner()).await.map(Response::new)
     }
 }
@@ -65,36 +59,24 @@ impl Cluster for Grpc {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        // Administrators only once auth is enabled, as etcd (its membership and
-        // defragmentation permission checks).
-        self.0.require_admin()?;
         self.0.member_add(req.into_inner()).await.map(Response::new)
     }
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        // Administrators only once auth is enabled, as etcd (its membership and
-        // defragmentation permission checks).
-        self.0.require_admin()?;
         self.0.member_remove(req.into_inner()).await.map(Response::new)
     }
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        // Administrators only once auth is enabled, as etcd (its membership and
-        // defragmentation permission checks).
-        self.0.require_admin()?;
         self.0.member_update(req.into_inner()).await.map(Response::new)
     }
     async fn member_promote(
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        // Administrators only once auth is enabled, as etcd (its membership and
-        // defragmentation permission checks).
-        self.0.require_admin()?;
         self.0.member_promote(req.into_inner()).await.map(Response::new)
     }
 }

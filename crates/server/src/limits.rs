@@ -12,9 +12,10 @@
 //! - `--grpc-keepalive-interval` (default 2h) and `--grpc-keepalive-timeout` (default 20s):
 //!   every HTTP/2 connection of the client port is pinged after `interval` and closed when
 //!   the answer takes longer than `timeout` (0 interval: no pings).
-//! - `--grpc-keepalive-min-time` (default 5s): accepted and validated; raftkv's HTTP/2
-//!   server answers clients' pings whatever their rate (it does not send grpc-go's
-//!   `too_many_pings` GOAWAY).
+//! - `--grpc-keepalive-min-time` (default 5s): accepted and validated, not enforced, and
+//!   the member says so in its log when the flag is given. The `h2` server answers PING
+//!   frames itself and tells its user nothing of them, so it cannot count a client's pings
+//!   and send grpc-go's GOAWAY(ENHANCE_YOUR_CALM, `too_many_pings`).
 
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub fn check_request_len(len: usize, max_request_bytes: usize) -> Result<(), Sta
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keepalive {
     pub min_time: Duration,
+    /// Whether `--grpc-keepalive-min-time` was given (it is not enforced: see the module).
+    pub min_time_set: bool,
     /// `None`: the server does not ping.
     pub interval: Option<Duration>,
     pub timeout: Duration,
@@ -59,6 +62,7 @@ impl Default for Keepalive {
     fn default() -> Self {
         Keepalive {
             min_time: Duration::from_secs(5),
+            min_time_set: false,
             interval: Some(Duration::from_secs(2 * 3600)),
             timeout: Duration::from_secs(20),
         }
@@ -81,13 +85,14 @@ impl Keepalive {
         timeout: Option<&str>,
     ) -> Result<Keepalive, String> {
         let d = Keepalive::default();
+        let min_time_set = min_time.is_some();
         let min_time = duration_flag("grpc-keepalive-min-time", min_time, d.min_time)?;
         let interval = duration_flag("grpc-keepalive-interval", interval, Duration::from_secs(2 * 3600))?;
         let timeout = duration_flag("grpc-keepalive-timeout", timeout, d.timeout)?;
         if timeout.is_zero() {
             return Err("--grpc-keepalive-timeout must be positive".into());
         }
-        Ok(Keepalive { min_time, interval: (!interval.is_zero()).then_some(interval), timeout })
+        Ok(Keepalive { min_time, min_time_set, interval: (!interval.is_zero()).then_some(interval), timeout })
     }
 }
 
@@ -128,8 +133,8 @@ mod tests {
         assert_eq!(Keepalive::from_flags(None, None, None), Ok(Keepalive::default()));
         let k = Keepalive::from_flags(Some("1s"), Some("0s"), Some("500ms")).expect("valid");
         assert_eq!(
-            (k.min_time, k.interval, k.timeout),
-            (Duration::from_secs(1), None, Duration::from_millis(500))
+            (k.min_time, k.min_time_set, k.interval, k.timeout),
+            (Duration::from_secs(1), true, None, Duration::from_millis(500))
         );
         assert!(
             Keepalive::from_flags(Some("soon"), None, None)

@@ -4,6 +4,11 @@
 //! changes, and the watcher that keeps the peer transport in step with the registry and stops
 //! a member that was removed or never added.
 //!
+//! As etcd (its `--strict-reconfig-check`, on by default), a change that would leave the
+//! cluster without a quorum of started, reachable voters is refused before it is proposed
+//! (`not enough started members`, `unhealthy cluster`); once auth is enabled every change is
+//! for administrators.
+//!
 //! A change travels as one configuration-change entry: the core's steps (add voter, add
 //! learner, remove, update) and, in the entry's context, this module's [`ChangeContext`] (the
 //! request id and the member's peer URLs). Every member applies it to the [`Registry`] in
@@ -36,6 +41,9 @@ pub fn seed_registry(members: &[MemberRecord]) -> Registry {
 
 // ----- etcd's errors (etcdserver/api/v3rpc/rpctypes/error.go, etcdserver/errors.go) -----
 
+/// Pause between attempts of a change a new leader cannot take yet.
+const CHANGE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 fn member_not_found() -> Status {
     Status::new(Code::NotFound, "etcdserver: member not found")
 }
@@ -57,11 +65,12 @@ fn learner_not_ready() -> Status {
         "etcdserver: can only promote a learner member which is in sync with leader",
     )
 }
+/// etcd 3.4 answers it with code Unknown (its gRPC error table has no entry for it).
 fn not_enough_started() -> Status {
-    Status::new(
-        Code::FailedPrecondition,
-        "etcdserver: re-configuration failed due to not enough started members",
-    )
+    Status::new(Code::Unknown, "etcdserver: re-configuration failed due to not enough started members")
+}
+fn unhealthy() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: unhealthy cluster")
 }
 fn not_leader() -> Status {
     Status::new(Code::FailedPrecondition, "etcdserver: not leader")
@@ -203,24 +212,97 @@ impl Api {
         Ok(req)
     }
 
+    /// The voting members: (id, started), a member being started once it has published
+    /// its name and client URLs (etcd's `IsStarted`).
+    fn voters(&self) -> Vec<(u64, bool)> {
+        let sm = self.node.shared.sm.read();
+        sm.registry
+            .members
+            .iter()
+            .filter(|(_, m)| !m.is_learner)
+            .map(|(id, _)| (*id, sm.members.contains_key(id)))
+            .collect()
+    }
+
+    /// Whether this member's peer connection to `id` is up (itself counts as connected).
+    fn connected(&self, id: u64) -> bool {
+        id == self.member_id() || self.peer_transport().is_some_and(|t| t.is_connected(NodeId(id)))
+    }
+
+    /// etcd's strict reconfiguration check for an addition (`mayAddMember`): a voter may be
+    /// added only if the started voters stay a quorum of the larger cluster (with etcd's
+    /// exception of a second voter for a one-member cluster, for restoring data), and any
+    /// member only while this member reaches every voter (etcd requires the connections to
+    /// be up for 5 s; here they must be up).
+    fn may_add(&self, is_learner: bool) -> Result<(), Status> {
+        let voters = self.voters();
+        let started = voters.iter().filter(|(_, s)| *s).count();
+        let members = voters.len() + 1;
+        // A second voter for a one-member cluster is etcd's exception (restoring data).
+        let restoring = started == 1 && members == 2;
+        if !is_learner && !restoring && started < members / 2 + 1 {
+            return Err(not_enough_started());
+        }
+        if !voters.iter().all(|(id, _)| self.connected(*id)) {
+            return Err(unhealthy());
+        }
+        Ok(())
+    }
+
+    /// etcd's strict reconfiguration check for a removal (`mayRemoveMember`): a learner may
+    /// always go; a voter only if the started voters left are a quorum of what is left, and,
+    /// unless it is down already, only if the voters this member reaches stay a quorum
+    /// without it.
+    fn may_remove(&self, id: u64, is_learner: bool) -> Result<(), Status> {
+        if is_learner {
+            return Ok(());
+        }
+        let voters = self.voters();
+        let rest: Vec<&(u64, bool)> = voters.iter().filter(|(v, _)| *v != id).collect();
+        let started = rest.iter().filter(|(_, s)| *s).count();
+        if started < rest.len() / 2 + 1 {
+            return Err(not_enough_started());
+        }
+        if id != self.member_id() && !self.connected(id) {
+            return Ok(());
+        }
+        let active = voters.iter().filter(|(v, _)| self.connected(*v)).count();
+        if active.saturating_sub(1) < 1 + (voters.len().saturating_sub(1)) / 2 {
+            return Err(unhealthy());
+        }
+        Ok(())
+    }
+
     fn is_leader(&self) -> bool {
         self.node.status().is_leader
     }
 
     /// Proposes `steps` with the context, waits until applied here.
+    /// A leader just elected cannot change the membership until an entry of its term is
+    /// committed (a few milliseconds): the change waits for it, within the request timeout.
     async fn change(&self, steps: Vec<ConfChangeStep>, peer_urls: Vec<String>) -> Result<(), Status> {
-        let request_id = self.node.next_request_id();
-        let context = ChangeContext { request_id, peer_urls }.encode();
-        let change = ConfChange { steps, context };
-        self.node
-            .propose_conf_change(request_id, change, self.request_timeout())
-            .await
-            .map(|_| ())
-            .map_err(refused)
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let request_id = self.node.next_request_id();
+            let context = ChangeContext { request_id, peer_urls: peer_urls.clone() }.encode();
+            let change = ConfChange { steps: steps.clone(), context };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.node.propose_conf_change(request_id, change, left).await {
+                Ok(_) => return Ok(()),
+                Err(NodeError::ConfChange(ProposeError::NoCommitInTerm))
+                    if tokio::time::Instant::now() + CHANGE_RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(CHANGE_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(refused(e)),
+            }
+        }
     }
 
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        self.require_admin()?;
         check_urls(&req.peer_ur_ls)?;
+        self.may_add(req.is_learner)?;
         if !self.is_leader() {
             let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_add(req).await?.into_inner());
@@ -267,15 +349,15 @@ impl Api {
     }
 
     pub async fn member_remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, Status> {
+        self.require_admin()?;
+        let learner = self.registry().members.get(&req.id).is_some_and(|m| m.is_learner);
+        self.may_remove(req.id, learner)?;
         if !self.is_leader() {
             let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_remove(req).await?.into_inner());
         }
-        let registry = self.registry();
-        let Some(member) = registry.members.get(&req.id) else { return Err(member_not_found()) };
-        let voters = registry.members.values().filter(|m| !m.is_learner).count();
-        if !member.is_learner && voters <= 1 {
-            return Err(not_enough_started());
+        if !self.registry().members.contains_key(&req.id) {
+            return Err(member_not_found());
         }
         self.change(vec![ConfChangeStep::Remove(NodeId(req.id))], Vec::new()).await?;
         tracing::info!(member_id = format!("{:x}", req.id), "member removed");
@@ -283,6 +365,11 @@ impl Api {
     }
 
     pub async fn member_update(&self, req: MemberUpdateRequest) -> Result<MemberUpdateResponse, Status> {
+        self.require_admin()?;
+        // An unknown member first, as etcd (it checks the URLs only when applying).
+        if !self.registry().members.contains_key(&req.id) {
+            return Err(member_not_found());
+        }
         check_urls(&req.peer_ur_ls)?;
         if !self.is_leader() {
             let req = self.forwarded(req)?;
@@ -301,6 +388,7 @@ impl Api {
     }
 
     pub async fn member_promote(&self, req: MemberPromoteRequest) -> Result<MemberPromoteResponse, Status> {
+        self.require_admin()?;
         if !self.is_leader() {
             let req = self.forwarded(req)?;
             return Ok(self.leader_cluster().await?.member_promote(req).await?.into_inner());
@@ -317,6 +405,7 @@ impl Api {
 
     /// Maintenance.MoveLeader: only the leader hands over, to a voting member.
     pub async fn move_leader(&self, req: MoveLeaderRequest) -> Result<MoveLeaderResponse, Status> {
+        self.require_admin()?;
         if !self.is_leader() {
             return Err(not_leader());
         }

@@ -5,7 +5,7 @@
 //! As etcd 3.4's interceptors do: such a request (unary, or a stream at its start) fails with
 //! `Unavailable: etcdserver: no leader` when this member knows no leader ([`check`], applied to
 //! every gRPC request on the client port, the key-value fast path and the tonic services
-//! alike); and such a stream (Watch, LeaseKeepAlive, Election.Observe) is ended with the same
+//! alike); and such a stream (Watch, LeaseKeepAlive, Election.Observe, Maintenance.Snapshot) is ended with the same
 //! error once the member has found no leader at [`MAX_NO_LEADER_CHECKS`] consecutive checks,
 //! one per election timeout ([`UntilLeaderLost`]). Streams without the metadata are unaffected.
 

@@ -202,6 +202,12 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         tokio::spawn(async move { api.publish(name).await });
     }
     tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
+    if config.keepalive.min_time_set {
+        tracing::warn!(
+            min_time = ?config.keepalive.min_time,
+            "--grpc-keepalive-min-time is not enforced: clients' pings are answered at any rate (docs/operations.md)"
+        );
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install a signal handler: {e}"))?;
@@ -226,6 +232,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
             Err(e) => tracing::info!(error = %e, "stopping without a leadership transfer"),
         }
     }
+    api.begin_stop();
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;

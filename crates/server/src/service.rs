@@ -7,8 +7,8 @@ use bytes::Bytes;
 use raftkv_api::Command;
 use raftkv_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    HashKvResponse, HashResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use raftkv_kv::{ApplyResult, KvError, KvStore};
 use tonic::{Code, Status};
@@ -57,6 +57,9 @@ pub struct Api {
     pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
     /// This member's auth tokens and settings.
     pub(crate) auth: Arc<crate::auth::AuthRuntime>,
+    /// Turns true when the member stops: long responses (snapshot streams) end with
+    /// `etcdserver: server stopped` instead of being cut off.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub(crate) fn node_status(e: NodeError) -> Status {
@@ -86,6 +89,20 @@ impl Api {
             quota,
             defrag_gate: Arc::new(tokio::sync::Semaphore::new(1)),
             auth,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Tells the long responses in progress that the member is stopping.
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the member is stopping.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
     }
 
@@ -305,6 +322,12 @@ impl Api {
             db_size_in_use,
             is_learner: s.is_learner,
         })
+    }
+
+    /// Maintenance.Hash: [`Api::hash_kv`] at the current revision.
+    pub async fn hash(&self) -> Result<HashResponse, Status> {
+        let r = self.hash_kv(HashKvRequest { revision: 0 }).await?;
+        Ok(HashResponse { header: r.header, hash: r.hash })
     }
 
     /// A checksum of this member's MVCC state at a revision (0: its current one), computed

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Opts, http_post, start_etcd};
+use common::{Cluster, Opts, http_post, json_shape as shape, start_etcd};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,18 +37,6 @@ fn post(port: u16, path: &str, body: &Value) -> Value {
         _ => text.trim(),
     };
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
-}
-
-/// The JSON's shape: objects with their fields, every scalar replaced by its type.
-fn shape(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(shape).collect()),
-        Value::String(_) => Value::from("string"),
-        Value::Number(_) => Value::from("number"),
-        Value::Bool(_) => Value::from("bool"),
-        Value::Null => Value::Null,
-    }
 }
 
 /// Reads an observe stream until a `result` line carries `value` (base64); panics on an

@@ -80,3 +80,44 @@ async fn periodic_auto_compaction_and_hash() {
     let after = common::maintenance(port).hash(HashRequest {}).await.expect("hash").into_inner().hash;
     assert_ne!(before, after);
 }
+
+/// A member stopped (SIGTERM) while a client reads its snapshot ends the stream with
+/// `etcdserver: server stopped` at once, rather than leaving the client with a stream that
+/// is cut off when the process exits; the stream never ends as if complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stream_ends_with_an_error_when_the_member_stops() {
+    use raftkv_api::etcdserverpb::{PutRequest, SnapshotRequest};
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    let mut kv = common::kv(port);
+    for i in 0..64 {
+        let req = PutRequest {
+            key: format!("big/{i}").into(),
+            value: vec![b'v'; 64 << 10].into(),
+            ..Default::default()
+        };
+        kv.put(req).await.expect("put");
+    }
+    let mut stream =
+        common::maintenance(port).snapshot(SnapshotRequest {}).await.expect("snapshot").into_inner();
+    let first = stream.message().await.expect("first message").expect("a message");
+    assert!(first.remaining_bytes > 1 << 20, "a long snapshot: {} bytes left", first.remaining_bytes);
+    let pid = c.members[0].pid().expect("running");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let stopped = Instant::now();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => panic!("the snapshot stream hangs after the member stopped"),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => panic!("the snapshot stream ended as if complete after the member stopped"),
+            Ok(Err(status)) => break status,
+        }
+    };
+    assert_eq!(
+        (end.code(), end.message()),
+        (tonic::Code::Unavailable, "etcdserver: server stopped"),
+        "{end:?}"
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(2), "ended {:?} after SIGTERM", stopped.elapsed());
+}

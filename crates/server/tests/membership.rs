@@ -313,3 +313,59 @@ async fn unknown_and_removed_members_stop_with_a_clear_error() {
     assert!(!status.success());
     assert!(out.contains("was removed from the cluster"), "{out}");
 }
+
+/// A member change the cluster's started, reachable voters could not carry is refused before
+/// it is proposed, with etcd 3.4's errors (its strict reconfiguration check, as observed on
+/// etcd 3.4.23 with one of three members down): with a voter down, adding a voter or a
+/// learner and removing a running voter answer `unhealthy cluster`, removing the down voter
+/// is allowed; with an added voter that never started, another voter or the removal of a
+/// started voter answers `not enough started members`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_would_lose_the_quorum_are_refused() {
+    use raftkv_api::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
+    let mut c = Cluster::start(3, Opts::default());
+    let leader = c.wait_leader(START).await;
+    let (down, up) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (down_id, up_id) = (ids(c.port(down)).await.0, ids(c.port(up)).await.0);
+    c.kill9(down);
+    let spare = free_ports(3);
+    let url = |i: usize| vec![format!("http://127.0.0.1:{}", spare[i])];
+    let add = |i: usize, is_learner: bool| MemberAddRequest { peer_ur_ls: url(i), is_learner };
+    let port = c.port(leader);
+    let unhealthy = (tonic::Code::Unavailable, "etcdserver: unhealthy cluster".to_string());
+    fn refusal<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (tonic::Code, String) {
+        match r {
+            Ok(r) => panic!("accepted: {:?}", r.into_inner()),
+            Err(s) => (s.code(), s.message().to_string()),
+        }
+    }
+    // The leader notices the lost connection within a heartbeat or so.
+    let first = wait_for("the leader to see the member down", START, || async move {
+        match common::cluster_client(port).member_add(add(0, false)).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => Some((s.code(), s.message().to_string())),
+            Err(s) => panic!("member add with a voter down: {s:?}"),
+            Ok(r) => panic!("member add with a voter down accepted: {:?}", r.into_inner()),
+        }
+    })
+    .await;
+    assert_eq!(first, unhealthy);
+    let mut cluster = common::cluster_client(port);
+    assert_eq!(refusal(cluster.member_add(add(0, true)).await), unhealthy);
+    assert_eq!(refusal(cluster.member_remove(MemberRemoveRequest { id: up_id }).await), unhealthy);
+    cluster.member_remove(MemberRemoveRequest { id: down_id }).await.expect("remove the member that is down");
+
+    // Two started voters: a third voter that never starts leaves them a quorum; a fourth
+    // would not, nor would removing one of the two.
+    let added = cluster.member_add(add(1, false)).await.expect("add a voter").into_inner();
+    let unstarted = added.member.expect("member").id;
+    let not_started = (
+        tonic::Code::Unknown,
+        "etcdserver: re-configuration failed due to not enough started members".to_string(),
+    );
+    assert_eq!(refusal(cluster.member_add(add(2, false)).await), not_started);
+    assert_eq!(refusal(cluster.member_remove(MemberRemoveRequest { id: up_id }).await), not_started);
+    // A learner needs every voter reachable.
+    assert_eq!(refusal(cluster.member_add(add(2, true)).await), unhealthy);
+    cluster.member_remove(MemberRemoveRequest { id: unstarted }).await.expect("remove the unstarted voter");
+    c.put_retry(leader, "still", "serving", START).await;
+}

@@ -4,18 +4,12 @@
 //! `{"result":<LeaderResponse>}` objects (an `{"error":{...}}` line ends it), open until the
 //! client goes away (also under `/v3beta`).
 
-use std::convert::Infallible;
-
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use bytes::Bytes;
 use raftkv_api::v3electionpb::LeaderRequest;
-use tokio_stream::StreamExt;
 
-use super::watch::{StreamError, json_line};
 use super::{body_limit, decode, error_response, method_not_allowed, read_body, unary_on};
 use crate::lock::Recipes;
 
@@ -51,23 +45,5 @@ async fn observe(recipes: Recipes, limit: usize, body: Body) -> Response {
         Ok(req) => req,
         Err(status) => return error_response(&status),
     };
-    let mut failed = false;
-    let lines = recipes
-        .observe(req)
-        .map_while(move |item| {
-            if failed {
-                return None;
-            }
-            Some(match item {
-                Ok(resp) => json_line("result", &resp),
-                Err(status) => {
-                    failed = true;
-                    json_line("error", &StreamError::of(&status))
-                }
-            })
-        })
-        .map(Ok::<Bytes, Infallible>);
-    let mut resp = (StatusCode::OK, Body::from_stream(lines)).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    super::stream_response(recipes.observe(req))
 }

@@ -629,6 +629,11 @@ pub async fn start_etcd_elected_with(dir: &Path, extra: &[String]) -> Option<(Pr
 
 /// A JSON gateway POST over HTTP/1.1 with extra `headers`; the response body.
 pub fn http_post_with(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> String {
+    http_post_status(port, path, body, headers).1
+}
+
+/// A JSON gateway POST over HTTP/1.1 with extra `headers`; the HTTP status and the body.
+pub fn http_post_status(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
@@ -637,9 +642,24 @@ pub fn http_post_with(port: u16, path: &str, body: &str, headers: &[(&str, &str)
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// A JSON value's shape: objects with their fields, every scalar replaced by its type.
+pub fn json_shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), json_shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(json_shape).collect()),
+        Value::String(_) => Value::from("string"),
+        Value::Number(_) => Value::from("number"),
+        Value::Bool(_) => Value::from("bool"),
+        Value::Null => Value::Null,
+    }
 }
 
 /// One keep-alive through member `port`; the TTL answered.
