@@ -708,7 +708,22 @@ impl Raft {
         // The leader of our term stays the leader until it steps down, also once a change
         // that removes it is in force here: its commit index and `TimeoutNow` still count.
         let our_leader = self.leader == Some(m.from) && m.term == self.term;
-        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader) || m.from == self.id {
+        // Thesis §4.1: requests are processed without consulting the configuration. A member
+        // that has not yet appended the entry adding a server must still grant it its vote
+        // and take its entries as leader: the configuration that entry put in force may be
+        // able to elect a leader only with this member's vote. (Disruption by removed
+        // members is kept off by PreVote and the CheckQuorum lease, and by the transport,
+        // which refuses members the applied configuration removed.)
+        let request = matches!(
+            m.body,
+            MessageBody::RequestVote { .. }
+                | MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+        );
+        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader && !request)
+            || m.from == self.id
+        {
             return Err(StepError::UnknownSender { from: m.from });
         }
         if self.step_term(&m) {

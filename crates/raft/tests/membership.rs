@@ -513,3 +513,53 @@ fn best_transferee_is_the_most_caught_up_voter() {
     );
     assert_eq!(c.raft(2).best_transferee(), None, "only a leader picks");
 }
+
+/// Thesis §4.1: a server grants its vote to (and accepts entries from) a candidate or
+/// leader its latest configuration does not list. Here node 2 restarts without the entry
+/// that added node 4, and the only configuration that can still elect a leader is {2, 4}
+/// (node 1 appended its own removal, so it does not campaign, and its log is ahead of
+/// node 2's, so it refuses node 2): node 4 needs node 2's vote.
+#[test]
+fn a_voter_unknown_to_a_lagging_member_still_gets_its_vote() {
+    let mut c = Cluster::with_members(4, &[1, 2, 3], |c| {
+        c.pre_vote = true;
+        c.check_quorum = true;
+    });
+    elect(&mut c, 1);
+    c.tick_all(2);
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(3))).expect("remove 3");
+    c.deliver_all();
+    c.tick_all(2);
+    c.deliver_all();
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1, 2]));
+    assert_eq!(c.raft(1).pending_conf_index(), None, "the removal of 3 committed");
+    c.crash(2);
+    c.crash(3);
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("add 4");
+    for _ in 0..5 {
+        c.deliver_all();
+        c.tick_all(1);
+    }
+    assert_eq!(c.raft(1).pending_conf_index(), None, "the addition of 4 committed on 1 and 4");
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(1))).expect("remove 1");
+    c.deliver_all();
+    assert_eq!(c.raft(4).cluster_config().voters, ids(&[2, 4]));
+    for _ in 0..100 {
+        c.tick_all(1);
+        c.deliver_all();
+    }
+    assert_ne!(c.raft(1).role(), Role::Leader, "without a quorum of {{2, 4}} node 1 stepped down");
+    c.restart(2);
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1, 2]), "node 2 never heard of node 4");
+    let mut leader = None;
+    for _ in 0..300 {
+        c.tick_all(1);
+        c.deliver_all();
+        leader = [2, 4].into_iter().find(|id| c.raft(*id).role() == Role::Leader);
+        if leader.is_some() {
+            break;
+        }
+    }
+    assert!(leader.is_some(), "no leader: node 2 refuses the vote request of node 4, which it does not know");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}

@@ -130,6 +130,9 @@ fn main() -> ExitCode {
             );
             println!("{}", sweep.totals.snapshot_summary());
             println!("{}", sweep.totals.fault_summary());
+            if sweep.totals.changes_proposed > 0 {
+                println!("{}", sweep.totals.membership_summary());
+            }
             println!(
                 "{} simulated events in {secs:.1}s: {:.0} events/s",
                 sweep.totals.events,
