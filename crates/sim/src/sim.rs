@@ -243,6 +243,10 @@ struct QueuedJob {
     job: DiskJob,
     /// The job's write or fsync fails (an injected fault).
     failed: bool,
+    /// Entries `(index, term, chain)` of a leader whose term was not yet on its disk: the
+    /// Log Matching table learns them once the job is durable (until then no peer can have
+    /// seen them, and a crash may let the leader win the same term again with others).
+    deferred: Vec<(u64, Term, u64)>,
 }
 
 /// A running member: the runtime's components and what the shell keeps around them.
@@ -1174,6 +1178,9 @@ impl Sim {
         let raft = live.driver.raft();
         let id = raft.id();
         let leading_same_term = raft.role() == Role::Leader && live.leader_term == Some(raft.term());
+        let term_on_disk = codec::hard_state_from_storage(&live.disk.log().hard_state()).term;
+        let defer = raft.role() == Role::Leader && term_on_disk < raft.term();
+        let mut deferred = Vec::new();
         let must_sync = match &job {
             DiskJob::Persist(p) => {
                 if let Some((meta, _)) = &p.snapshot {
@@ -1222,7 +1229,11 @@ impl Sim {
                     live.configs.retain(|(i, _)| *i < first_index);
                     for e in &p.entries {
                         let c = live.mirror.push(e);
-                        self.checker.log_entry(id, e.index.0, e.term, c)?;
+                        if defer {
+                            deferred.push((e.index.0, e.term, c));
+                        } else {
+                            self.checker.log_entry(id, e.index.0, e.term, c)?;
+                        }
                         track_config(&mut live.configs, &live.base_config, e);
                     }
                 }
@@ -1241,7 +1252,7 @@ impl Sim {
         let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
         let done = live.disk_free_at.max(now) + latency;
         live.disk_free_at = done;
-        live.jobs.push_back(QueuedJob { id: self.next_job, job, failed });
+        live.jobs.push_back(QueuedJob { id: self.next_job, job, failed, deferred });
         let inc = self.nodes[n].inc;
         let job = self.next_job;
         self.schedule(done, Event::PersistDone { node: n, inc, job });
@@ -1300,6 +1311,9 @@ impl Sim {
             return Ok(());
         }
         apply_durable(&mut self.nodes[n].durable, &installed, &job.job, &self.checker);
+        for (index, term, chain) in std::mem::take(&mut job.deferred) {
+            self.checker.log_entry(id, index, term, chain)?;
+        }
         for meta in installed {
             self.restore(n, &meta)?;
         }
@@ -1495,14 +1509,18 @@ impl Sim {
         if raft.role() == Role::Leader {
             let (id, term) = (raft.id(), raft.term());
             self.checker.leader(term, id)?;
+            // A member whose removal committed may still lead once, in the configuration
+            // that removes it (to commit it where it alone holds it), but never again in a
+            // configuration it votes in.
             if let Some(&(index, max_term)) = self.removed_at.get(&n)
                 && term.0 > max_term
+                && config_in_force(live).is_voter(id)
             {
                 return Err(violation(
                     self.now,
                     "removed member leads",
                     format!(
-                        "node {id} leads term {term}, but its removal was applied at {index} when no member had a term above {max_term}"
+                        "node {id} leads term {term} as a voter, but its removal was applied at {index} when no member had a term above {max_term}"
                     ),
                 ));
             }
@@ -2178,6 +2196,11 @@ impl Sim {
                 let attempt = p.attempt;
                 self.clients[c].pending = None;
                 self.record(TraceEvent::Unknown { client: c as u64, attempt, reason: "timed out" });
+                if self.params.spare_nodes > 0 {
+                    // With members joining and leaving, a client that gets no answer tries
+                    // another member (a member whose addition never committed idles on).
+                    self.clients[c].target = self.pick_member();
+                }
             } else {
                 let at = p.deadline;
                 self.wake_client(c, at);
