@@ -54,6 +54,18 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// Recovery found what looks like a torn tail, but reading the file again returned
+    /// different bytes: a bad read (or a failing disk), not a torn write. Nothing was cut.
+    /// `open` retries a few times before returning this; restarting retries again.
+    #[error(
+        "{path} read differently on a second read (at or after byte offset {offset}): a bad read, not a torn write; nothing was cut"
+    )]
+    UnstableRead {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the record that looked torn.
+        offset: u64,
+    },
     /// The file does not start with the expected magic number.
     #[error("{path} is not a raftkv {what} file (bad magic number at offset 0)")]
     BadMagic {

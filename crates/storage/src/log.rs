@@ -10,8 +10,9 @@ use bytes::Bytes;
 use crate::error::{Result, StorageError};
 use crate::fs::{FileSystem, FsFile, read_all};
 use crate::record::{
-    Decoded, FORMAT_VERSION, FRAME_HEADER_LEN, HeaderError, KIND_HARD_STATE, KIND_RESET, MAX_USER_KIND,
-    RawRecord, SEGMENT_HEADER_LEN, SegmentHeader, decode_record, encode_record, framed_len, u64_at,
+    Decoded, FRAME_HEADER_LEN, HeaderError, KIND_HARD_STATE, KIND_RESET, LOG_FORMAT_VERSION,
+    LOG_FORMAT_VERSION_1, MAX_USER_KIND, RawRecord, SEGMENT_HEADER_LEN, SegmentHeader, decode_record,
+    encode_record, framed_len, intact_record_at, u64_at,
 };
 use crate::{HardState, LogOptions, LogRecord, LogRecovered, LogStore, NodeIds, SyncMode};
 
@@ -56,6 +57,21 @@ fn encode_hard_state(buf: &mut Vec<u8>, hs: &HardState) {
     d[8..16].copy_from_slice(&hs.voted_for.to_le_bytes());
     d[16..24].copy_from_slice(&hs.commit.to_le_bytes());
     encode_record(buf, KIND_HARD_STATE, 0, 0, &d);
+}
+
+/// How many times `open` scans the log when a tail that looks torn reads differently twice.
+pub(crate) const OPEN_READ_ATTEMPTS: u32 = 3;
+
+/// Reads `file` twice more and checks both reads return `data`: what recovery is about to cut
+/// as a torn tail must be what is on the disk, not a bad read of a synced record.
+fn confirm_read(file: &dyn FsFile, data: &[u8], path: &Path, offset: u64) -> Result<()> {
+    for _ in 0..2 {
+        let again = read_all(file).map_err(|e| StorageError::io("read", path, e))?;
+        if again != data {
+            return Err(StorageError::UnstableRead { path: path.to_path_buf(), offset });
+        }
+    }
+    Ok(())
 }
 
 fn all_zero(b: &[u8]) -> bool {
@@ -217,7 +233,7 @@ impl FileLogStore {
         let path = segment_path(dir, seq);
         let file = fs.create(&path).map_err(|e| StorageError::io("create", &path, e))?;
         let header = SegmentHeader {
-            version: FORMAT_VERSION,
+            version: LOG_FORMAT_VERSION,
             cluster_id: ids.cluster_id,
             node_id: ids.node_id,
             seq,
@@ -233,7 +249,30 @@ impl FileLogStore {
 
     /// Open an existing log: scan and verify every segment, cut a torn tail
     /// (with a warning), and return the store and what it holds.
+    ///
+    /// Before anything is cut the file is read twice more: a tail that reads differently is a
+    /// bad read, not a torn write, and cutting it could drop a synced (acknowledged) record.
+    /// The whole scan is then retried; after `OPEN_READ_ATTEMPTS` unstable scans `open`
+    /// returns [`StorageError::UnstableRead`] and cuts nothing.
     pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        ids: NodeIds,
+        opts: LogOptions,
+    ) -> Result<(FileLogStore, LogRecovered)> {
+        let mut attempt = 1;
+        loop {
+            match Self::open_once(fs.clone(), dir, ids, opts.clone()) {
+                Err(StorageError::UnstableRead { path, offset }) if attempt < OPEN_READ_ATTEMPTS => {
+                    tracing::warn!(path = %path.display(), offset, attempt, "log segment read differently twice; scanning again");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
         ids: NodeIds,
@@ -266,7 +305,7 @@ impl FileLogStore {
         }
         let mut replay = Replay::default();
         let mut segments: Vec<Segment> = Vec::new();
-        let mut active: Option<(Box<dyn FsFile>, u64, u64)> = None;
+        let mut active: Option<(Box<dyn FsFile>, u64, u64, u32)> = None;
         let mut torn_tail = None;
         let n = seqs.len();
         for (i, &seq) in seqs.iter().enumerate() {
@@ -282,6 +321,7 @@ impl FileLogStore {
                     // Crash while creating the newest segment: nothing in it
                     // was ever acknowledged (the header is synced before any
                     // record is written into it).
+                    confirm_read(file.as_ref(), &data, &path, 0)?;
                     tracing::warn!(
                         path = %path.display(),
                         len = data.len(),
@@ -305,7 +345,11 @@ impl FileLogStore {
                     return Err(StorageError::BadMagic { path, what: "log segment" });
                 }
                 Err(HeaderError::UnknownVersion(v)) => {
-                    return Err(StorageError::UnknownVersion { path, found: v, supported: FORMAT_VERSION });
+                    return Err(StorageError::UnknownVersion {
+                        path,
+                        found: v,
+                        supported: LOG_FORMAT_VERSION,
+                    });
                 }
                 Err(HeaderError::BadCrc) => {
                     return Err(StorageError::corrupt(&path, 0, "segment header checksum mismatch"));
@@ -352,7 +396,7 @@ impl FileLogStore {
             let mut off = SEGMENT_HEADER_LEN;
             let mut allocated = 0u64;
             loop {
-                let stop = match decode_record(&data, off, opts.max_record_size) {
+                let stop = match decode_record(&data, off, opts.max_record_size, header.version) {
                     Decoded::Record { rec, next } => {
                         if rec.kind != KIND_HARD_STATE {
                             max_index = max_index.max(rec.index);
@@ -369,12 +413,24 @@ impl FileLogStore {
                     }
                     other => other,
                 };
+                let v2 = header.version != LOG_FORMAT_VERSION_1;
+                // A complete record behind a damaged length field (version 2 records end in a
+                // known byte, so it can be found without the length): damage, not a tear.
+                let damaged_len = || {
+                    v2 && intact_record_at(
+                        &data,
+                        off,
+                        off.saturating_add(FRAME_HEADER_LEN + 1)
+                            .saturating_add(opts.max_record_size as usize),
+                    )
+                };
                 let (torn_ok, reason) = match stop {
                     // A write cut by a crash ends the file; a length field damaged on the
                     // disk (or by a bad read) also claims more bytes than are left, but whole
                     // records follow it: cutting there would drop synced records.
                     Decoded::Incomplete => (
-                        !whole_record_after(&data, off + 1, opts.max_record_size),
+                        !whole_record_after(&data, off + 1, opts.max_record_size, header.version)
+                            && !damaged_len(),
                         "record runs past the end of the file".to_string(),
                     ),
                     Decoded::ZeroLen => (all_zero(&data[off..]), "zero record length".to_string()),
@@ -382,9 +438,12 @@ impl FileLogStore {
                         all_zero(&data[(off + FRAME_HEADER_LEN).min(data.len())..]),
                         format!("impossible record length {len}"),
                     ),
-                    Decoded::BadCrc { end } => {
-                        (all_zero(&data[end..]), "record checksum mismatch".to_string())
-                    }
+                    // A torn record is a prefix followed by the segment's zeros, so in version 2
+                    // its end byte is zero; a whole record damaged on the disk keeps it.
+                    Decoded::BadCrc { end } => (
+                        all_zero(&data[end..]) && (!v2 || data[end - 1] == 0) && !damaged_len(),
+                        "record checksum mismatch".to_string(),
+                    ),
                     Decoded::Record { .. } | Decoded::End => (true, String::new()),
                 };
                 if !(is_last && torn_ok) {
@@ -398,6 +457,7 @@ impl FileLogStore {
                         },
                     ));
                 }
+                confirm_read(file.as_ref(), &data, &path, off as u64)?;
                 tracing::warn!(
                     path = %path.display(),
                     offset = off,
@@ -415,9 +475,9 @@ impl FileLogStore {
                 break;
             }
             segments.push(Segment { seq, path, max_index });
-            active = Some((file, off as u64, allocated.max(off as u64)));
+            active = Some((file, off as u64, allocated.max(off as u64), header.version));
         }
-        let Some((active, active_len, allocated)) = active else {
+        let Some((active, active_len, allocated, active_version)) = active else {
             return Err(StorageError::corrupt(segment_path(dir, seqs[0]), 0, "no usable segment"));
         };
         let mut hs = replay.hs;
@@ -429,7 +489,7 @@ impl FileLogStore {
             );
             hs.commit = replay.last;
         }
-        let store = FileLogStore {
+        let mut store = FileLogStore {
             fs,
             dir: dir.to_path_buf(),
             ids,
@@ -448,6 +508,10 @@ impl FileLogStore {
             poisoned: None,
             torn_tail,
         };
+        if active_version == LOG_FORMAT_VERSION_1 {
+            // Records are written in the current format only: continue in a new segment.
+            store.rollover()?;
+        }
         let recovered = LogRecovered {
             hard_state: hs,
             first_index: store.first_index(),
@@ -750,6 +814,7 @@ pub(crate) fn slice_entries(
 }
 
 /// Whether a whole record (its checksum matching) starts anywhere in `data` from `from` on.
-fn whole_record_after(data: &Bytes, from: usize, max_record_size: u32) -> bool {
-    (from..data.len()).any(|off| matches!(decode_record(data, off, max_record_size), Decoded::Record { .. }))
+fn whole_record_after(data: &Bytes, from: usize, max_record_size: u32, version: u32) -> bool {
+    (from..data.len())
+        .any(|off| matches!(decode_record(data, off, max_record_size, version), Decoded::Record { .. }))
 }

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Result, StorageError};
 use crate::fs::{FileSystem, FsFile, read_exact_at};
-use crate::record::{FORMAT_VERSION, SNAPSHOT_MAGIC, u32_at, u64_at};
+use crate::record::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, u32_at, u64_at};
 use crate::{NodeIds, SnapshotMeta};
 
 const FIXED_HEADER: usize = 52;
@@ -142,7 +142,7 @@ impl SnapshotStore {
         let file = self.fs.create(&tmp_path).map_err(|e| StorageError::io("create", &tmp_path, e))?;
         let mut buf = Vec::with_capacity(CHUNK);
         buf.extend_from_slice(&SNAPSHOT_MAGIC);
-        buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
         let header_len = (FIXED_HEADER + meta.config.len() + 4) as u32;
         buf.extend_from_slice(&header_len.to_le_bytes());
         buf.extend_from_slice(&self.ids.cluster_id.to_le_bytes());
@@ -223,11 +223,11 @@ impl SnapshotStore {
             return Err(StorageError::BadMagic { path: path.to_path_buf(), what: "snapshot" });
         }
         let version = u32_at(&h, 8);
-        if version != FORMAT_VERSION {
+        if version != SNAPSHOT_FORMAT_VERSION {
             return Err(StorageError::UnknownVersion {
                 path: path.to_path_buf(),
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: SNAPSHOT_FORMAT_VERSION,
             });
         }
         let config_len = u32_at(&h, 48);

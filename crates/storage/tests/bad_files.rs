@@ -181,11 +181,11 @@ fn wrong_magic() {
 fn wrong_version() {
     let (d, segs) = populated();
     patch(&segs[0], |b| {
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
         fix_header_crc(b);
     });
     let e = open(d.path()).unwrap_err();
-    assert!(matches!(e, StorageError::UnknownVersion { found: 2, supported: 1, .. }), "{e}");
+    assert!(matches!(e, StorageError::UnknownVersion { found: 3, supported: 2, .. }), "{e}");
     assert_names(&e, &segs[0]);
 }
 
