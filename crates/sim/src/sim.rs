@@ -2190,6 +2190,10 @@ impl Sim {
             self.clients[c].read = None;
             self.stats.reads_failed += 1;
             self.record(TraceEvent::ReadFailed { client: c as u64, node, reason: "timed out" });
+            if self.params.spare_nodes > 0 {
+                // As for a command: try another member (this one may never have joined).
+                self.clients[c].target = self.pick_member();
+            }
         }
         if let Some(p) = &self.clients[c].pending {
             if self.now >= p.deadline {
