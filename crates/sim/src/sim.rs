@@ -38,7 +38,7 @@ use raftkv_transport::{BodyError, BodyReceiver};
 
 use crate::check::{Checker, Mirror, Violation, entry_hash};
 use crate::machine::{KEYS, MAX_BODY_BYTES, SimMachine};
-use crate::params::{MS, MemberAction, Params, Profile, TICK_US};
+use crate::params::{MS, MemberAction, Params, Profile, SEC as SECOND, TICK_US};
 use crate::rng::{Rng, mix64};
 use crate::snapstream::{Incoming, MAX_FRAME_BYTES, Outgoing, Reject, SnapFrame, unframe};
 use crate::trace::{Trace, TraceEvent};
@@ -396,6 +396,10 @@ enum Event {
     },
     /// The second half of a sequential replacement: a fresh voter is added.
     MemberAdd,
+    /// The operator checks that a member it started joined the cluster.
+    JoinCheck {
+        node: usize,
+    },
     /// The snapshot a member started writing is written.
     SnapshotWritten {
         node: usize,
@@ -760,6 +764,7 @@ impl Sim {
                 }
                 Ok(())
             }
+            Event::JoinCheck { node } => self.join_check(node),
             Event::MemberAdd => {
                 if self.phase == Phase::Faults
                     && let Some(l) = self.change_leader(None)
@@ -2437,7 +2442,37 @@ impl Sim {
         self.nodes[slot].join_voters = voters;
         self.stats.members_added += 1;
         self.record(TraceEvent::Member { node: slot as u64 + 1, what: "starts with an empty disk".into() });
+        let at = self.now + SECOND;
+        self.schedule(at, Event::JoinCheck { node: slot });
         self.start_node(slot)
+    }
+
+    /// A member started for an addition whose entry no member's log holds any more (the
+    /// leader lost it before it spread) never joins: the operator stops it, as the server's
+    /// member stops when the cluster does not know it. While some member is down, or some
+    /// log still holds the addition, it waits.
+    fn join_check(&mut self, n: usize) -> Result<(), Violation> {
+        if self.nodes[n].slot != Slot::Member || self.nodes[n].live.is_none() {
+            return Ok(());
+        }
+        let id = self.nodes[n].id;
+        let applied = self.config_log.values().any(|c| c.contains(id));
+        let in_a_log = self.nodes.iter().enumerate().any(|(i, node)| {
+            i != n
+                && node.live.as_ref().is_some_and(|l| {
+                    l.base_config.contains(id) || l.configs.iter().any(|(_, c)| c.contains(id))
+                })
+        });
+        if applied {
+            return Ok(());
+        }
+        if in_a_log || self.down_count() > 0 {
+            let at = self.now + SECOND;
+            self.schedule(at, Event::JoinCheck { node: n });
+            return Ok(());
+        }
+        self.stop_for_good(n, "its addition was lost before it committed: stopped");
+        Ok(())
     }
 
     /// Asks leader `l` for `change`; returns whether its core accepted it. A leader must
