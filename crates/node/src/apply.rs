@@ -77,6 +77,17 @@ impl Applier {
         }
     }
 
+    /// The applier of a member recovered from its files (see [`crate::recover`]): its state
+    /// machine holds everything up to `snapshot`, in the configuration recorded with it (or,
+    /// with no snapshot, the initial voters of `config`). Not the core's configuration in
+    /// force: that is the log's last configuration entry, which may lie past the commit index
+    /// (and be truncated later); the applier reaches it by applying the entries up to it.
+    pub fn recovered(snapshot: Option<&SnapshotMeta>, config: &crate::NodeConfig) -> Applier {
+        let cluster =
+            snapshot.map_or_else(|| ClusterConfig::new(config.voters.iter().copied()), |s| s.config.clone());
+        Applier::new(snapshot, cluster, config.snapshot_count)
+    }
+
     /// The last entry applied (or restored).
     pub fn last(&self) -> (LogIndex, Term) {
         self.last

@@ -54,7 +54,7 @@
 //! 1. open storage (e.g. `Storage::open` over `SimFs`) and call [`recover`] to restore the
 //!    state machine and build the `Raft`;
 //! 2. `Driver::new(raft, config, boot)`, `DiskWorker::new(storage.log, storage.snapshots)`,
-//!    `Applier::new(..)`;
+//!    `Applier::recovered(..)`;
 //! 3. feed events: [`Driver::tick`], [`Driver::inbound`], [`Driver::propose`],
 //!    [`Driver::read`], then [`Driver::process_ready`] and [`Driver::housekeeping`], each
 //!    pushing [`Action`]s into a `Vec`;

@@ -216,7 +216,7 @@ impl<S: StateMachine> Node<S> {
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.index.0);
         // Request ids and read contexts both start here: none is reused after a restart.
         let boot = crate::boot_stamp();
-        let applier = Applier::new(snapshot.as_ref(), raft.cluster_config().clone(), config.snapshot_count);
+        let applier = Applier::recovered(snapshot.as_ref(), &config);
 
         let (applied_tx, _) = watch::channel(snapshot_index);
         let shared = Arc::new(Shared {

@@ -260,3 +260,46 @@ fn applied_configuration_changes_reach_the_state_machine_and_the_snapshot_meta()
     assert_eq!(sm.0, vec![(2, next.clone(), Bytes::from("m4"))]);
     assert_eq!(applier.begin_snapshot().config, next);
 }
+
+/// A member restarts with a configuration entry past its commit index (appended, not yet
+/// committed: it may still be truncated). Its applier starts from the configuration at its
+/// snapshot (here: the initial voters), not the core's configuration in force, so a
+/// snapshot taken before the entry is applied records the configuration at its own index.
+#[test]
+fn a_restarted_member_snapshots_the_configuration_at_the_snapshot_index() {
+    use raftkv_raft::{ConfChange, ConfChangeStep};
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(RealFs);
+    let storage = Storage::create(fs.clone(), dir.path(), IDS, LogOptions::default()).unwrap();
+    let mut worker = DiskWorker::new(storage.log, storage.snapshots);
+    let start = ClusterConfig::new(voters());
+    let mut next = start.clone();
+    next.learners.insert(NodeId(4));
+    let mut log = entries(1, 2, 1);
+    log.push(Entry {
+        term: Term(1),
+        index: LogIndex(3),
+        kind: EntryKind::ConfigChange,
+        data: ConfChange::single(ConfChangeStep::AddLearner(NodeId(4))).encode_with_config(&next),
+    });
+    let job = PersistJob {
+        snapshot: None,
+        entries: log.clone(),
+        hard_state: Some(HardState { term: Term(1), voted_for: None, commit: LogIndex(2) }),
+        after_persist: Vec::new(),
+        target: None,
+    };
+    worker.write(&mut [DiskJob::Persist(job)], &mut |_| {}).unwrap();
+    drop(worker);
+
+    let (storage, recovered) = Storage::open(fs, dir.path(), IDS, LogOptions::default()).unwrap();
+    let mut sm = Changes::default();
+    let (raft, snapshot) = raftkv_node::recover(&config(), &storage.snapshots, recovered, &mut sm).unwrap();
+    assert_eq!(raft.cluster_config(), &next, "the core puts the appended entry in force");
+    assert_eq!(raft.commit_index(), LogIndex(2));
+    let mut applier = raftkv_node::Applier::recovered(snapshot.as_ref(), &config());
+    applier.apply(&mut sm, &log[..2], &mut Vec::new());
+    let meta = applier.begin_snapshot();
+    assert_eq!(meta.index, LogIndex(2));
+    assert_eq!(meta.config, start, "a snapshot at 2 records the configuration in force at 2");
+}

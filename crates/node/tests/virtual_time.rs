@@ -113,7 +113,7 @@ fn start(id: NodeId, fs: &SimFs, fresh: bool, now: Duration) -> Running {
     let mut sm = Counter::default();
     let config = config(id);
     let (raft, snapshot) = recover(&config, &storage.snapshots, recovered, &mut sm).unwrap();
-    let applier = Applier::new(snapshot.as_ref(), raft.cluster_config().clone(), config.snapshot_count);
+    let applier = Applier::recovered(snapshot.as_ref(), &config);
     // Virtual boot stamp: grows from one start to the next, as the real one does.
     let boot = (now.as_millis() as u64 + 1) * 256;
     Running {

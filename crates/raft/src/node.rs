@@ -320,6 +320,11 @@ pub struct Raft {
     last_hard_state: HardState,
 
     apply_bytes_max: u64,
+    /// A term this node won at once (it is the only voter), before its term and vote were
+    /// on disk: until an entry of that term is durable, every message waits for the persist
+    /// of its Ready, so that a crash that loses the term leaves no trace of it on any peer
+    /// (the node may win the same term again, with other entries).
+    unsynced_term: Option<Term>,
     #[cfg(feature = "planted-bugs")]
     planted_bug: Option<PlantedBug>,
 }
@@ -414,6 +419,7 @@ impl Raft {
             last_soft_state: soft,
             last_hard_state: hard,
             apply_bytes_max: 64 << 20,
+            unsynced_term: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
             config,
@@ -514,7 +520,7 @@ impl Raft {
 
     /// Starts an election now (for bootstrapping or tests), as if the timeout had expired.
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader && self.cluster.is_voter(self.id) {
+        if self.role != Role::Leader && self.may_campaign() {
             self.start_election();
         }
     }
@@ -708,7 +714,22 @@ impl Raft {
         // The leader of our term stays the leader until it steps down, also once a change
         // that removes it is in force here: its commit index and `TimeoutNow` still count.
         let our_leader = self.leader == Some(m.from) && m.term == self.term;
-        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader) || m.from == self.id {
+        // Thesis §4.1: requests are processed without consulting the configuration. A member
+        // that has not yet appended the entry adding a server must still grant it its vote
+        // and take its entries as leader: the configuration that entry put in force may be
+        // able to elect a leader only with this member's vote. (Disruption by removed
+        // members is kept off by PreVote and the CheckQuorum lease, and by the transport,
+        // which refuses members the applied configuration removed.)
+        let request = matches!(
+            m.body,
+            MessageBody::RequestVote { .. }
+                | MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+        );
+        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader && !request)
+            || m.from == self.id
+        {
             return Err(StepError::UnknownSender { from: m.from });
         }
         if self.step_term(&m) {
@@ -827,6 +848,15 @@ impl Raft {
             self.last_hard_state = hard;
             rd.hard_state = Some(hard);
         }
+        if self.unsynced_term.is_some_and(|t| t == self.term) {
+            if self.log.term(self.log.persisted()) == Some(self.term) {
+                self.unsynced_term = None;
+            } else {
+                let mut delayed = std::mem::take(&mut rd.messages);
+                delayed.append(&mut rd.messages_after_persist);
+                rd.messages_after_persist = delayed;
+            }
+        }
         if self.bug(PlantedBug::VoteBeforeDurable) {
             let (grants, rest): (Vec<Message>, Vec<Message>) =
                 rd.messages_after_persist.into_iter().partition(|m| {
@@ -847,9 +877,20 @@ impl Raft {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.randomized_election_timeout && self.cluster.is_voter(self.id) {
+        if self.election_elapsed >= self.randomized_election_timeout && self.may_campaign() {
             self.start_election();
         }
+    }
+
+    /// Whether this node may start an election: it votes in the configuration in force, or
+    /// that configuration removes it but is not committed yet. Then it may be the only one
+    /// left that holds the entry (say the leader that proposed it crashed before the entry
+    /// was on its own disk): the remaining voters, whose logs are shorter, cannot win
+    /// without its vote, so it campaigns, counting votes in the configuration that removes
+    /// it, and once leader commits its removal and steps down.
+    fn may_campaign(&self) -> bool {
+        self.cluster.is_voter(self.id)
+            || (self.pending_conf_index().is_some() && self.previous_config().is_voter(self.id))
     }
 
     fn tick_leader(&mut self) {
@@ -982,6 +1023,7 @@ impl Raft {
         self.votes.clear();
         self.votes.insert(self.id, true);
         if self.cluster.vote_result(&self.votes) == VoteResult::Won {
+            self.unsynced_term = Some(self.term);
             self.become_leader();
             return;
         }

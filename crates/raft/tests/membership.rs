@@ -513,3 +513,123 @@ fn best_transferee_is_the_most_caught_up_voter() {
     );
     assert_eq!(c.raft(2).best_transferee(), None, "only a leader picks");
 }
+
+/// Thesis §4.1: a server grants its vote to (and accepts entries from) a candidate or
+/// leader its latest configuration does not list. Here node 2 restarts without the entry
+/// that added node 4, and the only configuration that can still elect a leader is {2, 4}
+/// (node 1 appended its own removal, so it does not campaign, and its log is ahead of
+/// node 2's, so it refuses node 2): node 4 needs node 2's vote.
+#[test]
+fn a_voter_unknown_to_a_lagging_member_still_gets_its_vote() {
+    let mut c = Cluster::with_members(4, &[1, 2, 3], |c| {
+        c.pre_vote = true;
+        c.check_quorum = true;
+    });
+    elect(&mut c, 1);
+    c.tick_all(2);
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(3))).expect("remove 3");
+    c.deliver_all();
+    c.tick_all(2);
+    c.deliver_all();
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1, 2]));
+    assert_eq!(c.raft(1).pending_conf_index(), None, "the removal of 3 committed");
+    c.crash(2);
+    c.crash(3);
+    change(&mut c, 1, ConfChangeStep::AddVoter(NodeId(4))).expect("add 4");
+    for _ in 0..5 {
+        c.deliver_all();
+        c.tick_all(1);
+    }
+    assert_eq!(c.raft(1).pending_conf_index(), None, "the addition of 4 committed on 1 and 4");
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(1))).expect("remove 1");
+    c.deliver_all();
+    assert_eq!(c.raft(4).cluster_config().voters, ids(&[2, 4]));
+    for _ in 0..100 {
+        c.tick_all(1);
+        c.deliver_all();
+    }
+    assert_ne!(c.raft(1).role(), Role::Leader, "without a quorum of {{2, 4}} node 1 stepped down");
+    c.restart(2);
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1, 2]), "node 2 never heard of node 4");
+    let mut leader = None;
+    for _ in 0..300 {
+        c.tick_all(1);
+        c.deliver_all();
+        leader = [2, 4].into_iter().find(|id| c.raft(*id).role() == Role::Leader);
+        if leader.is_some() {
+            break;
+        }
+    }
+    assert!(leader.is_some(), "no leader: node 2 refuses the vote request of node 4, which it does not know");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+/// A follower that appended the entry removing it, while the leader that proposed it crashed
+/// before that entry was durable on its own disk: the removed follower holds the longest log,
+/// so the remaining voter cannot win without it, and the follower must still campaign (its
+/// removal is not committed) in the configuration that removes it, commit the removal, and
+/// step down.
+#[test]
+fn a_member_whose_removal_is_uncommitted_still_campaigns() {
+    let mut c = Cluster::with_members(2, &[1, 2], |c| {
+        c.pre_vote = true;
+        c.check_quorum = true;
+    });
+    elect(&mut c, 1);
+    c.tick_all(2);
+    c.deliver_all();
+    c.nodes.get_mut(&1).expect("node").hold_writes = true;
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(2))).expect("remove 2");
+    c.deliver_all();
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[1]), "node 2 appended its removal");
+    c.crash(1);
+    c.restart(1);
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2]), "node 1 lost the entry");
+    let mut removed = false;
+    for _ in 0..500 {
+        c.tick_all(1);
+        c.deliver_all();
+        if c.raft(1).cluster_config().voters == ids(&[1]) && c.raft(1).pending_conf_index().is_none() {
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "the removal of node 2 never committed: no leader could be elected");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+/// A single voter wins its election at once, before its new term is on disk. If its first
+/// messages of that term left before the term was durable, a crash could make it reuse the
+/// term with other entries: a learner holding the first incarnation's entry at the same
+/// index and term would keep it (the terms match) and apply another command than the leader.
+#[test]
+fn a_single_voter_sends_nothing_of_a_new_term_before_the_term_is_durable() {
+    let mut c = Cluster::with_members(2, &[1], |_| {});
+    c.campaign(1);
+    c.deliver_all();
+    assert_eq!(c.raft(1).role(), Role::Leader);
+    change(&mut c, 1, ConfChangeStep::AddLearner(NodeId(2))).expect("add learner 2");
+    for _ in 0..5 {
+        c.tick_all(1);
+        c.deliver_all();
+    }
+    c.crash(1);
+    c.restart(1);
+    c.nodes.get_mut(&1).expect("node").hold_writes = true;
+    c.campaign(1);
+    assert_eq!(c.raft(1).role(), Role::Leader);
+    let term = c.raft(1).term();
+    c.propose(1, "first").expect("leader");
+    c.deliver_all();
+    c.crash(1);
+    c.restart(1);
+    c.campaign(1);
+    assert_eq!(c.raft(1).term(), term, "the lost term is used again");
+    c.propose(1, "second").expect("leader");
+    for _ in 0..10 {
+        c.tick_all(1);
+        c.deliver_all();
+    }
+    assert_eq!(c.applied_data(2).last().map(String::as_str), Some("second"));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}

@@ -173,6 +173,11 @@ impl Checker {
         }
     }
 
+    /// The leader recorded for `term`, if any.
+    pub fn leader_of(&self, term: Term) -> Option<NodeId> {
+        self.leaders.get(&term).copied()
+    }
+
     /// Log Matching: a node's log holds `(index, term)` with this chain hash.
     pub fn log_entry(&mut self, node: NodeId, index: u64, term: Term, chain: u64) -> Result<(), Violation> {
         match self.chains.get(&(index, term.0)) {

@@ -13,6 +13,13 @@
 //! Safety and exactly-once, in-order application of acknowledged commands. A final liveness
 //! phase heals everything and requires a fresh command to commit within a deadline.
 //!
+//! With a membership profile a nemesis also changes the cluster's membership while the
+//! faults go on (fresh members with empty disks added as learners or voters, members removed
+//! or replaced, learners promoted, leadership transferred), and further checkers require
+//! every commit decision to be backed by a quorum of the configuration in force (both, when
+//! joint), the one-change-at-a-time rules, removed members to stop and never lead again, and
+//! the final membership to be what the applied changes say.
+//!
 //! Nothing here reads the clock, uses a global random generator or iterates a hash map: the
 //! same seed gives the same trace, event for event.
 //!

@@ -16,12 +16,16 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Common {
     /// Fault mix to draw each seed's parameters from: mixed, leader-churn, figure-8,
-    /// stale-tail or unsynced-leader.
+    /// stale-tail, unsynced-leader, reads, snapshot-tail, disk-errors, membership (membership
+    /// changes under the mixed faults), member-barrier, member-burst, member-add,
+    /// member-remove or member-transfer.
     #[arg(long, default_value = "mixed")]
     profile: Profile,
     /// Plant a known bug (needs --features planted-bugs). In every core:
     /// commit-previous-term-by-count, vote-before-durable, truncate-matching-prefix,
-    /// skip-up-to-date-check, follower-commit-to-last-index, leader-counts-unsynced-self.
+    /// skip-up-to-date-check, follower-commit-to-last-index, leader-counts-unsynced-self,
+    /// no-current-term-barrier, two-changes-in-flight, config-applied-at-commit,
+    /// removed-member-counted, timeout-now-from-anyone.
     /// In the member runtime: serve-read-before-applied, read-context-restart, ack-before-sync,
     /// ack-despite-fsync-error, snapshot-keeps-tail, apply-before-durable.
     #[arg(long, value_parser = raftkv_sim::parse_plant)]
@@ -130,6 +134,9 @@ fn main() -> ExitCode {
             );
             println!("{}", sweep.totals.snapshot_summary());
             println!("{}", sweep.totals.fault_summary());
+            if sweep.totals.changes_proposed > 0 {
+                println!("{}", sweep.totals.membership_summary());
+            }
             println!(
                 "{} simulated events in {secs:.1}s: {:.0} events/s",
                 sweep.totals.events,

@@ -46,11 +46,71 @@ pub enum Profile {
     SnapshotTail,
     /// Frequent write/fsync errors and crashes: what a member acknowledged must survive them.
     DiskErrors,
+    /// Membership changes under the mixed faults: members added (as learners then
+    /// promoted, or as voters) with empty disks, removed (the leader too), replaced (one
+    /// joint change or a removal then an addition), leadership transfers, two changes
+    /// proposed back to back, changes right after an election, while partitioned and with
+    /// the leader crashing in the middle of them.
+    Membership,
+    /// Changes proposed the moment a leader is elected, under leader churn: a leader must
+    /// commit an entry of its term before it accepts one. Targets `NoCurrentTermBarrier`.
+    MemberBarrier,
+    /// Changes proposed in bursts of two or three: the second must be refused while the
+    /// first is uncommitted. Targets `TwoChangesInFlight`.
+    MemberBurst,
+    /// Voters added (and replaced) while another voter is down or cut off: the new
+    /// configuration's quorum is needed from the moment the entry is appended. Targets
+    /// `ConfigAppliedAtCommit`.
+    MemberAdd,
+    /// Voters removed while another is down or cut off: the removed voter's copy must not
+    /// count. Targets `RemovedMemberCounted`.
+    MemberRemove,
+    /// Leadership transfers, and stray `TimeoutNow` messages from members that do not lead
+    /// (a confused peer): only the leader of the term may make a member campaign at once.
+    /// Targets `TimeoutNowFromAnyone`.
+    MemberTransfer,
+}
+
+/// What the membership nemesis may do at each of its steps (weights in [`Params`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberAction {
+    /// Add a fresh member (empty disk) as a learner; it is promoted later.
+    AddLearner,
+    /// Add a fresh member (empty disk) as a voter at once.
+    AddVoter,
+    /// Remove a member (a voter, a learner or the leader itself).
+    Remove,
+    /// Replace a voter by a fresh member in one joint change.
+    ReplaceJoint,
+    /// Replace a voter: remove it, then add a fresh member.
+    ReplaceSequential,
+    /// Promote a learner.
+    Promote,
+    /// Hand leadership to another voter.
+    Transfer,
+    /// Two or three changes proposed back to back: all but the first must be refused.
+    Burst,
+    /// A `TimeoutNow` sent by a member that does not lead.
+    StrayTimeoutNow,
+}
+
+impl MemberAction {
+    pub const ALL: [MemberAction; 9] = [
+        MemberAction::AddLearner,
+        MemberAction::AddVoter,
+        MemberAction::Remove,
+        MemberAction::ReplaceJoint,
+        MemberAction::ReplaceSequential,
+        MemberAction::Promote,
+        MemberAction::Transfer,
+        MemberAction::Burst,
+        MemberAction::StrayTimeoutNow,
+    ];
 }
 
 impl Profile {
     /// Every profile, in command-line order.
-    pub const ALL: [Profile; 8] = [
+    pub const ALL: [Profile; 14] = [
         Profile::Mixed,
         Profile::LeaderChurn,
         Profile::Figure8,
@@ -59,6 +119,12 @@ impl Profile {
         Profile::Reads,
         Profile::SnapshotTail,
         Profile::DiskErrors,
+        Profile::Membership,
+        Profile::MemberBarrier,
+        Profile::MemberBurst,
+        Profile::MemberAdd,
+        Profile::MemberRemove,
+        Profile::MemberTransfer,
     ];
 
     /// The command-line name (`--profile`).
@@ -72,6 +138,12 @@ impl Profile {
             Profile::Reads => "reads",
             Profile::SnapshotTail => "snapshot-tail",
             Profile::DiskErrors => "disk-errors",
+            Profile::Membership => "membership",
+            Profile::MemberBarrier => "member-barrier",
+            Profile::MemberBurst => "member-burst",
+            Profile::MemberAdd => "member-add",
+            Profile::MemberRemove => "member-remove",
+            Profile::MemberTransfer => "member-transfer",
         }
     }
 }
@@ -190,6 +262,19 @@ pub struct Params {
     /// refuses to open on damage it cannot prove torn; the member then retries later.
     pub corrupt_read_ppm: u64,
 
+    /// Membership nemesis (0: no membership changes): slots for members added during the
+    /// run (each a fresh id with an empty disk), the mean time between nemesis steps, and
+    /// the weight of each [`MemberAction`] (in [`MemberAction::ALL`] order).
+    pub spare_nodes: usize,
+    pub membership_mean_us: u64,
+    pub member_weights: [u64; 9],
+    /// Chance that a newly elected leader is asked for a change at once (before its no-op
+    /// can commit).
+    pub change_on_new_leader_ppm: u64,
+    /// Chance that the leader crashes within `crash_after_change_us` of accepting a change.
+    pub crash_after_change_ppm: u64,
+    pub crash_after_change_us: u64,
+
     /// Length of the fault phase; the liveness phase follows.
     pub fault_phase_us: u64,
     /// The run lasts at least this long in total.
@@ -214,6 +299,12 @@ impl Params {
             Profile::Reads => Params::reads(&mut r),
             Profile::SnapshotTail => Params::snapshot_tail(&mut r),
             Profile::DiskErrors => Params::disk_errors(&mut r),
+            Profile::Membership => Params::membership(&mut r),
+            Profile::MemberBarrier => Params::member_barrier(&mut r),
+            Profile::MemberBurst => Params::member_burst(&mut r),
+            Profile::MemberAdd => Params::member_add(&mut r),
+            Profile::MemberRemove => Params::member_remove(&mut r),
+            Profile::MemberTransfer => Params::member_transfer(&mut r),
         };
         if profile == Profile::Mixed {
             // Its own stream, so the other draws stay as they were.
@@ -279,6 +370,12 @@ impl Params {
             fsync_error_ppm: 0,
             torn_write_ppm: 0,
             corrupt_read_ppm: 0,
+            spare_nodes: 0,
+            membership_mean_us: 0,
+            member_weights: [0; 9],
+            change_on_new_leader_ppm: 0,
+            crash_after_change_ppm: 0,
+            crash_after_change_us: 0,
             pre_vote: r.chance(800_000),
             check_quorum: r.chance(800_000),
             // Small appends with a deep pipeline on a reordering network make the leader
@@ -475,6 +572,73 @@ impl Params {
         p.disk_us = (r.between(5 * MS, 10 * MS), r.between(20 * MS, 60 * MS));
         p.crash_in_persist_ppm = r.pick(&[300_000, 500_000]);
         p.crash_keeps_prefix = false;
+        p
+    }
+
+    fn membership(r: &mut Rng) -> Params {
+        let mut p = Params::mixed(r);
+        p.nodes = r.pick(&[3, 3, 5]);
+        p.max_down = 1;
+        p.spare_nodes = 6;
+        p.membership_mean_us = r.pick(&[150 * MS, 300 * MS, 600 * MS]);
+        //                add-learner, add-voter, remove, replace-joint, replace-seq, promote,
+        //                transfer, burst, stray TimeoutNow
+        p.member_weights = [3, 2, 4, 2, 1, 3, 2, 2, 1];
+        p.change_on_new_leader_ppm = r.pick(&[0, 100_000, 300_000]);
+        p.crash_after_change_ppm = r.pick(&[0, 50_000, 200_000]);
+        p.crash_after_change_us = 30 * MS;
+        // Far-lagging followers are the nemesis's new members here.
+        p.lag_downtime_us = 0;
+        p
+    }
+
+    fn member_barrier(r: &mut Rng) -> Params {
+        let mut p = Params::leader_churn(r);
+        p.nodes = 3;
+        p.max_down = 1;
+        p.spare_nodes = 6;
+        p.membership_mean_us = r.pick(&[200 * MS, 400 * MS]);
+        p.member_weights = [0, 3, 3, 1, 0, 0, 2, 0, 0];
+        p.change_on_new_leader_ppm = 1_000_000;
+        p.crash_after_change_ppm = r.pick(&[100_000, 300_000]);
+        p.crash_after_change_us = 20 * MS;
+        p.pause_mean_us = 0;
+        p.fsync_error_ppm = 0;
+        p.lag_downtime_us = 0;
+        p
+    }
+
+    fn member_burst(r: &mut Rng) -> Params {
+        let mut p = Params::membership(r);
+        p.nodes = 3;
+        p.membership_mean_us = r.pick(&[100 * MS, 200 * MS]);
+        p.member_weights = [1, 1, 1, 0, 0, 1, 0, 6, 0];
+        p.crash_after_change_ppm = r.pick(&[0, 100_000]);
+        p
+    }
+
+    fn member_add(r: &mut Rng) -> Params {
+        let mut p = Params::membership(r);
+        p.nodes = 3;
+        p.max_down = 1;
+        p.crash_mean_us = r.pick(&[150 * MS, 300 * MS]);
+        p.downtime_us = (50 * MS, r.pick(&[200 * MS, 500 * MS]));
+        p.membership_mean_us = r.pick(&[100 * MS, 200 * MS]);
+        p.member_weights = [0, 4, 2, 2, 1, 0, 0, 0, 0];
+        p.check_quorum = false;
+        p
+    }
+
+    fn member_remove(r: &mut Rng) -> Params {
+        let mut p = Params::member_add(r);
+        p.member_weights = [0, 3, 4, 0, 2, 0, 0, 0, 0];
+        p
+    }
+
+    fn member_transfer(r: &mut Rng) -> Params {
+        let mut p = Params::membership(r);
+        p.membership_mean_us = r.pick(&[100 * MS, 200 * MS]);
+        p.member_weights = [1, 1, 1, 0, 0, 1, 4, 0, 4];
         p
     }
 }

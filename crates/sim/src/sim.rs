@@ -14,7 +14,7 @@
 //! `recover` from the files alone.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -27,8 +27,8 @@ use raftkv_node::{
     StateMachine, codec, recover_with, write_snapshot,
 };
 use raftkv_raft::{
-    CompactionPolicy, Config, Entry, HardState, LogIndex, Message, MessageBody, NodeId, PlantedBug, Role,
-    SnapshotMeta, Term,
+    ClusterConfig, CompactionPolicy, ConfChange, ConfChangeStep, Config, Entry, EntryKind, HardState,
+    LogIndex, Message, MessageBody, NodeId, PlantedBug, Role, SnapshotMeta, Term,
 };
 use raftkv_storage::{
     CrashMode, FileLogStore, LogOptions, LogStore, NodeIds, Recovered, SimFs, SnapshotStore, Storage,
@@ -38,7 +38,7 @@ use raftkv_transport::{BodyError, BodyReceiver};
 
 use crate::check::{Checker, Mirror, Violation, entry_hash};
 use crate::machine::{KEYS, MAX_BODY_BYTES, SimMachine};
-use crate::params::{MS, Params, Profile, TICK_US};
+use crate::params::{MS, MemberAction, Params, Profile, SEC as SECOND, TICK_US};
 use crate::rng::{Rng, mix64};
 use crate::snapstream::{Incoming, MAX_FRAME_BYTES, Outgoing, Reject, SnapFrame, unframe};
 use crate::trace::{Trace, TraceEvent};
@@ -105,6 +105,15 @@ pub struct Stats {
     pub unreachable_reports: u64,
     /// Restarts refused by storage because a read returned a flipped bit (retried later).
     pub corrupt_reads_refused: u64,
+    /// Membership: changes proposed to a leader and accepted by it, fresh members started,
+    /// members stopped for good after their removal, leadership transfers asked for, and
+    /// stray `TimeoutNow` messages sent.
+    pub changes_proposed: u64,
+    pub changes_accepted: u64,
+    pub members_added: u64,
+    pub members_stopped: u64,
+    pub transfers: u64,
+    pub stray_timeout_nows: u64,
 }
 
 impl Stats {
@@ -143,6 +152,25 @@ impl Stats {
         self.torn_writes += o.torn_writes;
         self.unreachable_reports += o.unreachable_reports;
         self.corrupt_reads_refused += o.corrupt_reads_refused;
+        self.changes_proposed += o.changes_proposed;
+        self.changes_accepted += o.changes_accepted;
+        self.members_added += o.members_added;
+        self.members_stopped += o.members_stopped;
+        self.transfers += o.transfers;
+        self.stray_timeout_nows += o.stray_timeout_nows;
+    }
+
+    /// The membership counters as one summary line.
+    pub fn membership_summary(&self) -> String {
+        format!(
+            "membership: {} changes proposed, {} accepted; {} members added, {} stopped after removal; {} transfers, {} stray TimeoutNow",
+            self.changes_proposed,
+            self.changes_accepted,
+            self.members_added,
+            self.members_stopped,
+            self.transfers,
+            self.stray_timeout_nows,
+        )
     }
 
     /// The read and wider-fault counters as one summary line.
@@ -215,6 +243,10 @@ struct QueuedJob {
     job: DiskJob,
     /// The job's write or fsync fails (an injected fault).
     failed: bool,
+    /// Entries `(index, term, chain)` of a leader whose term was not yet on its disk: the
+    /// Log Matching table learns them once the job is durable (until then no peer can have
+    /// seen them, and a crash may let the leader win the same term again with others).
+    deferred: Vec<(u64, Term, u64)>,
 }
 
 /// A running member: the runtime's components and what the shell keeps around them.
@@ -241,6 +273,25 @@ struct Live {
     /// The term this node was last seen leading in, if it leads now.
     leader_term: Option<Term>,
     last_commit: u64,
+    /// The configuration entries of the member's log (index, resulting configuration) and
+    /// the configuration at its base: the configuration in force is the last one, as the
+    /// simulator reads it from the log (independently of the core).
+    configs: Vec<(u64, ClusterConfig)>,
+    base_config: ClusterConfig,
+    /// The member applied (or restored) a configuration without itself: it stops for good
+    /// after this step.
+    removed: bool,
+}
+
+/// Where a member slot stands in the cluster's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Never started: a fresh id the nemesis may add.
+    Spare,
+    /// Started at least once; restarted after a crash.
+    Member,
+    /// Removed from the cluster and stopped for good.
+    Removed,
 }
 
 struct Node {
@@ -256,6 +307,13 @@ struct Node {
     paused_until: u64,
     /// This member's tick interval: `TICK_US` scaled by its clock drift.
     tick_us: u64,
+    slot: Slot,
+    /// The voters a member added during the run was started with (as an operator lists
+    /// the cluster's members for a joining member); empty for the initial members.
+    join_voters: Vec<NodeId>,
+    /// The member's log as its disk holds it (completed persist jobs; what recovery
+    /// finds): the quorum checker counts a copy only when it is durable.
+    durable: Mirror,
 }
 
 /// A command a client waits for: it completes when the member it was sent to applies it.
@@ -331,6 +389,17 @@ enum Event {
     },
     PartitionStart,
     Heal,
+    /// A step of the membership nemesis: periodic, or at once on a new leader.
+    Membership {
+        periodic: bool,
+        leader: Option<(usize, u64)>,
+    },
+    /// The second half of a sequential replacement: a fresh voter is added.
+    MemberAdd,
+    /// The operator checks that a member it started joined the cluster.
+    JoinCheck {
+        node: usize,
+    },
     /// The snapshot a member started writing is written.
     SnapshotWritten {
         node: usize,
@@ -392,6 +461,12 @@ pub struct Sim {
     next_transfer: u64,
     next_read: u64,
     stats: Stats,
+    /// Every applied configuration entry (first application): index -> configuration.
+    config_log: BTreeMap<u64, ClusterConfig>,
+    /// Member slots removed by an applied change: the index of the change and the highest
+    /// term any live member had when it was first applied (no later term may be led by it).
+    removed_at: BTreeMap<usize, (u64, u64)>,
+    next_change: u64,
 }
 
 fn violation(time_us: u64, kind: &'static str, detail: String) -> Violation {
@@ -421,7 +496,7 @@ impl Sim {
     pub fn new(seed: u64, options: SimOptions) -> Sim {
         let params = Params::draw(seed, options.profile);
         let mut drift = Rng::new(mix64(seed ^ 0xD81F_7C10_C4A5_0001));
-        let nodes = (0..params.nodes)
+        let nodes = (0..params.nodes + params.spare_nodes)
             .map(|i| {
                 // A clock that runs fast or slow by up to `drift_ppm`.
                 let ppm = drift.between(0, 2 * params.drift_ppm);
@@ -434,6 +509,9 @@ impl Sim {
                     live: None,
                     paused_until: 0,
                     tick_us: tick_us.max(1),
+                    slot: Slot::Spare,
+                    join_voters: Vec::new(),
+                    durable: Mirror::default(),
                 }
             })
             .collect();
@@ -467,6 +545,9 @@ impl Sim {
             next_transfer: 0,
             next_read: 0,
             stats: Stats::default(),
+            config_log: BTreeMap::new(),
+            removed_at: BTreeMap::new(),
+            next_change: 0,
         }
     }
 
@@ -491,7 +572,8 @@ impl Sim {
     }
 
     fn start(&mut self) -> Result<(), Violation> {
-        for n in 0..self.nodes.len() {
+        for n in 0..self.params.nodes {
+            self.nodes[n].slot = Slot::Member;
             self.start_node(n)?;
         }
         for c in 0..self.clients.len() {
@@ -515,6 +597,10 @@ impl Sim {
             self.schedule(at, Event::PauseRandom);
         }
         self.schedule(self.params.fault_phase_us, Event::LivenessStart);
+        if self.params.membership_mean_us > 0 {
+            let at = self.rng.exp(self.params.membership_mean_us);
+            self.schedule(at, Event::Membership { periodic: true, leader: None });
+        }
         Ok(())
     }
 
@@ -524,7 +610,7 @@ impl Sim {
             self.checker.now = time;
             if let Some(heal) = self.heal_at {
                 match self.liveness_ok {
-                    Some(_) if time >= self.params.min_run_us => return None,
+                    Some(_) if time >= self.params.min_run_us => return self.final_membership().err(),
                     None if time > heal + self.params.liveness_deadline_us => {
                         return Some(violation(
                             time,
@@ -617,7 +703,7 @@ impl Sim {
             Event::SnapTimer { node, inc, id } => self.snap_timer(node, inc, id),
             Event::LagCrash => {
                 // A follower goes down for long while the others commit and compact.
-                let down = self.nodes.iter().filter(|n| n.live.is_none()).count();
+                let down = self.down_count();
                 let candidates: Vec<usize> = (0..self.nodes.len())
                     .filter(|i| {
                         self.nodes[*i].live.as_ref().is_some_and(|l| l.driver.raft().role() != Role::Leader)
@@ -640,13 +726,13 @@ impl Sim {
                 if self.phase != Phase::Faults {
                     return Ok(());
                 }
-                let mut node = self.rng.below(self.nodes.len() as u64) as usize;
+                let mut node = self.pick_member();
                 if self.rng.chance(self.params.leader_crash_ppm)
                     && let Some(leader) = self.live_leader()
                 {
                     node = leader;
                 }
-                let down = self.nodes.iter().filter(|n| n.live.is_none()).count();
+                let down = self.down_count();
                 if down < self.params.max_down && self.nodes[node].live.is_some() {
                     self.crash(node);
                 }
@@ -655,8 +741,35 @@ impl Sim {
                 Ok(())
             }
             Event::Restart { node } => {
-                if self.nodes[node].live.is_none() {
-                    self.start_node(node)?;
+                if self.nodes[node].live.is_none() && self.nodes[node].slot == Slot::Member {
+                    if self.removed_at.contains_key(&node) {
+                        // Removed while it was down: the operator does not start it again.
+                        self.nodes[node].slot = Slot::Removed;
+                        let what = "removed while down: not restarted".to_string();
+                        self.record(TraceEvent::Member { node: node as u64 + 1, what });
+                    } else {
+                        self.start_node(node)?;
+                    }
+                }
+                Ok(())
+            }
+            Event::Membership { periodic, leader } => {
+                if self.phase != Phase::Faults {
+                    return Ok(());
+                }
+                self.nemesis_step(leader)?;
+                if periodic {
+                    let at = self.now + self.rng.exp(self.params.membership_mean_us);
+                    self.schedule(at, Event::Membership { periodic: true, leader: None });
+                }
+                Ok(())
+            }
+            Event::JoinCheck { node } => self.join_check(node),
+            Event::MemberAdd => {
+                if self.phase == Phase::Faults
+                    && let Some(l) = self.change_leader(None)
+                {
+                    self.add_member(l, true)?;
                 }
                 Ok(())
             }
@@ -729,7 +842,12 @@ impl Sim {
     /// The runtime's settings of node `n`: the run's snapshot policy (the `Applier` takes a
     /// snapshot every `snapshot_every_entries`, paced by the log against the snapshot's size).
     fn node_config(&self, n: usize, raft: &Config) -> NodeConfig {
-        let mut c = NodeConfig::new(self.nodes[n].id, self.nodes.iter().map(|x| x.id));
+        let voters: Vec<NodeId> = if n < self.params.nodes {
+            self.nodes[..self.params.nodes].iter().map(|x| x.id).collect()
+        } else {
+            self.nodes[n].join_voters.clone()
+        };
+        let mut c = NodeConfig::new(self.nodes[n].id, voters);
         c.tick = at(TICK_US);
         c.election_ticks = raft.election_timeout_ticks;
         c.heartbeat_ticks = raft.heartbeat_interval_ticks;
@@ -806,9 +924,10 @@ impl Sim {
             raft.plant_bug(self.options.planted_bug);
             raft
         };
-        let applier = Applier::new(snapshot.as_ref(), raft.cluster_config().clone(), config.snapshot_count);
+        let applier = Applier::recovered(snapshot.as_ref(), &config);
         // Read contexts start from a stamp that grows from one start to the next, as the
         // server's boot stamp does.
+        let initial_config = ClusterConfig::new(config.voters.iter().copied());
         #[allow(unused_mut)]
         let mut driver = Driver::new(raft, config, (now + 1) * 256);
         #[allow(unused_mut)]
@@ -835,6 +954,8 @@ impl Sim {
             mirror = Mirror::new(s.index.0, s.term, chain);
         }
         let raft = driver.raft();
+        let base_config = snapshot.as_ref().map_or(initial_config, |s| s.config.clone());
+        let mut configs: Vec<(u64, ClusterConfig)> = Vec::new();
         for i in raft.first_index().0..=raft.last_index().0 {
             if i <= mirror.base_index {
                 continue;
@@ -844,7 +965,9 @@ impl Sim {
             };
             let c = mirror.push(e);
             self.checker.log_entry(id, i, e.term, c)?;
+            track_config(&mut configs, &base_config, e);
         }
+        self.nodes[n].durable = mirror.clone();
         self.checker.restored(id, sm.regs.applied, sm.digest())?;
         let restart = TraceEvent::Restart {
             node: id.0,
@@ -871,6 +994,9 @@ impl Sim {
             incoming: Vec::new(),
             seen_transfers: vec![0; members],
             leader_term: None,
+            configs,
+            base_config,
+            removed: false,
         }))
     }
 
@@ -912,9 +1038,11 @@ impl Sim {
         let fs = self.nodes[n].fs.clone();
         let mut written = 0;
         for mut job in live.jobs.drain(..kept) {
-            if live.disk.write(std::slice::from_mut(&mut job.job), &mut |_| {}).is_err() {
+            let mut installed = Vec::new();
+            if live.disk.write(std::slice::from_mut(&mut job.job), &mut |m| installed.push(m)).is_err() {
                 break;
             }
+            apply_durable(&mut self.nodes[n].durable, &installed, &job.job, &self.checker);
             written += 1;
         }
         let mut mode = CrashMode::LoseUnsynced;
@@ -983,7 +1111,11 @@ impl Sim {
                 break;
             }
         }
-        self.after_step(n)
+        self.after_step(n)?;
+        if self.nodes[n].live.as_ref().is_some_and(|l| l.removed) {
+            self.stop_for_good(n, "applied its own removal: stops for good");
+        }
+        Ok(())
     }
 
     /// Commit points: everything up to the commit index is committed, with this prefix.
@@ -995,6 +1127,15 @@ impl Sim {
         // step are carried out in order; the core's commit index is already the newest).
         let commit = raft.commit_index().0.min(live.mirror.last_index());
         if commit > live.last_commit {
+            if raft.role() == Role::Leader
+                && let Some((t, c)) = live.mirror.get(commit)
+            {
+                // The leader's decision: a quorum of the configuration in force in its log
+                // (of both, when joint) must hold the entry durably.
+                let config = config_in_force(live).clone();
+                self.check_commit_quorum(id, term, commit, t, c, &config)?;
+            }
+            let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
             for i in live.last_commit + 1..=commit {
                 if let Some((t, c)) = live.mirror.get(i) {
                     self.checker.committed(id, i, t, c, term)?;
@@ -1042,6 +1183,9 @@ impl Sim {
         let raft = live.driver.raft();
         let id = raft.id();
         let leading_same_term = raft.role() == Role::Leader && live.leader_term == Some(raft.term());
+        let term_on_disk = codec::hard_state_from_storage(&live.disk.log().hard_state()).term;
+        let defer = raft.role() == Role::Leader && term_on_disk < raft.term();
+        let mut deferred = Vec::new();
         let must_sync = match &job {
             DiskJob::Persist(p) => {
                 if let Some((meta, _)) = &p.snapshot {
@@ -1057,6 +1201,8 @@ impl Sim {
                         )
                     })?;
                     live.mirror = Mirror::new(meta.index.0, meta.term, chain);
+                    live.configs.clear();
+                    live.base_config = meta.config.clone();
                     live.last_commit = live.last_commit.max(meta.index.0);
                     self.checker.committed(id, meta.index.0, meta.term, chain, raft.term())?;
                 }
@@ -1085,9 +1231,15 @@ impl Sim {
                             ),
                         ));
                     }
+                    live.configs.retain(|(i, _)| *i < first_index);
                     for e in &p.entries {
                         let c = live.mirror.push(e);
-                        self.checker.log_entry(id, e.index.0, e.term, c)?;
+                        if defer {
+                            deferred.push((e.index.0, e.term, c));
+                        } else {
+                            self.checker.log_entry(id, e.index.0, e.term, c)?;
+                        }
+                        track_config(&mut live.configs, &live.base_config, e);
                     }
                 }
                 let new_hs = p.hard_state.is_some_and(|hs| hs.needs_sync_after(&live.queued_hs));
@@ -1105,7 +1257,7 @@ impl Sim {
         let Some(live) = self.nodes[n].live.as_mut() else { return Ok(()) };
         let done = live.disk_free_at.max(now) + latency;
         live.disk_free_at = done;
-        live.jobs.push_back(QueuedJob { id: self.next_job, job, failed });
+        live.jobs.push_back(QueuedJob { id: self.next_job, job, failed, deferred });
         let inc = self.nodes[n].inc;
         let job = self.next_job;
         self.schedule(done, Event::PersistDone { node: n, inc, job });
@@ -1163,6 +1315,10 @@ impl Sim {
             self.crash(n);
             return Ok(());
         }
+        apply_durable(&mut self.nodes[n].durable, &installed, &job.job, &self.checker);
+        for (index, term, chain) in std::mem::take(&mut job.deferred) {
+            self.checker.log_entry(id, index, term, chain)?;
+        }
         for meta in installed {
             self.restore(n, &meta)?;
         }
@@ -1218,6 +1374,10 @@ impl Sim {
             ));
         }
         live.driver.applied(meta.index);
+        if !meta.config.contains(id) && self.removed_at.contains_key(&n) {
+            // Caught up by a snapshot taken after its own removal.
+            live.removed = true;
+        }
         self.checker.restored(id, live.sm.regs.applied, live.sm.digest())?;
         self.stats.snapshots_installed += 1;
         self.record(TraceEvent::SnapshotInstalled { node: id.0, index: meta.index.0, term: meta.term.0 });
@@ -1261,10 +1421,22 @@ impl Sim {
                 ));
             }
             let mut done = Vec::new();
+            let before = (e.kind == EntryKind::ConfigChange).then(|| live.applier.cluster().clone());
+            let mut change = None;
             live.applier.apply(&mut live.sm, std::slice::from_ref(e), &mut done);
             live.sm.regs.applied = index;
             let digest = live.sm.digest();
+            if let Some(before) = before {
+                let after = live.applier.cluster().clone();
+                if before.contains(id) && !after.contains(id) {
+                    live.removed = true;
+                }
+                change = Some((before, after));
+            }
             self.checker.applied(id, e, digest)?;
+            if let Some((before, after)) = change {
+                self.config_applied(index, &before, after);
+            }
             // Clients waiting on this node for this command learn it committed.
             for (attempt, index) in done {
                 let Some(c) = self.clients.iter().position(|c| {
@@ -1342,6 +1514,21 @@ impl Sim {
         if raft.role() == Role::Leader {
             let (id, term) = (raft.id(), raft.term());
             self.checker.leader(term, id)?;
+            // A member whose removal committed may still lead once, in the configuration
+            // that removes it (to commit it where it alone holds it), but never again in a
+            // configuration it votes in.
+            if let Some(&(index, max_term)) = self.removed_at.get(&n)
+                && term.0 > max_term
+                && config_in_force(live).is_voter(id)
+            {
+                return Err(violation(
+                    self.now,
+                    "removed member leads",
+                    format!(
+                        "node {id} leads term {term} as a voter, but its removal was applied at {index} when no member had a term above {max_term}"
+                    ),
+                ));
+            }
             if live.leader_term != Some(term) {
                 self.checker.new_leader(id, term, &live.mirror)?;
                 live.leader_term = Some(term);
@@ -1364,6 +1551,11 @@ impl Sim {
                     let at =
                         self.now + self.rng.between(self.params.partition_us.0, self.params.partition_us.1);
                     self.schedule(at, Event::Heal);
+                }
+                if self.phase == Phase::Faults && self.rng.chance(self.params.change_on_new_leader_ppm) {
+                    // A change asked of the new leader before its no-op can have committed.
+                    let at = self.now + self.rng.between(1, MS);
+                    self.schedule(at, Event::Membership { periodic: false, leader: Some((n, inc)) });
                 }
             }
         } else {
@@ -1433,10 +1625,29 @@ impl Sim {
             self.dropped(&m, "receiver down");
             return self.maybe_unreachable(from, from_inc, to);
         }
+        if let Some(&(index, _)) = self.removed_at.get(&from)
+            && self.nodes[to].live.as_ref().is_some_and(|l| l.applier.last().0.0 >= index)
+        {
+            // The receiver knows the sender was removed: its transport refuses it, and the
+            // removed member stops (as the server's does when a peer refuses it).
+            self.dropped(&m, "sender removed");
+            if self.nodes[from].live.is_some() {
+                self.stop_for_good(from, "refused by a peer as removed: stops for good");
+            }
+            return Ok(());
+        }
         self.stats.messages_delivered += 1;
         self.record(TraceEvent::Deliver { from: m.from.0, to: m.to.0, kind: m.body.name(), term: m.term.0 });
         self.trace.note(self.now, || describe(&m.body));
-        self.input(to, |d, _, _| d.inbound(Inbound::Message(m)))
+        let timeout_now = matches!(m.body, MessageBody::TimeoutNow).then(|| {
+            let before = self.nodes[to].live.as_ref().map_or(Term(0), |l| l.driver.raft().term());
+            (m.from, m.term, before)
+        });
+        self.input(to, |d, _, _| d.inbound(Inbound::Message(m)))?;
+        if let Some((sender, term, before)) = timeout_now {
+            self.check_timeout_now(to, sender, term, before)?;
+        }
+        Ok(())
     }
 
     // ----- the snapshot stream (see `snapstream`) -----
@@ -1903,6 +2114,15 @@ impl Sim {
         p.crash_in_persist_ppm = 0;
         p.delay_us = (p.delay_us.0.min(5 * MS), p.delay_us.1.min(20 * MS));
         for n in 0..self.nodes.len() {
+            if self.nodes[n].slot != Slot::Member {
+                continue;
+            }
+            if self.removed_at.contains_key(&n) {
+                // The operator stops what the cluster removed (a removed learner that missed
+                // its removal would otherwise idle on).
+                self.stop_for_good(n, "removed: stopped before the liveness phase");
+                continue;
+            }
             if self.nodes[n].live.is_none() {
                 self.start_node(n)?;
             }
@@ -1951,7 +2171,7 @@ impl Sim {
                     self.checker.abandoned(attempt)?;
                     self.stats.lost += 1;
                     self.record(TraceEvent::Lost { client: c as u64, attempt, index: 0 });
-                    self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
+                    self.clients[c].target = self.pick_member();
                     self.rng.between(10 * MS, 50 * MS)
                 }
                 _ => {
@@ -1975,22 +2195,30 @@ impl Sim {
             self.clients[c].read = None;
             self.stats.reads_failed += 1;
             self.record(TraceEvent::ReadFailed { client: c as u64, node, reason: "timed out" });
+            if self.params.spare_nodes > 0 {
+                // As for a command: try another member (this one may never have joined).
+                self.clients[c].target = self.pick_member();
+            }
         }
         if let Some(p) = &self.clients[c].pending {
             if self.now >= p.deadline {
                 let attempt = p.attempt;
                 self.clients[c].pending = None;
                 self.record(TraceEvent::Unknown { client: c as u64, attempt, reason: "timed out" });
+                if self.params.spare_nodes > 0 {
+                    // With members joining and leaving, a client that gets no answer tries
+                    // another member (a member whose addition never committed idles on).
+                    self.clients[c].target = self.pick_member();
+                }
             } else {
                 let at = p.deadline;
                 self.wake_client(c, at);
                 return Ok(());
             }
         }
-        let n = self.nodes.len() as u64;
         let mut target = self.clients[c].target;
         if self.nodes[target].live.is_none() {
-            target = self.rng.below(n) as usize;
+            target = self.pick_member();
             self.clients[c].target = target;
         }
         if self.nodes[target].live.is_some() && self.nodes[target].paused_until > self.now {
@@ -2001,11 +2229,8 @@ impl Sim {
         }
         if self.rng.chance(self.params.read_ppm) {
             // Many reads go to a random member, so followers forward them to the leader.
-            let member = if self.rng.chance(self.params.read_anywhere_ppm) {
-                self.rng.below(n) as usize
-            } else {
-                target
-            };
+            let member =
+                if self.rng.chance(self.params.read_anywhere_ppm) { self.pick_member() } else { target };
             if self.nodes[member].live.is_some() && self.nodes[member].paused_until <= self.now {
                 return self.client_read(c, member);
             }
@@ -2101,7 +2326,7 @@ impl Sim {
                     _ => "read failed",
                 };
                 self.record(TraceEvent::ReadFailed { client: c as u64, node: n as u64 + 1, reason });
-                self.clients[c].target = self.rng.below(self.nodes.len() as u64) as usize;
+                self.clients[c].target = self.pick_member();
                 let at = self.now + self.rng.between(MS, 20 * MS);
                 self.wake_client(c, at);
             }
@@ -2153,6 +2378,500 @@ impl Sim {
                 let at = self.now + self.rng.between(MS, 10 * MS);
                 self.wake_client(c, at);
             }
+        }
+    }
+}
+
+impl Sim {
+    // ----- membership -----
+
+    /// Member slots that are down (crashed, waiting to restart).
+    fn down_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.slot == Slot::Member && n.live.is_none()).count()
+    }
+
+    /// A random member (running, if any runs) for a client's target or a crash. Without a
+    /// membership nemesis every slot is a member, drawn as it always was.
+    fn pick_member(&mut self) -> usize {
+        if self.params.spare_nodes == 0 {
+            return self.rng.below(self.nodes.len() as u64) as usize;
+        }
+        let members: Vec<usize> =
+            (0..self.nodes.len()).filter(|i| self.nodes[*i].slot == Slot::Member).collect();
+        let running: Vec<usize> = members.iter().copied().filter(|i| self.nodes[*i].live.is_some()).collect();
+        match (running.is_empty(), members.is_empty()) {
+            (false, _) => self.rng.pick(&running),
+            (true, false) => self.rng.pick(&members),
+            (true, true) => 0,
+        }
+    }
+
+    /// Node `n` leaves the cluster for good: its process stops and is never restarted.
+    fn stop_for_good(&mut self, n: usize, why: &str) {
+        if self.nodes[n].live.take().is_some() {
+            self.stats.members_stopped += 1;
+        }
+        self.nodes[n].slot = Slot::Removed;
+        self.nodes[n].inc += 1;
+        self.nodes[n].paused_until = 0;
+        self.record(TraceEvent::Member { node: n as u64 + 1, what: why.to_string() });
+        self.forget_pending(n, "its member was removed");
+        self.forget_reads(n, "its member was removed");
+    }
+
+    /// The member a change is asked of: the given new leader (if it still runs and leads)
+    /// or the live leader of the highest term, unless it is paused.
+    fn change_leader(&self, forced: Option<(usize, u64)>) -> Option<usize> {
+        let n = match forced {
+            Some((n, inc)) if self.nodes[n].inc == inc => n,
+            Some(_) => return None,
+            None => self.live_leader()?,
+        };
+        let live = self.nodes[n].live.as_ref()?;
+        (live.driver.raft().role() == Role::Leader && self.nodes[n].paused_until <= self.now).then_some(n)
+    }
+
+    fn spare(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.slot == Slot::Spare)
+    }
+
+    /// Starts the fresh member `slot` (empty disk) that a change added, with the voters it
+    /// was told about.
+    fn join(&mut self, slot: usize, voters: Vec<NodeId>) -> Result<(), Violation> {
+        self.nodes[slot].slot = Slot::Member;
+        self.nodes[slot].join_voters = voters;
+        self.stats.members_added += 1;
+        self.record(TraceEvent::Member { node: slot as u64 + 1, what: "starts with an empty disk".into() });
+        let at = self.now + SECOND;
+        self.schedule(at, Event::JoinCheck { node: slot });
+        self.start_node(slot)
+    }
+
+    /// A member started for an addition whose entry no member's log holds any more (the
+    /// leader lost it before it spread) never joins: the operator stops it, as the server's
+    /// member stops when the cluster does not know it. While some member is down, or some
+    /// log still holds the addition, it waits.
+    fn join_check(&mut self, n: usize) -> Result<(), Violation> {
+        if self.nodes[n].slot != Slot::Member || self.nodes[n].live.is_none() {
+            return Ok(());
+        }
+        let id = self.nodes[n].id;
+        let applied = self.config_log.values().any(|c| c.contains(id));
+        let in_a_log = self.nodes.iter().enumerate().any(|(i, node)| {
+            i != n
+                && node.live.as_ref().is_some_and(|l| {
+                    l.base_config.contains(id) || l.configs.iter().any(|(_, c)| c.contains(id))
+                })
+        });
+        if applied {
+            return Ok(());
+        }
+        if in_a_log || self.down_count() > 0 {
+            let at = self.now + SECOND;
+            self.schedule(at, Event::JoinCheck { node: n });
+            return Ok(());
+        }
+        self.stop_for_good(n, "its addition was lost before it committed: stopped");
+        Ok(())
+    }
+
+    /// Asks leader `l` for `change`; returns whether its core accepted it. A leader must
+    /// refuse a change while another is uncommitted in its log (or it is joint), and before
+    /// it has committed an entry of its own term.
+    fn propose_change(&mut self, l: usize, change: ConfChange) -> Result<bool, Violation> {
+        let now = self.now;
+        self.next_change += 1;
+        let request = (1 << 63) | self.next_change;
+        let Some(live) = self.nodes[l].live.as_mut() else { return Ok(false) };
+        let raft = live.driver.raft();
+        let (id, term, commit) = (raft.id(), raft.term(), raft.commit_index());
+        let leading = raft.role() == Role::Leader;
+        let pending = live.configs.last().filter(|(i, _)| *i > commit.0).map(|(i, _)| *i);
+        let joint = !config_in_force(live).voters_outgoing.is_empty();
+        let barrier = raft.log_term(commit) == Some(term);
+        let mut out = Vec::new();
+        live.driver.propose_conf_change(request, &change, at(now), &mut out);
+        let refused = out.iter().find_map(|a| match a {
+            Action::Fail(ids, e) if ids.contains(&request) => Some(e.to_string()),
+            _ => None,
+        });
+        self.stats.changes_proposed += 1;
+        let what = match &refused {
+            None => format!("accepts {:?} (term {term}, commit {commit})", change.steps),
+            Some(e) => format!("refuses {:?}: {e}", change.steps),
+        };
+        self.record(TraceEvent::Member { node: id.0, what });
+        if refused.is_none() && leading {
+            self.stats.changes_accepted += 1;
+            let broken = if let Some(p) = pending {
+                Some(format!("the change at {p} is not committed (commit index {commit})"))
+            } else if joint && !change.steps.is_empty() {
+                Some("its configuration is joint".to_string())
+            } else if !barrier {
+                Some(format!("it has not committed an entry of its term {term} (commit index {commit})"))
+            } else {
+                None
+            };
+            if let Some(why) = broken {
+                return Err(violation(
+                    now,
+                    "membership change",
+                    format!("leader {id} accepted the change {:?} although {why}", change.steps),
+                ));
+            }
+        }
+        self.carry_out(l, out)?;
+        self.drive(l)?;
+        if refused.is_none() && self.rng.chance(self.params.crash_after_change_ppm) {
+            // The leader dies in the middle of the change.
+            let inc = self.nodes[l].inc;
+            let at = self.now + self.rng.between(0, self.params.crash_after_change_us);
+            self.schedule(at, Event::Crash { node: l, inc });
+        }
+        Ok(refused.is_none())
+    }
+
+    /// Adds a fresh member through leader `l`, as a voter or a learner.
+    fn add_member(&mut self, l: usize, voter: bool) -> Result<(), Violation> {
+        let Some(slot) = self.spare() else { return Ok(()) };
+        let Some(live) = self.nodes[l].live.as_ref() else { return Ok(()) };
+        let voters: Vec<NodeId> = config_in_force(live).voters.iter().copied().collect();
+        let id = self.nodes[slot].id;
+        let step = if voter { ConfChangeStep::AddVoter(id) } else { ConfChangeStep::AddLearner(id) };
+        if self.propose_change(l, ConfChange::single(step))? {
+            self.join(slot, voters)?;
+        }
+        Ok(())
+    }
+
+    /// Draws the nemesis's next action by the profile's weights (changes only: no transfer
+    /// or stray message).
+    fn pick_action(&mut self, changes_only: bool) -> Option<MemberAction> {
+        let weights: Vec<u64> = MemberAction::ALL
+            .iter()
+            .zip(self.params.member_weights)
+            .map(|(a, w)| {
+                let other = matches!(a, MemberAction::Transfer | MemberAction::StrayTimeoutNow);
+                if changes_only && other { 0 } else { w }
+            })
+            .collect();
+        let total: u64 = weights.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = self.rng.below(total);
+        for (a, w) in MemberAction::ALL.iter().zip(weights) {
+            if r < w {
+                return Some(*a);
+            }
+            r -= w;
+        }
+        None
+    }
+
+    /// One step of the membership nemesis, asked of the leader (or of the given new one).
+    fn nemesis_step(&mut self, forced: Option<(usize, u64)>) -> Result<(), Violation> {
+        let Some(mut action) = self.pick_action(forced.is_some()) else { return Ok(()) };
+        if action == MemberAction::StrayTimeoutNow {
+            return self.stray_timeout_now();
+        }
+        let Some(l) = self.change_leader(forced) else { return Ok(()) };
+        let Some(live) = self.nodes[l].live.as_ref() else { return Ok(()) };
+        let config = config_in_force(live).clone();
+        let leader_id = self.nodes[l].id;
+        let voters: Vec<NodeId> = config.voters.iter().copied().collect();
+        let members: Vec<NodeId> = config.members().into_iter().collect();
+        // Keep the cluster between two voters and seven members.
+        let shrinking = matches!(
+            action,
+            MemberAction::Remove | MemberAction::ReplaceSequential | MemberAction::ReplaceJoint
+        );
+        if shrinking && voters.len() <= 2 && action != MemberAction::ReplaceJoint {
+            action = MemberAction::AddVoter;
+        }
+        let growing = matches!(action, MemberAction::AddLearner | MemberAction::AddVoter);
+        if growing && (members.len() >= 7 || self.spare().is_none()) {
+            action = if voters.len() > 2 { MemberAction::Remove } else { MemberAction::Transfer };
+        }
+        match action {
+            MemberAction::AddLearner => self.add_member(l, false),
+            MemberAction::AddVoter => self.add_member(l, true),
+            MemberAction::Remove => {
+                // The leader itself a quarter of the time.
+                let target = if config.is_voter(leader_id) && self.rng.chance(250_000) {
+                    leader_id
+                } else {
+                    self.rng.pick(&members)
+                };
+                self.propose_change(l, ConfChange::single(ConfChangeStep::Remove(target))).map(|_| ())
+            }
+            MemberAction::ReplaceSequential => {
+                let target = self.rng.pick(&voters);
+                if self.propose_change(l, ConfChange::single(ConfChangeStep::Remove(target)))? {
+                    let at = self.now + self.rng.between(50 * MS, 300 * MS);
+                    self.schedule(at, Event::MemberAdd);
+                }
+                Ok(())
+            }
+            MemberAction::ReplaceJoint => {
+                let Some(slot) = self.spare() else { return Ok(()) };
+                let target = self.rng.pick(&voters);
+                let fresh = self.nodes[slot].id;
+                let change = ConfChange {
+                    steps: vec![ConfChangeStep::Remove(target), ConfChangeStep::AddVoter(fresh)],
+                    ..ConfChange::default()
+                };
+                if self.propose_change(l, change)? {
+                    self.join(slot, voters)?;
+                }
+                Ok(())
+            }
+            MemberAction::Promote => {
+                let learners: Vec<NodeId> = config.learners.iter().copied().collect();
+                if learners.is_empty() {
+                    return self.add_member(l, false);
+                }
+                let target = self.rng.pick(&learners);
+                self.propose_change(l, ConfChange::single(ConfChangeStep::AddVoter(target))).map(|_| ())
+            }
+            MemberAction::Transfer => {
+                let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != leader_id).collect();
+                let target = if others.is_empty() || self.rng.chance(300_000) {
+                    None
+                } else {
+                    Some(self.rng.pick(&others))
+                };
+                let mut result = None;
+                self.input(l, |d, _, _| result = Some(d.transfer_leader(target)))?;
+                self.stats.transfers += 1;
+                let what = match result {
+                    Some(Ok(to)) => format!("hands leadership to n{to}"),
+                    Some(Err(e)) => format!("refuses a leadership transfer to {target:?}: {e}"),
+                    None => "no transfer".into(),
+                };
+                self.record(TraceEvent::Member { node: leader_id.0, what });
+                Ok(())
+            }
+            MemberAction::Burst => {
+                // Two or three changes back to back; the checks in `propose_change` require
+                // every one after an accepted one to be refused until it commits.
+                let count = self.rng.between(2, 3);
+                for _ in 0..count {
+                    if self.change_leader(Some((l, self.nodes[l].inc))).is_none() {
+                        break;
+                    }
+                    match self.rng.below(3) {
+                        0 => self.add_member(l, false)?,
+                        1 => {
+                            let target = self.rng.pick(&members);
+                            if target != leader_id {
+                                self.propose_change(l, ConfChange::single(ConfChangeStep::Remove(target)))?;
+                            }
+                        }
+                        _ => self.add_member(l, true)?,
+                    }
+                }
+                Ok(())
+            }
+            MemberAction::StrayTimeoutNow => Ok(()),
+        }
+    }
+
+    /// A member that does not lead sends `TimeoutNow` to another voter (a confused peer):
+    /// only the leader of the term may make a member campaign at once.
+    fn stray_timeout_now(&mut self) -> Result<(), Violation> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].live.is_some() && self.nodes[*i].paused_until <= self.now)
+            .collect();
+        let senders: Vec<usize> = running
+            .iter()
+            .copied()
+            .filter(|i| self.nodes[*i].live.as_ref().is_some_and(|l| l.driver.raft().role() != Role::Leader))
+            .collect();
+        if senders.is_empty() {
+            return Ok(());
+        }
+        let x = self.rng.pick(&senders);
+        let receivers: Vec<usize> = running.iter().copied().filter(|i| *i != x).collect();
+        if receivers.is_empty() {
+            return Ok(());
+        }
+        let y = self.rng.pick(&receivers);
+        let Some(live) = self.nodes[x].live.as_ref() else { return Ok(()) };
+        let term = live.driver.raft().term();
+        let (from, to) = (self.nodes[x].id, self.nodes[y].id);
+        self.stats.stray_timeout_nows += 1;
+        self.record(TraceEvent::Member { node: from.0, what: format!("sends a stray TimeoutNow to n{to}") });
+        self.send(x, Message { from, to, term, body: MessageBody::TimeoutNow })
+    }
+
+    /// After a `TimeoutNow` from `sender` of `term` reached node `n` (at term `before`): a
+    /// member campaigns at once only on the word of the leader of that term.
+    fn check_timeout_now(
+        &mut self,
+        n: usize,
+        sender: NodeId,
+        term: Term,
+        before: Term,
+    ) -> Result<(), Violation> {
+        let Some(live) = self.nodes[n].live.as_ref() else { return Ok(()) };
+        let r = live.driver.raft();
+        let campaigned =
+            matches!(r.role(), Role::Candidate | Role::Leader) && r.term().0 == before.0.max(term.0) + 1;
+        if campaigned && self.checker.leader_of(term) != Some(sender) {
+            return Err(violation(
+                self.now,
+                "disruption",
+                format!(
+                    "node {} campaigned at once (term {}) on a TimeoutNow from node {sender}, which does not lead term {term}",
+                    r.id(),
+                    r.term()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether member `v`'s disk holds `index@term` with this log prefix (or a snapshot
+    /// past it).
+    fn holds(&self, v: NodeId, index: u64, term: Term, chain: u64) -> bool {
+        let Some(node) = (v.0 as usize).checked_sub(1).and_then(|i| self.nodes.get(i)) else { return false };
+        let d = &node.durable;
+        (d.base_index > 0 && index <= d.base_index) || d.get(index) == Some((term, chain))
+    }
+
+    /// A leader's commit decision: a majority of the voters of its configuration in force
+    /// (of both voter sets, when joint) hold the entry durably.
+    fn check_commit_quorum(
+        &self,
+        id: NodeId,
+        term: Term,
+        index: u64,
+        entry_term: Term,
+        chain: u64,
+        config: &ClusterConfig,
+    ) -> Result<(), Violation> {
+        for set in [&config.voters, &config.voters_outgoing] {
+            if set.is_empty() {
+                continue;
+            }
+            let holders: Vec<u64> =
+                set.iter().filter(|v| self.holds(**v, index, entry_term, chain)).map(|v| v.0).collect();
+            if holders.len() * 2 <= set.len() {
+                let all: Vec<u64> = set.iter().map(|v| v.0).collect();
+                return Err(violation(
+                    self.now,
+                    "commit without quorum",
+                    format!(
+                        "leader {id} of term {term} commits {index}@{entry_term}, but only {holders:?} of the voters {all:?} of its configuration hold it on disk"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A member applied the configuration entry at `index` (from `before` to `after`): the
+    /// first application records it, and the members it removed.
+    fn config_applied(&mut self, index: u64, before: &ClusterConfig, after: ClusterConfig) {
+        if self.config_log.contains_key(&index) {
+            return;
+        }
+        let max_term = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.live.as_ref().map(|l| l.driver.raft().term().0))
+            .max()
+            .unwrap_or(0);
+        for m in before.members() {
+            if !after.contains(m) && m.0 >= 1 && (m.0 as usize) <= self.nodes.len() {
+                self.removed_at.entry(m.0 as usize - 1).or_insert((index, max_term));
+            }
+        }
+        self.config_log.insert(index, after);
+    }
+
+    /// At the end of a run: the membership is what the applied changes say. Every member of
+    /// the last applied configuration runs, every member that applied it holds it, and no
+    /// member the changes removed still runs as a voter.
+    fn final_membership(&self) -> Result<(), Violation> {
+        let initial = ClusterConfig::new(self.nodes[..self.params.nodes].iter().map(|n| n.id));
+        let (index, config) = self.config_log.last_key_value().map_or((0, &initial), |(i, c)| (*i, c));
+        let fail = |detail: String| Err(violation(self.now, "final membership", detail));
+        for node in &self.nodes {
+            let id = node.id;
+            let member = config.contains(id);
+            let ever = initial.contains(id) || self.config_log.values().any(|c| c.contains(id));
+            match &node.live {
+                None if member => {
+                    return fail(format!(
+                        "node {id} is in the configuration applied at {index} ({config:?}) but does not run"
+                    ));
+                }
+                Some(live) if !member && ever && config_in_force(live).is_voter(id) => {
+                    return fail(format!(
+                        "node {id} still runs as a voter, but the configuration applied at {index} ({config:?}) removed it"
+                    ));
+                }
+                Some(live) if live.applier.last().0.0 >= index && live.applier.cluster() != config => {
+                    return fail(format!(
+                        "node {id} applied up to {} and holds the configuration {:?}, not {config:?} applied at {index}",
+                        live.applier.last().0,
+                        live.applier.cluster()
+                    ));
+                }
+                _ => {}
+            }
+            if member && node.slot != Slot::Member {
+                return fail(format!("node {id} is in the final configuration but was stopped for good"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The configuration a member's log puts in force (its last configuration entry's, else
+/// its base's).
+fn config_in_force(live: &Live) -> &ClusterConfig {
+    live.configs.last().map_or(&live.base_config, |(_, c)| c)
+}
+
+/// Follows a log's configuration entries: `e` was appended after `configs` (whose base is
+/// `base`); a configuration entry's resulting configuration is pushed.
+fn track_config(configs: &mut Vec<(u64, ClusterConfig)>, base: &ClusterConfig, e: &Entry) {
+    if e.kind != EntryKind::ConfigChange {
+        return;
+    }
+    let prev = configs.last().map_or(base, |(_, c)| c);
+    let next = match ConfChange::decode_entry(&e.data) {
+        Ok((_, Some(config))) => config,
+        Ok((change, None)) => match change.apply(prev) {
+            Ok(config) => config,
+            Err(_) => return,
+        },
+        Err(_) => return,
+    };
+    configs.push((e.index.0, next));
+}
+
+/// A completed persist job as it lands in a member's durable log (`installed`: the
+/// snapshot it installed, which the disk worker takes out of the job).
+fn apply_durable(durable: &mut Mirror, installed: &[SnapshotMeta], job: &DiskJob, checker: &Checker) {
+    let DiskJob::Persist(p) = job else { return };
+    for meta in installed {
+        if let Some(chain) = checker.chain_at(meta.index.0, meta.term) {
+            *durable = Mirror::new(meta.index.0, meta.term, chain);
+        }
+    }
+    if let Some(first) = p.entries.first() {
+        let first = first.index.0;
+        if first > durable.last_index() + 1
+            || (first <= durable.last_index() && !durable.truncate_from(first))
+        {
+            return;
+        }
+        for e in &p.entries {
+            durable.push(e);
         }
     }
 }

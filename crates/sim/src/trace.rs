@@ -135,6 +135,12 @@ pub enum TraceEvent {
         node: u64,
         reason: &'static str,
     },
+    /// A membership action of the nemesis or its outcome (a change proposed, accepted or
+    /// refused, a member started or stopped for good, a leadership transfer).
+    Member {
+        node: u64,
+        what: String,
+    },
 }
 
 impl fmt::Display for TraceEvent {
@@ -207,6 +213,7 @@ impl fmt::Display for TraceEvent {
                 )
             }
             ReadFailed { client, node, reason } => write!(f, "readerr c{client} n{node}: {reason}"),
+            Member { node, what } => write!(f, "member  n{node}: {what}"),
         }
     }
 }

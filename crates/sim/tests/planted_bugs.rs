@@ -20,6 +20,9 @@ const TRUNCATE_MIN: u64 = 14;
 const SKIP_MIN: u64 = 100;
 const KEEPS_TAIL_MIN: u64 = 40;
 const APPLY_EARLY_MIN: u64 = 20;
+/// The membership bugs' targeted profiles: seeds `0..MEMBER_SEEDS` each (measured catches in
+/// docs/testing.md: 100, 99, 96, 82 and 99 of 100).
+const MEMBER_SEEDS: u64 = 100;
 
 /// One planted bug, where to look for it, and how often it must be caught.
 struct Target {
@@ -109,6 +112,12 @@ catch_rate_tests! {
     ack_despite_fsync_error: Plant::Driver(DriverBug::AckDespiteFsyncError), Profile::DiskErrors, 500, 150;
     snapshot_keeps_tail: Plant::Driver(DriverBug::SnapshotKeepsTail), Profile::SnapshotTail, 1000, KEEPS_TAIL_MIN;
     apply_before_durable: Plant::Driver(DriverBug::ApplyBeforeDurable), Profile::UnsyncedLeader, UNSYNCED_SEEDS, APPLY_EARLY_MIN;
+    // Membership changes in the simulator (measured: 100, 99, 96, 82, 99 of 100).
+    no_current_term_barrier: Plant::Core(PlantedBug::NoCurrentTermBarrier), Profile::MemberBarrier, MEMBER_SEEDS, 50;
+    two_changes_in_flight: Plant::Core(PlantedBug::TwoChangesInFlight), Profile::MemberBurst, MEMBER_SEEDS, 50;
+    config_applied_at_commit: Plant::Core(PlantedBug::ConfigAppliedAtCommit), Profile::MemberAdd, MEMBER_SEEDS, 45;
+    removed_member_counted: Plant::Core(PlantedBug::RemovedMemberCounted), Profile::MemberRemove, MEMBER_SEEDS, 40;
+    timeout_now_from_anyone: Plant::Core(PlantedBug::TimeoutNowFromAnyone), Profile::MemberTransfer, MEMBER_SEEDS, 45;
 }
 
 /// With nothing planted, the targeted profiles pass: seeds 0..500 of each here (to keep the
@@ -151,4 +160,22 @@ fn no_planted_bug_snapshot_tail_seeds_250_499() {
 #[test]
 fn no_planted_bug_disk_errors_seeds_000_499() {
     assert_clean(Profile::DiskErrors, 0..500);
+}
+
+/// The membership profiles pass their catch-rate ranges with nothing planted.
+#[test]
+fn no_planted_bug_member_barrier_and_burst_seeds_000_099() {
+    assert_clean(Profile::MemberBarrier, 0..MEMBER_SEEDS);
+    assert_clean(Profile::MemberBurst, 0..MEMBER_SEEDS);
+}
+
+#[test]
+fn no_planted_bug_member_add_and_remove_seeds_000_099() {
+    assert_clean(Profile::MemberAdd, 0..MEMBER_SEEDS);
+    assert_clean(Profile::MemberRemove, 0..MEMBER_SEEDS);
+}
+
+#[test]
+fn no_planted_bug_member_transfer_seeds_000_099() {
+    assert_clean(Profile::MemberTransfer, 0..MEMBER_SEEDS);
 }

@@ -5,7 +5,8 @@
 //! faults (loss, duplication, reordering, corruption) that the receiver rejected, and reads
 //! (linearizable and serializable), pauses, disk errors, torn writes and unreachable reports.
 //! 250 more mixed seeds run the members on the server's key-value state machine
-//! (`raftkv-kvsm`) instead of the registers.
+//! (`raftkv-kvsm`) instead of the registers, and 250 seeds of the membership profile make
+//! membership changes under the mixed faults.
 
 use raftkv_sim::{Profile, SimOptions, replay_command, run_sweep};
 
@@ -35,6 +36,14 @@ fn sweep_with(start: u64, count: u64, options: SimOptions) {
         assert!(t.reads_linearizable >= 1_000 && t.reads_serializable >= 100, "too few reads: {f}");
         assert!(t.pauses > 0 && t.fsync_errors > 0 && t.torn_writes > 0, "faults missing: {f}");
         assert!(t.unreachable_reports > 0, "no unreachable reports: {f}");
+    }
+    if profile == Profile::Membership {
+        // Every kind of membership action must really have happened and been carried out.
+        let m = t.membership_summary();
+        assert!(t.changes_accepted >= 500 && t.changes_proposed > t.changes_accepted, "changes: {m}");
+        assert!(t.members_added >= 200 && t.members_stopped >= 200, "members: {m}");
+        assert!(t.transfers > 0 && t.stray_timeout_nows > 0, "transfers: {m}");
+        assert!(t.snapshots_installed > 0, "no member caught up by snapshot: {}", t.snapshot_summary());
     }
     let report: Vec<String> = failures
         .iter()
@@ -67,6 +76,7 @@ sweep_tests! {
     mixed_seeds_1500_1749: 1500, 250, Profile::Mixed;
     mixed_seeds_1750_1999: 1750, 250, Profile::Mixed;
     leader_churn_seeds_0000_0499: 0, 500, Profile::LeaderChurn;
+    membership_seeds_0000_0249: 0, 250, Profile::Membership;
 }
 
 #[test]
