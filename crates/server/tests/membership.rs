@@ -71,8 +71,6 @@ fn run_script(client: &str, own_peer: &str, me: u64, cluster: u64, spare: &[u16]
         let new_dec = u64::from_str_radix(&new_id, 16).map(|v| v.to_string()).unwrap_or_default();
         let mut text = format!("etcdctl {} -> {code:?}\n{stdout}{stderr}", step.join(" "));
         for (from, to) in [
-            (format!("{me:16x}"), "<me>"),
-            (format!("{cluster:16x}"), "<cluster>"),
             (format!("{me:x}"), "<me>"),
             (format!("{cluster:x}"), "<cluster>"),
             (me.to_string(), "<me>"),
@@ -84,6 +82,12 @@ fn run_script(client: &str, own_peer: &str, me: u64, cluster: u64, spare: &[u16]
         ] {
             if !from.is_empty() {
                 text = text.replace(&from, to);
+            }
+        }
+        // etcdctl pads ids to 16 columns (`%16x`): the padding depends on the id's length.
+        for tag in ["<me>", "<cluster>", "<new>"] {
+            while text.contains(&format!("  {tag}")) {
+                text = text.replace(&format!("  {tag}"), &format!(" {tag}"));
             }
         }
         // JSON output carries the raft term.
