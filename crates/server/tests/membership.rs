@@ -331,6 +331,19 @@ async fn changes_that_would_lose_the_quorum_are_refused() {
     let leader = c.wait_leader(START).await;
     let (down, up) = ((leader + 1) % 3, (leader + 2) % 3);
     let (down_id, up_id) = (ids(c.port(down)).await.0, ids(c.port(up)).await.0);
+    // A member counts as started once its name and client URLs are applied (it publishes
+    // them after it starts serving): wait for all three, or the first refusal is etcd's
+    // `not enough started members` rather than `unhealthy cluster`.
+    let leader_port = c.port(leader);
+    wait_for("every member to publish its name", START, || async move {
+        let list = common::cluster_client(leader_port)
+            .member_list(raftkv_api::etcdserverpb::MemberListRequest::default())
+            .await
+            .ok()?
+            .into_inner();
+        (list.members.len() == 3 && list.members.iter().all(|m| !m.name.is_empty())).then_some(())
+    })
+    .await;
     c.kill9(down);
     let spare = free_ports(3);
     let url = |i: usize| vec![format!("http://127.0.0.1:{}", spare[i])];
