@@ -4,23 +4,26 @@
 //! create-revision compare, and ownership when every key of the prefix created before it
 //! is gone.
 //!
-//! Waiting for those deletions polls the prefix with a bounded backoff (10 ms doubling
-//! to 500 ms) until the Watch service is available to wait on. Observe polls the same
-//! way: like etcd's, it always reports the newest leader value, not necessarily every
-//! intermediate one.
+//! Waiting is clientv3's `waitDeletes`: read the newest key created before ours, then
+//! wait on a watch of this member (the Watch service's own sessions, checked as the
+//! caller) for its deletion, and repeat until none is left. Observe watches the leader
+//! key and reports every value it takes, then the next leader once it is deleted.
 
-use std::time::Duration;
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use raftkv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use raftkv_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use raftkv_api::etcdserverpb::request_op::Request as Op;
 use raftkv_api::etcdserverpb::response_op::Response as OpResp;
+use raftkv_api::etcdserverpb::watch_create_request::FilterType;
+use raftkv_api::etcdserverpb::watch_request::RequestUnion;
 use raftkv_api::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, TxnRequest, TxnResponse,
+    ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
 };
-use raftkv_api::mvccpb::KeyValue;
+use raftkv_api::mvccpb::event::EventType;
+use raftkv_api::mvccpb::{Event, KeyValue};
 use raftkv_api::v3electionpb::election_server::{Election, ElectionServer};
 use raftkv_api::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -29,6 +32,7 @@ use raftkv_api::v3electionpb::{
 use raftkv_api::v3lockpb::lock_server::{Lock, LockServer};
 use raftkv_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -37,8 +41,6 @@ use crate::service::Api;
 
 /// The TTL of the lease a Lock or Campaign without one gets (clientv3's session default).
 const SESSION_TTL: i64 = 60;
-const FIRST_DELAY: Duration = Duration::from_millis(10);
-const MAX_DELAY: Duration = Duration::from_millis(500);
 /// Observe responses buffered per stream.
 const OBSERVE_BUFFER: usize = 16;
 
@@ -135,7 +137,6 @@ impl Recipes {
     /// Waits until no key under `prefix` has a create revision at or below `max_create`
     /// (clientv3's `waitDeletes`); the header of the read that saw none.
     async fn wait_deletes(&self, prefix: &Bytes, max_create: i64) -> Result<Option<ResponseHeader>, Status> {
-        let mut delay = FIRST_DELAY;
         loop {
             let req = RangeRequest {
                 key: prefix.clone(),
@@ -148,11 +149,16 @@ impl Recipes {
                 ..Default::default()
             };
             let r = self.api.range(req).await?;
-            if r.kvs.is_empty() {
-                return Ok(r.header);
+            let Some(kv) = r.kvs.first() else { return Ok(r.header) };
+            let seen = r.header.as_ref().map_or(0, |h| h.revision);
+            let mut events =
+                KeyEvents::open(&self.api, kv.key.clone(), Bytes::new(), seen + 1, Some(FilterType::Noput));
+            // A watch cut short (compaction) reads again: the key may be gone by now.
+            while let Some((_, event)) = events.next().await? {
+                if event.r#type == EventType::Delete as i32 {
+                    break;
+                }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_DELAY);
         }
     }
 
@@ -275,39 +281,130 @@ impl Recipes {
         }
     }
 
-    /// Reports the leader's value now and whenever it changes, until the client goes.
+    /// Reports the leader's value now and each value it takes, then each next leader's,
+    /// until the client goes (etcd's `Election.Observe`).
     pub fn observe(&self, req: LeaderRequest) -> ReceiverStream<Result<LeaderResponse, Status>> {
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut last: Option<(Bytes, i64)> = None;
-            let mut delay = FIRST_DELAY;
-            loop {
-                match this.current_leader(&req.name).await {
-                    Ok((header, Some(kv))) => {
-                        let seen = (kv.key.clone(), kv.mod_revision);
-                        if last.as_ref() != Some(&seen) {
-                            last = Some(seen);
-                            delay = FIRST_DELAY;
-                            if tx.send(Ok(LeaderResponse { header, kv: Some(kv) })).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok((_, None)) => {}
-                    Err(e) => {
+        tokio::spawn(crate::auth::inherit(async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                end = this.observe_into(&req.name, &tx) => {
+                    if let Err(e) = end {
                         let _ = tx.send(Err(e)).await;
-                        return;
                     }
                 }
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(MAX_DELAY);
             }
-        });
+        }));
         ReceiverStream::new(rx)
+    }
+
+    async fn observe_into(
+        &self,
+        name: &[u8],
+        tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
+    ) -> Result<(), Status> {
+        let prefix: Bytes = [name, b"/"].concat().into();
+        let mut last: Option<(Bytes, i64)> = None;
+        loop {
+            let (header, leader) = self.current_leader(name).await?;
+            let seen = header.as_ref().map_or(0, |h| h.revision);
+            let Some(kv) = leader else {
+                // No leader: wait for a key to appear under the prefix, then read again.
+                let mut events = KeyEvents::open(
+                    &self.api,
+                    prefix.clone(),
+                    prefix_end(&prefix),
+                    seen + 1,
+                    Some(FilterType::Nodelete),
+                );
+                events.next().await?;
+                continue;
+            };
+            let key = kv.key.clone();
+            if last.as_ref() != Some(&(key.clone(), kv.mod_revision)) {
+                last = Some((key.clone(), kv.mod_revision));
+                if tx.send(Ok(LeaderResponse { header, kv: Some(kv) })).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let mut events = KeyEvents::open(&self.api, key.clone(), Bytes::new(), seen + 1, None);
+            while let Some((mut header, event)) = events.next().await? {
+                if event.r#type == EventType::Delete as i32 {
+                    break;
+                }
+                let Some(kv) = event.kv else { continue };
+                last = Some((key.clone(), kv.mod_revision));
+                self.api.fill(&mut header);
+                if tx.send(Ok(LeaderResponse { header, kv: Some(kv) })).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The events of one key or range from a revision on, through a watch session of this
+/// member (the Watch service's code: the same ring, history catch-up and limits), as the
+/// caller: the watch is checked against the caller's permissions.
+struct KeyEvents {
+    out: crate::watch::Output,
+    pending: VecDeque<(Option<ResponseHeader>, Event)>,
+    ended: bool,
+}
+
+impl KeyEvents {
+    fn open(
+        api: &Api,
+        key: Bytes,
+        range_end: Bytes,
+        start_revision: i64,
+        filter: Option<FilterType>,
+    ) -> KeyEvents {
+        let filters = filter.map(|f| vec![f as i32]).unwrap_or_default();
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key,
+                range_end,
+                start_revision,
+                filters,
+                ..Default::default()
+            })),
+        };
+        // The request, then an input that stays open: the session ends when `out` is dropped.
+        let input = tokio_stream::iter([Ok(create)]).chain(tokio_stream::pending());
+        KeyEvents {
+            out: crate::watch::start(api.clone(), Box::pin(input)),
+            pending: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// The next event with its response's header; None once the watch was cancelled
+    /// because its start revision was compacted (the caller reads again). A refused watch
+    /// (no permission, limits) is an error.
+    async fn next(&mut self) -> Result<Option<(Option<ResponseHeader>, Event)>, Status> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(resp) = self.out.recv().await else {
+                return Err(Status::unavailable("etcdserver: watch ended"));
+            };
+            let resp = resp?;
+            if resp.canceled {
+                if resp.compact_revision != 0 {
+                    self.ended = true;
+                    continue;
+                }
+                return Err(Status::unknown(resp.cancel_reason));
+            }
+            let header = resp.header;
+            self.pending.extend(resp.events.into_iter().map(|e| (header, e)));
+        }
     }
 }
 

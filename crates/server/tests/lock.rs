@@ -118,3 +118,41 @@ async fn election_campaign_proclaim_observe_resign() {
     assert_eq!(e.message(), "\"leader\" field must be provided");
     c.assert_running();
 }
+
+/// Observe reports every value the leader proclaims, in order, not only the newest one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_reports_every_value() {
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    let l1 = grant(port, 60).await;
+    let mut el = ElectionClient::new(channel(port));
+    let leader = el
+        .campaign(CampaignRequest { name: "obs".into(), lease: l1, value: "v0".into() })
+        .await
+        .expect("campaign")
+        .into_inner()
+        .leader
+        .expect("leader key");
+    let mut observe = el.observe(LeaderRequest { name: "obs".into() }).await.expect("observe").into_inner();
+    let values: Vec<String> = (1..=20).map(|i| format!("v{i}")).collect();
+    for v in &values {
+        el.proclaim(ProclaimRequest { leader: Some(leader.clone()), value: v.clone().into() })
+            .await
+            .expect("proclaim");
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&"v20".to_string()) {
+        let r = tokio::time::timeout(Duration::from_secs(10), observe.message())
+            .await
+            .expect("observe must keep reporting")
+            .expect("observe")
+            .expect("a value");
+        seen.push(String::from_utf8(r.kv.expect("kv").value.to_vec()).expect("utf-8"));
+    }
+    let mut expected = vec!["v0".to_string()];
+    expected.extend(values);
+    assert_eq!(seen, expected, "every proclaimed value, in order");
+
+    c.assert_running();
+}
