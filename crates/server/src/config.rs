@@ -492,7 +492,7 @@ impl ServerConfig {
             args.grpc_keepalive_interval.as_deref(),
             args.grpc_keepalive_timeout.as_deref(),
         )
-        .map_err(ConfigError)?;
+        .map_err(|e| ConfigError(e.to_string()))?;
         if args.max_request_bytes == Some(0) {
             return err("--max-request-bytes must be positive");
         }
@@ -528,7 +528,7 @@ impl ServerConfig {
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),
             )
-            .map_err(ConfigError)?,
+            .map_err(|e| ConfigError(e.to_string()))?,
             log_format,
             log_level: args.log_level.unwrap_or_else(|| "info".to_string()),
             worker_threads,
