@@ -220,7 +220,7 @@ fn auth_options(
     client_cert_auth: bool,
 ) -> Result<crate::auth::AuthOptions, ConfigError> {
     let jwt = match token {
-        Some(spec) => crate::jwt::parse_auth_token(spec).map_err(ConfigError)?,
+        Some(spec) => crate::jwt::parse_auth_token(spec).map_err(|e| ConfigError(e.to_string()))?,
         None => None,
     };
     let bcrypt_cost = cost.unwrap_or(crate::auth::DEFAULT_BCRYPT_COST);
