@@ -461,7 +461,7 @@ impl ServerConfig {
             listen_client_urls.iter().chain(&advertise_client_urls).map(String::as_str).collect();
         let client_uses_tls =
             crate::tls::urls_use_tls("--listen-client-urls and --advertise-client-urls", &client_urls)
-                .map_err(ConfigError)?;
+                .map_err(|e| ConfigError(e.to_string()))?;
         let peer_urls: Vec<&str> = listen_peer_urls
             .iter()
             .chain(&advertise_peer_urls)
@@ -472,9 +472,9 @@ impl ServerConfig {
             "--listen-peer-urls, --initial-advertise-peer-urls and --initial-cluster",
             &peer_urls,
         )
-        .map_err(ConfigError)?;
-        client_tls.check("", client_uses_tls).map_err(ConfigError)?;
-        peer_tls.check("peer-", peer_uses_tls).map_err(ConfigError)?;
+        .map_err(|e| ConfigError(e.to_string()))?;
+        client_tls.check("", client_uses_tls).map_err(|e| ConfigError(e.to_string()))?;
+        peer_tls.check("peer-", peer_uses_tls).map_err(|e| ConfigError(e.to_string()))?;
         let auth = auth_options(
             &args.auth_token,
             args.auth_token_ttl,
