@@ -29,27 +29,39 @@ pub enum AutoCompaction {
     Revision(i64),
 }
 
+/// An auto-compaction flag that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AutoCompactionError {
+    #[error("invalid --auto-compaction-retention {0:?}: expected hours or a duration like 30m, 1h, 10s")]
+    NotAPeriod(String),
+    #[error("invalid --auto-compaction-retention {0:?}: revision mode expects a number of revisions")]
+    NotARevisionCount(String),
+    #[error("invalid --auto-compaction-mode {0:?}: expected periodic or revision")]
+    UnknownMode(String),
+}
+
 /// Parses etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
-pub fn parse(mode: Option<&str>, retention: Option<&str>) -> Result<AutoCompaction, String> {
+pub fn parse(mode: Option<&str>, retention: Option<&str>) -> Result<AutoCompaction, AutoCompactionError> {
     let retention = retention.unwrap_or("0").trim();
     match mode.unwrap_or("periodic") {
         "periodic" => {
             let d = if let Ok(hours) = retention.parse::<u64>() {
                 Duration::from_secs(hours.saturating_mul(3600))
             } else {
-                parse_duration(retention).ok_or_else(|| {
-                    format!("invalid --auto-compaction-retention {retention:?}: expected hours or a duration like 30m, 1h, 10s")
-                })?
+                parse_duration(retention)
+                    .ok_or_else(|| AutoCompactionError::NotAPeriod(retention.to_string()))?
             };
             Ok(if d.is_zero() { AutoCompaction::Off } else { AutoCompaction::Periodic(d) })
         }
         "revision" => {
-            let n = retention.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                format!("invalid --auto-compaction-retention {retention:?}: revision mode expects a number of revisions")
-            })?;
+            let n = retention
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| AutoCompactionError::NotARevisionCount(retention.to_string()))?;
             Ok(if n == 0 { AutoCompaction::Off } else { AutoCompaction::Revision(n) })
         }
-        other => Err(format!("invalid --auto-compaction-mode {other:?}: expected periodic or revision")),
+        other => Err(AutoCompactionError::UnknownMode(other.to_string())),
     }
 }
 
@@ -193,6 +205,19 @@ mod tests {
         {
             assert!(parse(Some(mode), Some(r)).is_err(), "{mode} {r}");
         }
+    }
+
+    /// Each mistake names the flag at fault and the value given.
+    #[test]
+    fn bad_flags_are_named() {
+        let e = parse(None, Some("5q")).expect_err("not a duration");
+        assert_eq!(e, AutoCompactionError::NotAPeriod("5q".into()));
+        assert!(e.to_string().starts_with("invalid --auto-compaction-retention \"5q\""), "{e}");
+        let e = parse(Some("revision"), Some("-3")).expect_err("negative");
+        assert_eq!(e, AutoCompactionError::NotARevisionCount("-3".into()));
+        assert!(e.to_string().contains("revision mode expects a number of revisions"), "{e}");
+        let e = parse(Some("daily"), Some("1")).expect_err("mode");
+        assert_eq!(e.to_string(), "invalid --auto-compaction-mode \"daily\": expected periodic or revision");
     }
 
     /// The target is the newest revision sampled at least a retention ago; the first

@@ -51,20 +51,72 @@ const CHUNK: usize = 32 * 1024;
 /// Snapshots served at once per member (each spills and writes a copy of the state).
 static SNAPSHOT_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
+/// Why a snapshot could not be written, read or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// Writing a snapshot (into unnamed files).
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("{0}")]
-    Bolt(#[from] BoltError),
+    #[error("cannot read snapshot file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    /// The snapshot file's database part is damaged.
+    #[error("{path}: {source}")]
+    Database { path: PathBuf, source: BoltError },
+    #[error(
+        "not an etcd snapshot: {0} has no trailing sha256 (not saved by `etcdctl snapshot save`?); use --skip-hash-check to restore a copied database file"
+    )]
+    NoHash(PathBuf),
+    #[error("not an etcd snapshot: {0}: sha256 mismatch (the file is damaged or truncated)")]
+    HashMismatch(PathBuf),
+    /// The database is sound but does not hold etcd's data as etcd writes it.
     #[error("not an etcd snapshot: {0}")]
-    Format(String),
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    InitialCluster(#[from] crate::config::ConfigError),
+    #[error("member {0:?} is not in --initial-cluster")]
+    NotInCluster(String),
+    #[error(
+        "--initial-advertise-peer-urls {advertised:?} does not match {listed:?} in --initial-cluster for {name:?}"
+    )]
+    PeerUrlsMismatch { name: String, advertised: Vec<String>, listed: Vec<String> },
+    #[error("two members of --initial-cluster share the same peer URLs")]
+    SharedPeerUrls,
+    #[error("--data-dir {0} names no directory")]
+    NoDirName(PathBuf),
+    #[error("data dir {0} exists; restore into a new directory")]
+    DataDirExists(PathBuf),
+    /// A file system step of building the data dir (`what` says which).
+    #[error("cannot {what} {path}: {source}")]
+    DataDir { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("cannot move the restored data dir {from} to {to}: {source}")]
+    Rename { from: PathBuf, to: PathBuf, source: io::Error },
+    #[error("cannot write the Raft storage in {path}: {source}")]
+    Storage { path: PathBuf, source: raftkv_storage::StorageError },
+    #[error("cannot write the state snapshot in {path}: {source}")]
+    StateSnapshot { path: PathBuf, source: io::Error },
+    /// The member's identity record (the error names the file).
     #[error("{0}")]
-    Usage(String),
+    Identity(String),
 }
 
-fn format_err<T>(what: impl Into<String>) -> Result<T, BackupError> {
-    Err(BackupError::Format(what.into()))
+/// What is wrong with the etcd data in a snapshot's database.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("no `key` bucket")]
+    NoKeyBucket,
+    #[error("meta bucket: a compaction revision that is not a revision key")]
+    CompactRevision,
+    #[error("key bucket: {0:?} is not a revision")]
+    NotARevision(Vec<u8>),
+    #[error("key bucket: sub revision {0}")]
+    SubRevision(i64),
+    #[error("key bucket: revision {revision}: {source}")]
+    KeyValue { revision: i64, source: raftkv_api::prost::DecodeError },
+    #[error("key bucket: revision {revision} holds mod revision {mod_revision}")]
+    ModRevision { revision: i64, mod_revision: i64 },
+    /// The history does not load (versions out of order, a compaction past the end...).
+    #[error("{0}")]
+    History(#[source] raftkv_kv::KvError),
 }
 
 /// etcd's revision key: main and sub revision, big-endian, separated by `_`.
@@ -222,16 +274,14 @@ pub struct Imported {
 /// if there is one (a file whose size is a multiple of 512 plus 32, as etcd checks). A file
 /// without one is refused unless `skip_hash_check` (a `member/snap/db` copied by hand).
 pub fn check_hash(path: &Path, skip_hash_check: bool) -> Result<u64, BackupError> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
+    let read_err = |source| BackupError::Read { path: path.into(), source };
+    let mut f = File::open(path).map_err(read_err)?;
+    let len = f.metadata().map_err(read_err)?.len();
     if len % 512 != 32 {
         if skip_hash_check {
             return Ok(len);
         }
-        return format_err(format!(
-            "{} has no trailing sha256 (not saved by `etcdctl snapshot save`?); use --skip-hash-check to restore a copied database file",
-            path.display()
-        ));
+        return Err(BackupError::NoHash(path.into()));
     }
     let db_len = len - 32;
     let mut hasher = Sha256::new();
@@ -239,14 +289,14 @@ pub fn check_hash(path: &Path, skip_hash_check: bool) -> Result<u64, BackupError
     let mut left = db_len;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        f.read_exact(&mut buf[..n])?;
+        f.read_exact(&mut buf[..n]).map_err(read_err)?;
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
     let mut stored = [0u8; 32];
-    f.read_exact(&mut stored)?;
+    f.read_exact(&mut stored).map_err(read_err)?;
     if hasher.finalize().as_slice() != stored {
-        return format_err(format!("{}: sha256 mismatch (the file is damaged or truncated)", path.display()));
+        return Err(BackupError::HashMismatch(path.into()));
     }
     Ok(db_len)
 }
@@ -255,11 +305,30 @@ fn bucket(buckets: &[(Vec<u8>, BucketRoot)], name: &str) -> Option<BucketRoot> {
     buckets.iter().find(|(n, _)| n == name.as_bytes()).map(|(_, r)| r.clone())
 }
 
-fn meta_rev(v: &[u8]) -> Result<i64, BackupError> {
+fn meta_rev(v: &[u8]) -> Result<i64, ContentError> {
     match parse_rev_key(v) {
         Some((main, _, _)) if main >= 0 => Ok(main),
-        _ => format_err("meta bucket: a compaction revision that is not a revision key"),
+        _ => Err(ContentError::CompactRevision),
     }
+}
+
+/// One version of the `key` bucket.
+fn key_version(k: &[u8], v: &[u8]) -> Result<(Version, bool), ContentError> {
+    let Some((main, sub, tombstone)) = parse_rev_key(k) else {
+        return Err(ContentError::NotARevision(k.to_vec()));
+    };
+    let Ok(sub) = u32::try_from(sub) else { return Err(ContentError::SubRevision(sub)) };
+    let kv = KeyValue::decode(v).map_err(|source| ContentError::KeyValue { revision: main, source })?;
+    if tombstone {
+        return Ok((Version { key: kv.key, main, sub, create: 0, version: 0, value: Bytes::new() }, false));
+    }
+    if kv.mod_revision != main {
+        return Err(ContentError::ModRevision { revision: main, mod_revision: kv.mod_revision });
+    }
+    let leased = kv.lease != 0;
+    let version =
+        Version { key: kv.key, main, sub, create: kv.create_revision, version: kv.version, value: kv.value };
+    Ok((version, leased))
 }
 
 /// Reads the first `db_len` bytes of an etcd v3 backend file into a store.
@@ -269,69 +338,60 @@ pub fn read_etcd_db(
     config: KvConfig,
     cold: ColdStore,
 ) -> Result<Imported, BackupError> {
-    let db = BoltReader::open(path, db_len)?;
-    let buckets = db.buckets()?;
-    let Some(keys) = bucket(&buckets, "key") else { return format_err("no `key` bucket") };
+    let damaged = |source| BackupError::Database { path: path.into(), source };
+    let db = BoltReader::open(path, db_len).map_err(damaged)?;
+    let buckets = db.buckets().map_err(damaged)?;
+    let Some(keys) = bucket(&buckets, "key") else { return Err(ContentError::NoKeyBucket.into()) };
+    // A callback's own error, kept while the walk stops with `BoltError::Stopped`.
+    let mut failed: Option<ContentError> = None;
+    fn stop(e: ContentError, failed: &mut Option<ContentError>) -> Result<(), BoltError> {
+        *failed = Some(e);
+        Err(BoltError::Stopped)
+    }
     let mut compacted = -1i64;
     if let Some(meta) = bucket(&buckets, "meta") {
-        db.walk(&meta, &mut |k, v, _| {
+        let walked = db.walk(&meta, &mut |k, v, _| {
             if k == b"finishedCompactRev" || k == b"scheduledCompactRev" {
                 // A scheduled compaction that did not finish is carried out, as etcd does.
-                compacted = compacted.max(meta_rev(v).map_err(|e| BoltError::Invalid(e.to_string()))?);
+                match meta_rev(v) {
+                    Ok(rev) => compacted = compacted.max(rev),
+                    Err(e) => return stop(e, &mut failed),
+                }
             }
             Ok(())
-        })?;
+        });
+        if let Some(e) = failed.take() {
+            return Err(e.into());
+        }
+        walked.map_err(damaged)?;
     }
     let mut importer = KvImporter::new(config, cold);
     let mut keys_with_leases = 0u64;
-    let mut failed: Option<BackupError> = None;
     let walked = db.walk(&keys, &mut |k, v, _| {
-        let fail = |what: String| Err(BoltError::Invalid(what));
-        let Some((main, sub, tombstone)) = parse_rev_key(k) else {
-            return fail(format!("key bucket: {k:?} is not a revision"));
+        let (version, leased) = match key_version(k, v) {
+            Ok(found) => found,
+            Err(e) => return stop(e, &mut failed),
         };
-        let Ok(sub) = u32::try_from(sub) else { return fail(format!("key bucket: sub revision {sub}")) };
-        let kv = match KeyValue::decode(v) {
-            Ok(kv) => kv,
-            Err(e) => return fail(format!("key bucket: revision {main}: {e}")),
-        };
-        let version = if tombstone {
-            Version { key: kv.key, main, sub, create: 0, version: 0, value: Bytes::new() }
-        } else {
-            if kv.mod_revision != main {
-                return fail(format!("key bucket: revision {main} holds mod revision {}", kv.mod_revision));
-            }
-            if kv.lease != 0 {
-                keys_with_leases += 1;
-            }
-            Version {
-                key: kv.key,
-                main,
-                sub,
-                create: kv.create_revision,
-                version: kv.version,
-                value: kv.value,
-            }
-        };
-        if let Err(e) = importer.push(version) {
-            failed = Some(BackupError::Format(e.to_string()));
-            return fail("stopped".into());
+        keys_with_leases += u64::from(leased);
+        match importer.push(version) {
+            Ok(()) => Ok(()),
+            Err(e) => stop(ContentError::History(e), &mut failed),
         }
-        Ok(())
     });
     if let Some(e) = failed {
-        return Err(e);
+        return Err(e.into());
     }
-    walked?;
+    walked.map_err(damaged)?;
     let mut leases = 0usize;
     if let Some(lease) = bucket(&buckets, "lease") {
         db.walk(&lease, &mut |_, _, _| {
             leases += 1;
             Ok(())
-        })?;
+        })
+        .map_err(damaged)?;
     }
     let versions = importer.versions();
-    let kv = importer.finish(compacted).map_err(|e| BackupError::Format(e.to_string()))?;
+    let kv = importer.finish(compacted).map_err(ContentError::History)?;
     Ok(Imported { kv, versions, leases, keys_with_leases })
 }
 
@@ -517,17 +577,15 @@ struct StatusArgs {
     write_out: String,
 }
 
-pub fn run(args: SnapshotArgs) -> Result<(), String> {
+pub fn run(args: SnapshotArgs) -> Result<(), BackupError> {
     match args.command {
-        SnapshotCommand::Restore(a) => restore(a).map_err(|e| e.to_string()),
-        SnapshotCommand::Status(a) => status(a).map_err(|e| e.to_string()),
+        SnapshotCommand::Restore(a) => restore(a),
+        SnapshotCommand::Status(a) => status(a),
     }
 }
 
 fn restore(a: RestoreArgs) -> Result<(), BackupError> {
-    let usage = |s: String| BackupError::Usage(s);
-    let initial =
-        crate::config::parse_initial_cluster(&a.initial_cluster).map_err(|e| usage(e.to_string()))?;
+    let initial = crate::config::parse_initial_cluster(&a.initial_cluster)?;
     let token = a.initial_cluster_token.clone();
     let members: Vec<MemberRecord> = initial
         .iter()
@@ -537,35 +595,30 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
             peer_urls: m.peer_urls.clone(),
         })
         .collect();
-    let me = members
-        .iter()
-        .find(|m| m.name == a.name)
-        .ok_or_else(|| usage(format!("member {:?} is not in --initial-cluster", a.name)))?;
+    let me =
+        members.iter().find(|m| m.name == a.name).ok_or_else(|| BackupError::NotInCluster(a.name.clone()))?;
     let mut mine: Vec<String> =
         a.initial_advertise_peer_urls.split(',').map(|s| s.trim().to_string()).collect();
     let mut listed = me.peer_urls.clone();
     mine.sort();
     listed.sort();
     if mine != listed {
-        return Err(usage(format!(
-            "--initial-advertise-peer-urls {mine:?} does not match {listed:?} in --initial-cluster for {:?}",
-            a.name
-        )));
+        return Err(BackupError::PeerUrlsMismatch { name: a.name, advertised: mine, listed });
     }
     let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.len() != members.len() {
-        return Err(usage("two members of --initial-cluster share the same peer URLs".into()));
+        return Err(BackupError::SharedPeerUrls);
     }
     let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.raftkv", a.name)));
     // Without a trailing `/`, so that the staging directory is a sibling.
     let data_dir: PathBuf = data_dir.components().collect();
     let Some(dir_name) = data_dir.file_name() else {
-        return Err(usage(format!("--data-dir {} names no directory", data_dir.display())));
+        return Err(BackupError::NoDirName(data_dir));
     };
     if data_dir.exists() {
-        return Err(usage(format!("data dir {} exists; restore into a new directory", data_dir.display())));
+        return Err(BackupError::DataDirExists(data_dir));
     }
     let db_len = check_hash(&a.file, a.skip_hash_check)?;
     let record = ClusterRecord {
@@ -582,16 +635,28 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
     staging_name.push(".restoring");
     let staging = data_dir.with_file_name(staging_name);
     if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
+        std::fs::remove_dir_all(&staging).map_err(|source| BackupError::DataDir {
+            what: "remove the unfinished restore",
+            path: staging.clone(),
+            source,
+        })?;
     }
     let result = build_data_dir(&a.file, db_len, &staging, &record);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
     }
     let imported = result?;
-    std::fs::rename(&staging, &data_dir)?;
+    std::fs::rename(&staging, &data_dir).map_err(|source| BackupError::Rename {
+        from: staging.clone(),
+        to: data_dir.clone(),
+        source,
+    })?;
     if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)?.sync_all()?;
+        File::open(parent).and_then(|d| d.sync_all()).map_err(|source| BackupError::DataDir {
+            what: "sync the directory",
+            path: parent.into(),
+            source,
+        })?;
     }
     println!(
         "restored snapshot {} into {}: revision {}, compacted at {}, {} versions of {} keys; member {} ({:x}) of cluster {:x}",
@@ -617,8 +682,12 @@ fn build_data_dir(
     record: &ClusterRecord,
 ) -> Result<(i64, i64, u64, usize), BackupError> {
     let member_dir = crate::member::member_dir(data_dir);
-    std::fs::create_dir_all(&member_dir)?;
-    let cold = ColdStore::temp_file_in(&member_dir)?;
+    let dir_err = |what: &'static str| {
+        let path = member_dir.clone();
+        move |source| BackupError::DataDir { what, path, source }
+    };
+    std::fs::create_dir_all(&member_dir).map_err(dir_err("create the directory"))?;
+    let cold = ColdStore::temp_file_in(&member_dir).map_err(dir_err("create the history cache file in"))?;
     let config = KvConfig { lease_policy: LeasePolicy::Ignore, ..KvConfig::default() };
     let imported = read_etcd_db(file, db_len, config, cold)?;
     if imported.leases > 0 || imported.keys_with_leases > 0 {
@@ -628,22 +697,22 @@ fn build_data_dir(
         );
     }
     let ids = raftkv_storage::NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
+    let raft_dir = crate::member::raft_dir(data_dir);
+    let storage_err = |source| BackupError::Storage { path: raft_dir.clone(), source };
     let storage = raftkv_storage::Storage::create(
         Arc::new(raftkv_storage::RealFs),
-        &crate::member::raft_dir(data_dir),
+        &raft_dir,
         ids,
         raftkv_storage::LogOptions::default(),
     )
-    .map_err(|e| io::Error::other(e.to_string()))?;
+    .map_err(storage_err)?;
     let meta = raftkv_raft::SnapshotMeta {
         index: raftkv_raft::LogIndex(1),
         term: raftkv_raft::Term(1),
         config: raftkv_raft::ClusterConfig::new(record.members.iter().map(|m| raftkv_raft::NodeId(m.id))),
     };
-    let mut writer = storage
-        .snapshots
-        .begin(raftkv_node::codec::meta_to_storage(&meta))
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut writer =
+        storage.snapshots.begin(raftkv_node::codec::meta_to_storage(&meta)).map_err(storage_err)?;
     let mut kv = imported.kv;
     {
         struct Sink<'a>(&'a mut raftkv_storage::SnapshotWriter);
@@ -657,22 +726,26 @@ fn build_data_dir(
             }
         }
         // The state machine's snapshot; nobody published attributes yet.
-        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), &mut Sink(&mut writer))?;
+        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), &mut Sink(&mut writer))
+            .map_err(|source| BackupError::StateSnapshot { path: raft_dir.clone(), source })?;
     }
-    writer.finish().map_err(|e| io::Error::other(e.to_string()))?;
-    crate::member::save(data_dir, record).map_err(BackupError::Usage)?;
+    writer.finish().map_err(storage_err)?;
+    crate::member::save(data_dir, record).map_err(BackupError::Identity)?;
     Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys()))
 }
 
 /// etcd's `snapshot status` numbers: a CRC32C over bucket names, keys and values, the
 /// newest revision in the `key` bucket, the count of keys over all buckets, and the size.
 fn status(a: StatusArgs) -> Result<(), BackupError> {
-    let len = std::fs::metadata(&a.file)?.len();
+    let len = std::fs::metadata(&a.file)
+        .map_err(|source| BackupError::Read { path: a.file.clone(), source })?
+        .len();
     let db_len = if len % 512 == 32 { check_hash(&a.file, false)? } else { len };
-    let db = BoltReader::open(&a.file, db_len)?;
+    let damaged = |source| BackupError::Database { path: a.file.clone(), source };
+    let db = BoltReader::open(&a.file, db_len).map_err(damaged)?;
     let mut crc = 0u32;
     let (mut revision, mut total) = (0i64, 0u64);
-    for (name, root) in db.buckets()? {
+    for (name, root) in db.buckets().map_err(damaged)? {
         crc = crc32c::crc32c_append(crc, &name);
         let is_key = name == b"key";
         db.walk(&root, &mut |k, v, _| {
@@ -683,7 +756,8 @@ fn status(a: StatusArgs) -> Result<(), BackupError> {
             }
             total += 1;
             Ok(())
-        })?;
+        })
+        .map_err(damaged)?;
     }
     if a.write_out == "json" {
         println!(
@@ -775,5 +849,85 @@ mod tests {
         bytes[100] ^= 1;
         std::fs::write(&path, &bytes).expect("test setup");
         assert!(check_hash(&path, false).is_err());
+    }
+
+    /// A bad snapshot file is refused with what is wrong with it, naming the file.
+    #[test]
+    fn bad_snapshot_files_say_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let path = dir.path().join("snap.db");
+        // A database written from `buckets`, followed by its sha256 as etcd saves it.
+        type Bucket<'a> = (&'a str, Vec<(Vec<u8>, Vec<u8>)>);
+        let save = |buckets: &[Bucket<'_>]| {
+            let file = File::create(&path).expect("test setup");
+            let mut db = BoltWriter::new(BufWriter::new(file)).expect("test setup");
+            for (name, kvs) in buckets {
+                db.begin_bucket(name.as_bytes()).expect("test setup");
+                for (k, v) in kvs {
+                    db.put(k, v).expect("test setup");
+                }
+            }
+            let (w, size) = db.finish().expect("test setup");
+            drop(w);
+            let mut bytes = std::fs::read(&path).expect("test setup");
+            bytes.truncate(size as usize);
+            bytes.extend_from_slice(&Sha256::digest(&bytes));
+            std::fs::write(&path, &bytes).expect("test setup");
+        };
+        let restore = || {
+            let db_len = check_hash(&path, false)?;
+            read_etcd_db(&path, db_len, KvConfig::default(), ColdStore::memory()).map(|_| ())
+        };
+        let shown = path.display().to_string();
+
+        let missing = dir.path().join("missing.db");
+        let e = check_hash(&missing, false).expect_err("missing");
+        assert!(matches!(&e, BackupError::Read { path, .. } if *path == missing), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("cannot read snapshot file {}: ", missing.display())));
+
+        std::fs::write(&path, vec![0u8; 1000]).expect("test setup");
+        let e = check_hash(&path, false).expect_err("no hash");
+        assert!(matches!(e, BackupError::NoHash(_)), "{e:?}");
+        assert!(e.to_string().contains(&format!("{shown} has no trailing sha256")), "{e}");
+
+        let mut bytes = vec![0u8; 1024];
+        bytes.extend_from_slice(&Sha256::digest(&bytes));
+        bytes[7] = 1;
+        std::fs::write(&path, &bytes).expect("test setup");
+        let e = check_hash(&path, false).expect_err("damaged");
+        assert!(matches!(e, BackupError::HashMismatch(_)), "{e:?}");
+        assert!(e.to_string().contains("sha256 mismatch"), "{e}");
+
+        // Sound hash, no database.
+        bytes[7] = 0;
+        bytes.truncate(1024);
+        bytes.extend_from_slice(&Sha256::digest(&bytes));
+        std::fs::write(&path, &bytes).expect("test setup");
+        let e = restore().expect_err("not bbolt");
+        assert!(matches!(e, BackupError::Database { source: BoltError::Meta(_), .. }), "{e:?}");
+        assert_eq!(e.to_string(), format!("{shown}: not a valid bbolt database: no meta page"));
+
+        // A database without etcd's data, or with a damaged version.
+        save(&[("meta", vec![])]);
+        let e = restore().expect_err("no key bucket");
+        assert!(matches!(e, BackupError::Content(ContentError::NoKeyBucket)), "{e:?}");
+        assert_eq!(e.to_string(), "not an etcd snapshot: no `key` bucket");
+        save(&[("key", vec![(b"foo".to_vec(), b"bar".to_vec())])]);
+        let e = restore().expect_err("bad revision");
+        assert!(matches!(e, BackupError::Content(ContentError::NotARevision(_))), "{e:?}");
+        let mut kv = Vec::new();
+        KeyValue { key: b"k".to_vec().into(), mod_revision: 3, ..Default::default() }
+            .encode(&mut kv)
+            .expect("encode");
+        save(&[("key", vec![(rev_key(2, 0, false), kv)])]);
+        let e = restore().expect_err("mod revision");
+        assert!(matches!(
+            e,
+            BackupError::Content(ContentError::ModRevision { revision: 2, mod_revision: 3 })
+        ));
+        assert_eq!(e.to_string(), "not an etcd snapshot: key bucket: revision 2 holds mod revision 3");
+        save(&[("key", vec![]), ("meta", vec![(b"finishedCompactRev".to_vec(), b"junk".to_vec())])]);
+        let e = restore().expect_err("compact revision");
+        assert!(matches!(e, BackupError::Content(ContentError::CompactRevision)), "{e:?}");
     }
 }

@@ -45,8 +45,33 @@ const MAX_PAGE_SPAN: u64 = 256 << 20;
 pub enum BoltError {
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Neither meta page is usable (the first one's problem is kept).
+    #[error("not a valid bbolt database: {0}")]
+    Meta(MetaError),
     #[error("not a valid bbolt database: {0}")]
     Invalid(String),
+    /// A [`BoltReader::walk`] callback asked to stop (it keeps its own reason).
+    #[error("stopped reading the database")]
+    Stopped,
+}
+
+/// Why a meta page is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("file too short")]
+    TooShort,
+    #[error("no meta page")]
+    NotMeta,
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported version {0}")]
+    Version(u32),
+    #[error("meta checksum mismatch")]
+    Checksum,
+    #[error("page size {0}")]
+    PageSize(u64),
+    #[error("meta page at the wrong place")]
+    Misplaced,
 }
 
 fn invalid<T>(what: impl Into<String>) -> Result<T, BoltError> {
@@ -332,26 +357,26 @@ impl BoltReader {
             let mut buf = [0u8; PAGE_HEADER + 64];
             file.read_exact_at(&mut buf, off)?;
             let m = &buf[PAGE_HEADER..];
-            let check = || -> Result<(u64, u64, u64, u64), String> {
+            let check = || -> Result<(u64, u64, u64, u64), MetaError> {
                 if u16_at(&buf, 8) & FLAG_META == 0 {
-                    return Err("no meta page".into());
+                    return Err(MetaError::NotMeta);
                 }
                 if u32_at(m, 0) != MAGIC {
-                    return Err("bad magic".into());
+                    return Err(MetaError::Magic);
                 }
                 if u32_at(m, 4) != VERSION {
-                    return Err(format!("unsupported version {}", u32_at(m, 4)));
+                    return Err(MetaError::Version(u32_at(m, 4)));
                 }
                 if u64_at(m, 56) != fnv64a(&m[..56]) {
-                    return Err("meta checksum mismatch".into());
+                    return Err(MetaError::Checksum);
                 }
                 let page_size = u64::from(u32_at(m, 8));
                 if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-                    return Err(format!("page size {page_size}"));
+                    return Err(MetaError::PageSize(page_size));
                 }
                 let expected_at = if u64_at(&buf, 0) == 0 { 0 } else { page_size };
                 if off != expected_at {
-                    return Err("meta page at the wrong place".into());
+                    return Err(MetaError::Misplaced);
                 }
                 Ok((u64_at(m, 48), page_size, u64_at(m, 40), u64_at(m, 16)))
             };
@@ -365,7 +390,7 @@ impl BoltReader {
             }
         }
         let Some((_, page_size, pages, root)) = best else {
-            return invalid(first_error.unwrap_or_else(|| "file too short".into()));
+            return Err(BoltError::Meta(first_error.unwrap_or(MetaError::TooShort)));
         };
         if pages.checked_mul(page_size).is_none_or(|end| end > len) {
             return invalid(format!("{pages} pages of {page_size} bytes do not fit in {len} bytes"));
@@ -583,5 +608,42 @@ mod tests {
         let f = tempfile::NamedTempFile::new().expect("test setup");
         std::fs::write(f.path(), &good[..PAGE_SIZE]).expect("test setup");
         assert!(BoltReader::open(f.path(), PAGE_SIZE as u64).is_err());
+    }
+
+    /// A file whose meta pages are unusable says what is wrong with the first one.
+    #[test]
+    fn unusable_meta_pages_are_explained() {
+        let file = build(&[("k", vec![(b"a".to_vec(), b"1".to_vec())])]);
+        let good = std::fs::read(file.path()).expect("test setup");
+        let open = |bytes: &[u8]| {
+            let f = tempfile::NamedTempFile::new().expect("test setup");
+            std::fs::write(f.path(), bytes).expect("test setup");
+            BoltReader::open(f.path(), bytes.len() as u64).err()
+        };
+        let meta_error = |bytes: &[u8]| match open(bytes) {
+            Some(BoltError::Meta(m)) => m,
+            other => panic!("expected a meta page error, got {other:?}"),
+        };
+        assert_eq!(meta_error(&good[..40]), MetaError::TooShort);
+        assert_eq!(meta_error(&vec![0u8; 2 * PAGE_SIZE]), MetaError::NotMeta);
+        // Both meta pages: magic, then version, then checksum.
+        let mut bad = good.clone();
+        for meta in [0, PAGE_SIZE] {
+            bad[meta + PAGE_HEADER] ^= 1;
+        }
+        assert_eq!(meta_error(&bad), MetaError::Magic);
+        let e = open(&bad).expect("error");
+        assert_eq!(e.to_string(), "not a valid bbolt database: bad magic");
+        let mut bad = good.clone();
+        for meta in [0, PAGE_SIZE] {
+            bad[meta + PAGE_HEADER + 4] = 9;
+        }
+        assert_eq!(meta_error(&bad), MetaError::Version(9));
+        let mut bad = good.clone();
+        for meta in [0, PAGE_SIZE] {
+            bad[meta + PAGE_HEADER + 20] ^= 1;
+        }
+        assert_eq!(meta_error(&bad), MetaError::Checksum);
+        assert!(open(&good).is_none());
     }
 }

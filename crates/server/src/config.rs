@@ -211,7 +211,6 @@ pub struct ServerConfig {
     pub listen_metrics: Vec<SocketAddr>,
 }
 
-/// A configuration problem, explained for the operator.
 /// The auth settings from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
 fn auth_options(
     token: &Option<String>,
@@ -220,16 +219,24 @@ fn auth_options(
     client_cert_auth: bool,
 ) -> Result<crate::auth::AuthOptions, ConfigError> {
     let jwt = match token {
-        Some(spec) => crate::jwt::parse_auth_token(spec).map_err(ConfigError)?,
+        Some(spec) => crate::jwt::parse_auth_token(spec)?,
         None => None,
     };
     let bcrypt_cost = cost.unwrap_or(crate::auth::DEFAULT_BCRYPT_COST);
     if !(4..=31).contains(&bcrypt_cost) {
-        return Err(ConfigError(format!("--bcrypt-cost {bcrypt_cost}: must be between 4 and 31")));
+        return Err(ConfigError::OutOfRange {
+            flag: "--bcrypt-cost",
+            value: bcrypt_cost.into(),
+            allowed: "4 to 31",
+        });
     }
     let ttl = ttl.unwrap_or(crate::auth::DEFAULT_TOKEN_TTL);
     if ttl == 0 {
-        return Err(ConfigError("--auth-token-ttl must be at least 1 second".into()));
+        return Err(ConfigError::OutOfRange {
+            flag: "--auth-token-ttl",
+            value: 0,
+            allowed: "at least 1 second",
+        });
     }
     Ok(crate::auth::AuthOptions {
         token_ttl: std::time::Duration::from_secs(ttl),
@@ -239,26 +246,79 @@ fn auth_options(
     })
 }
 
+/// A configuration problem, explained for the operator: the flag (or config file) at fault
+/// and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("invalid TOML in {path}: {source}")]
+    Toml { path: PathBuf, source: toml::de::Error },
+    #[error("invalid YAML in {path}: {source}")]
+    Yaml { path: PathBuf, source: serde_yaml::Error },
+    #[error("config file {path} must end in .toml, .yaml or .yml")]
+    FileKind { path: PathBuf },
+    /// A flag with a value it does not take (`expected` lists what it takes).
+    #[error("invalid {flag} {value:?}: expected {expected}")]
+    BadValue { flag: &'static str, value: String, expected: &'static str },
+    /// A number outside what the flag allows.
+    #[error("invalid {flag} {value}: expected {allowed}")]
+    OutOfRange { flag: &'static str, value: u64, allowed: &'static str },
+    /// A URL given to `flag` that cannot be listened on or dialed.
+    #[error("{flag}: {source}")]
+    Url { flag: &'static str, source: UrlError },
+    #[error("invalid --initial-cluster entry {0:?}: expected name=http://host:port")]
+    ClusterEntry(String),
+    #[error("invalid --initial-cluster entry {0:?}: empty member name")]
+    ClusterEntryName(String),
+    #[error("--initial-cluster is empty")]
+    EmptyCluster,
+    #[error(
+        "member name {name:?} is not in --initial-cluster ({cluster}); add {name}=<peer url> or fix --name"
+    )]
+    NotInCluster { name: String, cluster: String },
+    #[error(
+        "--initial-cluster has {name}={listed} but --initial-advertise-peer-urls is {advertised}: they must match"
+    )]
+    PeerUrlsMismatch { name: String, listed: String, advertised: String },
+    #[error(
+        "--election-timeout ({election_ms} ms) should be at least 5 times --heartbeat-interval ({heartbeat_ms} ms)"
+    )]
+    ElectionTimeoutTooShort { election_ms: u64, heartbeat_ms: u64 },
+    #[error("--listen-metrics-urls {0}: only http:// is served for metrics")]
+    HttpsMetrics(String),
+    /// TLS flags that do not fit together or with the URLs' schemes.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    AuthToken(#[from] crate::jwt::AuthTokenError),
+    #[error(transparent)]
+    Keepalive(#[from] crate::limits::KeepaliveError),
+    #[error(transparent)]
+    AutoCompaction(#[from] crate::autocompact::AutoCompactionError),
+}
 
-fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(msg.into()))
+/// A URL that is not `http://IP:port` (or `https://`, or a bare `IP:port`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("unsupported URL {0:?}: expected http://host:port")]
+    Unsupported(String),
+    #[error("invalid URL {url:?}: expected http://IP:port (for example http://127.0.0.1:2379)")]
+    Invalid { url: String, source: std::net::AddrParseError },
 }
 
 impl ServerArgs {
     /// Reads `path` as TOML or YAML according to its extension.
     pub fn from_file(path: &Path) -> Result<ServerArgs, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            .map_err(|source| ConfigError::ReadFile { path: path.into(), source })?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         match ext.as_str() {
-            "toml" => toml::from_str(&text)
-                .map_err(|e| ConfigError(format!("invalid TOML in {}: {e}", path.display()))),
-            "yaml" | "yml" => serde_yaml::from_str(&text)
-                .map_err(|e| ConfigError(format!("invalid YAML in {}: {e}", path.display()))),
-            _ => err(format!("config file {} must end in .toml, .yaml or .yml", path.display())),
+            "toml" => toml::from_str(&text).map_err(|source| ConfigError::Toml { path: path.into(), source }),
+            "yaml" | "yml" => {
+                serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.into(), source })
+            }
+            _ => Err(ConfigError::FileKind { path: path.into() }),
         }
     }
 
@@ -313,22 +373,23 @@ impl ServerArgs {
 
 /// Parses `http://host:port` (or `https://`, or a bare `host:port`) into a socket address.
 /// `localhost` resolves to 127.0.0.1.
-pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+pub fn parse_url(url: &str) -> Result<SocketAddr, UrlError> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .or_else(|| url.strip_prefix("unix://").map(|_| ""))
         .unwrap_or(url);
     if rest.is_empty() {
-        return err(format!("unsupported URL {url:?}: expected http://host:port"));
+        return Err(UrlError::Unsupported(url.to_string()));
     }
     let rest = rest.trim_end_matches('/');
     let rest = rest.replace("localhost", "127.0.0.1");
-    rest.parse::<SocketAddr>().map_err(|_| {
-        ConfigError(format!(
-            "invalid URL {url:?}: expected http://IP:port (for example http://127.0.0.1:2379)"
-        ))
-    })
+    rest.parse::<SocketAddr>().map_err(|source| UrlError::Invalid { url: url.to_string(), source })
+}
+
+/// Parses the URLs given to `flag`.
+fn parse_urls(flag: &'static str, urls: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    urls.iter().map(|u| parse_url(u).map_err(|source| ConfigError::Url { flag, source })).collect()
 }
 
 fn split_urls(s: &str) -> Vec<String> {
@@ -341,20 +402,20 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError>
     let mut order = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((name, url)) = part.split_once('=') else {
-            return err(format!("invalid --initial-cluster entry {part:?}: expected name=http://host:port"));
+            return Err(ConfigError::ClusterEntry(part.to_string()));
         };
         let (name, url) = (name.trim(), url.trim());
         if name.is_empty() {
-            return err(format!("invalid --initial-cluster entry {part:?}: empty member name"));
+            return Err(ConfigError::ClusterEntryName(part.to_string()));
         }
-        parse_url(url)?;
+        parse_url(url).map_err(|source| ConfigError::Url { flag: "--initial-cluster", source })?;
         if !members.contains_key(name) {
             order.push(name.to_string());
         }
         members.entry(name.to_string()).or_default().push(url.to_string());
     }
     if order.is_empty() {
-        return err("--initial-cluster is empty");
+        return Err(ConfigError::EmptyCluster);
     }
     Ok(order
         .into_iter()
@@ -393,55 +454,73 @@ impl ServerConfig {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
             other => {
-                return err(format!("invalid --initial-cluster-state {other:?}: expected new or existing"));
+                return Err(ConfigError::BadValue {
+                    flag: "--initial-cluster-state",
+                    value: other.to_string(),
+                    expected: "new or existing",
+                });
             }
         };
         let heartbeat_interval_ms = args.heartbeat_interval.unwrap_or(100);
         let election_timeout_ms = args.election_timeout.unwrap_or(1000);
         if heartbeat_interval_ms == 0 {
-            return err("--heartbeat-interval must be at least 1 ms");
+            return Err(ConfigError::OutOfRange {
+                flag: "--heartbeat-interval",
+                value: 0,
+                allowed: "at least 1 ms",
+            });
         }
         if election_timeout_ms < 5 * heartbeat_interval_ms {
-            return err(format!(
-                "--election-timeout ({election_timeout_ms} ms) should be at least 5 times --heartbeat-interval ({heartbeat_interval_ms} ms)"
-            ));
+            return Err(ConfigError::ElectionTimeoutTooShort {
+                election_ms: election_timeout_ms,
+                heartbeat_ms: heartbeat_interval_ms,
+            });
         }
         if election_timeout_ms > 50_000 {
-            return err(format!(
-                "--election-timeout ({election_timeout_ms} ms) is too long; maximum is 50000 ms"
-            ));
+            return Err(ConfigError::OutOfRange {
+                flag: "--election-timeout",
+                value: election_timeout_ms,
+                allowed: "at most 50000 ms",
+            });
         }
         let worker_threads = match args.worker_threads {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(n @ 1..=1024) => n,
-            Some(n) => return err(format!("invalid --worker-threads {n}: expected 1 to 1024")),
+            Some(n) => {
+                return Err(ConfigError::OutOfRange {
+                    flag: "--worker-threads",
+                    value: u64::try_from(n).unwrap_or(u64::MAX),
+                    allowed: "1 to 1024",
+                });
+            }
         };
         let log_format = match args.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return err(format!("invalid --log-format {other:?}: expected text or json")),
+            other => {
+                return Err(ConfigError::BadValue {
+                    flag: "--log-format",
+                    value: other.to_string(),
+                    expected: "text or json",
+                });
+            }
         };
-        let listen_client = listen_client_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
-        let listen_peer = listen_peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
-        for u in advertise_client_urls.iter().chain(advertise_peer_urls.iter()) {
-            parse_url(u)?;
-        }
+        let listen_client = parse_urls("--listen-client-urls", &listen_client_urls)?;
+        let listen_peer = parse_urls("--listen-peer-urls", &listen_peer_urls)?;
+        parse_urls("--advertise-client-urls", &advertise_client_urls)?;
+        let mut advertised = parse_urls("--initial-advertise-peer-urls", &advertise_peer_urls)?;
         let Some(me) = initial_cluster.iter().find(|m| m.name == name) else {
-            return err(format!(
-                "member name {name:?} is not in --initial-cluster ({initial_cluster_raw}); add {name}=<peer url> or fix --name"
-            ));
+            return Err(ConfigError::NotInCluster { name, cluster: initial_cluster_raw });
         };
-        let mut mine = me.peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
-        let mut advertised =
-            advertise_peer_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let mut mine = parse_urls("--initial-cluster", &me.peer_urls)?;
         mine.sort();
         advertised.sort();
         if mine != advertised {
-            return err(format!(
-                "--initial-cluster has {name}={} but --initial-advertise-peer-urls is {}: they must match",
-                me.peer_urls.join(","),
-                advertise_peer_urls.join(",")
-            ));
+            return Err(ConfigError::PeerUrlsMismatch {
+                name,
+                listed: me.peer_urls.join(","),
+                advertised: advertise_peer_urls.join(","),
+            });
         }
         let client_tls = crate::tls::TlsFlags {
             cert_file: args.cert_file,
@@ -460,8 +539,7 @@ impl ServerConfig {
         let client_urls: Vec<&str> =
             listen_client_urls.iter().chain(&advertise_client_urls).map(String::as_str).collect();
         let client_uses_tls =
-            crate::tls::urls_use_tls("--listen-client-urls and --advertise-client-urls", &client_urls)
-                .map_err(ConfigError)?;
+            crate::tls::urls_use_tls("--listen-client-urls and --advertise-client-urls", &client_urls)?;
         let peer_urls: Vec<&str> = listen_peer_urls
             .iter()
             .chain(&advertise_peer_urls)
@@ -471,10 +549,9 @@ impl ServerConfig {
         let peer_uses_tls = crate::tls::urls_use_tls(
             "--listen-peer-urls, --initial-advertise-peer-urls and --initial-cluster",
             &peer_urls,
-        )
-        .map_err(ConfigError)?;
-        client_tls.check("", client_uses_tls).map_err(ConfigError)?;
-        peer_tls.check("peer-", peer_uses_tls).map_err(ConfigError)?;
+        )?;
+        client_tls.check("", client_uses_tls)?;
+        peer_tls.check("peer-", peer_uses_tls)?;
         let auth = auth_options(
             &args.auth_token,
             args.auth_token_ttl,
@@ -483,21 +560,27 @@ impl ServerConfig {
         )?;
         let listen_metrics_urls = split_urls(args.listen_metrics_urls.as_deref().unwrap_or(""));
         if let Some(u) = listen_metrics_urls.iter().find(|u| u.starts_with("https://")) {
-            return err(format!("--listen-metrics-urls {u}: only http:// is served for metrics"));
+            return Err(ConfigError::HttpsMetrics(u.clone()));
         }
-        let listen_metrics =
-            listen_metrics_urls.iter().map(|u| parse_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let listen_metrics = parse_urls("--listen-metrics-urls", &listen_metrics_urls)?;
         let keepalive = crate::limits::Keepalive::from_flags(
             args.grpc_keepalive_min_time.as_deref(),
             args.grpc_keepalive_interval.as_deref(),
             args.grpc_keepalive_timeout.as_deref(),
-        )
-        .map_err(ConfigError)?;
+        )?;
         if args.max_request_bytes == Some(0) {
-            return err("--max-request-bytes must be positive");
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-request-bytes",
+                value: 0,
+                allowed: "a positive number",
+            });
         }
         if args.max_txn_ops == Some(0) {
-            return err("--max-txn-ops must be positive");
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-txn-ops",
+                value: 0,
+                allowed: "a positive number",
+            });
         }
         Ok(ServerConfig {
             client_tls,
@@ -527,8 +610,7 @@ impl ServerConfig {
             auto_compaction: crate::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),
-            )
-            .map_err(ConfigError)?,
+            )?,
             log_format,
             log_level: args.log_level.unwrap_or_else(|| "info".to_string()),
             worker_threads,
@@ -620,31 +702,40 @@ mod tests {
         assert_eq!(ServerConfig::resolve(one).expect("valid").worker_threads, 1);
         let zero = ServerArgs { worker_threads: Some(0), ..Default::default() };
         let e = ServerConfig::resolve(zero).expect_err("0 workers");
-        assert!(e.0.contains("--worker-threads 0"), "{e}");
+        assert!(matches!(e, ConfigError::OutOfRange { flag: "--worker-threads", value: 0, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "invalid --worker-threads 0: expected 1 to 1024");
     }
 
     #[test]
     fn name_missing_from_initial_cluster_is_refused() {
         let e = ServerConfig::resolve(args("m4", "m1=http://127.0.0.1:2380", "http://127.0.0.1:2380"))
             .expect_err("must fail");
-        assert!(e.0.contains("\"m4\" is not in --initial-cluster"), "{e}");
+        assert!(matches!(&e, ConfigError::NotInCluster { name, .. } if name == "m4"), "{e:?}");
+        assert!(e.to_string().contains("\"m4\" is not in --initial-cluster"), "{e}");
     }
 
     #[test]
     fn advertised_urls_must_match_initial_cluster() {
         let e = ServerConfig::resolve(args("m1", "m1=http://127.0.0.1:2380", "http://127.0.0.1:9999"))
             .expect_err("must fail");
-        assert!(e.0.contains("must match"), "{e}");
+        assert!(matches!(e, ConfigError::PeerUrlsMismatch { .. }), "{e:?}");
+        assert!(e.to_string().contains("must match"), "{e}");
     }
 
     #[test]
     fn malformed_values_are_explained() {
-        assert!(parse_initial_cluster("m1").expect_err("no =").0.contains("expected name=http"));
-        assert!(parse_url("http://nohost").expect_err("no port").0.contains("invalid URL"));
+        let e = parse_initial_cluster("m1").expect_err("no =");
+        assert!(e.to_string().contains("expected name=http"), "{e}");
+        let e = parse_url("http://nohost").expect_err("no port");
+        assert!(matches!(&e, UrlError::Invalid { url, .. } if url == "http://nohost"), "{e:?}");
+        assert!(e.to_string().contains("invalid URL"), "{e}");
         let a = ServerArgs { initial_cluster_state: Some("old".into()), ..Default::default() };
-        assert!(ServerConfig::resolve(a).expect_err("bad state").0.contains("new or existing"));
+        let e = ServerConfig::resolve(a).expect_err("bad state");
+        assert_eq!(e.to_string(), "invalid --initial-cluster-state \"old\": expected new or existing");
         let a = ServerArgs { election_timeout: Some(200), ..Default::default() };
-        assert!(ServerConfig::resolve(a).expect_err("too short").0.contains("at least 5 times"));
+        let e = ServerConfig::resolve(a).expect_err("too short");
+        assert!(matches!(e, ConfigError::ElectionTimeoutTooShort { election_ms: 200, heartbeat_ms: 100 }));
+        assert!(e.to_string().contains("at least 5 times"), "{e}");
     }
 
     #[test]
@@ -667,7 +758,68 @@ mod tests {
         std::fs::write(&bad, "nmae: typo\n").expect("write");
         let e = ServerConfig::resolve(ServerArgs { config_file: Some(bad), ..Default::default() })
             .expect_err("typo");
-        assert!(e.0.contains("unknown field"), "{e}");
+        assert!(matches!(&e, ConfigError::Yaml { path, .. } if path.ends_with("c.yaml")), "{e:?}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    /// Each kind of mistake is its own variant, and its text names the flag or file at fault.
+    #[test]
+    fn errors_name_the_flag_or_file() {
+        let resolve = |a: ServerArgs| ServerConfig::resolve(a).expect_err("must fail");
+        // A bad URL names the flag it was given to.
+        let e =
+            resolve(ServerArgs { listen_client_urls: Some("http://localhost".into()), ..Default::default() });
+        assert!(matches!(
+            &e,
+            ConfigError::Url { flag: "--listen-client-urls", source: UrlError::Invalid { .. } }
+        ));
+        assert!(e.to_string().starts_with("--listen-client-urls: invalid URL \"http://localhost\""), "{e}");
+        let e =
+            resolve(ServerArgs { advertise_client_urls: Some("unix://sock".into()), ..Default::default() });
+        assert!(matches!(
+            &e,
+            ConfigError::Url { flag: "--advertise-client-urls", source: UrlError::Unsupported(_) }
+        ));
+        let e = resolve(ServerArgs { listen_metrics_urls: Some("127.0.0.1:x".into()), ..Default::default() });
+        assert!(e.to_string().starts_with("--listen-metrics-urls: invalid URL"), "{e}");
+        let e = parse_initial_cluster("a=http://127.0.0.1:1,b=nohost").expect_err("bad url");
+        assert!(e.to_string().starts_with("--initial-cluster: invalid URL \"nohost\""), "{e}");
+        // Values out of range name the flag and the value.
+        let e = resolve(ServerArgs { bcrypt_cost: Some(3), ..Default::default() });
+        assert_eq!(e.to_string(), "invalid --bcrypt-cost 3: expected 4 to 31");
+        let e = resolve(ServerArgs { max_txn_ops: Some(0), ..Default::default() });
+        assert!(matches!(e, ConfigError::OutOfRange { flag: "--max-txn-ops", value: 0, .. }), "{e:?}");
+        // The other modules' flag errors come through unchanged.
+        let e = resolve(ServerArgs { grpc_keepalive_timeout: Some("0s".into()), ..Default::default() });
+        assert!(matches!(e, ConfigError::Keepalive(crate::limits::KeepaliveError::ZeroTimeout)), "{e:?}");
+        let e = resolve(ServerArgs { auto_compaction_mode: Some("daily".into()), ..Default::default() });
+        assert!(e.to_string().starts_with("invalid --auto-compaction-mode \"daily\""), "{e}");
+        let e = resolve(ServerArgs { auth_token: Some("oauth".into()), ..Default::default() });
+        assert!(matches!(e, ConfigError::AuthToken(crate::jwt::AuthTokenError::UnknownType(_))), "{e:?}");
+        // Conflicting TLS flags.
+        let e = resolve(ServerArgs {
+            listen_client_urls: Some("https://127.0.0.1:2379".into()),
+            advertise_client_urls: Some("https://127.0.0.1:2379".into()),
+            ..Default::default()
+        });
+        assert!(
+            matches!(e, ConfigError::Tls(crate::tls::TlsError::NoCertificateFlags { prefix: "" })),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("--cert-file and --key-file"), "{e}");
+        // An unreadable config file is named, with the cause.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.toml");
+        let e = resolve(ServerArgs { config_file: Some(missing.clone()), ..Default::default() });
+        assert!(matches!(&e, ConfigError::ReadFile { path, .. } if *path == missing), "{e:?}");
+        assert!(
+            e.to_string().starts_with(&format!("cannot read config file {}: ", missing.display())),
+            "{e}"
+        );
+        let ini = dir.path().join("c.ini");
+        std::fs::write(&ini, "name = m1\n").expect("write");
+        let e = resolve(ServerArgs { config_file: Some(ini), ..Default::default() });
+        assert!(matches!(e, ConfigError::FileKind { .. }), "{e:?}");
     }
 
     #[test]

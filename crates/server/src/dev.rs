@@ -75,6 +75,23 @@ fn spawn_member(
     cmd.spawn()
 }
 
+/// Why the local cluster could not start, or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("cannot find the raftkv binary: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on 127.0.0.1:{port}: {source} (is another raftkv or etcd running?)")]
+    Port { port: u16, source: std::io::Error },
+    #[error("cannot start {member}: {source}")]
+    Spawn { member: &'static str, source: std::io::Error },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("every member exited")]
+    AllExited,
+}
+
 fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
         let _ =
@@ -82,25 +99,25 @@ fn terminate(child: &Child) {
     }
 }
 
-/// Runs the cluster until Ctrl-C (or SIGTERM), then stops every member gracefully.
-pub async fn run(args: DevArgs) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the raftkv binary: {e}"))?;
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
-    for (_, client, peer) in MEMBERS {
-        for port in [client, peer] {
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                return Err(format!(
-                    "port {port} on 127.0.0.1 is already in use (is another raftkv or etcd running?)"
-                ));
-            }
-        }
+/// Fails on the first of `ports` that cannot be listened on at 127.0.0.1.
+fn check_ports(ports: impl IntoIterator<Item = u16>) -> Result<(), DevError> {
+    for port in ports {
+        std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|source| DevError::Port { port, source })?;
     }
+    Ok(())
+}
+
+/// Runs the cluster until Ctrl-C (or SIGTERM), then stops every member gracefully.
+pub async fn run(args: DevArgs) -> Result<(), DevError> {
+    let exe = std::env::current_exe().map_err(DevError::CurrentExe)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|source| DevError::DataDir { path: args.data_dir.clone(), source })?;
+    check_ports(MEMBERS.iter().flat_map(|&(_, client, peer)| [client, peer]))?;
     let resumed = args.data_dir.join("m1").join("member").exists();
     let mut children = Vec::new();
     for (name, client, peer) in MEMBERS {
-        let child =
-            spawn_member(&exe, &args, name, client, peer).map_err(|e| format!("cannot start {name}: {e}"))?;
+        let child = spawn_member(&exe, &args, name, client, peer)
+            .map_err(|source| DevError::Spawn { member: name, source })?;
         children.push((name, child));
     }
     println!(
@@ -116,7 +133,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("press Ctrl-C to stop");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+        .map_err(DevError::Signal)?;
     // A member that dies is reported; the others keep running (a 3-member cluster serves
     // with 2). The launcher ends when every member has exited or on Ctrl-C.
     let watch = async {
@@ -139,7 +156,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
-        _ = watch => Err("every member exited".to_string()),
+        _ = watch => Err(DevError::AllExited),
     };
     println!("raftkv dev: stopping");
     for (_, child) in &children {
@@ -155,4 +172,28 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         }
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy port stops `raftkv dev` before any member starts, naming the port and the cause.
+    #[test]
+    fn a_busy_port_is_named() {
+        let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let busy = held.local_addr().expect("addr").port();
+        let free = {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        assert!(check_ports([free]).is_ok());
+        let e = check_ports([free, busy]).expect_err("busy port");
+        let DevError::Port { port, source } = &e else { panic!("expected a port error, got {e:?}") };
+        assert_eq!(*port, busy);
+        assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("cannot listen on 127.0.0.1:{busy}: ")), "{text}");
+        assert!(text.ends_with("(is another raftkv or etcd running?)"), "{text}");
+    }
 }

@@ -12,6 +12,7 @@
 //!   keys, so that a bad key is a startup error rather than a refused login later.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +49,78 @@ pub enum IssueError {
     #[error("auth: token signing attempted with verify-only key")]
     VerifyOnly,
     #[error("auth: cannot sign a token: {0}")]
-    Sign(String),
+    Sign(#[source] jsonwebtoken::errors::Error),
+}
+
+/// Why `--auth-token` cannot be used: the text names the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthTokenError {
+    #[error("--auth-token: empty token type (expected simple or jwt,<options>)")]
+    EmptyType,
+    #[error("--auth-token {0:?}: unknown token type (expected simple or jwt)")]
+    UnknownType(String),
+    #[error("--auth-token: option {0:?} is not key=value")]
+    NotKeyValue(String),
+    #[error("--auth-token: option {0} is given twice")]
+    Repeated(String),
+    #[error("--auth-token simple takes no options")]
+    SimpleWithOptions,
+    #[error("--auth-token jwt: {0}")]
+    Jwt(#[from] JwtError),
+}
+
+/// Why the options of `--auth-token jwt,...` or their key files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("unknown option {0} (known: sign-method, pub-key, priv-key, ttl)")]
+    UnknownOption(String),
+    #[error("sign-method is required (one of {SIGN_METHODS})")]
+    NoSignMethod,
+    #[error("sign-method ES512 is not supported (no P-521 keys); use ES256 or ES384")]
+    Es512,
+    #[error("unknown sign-method {0:?} (expected one of {SIGN_METHODS})")]
+    UnknownSignMethod(String),
+    #[error("ttl {0:?} is not a duration (e.g. 5m, 30s, 1h)")]
+    TtlNotADuration(String),
+    #[error("ttl {0:?} must be at least 1s")]
+    TtlTooShort(String),
+    #[error("{0:?} signs with the shared secret in priv-key; pub-key is not used")]
+    PubKeyWithSecret(Algorithm),
+    #[error("no key: give priv-key (and pub-key) files")]
+    NoKey,
+    #[error("cannot read {option} {path}: {source}")]
+    Read { option: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{option} {path}: {len} bytes is too large for a key file")]
+    TooLarge { option: &'static str, path: PathBuf, len: u64 },
+    #[error("{option} {path} is empty")]
+    Empty { option: &'static str, path: PathBuf },
+    #[error("{option} {path} is not a PEM file: {source}")]
+    NotPem { option: &'static str, path: PathBuf, source: x509_parser::error::PEMError },
+    /// The PEM block is of another kind (`found` is its label).
+    #[error("{option} {path}: expected {expected}, found {found}")]
+    WrongPem { option: &'static str, path: PathBuf, expected: &'static str, found: String },
+    #[error("pub-key {path}: not a public key: {source}")]
+    NotPublicKey { path: PathBuf, source: x509_parser::error::X509Error },
+    #[error(
+        "pub-key {path}: an EC key of {bits} bits does not suit {alg:?} (P-256 for ES256, P-384 for ES384)"
+    )]
+    WrongCurve { path: PathBuf, bits: usize, alg: Algorithm },
+    #[error("pub-key {path}: not a key for {alg:?}")]
+    WrongPublicKey { path: PathBuf, alg: Algorithm },
+    #[error("priv-key {path}: not a usable RSA private key (2048 to 4096 bits): {source}")]
+    BadRsaKey { path: PathBuf, source: ring::error::KeyRejected },
+    #[error("priv-key {path}: {source}")]
+    RsaSigningKey { path: PathBuf, source: jsonwebtoken::errors::Error },
+    #[error(
+        "priv-key {path}: not a usable EC private key for {alg:?} (P-256 for ES256, P-384 for ES384): {source}"
+    )]
+    BadEcKey { path: PathBuf, alg: Algorithm, source: ring::error::KeyRejected },
+    #[error("priv-key {path}: {source}")]
+    CannotSign { path: PathBuf, source: IssueError },
+    #[error("priv-key {path}: cannot verify its own token")]
+    CannotVerify { path: PathBuf },
+    #[error("pub-key {public} does not match priv-key {private}")]
+    Mismatch { public: PathBuf, private: PathBuf },
 }
 
 /// The kind of key a sign method needs.
@@ -59,7 +131,7 @@ enum Family {
     Hmac,
 }
 
-fn sign_method(name: &str) -> Result<(Algorithm, Family), String> {
+fn sign_method(name: &str) -> Result<(Algorithm, Family), JwtError> {
     let alg = match name {
         "RS256" => (Algorithm::RS256, Family::Rsa),
         "RS384" => (Algorithm::RS384, Family::Rsa),
@@ -72,11 +144,9 @@ fn sign_method(name: &str) -> Result<(Algorithm, Family), String> {
         "HS256" => (Algorithm::HS256, Family::Hmac),
         "HS384" => (Algorithm::HS384, Family::Hmac),
         "HS512" => (Algorithm::HS512, Family::Hmac),
-        "ES512" => {
-            return Err("sign-method ES512 is not supported (no P-521 keys); use ES256 or ES384".into());
-        }
-        "" => return Err(format!("sign-method is required (one of {SIGN_METHODS})")),
-        other => return Err(format!("unknown sign-method {other:?} (expected one of {SIGN_METHODS})")),
+        "ES512" => return Err(JwtError::Es512),
+        "" => return Err(JwtError::NoSignMethod),
+        other => return Err(JwtError::UnknownSignMethod(other.to_string())),
     };
     Ok(alg)
 }
@@ -107,47 +177,52 @@ impl std::fmt::Debug for JwtKeys {
 
 /// `--auth-token`: `None` for simple tokens, the JWT keys for `jwt,...`. Errors name the
 /// option at fault.
-pub fn parse_auth_token(spec: &str) -> Result<Option<Arc<JwtKeys>>, String> {
+pub fn parse_auth_token(spec: &str) -> Result<Option<Arc<JwtKeys>>, AuthTokenError> {
     let mut parts = spec.split(',');
     let kind = parts.next().unwrap_or_default();
     let mut options: Vec<(&str, &str)> = Vec::new();
     for part in parts {
         let pair: Vec<&str> = part.split('=').collect();
         let [key, value] = pair[..] else {
-            return Err(format!("--auth-token: option {part:?} is not key=value"));
+            return Err(AuthTokenError::NotKeyValue(part.to_string()));
         };
         if options.iter().any(|(k, _)| *k == key) {
-            return Err(format!("--auth-token: option {key} is given twice"));
+            return Err(AuthTokenError::Repeated(key.to_string()));
         }
         options.push((key, value));
     }
     match kind {
         "simple" if options.is_empty() => Ok(None),
-        "simple" => Err("--auth-token simple takes no options".into()),
-        "jwt" => JwtKeys::from_options(&options)
-            .map(|k| Some(Arc::new(k)))
-            .map_err(|e| format!("--auth-token jwt: {e}")),
-        "" => Err("--auth-token: empty token type (expected simple or jwt,<options>)".into()),
-        other => Err(format!("--auth-token {other:?}: unknown token type (expected simple or jwt)")),
+        "simple" => Err(AuthTokenError::SimpleWithOptions),
+        "jwt" => Ok(Some(Arc::new(JwtKeys::from_options(&options)?))),
+        "" => Err(AuthTokenError::EmptyType),
+        other => Err(AuthTokenError::UnknownType(other.to_string())),
     }
 }
 
-fn read_key_file(option: &str, path: &str) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {option} {path}: {e}"))?;
+fn read_key_file(option: &'static str, path: &str) -> Result<Vec<u8>, JwtError> {
+    let read_err = |source| JwtError::Read { option, path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.len() > MAX_KEY_FILE_BYTES {
-        return Err(format!("{option} {path}: {} bytes is too large for a key file", meta.len()));
+        return Err(JwtError::TooLarge { option, path: path.into(), len: meta.len() });
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {option} {path}: {e}"))?;
+    let bytes = std::fs::read(path).map_err(read_err)?;
     if bytes.is_empty() {
-        return Err(format!("{option} {path} is empty"));
+        return Err(JwtError::Empty { option, path: path.into() });
     }
     Ok(bytes)
 }
 
 /// The one PEM block of a key file: (label, DER).
-fn pem_block(option: &str, path: &str, bytes: &[u8]) -> Result<(String, Vec<u8>), String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(bytes)
-        .map_err(|e| format!("{option} {path} is not a PEM file: {e}"))?;
+fn pem_block(option: &'static str, path: &str, bytes: &[u8]) -> Result<(String, Vec<u8>), JwtError> {
+    use x509_parser::error::PEMError;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(bytes).map_err(|e| {
+        let source = match e {
+            x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+            x509_parser::nom::Err::Incomplete(_) => PEMError::IncompletePEM,
+        };
+        JwtError::NotPem { option, path: path.into(), source }
+    })?;
     Ok((pem.label, pem.contents))
 }
 
@@ -185,17 +260,23 @@ fn sec1_to_pkcs8(sec1: &[u8], curve_oid: &[u8]) -> Vec<u8> {
 }
 
 /// The public key of a `pub-key` file as `jsonwebtoken` wants it, checked against `family`.
-fn public_key(path: &str, bytes: &[u8], alg: Algorithm, family: Family) -> Result<DecodingKey, String> {
+fn public_key(path: &str, bytes: &[u8], alg: Algorithm, family: Family) -> Result<DecodingKey, JwtError> {
     let (label, der) = pem_block("pub-key", path, bytes)?;
     if family == Family::Rsa && label == "RSA PUBLIC KEY" {
         return Ok(DecodingKey::from_rsa_der(&der));
     }
     if label != "PUBLIC KEY" {
-        return Err(format!("pub-key {path}: expected a PEM public key (PUBLIC KEY), found {label}"));
+        return Err(JwtError::WrongPem {
+            option: "pub-key",
+            path: path.into(),
+            expected: "a PEM public key (PUBLIC KEY)",
+            found: label,
+        });
     }
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&der)
-        .map_err(|e| format!("pub-key {path}: not a public key: {e}"))?;
-    let parsed = spki.parsed().map_err(|e| format!("pub-key {path}: not a public key: {e}"))?;
+    let not_public = |source| JwtError::NotPublicKey { path: path.into(), source };
+    let (_, spki) =
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(&der).map_err(|e| not_public(e.into()))?;
+    let parsed = spki.parsed().map_err(not_public)?;
     match (family, parsed) {
         // The key bits of an RSA SPKI are the PKCS#1 RSAPublicKey ring verifies with.
         (Family::Rsa, x509_parser::public_key::PublicKey::RSA(_)) => {
@@ -204,14 +285,11 @@ fn public_key(path: &str, bytes: &[u8], alg: Algorithm, family: Family) -> Resul
         (Family::Ecdsa, x509_parser::public_key::PublicKey::EC(point)) => {
             let want = if alg == Algorithm::ES256 { 65 } else { 97 };
             if point.data().len() != want {
-                return Err(format!(
-                    "pub-key {path}: an EC key of {} bits does not suit {alg:?} (P-256 for ES256, P-384 for ES384)",
-                    point.key_size()
-                ));
+                return Err(JwtError::WrongCurve { path: path.into(), bits: point.key_size(), alg });
             }
             Ok(DecodingKey::from_ec_der(point.data()))
         }
-        _ => Err(format!("pub-key {path}: not a key for {alg:?}")),
+        _ => Err(JwtError::WrongPublicKey { path: path.into(), alg }),
     }
 }
 
@@ -221,65 +299,79 @@ fn private_key(
     bytes: &[u8],
     alg: Algorithm,
     family: Family,
-) -> Result<(EncodingKey, DecodingKey), String> {
-    if family == Family::Hmac {
-        return Ok((EncodingKey::from_secret(bytes), DecodingKey::from_secret(bytes)));
-    }
-    let (label, der) = pem_block("priv-key", path, bytes)?;
+) -> Result<(EncodingKey, DecodingKey), JwtError> {
     match family {
-        Family::Rsa => {
-            let pair = match label.as_str() {
-                "RSA PRIVATE KEY" => rsig::RsaKeyPair::from_der(&der),
-                "PRIVATE KEY" => rsig::RsaKeyPair::from_pkcs8(&der),
-                other => return Err(format!("priv-key {path}: expected an RSA private key, found {other}")),
-            }
-            .map_err(|e| format!("priv-key {path}: not a usable RSA private key (2048 to 4096 bits): {e}"))?;
-            let encoding = EncodingKey::from_rsa_pem(bytes).map_err(|e| format!("priv-key {path}: {e}"))?;
-            Ok((encoding, DecodingKey::from_rsa_der(pair.public_key().as_ref())))
-        }
-        Family::Ecdsa => {
-            let (signing, curve) = if alg == Algorithm::ES256 {
-                (&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, OID_P256)
-            } else {
-                (&rsig::ECDSA_P384_SHA384_FIXED_SIGNING, OID_P384)
-            };
-            let pkcs8 = match label.as_str() {
-                "EC PRIVATE KEY" => sec1_to_pkcs8(&der, curve),
-                "PRIVATE KEY" => der,
-                other => return Err(format!("priv-key {path}: expected an EC private key, found {other}")),
-            };
-            let rng = ring::rand::SystemRandom::new();
-            let pair = rsig::EcdsaKeyPair::from_pkcs8(signing, &pkcs8, &rng).map_err(|e| {
-                format!(
-                    "priv-key {path}: not a usable EC private key for {alg:?} (P-256 for ES256, P-384 for ES384): {e}"
-                )
-            })?;
-            Ok((EncodingKey::from_ec_der(&pkcs8), DecodingKey::from_ec_der(pair.public_key().as_ref())))
-        }
-        Family::Hmac => Err(format!("priv-key {path}: {alg:?} takes a shared secret")),
+        Family::Hmac => Ok((EncodingKey::from_secret(bytes), DecodingKey::from_secret(bytes))),
+        Family::Rsa => rsa_private_key(path, bytes),
+        Family::Ecdsa => ec_private_key(path, bytes, alg),
     }
 }
 
+fn rsa_private_key(path: &str, bytes: &[u8]) -> Result<(EncodingKey, DecodingKey), JwtError> {
+    let (label, der) = pem_block("priv-key", path, bytes)?;
+    let pair = match label.as_str() {
+        "RSA PRIVATE KEY" => rsig::RsaKeyPair::from_der(&der),
+        "PRIVATE KEY" => rsig::RsaKeyPair::from_pkcs8(&der),
+        _ => {
+            return Err(JwtError::WrongPem {
+                option: "priv-key",
+                path: path.into(),
+                expected: "an RSA private key",
+                found: label,
+            });
+        }
+    }
+    .map_err(|source| JwtError::BadRsaKey { path: path.into(), source })?;
+    let encoding = EncodingKey::from_rsa_pem(bytes)
+        .map_err(|source| JwtError::RsaSigningKey { path: path.into(), source })?;
+    Ok((encoding, DecodingKey::from_rsa_der(pair.public_key().as_ref())))
+}
+
+fn ec_private_key(path: &str, bytes: &[u8], alg: Algorithm) -> Result<(EncodingKey, DecodingKey), JwtError> {
+    let (label, der) = pem_block("priv-key", path, bytes)?;
+    let (signing, curve) = if alg == Algorithm::ES256 {
+        (&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, OID_P256)
+    } else {
+        (&rsig::ECDSA_P384_SHA384_FIXED_SIGNING, OID_P384)
+    };
+    let pkcs8 = match label.as_str() {
+        "EC PRIVATE KEY" => sec1_to_pkcs8(&der, curve),
+        "PRIVATE KEY" => der,
+        _ => {
+            return Err(JwtError::WrongPem {
+                option: "priv-key",
+                path: path.into(),
+                expected: "an EC private key",
+                found: label,
+            });
+        }
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let pair = rsig::EcdsaKeyPair::from_pkcs8(signing, &pkcs8, &rng)
+        .map_err(|source| JwtError::BadEcKey { path: path.into(), alg, source })?;
+    Ok((EncodingKey::from_ec_der(&pkcs8), DecodingKey::from_ec_der(pair.public_key().as_ref())))
+}
+
 impl JwtKeys {
-    fn from_options(options: &[(&str, &str)]) -> Result<JwtKeys, String> {
+    fn from_options(options: &[(&str, &str)]) -> Result<JwtKeys, JwtError> {
         let get = |name: &str| options.iter().find(|(k, _)| *k == name).map(|(_, v)| *v).unwrap_or("");
         if let Some((unknown, _)) =
             options.iter().find(|(k, _)| !["sign-method", "pub-key", "priv-key", "ttl"].contains(k))
         {
-            return Err(format!("unknown option {unknown} (known: sign-method, pub-key, priv-key, ttl)"));
+            return Err(JwtError::UnknownOption(unknown.to_string()));
         }
         let (alg, family) = sign_method(get("sign-method"))?;
         let ttl = match get("ttl") {
             "" => DEFAULT_TTL,
             t => crate::autocompact::parse_duration(t)
-                .ok_or_else(|| format!("ttl {t:?} is not a duration (e.g. 5m, 30s, 1h)"))?,
+                .ok_or_else(|| JwtError::TtlNotADuration(t.to_string()))?,
         };
         if ttl < Duration::from_secs(1) {
-            return Err(format!("ttl {:?} must be at least 1s", get("ttl")));
+            return Err(JwtError::TtlTooShort(get("ttl").to_string()));
         }
         let (priv_path, pub_path) = (get("priv-key"), get("pub-key"));
         if family == Family::Hmac && !pub_path.is_empty() {
-            return Err(format!("{alg:?} signs with the shared secret in priv-key; pub-key is not used"));
+            return Err(JwtError::PubKeyWithSecret(alg));
         }
         let private = match priv_path {
             "" => None,
@@ -293,7 +385,7 @@ impl JwtKeys {
         validation.leeway = 0;
         validation.validate_aud = false;
         let keys = match (private, public) {
-            (None, None) => return Err("no key: give priv-key (and pub-key) files".into()),
+            (None, None) => return Err(JwtError::NoKey),
             (None, Some(decoding)) => {
                 JwtKeys { alg, encoding: None, decoding, validation, ttl, verified: Mutex::default() }
             }
@@ -307,14 +399,18 @@ impl JwtKeys {
                     verified: Mutex::default(),
                 };
                 // The key must sign, and (when given) the public key must verify what it signs.
-                let probe = keys.issue("probe", 1).map_err(|e| format!("priv-key {priv_path}: {e}"))?;
-                keys.verify(&probe)
-                    .ok_or_else(|| format!("priv-key {priv_path}: cannot verify its own token"))?;
+                let probe = keys
+                    .issue("probe", 1)
+                    .map_err(|source| JwtError::CannotSign { path: priv_path.into(), source })?;
+                keys.verify(&probe).ok_or_else(|| JwtError::CannotVerify { path: priv_path.into() })?;
                 match public {
                     Some(decoding) => {
                         let keys = JwtKeys { decoding, verified: Mutex::default(), ..keys };
                         if keys.verify(&probe).is_none() {
-                            return Err(format!("pub-key {pub_path} does not match priv-key {priv_path}"));
+                            return Err(JwtError::Mismatch {
+                                public: pub_path.into(),
+                                private: priv_path.into(),
+                            });
                         }
                         keys
                     }
@@ -332,8 +428,7 @@ impl JwtKeys {
         let Some(key) = &self.encoding else { return Err(IssueError::VerifyOnly) };
         let exp = (SystemTime::now() + self.ttl).duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let claims = Claims { exp, revision, username: username.to_string() };
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, key)
-            .map_err(|e| IssueError::Sign(e.to_string()))
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, key).map_err(IssueError::Sign)
     }
 
     /// The claims of a token signed with this member's key and algorithm and not expired.
@@ -401,9 +496,38 @@ mod tests {
             ("jwt,sign-method=RS256,priv-key=/nonexistent/key", "cannot read priv-key /nonexistent/key"),
         ];
         for (spec, want) in cases {
-            let e = parse_auth_token(spec).expect_err(spec);
+            let e = parse_auth_token(spec).expect_err(spec).to_string();
             assert!(e.contains(want), "{spec}: {e}");
         }
+    }
+
+    /// Key file problems say which option and which file, and keep the cause.
+    #[test]
+    fn key_file_errors_name_the_option_and_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("missing.pem");
+        let spec = format!("jwt,sign-method=ES256,pub-key={}", missing.display());
+        let e = parse_auth_token(&spec).expect_err("missing");
+        match &e {
+            AuthTokenError::Jwt(JwtError::Read { option: "pub-key", path, source }) => {
+                assert_eq!(path, &missing);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        let text = e.to_string();
+        assert!(text.starts_with("--auth-token jwt: cannot read pub-key "), "{text}");
+        assert!(text.contains("missing.pem"), "{text}");
+        let empty = write(dir.path(), "empty.pem", "");
+        let e = parse_auth_token(&format!("jwt,sign-method=RS256,priv-key={empty}")).expect_err("empty");
+        assert!(matches!(&e, AuthTokenError::Jwt(JwtError::Empty { option: "priv-key", .. })), "{e:?}");
+        assert!(e.to_string().ends_with("empty.pem is empty"), "{e}");
+        let junk = write(dir.path(), "junk.pem", "not a key");
+        let e = parse_auth_token(&format!("jwt,sign-method=ES256,priv-key={junk}")).expect_err("junk");
+        assert!(matches!(&e, AuthTokenError::Jwt(JwtError::NotPem { option: "priv-key", .. })), "{e:?}");
+        assert!(e.to_string().contains("junk.pem is not a PEM file: "), "{e}");
+        let e = parse_auth_token("jwt,sign-method=HS1").expect_err("method");
+        assert!(matches!(&e, AuthTokenError::Jwt(JwtError::UnknownSignMethod(m)) if m == "HS1"), "{e:?}");
     }
 
     #[test]
@@ -446,16 +570,26 @@ mod tests {
 
         // Key problems are startup errors.
         let mismatch = format!("jwt,sign-method=ES256,priv-key={priv_path},pub-key={other_pub}");
-        assert!(parse_auth_token(&mismatch).expect_err("mismatch").contains("does not match"));
+        assert!(parse_auth_token(&mismatch).expect_err("mismatch").to_string().contains("does not match"));
         let wrong_curve =
             format!("jwt,sign-method=ES256,priv-key={}", write(dir.path(), "p384", &p384_private));
-        assert!(parse_auth_token(&wrong_curve).expect_err("curve").contains("not a usable EC private key"));
+        assert!(
+            parse_auth_token(&wrong_curve)
+                .expect_err("curve")
+                .to_string()
+                .contains("not a usable EC private key")
+        );
         let rsa_for_ec = format!("jwt,sign-method=RS256,priv-key={priv_path}");
-        assert!(parse_auth_token(&rsa_for_ec).expect_err("family").contains("not a usable RSA private key"));
+        assert!(
+            parse_auth_token(&rsa_for_ec)
+                .expect_err("family")
+                .to_string()
+                .contains("not a usable RSA private key")
+        );
         let pub_as_priv = format!("jwt,sign-method=ES256,priv-key={pub_path}");
-        assert!(parse_auth_token(&pub_as_priv).expect_err("label").contains("found PUBLIC KEY"));
+        assert!(parse_auth_token(&pub_as_priv).expect_err("label").to_string().contains("found PUBLIC KEY"));
         let not_pem = format!("jwt,sign-method=ES256,priv-key={}", write(dir.path(), "junk", "junk"));
-        assert!(parse_auth_token(&not_pem).expect_err("pem").contains("not a PEM file"));
+        assert!(parse_auth_token(&not_pem).expect_err("pem").to_string().contains("not a PEM file"));
 
         // Verify-only: checks tokens, issues none.
         let verify_only = parse_auth_token(&format!("jwt,sign-method=ES256,pub-key={pub_path}"))
@@ -504,7 +638,7 @@ mod tests {
             }
         }
         let small = format!("jwt,sign-method=RS256,priv-key={}", p("small.pem"));
-        assert!(parse_auth_token(&small).expect_err("1024 bits").contains("2048 to 4096 bits"));
+        assert!(parse_auth_token(&small).expect_err("1024 bits").to_string().contains("2048 to 4096 bits"));
         // An RS256 token is no PS256 token.
         let rs = parse_auth_token(&format!("jwt,sign-method=RS256,priv-key={}", p("k8.pem")))
             .expect("p")
@@ -543,7 +677,7 @@ mod tests {
         }
         assert!(good.verified.lock().len() <= MAX_VERIFIED);
         let with_pub = format!("jwt,sign-method=HS256,priv-key={secret},pub-key={secret}");
-        assert!(parse_auth_token(&with_pub).expect_err("pub").contains("pub-key is not used"));
+        assert!(parse_auth_token(&with_pub).expect_err("pub").to_string().contains("pub-key is not used"));
     }
 
     #[test]

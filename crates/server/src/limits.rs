@@ -69,11 +69,24 @@ impl Default for Keepalive {
     }
 }
 
-fn duration_flag(name: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+/// A keepalive flag that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeepaliveError {
+    #[error("invalid {flag} {value:?}: expected a duration such as 5s, 2h or 500ms")]
+    NotADuration { flag: &'static str, value: String },
+    #[error("--grpc-keepalive-timeout must be positive")]
+    ZeroTimeout,
+}
+
+fn duration_flag(
+    flag: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, KeepaliveError> {
     match value {
         None => Ok(default),
         Some(v) => crate::autocompact::parse_duration(v.trim())
-            .ok_or_else(|| format!("invalid --{name} {v:?}: expected a duration such as 5s, 2h or 500ms")),
+            .ok_or_else(|| KeepaliveError::NotADuration { flag, value: v.to_string() }),
     }
 }
 
@@ -83,14 +96,14 @@ impl Keepalive {
         min_time: Option<&str>,
         interval: Option<&str>,
         timeout: Option<&str>,
-    ) -> Result<Keepalive, String> {
+    ) -> Result<Keepalive, KeepaliveError> {
         let d = Keepalive::default();
         let min_time_set = min_time.is_some();
-        let min_time = duration_flag("grpc-keepalive-min-time", min_time, d.min_time)?;
-        let interval = duration_flag("grpc-keepalive-interval", interval, Duration::from_secs(2 * 3600))?;
-        let timeout = duration_flag("grpc-keepalive-timeout", timeout, d.timeout)?;
+        let min_time = duration_flag("--grpc-keepalive-min-time", min_time, d.min_time)?;
+        let interval = duration_flag("--grpc-keepalive-interval", interval, Duration::from_secs(2 * 3600))?;
+        let timeout = duration_flag("--grpc-keepalive-timeout", timeout, d.timeout)?;
         if timeout.is_zero() {
-            return Err("--grpc-keepalive-timeout must be positive".into());
+            return Err(KeepaliveError::ZeroTimeout);
         }
         Ok(Keepalive { min_time, min_time_set, interval: (!interval.is_zero()).then_some(interval), timeout })
     }
@@ -136,11 +149,24 @@ mod tests {
             (k.min_time, k.min_time_set, k.interval, k.timeout),
             (Duration::from_secs(1), true, None, Duration::from_millis(500))
         );
-        assert!(
-            Keepalive::from_flags(Some("soon"), None, None)
-                .expect_err("bad")
-                .contains("--grpc-keepalive-min-time")
+    }
+
+    /// A bad keepalive flag is named, with the value given.
+    #[test]
+    fn a_bad_keepalive_flag_is_named() {
+        let e = Keepalive::from_flags(None, Some("soon"), None).expect_err("bad");
+        assert_eq!(
+            e,
+            KeepaliveError::NotADuration { flag: "--grpc-keepalive-interval", value: "soon".into() }
         );
-        assert!(Keepalive::from_flags(None, None, Some("0s")).is_err());
+        assert_eq!(
+            e.to_string(),
+            "invalid --grpc-keepalive-interval \"soon\": expected a duration such as 5s, 2h or 500ms"
+        );
+        let e = Keepalive::from_flags(Some("5"), None, None).expect_err("no unit");
+        assert!(e.to_string().contains("--grpc-keepalive-min-time"), "{e}");
+        let e = Keepalive::from_flags(None, None, Some("0s")).expect_err("zero");
+        assert_eq!(e, KeepaliveError::ZeroTimeout);
+        assert!(e.to_string().contains("--grpc-keepalive-timeout"), "{e}");
     }
 }

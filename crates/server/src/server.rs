@@ -25,7 +25,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let identity = member::load_or_bootstrap(&config, config.initial_cluster_token_explicit)?;
     let mut record = identity.record;
     // TLS (checked before anything listens: a bad certificate file stops the member here).
-    let tls = crate::tls::Ports::load(&config)?;
+    let tls = crate::tls::Ports::load(&config).map_err(|e| e.to_string())?;
     if identity.fresh && record.joined_existing {
         record.cluster_id = discover_cluster(&record, tls.peer.as_ref()).await?;
     }

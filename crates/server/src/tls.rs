@@ -25,23 +25,63 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-/// A TLS problem found at start, explained for the operator (file names included).
+/// A TLS problem found at start, explained for the operator (file and flag names included).
+/// `prefix` is `""` for the client port's flags, `"peer-"` for the peer port's.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {source}")]
     Read { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{what} {path} is not valid PEM: {msg}")]
-    Pem { what: &'static str, path: PathBuf, msg: String },
+    #[error("{what} {path} is not valid PEM: {source}")]
+    Pem { what: &'static str, path: PathBuf, source: rustls_pki_types::pem::Error },
     #[error("{what} {path} holds no certificate")]
     NoCertificate { what: &'static str, path: PathBuf },
-    #[error("key file {key} does not fit certificate file {cert}: {msg}")]
-    KeyMismatch { cert: PathBuf, key: PathBuf, msg: String },
-    #[error("CA file {path}: {msg}")]
-    BadCa { path: PathBuf, msg: String },
-    #[error("cannot write the self-signed certificate to {path}: {msg}")]
-    AutoTls { path: PathBuf, msg: String },
-    #[error("{0}")]
-    Config(String),
+    #[error("key file {key} does not fit certificate file {cert}: {source}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    #[error("CA file {path}: {source}")]
+    BadCa { path: PathBuf, source: rustls::Error },
+    #[error("cannot create the directory {path} for the self-signed certificate: {source}")]
+    AutoTlsDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    AutoTlsGenerate(#[source] rcgen::Error),
+    #[error("cannot write the self-signed certificate to {path}: {source}")]
+    AutoTlsWrite { path: PathBuf, source: std::io::Error },
+    /// `flags` names the flags the URLs came from.
+    #[error(
+        "{flags} mix http:// and https:// URLs ({urls}): a port either serves TLS or does not; use one scheme"
+    )]
+    MixedSchemes { flags: &'static str, urls: String },
+    #[error("--{prefix}cert-file and --{prefix}key-file must be given together")]
+    HalfPair { prefix: &'static str },
+    #[error(
+        "https:// {} URLs need a certificate: give --{prefix}cert-file and --{prefix}key-file (or --{prefix}auto-tls for a self-signed one), or use http:// URLs",
+        port_of(prefix)
+    )]
+    NoCertificateFlags { prefix: &'static str },
+    #[error("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file")]
+    ClientAuthWithoutCa { prefix: &'static str },
+    #[error("unsupported --cipher-suites entry {wanted:?} (supported: {supported})")]
+    UnsupportedCipherSuite { wanted: String, supported: String },
+    #[error("no certificate and key files given")]
+    NoPair,
+    #[error("TLS versions: {0}")]
+    Versions(#[source] rustls::Error),
+    /// `whose`: `client` (verifying clients) or `server` (verifying the peers dialed).
+    #[error("{whose} certificate verifier: {source}")]
+    Verifier { whose: &'static str, source: rustls::server::VerifierBuilderError },
+    #[error("client certificate authentication needs a trusted CA file")]
+    ClientAuthNeedsCa,
+    #[error(
+        "dialing TLS peers needs a CA to check them: give --peer-trusted-ca-file (or use --peer-auto-tls)"
+    )]
+    PeerCaNeeded,
+    /// A problem with one port's TLS (`port`: `client` or `peer`).
+    #[error("{port} TLS: {source}")]
+    Port { port: &'static str, source: Box<TlsError> },
+}
+
+/// The port whose flags start with `prefix`.
+fn port_of(prefix: &str) -> &'static str {
+    if prefix.is_empty() { "client" } else { "peer" }
 }
 
 /// One port's TLS flags (the client port's, or the peer port's with `--peer-` names).
@@ -56,35 +96,29 @@ pub struct TlsFlags {
 
 /// Whether a port serves TLS: from its URLs, all `https://` or all `http://` (a bare
 /// `host:port` counts as `http`). `flag` names the flags the URLs came from.
-pub fn urls_use_tls(flag: &str, urls: &[&str]) -> Result<bool, String> {
+pub fn urls_use_tls(flags: &'static str, urls: &[&str]) -> Result<bool, TlsError> {
     let https = urls.iter().filter(|u| u.starts_with("https://")).count();
     match https {
         0 => Ok(false),
         n if n == urls.len() => Ok(true),
-        _ => Err(format!(
-            "{flag} mix http:// and https:// URLs ({}): a port either serves TLS or does not; use one scheme",
-            urls.join(",")
-        )),
+        _ => Err(TlsError::MixedSchemes { flags, urls: urls.join(",") }),
     }
 }
 
 impl TlsFlags {
     /// Checks the flags against the URLs' scheme. `prefix` is `""` for the client port,
     /// `"peer-"` for the peer port.
-    pub fn check(&self, prefix: &str, tls: bool) -> Result<(), String> {
+    pub fn check(&self, prefix: &'static str, tls: bool) -> Result<(), TlsError> {
         let has_pair = self.cert_file.is_some() || self.key_file.is_some();
         if has_pair && (self.cert_file.is_none() || self.key_file.is_none()) {
-            return Err(format!("--{prefix}cert-file and --{prefix}key-file must be given together"));
+            return Err(TlsError::HalfPair { prefix });
         }
         if tls && !has_pair && !self.auto_tls {
-            let urls = if prefix.is_empty() { "client" } else { "peer" };
-            return Err(format!(
-                "https:// {urls} URLs need a certificate: give --{prefix}cert-file and --{prefix}key-file (or --{prefix}auto-tls for a self-signed one), or use http:// URLs"
-            ));
+            return Err(TlsError::NoCertificateFlags { prefix });
         }
         let self_signed = self.auto_tls && !has_pair;
         if tls && self.client_cert_auth && self.trusted_ca_file.is_none() && !self_signed {
-            return Err(format!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file"));
+            return Err(TlsError::ClientAuthWithoutCa { prefix });
         }
         Ok(())
     }
@@ -124,10 +158,10 @@ pub fn provider(cipher_suites: &[String]) -> Result<Arc<CryptoProvider>, TlsErro
                 None => {
                     let supported: Vec<String> =
                         all.iter().filter(|s| s.version() == &rustls::version::TLS12).map(name).collect();
-                    return Err(TlsError::Config(format!(
-                        "unsupported --cipher-suites entry {wanted:?} (supported: {})",
-                        supported.join(",")
-                    )));
+                    return Err(TlsError::UnsupportedCipherSuite {
+                        wanted: wanted.clone(),
+                        supported: supported.join(","),
+                    });
                 }
             }
         }
@@ -140,7 +174,7 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.into(), source })?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { what, path: path.into(), msg: e.to_string() })?;
+        .map_err(|source| TlsError::Pem { what, path: path.into(), source })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { what, path: path.into() });
     }
@@ -152,15 +186,15 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
     crate::certexpiry::report(cert, &certs[0]);
     let key_bytes =
         std::fs::read(key).map_err(|source| TlsError::Read { what: "key file", path: key.into(), source })?;
-    let der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Pem {
+    let der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|source| TlsError::Pem {
         what: "key file",
         path: key.into(),
-        msg: e.to_string(),
+        source,
     })?;
-    CertifiedKey::from_der(certs, der, provider).map_err(|e| TlsError::KeyMismatch {
+    CertifiedKey::from_der(certs, der, provider).map_err(|source| TlsError::KeyMismatch {
         cert: cert.into(),
         key: key.into(),
-        msg: e.to_string(),
+        source,
     })
 }
 
@@ -236,7 +270,7 @@ impl ResolvesClientCert for ReloadingKey {
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs("CA file", path)? {
-        roots.add(cert).map_err(|e| TlsError::BadCa { path: path.into(), msg: e.to_string() })?;
+        roots.add(cert).map_err(|source| TlsError::BadCa { path: path.into(), source })?;
     }
     Ok(Arc::new(roots))
 }
@@ -249,16 +283,16 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), T
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    let fail = |path: &Path, msg: String| TlsError::AutoTls { path: path.into(), msg };
-    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::AutoTlsDir { path: dir.into(), source })?;
     let mut names: Vec<String> = hosts.to_vec();
     names.push("localhost".into());
     names.sort();
     names.dedup();
-    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| fail(&cert, e.to_string()))?;
+    let generated = rcgen::generate_simple_self_signed(names).map_err(TlsError::AutoTlsGenerate)?;
     write_private(&key, generated.key_pair.serialize_pem().as_bytes())
-        .map_err(|e| fail(&key, e.to_string()))?;
-    std::fs::write(&cert, generated.cert.pem()).map_err(|e| fail(&cert, e.to_string()))?;
+        .map_err(|source| TlsError::AutoTlsWrite { path: key.clone(), source })?;
+    std::fs::write(&cert, generated.cert.pem())
+        .map_err(|source| TlsError::AutoTlsWrite { path: cert.clone(), source })?;
     Ok((cert, key))
 }
 
@@ -298,7 +332,7 @@ fn material(
             let (c, k) = self_signed(auto_dir, hosts)?;
             (c, k, true)
         }
-        _ => return Err(TlsError::Config("no certificate and key files given".into())),
+        _ => return Err(TlsError::NoPair),
     };
     let keys = Arc::new(ReloadingKey::load(&cert, &key, provider.clone())?);
     let roots = flags.trusted_ca_file.as_deref().map(load_roots).transpose()?;
@@ -313,12 +347,12 @@ fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let versions = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(format!("TLS versions: {e}")))?;
+        .map_err(TlsError::Versions)?;
     let mut server = match (&m.roots, flags.client_cert_auth) {
         (Some(roots), true) => {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
-                .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))?;
+                .map_err(|source| TlsError::Verifier { whose: "client", source })?;
             versions.with_client_cert_verifier(verifier).with_cert_resolver(m.keys.clone())
         }
         (None, true) if m.auto => {
@@ -328,7 +362,7 @@ fn server_config(
             versions.with_no_client_auth().with_cert_resolver(m.keys.clone())
         }
         (None, true) => {
-            return Err(TlsError::Config("client certificate authentication needs a trusted CA file".into()));
+            return Err(TlsError::ClientAuthNeedsCa);
         }
         (_, false) => versions.with_no_client_auth().with_cert_resolver(m.keys.clone()),
     };
@@ -342,12 +376,12 @@ fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(format!("TLS versions: {e}")))?;
+        .map_err(TlsError::Versions)?;
     let client = match &m.roots {
         Some(roots) => {
             let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
-                .map_err(|e| TlsError::Config(format!("server certificate verifier: {e}")))?;
+                .map_err(|source| TlsError::Verifier { whose: "server", source })?;
             versions.with_webpki_verifier(verifier).with_client_cert_resolver(m.keys.clone())
         }
         // Self-signed certificates cannot be checked: etcd's auto TLS skips verification too.
@@ -356,10 +390,7 @@ fn client_config(
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
             .with_client_cert_resolver(m.keys.clone()),
         None => {
-            return Err(TlsError::Config(
-                "dialing TLS peers needs a CA to check them: give --peer-trusted-ca-file (or use --peer-auto-tls)"
-                    .into(),
-            ));
+            return Err(TlsError::PeerCaNeeded);
         }
     };
     Ok(Arc::new(client))
@@ -396,7 +427,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn load(config: &crate::config::ServerConfig) -> Result<Ports, String> {
+    pub fn load(config: &crate::config::ServerConfig) -> Result<Ports, TlsError> {
         for w in [
             unused_flags_warning("", &config.client_tls, config.client_uses_tls),
             unused_flags_warning("peer-", &config.peer_tls, config.peer_uses_tls),
@@ -409,7 +440,7 @@ impl Ports {
         if !config.client_uses_tls && !config.peer_uses_tls {
             return Ok(Ports { client: None, peer: None });
         }
-        let provider = provider(&config.cipher_suites).map_err(|e| e.to_string())?;
+        let provider = provider(&config.cipher_suites)?;
         let fixtures = crate::member::member_dir(&config.data_dir).join("fixtures");
         let hosts = |addrs: &[std::net::SocketAddr]| -> Vec<String> {
             addrs.iter().map(|a| a.ip().to_string()).collect()
@@ -417,7 +448,7 @@ impl Ports {
         let client = if config.client_uses_tls {
             let hosts = hosts(&config.listen_client);
             let server = client_port(&config.client_tls, &provider, &fixtures.join("client"), &hosts)
-                .map_err(|e| format!("client TLS: {e}"))?;
+                .map_err(|e| TlsError::Port { port: "client", source: Box::new(e) })?;
             Some(server)
         } else {
             None
@@ -425,7 +456,7 @@ impl Ports {
         let peer = if config.peer_uses_tls {
             let hosts = hosts(&config.listen_peer);
             let t = peer_port(&config.peer_tls, &provider, &fixtures.join("peer"), &hosts)
-                .map_err(|e| format!("peer TLS: {e}"))?;
+                .map_err(|e| TlsError::Port { port: "peer", source: Box::new(e) })?;
             Some(raftkv_transport::PeerTlsConfig { server: t.server, client: t.client })
         } else {
             None
@@ -484,26 +515,33 @@ mod tests {
 
     #[test]
     fn schemes_must_not_mix() {
-        assert_eq!(urls_use_tls("--x", &["http://a:1", "b:2"]), Ok(false));
-        assert_eq!(urls_use_tls("--x", &["https://a:1"]), Ok(true));
+        assert!(!urls_use_tls("--x", &["http://a:1", "b:2"]).expect("plain"));
+        assert!(urls_use_tls("--x", &["https://a:1"]).expect("tls"));
         let e = urls_use_tls("--x", &["https://a:1", "http://b:2"]).expect_err("mixed");
-        assert!(e.contains("mix http:// and https://"), "{e}");
+        assert!(
+            matches!(&e, TlsError::MixedSchemes { flags: "--x", urls } if urls == "https://a:1,http://b:2")
+        );
+        assert!(e.to_string().starts_with("--x mix http:// and https:// URLs"), "{e}");
     }
 
     #[test]
     fn https_without_a_certificate_is_refused() {
         let e = TlsFlags::default().check("peer-", true).expect_err("no cert");
-        assert!(e.contains("--peer-cert-file"), "{e}");
+        assert!(matches!(e, TlsError::NoCertificateFlags { prefix: "peer-" }), "{e:?}");
+        assert!(e.to_string().starts_with("https:// peer URLs need a certificate"), "{e}");
+        assert!(e.to_string().contains("--peer-cert-file and --peer-key-file"), "{e}");
         assert!(TlsFlags { auto_tls: true, ..Default::default() }.check("", true).is_ok());
         let half = TlsFlags { cert_file: Some("c".into()), ..Default::default() };
-        assert!(half.check("", true).expect_err("no key").contains("together"));
+        let e = half.check("", true).expect_err("no key");
+        assert_eq!(e.to_string(), "--cert-file and --key-file must be given together");
         let auth = TlsFlags {
             cert_file: Some("c".into()),
             key_file: Some("k".into()),
             client_cert_auth: true,
             ..Default::default()
         };
-        assert!(auth.check("", true).expect_err("no CA").contains("--trusted-ca-file"));
+        let e = auth.check("", true).expect_err("no CA");
+        assert_eq!(e.to_string(), "--client-cert-auth needs --trusted-ca-file");
     }
 
     #[test]
@@ -514,9 +552,16 @@ mod tests {
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
             .expect("write");
-        let e = ReloadingKey::load(&garbage, &key, provider()).expect_err("garbage cert").to_string();
-        assert!(e.contains("garbage.pem"), "{e}");
-        let e = ReloadingKey::load(&cert, &garbage, provider()).expect_err("garbage key").to_string();
+        let e = ReloadingKey::load(&garbage, &key, provider()).expect_err("garbage cert");
+        assert!(
+            matches!(&e, TlsError::Pem { what: "certificate file", path, .. } if *path == garbage),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(e.starts_with(&format!("certificate file {} is not valid PEM: ", garbage.display())), "{e}");
+        let e = ReloadingKey::load(&cert, &garbage, provider()).expect_err("garbage key");
+        assert!(matches!(&e, TlsError::Pem { what: "key file", path, .. } if *path == garbage), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("garbage.pem"), "{e}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
@@ -524,11 +569,17 @@ mod tests {
         assert!(e.contains("empty.pem") && e.contains("no certificate"), "{e}");
         let other = tempfile::tempdir().expect("tempdir");
         let (_, other_key) = self_signed(other.path(), &[]).expect("self-signed");
-        let e = ReloadingKey::load(&cert, &other_key, provider()).expect_err("mismatch").to_string();
-        assert!(e.contains("does not fit"), "{e}");
+        let e = ReloadingKey::load(&cert, &other_key, provider()).expect_err("mismatch");
+        assert!(matches!(&e, TlsError::KeyMismatch { key, .. } if *key == other_key), "{e:?}");
+        assert!(e.to_string().contains("does not fit"), "{e}");
         let missing = dir.path().join("missing.pem");
-        let e = ReloadingKey::load(&missing, &key, provider()).expect_err("missing").to_string();
-        assert!(e.contains("missing.pem"), "{e}");
+        let e = ReloadingKey::load(&missing, &key, provider()).expect_err("missing");
+        assert!(
+            matches!(&e, TlsError::Read { path, source, .. } if *path == missing && source.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(e.starts_with(&format!("cannot read certificate file {}: ", missing.display())), "{e}");
     }
 
     #[test]
@@ -557,6 +608,9 @@ mod tests {
         let tls12 = p.cipher_suites.iter().filter(|s| s.version() == &rustls::version::TLS12).count();
         assert_eq!(tls12, 1);
         let e = super::provider(&["TLS_RSA_WITH_RC4_128_SHA".into()]).expect_err("unsupported");
+        assert!(
+            matches!(&e, TlsError::UnsupportedCipherSuite { wanted, .. } if wanted == "TLS_RSA_WITH_RC4_128_SHA")
+        );
         assert!(e.to_string().contains("unsupported --cipher-suites"), "{e}");
     }
 }
