@@ -21,6 +21,7 @@ pub mod nemesis;
 pub mod rng;
 pub mod rolling;
 pub mod runner;
+pub mod transferbench;
 pub mod watchbench;
 pub mod watchcheck;
 pub mod workload;

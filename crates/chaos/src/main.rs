@@ -163,6 +163,20 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         max_gap_ms: u64,
     },
+    /// Leadership transfer time under write load: MoveLeader to the next member, again and
+    /// again, on 3 members; prints the call time, the time until the target leads and the
+    /// longest write gap around each transfer (median, p99, max). Needs root.
+    BenchTransfer {
+        #[command(flatten)]
+        common: Common,
+        /// Run this etcd binary instead of raftkv (e.g. /usr/bin/etcd), for comparison.
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        writers: usize,
+        #[arg(long, default_value_t = 100)]
+        transfers: usize,
+    },
     /// A put and a get through the given endpoints (for checking a deployed cluster).
     Smoke {
         /// Comma-separated client URLs, e.g. http://127.0.0.1:2379,http://127.0.0.1:22379
@@ -375,6 +389,22 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 }
                 _ => Ok(ExitCode::SUCCESS),
             }
+        }
+        Cmd::BenchTransfer { common, etcd, writers, transfers } => {
+            let binary = match &etcd {
+                Some(e) => std::fs::canonicalize(e).map_err(|err| format!("{}: {err}", e.display()))?,
+                None => binary(&common)?,
+            };
+            let cfg = raftkv_chaos::transferbench::TransferConfig {
+                binary,
+                etcd: etcd.is_some(),
+                out: std::path::absolute(&common.out).map_err(|e| e.to_string())?,
+                writers: writers.max(1),
+                transfers: transfers.max(1),
+            };
+            let r = raftkv_chaos::transferbench::run(cfg.clone()).await?;
+            print!("{}", r.render(&cfg));
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Smoke { endpoints } => {
             let eps: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();

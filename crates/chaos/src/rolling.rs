@@ -110,15 +110,15 @@ impl RollingReport {
 
 /// Successful write completions, for the gap measurement.
 #[derive(Default)]
-struct Load {
-    done: Mutex<Vec<Instant>>,
+pub(crate) struct Load {
+    pub(crate) done: Mutex<Vec<Instant>>,
     failed: AtomicU64,
     failures: Mutex<Vec<Instant>>,
 }
 
 impl Load {
     /// The longest time in [from, to] without a completed write.
-    fn max_gap(&self, from: Instant, to: Instant) -> Duration {
+    pub(crate) fn max_gap(&self, from: Instant, to: Instant) -> Duration {
         let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         let mut points: Vec<Instant> = done.iter().copied().filter(|t| *t >= from && *t <= to).collect();
         points.push(from);
@@ -126,7 +126,7 @@ impl Load {
         points.sort();
         points.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
     }
-    fn failed_in(&self, from: Instant, to: Instant) -> u64 {
+    pub(crate) fn failed_in(&self, from: Instant, to: Instant) -> u64 {
         let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         f.iter().filter(|t| **t >= from && **t <= to).count() as u64
     }
@@ -165,8 +165,26 @@ async fn writer(id: usize, endpoints: Vec<String>, load: Arc<Load>, stop: Arc<At
     }
 }
 
+/// Starts `writers` writers over `endpoints`, lets them run a second, then measures the
+/// longest write gap over 3 s of that load alone: (load, stop flag, writer tasks, gap).
+pub(crate) async fn start_load(
+    endpoints: &[String],
+    writers: usize,
+) -> (Arc<Load>, Arc<AtomicBool>, Vec<tokio::task::JoinHandle<()>>, Duration) {
+    let load = Arc::new(Load::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| tokio::spawn(writer(w, endpoints.to_vec(), load.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline = load.max_gap(t, Instant::now());
+    (load, stop, tasks, baseline)
+}
+
 /// The leader, by asking every member (its index among the hosts).
-async fn leader(c: &Arc<Mutex<Cluster>>) -> Option<usize> {
+pub(crate) async fn leader(c: &Arc<Mutex<Cluster>>) -> Option<usize> {
     let urls: Vec<String> = lock(c).members.iter().filter(|m| m.running()).map(|m| m.client_url()).collect();
     let mut ids = std::collections::BTreeMap::new();
     let mut lead = None;
@@ -184,7 +202,7 @@ async fn leader(c: &Arc<Mutex<Cluster>>) -> Option<usize> {
     lock(c).members.iter().position(|m| &m.client_url() == url)
 }
 
-fn lock(c: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
+pub(crate) fn lock(c: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -235,19 +253,9 @@ pub async fn run(cfg: RollingConfig) -> Result<RollingReport, String> {
     if cfg.preload > 0 {
         preload(&endpoints, cfg.preload).await?;
     }
-    let load = Arc::new(Load::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..cfg.writers)
-        .map(|w| tokio::spawn(writer(w, endpoints.clone(), load.clone(), stop.clone())))
-        .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut report = RollingReport {
-        baseline_gap_ms: load.max_gap(t, Instant::now()).as_millis() as u64,
-        election_ms,
-        ..Default::default()
-    };
+    let (load, stop, tasks, baseline) = start_load(&endpoints, cfg.writers).await;
+    let mut report =
+        RollingReport { baseline_gap_ms: baseline.as_millis() as u64, election_ms, ..Default::default() };
     let result = restarts(&cfg, &cluster, &load, &mut report).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
