@@ -718,8 +718,9 @@ impl Raft {
         // that has not yet appended the entry adding a server must still grant it its vote
         // and take its entries as leader: the configuration that entry put in force may be
         // able to elect a leader only with this member's vote. (Disruption by removed
-        // members is kept off by PreVote and the CheckQuorum lease, and by the transport,
-        // which refuses members the applied configuration removed.)
+        // members is kept off by PreVote and the CheckQuorum lease, by the leader's
+        // heartbeats until their removal commits, and by the transport, which refuses
+        // members the applied configuration removed.)
         let request = matches!(
             m.body,
             MessageBody::RequestVote { .. }
@@ -727,7 +728,14 @@ impl Raft {
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. }
         );
-        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader && !request)
+        // A leader still replicates to the members its uncommitted configuration removed
+        // (see `become_leader`), so it takes their answers (they count towards no quorum).
+        let replicated_to = self.role == Role::Leader && self.progress.contains_key(&m.from);
+        if (!self.cluster.contains(m.from)
+            && !removed_but_counted
+            && !our_leader
+            && !request
+            && !replicated_to)
             || m.from == self.id
         {
             return Err(StepError::UnknownSender { from: m.from });
@@ -1059,13 +1067,19 @@ impl Raft {
         let next = self.log.last_index() + 1;
         // Only the leader itself counts as recently active (as etcd): CheckQuorum deposes a
         // leader that hears from no quorum within its first election timeout.
-        self.progress = self
-            .cluster
-            .members()
-            .into_iter()
-            .filter(|id| *id != self.id)
-            .map(|id| (id, Progress::new(next)))
-            .collect();
+        //
+        // While the latest configuration entry is uncommitted, the members it removed are
+        // still replicated to (as by the leader that proposed it, `set_cluster`), until it
+        // commits: they receive the entry that removes them, and the leader's heartbeats keep
+        // them from timing out. Left without them, a removed member would campaign with
+        // ever higher terms and, without PreVote, depose every leader before it could
+        // commit the removal (thesis §4.2.3).
+        let mut members = self.cluster.members();
+        if self.pending_conf_index().is_some() {
+            members.extend(self.previous_config().members());
+        }
+        self.progress =
+            members.into_iter().filter(|id| *id != self.id).map(|id| (id, Progress::new(next))).collect();
         self.uncommitted_bytes = 0;
         self.pending_reads.clear();
         self.reads_awaiting_commit.clear();
@@ -1238,16 +1252,20 @@ impl Raft {
             }
             true
         } else if m.term < self.term {
+            // A request of an older term is answered with our term (§5.1: "if one server's
+            // current term is smaller than the other's, then it updates its current term"),
+            // with PreVote and CheckQuorum or without. Our own messages may never reach the
+            // sender: our latest configuration may leave it out (an uncommitted entry of an
+            // old term that a later leader will overwrite), and then only this answer tells
+            // it that its term is over, so that it campaigns above ours and we vote.
             match &m.body {
-                AppendEntries { .. } | Heartbeat { .. }
-                    if self.config.check_quorum || self.config.pre_vote =>
-                {
+                AppendEntries { .. } | Heartbeat { .. } => {
                     // A stale leader (say, back from a partition that PreVote kept our term
                     // from reaching) learns our term from this and steps down.
                     self.send(m.from, AppendEntriesResponse { index: LogIndex(0), reject: None });
                 }
-                RequestVote { pre_vote: true, .. } => {
-                    self.send(m.from, RequestVoteResponse { pre_vote: true, granted: false });
+                RequestVote { pre_vote, .. } => {
+                    self.send(m.from, RequestVoteResponse { pre_vote: *pre_vote, granted: false });
                 }
                 // A read asked in an older term: fail it explicitly (our term in the reply
                 // tells the follower its term is over) rather than leave it to time out.
