@@ -777,12 +777,40 @@ impl Raft {
         if self.snapshot.as_ref().is_none_or(|s| s.index < index) {
             self.snapshot = Some(meta.clone());
         }
-        let compact_to = compact_to.min(index);
+        let compact_to = self.catch_up_floor(compact_to.min(index));
         self.log.compact(compact_to)?;
         let base = self.config_at(self.log.first_index() - 1);
         self.config_entries.retain(|(i, _, _)| *i >= self.log.first_index());
         self.base_config = base;
         Ok(meta)
+    }
+
+    /// Leader: lowers `compact_to` to keep the entries that live followers still need from
+    /// the log (see [`Config::catch_up_bytes_max`]): those past the match of a follower it
+    /// streams to, or past the index of a snapshot in flight, which the follower will need
+    /// next. Followers silent for an election timeout, and those probed, hold nothing back.
+    fn catch_up_floor(&self, compact_to: LogIndex) -> LogIndex {
+        if self.role != Role::Leader {
+            return compact_to;
+        }
+        let live = self.config.election_timeout_ticks;
+        let floor = self
+            .progress
+            .values()
+            .filter(|p| p.idle_ticks < live)
+            .filter_map(|p| match p.state {
+                ProgressState::Replicate => Some(p.match_index),
+                ProgressState::Snapshot { pending_index } => Some(pending_index),
+                ProgressState::Probe => None,
+            })
+            .min()
+            .unwrap_or(compact_to)
+            .max(self.log.first_index() - 1);
+        if floor >= compact_to {
+            return compact_to;
+        }
+        let kept: u64 = self.log.iter_range(floor, compact_to).map(Entry::size_bytes).sum();
+        if kept > self.config.catch_up_bytes_max { compact_to } else { floor }
     }
 
     /// The driver's report on a snapshot transfer to `to` started by an InstallSnapshot.
@@ -904,6 +932,9 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        for pr in self.progress.values_mut() {
+            pr.idle_ticks = pr.idle_ticks.saturating_add(1);
+        }
         if self.lead_transferee.is_some() {
             self.transfer_elapsed += 1;
             if self.transfer_elapsed >= self.config.election_timeout_ticks {
@@ -1599,6 +1630,7 @@ impl Raft {
         let last_index = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
+        pr.idle_ticks = 0;
         match reject {
             Some(hint) => {
                 // Stale rejection: we already know it matches further, or it answers a probe
@@ -1652,6 +1684,7 @@ impl Raft {
         let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
+        pr.idle_ticks = 0;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
         match pr.state {
             ProgressState::Probe => pr.probe_sent = false,
