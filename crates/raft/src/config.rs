@@ -31,6 +31,13 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// At most this many ReadIndex requests waiting on one leader.
     pub pending_reads_max: usize,
+    /// A leader compacting its log after a snapshot keeps, past the compaction point the
+    /// application asked for, the entries that followers it heard from within an election
+    /// timeout still need (those it streams to, and those a snapshot in flight will bring
+    /// up to its index), up to this many bytes. Without it a follower that lags by a few
+    /// entries is sent a snapshot, and under steady writes may need a new one as soon as it
+    /// installed the last.
+    pub catch_up_bytes_max: u64,
     /// Seed for the election-timeout randomisation. Give every node a different seed.
     pub seed: u64,
 }
@@ -48,6 +55,7 @@ impl Config {
             append_bytes_max: 1 << 20,
             uncommitted_bytes_max: 64 << 20,
             pending_reads_max: 16 * 1024,
+            catch_up_bytes_max: 64 << 20,
             seed: id.0,
         }
     }

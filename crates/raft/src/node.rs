@@ -718,8 +718,9 @@ impl Raft {
         // that has not yet appended the entry adding a server must still grant it its vote
         // and take its entries as leader: the configuration that entry put in force may be
         // able to elect a leader only with this member's vote. (Disruption by removed
-        // members is kept off by PreVote and the CheckQuorum lease, and by the transport,
-        // which refuses members the applied configuration removed.)
+        // members is kept off by PreVote and the CheckQuorum lease, by the leader's
+        // heartbeats until their removal commits, and by the transport, which refuses
+        // members the applied configuration removed.)
         let request = matches!(
             m.body,
             MessageBody::RequestVote { .. }
@@ -727,7 +728,14 @@ impl Raft {
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. }
         );
-        if (!self.cluster.contains(m.from) && !removed_but_counted && !our_leader && !request)
+        // A leader still replicates to the members its uncommitted configuration removed
+        // (see `become_leader`), so it takes their answers (they count towards no quorum).
+        let replicated_to = self.role == Role::Leader && self.progress.contains_key(&m.from);
+        if (!self.cluster.contains(m.from)
+            && !removed_but_counted
+            && !our_leader
+            && !request
+            && !replicated_to)
             || m.from == self.id
         {
             return Err(StepError::UnknownSender { from: m.from });
@@ -769,12 +777,40 @@ impl Raft {
         if self.snapshot.as_ref().is_none_or(|s| s.index < index) {
             self.snapshot = Some(meta.clone());
         }
-        let compact_to = compact_to.min(index);
+        let compact_to = self.catch_up_floor(compact_to.min(index));
         self.log.compact(compact_to)?;
         let base = self.config_at(self.log.first_index() - 1);
         self.config_entries.retain(|(i, _, _)| *i >= self.log.first_index());
         self.base_config = base;
         Ok(meta)
+    }
+
+    /// Leader: lowers `compact_to` to keep the entries that live followers still need from
+    /// the log (see [`Config::catch_up_bytes_max`]): those past the match of a follower it
+    /// streams to, or past the index of a snapshot in flight, which the follower will need
+    /// next. Followers silent for an election timeout, and those probed, hold nothing back.
+    fn catch_up_floor(&self, compact_to: LogIndex) -> LogIndex {
+        if self.role != Role::Leader {
+            return compact_to;
+        }
+        let live = self.config.election_timeout_ticks;
+        let floor = self
+            .progress
+            .values()
+            .filter(|p| p.idle_ticks < live)
+            .filter_map(|p| match p.state {
+                ProgressState::Replicate => Some(p.match_index),
+                ProgressState::Snapshot { pending_index } => Some(pending_index),
+                ProgressState::Probe => None,
+            })
+            .min()
+            .unwrap_or(compact_to)
+            .max(self.log.first_index() - 1);
+        if floor >= compact_to {
+            return compact_to;
+        }
+        let kept: u64 = self.log.iter_range(floor, compact_to).map(Entry::size_bytes).sum();
+        if kept > self.config.catch_up_bytes_max { compact_to } else { floor }
     }
 
     /// The driver's report on a snapshot transfer to `to` started by an InstallSnapshot.
@@ -896,6 +932,9 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        for pr in self.progress.values_mut() {
+            pr.idle_ticks = pr.idle_ticks.saturating_add(1);
+        }
         if self.lead_transferee.is_some() {
             self.transfer_elapsed += 1;
             if self.transfer_elapsed >= self.config.election_timeout_ticks {
@@ -1059,13 +1098,19 @@ impl Raft {
         let next = self.log.last_index() + 1;
         // Only the leader itself counts as recently active (as etcd): CheckQuorum deposes a
         // leader that hears from no quorum within its first election timeout.
-        self.progress = self
-            .cluster
-            .members()
-            .into_iter()
-            .filter(|id| *id != self.id)
-            .map(|id| (id, Progress::new(next)))
-            .collect();
+        //
+        // While the latest configuration entry is uncommitted, the members it removed are
+        // still replicated to (as by the leader that proposed it, `set_cluster`), until it
+        // commits: they receive the entry that removes them, and the leader's heartbeats keep
+        // them from timing out. Left without them, a removed member would campaign with
+        // ever higher terms and, without PreVote, depose every leader before it could
+        // commit the removal (thesis §4.2.3).
+        let mut members = self.cluster.members();
+        if self.pending_conf_index().is_some() {
+            members.extend(self.previous_config().members());
+        }
+        self.progress =
+            members.into_iter().filter(|id| *id != self.id).map(|id| (id, Progress::new(next))).collect();
         self.uncommitted_bytes = 0;
         self.pending_reads.clear();
         self.reads_awaiting_commit.clear();
@@ -1238,16 +1283,20 @@ impl Raft {
             }
             true
         } else if m.term < self.term {
+            // A request of an older term is answered with our term (§5.1: "if one server's
+            // current term is smaller than the other's, then it updates its current term"),
+            // with PreVote and CheckQuorum or without. Our own messages may never reach the
+            // sender: our latest configuration may leave it out (an uncommitted entry of an
+            // old term that a later leader will overwrite), and then only this answer tells
+            // it that its term is over, so that it campaigns above ours and we vote.
             match &m.body {
-                AppendEntries { .. } | Heartbeat { .. }
-                    if self.config.check_quorum || self.config.pre_vote =>
-                {
+                AppendEntries { .. } | Heartbeat { .. } => {
                     // A stale leader (say, back from a partition that PreVote kept our term
                     // from reaching) learns our term from this and steps down.
                     self.send(m.from, AppendEntriesResponse { index: LogIndex(0), reject: None });
                 }
-                RequestVote { pre_vote: true, .. } => {
-                    self.send(m.from, RequestVoteResponse { pre_vote: true, granted: false });
+                RequestVote { pre_vote, .. } => {
+                    self.send(m.from, RequestVoteResponse { pre_vote: *pre_vote, granted: false });
                 }
                 // A read asked in an older term: fail it explicitly (our term in the reply
                 // tells the follower its term is over) rather than leave it to time out.
@@ -1581,6 +1630,7 @@ impl Raft {
         let last_index = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
+        pr.idle_ticks = 0;
         match reject {
             Some(hint) => {
                 // Stale rejection: we already know it matches further, or it answers a probe
@@ -1634,6 +1684,7 @@ impl Raft {
         let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
+        pr.idle_ticks = 0;
         pr.read_round_acked = pr.read_round_acked.max(read_round);
         match pr.state {
             ProgressState::Probe => pr.probe_sent = false,

@@ -32,6 +32,8 @@ pub struct Progress {
     pub inflight: VecDeque<LogIndex>,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
+    /// Leader ticks since the follower last answered.
+    pub idle_ticks: u32,
     /// Ticks spent in the snapshot state, to give up on a lost transfer.
     pub snapshot_ticks: u32,
     /// Highest ReadIndex round this follower has acknowledged.
@@ -47,6 +49,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            idle_ticks: 0,
             snapshot_ticks: 0,
             read_round_acked: 0,
         }

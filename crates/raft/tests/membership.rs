@@ -633,3 +633,100 @@ fn a_single_voter_sends_nothing_of_a_new_term_before_the_term_is_durable() {
     assert_eq!(c.applied_data(2).last().map(String::as_str), Some("second"));
     assert!(c.violations.is_empty(), "{:?}", c.violations);
 }
+
+/// A new leader whose log holds an uncommitted entry removing a member still replicates to
+/// that member until the entry commits. Without PreVote and CheckQuorum, a removed member
+/// left without heartbeats campaigns with ever higher terms and deposes every leader while
+/// the leader waits for a lagging voter to commit the removal (membership seeds 101491,
+/// 105955 and 113362 of the simulator: no leader lasted long enough to commit).
+#[test]
+fn a_member_removed_by_an_uncommitted_entry_still_hears_from_a_new_leader() {
+    let mut c = classic_members(3, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    // Node 1 removes itself; only node 2 gets the entry, and nobody acknowledges it.
+    c.drop_where(|m| m.to == NodeId(3) && matches!(m.body, MessageBody::AppendEntries { .. }));
+    c.drop_where(|m| matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(1))).expect("remove the leader");
+    c.deliver_all();
+    assert_eq!(c.raft(2).cluster_config().voters, ids(&[2, 3]));
+    c.crash(1);
+    c.clear_filters();
+    // Node 3 lags: node 2 cannot commit the removal for now.
+    c.drop_where(|m| m.from == NodeId(3) && matches!(m.body, MessageBody::AppendEntriesResponse { .. }));
+    elect(&mut c, 2);
+    assert!(c.raft(2).pending_conf_index().is_some(), "the removal of node 1 is not committed");
+    c.restart(1);
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[2, 3]), "node 1 holds its removal");
+    let term = c.raft(2).term();
+    for _ in 0..100 {
+        c.tick_all(1);
+        assert_eq!(c.raft(2).role(), Role::Leader, "node 2 was deposed");
+        assert_eq!(c.raft(2).term(), term, "node 2 was deposed");
+        assert_eq!(c.raft(1).role(), Role::Follower, "node 1 campaigned: it heard from no leader");
+    }
+    c.clear_filters();
+    c.tick_all(3);
+    assert_eq!(c.raft(2).pending_conf_index(), None, "the removal of node 1 committed");
+    assert_eq!(c.raft(2).role(), Role::Leader);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+/// Node 1's log ends with an uncommitted entry of an old term removing node 2 (written while
+/// it led alone behind a partition); it campaigns with ever higher terms in its
+/// configuration {1, 3}, whose other voter is down, so it never sends node 2 anything. Node
+/// 2, with the newer log, needs node 1's vote in {1, 2, 3}. Only an answer to node 2's
+/// requests (a vote request, or an append when node 2 still leads) can tell node 2 that its
+/// term is over: without it node 2's lower-term requests are ignored for ever (membership
+/// seeds 108655, 118191 and 118372 of the simulator).
+fn a_voter_that_never_contacts_the_candidate(node_2_leads: bool) {
+    let mut c = classic_members(3, &[1, 2, 3]);
+    elect(&mut c, 1);
+    c.tick_all(2);
+    c.isolate(1);
+    change(&mut c, 1, ConfChangeStep::Remove(NodeId(2))).expect("remove 2");
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 3]));
+    elect(&mut c, 2);
+    c.tick_all(2);
+    c.crash(1);
+    c.restart(1);
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 3]), "node 1 holds its uncommitted entry");
+    for _ in 0..300 {
+        c.tick(1);
+        c.deliver_all();
+    }
+    assert!(c.raft(1).term() > c.raft(2).term(), "node 1 campaigned behind the partition");
+    c.crash(3);
+    if !node_2_leads {
+        c.crash(2);
+        c.restart(2);
+    }
+    c.heal();
+    let term = c.raft(1).term();
+    // A leader of a term above node 1's that committed an entry of its term.
+    let led = |c: &Cluster| {
+        c.leader().filter(|l| {
+            let r = c.raft(*l);
+            r.term() > term && r.log_term(r.commit_index()) == Some(r.term())
+        })
+    };
+    for _ in 0..600 {
+        c.tick_all(1);
+        if led(&c).is_some() {
+            break;
+        }
+    }
+    assert_eq!(led(&c), Some(2), "no leader committed: node 2 never learned node 1's term");
+    assert_eq!(c.raft(1).cluster_config().voters, ids(&[1, 2, 3]), "node 1's entry was overwritten");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
+
+#[test]
+fn a_candidate_learns_the_term_of_a_voter_that_never_contacts_it() {
+    a_voter_that_never_contacts_the_candidate(false);
+}
+
+#[test]
+fn a_leader_learns_the_term_of_a_voter_that_never_contacts_it() {
+    a_voter_that_never_contacts_the_candidate(true);
+}

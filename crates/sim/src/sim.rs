@@ -281,6 +281,8 @@ struct Live {
     /// The member applied (or restored) a configuration without itself: it stops for good
     /// after this step.
     removed: bool,
+    /// The peers whose transport refused this member as removed (they applied its removal).
+    refused_by: BTreeSet<usize>,
 }
 
 /// Where a member slot stands in the cluster's membership.
@@ -997,6 +999,7 @@ impl Sim {
             configs,
             base_config,
             removed: false,
+            refused_by: BTreeSet::new(),
         }))
     }
 
@@ -1628,11 +1631,27 @@ impl Sim {
         if let Some(&(index, _)) = self.removed_at.get(&from)
             && self.nodes[to].live.as_ref().is_some_and(|l| l.applier.last().0.0 >= index)
         {
-            // The receiver knows the sender was removed: its transport refuses it, and the
-            // removed member stops (as the server's does when a peer refuses it).
+            // The receiver knows the sender was removed: its transport refuses it. As the
+            // server's member (`membership::watch`), the removed member stops once the
+            // leader it knows, or a majority of the other members of its applied
+            // configuration, refused it; a member that never applied anything is exempt.
             self.dropped(&m, "sender removed");
-            if self.nodes[from].live.is_some() {
-                self.stop_for_good(from, "refused by a peer as removed: stops for good");
+            let joiner = from >= self.params.nodes;
+            let stop = self.nodes[from].live.as_mut().is_some_and(|live| {
+                live.refused_by.insert(to);
+                let others: Vec<NodeId> =
+                    live.applier.cluster().members().into_iter().filter(|id| *id != m.from).collect();
+                let refusing =
+                    others.iter().filter(|id| live.refused_by.contains(&(id.0 as usize - 1))).count();
+                let by_leader = live.driver.raft().leader() == Some(m.to);
+                let never_applied = joiner && live.applier.last().0.0 == 0;
+                !never_applied && (by_leader || (!others.is_empty() && refusing > others.len() / 2))
+            });
+            if stop {
+                self.stop_for_good(
+                    from,
+                    "refused by its leader or a majority of its peers as removed: stops for good",
+                );
             }
             return Ok(());
         }
