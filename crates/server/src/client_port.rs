@@ -16,6 +16,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,10 +34,9 @@ use tonic::Status;
 use tower::ServiceExt;
 
 use crate::auth::{Call, ClientCn};
-use crate::authority::AuthorityFix;
+use crate::authority::{AuthorityFix, PREFACE};
 use crate::service::Api;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Streams one HTTP/2 connection may have open at once (hyper's default, which this port
 /// used before): a client with more queues them.
 const MAX_CONCURRENT_STREAMS: u32 = 200;
@@ -259,6 +260,11 @@ async fn serve_h2<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Keepalive (crate::keepalive): the client's pings policed, the member's pings sent
+    // when the client is silent; `activity` tells the pinger of frames from the client.
+    let keepalive = api.keepalive();
+    let activity = Arc::new(AtomicBool::new(false));
+    let io = crate::keepalive::Watched::new(io, keepalive, activity.clone());
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -273,12 +279,11 @@ async fn serve_h2<S>(
             return;
         }
     };
-    // Keepalive pings (crate::limits): an unanswered one ends the connection.
-    let keepalive = api.keepalive();
+    // The member's pings: a connection silent after one is closed.
     let pings = conn.ping_pong();
     let dead = async move {
         match pings {
-            Some(pings) => crate::limits::keepalive_pings(pings, keepalive).await,
+            Some(pings) => crate::keepalive::server_pings(pings, keepalive, activity).await,
             None => std::future::pending().await,
         }
     };
