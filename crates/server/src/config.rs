@@ -69,7 +69,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub grpc_keepalive_min_time: Option<String>,
     /// How long a client connection may be silent before the server pings it (default 2h;
-    /// 0s: the default, as etcd).
+    /// 0s: the defaults of both this and the timeout, as etcd).
     #[arg(long)]
     pub grpc_keepalive_interval: Option<String>,
     /// How long a connection may stay silent after the server's ping before it is closed
