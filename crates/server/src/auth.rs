@@ -150,6 +150,25 @@ fn status(e: AuthError) -> Status {
     Status::new(e.grpc_code(), e.message())
 }
 
+/// etcd's auth layer's own texts for the errors a caller check gives, as the Maintenance
+/// service answers them (no conversion to the `etcdserver:` errors).
+const UNCONVERTED: [(AuthError, &str); 5] = [
+    (AuthError::UserEmpty, "auth: user name is empty"),
+    (AuthError::UserNotFound, "auth: user not found"),
+    (AuthError::PermissionDenied, "auth: permission denied"),
+    (AuthError::InvalidAuthToken, "auth: invalid auth token"),
+    (AuthError::AuthOldRevision, "auth: revision in header is old"),
+];
+
+/// A caller check's refusal as etcd's Maintenance service answers it: code Unknown and the
+/// auth layer's text. Any other status passes unchanged.
+fn unconverted(s: Status) -> Status {
+    match UNCONVERTED.iter().find(|(e, _)| e.grpc_code() == s.code() && e.message() == s.message()) {
+        Some((_, text)) => Status::unknown(*text),
+        None => s,
+    }
+}
+
 struct Token {
     user: String,
     /// The auth revision when it was issued.
@@ -320,6 +339,19 @@ impl Api {
     /// etcd's `IsAdminPermitted` for the current caller.
     pub(crate) fn require_admin(&self) -> Result<(), Status> {
         self.authorize_any_revision(|sm, user| sm.auth.check_admin(user))
+    }
+
+    /// etcd 3.4's check on the Maintenance calls Hash, HashKV, Defragment and Snapshot
+    /// (`authMaintenanceServer.isAuthenticated`): an administrator, refused with the auth
+    /// layer's own error, which etcd passes on unconverted (code Unknown, `auth: ...`).
+    pub(crate) fn require_admin_maintenance(&self) -> Result<(), Status> {
+        self.require_admin().map_err(unconverted)
+    }
+
+    /// etcd 3.4's Alarm list: any caller, even one without a user, but a token given must be
+    /// valid (refused unconverted, as [`Api::require_admin_maintenance`]).
+    pub(crate) fn require_valid_token_maintenance(&self) -> Result<(), Status> {
+        self.authorize_any_revision(|_, _| Ok(())).map_err(unconverted)
     }
 
     /// Proposes an auth command and waits for its result.

@@ -40,11 +40,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER_LEN: usize = 9;
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const FRAME_HEADER_LEN: usize = 9;
 /// The largest frame payload we hold back: h2's (and HTTP/2's default) SETTINGS_MAX_FRAME_SIZE.
 const MAX_FRAME: usize = 16_384;
-const TYPE_HEADERS: u8 = 0x1;
+pub(crate) const TYPE_HEADERS: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;

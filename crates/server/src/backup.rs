@@ -398,11 +398,12 @@ pub fn read_etcd_db(
 /// `Maintenance.Snapshot`: pins the member's state (one revision, whatever writes go on),
 /// writes it as an etcd backend file on a blocking thread and streams it in 32 KiB
 /// messages, the last one carrying the sha256 of the whole file, as etcd does.
-/// Administrators only once auth is enabled (as etcd).
+/// Administrators only once auth is enabled (as etcd, with its unconverted refusals: see
+/// [`Api::require_admin_maintenance`]).
 /// The stream ends with `etcdserver: server stopped` when the member stops meanwhile (rather
 /// than being cut off with the connection).
 pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, Status> {
-    api.require_admin()?;
+    api.require_admin_maintenance()?;
     let permit = SNAPSHOT_GATE
         .try_acquire()
         .map_err(|_| Status::resource_exhausted("etcdserver: too many snapshots in progress; retry later"))?;

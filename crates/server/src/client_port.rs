@@ -16,6 +16,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,10 +34,9 @@ use tonic::Status;
 use tower::ServiceExt;
 
 use crate::auth::{Call, ClientCn};
-use crate::authority::AuthorityFix;
+use crate::authority::{AuthorityFix, PREFACE};
 use crate::service::Api;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Streams one HTTP/2 connection may have open at once (hyper's default, which this port
 /// used before): a client with more queues them.
 const MAX_CONCURRENT_STREAMS: u32 = 200;
@@ -259,6 +260,11 @@ async fn serve_h2<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Keepalive (crate::keepalive): the client's pings policed, the member's pings sent
+    // when the client is silent; `activity` tells the pinger of frames from the client.
+    let keepalive = api.keepalive();
+    let activity = Arc::new(AtomicBool::new(false));
+    let io = crate::keepalive::Watched::new(io, keepalive, activity.clone());
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -273,12 +279,11 @@ async fn serve_h2<S>(
             return;
         }
     };
-    // Keepalive pings (crate::limits): an unanswered one ends the connection.
-    let keepalive = api.keepalive();
+    // The member's pings: a connection silent after one is closed.
     let pings = conn.ping_pong();
     let dead = async move {
         match pings {
-            Some(pings) => crate::limits::keepalive_pings(pings, keepalive).await,
+            Some(pings) => crate::keepalive::server_pings(pings, keepalive, activity).await,
             None => std::future::pending().await,
         }
     };
@@ -343,7 +348,10 @@ async fn kv_call(
     };
     metrics.grpc_handled(method, result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
     let _ = match result {
-        Ok(payload) => send_message(respond, payload),
+        Ok(payload) => {
+            metrics.grpc_sent_bytes(payload.len().saturating_sub(5) as u64);
+            send_message(respond, payload)
+        }
         Err(status) => send_status(respond, status),
     };
 }
@@ -360,6 +368,7 @@ async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) 
     }
     let limit = crate::limits::message_limit(api.max_request_bytes());
     let message = read_message(request.into_body(), limit).await?;
+    crate::metrics::get().grpc_received_bytes(message.len() as u64);
     match call {
         KvCall::Range => encode(api.range(decode(message)?).await?),
         KvCall::Put => encode(api.put(decode(message)?).await?),
@@ -494,8 +503,13 @@ async fn to_router(
         let _ = send_status(respond, status);
         return;
     }
+    // gRPC messages are counted in both directions (etcd_network_client_grpc_*_bytes_total).
+    let grpc = is_grpc(request.headers());
     let (parts, body) = request.into_parts();
-    let request = Request::from_parts(parts, axum::body::Body::new(H2Body { recv: body, data_done: false }));
+    let received = grpc.then(MessageBytes::default);
+    let body = H2Body { recv: body, data_done: false, received };
+    let request = Request::from_parts(parts, axum::body::Body::new(body));
+    let mut sent = grpc.then(MessageBytes::default);
     let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -528,6 +542,12 @@ async fn to_router(
         };
         let frame = match frame.into_data() {
             Ok(data) => {
+                if let Some(sent) = sent.as_mut() {
+                    let bytes = sent.feed(&data);
+                    if bytes > 0 {
+                        crate::metrics::get().grpc_sent_bytes(bytes);
+                    }
+                }
                 if send_when_window(&mut stream, data).await.is_err() {
                     return;
                 }
@@ -597,10 +617,54 @@ fn grpc_code(headers: &HeaderMap) -> Option<tonic::Code> {
     Some(tonic::Code::from_i32(code))
 }
 
-/// An HTTP/2 request body as an `http_body::Body`, giving flow-control credit back as it is read.
+/// An HTTP/2 request body as an `http_body::Body`, giving flow-control credit back as it is
+/// read (and, for a gRPC call, counting the messages received).
 struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
+    received: Option<MessageBytes>,
+}
+
+/// The gRPC messages of one direction of a call, followed through their 5-byte prefixes
+/// (compressed flag, big-endian length) across DATA frames, for the byte counters: etcd
+/// counts each message's encoded length (its codec's), not the prefix.
+#[derive(Default)]
+struct MessageBytes {
+    prefix: [u8; 5],
+    /// Prefix bytes of the next message seen so far.
+    have: usize,
+    /// The current message's length, and how much of it is still to come.
+    len: u64,
+    remaining: u64,
+}
+
+impl MessageBytes {
+    /// Follows `data`; returns the length of the messages that it completed.
+    fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut completed = 0;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len() as u64);
+                self.remaining -= n;
+                data = &data[n as usize..];
+                if self.remaining == 0 {
+                    completed += self.len;
+                }
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.prefix[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                let [_, a, b, c, d] = self.prefix;
+                self.len = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.remaining = self.len;
+            }
+        }
+        completed
+    }
 }
 
 impl Body for H2Body {
@@ -616,6 +680,12 @@ impl Body for H2Body {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(received) = this.received.as_mut() {
+                        let bytes = received.feed(&data);
+                        if bytes > 0 {
+                            crate::metrics::get().grpc_received_bytes(bytes);
+                        }
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -637,6 +707,34 @@ impl Body for H2Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_bytes_follow_prefixes_across_frames() {
+        let message = |len: usize| {
+            let mut m = vec![0u8];
+            m.extend_from_slice(&(len as u32).to_be_bytes());
+            m.extend(std::iter::repeat_n(7u8, len));
+            m
+        };
+        let mut stream = message(10);
+        stream.extend(message(0));
+        stream.extend(message(300));
+        stream.extend(message(3));
+        // Whole, then in every split of two pieces, then byte by byte.
+        assert_eq!(MessageBytes::default().feed(&stream), 313);
+        for cut in 0..stream.len() {
+            let mut m = MessageBytes::default();
+            assert_eq!(m.feed(&stream[..cut]) + m.feed(&stream[cut..]), 313, "cut at {cut}");
+        }
+        let mut m = MessageBytes::default();
+        let by_byte: Vec<u64> = stream.iter().map(|b| m.feed(std::slice::from_ref(b))).collect();
+        assert_eq!(by_byte.iter().sum::<u64>(), 313);
+        // A message counts when its last byte arrives.
+        assert_eq!(by_byte[14], 10);
+        assert_eq!(by_byte[..14].iter().sum::<u64>(), 0);
+        // An incomplete message is not counted.
+        assert_eq!(MessageBytes::default().feed(&message(50)[..40]), 0);
+    }
 
     #[test]
     fn grpc_timeout_values() {

@@ -64,14 +64,16 @@ pub struct ServerArgs {
     /// bytes (0: the default, 2 GiB; negative: no quota). See docs/operations.md.
     #[arg(long, allow_negative_numbers = true)]
     pub quota_backend_bytes: Option<i64>,
-    /// Minimum interval a client should wait before pinging the server (Go duration).
-    /// Accepted for etcd compatibility but not enforced (docs/operations.md).
+    /// Minimum interval a client should wait before pinging the server (Go duration,
+    /// default 5s; 0s: 5m). A client pinging more often is sent GOAWAY too_many_pings.
     #[arg(long)]
     pub grpc_keepalive_min_time: Option<String>,
-    /// How often the server pings a client connection to check it is alive (0s: never).
+    /// How long a client connection may be silent before the server pings it (default 2h;
+    /// 0s: the defaults of both this and the timeout, as etcd).
     #[arg(long)]
     pub grpc_keepalive_interval: Option<String>,
-    /// How long the server waits for a ping's answer before closing the connection.
+    /// How long a connection may stay silent after the server's ping before it is closed
+    /// (default 20s; 0s: the defaults of both, as etcd).
     #[arg(long)]
     pub grpc_keepalive_timeout: Option<String>,
     /// Auth tokens: `simple` (etcd's default) or
@@ -790,8 +792,11 @@ mod tests {
         let e = resolve(ServerArgs { max_txn_ops: Some(0), ..Default::default() });
         assert!(matches!(e, ConfigError::OutOfRange { flag: "--max-txn-ops", value: 0, .. }), "{e:?}");
         // The other modules' flag errors come through unchanged.
-        let e = resolve(ServerArgs { grpc_keepalive_timeout: Some("0s".into()), ..Default::default() });
-        assert!(matches!(e, ConfigError::Keepalive(crate::limits::KeepaliveError::ZeroTimeout)), "{e:?}");
+        let e = resolve(ServerArgs { grpc_keepalive_timeout: Some("soon".into()), ..Default::default() });
+        assert!(
+            matches!(e, ConfigError::Keepalive(crate::limits::KeepaliveError::NotADuration { .. })),
+            "{e:?}"
+        );
         let e = resolve(ServerArgs { auto_compaction_mode: Some("daily".into()), ..Default::default() });
         assert!(e.to_string().starts_with("invalid --auto-compaction-mode \"daily\""), "{e}");
         let e = resolve(ServerArgs { auth_token: Some("oauth".into()), ..Default::default() });

@@ -24,9 +24,10 @@ fn failed(e: impl std::fmt::Display) -> Status {
 }
 
 impl Api {
-    /// Maintenance.Defragment: administrators only once auth is enabled (as etcd).
+    /// Maintenance.Defragment: administrators only once auth is enabled (as etcd, with its
+    /// unconverted refusals: see [`Api::require_admin_maintenance`]).
     pub async fn defragment(&self, _req: DefragmentRequest) -> Result<DefragmentResponse, Status> {
-        self.require_admin()?;
+        self.require_admin_maintenance()?;
         let Ok(_permit) = self.defrag_gate.clone().try_acquire_owned() else {
             return Err(Status::unavailable(
                 "etcdserver: a defragmentation is already running on this member",

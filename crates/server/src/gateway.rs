@@ -399,12 +399,16 @@ async fn health<A: EtcdApi>(api: A, query: Option<String>) -> Response {
             keys_only: true,
             ..Default::default()
         };
-        match tokio::time::timeout(HEALTH_TIMEOUT, api.range(probe)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(s)) => {
-                s.code() == Code::PermissionDenied || s.message() == raftkv_kv::AuthError::UserEmpty.message()
+        // The probe runs as the member itself, outside the caller's scope (a spawned task
+        // does not inherit it): as etcd 3.4's, /health needs no user and ignores a token.
+        let mut probe = tokio::spawn(async move { api.range(probe).await });
+        match tokio::time::timeout(HEALTH_TIMEOUT, &mut probe).await {
+            Ok(Ok(Ok(_))) => true,
+            Ok(_) => false,
+            Err(_) => {
+                probe.abort();
+                false
             }
-            Err(_) => false,
         }
     };
     let metrics = crate::metrics::get();

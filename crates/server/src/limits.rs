@@ -9,13 +9,9 @@
 //!   InvalidArgument).
 //! - `--max-txn-ops` (default 128): checked by [`raftkv_kv::validate_txn`] for every Txn
 //!   (`etcdserver: too many operations in txn request`).
-//! - `--grpc-keepalive-interval` (default 2h) and `--grpc-keepalive-timeout` (default 20s):
-//!   every HTTP/2 connection of the client port is pinged after `interval` and closed when
-//!   the answer takes longer than `timeout` (0 interval: no pings).
-//! - `--grpc-keepalive-min-time` (default 5s): accepted and validated, not enforced, and
-//!   the member says so in its log when the flag is given. The `h2` server answers PING
-//!   frames itself and tells its user nothing of them, so it cannot count a client's pings
-//!   and send grpc-go's GOAWAY(ENHANCE_YOUR_CALM, `too_many_pings`).
+//! - `--grpc-keepalive-interval` (default 2h), `--grpc-keepalive-timeout` (default 20s) and
+//!   `--grpc-keepalive-min-time` (default 5s): the HTTP/2 keepalive of the client port, as
+//!   etcd's gRPC server applies it ([`crate::keepalive`]).
 
 use std::time::Duration;
 
@@ -47,25 +43,24 @@ pub fn check_request_len(len: usize, max_request_bytes: usize) -> Result<(), Sta
     Ok(())
 }
 
-/// The keepalive settings of the client port's HTTP/2 connections.
+/// The keepalive settings of the client port's HTTP/2 connections ([`crate::keepalive`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keepalive {
+    /// The least time between a client's pings (0: grpc-go's default, 5 minutes).
     pub min_time: Duration,
-    /// Whether `--grpc-keepalive-min-time` was given (it is not enforced: see the module).
-    pub min_time_set: bool,
-    /// `None`: the server does not ping.
-    pub interval: Option<Duration>,
+    /// How long a connection may be silent before the member pings it.
+    pub interval: Duration,
+    /// How long after that ping the connection may stay silent before it is closed.
     pub timeout: Duration,
 }
 
+/// grpc-go's server keepalive when etcd passes none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2 * 3600);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Default for Keepalive {
     fn default() -> Self {
-        Keepalive {
-            min_time: Duration::from_secs(5),
-            min_time_set: false,
-            interval: Some(Duration::from_secs(2 * 3600)),
-            timeout: Duration::from_secs(20),
-        }
+        Keepalive { min_time: Duration::from_secs(5), interval: DEFAULT_INTERVAL, timeout: DEFAULT_TIMEOUT }
     }
 }
 
@@ -74,8 +69,6 @@ impl Default for Keepalive {
 pub enum KeepaliveError {
     #[error("invalid {flag} {value:?}: expected a duration such as 5s, 2h or 500ms")]
     NotADuration { flag: &'static str, value: String },
-    #[error("--grpc-keepalive-timeout must be positive")]
-    ZeroTimeout,
 }
 
 fn duration_flag(
@@ -91,41 +84,23 @@ fn duration_flag(
 }
 
 impl Keepalive {
-    /// From the three flags (Go durations); 0 interval disables the server's pings.
+    /// From the three flags (Go durations). As etcd, a 0 interval or timeout sets neither:
+    /// grpc-go's defaults (2h, 20s) apply.
     pub fn from_flags(
         min_time: Option<&str>,
         interval: Option<&str>,
         timeout: Option<&str>,
     ) -> Result<Keepalive, KeepaliveError> {
         let d = Keepalive::default();
-        let min_time_set = min_time.is_some();
         let min_time = duration_flag("--grpc-keepalive-min-time", min_time, d.min_time)?;
-        let interval = duration_flag("--grpc-keepalive-interval", interval, Duration::from_secs(2 * 3600))?;
+        let interval = duration_flag("--grpc-keepalive-interval", interval, d.interval)?;
         let timeout = duration_flag("--grpc-keepalive-timeout", timeout, d.timeout)?;
-        if timeout.is_zero() {
-            return Err(KeepaliveError::ZeroTimeout);
-        }
-        Ok(Keepalive { min_time, min_time_set, interval: (!interval.is_zero()).then_some(interval), timeout })
-    }
-}
-
-/// Pings the peer of an HTTP/2 connection every `interval`; returns when a ping is not
-/// answered within `timeout` (the caller then closes the connection) or the connection
-/// went away. Never returns when the keepalive is off.
-pub async fn keepalive_pings(mut pings: h2::PingPong, keepalive: Keepalive) {
-    let Some(interval) = keepalive.interval else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(interval).await;
-        match tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::info!(timeout = ?keepalive.timeout, "closing a client connection that did not answer a keepalive ping");
-                return;
-            }
-        }
+        let (interval, timeout) = if interval.is_zero() || timeout.is_zero() {
+            (DEFAULT_INTERVAL, DEFAULT_TIMEOUT)
+        } else {
+            (interval, timeout)
+        };
+        Ok(Keepalive { min_time, interval, timeout })
     }
 }
 
@@ -144,11 +119,14 @@ mod tests {
         let e = check_request_len(1_572_865, 1_572_864).expect_err("too large");
         assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: request is too large"));
         assert_eq!(Keepalive::from_flags(None, None, None), Ok(Keepalive::default()));
-        let k = Keepalive::from_flags(Some("1s"), Some("0s"), Some("500ms")).expect("valid");
-        assert_eq!(
-            (k.min_time, k.min_time_set, k.interval, k.timeout),
-            (Duration::from_secs(1), true, None, Duration::from_millis(500))
-        );
+        let k = Keepalive::from_flags(Some("1s"), Some("3s"), Some("500ms")).expect("valid");
+        let (s, ms) = (Duration::from_secs, Duration::from_millis);
+        assert_eq!((k.min_time, k.interval, k.timeout), (s(1), s(3), ms(500)));
+        // A 0 interval or timeout: grpc-go's defaults for both.
+        for (interval, timeout) in [("0s", "500ms"), ("3s", "0s")] {
+            let k = Keepalive::from_flags(Some("0s"), Some(interval), Some(timeout)).expect("valid");
+            assert_eq!((k.min_time, k.interval, k.timeout), (s(0), s(7200), s(20)));
+        }
     }
 
     /// A bad keepalive flag is named, with the value given.
@@ -165,8 +143,5 @@ mod tests {
         );
         let e = Keepalive::from_flags(Some("5"), None, None).expect_err("no unit");
         assert!(e.to_string().contains("--grpc-keepalive-min-time"), "{e}");
-        let e = Keepalive::from_flags(None, None, Some("0s")).expect_err("zero");
-        assert_eq!(e, KeepaliveError::ZeroTimeout);
-        assert!(e.to_string().contains("--grpc-keepalive-timeout"), "{e}");
     }
 }

@@ -16,6 +16,7 @@ mod dev;
 mod gateway;
 mod grpc;
 mod jwt;
+mod keepalive;
 mod kvsm;
 mod lease;
 mod limits;

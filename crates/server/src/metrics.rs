@@ -134,6 +134,8 @@ pub struct Metrics {
     read_batch: Histogram,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
+    client_grpc_sent_bytes: IntCounter,
+    client_grpc_received_bytes: IntCounter,
     keys_total: IntGauge,
     apply_lag: IntGauge,
     raft_term: IntGauge,
@@ -324,6 +326,14 @@ impl Metrics {
                 "etcd_server_health_failures",
                 "The total number of failed health checks",
             )?,
+            client_grpc_sent_bytes: counter(
+                "etcd_network_client_grpc_sent_bytes_total",
+                "The total number of bytes sent to grpc clients.",
+            )?,
+            client_grpc_received_bytes: counter(
+                "etcd_network_client_grpc_received_bytes_total",
+                "The total number of bytes received from grpc clients.",
+            )?,
             keys_total: gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.")?,
             apply_lag: gauge(
                 "raftkv_server_apply_lag_entries",
@@ -356,6 +366,19 @@ impl Metrics {
     pub fn grpc_handled(&self, method: Method, code: Code) {
         let code = (code as usize).min(16);
         self.grpc_handled[method.0][code].inc();
+    }
+
+    /// gRPC messages sent to clients, `bytes` long in all (without gRPC's 5-byte prefix: the
+    /// encoded messages, as etcd's codec counts them).
+    #[inline]
+    pub fn grpc_sent_bytes(&self, bytes: u64) {
+        self.client_grpc_sent_bytes.inc_by(bytes);
+    }
+
+    /// gRPC messages received from clients, `bytes` long in all (as [`Metrics::grpc_sent_bytes`]).
+    #[inline]
+    pub fn grpc_received_bytes(&self, bytes: u64) {
+        self.client_grpc_received_bytes.inc_by(bytes);
     }
 
     pub fn snapshot_saved(&self, took: Duration) {
@@ -522,6 +545,12 @@ mod tests {
             r#"grpc_server_handled_total{grpc_code="Unavailable",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#
         ), "{text}");
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket"));
+        m.grpc_sent_bytes(27);
+        m.grpc_received_bytes(10);
+        assert!(text.contains("# TYPE etcd_network_client_grpc_sent_bytes_total counter"), "{text}");
+        let text = m.render().expect("render");
+        assert!(text.contains("\netcd_network_client_grpc_sent_bytes_total 27\n"), "{text}");
+        assert!(text.contains("\netcd_network_client_grpc_received_bytes_total 10\n"), "{text}");
         #[cfg(target_os = "linux")]
         for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
             assert!(text.contains(&format!("\n{name} ")), "{name} missing: {text}");

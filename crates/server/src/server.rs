@@ -202,12 +202,6 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         tokio::spawn(async move { api.publish(name).await });
     }
     tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
-    if config.keepalive.min_time_set {
-        tracing::warn!(
-            min_time = ?config.keepalive.min_time,
-            "--grpc-keepalive-min-time is not enforced: clients' pings are answered at any rate (docs/operations.md)"
-        );
-    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install a signal handler: {e}"))?;

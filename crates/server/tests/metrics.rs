@@ -1,6 +1,8 @@
 //! `/metrics` on the client port and on `--listen-metrics-urls`, parsed with a Prometheus
 //! text-format parser: etcd's names, the WAL fsync histogram growing with writes, gRPC calls
-//! counted by method and code, leader changes counted; `/readyz` and `/livez`.
+//! counted by method and code, leader changes counted; `/readyz` and `/livez`; the client
+//! gRPC byte counters following the messages of both client-port paths exactly, as etcd
+//! 3.4's do.
 
 mod common;
 
@@ -8,8 +10,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, free_ports};
+use common::{Cluster, Opts, free_ports, start_etcd_elected};
 use prometheus_parse::{Scrape, Value};
+use raftkv_api::etcdserverpb::*;
+use raftkv_api::prost::Message;
 
 /// `GET path` over HTTP/1.1; returns (status line, body).
 fn http_get(port: u16, path: &str) -> Result<(String, String), String> {
@@ -171,5 +175,123 @@ async fn metrics_follow_writes_and_leader_changes() {
         }
         assert!(Instant::now() < deadline, "leader change not counted: {changes} -> {now}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const SENT: &str = "etcd_network_client_grpc_sent_bytes_total";
+const RECEIVED: &str = "etcd_network_client_grpc_received_bytes_total";
+
+/// Adds a message's encoded length to a running total, returning the message.
+fn counted<M: Message>(total: &mut u64, m: M) -> M {
+    *total += m.encoded_len() as u64;
+    m
+}
+
+/// gRPC traffic on both client-port paths (key-value calls: the direct path; Status,
+/// MemberList, LeaseGrant and a Watch stream: the router's): (request bytes, response bytes)
+/// as etcd's codec counts them, the encoded messages.
+async fn grpc_traffic(port: u16) -> (u64, u64) {
+    let (mut req, mut resp) = (0u64, 0u64);
+    let mut kv = common::kv(port);
+    let put = |k: &str, v: &str| PutRequest {
+        key: k.to_string().into(),
+        value: v.to_string().into(),
+        ..Default::default()
+    };
+    for i in 0..5 {
+        let r = kv.put(counted(&mut req, put(&format!("bytes/{i}"), &"v".repeat(100 * i)))).await;
+        counted(&mut resp, r.expect("put").into_inner());
+    }
+    let range = RangeRequest { key: "bytes/".into(), range_end: "bytes0".into(), ..Default::default() };
+    let r = kv.range(counted(&mut req, range)).await.expect("range").into_inner();
+    assert_eq!(r.kvs.len(), 5);
+    counted(&mut resp, r);
+    let txn = TxnRequest {
+        success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put("bytes/t", "x"))) }],
+        ..Default::default()
+    };
+    counted(&mut resp, kv.txn(counted(&mut req, txn)).await.expect("txn").into_inner());
+    // A refused call counts its request, not a response.
+    let bad = PutRequest { lease: 999, ..put("bytes/x", "x") };
+    assert!(kv.put(counted(&mut req, bad)).await.is_err());
+
+    let mut m = common::maintenance(port);
+    counted(&mut resp, m.status(counted(&mut req, StatusRequest {})).await.expect("status").into_inner());
+    let mut c = common::cluster_client(port);
+    let list = c.member_list(counted(&mut req, MemberListRequest::default())).await;
+    counted(&mut resp, list.expect("member list").into_inner());
+    let mut lease = lease_client::LeaseClient::new(common::channel(port));
+    let grant = LeaseGrantRequest { ttl: 60, id: 0 };
+    counted(&mut resp, lease.lease_grant(counted(&mut req, grant)).await.expect("grant").into_inner());
+
+    // A watch stream: the create request, its confirmation and one event.
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: "bytes/w".into(),
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(counted(&mut req, create)).await.expect("queue the create request");
+    let mut w = watch_client::WatchClient::new(common::channel(port));
+    let mut stream =
+        w.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("watch").into_inner();
+    let created = next_watch_response(&mut stream).await;
+    assert!(created.created);
+    counted(&mut resp, created);
+    counted(&mut resp, kv.put(counted(&mut req, put("bytes/w", "1"))).await.expect("put").into_inner());
+    let event = next_watch_response(&mut stream).await;
+    assert_eq!(event.events.len(), 1);
+    counted(&mut resp, event);
+    drop(tx);
+    (req, resp)
+}
+
+async fn next_watch_response(s: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("a watch response in time")
+        .expect("watch stream")
+        .expect("a watch response")
+}
+
+/// The byte counters of `port` move by exactly the traffic of [`grpc_traffic`].
+async fn check_grpc_bytes(port: u16, who: &str) {
+    let before = scrape(port);
+    let counter = |s: &Scrape, name: &str| value(s, name, &[]).unwrap_or_else(|| panic!("{who}: {name}"));
+    assert!(
+        before.samples.iter().any(|x| x.metric == SENT && matches!(x.value, Value::Counter(_))),
+        "{who}: {SENT} is a counter"
+    );
+    let (sent0, received0) = (counter(&before, SENT), counter(&before, RECEIVED));
+    let (req, resp) = grpc_traffic(port).await;
+    assert!(req > 0 && resp > 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = scrape(port);
+        let sent = counter(&after, SENT) - sent0;
+        let received = counter(&after, RECEIVED) - received0;
+        if (sent, received) == (resp as f64, req as f64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: sent {sent} bytes (responses: {resp}), received {received} (requests: {req})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `etcd_network_client_grpc_{sent,received}_bytes_total` count the encoded messages of
+/// both client-port paths, exactly, as etcd 3.4's do (run against a real etcd too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_grpc_bytes_count_the_messages_of_both_paths() {
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(Duration::from_secs(30)).await;
+    check_grpc_bytes(c.port(0), "raftkv").await;
+    c.assert_running();
+    let dir = tempfile::tempdir().expect("temp dir");
+    if let Some((_etcd, port, _)) = start_etcd_elected(dir.path()).await {
+        check_grpc_bytes(port, "etcd 3.4").await;
     }
 }

@@ -634,11 +634,23 @@ pub fn http_post_with(port: u16, path: &str, body: &str, headers: &[(&str, &str)
 
 /// A JSON gateway POST over HTTP/1.1 with extra `headers`; the HTTP status and the body.
 pub fn http_post_status(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request(port, "POST", path, body, headers)
+}
+
+/// An HTTP/1.1 request with a JSON body (empty: none) and extra `headers`; the HTTP status
+/// and the body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write");
