@@ -7,7 +7,8 @@
 //! As etcd (its `--strict-reconfig-check`, on by default), a change that would leave the
 //! cluster without a quorum of started, reachable voters is refused before it is proposed
 //! (`not enough started members`, `unhealthy cluster`); once auth is enabled every change is
-//! for administrators.
+//! for administrators, checked on the member the client called. A follower hands a change to
+//! the leader over the peer transport ([`crate::forward`]), retrying against a new leader.
 //!
 //! A change travels as one configuration-change entry: the core's steps (add voter, add
 //! learner, remove, update) and, in the entry's context, this module's [`ChangeContext`] (the
@@ -18,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_api::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
     MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
@@ -28,6 +28,7 @@ use raftkv_raft::{ConfChange, ConfChangeError, ConfChangeStep, NodeId, ProposeEr
 use tonic::{Code, Status};
 
 use crate::config;
+use crate::forward::{self, Call, ForwardError};
 use crate::member::MemberRecord;
 use crate::node::NodeError;
 use crate::service::Api;
@@ -43,6 +44,8 @@ pub fn seed_registry(members: &[MemberRecord]) -> Registry {
 
 /// Pause between attempts of a change a new leader cannot take yet.
 const CHANGE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Pause between forwards of a change while the leader changes.
+const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 fn member_not_found() -> Status {
     Status::new(Code::NotFound, "etcdserver: member not found")
@@ -130,6 +133,15 @@ pub fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
     config::member_id(&m, token)
 }
 
+/// A change refused by this member as it lost leadership meanwhile, as the client sees it.
+fn as_local(status: Status) -> Status {
+    if status.code() == Code::Unavailable && status.message() == forward::not_leader_here().message() {
+        leader_changed()
+    } else {
+        status
+    }
+}
+
 impl Api {
     /// The registry as this member applied it.
     pub fn registry(&self) -> Registry {
@@ -155,61 +167,35 @@ impl Api {
             .collect()
     }
 
-    /// A client of the leader's Cluster service, for a change sent to a follower (etcd's
-    /// followers hand changes to the leader too). Plain-http client URLs only.
-    async fn leader_cluster(&self) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-        let leader = self.node.status().leader;
-        if leader == 0 {
-            return Err(Status::new(Code::Unavailable, "etcdserver: no leader"));
-        }
-        let url =
-            self.node.shared.sm.read().members.get(&leader).and_then(|a| a.client_urls.first().cloned());
-        let url = match url {
-            Some(u) if u.starts_with("http://") => u,
-            _ => {
-                return Err(Status::new(
-                    Code::Unavailable,
-                    "etcdserver: not leader; send membership changes to the leader's client URL",
-                ));
+    /// Hands a change to the leader when this member is not the leader (`Ok(None)`: it is).
+    /// A change the leader certainly did not take (unreachable, or no longer the leader) is
+    /// sent again, to whichever member leads by then, until the request timeout.
+    async fn via_leader<Req, Resp>(&self, call: Call, req: &Req) -> Result<Option<Resp>, Status>
+    where
+        Req: raftkv_api::prost::Message,
+        Resp: raftkv_api::prost::Message + Default,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let s = self.node.status();
+            if s.is_leader {
+                return Ok(None);
             }
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::unavailable(format!("etcdserver: leader's client URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(self.request_timeout());
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcdserver: cannot reach the leader at {url}: {e}")))?;
-        Ok(ClusterClient::new(channel))
-    }
-
-    /// A change for the leader, carrying the caller's token. With auth enabled that works
-    /// for JWT tokens (every member holding the key verifies them) but not for simple tokens
-    /// (known only to the member that issued them) nor for a certificate's name: then the
-    /// client must send the change to the leader itself.
-    fn forwarded<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
-        let mut req = tonic::Request::new(msg);
-        if !self.node.shared.sm.read().auth.enabled() {
-            return Ok(req);
-        }
-        let token = match (&self.auth.options.jwt, crate::auth::current_token()) {
-            (Some(_), Some(token)) => token,
-            _ => {
-                return Err(Status::new(
-                    Code::FailedPrecondition,
-                    "etcdserver: not leader; with auth enabled, send membership changes to the leader's client URL",
-                ));
+            let err = if s.leader == 0 {
+                Status::new(Code::Unavailable, "etcdserver: no leader")
+            } else {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match forward::send(self, s.leader, call, req, left).await {
+                    Ok(resp) => return Ok(Some(resp)),
+                    Err(ForwardError::Unhandled(status)) => status,
+                    Err(e) => return Err(as_local(e.into_status())),
+                }
+            };
+            if tokio::time::Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
+                return Err(as_local(err));
             }
-        };
-        let value = token.parse().map_err(|_| {
-            Status::new(
-                raftkv_kv::AuthError::InvalidAuthToken.grpc_code(),
-                raftkv_kv::AuthError::InvalidAuthToken.message(),
-            )
-        })?;
-        req.metadata_mut().insert("token", value);
-        Ok(req)
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
     }
 
     /// The voting members: (id, started), a member being started once it has published
@@ -273,6 +259,21 @@ impl Api {
         Ok(())
     }
 
+    /// Whether the removal of `id` is applied here, waiting up to an election timeout for
+    /// the apply to catch up with the commit.
+    async fn removal_applied(&self, id: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + self.election_timeout();
+        loop {
+            if self.node.shared.sm.read().registry.removed.contains(&id) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn is_leader(&self) -> bool {
         self.node.status().is_leader
     }
@@ -302,11 +303,21 @@ impl Api {
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
         self.require_admin()?;
         check_urls(&req.peer_ur_ls)?;
-        self.may_add(req.is_learner)?;
-        if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_add(req).await?.into_inner());
+        if let Some(mut resp) = self.via_leader::<_, MemberAddResponse>(Call::MemberAdd, &req).await? {
+            self.fill(&mut resp.header);
+            return Ok(resp);
         }
+        self.member_add_here(req).await.map_err(as_local)
+    }
+
+    /// MemberAdd on the leader (for its own client or forwarded by a follower, which
+    /// authorised the caller).
+    pub(crate) async fn member_add_here(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        if !self.is_leader() {
+            return Err(forward::not_leader_here());
+        }
+        check_urls(&req.peer_ur_ls)?;
+        self.may_add(req.is_learner)?;
         let registry = self.registry();
         if registry.url_owner(&req.peer_ur_ls, None).is_some() {
             return Err(peer_url_exist());
@@ -350,16 +361,34 @@ impl Api {
 
     pub async fn member_remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, Status> {
         self.require_admin()?;
+        if let Some(mut resp) = self.via_leader::<_, MemberRemoveResponse>(Call::MemberRemove, &req).await? {
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        self.member_remove_here(req).await.map_err(as_local)
+    }
+
+    /// MemberRemove on the leader.
+    pub(crate) async fn member_remove_here(
+        &self,
+        req: MemberRemoveRequest,
+    ) -> Result<MemberRemoveResponse, Status> {
+        if !self.is_leader() {
+            return Err(forward::not_leader_here());
+        }
         let learner = self.registry().members.get(&req.id).is_some_and(|m| m.is_learner);
         self.may_remove(req.id, learner)?;
-        if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_remove(req).await?.into_inner());
-        }
         if !self.registry().members.contains_key(&req.id) {
             return Err(member_not_found());
         }
-        self.change(vec![ConfChangeStep::Remove(NodeId(req.id))], Vec::new()).await?;
+        if let Err(e) = self.change(vec![ConfChangeStep::Remove(NodeId(req.id))], Vec::new()).await {
+            // A leader removing itself hands leadership over as the removal commits, which can
+            // fail the wait ("leader changed") before the removal is applied here: the
+            // applied registry settles whether it happened.
+            if !(e.code() == Code::Unavailable && self.removal_applied(req.id).await) {
+                return Err(e);
+            }
+        }
         tracing::info!(member_id = format!("{:x}", req.id), "member removed");
         Ok(MemberRemoveResponse { header: Some(self.header(0)), members: self.member_protos() })
     }
@@ -371,10 +400,22 @@ impl Api {
             return Err(member_not_found());
         }
         check_urls(&req.peer_ur_ls)?;
-        if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_update(req).await?.into_inner());
+        if let Some(mut resp) = self.via_leader::<_, MemberUpdateResponse>(Call::MemberUpdate, &req).await? {
+            self.fill(&mut resp.header);
+            return Ok(resp);
         }
+        self.member_update_here(req).await.map_err(as_local)
+    }
+
+    /// MemberUpdate on the leader.
+    pub(crate) async fn member_update_here(
+        &self,
+        req: MemberUpdateRequest,
+    ) -> Result<MemberUpdateResponse, Status> {
+        if !self.is_leader() {
+            return Err(forward::not_leader_here());
+        }
+        check_urls(&req.peer_ur_ls)?;
         let registry = self.registry();
         if !registry.members.contains_key(&req.id) {
             return Err(member_not_found());
@@ -389,9 +430,21 @@ impl Api {
 
     pub async fn member_promote(&self, req: MemberPromoteRequest) -> Result<MemberPromoteResponse, Status> {
         self.require_admin()?;
+        if let Some(mut resp) = self.via_leader::<_, MemberPromoteResponse>(Call::MemberPromote, &req).await?
+        {
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        self.member_promote_here(req).await.map_err(as_local)
+    }
+
+    /// MemberPromote on the leader.
+    pub(crate) async fn member_promote_here(
+        &self,
+        req: MemberPromoteRequest,
+    ) -> Result<MemberPromoteResponse, Status> {
         if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_promote(req).await?.into_inner());
+            return Err(forward::not_leader_here());
         }
         let registry = self.registry();
         let Some(member) = registry.members.get(&req.id) else { return Err(member_not_found()) };

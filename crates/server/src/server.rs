@@ -152,6 +152,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         api.clone(),
         crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
     );
+    // Peers' requests (forwarded changes and lease calls, member lists) are served from now.
+    crate::forward::register(&api, &leases);
     let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
     let routes = crate::grpc::routes(api.clone())
         .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
