@@ -10,6 +10,12 @@
 //! for administrators, checked on the member the client called. A follower hands a change to
 //! the leader over the peer transport ([`crate::forward`]), retrying against a new leader.
 //!
+//! Each `MemberAdd` gives the new member a fresh id (a hash of its peer URLs, the cluster
+//! token and the time, different from every current and removed id), as etcd does, so a
+//! member replaced on the same peer URLs never takes the id of its previous incarnation; a
+//! member joining with `--initial-cluster-state existing` learns its id from its peers'
+//! member list (see `crate::server`).
+//!
 //! A change travels as one configuration-change entry: the core's steps (add voter, add
 //! learner, remove, update) and, in the entry's context, this module's [`ChangeContext`] (the
 //! request id and the member's peer URLs). Every member applies it to the [`Registry`] in
@@ -125,12 +131,35 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-/// The id of a member with these peer URLs: a hash of the sorted URLs and the cluster
-/// token, the same formula as at bootstrap, so a member joining with
-/// `--initial-cluster-state existing` computes the id the cluster gave it.
-pub fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
-    let m = config::InitialMember { name: String::new(), peer_urls: peer_urls.to_vec() };
-    config::member_id(&m, token)
+/// The id `MemberAdd` gives a member with these peer URLs at time `nanos` (nanoseconds since
+/// the epoch): a hash of the sorted URLs, the cluster token and the time, as etcd's
+/// `NewMember` (which hashes the time too), so re-adding a member on the same URLs gives it
+/// a new id.
+pub fn new_member_id(peer_urls: &[String], token: &str, nanos: u64) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let time = nanos.to_string();
+    let mut parts: Vec<&str> = urls.iter().map(String::as_str).collect();
+    parts.push(token);
+    parts.push(&time);
+    config::stable_hash(&parts)
+}
+
+/// A fresh id for a new member: [`new_member_id`] at the current time, moved on until it is
+/// none of the ids in `taken` (current and removed members, this one).
+fn unique_member_id(peer_urls: &[String], token: &str, mut taken: impl FnMut(u64) -> bool) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut nanos = now;
+    loop {
+        let id = new_member_id(peer_urls, token, nanos);
+        if !taken(id) {
+            return id;
+        }
+        nanos = nanos.wrapping_add(1);
+    }
 }
 
 /// A change refused by this member as it lost leadership meanwhile, as the client sees it.
@@ -322,10 +351,10 @@ impl Api {
         if registry.url_owner(&req.peer_ur_ls, None).is_some() {
             return Err(peer_url_exist());
         }
-        let id = new_member_id(&req.peer_ur_ls, self.cluster_token());
-        if registry.members.contains_key(&id) || id == 0 {
-            return Err(member_exist());
-        }
+        let me = self.member_id();
+        let id = unique_member_id(&req.peer_ur_ls, self.cluster_token(), |id| {
+            id == 0 || id == me || registry.members.contains_key(&id) || registry.removed.contains(&id)
+        });
         // The leader must reach the new member as soon as the entry is appended (a voter
         // added to a one-member cluster counts towards committing its own addition).
         if let (Some(t), Ok(addr)) = (self.peer_transport(), config::parse_url(&req.peer_ur_ls[0])) {
@@ -447,7 +476,9 @@ impl Api {
             return Err(forward::not_leader_here());
         }
         let registry = self.registry();
-        let Some(member) = registry.members.get(&req.id) else { return Err(member_not_found()) };
+        let Some(member) = registry.members.get(&req.id) else {
+            return Err(member_not_found());
+        };
         if !member.is_learner {
             return Err(not_learner());
         }
@@ -499,10 +530,10 @@ pub type StopReason = String;
 /// refuse it as removed), or it joined with `--initial-cluster-state existing` but the
 /// cluster does not know it.
 ///
-/// One peer's refusal is not enough: a member replaced on the same peer URLs gets its old id
-/// back, and a peer that has not yet applied the new addition (it lags, was paused, or is
-/// replaying its log after a restart) still refuses that id as removed. A refusal stops
-/// counting once a connection to that peer succeeds.
+/// One peer's refusal is not enough: a peer that lags (it was paused, or is replaying its
+/// log after a restart) may still refuse an id the cluster has re-admitted since. Ids are not
+/// reused by `MemberAdd`, but a member restored from an old data dir can meet such a peer. A
+/// refusal stops counting once a connection to that peer succeeds.
 pub async fn watch(
     api: Api,
     transport: raftkv_transport::TransportHandle,
@@ -588,7 +619,9 @@ pub async fn watch(
             if *id == me {
                 continue;
             }
-            let Some(addr) = m.peer_urls.first().and_then(|u| config::parse_url(u).ok()) else { continue };
+            let Some(addr) = m.peer_urls.first().and_then(|u| config::parse_url(u).ok()) else {
+                continue;
+            };
             let addr = addr.to_string();
             if known.get(&NodeId(*id)) != Some(&addr) {
                 tracing::info!(peer = format!("{id:x}"), %addr, "peer address learned");
@@ -663,12 +696,28 @@ mod tests {
     }
 
     #[test]
-    fn new_member_ids_match_the_bootstrap_formula() {
-        let m = config::InitialMember {
-            name: "x".into(),
-            peer_urls: vec!["http://b:2".into(), "http://a:1".into()],
-        };
-        assert_eq!(new_member_id(&m.peer_urls, "tok"), config::member_id(&m, "tok"));
-        assert_ne!(new_member_id(&m.peer_urls, "tok"), new_member_id(&m.peer_urls, "other"));
+    fn new_member_ids_differ_by_time_and_avoid_taken_ids() {
+        let urls: Vec<String> = vec!["http://b:2".into(), "http://a:1".into()];
+        let reordered: Vec<String> = vec!["http://a:1".into(), "http://b:2".into()];
+        assert_eq!(new_member_id(&urls, "tok", 5), new_member_id(&reordered, "tok", 5));
+        assert_ne!(new_member_id(&urls, "tok", 5), new_member_id(&urls, "tok", 6));
+        assert_ne!(new_member_id(&urls, "tok", 5), new_member_id(&urls, "other", 5));
+        // Never the bootstrap id of the same URLs (a replaced member's old id).
+        let m = config::InitialMember { name: "x".into(), peer_urls: urls.clone() };
+        let bootstrap = config::member_id(&m, "tok");
+        assert_ne!(new_member_id(&urls, "tok", 5), bootstrap);
+        // Taken ids are skipped.
+        let first = unique_member_id(&urls, "tok", |_| false);
+        let mut refused = Vec::new();
+        let other = unique_member_id(&urls, "tok", |id| {
+            let taken = refused.len() < 3;
+            if taken {
+                refused.push(id);
+            }
+            taken
+        });
+        assert_eq!(refused.len(), 3);
+        assert!(!refused.contains(&other));
+        assert_ne!(first, 0);
     }
 }
