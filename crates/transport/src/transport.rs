@@ -663,17 +663,31 @@ impl TransportHandle {
         request
             .encode(limit, &mut frame)
             .map_err(|_| RequestError::TooLarge { len: request.body.len(), max: shared.max_request_bytes })?;
+        let mut first_failure = None;
         if let Some(mut conn) = self.take_idle_request(to) {
             match round_trip(shared, &mut conn, &frame, request.id).await {
                 Ok(response) => return self.answered(to, conn, response),
                 Err((true, e)) => {
-                    debug!(peer = %to, error = %e, "kept requests connection was closed; dialing")
+                    debug!(peer = %to, error = %e, "kept requests connection was closed; dialing");
+                    first_failure = Some(e);
                 }
                 Err((false, e)) => return Err(e),
             }
         }
-        let (stream, reader) =
-            dial(shared, addr, to, StreamKind::Requests).await.map_err(RequestError::Dial)?;
+        let (stream, reader) = match dial(shared, addr, to, StreamKind::Requests).await {
+            Ok(dialed) => dialed,
+            // The request went out on the kept connection: unless the peer now refuses this
+            // member (which is why it closed that connection unanswered), it may have seen
+            // the request before it went away, so this is not a clean "never sent".
+            Err(e) => {
+                return Err(match first_failure {
+                    Some(first) if !matches!(e, DialError::Refused(..)) => {
+                        RequestError::Io(format!("{first}; then {e}"))
+                    }
+                    _ => RequestError::Dial(e),
+                });
+            }
+        };
         let mut conn = IdleRequestConn { stream, reader, since: std::time::Instant::now() };
         match round_trip(shared, &mut conn, &frame, request.id).await {
             Ok(response) => self.answered(to, conn, response),
