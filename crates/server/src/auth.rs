@@ -141,11 +141,6 @@ pub fn checked_at() -> u64 {
     CALL.try_with(|c| c.checked_at.get()).unwrap_or(0)
 }
 
-/// The current caller's token, if it sent one.
-pub fn current_token() -> Option<String> {
-    CALL.try_with(|c| c.token.clone()).ok().flatten()
-}
-
 fn status(e: AuthError) -> Status {
     Status::new(e.grpc_code(), e.message())
 }

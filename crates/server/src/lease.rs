@@ -10,8 +10,9 @@
 //!   its term (a read barrier), then gives every lease `extend` (the election timeout)
 //!   plus its checkpointed remaining TTL, or its full TTL when it has none (etcd's
 //!   `Promote`). A lease granted later starts when the leader first sees it.
-//! * Keep-alives are served by the leader; a follower forwards each one to the leader's
-//!   client URL (gRPC), as etcd forwards to the leader's HTTP endpoint.
+//! * Keep-alives are served by the leader; a follower forwards each one (and TimeToLive) to
+//!   the leader over the peer transport ([`crate::forward`]), as etcd forwards to the
+//!   leader's peer HTTP endpoint.
 //! * Checkpoints (etcd 3.4's `--experimental-enable-lease-checkpoint`, always on here):
 //!   every [`CHECKPOINT_INTERVAL`] the leader records the remaining TTL of each lease
 //!   whose TTL exceeds the interval, so a new leader does not restart a long lease at
@@ -28,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use parking_lot::Mutex;
 use raftkv_api::Command;
-use raftkv_api::etcdserverpb::lease_client::LeaseClient;
 use raftkv_api::etcdserverpb::lease_server::{Lease, LeaseServer};
 use raftkv_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -41,9 +41,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::forward::{self, Call, ForwardError};
 use crate::gateway;
 use crate::service::Api;
 
@@ -58,9 +58,6 @@ const MAX_CHECKPOINT_BATCH: usize = 1000;
 /// Keep-alive responses buffered per stream: the stream reads the next request only
 /// when the client takes the responses.
 const KEEPALIVE_BUFFER: usize = 16;
-/// Metadata on a request a member forwarded to the leader: the receiver must not forward
-/// it again.
-const FORWARDED: &str = "raftkv-forwarded";
 /// Pause between forwards of a renewal or TimeToLive while the leader changes (etcd's 50 ms).
 const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -112,8 +109,6 @@ pub struct Leases {
     api: Api,
     config: Arc<LeaseConfig>,
     lessor: Arc<Mutex<Lessor>>,
-    /// A channel to the leader's client URL, for forwarding.
-    upstream: Arc<Mutex<Option<(String, Channel)>>>,
 }
 
 fn secs(n: i64) -> Duration {
@@ -123,12 +118,8 @@ fn secs(n: i64) -> Duration {
 impl Leases {
     /// The service, with its lessor loop running.
     pub fn start(api: Api, config: LeaseConfig) -> Leases {
-        let leases = Leases {
-            api,
-            config: Arc::new(config),
-            lessor: Arc::new(Mutex::new(Lessor::default())),
-            upstream: Arc::new(Mutex::new(None)),
-        };
+        let leases =
+            Leases { api, config: Arc::new(config), lessor: Arc::new(Mutex::new(Lessor::default())) };
         tokio::spawn(leases.clone().run());
         leases
     }
@@ -257,63 +248,43 @@ impl Leases {
         }
     }
 
-    /// A client of the leader `leader`'s Lease service.
-    fn upstream(&self, leader: u64) -> Result<LeaseClient<Channel>, Status> {
-        let url = {
-            let sm = self.api.node.shared.sm.read();
-            sm.members.get(&leader).and_then(|m| m.client_urls.first().cloned())
-        }
-        .ok_or_else(|| Status::unavailable("etcdserver: the leader's client URL is not known yet"))?;
-        let mut cached = self.upstream.lock();
-        if let Some((u, ch)) = cached.as_ref()
-            && *u == url
-        {
-            return Ok(LeaseClient::new(ch.clone()));
-        }
-        let ch = Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::unavailable(format!("bad leader URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(self.api.request_timeout())
-            .connect_lazy();
-        *cached = Some((url, ch.clone()));
-        Ok(LeaseClient::new(ch))
-    }
-
-    /// Runs `call` against the leader's Lease service, or answers None when this member is
-    /// the leader. As etcd's followers do for renewals and TimeToLive, a failed forward (the
-    /// leader just died, or is no longer the leader) is retried, against whichever member is
-    /// the leader by then, until the request timeout: a leader change delays a keep-alive
-    /// rather than failing it (which clients such as Patroni take for a lost lease).
-    async fn on_leader<T, F, Fut>(&self, forwarded: bool, mut call: F) -> Result<Option<T>, Status>
+    /// Sends `req` as `call` to the leader, or answers None when this member is the leader.
+    /// `forwarded`: the call came from a follower, which must not be sent on again. As etcd's
+    /// followers do for renewals and TimeToLive, a failed forward (the leader just died, or
+    /// is no longer the leader) is retried, against whichever member is the leader by then,
+    /// until the request timeout: a leader change delays a keep-alive rather than failing it
+    /// (which clients such as Patroni take for a lost lease).
+    async fn on_leader<Req, Resp>(
+        &self,
+        forwarded: bool,
+        call: Call,
+        req: &Req,
+    ) -> Result<Option<Resp>, Status>
     where
-        F: FnMut(LeaseClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
+        Req: raftkv_api::prost::Message,
+        Resp: raftkv_api::prost::Message + Default,
     {
         let deadline = Instant::now() + self.api.request_timeout();
         loop {
             let Some(leader) = self.primary().await? else { return Ok(None) };
             if forwarded {
-                return Err(Status::unavailable("etcdserver: not leader"));
+                return Err(forward::not_leader_here());
             }
-            let err = match self.upstream(leader) {
-                Ok(client) => match call(client).await {
-                    Ok(answer) => return Ok(Some(answer)),
-                    Err(e) => e,
-                },
-                Err(e) => e,
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match forward::send(&self.api, leader, call, req, left).await {
+                Ok(answer) => return Ok(Some(answer)),
+                Err(ForwardError::Answer(status))
+                    if !matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) =>
+                {
+                    return Err(status);
+                }
+                Err(e) => e.into_status(),
             };
-            let retry = matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
-            if !retry || Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
+            if Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
                 return Err(err);
             }
             tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
         }
-    }
-
-    fn forwarded<T>(msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        r
     }
 
     /// Lease of this member's table after a read barrier, for calls that must see the
@@ -362,19 +333,12 @@ impl Leases {
         }
     }
 
-    /// Renews a lease on the leader (forwarding when this member is not the leader). An
-    /// unknown or expired lease answers TTL 0, as etcd does.
+    /// Renews a lease on the leader (forwarding when this member is not the leader;
+    /// `forwarded`: a follower forwarded it here). An unknown or expired lease answers TTL 0,
+    /// as etcd does.
     pub async fn renew(&self, id: i64, forwarded: bool) -> Result<LeaseKeepAliveResponse, Status> {
-        let upstream = self
-            .on_leader(forwarded, |mut client| async move {
-                let once = tokio_stream::once(LeaseKeepAliveRequest { id });
-                let mut stream = client.lease_keep_alive(Self::forwarded(once)).await?.into_inner();
-                stream
-                    .message()
-                    .await?
-                    .ok_or_else(|| Status::unavailable("etcdserver: the leader closed the keep-alive stream"))
-            })
-            .await?;
+        let upstream: Option<LeaseKeepAliveResponse> =
+            self.on_leader(forwarded, Call::LeaseKeepAlive, &LeaseKeepAliveRequest { id }).await?;
         if let Some(mut resp) = upstream {
             self.api.fill(&mut resp.header);
             return Ok(resp);
@@ -418,31 +382,17 @@ impl Leases {
         req: LeaseTimeToLiveRequest,
         forwarded: bool,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
-        // Checked where the client's token lives; the leader answers a forwarded request
-        // without the keys when auth is on, and this member adds them from its own state.
-        let auth_on = self.api.node.shared.sm.read().auth.enabled();
+        // Checked where the client's token lives (a forwarded call was checked by the
+        // follower that received it).
         if !forwarded {
             self.api.require_user()?;
             if req.keys {
                 self.api.authorize(|sm, user| crate::auth::check_lease_keys(sm, user, req.id, false))?;
             }
         }
-        let upstream_req = LeaseTimeToLiveRequest { keys: req.keys && !auth_on, ..req };
-        let upstream = self
-            .on_leader(forwarded, |mut client| async move {
-                Ok(client.lease_time_to_live(Self::forwarded(upstream_req)).await?.into_inner())
-            })
-            .await?;
+        let upstream: Option<LeaseTimeToLiveResponse> =
+            self.on_leader(forwarded, Call::LeaseTimeToLive, &req).await?;
         if let Some(mut resp) = upstream {
-            if req.keys && auth_on {
-                let sm = self.api.node.shared.sm.read();
-                resp.keys = sm
-                    .kv
-                    .leases()
-                    .get(req.id)
-                    .map(|l| l.keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect())
-                    .unwrap_or_default();
-            }
             self.api.fill(&mut resp.header);
             return Ok(resp);
         }
@@ -463,7 +413,7 @@ impl Leases {
             Some(at) => i64::try_from(at.saturating_duration_since(now).as_secs()).unwrap_or(i64::MAX),
             None => lease.ttl,
         };
-        let keys = if req.keys && !(forwarded && auth_on) {
+        let keys = if req.keys {
             lease.keys.iter().map(|k| bytes::Bytes::copy_from_slice(k)).collect()
         } else {
             Vec::new()
@@ -505,14 +455,13 @@ impl Lease for Leases {
         &self,
         req: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED);
         let required = crate::require_leader::required_by(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {
-                let resp = this.renew(msg.id, forwarded).await;
+                let resp = this.renew(msg.id, false).await;
                 let failed = resp.is_err();
                 if tx.send(resp).await.is_err() || failed {
                     break;
@@ -527,8 +476,7 @@ impl Lease for Leases {
         &self,
         req: tonic::Request<LeaseTimeToLiveRequest>,
     ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED);
-        self.time_to_live(req.into_inner(), forwarded).await.map(tonic::Response::new)
+        self.time_to_live(req.into_inner(), false).await.map(tonic::Response::new)
     }
 
     async fn lease_leases(

@@ -13,6 +13,7 @@ mod client_port;
 mod config;
 mod defrag;
 mod dev;
+mod forward;
 mod gateway;
 mod grpc;
 mod jwt;

@@ -118,8 +118,9 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
     let me = members.iter().find(|m| m.name == config.name).ok_or("member not in --initial-cluster")?;
     let record = ClusterRecord {
         format: 1,
-        // A joining member learns the running cluster's id from its peers (see
-        // `crate::server`); this one is replaced before anything is written.
+        // A joining member learns the running cluster's id, its own id and the members'
+        // from its peers' member list (see `crate::server`); these are replaced before
+        // anything is written.
         cluster_id: if joining { 0 } else { config::cluster_id(&config.initial_cluster, token) },
         member_id: me.id,
         name: config.name.clone(),

@@ -7,7 +7,14 @@
 //! As etcd (its `--strict-reconfig-check`, on by default), a change that would leave the
 //! cluster without a quorum of started, reachable voters is refused before it is proposed
 //! (`not enough started members`, `unhealthy cluster`); once auth is enabled every change is
-//! for administrators.
+//! for administrators, checked on the member the client called. A follower hands a change to
+//! the leader over the peer transport ([`crate::forward`]), retrying against a new leader.
+//!
+//! Each `MemberAdd` gives the new member a fresh id (a hash of its peer URLs, the cluster
+//! token and the time, different from every current and removed id), as etcd does, so a
+//! member replaced on the same peer URLs never takes the id of its previous incarnation; a
+//! member joining with `--initial-cluster-state existing` learns its id from its peers'
+//! member list (see `crate::server`).
 //!
 //! A change travels as one configuration-change entry: the core's steps (add voter, add
 //! learner, remove, update) and, in the entry's context, this module's [`ChangeContext`] (the
@@ -18,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_api::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
     MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
@@ -28,6 +34,7 @@ use raftkv_raft::{ConfChange, ConfChangeError, ConfChangeStep, NodeId, ProposeEr
 use tonic::{Code, Status};
 
 use crate::config;
+use crate::forward::{self, Call, ForwardError};
 use crate::member::MemberRecord;
 use crate::node::NodeError;
 use crate::service::Api;
@@ -43,6 +50,8 @@ pub fn seed_registry(members: &[MemberRecord]) -> Registry {
 
 /// Pause between attempts of a change a new leader cannot take yet.
 const CHANGE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// Pause between forwards of a change while the leader changes.
+const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 fn member_not_found() -> Status {
     Status::new(Code::NotFound, "etcdserver: member not found")
@@ -122,12 +131,44 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-/// The id of a member with these peer URLs: a hash of the sorted URLs and the cluster
-/// token, the same formula as at bootstrap, so a member joining with
-/// `--initial-cluster-state existing` computes the id the cluster gave it.
-pub fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
-    let m = config::InitialMember { name: String::new(), peer_urls: peer_urls.to_vec() };
-    config::member_id(&m, token)
+/// The id `MemberAdd` gives a member with these peer URLs at time `nanos` (nanoseconds since
+/// the epoch): a hash of the sorted URLs, the cluster token and the time, as etcd's
+/// `NewMember` (which hashes the time too), so re-adding a member on the same URLs gives it
+/// a new id.
+pub fn new_member_id(peer_urls: &[String], token: &str, nanos: u64) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let time = nanos.to_string();
+    let mut parts: Vec<&str> = urls.iter().map(String::as_str).collect();
+    parts.push(token);
+    parts.push(&time);
+    config::stable_hash(&parts)
+}
+
+/// A fresh id for a new member: [`new_member_id`] at the current time, moved on until it is
+/// none of the ids in `taken` (current and removed members, this one).
+fn unique_member_id(peer_urls: &[String], token: &str, mut taken: impl FnMut(u64) -> bool) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut nanos = now;
+    loop {
+        let id = new_member_id(peer_urls, token, nanos);
+        if !taken(id) {
+            return id;
+        }
+        nanos = nanos.wrapping_add(1);
+    }
+}
+
+/// A change refused by this member as it lost leadership meanwhile, as the client sees it.
+fn as_local(status: Status) -> Status {
+    if status.code() == Code::Unavailable && status.message() == forward::not_leader_here().message() {
+        leader_changed()
+    } else {
+        status
+    }
 }
 
 impl Api {
@@ -155,61 +196,35 @@ impl Api {
             .collect()
     }
 
-    /// A client of the leader's Cluster service, for a change sent to a follower (etcd's
-    /// followers hand changes to the leader too). Plain-http client URLs only.
-    async fn leader_cluster(&self) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-        let leader = self.node.status().leader;
-        if leader == 0 {
-            return Err(Status::new(Code::Unavailable, "etcdserver: no leader"));
-        }
-        let url =
-            self.node.shared.sm.read().members.get(&leader).and_then(|a| a.client_urls.first().cloned());
-        let url = match url {
-            Some(u) if u.starts_with("http://") => u,
-            _ => {
-                return Err(Status::new(
-                    Code::Unavailable,
-                    "etcdserver: not leader; send membership changes to the leader's client URL",
-                ));
+    /// Hands a change to the leader when this member is not the leader (`Ok(None)`: it is).
+    /// A change the leader certainly did not take (unreachable, or no longer the leader) is
+    /// sent again, to whichever member leads by then, until the request timeout.
+    async fn via_leader<Req, Resp>(&self, call: Call, req: &Req) -> Result<Option<Resp>, Status>
+    where
+        Req: raftkv_api::prost::Message,
+        Resp: raftkv_api::prost::Message + Default,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let s = self.node.status();
+            if s.is_leader {
+                return Ok(None);
             }
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::unavailable(format!("etcdserver: leader's client URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(self.request_timeout());
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcdserver: cannot reach the leader at {url}: {e}")))?;
-        Ok(ClusterClient::new(channel))
-    }
-
-    /// A change for the leader, carrying the caller's token. With auth enabled that works
-    /// for JWT tokens (every member holding the key verifies them) but not for simple tokens
-    /// (known only to the member that issued them) nor for a certificate's name: then the
-    /// client must send the change to the leader itself.
-    fn forwarded<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
-        let mut req = tonic::Request::new(msg);
-        if !self.node.shared.sm.read().auth.enabled() {
-            return Ok(req);
-        }
-        let token = match (&self.auth.options.jwt, crate::auth::current_token()) {
-            (Some(_), Some(token)) => token,
-            _ => {
-                return Err(Status::new(
-                    Code::FailedPrecondition,
-                    "etcdserver: not leader; with auth enabled, send membership changes to the leader's client URL",
-                ));
+            let err = if s.leader == 0 {
+                Status::new(Code::Unavailable, "etcdserver: no leader")
+            } else {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match forward::send(self, s.leader, call, req, left).await {
+                    Ok(resp) => return Ok(Some(resp)),
+                    Err(ForwardError::Unhandled(status)) => status,
+                    Err(e) => return Err(as_local(e.into_status())),
+                }
+            };
+            if tokio::time::Instant::now() + FORWARD_RETRY_PAUSE >= deadline {
+                return Err(as_local(err));
             }
-        };
-        let value = token.parse().map_err(|_| {
-            Status::new(
-                raftkv_kv::AuthError::InvalidAuthToken.grpc_code(),
-                raftkv_kv::AuthError::InvalidAuthToken.message(),
-            )
-        })?;
-        req.metadata_mut().insert("token", value);
-        Ok(req)
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
     }
 
     /// The voting members: (id, started), a member being started once it has published
@@ -273,6 +288,21 @@ impl Api {
         Ok(())
     }
 
+    /// Whether the removal of `id` is applied here, waiting up to an election timeout for
+    /// the apply to catch up with the commit.
+    async fn removal_applied(&self, id: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + self.election_timeout();
+        loop {
+            if self.node.shared.sm.read().registry.removed.contains(&id) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn is_leader(&self) -> bool {
         self.node.status().is_leader
     }
@@ -302,19 +332,29 @@ impl Api {
     pub async fn member_add(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
         self.require_admin()?;
         check_urls(&req.peer_ur_ls)?;
-        self.may_add(req.is_learner)?;
-        if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_add(req).await?.into_inner());
+        if let Some(mut resp) = self.via_leader::<_, MemberAddResponse>(Call::MemberAdd, &req).await? {
+            self.fill(&mut resp.header);
+            return Ok(resp);
         }
+        self.member_add_here(req).await.map_err(as_local)
+    }
+
+    /// MemberAdd on the leader (for its own client or forwarded by a follower, which
+    /// authorised the caller).
+    pub(crate) async fn member_add_here(&self, req: MemberAddRequest) -> Result<MemberAddResponse, Status> {
+        if !self.is_leader() {
+            return Err(forward::not_leader_here());
+        }
+        check_urls(&req.peer_ur_ls)?;
+        self.may_add(req.is_learner)?;
         let registry = self.registry();
         if registry.url_owner(&req.peer_ur_ls, None).is_some() {
             return Err(peer_url_exist());
         }
-        let id = new_member_id(&req.peer_ur_ls, self.cluster_token());
-        if registry.members.contains_key(&id) || id == 0 {
-            return Err(member_exist());
-        }
+        let me = self.member_id();
+        let id = unique_member_id(&req.peer_ur_ls, self.cluster_token(), |id| {
+            id == 0 || id == me || registry.members.contains_key(&id) || registry.removed.contains(&id)
+        });
         // The leader must reach the new member as soon as the entry is appended (a voter
         // added to a one-member cluster counts towards committing its own addition).
         if let (Some(t), Ok(addr)) = (self.peer_transport(), config::parse_url(&req.peer_ur_ls[0])) {
@@ -350,16 +390,34 @@ impl Api {
 
     pub async fn member_remove(&self, req: MemberRemoveRequest) -> Result<MemberRemoveResponse, Status> {
         self.require_admin()?;
+        if let Some(mut resp) = self.via_leader::<_, MemberRemoveResponse>(Call::MemberRemove, &req).await? {
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        self.member_remove_here(req).await.map_err(as_local)
+    }
+
+    /// MemberRemove on the leader.
+    pub(crate) async fn member_remove_here(
+        &self,
+        req: MemberRemoveRequest,
+    ) -> Result<MemberRemoveResponse, Status> {
+        if !self.is_leader() {
+            return Err(forward::not_leader_here());
+        }
         let learner = self.registry().members.get(&req.id).is_some_and(|m| m.is_learner);
         self.may_remove(req.id, learner)?;
-        if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_remove(req).await?.into_inner());
-        }
         if !self.registry().members.contains_key(&req.id) {
             return Err(member_not_found());
         }
-        self.change(vec![ConfChangeStep::Remove(NodeId(req.id))], Vec::new()).await?;
+        if let Err(e) = self.change(vec![ConfChangeStep::Remove(NodeId(req.id))], Vec::new()).await {
+            // A leader removing itself hands leadership over as the removal commits, which can
+            // fail the wait ("leader changed") before the removal is applied here: the
+            // applied registry settles whether it happened.
+            if !(e.code() == Code::Unavailable && self.removal_applied(req.id).await) {
+                return Err(e);
+            }
+        }
         tracing::info!(member_id = format!("{:x}", req.id), "member removed");
         Ok(MemberRemoveResponse { header: Some(self.header(0)), members: self.member_protos() })
     }
@@ -371,10 +429,22 @@ impl Api {
             return Err(member_not_found());
         }
         check_urls(&req.peer_ur_ls)?;
-        if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_update(req).await?.into_inner());
+        if let Some(mut resp) = self.via_leader::<_, MemberUpdateResponse>(Call::MemberUpdate, &req).await? {
+            self.fill(&mut resp.header);
+            return Ok(resp);
         }
+        self.member_update_here(req).await.map_err(as_local)
+    }
+
+    /// MemberUpdate on the leader.
+    pub(crate) async fn member_update_here(
+        &self,
+        req: MemberUpdateRequest,
+    ) -> Result<MemberUpdateResponse, Status> {
+        if !self.is_leader() {
+            return Err(forward::not_leader_here());
+        }
+        check_urls(&req.peer_ur_ls)?;
         let registry = self.registry();
         if !registry.members.contains_key(&req.id) {
             return Err(member_not_found());
@@ -389,12 +459,26 @@ impl Api {
 
     pub async fn member_promote(&self, req: MemberPromoteRequest) -> Result<MemberPromoteResponse, Status> {
         self.require_admin()?;
+        if let Some(mut resp) = self.via_leader::<_, MemberPromoteResponse>(Call::MemberPromote, &req).await?
+        {
+            self.fill(&mut resp.header);
+            return Ok(resp);
+        }
+        self.member_promote_here(req).await.map_err(as_local)
+    }
+
+    /// MemberPromote on the leader.
+    pub(crate) async fn member_promote_here(
+        &self,
+        req: MemberPromoteRequest,
+    ) -> Result<MemberPromoteResponse, Status> {
         if !self.is_leader() {
-            let req = self.forwarded(req)?;
-            return Ok(self.leader_cluster().await?.member_promote(req).await?.into_inner());
+            return Err(forward::not_leader_here());
         }
         let registry = self.registry();
-        let Some(member) = registry.members.get(&req.id) else { return Err(member_not_found()) };
+        let Some(member) = registry.members.get(&req.id) else {
+            return Err(member_not_found());
+        };
         if !member.is_learner {
             return Err(not_learner());
         }
@@ -446,10 +530,10 @@ pub type StopReason = String;
 /// refuse it as removed), or it joined with `--initial-cluster-state existing` but the
 /// cluster does not know it.
 ///
-/// One peer's refusal is not enough: a member replaced on the same peer URLs gets its old id
-/// back, and a peer that has not yet applied the new addition (it lags, was paused, or is
-/// replaying its log after a restart) still refuses that id as removed. A refusal stops
-/// counting once a connection to that peer succeeds.
+/// One peer's refusal is not enough: a peer that lags (it was paused, or is replaying its
+/// log after a restart) may still refuse an id the cluster has re-admitted since. Ids are not
+/// reused by `MemberAdd`, but a member restored from an old data dir can meet such a peer. A
+/// refusal stops counting once a connection to that peer succeeds.
 pub async fn watch(
     api: Api,
     transport: raftkv_transport::TransportHandle,
@@ -535,7 +619,9 @@ pub async fn watch(
             if *id == me {
                 continue;
             }
-            let Some(addr) = m.peer_urls.first().and_then(|u| config::parse_url(u).ok()) else { continue };
+            let Some(addr) = m.peer_urls.first().and_then(|u| config::parse_url(u).ok()) else {
+                continue;
+            };
             let addr = addr.to_string();
             if known.get(&NodeId(*id)) != Some(&addr) {
                 tracing::info!(peer = format!("{id:x}"), %addr, "peer address learned");
@@ -610,12 +696,28 @@ mod tests {
     }
 
     #[test]
-    fn new_member_ids_match_the_bootstrap_formula() {
-        let m = config::InitialMember {
-            name: "x".into(),
-            peer_urls: vec!["http://b:2".into(), "http://a:1".into()],
-        };
-        assert_eq!(new_member_id(&m.peer_urls, "tok"), config::member_id(&m, "tok"));
-        assert_ne!(new_member_id(&m.peer_urls, "tok"), new_member_id(&m.peer_urls, "other"));
+    fn new_member_ids_differ_by_time_and_avoid_taken_ids() {
+        let urls: Vec<String> = vec!["http://b:2".into(), "http://a:1".into()];
+        let reordered: Vec<String> = vec!["http://a:1".into(), "http://b:2".into()];
+        assert_eq!(new_member_id(&urls, "tok", 5), new_member_id(&reordered, "tok", 5));
+        assert_ne!(new_member_id(&urls, "tok", 5), new_member_id(&urls, "tok", 6));
+        assert_ne!(new_member_id(&urls, "tok", 5), new_member_id(&urls, "other", 5));
+        // Never the bootstrap id of the same URLs (a replaced member's old id).
+        let m = config::InitialMember { name: "x".into(), peer_urls: urls.clone() };
+        let bootstrap = config::member_id(&m, "tok");
+        assert_ne!(new_member_id(&urls, "tok", 5), bootstrap);
+        // Taken ids are skipped.
+        let first = unique_member_id(&urls, "tok", |_| false);
+        let mut refused = Vec::new();
+        let other = unique_member_id(&urls, "tok", |id| {
+            let taken = refused.len() < 3;
+            if taken {
+                refused.push(id);
+            }
+            taken
+        });
+        assert_eq!(refused.len(), 3);
+        assert!(!refused.contains(&other));
+        assert_ne!(first, 0);
     }
 }

@@ -27,7 +27,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     // TLS (checked before anything listens: a bad certificate file stops the member here).
     let tls = crate::tls::Ports::load(&config).map_err(|e| e.to_string())?;
     if identity.fresh && record.joined_existing {
-        record.cluster_id = discover_cluster(&record, tls.peer.as_ref()).await?;
+        join_cluster(&mut record, tls.peer.as_ref()).await?;
     }
     let ids = NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
     let fs = Arc::new(RealFs);
@@ -152,6 +152,8 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         api.clone(),
         crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
     );
+    // Peers' requests (forwarded changes and lease calls, member lists) are served from now.
+    crate::forward::register(&api, &leases);
     let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
     let routes = crate::grpc::routes(api.clone())
         .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
@@ -239,15 +241,51 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     }
 }
 
-/// The running cluster's id, asked of the members in `--initial-cluster` (a member joining
-/// with `--initial-cluster-state existing`).
-async fn discover_cluster(
-    record: &member::ClusterRecord,
+/// Attempts at finding this member in its peers' member lists: a peer that has not applied
+/// the member's addition yet does not list it.
+const JOIN_ROUNDS: usize = 3;
+
+/// Peer URLs compared as sets, as etcd compares them (order and a trailing `/` aside).
+fn same_urls(a: &[String], b: &[String]) -> bool {
+    let norm = |urls: &[String]| {
+        let mut v: Vec<String> = urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    norm(a) == norm(b)
+}
+
+/// Joining a running cluster (`--initial-cluster-state existing`): asks the members of
+/// `--initial-cluster` (other than this one) for the cluster's member list, as etcd does
+/// (`GetClusterFromRemotePeers`), and takes from it the cluster id, this member's id (the
+/// member with this member's peer URLs, which `member add` gave a fresh id) and the other
+/// members' ids and URLs.
+async fn join_cluster(
+    record: &mut member::ClusterRecord,
     tls: Option<&raftkv_transport::PeerTlsConfig>,
-) -> Result<u64, String> {
-    let mut failures = Vec::new();
-    for m in record.members.iter().filter(|m| m.id != record.member_id) {
+) -> Result<(), String> {
+    let own_urls = record
+        .members
+        .iter()
+        .find(|m| m.name == record.name)
+        .map(|m| m.peer_urls.clone())
+        .ok_or("member not in --initial-cluster")?;
+    let mut peers = Vec::new();
+    for m in record.members.iter().filter(|m| m.name != record.name) {
         for url in &m.peer_urls {
+            peers.push(url.clone());
+        }
+    }
+    let mut failures = Vec::new();
+    let mut not_listed = Vec::new();
+    for round in 0..JOIN_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        failures.clear();
+        not_listed.clear();
+        for url in &peers {
             let addr = match parse_url(url) {
                 Ok(a) => a.to_string(),
                 Err(e) => {
@@ -255,14 +293,54 @@ async fn discover_cluster(
                     continue;
                 }
             };
-            match raftkv_transport::discover(&addr, tls, Duration::from_secs(3)).await {
-                Ok((cluster_id, _)) => {
-                    tracing::info!(cluster_id = format!("{cluster_id:x}"), peer = %url, "joining a running cluster");
-                    return Ok(cluster_id);
+            let found = match raftkv_transport::discover_members(&addr, tls, Duration::from_secs(3)).await {
+                Ok(found) => found,
+                Err(e) => {
+                    failures.push(format!("{url}: {e}"));
+                    continue;
                 }
-                Err(e) => failures.push(format!("{url}: {e}")),
+            };
+            let Some(me) = found.members.iter().find(|m| same_urls(&m.peer_urls, &own_urls)) else {
+                not_listed.push(url.clone());
+                continue;
+            };
+            if me.id.0 == 0 || found.cluster_id == 0 {
+                failures.push(format!("{url}: answered with a zero id"));
+                continue;
             }
+            record.cluster_id = found.cluster_id;
+            record.member_id = me.id.0;
+            record.members = found
+                .members
+                .iter()
+                .map(|m| member::MemberRecord {
+                    id: m.id.0,
+                    name: if m.id == me.id { record.name.clone() } else { m.name.clone() },
+                    peer_urls: m.peer_urls.clone(),
+                })
+                .collect();
+            tracing::info!(
+                cluster_id = format!("{:x}", found.cluster_id),
+                member_id = format!("{:x}", me.id.0),
+                members = found.members.len(),
+                peer = %url,
+                "joining a running cluster"
+            );
+            return Ok(());
         }
+        if not_listed.is_empty() {
+            break;
+        }
+    }
+    if !not_listed.is_empty() {
+        return Err(format!(
+            "this member ({}, peer URLs {}) is not in the cluster's configuration: the member lists of {} do not name its peer URLs. Add it first with `etcdctl member add {} --peer-urls={}`",
+            record.name,
+            own_urls.join(","),
+            not_listed.join(", "),
+            record.name,
+            own_urls.join(",")
+        ));
     }
     Err(format!(
         "--initial-cluster-state existing: no member of --initial-cluster answered ({}); the cluster must be running, and this member added to it first with `etcdctl member add`",

@@ -184,8 +184,9 @@ async fn member_commands_match_real_etcd() {
 }
 
 /// The runbook for a member whose disk is lost: remove it, add it back, start it with an
-/// empty data dir and `--initial-cluster-state existing`. It catches up (by snapshot: the
-/// log was compacted meanwhile) and serves; the cluster serves throughout. Then leadership
+/// empty data dir and `--initial-cluster-state existing`. It gets a new id (learned from its
+/// peers' member list), catches up (by snapshot: the log was compacted meanwhile) and serves;
+/// the cluster serves throughout. Then leadership
 /// moves with `etcdctl move-leader`, and a leader stopped with SIGTERM hands over first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_a_member_whose_disk_is_lost() {
@@ -234,8 +235,12 @@ async fn replace_a_member_whose_disk_is_lost() {
     assert!(log.contains("joining a running cluster"), "{log}");
     assert!(log.contains("snapshot installed"), "caught up by snapshot:\n{log}");
 
-    // move-leader to the new member.
+    // A fresh id, not the removed incarnation's (its stale messages and refusals must not
+    // reach the new member), learned by the new member from its peers.
     let new_id = ids(port).await.0;
+    assert_ne!(new_id, lost_id, "the re-added member got its old id back");
+
+    // move-leader to the new member.
     let (code, out, err) = etcdctl(&c.endpoints(), &["move-leader", &format!("{new_id:x}")]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("Leadership transferred"), "{out}");

@@ -58,6 +58,12 @@ pub enum FrameType {
     SnapshotEnd = 0x22,
     /// Snapshot stream, receiver → sender: the transfer was staged (or failed).
     SnapshotAck = 0x23,
+    /// Requests stream, dialer → acceptor: one request for the acceptor's handler.
+    Request = 0x30,
+    /// Requests stream, acceptor → dialer: the answer to one request.
+    Response = 0x31,
+    /// Members stream, acceptor → dialer: the acceptor's member list, then close.
+    Members = 0x32,
 }
 
 impl FrameType {
@@ -72,6 +78,9 @@ impl FrameType {
             0x21 => FrameType::SnapshotChunk,
             0x22 => FrameType::SnapshotEnd,
             0x23 => FrameType::SnapshotAck,
+            0x30 => FrameType::Request,
+            0x31 => FrameType::Response,
+            0x32 => FrameType::Members,
             _ => return None,
         })
     }
@@ -115,6 +124,10 @@ pub enum DecodeError {
     InvalidReason,
     #[error("snapshot chunk length field {declared} does not match its {actual} data bytes")]
     ChunkLength { declared: u32, actual: usize },
+    #[error("invalid response code {0}")]
+    InvalidResponseCode(u8),
+    #[error("{0} is not UTF-8")]
+    InvalidText(&'static str),
 }
 
 /// Why a message could not be encoded.
@@ -567,6 +580,10 @@ pub enum StreamKind {
     Messages,
     /// One snapshot transfer.
     Snapshot,
+    /// Requests and their answers, one at a time, between two members.
+    Requests,
+    /// The acceptor's member list, for anyone who asks (a member about to join).
+    Members,
 }
 
 impl StreamKind {
@@ -574,6 +591,8 @@ impl StreamKind {
         match self {
             StreamKind::Messages => 0,
             StreamKind::Snapshot => 1,
+            StreamKind::Requests => 2,
+            StreamKind::Members => 3,
         }
     }
 
@@ -581,6 +600,8 @@ impl StreamKind {
         match code {
             0 => Ok(StreamKind::Messages),
             1 => Ok(StreamKind::Snapshot),
+            2 => Ok(StreamKind::Requests),
+            3 => Ok(StreamKind::Members),
             b => Err(DecodeError::InvalidStreamKind(b)),
         }
     }
@@ -850,6 +871,191 @@ impl SnapshotAck {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Requests stream.
+
+/// Bytes a [`Request`] frame adds around its body: id 8, timeout 4.
+pub const REQUEST_OVERHEAD: usize = 12;
+/// Bytes a [`Response`] frame adds around its body: id 8, code 1.
+pub const RESPONSE_OVERHEAD: usize = 9;
+
+/// One request: `id u64 | timeout_ms u32 | body`. The body is the handler's business.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the dialer; the response carries it back.
+    pub id: u64,
+    /// How long the dialer waits for the answer: the acceptor gives up on it after this.
+    pub timeout_ms: u32,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn encode(&self, max_frame_bytes: u32, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_frame(FrameType::Request, max_frame_bytes, buf, |b| {
+            b.put_u64(self.id);
+            b.put_u32(self.timeout_ms);
+            b.put_slice(&self.body);
+            Ok(())
+        })
+    }
+
+    pub fn decode(payload: Bytes) -> Result<Request, DecodeError> {
+        let mut r = Reader::new(payload);
+        let id = r.u64("request id")?;
+        let timeout_ms = r.u32("request timeout")?;
+        let body = r.bytes(r.remaining(), "request body")?;
+        r.finish()?;
+        Ok(Request { id, timeout_ms, body })
+    }
+}
+
+/// How the acceptor dealt with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResponseCode {
+    /// The handler answered: the body is its answer.
+    Ok = 0,
+    /// The handler failed: the body is the reason (UTF-8).
+    Failed = 1,
+    /// Too many requests in progress at the acceptor: not handled, try again later.
+    Overloaded = 2,
+    /// The handler did not answer within the request's timeout.
+    TimedOut = 3,
+    /// The acceptor has no handler yet (it is starting): not handled.
+    NotReady = 4,
+}
+
+impl ResponseCode {
+    fn from_code(code: u8) -> Result<ResponseCode, DecodeError> {
+        Ok(match code {
+            0 => ResponseCode::Ok,
+            1 => ResponseCode::Failed,
+            2 => ResponseCode::Overloaded,
+            3 => ResponseCode::TimedOut,
+            4 => ResponseCode::NotReady,
+            b => return Err(DecodeError::InvalidResponseCode(b)),
+        })
+    }
+}
+
+/// The answer to one request: `id u64 | code u8 | body`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub id: u64,
+    pub code: ResponseCode,
+    /// The handler's answer (code Ok), else a reason text.
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn encode(&self, max_frame_bytes: u32, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_frame(FrameType::Response, max_frame_bytes, buf, |b| {
+            b.put_u64(self.id);
+            b.put_u8(self.code as u8);
+            b.put_slice(&self.body);
+            Ok(())
+        })
+    }
+
+    pub fn decode(payload: Bytes) -> Result<Response, DecodeError> {
+        let mut r = Reader::new(payload);
+        let id = r.u64("response id")?;
+        let code = ResponseCode::from_code(r.u8("response code")?)?;
+        let body = r.bytes(r.remaining(), "response body")?;
+        r.finish()?;
+        Ok(Response { id, code, body })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Members stream.
+
+/// One member as the members stream describes it: what etcd's peer `/members` endpoint
+/// tells anyone (id, name, peer URLs), nothing more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerMember {
+    pub id: NodeId,
+    /// Empty for a member added but not started yet.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// Longest name or URL carried in a member list (longer ones are an encoding error).
+pub const MAX_MEMBER_TEXT_BYTES: usize = 4096;
+/// Most peer URLs per member in a member list.
+pub const MAX_MEMBER_URLS: usize = 64;
+
+fn put_text(buf: &mut BytesMut, what: &'static str, text: &str) -> Result<(), EncodeError> {
+    if text.len() > MAX_MEMBER_TEXT_BYTES {
+        return Err(EncodeError::TooLarge {
+            what,
+            len: text.len() as u64,
+            max: MAX_MEMBER_TEXT_BYTES as u32,
+        });
+    }
+    buf.put_u16(text.len() as u16);
+    buf.put_slice(text.as_bytes());
+    Ok(())
+}
+
+fn get_text(r: &mut Reader, what: &'static str) -> Result<String, DecodeError> {
+    let len = r.u16(what)? as usize;
+    let bytes = r.bytes(len, what)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidText(what))
+}
+
+/// The acceptor's members: `count u32`, then per member `id u64 | name (u16 len, UTF-8) |
+/// url_count u16 | urls (u16 len, UTF-8 each)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberList {
+    pub members: Vec<PeerMember>,
+}
+
+impl MemberList {
+    pub fn encode(&self, max_frame_bytes: u32, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_frame(FrameType::Members, max_frame_bytes, buf, |b| {
+            b.put_u32(count_u32("members", self.members.len())?);
+            for m in &self.members {
+                b.put_u64(m.id.get());
+                put_text(b, "member name", &m.name)?;
+                if m.peer_urls.len() > MAX_MEMBER_URLS {
+                    return Err(EncodeError::TooMany { what: "peer URLs", count: m.peer_urls.len() });
+                }
+                b.put_u16(m.peer_urls.len() as u16);
+                for url in &m.peer_urls {
+                    put_text(b, "peer URL", url)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn decode(payload: Bytes) -> Result<MemberList, DecodeError> {
+        let mut r = Reader::new(payload);
+        // A member takes at least 12 bytes: id, an empty name, no URLs.
+        let count = r.count("members", 12)?;
+        let mut members = Vec::with_capacity(capacity(count));
+        for _ in 0..count {
+            let id = NodeId(r.u64("member id")?);
+            let name = get_text(&mut r, "member name")?;
+            let urls = r.u16("peer URL count")? as usize;
+            if urls > MAX_MEMBER_URLS || urls * 2 > r.remaining() {
+                return Err(DecodeError::CountTooLarge {
+                    what: "peer URLs",
+                    count: urls as u64,
+                    remaining: r.remaining(),
+                });
+            }
+            let mut peer_urls = Vec::with_capacity(urls);
+            for _ in 0..urls {
+                peer_urls.push(get_text(&mut r, "peer URL")?);
+            }
+            members.push(PeerMember { id, name, peer_urls });
+        }
+        r.finish()?;
+        Ok(MemberList { members })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -974,5 +1180,47 @@ mod tests {
         let got = HelloRefused::decode(p).unwrap();
         assert_eq!(got.code, RefusalCode::ClusterIdMismatch);
         assert_eq!(got.reason.len(), MAX_REASON_BYTES);
+    }
+
+    #[test]
+    fn request_response_and_member_list_round_trip() {
+        let mut buf = BytesMut::new();
+        let req = Request { id: 9, timeout_ms: 1500, body: Bytes::from_static(b"ask") };
+        req.encode(1 << 20, &mut buf).unwrap();
+        let resp = Response { id: 9, code: ResponseCode::Overloaded, body: Bytes::new() };
+        resp.encode(1 << 20, &mut buf).unwrap();
+        let list = MemberList {
+            members: vec![
+                PeerMember { id: NodeId(7), name: "m1".into(), peer_urls: vec!["https://a:2380".into()] },
+                PeerMember { id: NodeId(8), name: String::new(), peer_urls: vec![] },
+            ],
+        };
+        list.encode(1 << 20, &mut buf).unwrap();
+        let (ty, p) = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!((ty, Request::decode(p).unwrap()), (FrameType::Request, req.clone()));
+        let (ty, p) = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!((ty, Response::decode(p).unwrap()), (FrameType::Response, resp));
+        let (ty, p) = split_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!((ty, MemberList::decode(p).unwrap()), (FrameType::Members, list));
+        // Too large for the limit: nothing is appended.
+        assert!(req.encode(10, &mut buf).is_err());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn member_list_counts_are_checked_before_allocating() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        assert!(matches!(MemberList::decode(buf.freeze()), Err(DecodeError::CountTooLarge { .. })));
+        let mut buf = BytesMut::new();
+        buf.put_u32(1);
+        buf.put_u64(1);
+        buf.put_u16(0);
+        buf.put_u16(u16::MAX);
+        assert!(matches!(MemberList::decode(buf.freeze()), Err(DecodeError::CountTooLarge { .. })));
+        let mut buf = BytesMut::new();
+        buf.put_u64(1);
+        buf.put_u8(9);
+        assert_eq!(Response::decode(buf.freeze()), Err(DecodeError::InvalidResponseCode(9)));
     }
 }

@@ -52,6 +52,19 @@ pub struct TransportConfig {
     pub snapshot_io_timeout: Duration,
     /// Where received snapshot bodies go.
     pub snapshot_sinks: Arc<dyn SnapshotSinkFactory>,
+    /// Largest request body sent or accepted on a requests stream, and largest answer.
+    pub max_request_bytes: u32,
+    /// Requests this member may have waiting for answers at once; more fail at once
+    /// ([`crate::RequestError::Busy`]).
+    pub max_requests_in_flight: usize,
+    /// Requests from peers handled at once; more are answered `Overloaded` unhandled.
+    pub max_requests_served: usize,
+    /// Longest a handler may take, whatever timeout a request asks for.
+    pub max_request_timeout: Duration,
+    /// An idle requests connection is closed after this (the dialer stops reusing it at half).
+    pub request_idle_timeout: Duration,
+    /// Idle requests connections kept per peer for reuse.
+    pub idle_request_connections: usize,
     /// TLS on every peer connection (both ends must agree); `None`: plain TCP.
     pub tls: Option<crate::stream::PeerTlsConfig>,
     /// Test hooks; all off by default.
@@ -89,6 +102,12 @@ impl TransportConfig {
             max_snapshot_bytes: 64 * 1024 * 1024 * 1024,
             snapshot_io_timeout: Duration::from_secs(30),
             snapshot_sinks: Arc::new(MemorySinkFactory::new(1024 * 1024 * 1024)),
+            max_request_bytes: 4 * 1024 * 1024,
+            max_requests_in_flight: 256,
+            max_requests_served: 256,
+            max_request_timeout: Duration::from_secs(60),
+            request_idle_timeout: Duration::from_secs(30),
+            idle_request_connections: 4,
             tls: None,
             faults: FaultInjection::default(),
         }

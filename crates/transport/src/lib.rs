@@ -54,11 +54,13 @@
 //! | payload | length − 1 | |
 //!
 //! Frame types: `0x01` Hello, `0x02` HelloOk, `0x03` HelloRefused, `0x10` Message,
-//! `0x20` SnapshotBegin, `0x21` SnapshotChunk, `0x22` SnapshotEnd, `0x23` SnapshotAck.
+//! `0x20` SnapshotBegin, `0x21` SnapshotChunk, `0x22` SnapshotEnd, `0x23` SnapshotAck,
+//! `0x30` Request, `0x31` Response, `0x32` Members.
 //! Before the handshake completes a frame may be at most 1 KiB.
 //!
 //! **Handshake.** The dialer sends Hello: `magic u32 = "RKVT" | protocol_version u16 = 1 |
-//! cluster_id u64 | from u64 | to u64 | stream u8 (0 messages, 1 snapshot)`. The acceptor
+//! cluster_id u64 | from u64 | to u64 | stream u8 (0 messages, 1 snapshot, 2 requests,
+//! 3 members)`. The acceptor
 //! checks magic, version, that the cluster id is its own, that `to` is itself and `from` a
 //! known peer, and answers HelloOk `protocol_version u16 | cluster_id u64 | node_id u64`
 //! (which the dialer checks in turn) or HelloRefused `code u8 | len u16 | reason UTF-8`
@@ -94,6 +96,17 @@
 //! offset, each chunk CRC, the total and the whole-body CRC, stages the body through its
 //! sink, hands [`Inbound::Snapshot`] to the driver, and answers SnapshotAck
 //! `ok u8 | len u16 | reason`, then closes. Any failure answers `ok = 0` with the reason.
+//!
+//! **Requests stream.** After the same handshake, the dialer sends Request frames `id u64 |
+//! timeout_ms u32 | body`, one at a time; the acceptor hands each body to the registered
+//! [`PeerService`] and answers Response `id u64 | code u8 | body` (0 ok, 1 failed, 2
+//! overloaded, 3 timed out, 4 not ready). Bodies are opaque, bounded by `max_request_bytes`.
+//!
+//! **Members stream.** A Hello with cluster id 0, ids 0 and stream 3 is answered, by anyone,
+//! with HelloOk and one Members frame `count u32 | (id u64 | name | url_count u16 | urls)`
+//! (strings `len u16 | UTF-8`), then closed: member ids, names and peer URLs only.
+//!
+//! See `docs/transport.md` for the full tables and bounds.
 
 pub mod codec;
 mod config;
@@ -104,7 +117,9 @@ mod stats;
 mod stream;
 mod transport;
 
-pub use codec::{DecodeError, EncodeError, StreamKind, decode, decode_slice, encode};
+pub use codec::{
+    DecodeError, EncodeError, PeerMember, ResponseCode, StreamKind, decode, decode_slice, encode,
+};
 pub use config::{FaultInjection, TransportConfig};
 pub use frame_io::FrameError;
 pub use snapshot::{
@@ -114,6 +129,6 @@ pub use snapshot::{
 pub use stats::TransportStats;
 pub use stream::PeerTlsConfig;
 pub use transport::{
-    DialError, Inbound, Report, SendError, SnapshotSendError, Transport, TransportError, TransportHandle,
-    discover,
+    ClusterMembers, DialError, Inbound, PeerService, Report, RequestError, RequestFuture, SendError,
+    SnapshotSendError, Transport, TransportError, TransportHandle, discover, discover_members,
 };

@@ -59,6 +59,16 @@ counters!(
     snapshots_received,
     /// Incoming snapshot transfers rejected (bad CRC, gap, sink error, ...).
     snapshots_rejected,
+    /// Requests sent that got an answer (of any code).
+    requests_sent,
+    /// Requests that failed on the sending side (no connection, timeout, malformed answer).
+    requests_failed,
+    /// Requests from peers handed to the handler.
+    requests_served,
+    /// Requests from peers answered unhandled: overloaded or no handler yet.
+    requests_refused,
+    /// Member lists sent on members streams.
+    member_lists_sent,
 );
 
 impl Counters {

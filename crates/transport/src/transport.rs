@@ -18,7 +18,8 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::codec::{
     self, DecodeError, EncodeError, FrameType, HANDSHAKE_MAX_FRAME_BYTES, Hello, HelloOk, HelloRefused,
-    MAGIC, PROTOCOL_VERSION, RefusalCode, SnapshotAck, SnapshotBegin, SnapshotChunk, SnapshotEnd, StreamKind,
+    MAGIC, MemberList, PROTOCOL_VERSION, PeerMember, REQUEST_OVERHEAD, RESPONSE_OVERHEAD, RefusalCode,
+    Request, Response, ResponseCode, SnapshotAck, SnapshotBegin, SnapshotChunk, SnapshotEnd, StreamKind,
 };
 use crate::config::{FaultInjection, TransportConfig};
 use crate::frame_io::{FrameError, FrameReader};
@@ -90,6 +91,75 @@ pub enum SnapshotSendError {
     Shutdown,
 }
 
+/// What a handler's answer to a request resolves to: the answer's bytes, or why it failed
+/// (sent back as [`ResponseCode::Failed`] with the text).
+pub type RequestFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send>>;
+
+/// The member's side of the requests and members streams, registered with
+/// [`TransportHandle::set_service`]. Until one is registered, requests are answered
+/// [`ResponseCode::NotReady`] and members streams are refused.
+pub trait PeerService: Send + Sync + 'static {
+    /// Answers a request from peer `from` (a known member that passed the handshake). The
+    /// bytes are opaque to the transport; the answer must fit `max_request_bytes`.
+    fn request(&self, from: NodeId, body: Bytes) -> RequestFuture;
+    /// The member list the members stream tells anyone who asks (no handshake identity is
+    /// required for it: keep it to ids, names and peer URLs).
+    fn members(&self) -> Vec<PeerMember>;
+}
+
+/// Why [`TransportHandle::request`] got no answer from the peer's handler.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no peer {0}")]
+    UnknownPeer(NodeId),
+    #[error("request of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: u32 },
+    #[error("too many requests in flight")]
+    Busy,
+    #[error("the transport is shut down")]
+    Shutdown,
+    #[error("cannot reach the peer: {0}")]
+    Dial(DialError),
+    #[error("connection failed: {0}")]
+    Io(String),
+    #[error("no answer in time")]
+    Timeout,
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("peer did not handle the request ({code:?}): {reason}")]
+    Remote { code: ResponseCode, reason: String },
+}
+
+impl RequestError {
+    /// Whether the peer's handler certainly never saw the request (so sending it again, to
+    /// this or another member, cannot make it happen twice).
+    pub fn unhandled(&self) -> bool {
+        match self {
+            RequestError::UnknownPeer(_)
+            | RequestError::TooLarge { .. }
+            | RequestError::Busy
+            | RequestError::Shutdown
+            | RequestError::Dial(_) => true,
+            RequestError::Remote { code, .. } => {
+                matches!(code, ResponseCode::Overloaded | ResponseCode::NotReady)
+            }
+            RequestError::Io(_) | RequestError::Timeout | RequestError::Malformed(_) => false,
+        }
+    }
+}
+
+/// What a members stream told: who answered and its member list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMembers {
+    pub cluster_id: u64,
+    /// The member that answered.
+    pub member_id: NodeId,
+    pub members: Vec<PeerMember>,
+}
+
+/// Largest member list frame accepted from a members stream.
+const MAX_MEMBER_LIST_FRAME: u32 = 1024 * 1024;
+
 /// Entry point.
 pub struct Transport;
 
@@ -117,6 +187,14 @@ impl Transport {
             || config.max_frame_bytes < HANDSHAKE_MAX_FRAME_BYTES
         {
             return Err(TransportError::Config("max_frame_bytes too small for snapshot_chunk_bytes".into()));
+        }
+        if config.max_requests_in_flight == 0
+            || config.max_requests_served == 0
+            || config.max_request_bytes > config.max_frame_bytes
+        {
+            return Err(TransportError::Config(
+                "max_requests_in_flight and max_requests_served must be positive, max_request_bytes at most max_frame_bytes".into(),
+            ));
         }
         if config.peers.contains_key(&config.local_id) {
             return Err(TransportError::Config("peers must not include the local id".into()));
@@ -154,6 +232,11 @@ impl Transport {
             shutdown: shutdown_rx,
             tls_acceptor: config.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone())),
             tls_connector: config.tls.as_ref().map(|t| tokio_rustls::TlsConnector::from(t.client.clone())),
+            max_request_bytes: config.max_request_bytes,
+            max_request_timeout: config.max_request_timeout,
+            request_idle_timeout: config.request_idle_timeout,
+            service: RwLock::new(None),
+            serving: Arc::new(Semaphore::new(config.max_requests_served)),
         });
         let permits = Arc::new(Semaphore::new(config.max_inbound_connections));
         let accept = tokio::spawn(
@@ -169,6 +252,10 @@ impl Transport {
                 local_addr,
                 per_peer_queue: config.per_peer_queue,
                 per_peer_queue_bytes: config.per_peer_queue_bytes,
+                requests: Arc::new(Semaphore::new(config.max_requests_in_flight)),
+                next_request: AtomicU64::new(1),
+                idle_requests: Mutex::new(HashMap::new()),
+                idle_request_connections: config.idle_request_connections,
             }),
         };
         for (id, addr) in config.peers {
@@ -193,6 +280,19 @@ struct HandleInner {
     local_addr: SocketAddr,
     per_peer_queue: usize,
     per_peer_queue_bytes: u64,
+    /// Permits for outbound requests waiting for answers.
+    requests: Arc<Semaphore>,
+    next_request: AtomicU64,
+    /// Requests connections kept for reuse, per peer, with when each was last used.
+    idle_requests: Mutex<HashMap<NodeId, Vec<IdleRequestConn>>>,
+    idle_request_connections: usize,
+}
+
+/// A requests connection between two exchanges.
+struct IdleRequestConn {
+    stream: PeerStream,
+    reader: FrameReader,
+    since: std::time::Instant,
 }
 
 impl Drop for HandleInner {
@@ -301,9 +401,26 @@ struct Shared {
     /// TLS on both sides of every connection, when configured.
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     tls_connector: Option<tokio_rustls::TlsConnector>,
+    max_request_bytes: u32,
+    max_request_timeout: Duration,
+    request_idle_timeout: Duration,
+    /// The member's handler of requests and member lists, once registered.
+    service: RwLock<Option<Arc<dyn PeerService>>>,
+    /// Permits for requests from peers being handled.
+    serving: Arc<Semaphore>,
 }
 
 impl Shared {
+    /// Largest Request or Response frame (type byte and payload) on a requests stream.
+    fn request_frame_limit(&self) -> u32 {
+        let overhead = REQUEST_OVERHEAD.max(RESPONSE_OVERHEAD) as u32 + 1;
+        self.max_request_bytes.saturating_add(overhead)
+    }
+
+    fn service(&self) -> Option<Arc<dyn PeerService>> {
+        self.service.read().ok().and_then(|s| s.clone())
+    }
+
     fn is_known(&self, id: NodeId) -> bool {
         self.known.read().map(|k| k.contains(&id)).unwrap_or(false)
     }
@@ -458,6 +575,7 @@ impl TransportHandle {
         if let Ok(mut links) = shared.links.write() {
             links.insert(id, link.clone());
         }
+        self.drop_idle_requests(id);
         if let Ok(mut peers) = self.inner.peers.write() {
             // Replacing an entry drops its sender, which ends the old writer task.
             peers.insert(id, PeerEntry { tx, link: link.clone(), addr: addr.clone() });
@@ -482,6 +600,7 @@ impl TransportHandle {
         if let Ok(mut conns) = shared.inbound_conns.lock() {
             conns.retain(|(peer, _), _| *peer != id);
         }
+        self.drop_idle_requests(id);
     }
 
     /// Removes a peer for good: like [`TransportHandle::remove_peer`], and its connections
@@ -490,6 +609,131 @@ impl TransportHandle {
         self.remove_peer(id);
         if let Ok(mut removed) = self.inner.shared.removed.write() {
             removed.insert(id);
+        }
+    }
+
+    /// Registers the member's handler of requests from peers and of member lists.
+    pub fn set_service(&self, service: Arc<dyn PeerService>) {
+        if let Ok(mut s) = self.inner.shared.service.write() {
+            *s = Some(service);
+        }
+    }
+
+    /// Sends `body` to peer `to`'s handler on a requests connection (a kept one when there
+    /// is one, else a new one with the usual handshake) and waits at most `limit` for the
+    /// answer. At most `max_requests_in_flight` requests wait at once; none is queued.
+    pub async fn request(&self, to: NodeId, body: Bytes, limit: Duration) -> Result<Bytes, RequestError> {
+        let shared = &self.inner.shared;
+        if *shared.shutdown.borrow() {
+            return Err(RequestError::Shutdown);
+        }
+        if body.len() > shared.max_request_bytes as usize {
+            return Err(RequestError::TooLarge { len: body.len(), max: shared.max_request_bytes });
+        }
+        let addr = {
+            let Ok(peers) = self.inner.peers.read() else { return Err(RequestError::Shutdown) };
+            peers.get(&to).map(|p| p.addr.clone()).ok_or(RequestError::UnknownPeer(to))?
+        };
+        let Ok(_permit) = self.inner.requests.clone().try_acquire_owned() else {
+            return Err(RequestError::Busy);
+        };
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let timeout_ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+        let request = Request { id, timeout_ms, body };
+        let result = match timeout(limit, self.exchange(to, &addr, &request)).await {
+            Ok(r) => r,
+            Err(_) => Err(RequestError::Timeout),
+        };
+        match &result {
+            Ok(_) | Err(RequestError::Remote { .. }) => Counters::add(&shared.counters.requests_sent, 1),
+            Err(e) => {
+                Counters::add(&shared.counters.requests_failed, 1);
+                debug!(peer = %to, %addr, error = %e, "request failed");
+            }
+        }
+        result
+    }
+
+    /// One request and its answer: on a kept connection first (sent again on a new one if
+    /// the peer had closed it before answering), else on a new one.
+    async fn exchange(&self, to: NodeId, addr: &str, request: &Request) -> Result<Bytes, RequestError> {
+        let shared = &self.inner.shared;
+        let limit = shared.request_frame_limit();
+        let mut frame = BytesMut::new();
+        request
+            .encode(limit, &mut frame)
+            .map_err(|_| RequestError::TooLarge { len: request.body.len(), max: shared.max_request_bytes })?;
+        let mut first_failure = None;
+        if let Some(mut conn) = self.take_idle_request(to) {
+            match round_trip(shared, &mut conn, &frame, request.id).await {
+                Ok(response) => return self.answered(to, conn, response),
+                Err((true, e)) => {
+                    debug!(peer = %to, error = %e, "kept requests connection was closed; dialing");
+                    first_failure = Some(e);
+                }
+                Err((false, e)) => return Err(e),
+            }
+        }
+        let (stream, reader) = match dial(shared, addr, to, StreamKind::Requests).await {
+            Ok(dialed) => dialed,
+            // The request went out on the kept connection: unless the peer now refuses this
+            // member (which is why it closed that connection unanswered), it may have seen
+            // the request before it went away, so this is not a clean "never sent".
+            Err(e) => {
+                return Err(match first_failure {
+                    Some(first) if !matches!(e, DialError::Refused(..)) => {
+                        RequestError::Io(format!("{first}; then {e}"))
+                    }
+                    _ => RequestError::Dial(e),
+                });
+            }
+        };
+        let mut conn = IdleRequestConn { stream, reader, since: std::time::Instant::now() };
+        match round_trip(shared, &mut conn, &frame, request.id).await {
+            Ok(response) => self.answered(to, conn, response),
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    /// Keeps the connection for the next request and turns the response into the result.
+    fn answered(
+        &self,
+        to: NodeId,
+        mut conn: IdleRequestConn,
+        response: Response,
+    ) -> Result<Bytes, RequestError> {
+        conn.since = std::time::Instant::now();
+        if let Ok(mut idle) = self.inner.idle_requests.lock() {
+            let kept = idle.entry(to).or_default();
+            if kept.len() < self.inner.idle_request_connections {
+                kept.push(conn);
+            }
+        }
+        match response.code {
+            ResponseCode::Ok => Ok(response.body),
+            code => Err(RequestError::Remote {
+                code,
+                reason: String::from_utf8_lossy(&response.body).into_owned(),
+            }),
+        }
+    }
+
+    /// A kept requests connection to `to` that the peer will not have closed as idle yet.
+    fn take_idle_request(&self, to: NodeId) -> Option<IdleRequestConn> {
+        let fresh = self.inner.shared.request_idle_timeout / 2;
+        let mut idle = self.inner.idle_requests.lock().ok()?;
+        let kept = idle.get_mut(&to)?;
+        while let Some(conn) = kept.pop() {
+            if conn.since.elapsed() < fresh {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn drop_idle_requests(&self, id: NodeId) {
+        if let Ok(mut idle) = self.inner.idle_requests.lock() {
+            idle.remove(&id);
         }
     }
 
@@ -541,6 +785,9 @@ impl TransportHandle {
         }
         if let Ok(mut conns) = self.inner.shared.inbound_conns.lock() {
             conns.clear();
+        }
+        if let Ok(mut idle) = self.inner.idle_requests.lock() {
+            idle.clear();
         }
         let accept = self.inner.accept.lock().ok().and_then(|mut a| a.take());
         if let Some(accept) = accept {
@@ -682,6 +929,68 @@ pub async fn discover(
     };
     let (_, _, ok) = dial_hello((limit, limit), connector.as_ref(), addr, &hello).await?;
     Ok((ok.cluster_id, ok.node_id))
+}
+
+/// Writes one Request frame and reads its Response on `conn`. The error's flag tells that
+/// the peer closed the connection before answering anything (the request may be sent again
+/// on a new connection: the acceptor reads a request only when it will answer it).
+async fn round_trip(
+    shared: &Shared,
+    conn: &mut IdleRequestConn,
+    frame: &[u8],
+    id: u64,
+) -> Result<Response, (bool, RequestError)> {
+    if let Err(e) = conn.stream.write_all(frame).await {
+        return Err((true, RequestError::Io(e.to_string())));
+    }
+    let (ty, payload) = match conn.reader.read_frame(&mut conn.stream, shared.request_frame_limit()).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err((true, RequestError::Io("peer closed the connection".into()))),
+        Err(FrameError::Io(e)) => return Err((true, RequestError::Io(e.to_string()))),
+        Err(e) => return Err((false, RequestError::Malformed(e.to_string()))),
+    };
+    if ty != FrameType::Response {
+        return Err((false, RequestError::Malformed(format!("unexpected frame {ty:?}"))));
+    }
+    let response = Response::decode(payload).map_err(|e| (false, RequestError::Malformed(e.to_string())))?;
+    if response.id != id {
+        return Err((
+            false,
+            RequestError::Malformed(format!("answer to request {} for request {id}", response.id)),
+        ));
+    }
+    Ok(response)
+}
+
+/// Asks the member listening at `addr` (`host:port`) for its cluster's members, as a member
+/// joining a running cluster must to learn its own id and its peers' (etcd asks a peer's
+/// `/members`). No cluster or member id is needed: the members stream tells anyone who
+/// passes TLS (when configured) the member ids, names and peer URLs.
+pub async fn discover_members(
+    addr: &str,
+    tls: Option<&crate::stream::PeerTlsConfig>,
+    limit: Duration,
+) -> Result<ClusterMembers, DialError> {
+    let connector = tls.map(|t| tokio_rustls::TlsConnector::from(t.client.clone()));
+    let hello = Hello {
+        magic: MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: 0,
+        from: NodeId(0),
+        to: NodeId(0),
+        stream: StreamKind::Members,
+    };
+    let started = std::time::Instant::now();
+    let (mut stream, mut reader, ok) = dial_hello((limit, limit), connector.as_ref(), addr, &hello).await?;
+    let left = limit.saturating_sub(started.elapsed());
+    let list = match timeout(left, reader.read_frame(&mut stream, MAX_MEMBER_LIST_FRAME)).await {
+        Err(_) => return Err(DialError::HandshakeTimeout),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(None)) => return Err(DialError::Closed),
+        Ok(Ok(Some((FrameType::Members, payload)))) => MemberList::decode(payload)?,
+        Ok(Ok(Some((other, _)))) => return Err(DialError::Unexpected(other)),
+    };
+    Ok(ClusterMembers { cluster_id: ok.cluster_id, member_id: ok.node_id, members: list.members })
 }
 
 /// Exponential backoff with jitter in `[d/2, d]`.
@@ -930,6 +1239,8 @@ enum InboundError {
     SnapshotOnMessageStream,
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("request: {0}")]
+    Request(String),
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
 }
@@ -950,6 +1261,7 @@ impl InboundError {
                 | InboundError::Timeout
                 | InboundError::HandshakeTimeout
                 | InboundError::Snapshot(_)
+                | InboundError::Request(_)
         )
     }
 }
@@ -1064,6 +1376,12 @@ async fn serve_inbound_inner(
         Ok(Ok(Some((FrameType::Hello, payload)))) => Hello::decode(payload)?,
         Ok(Ok(Some((got, _)))) => return Err(InboundError::Unexpected { expected: "Hello", got }),
     };
+    if hello.magic == MAGIC
+        && hello.protocol_version == PROTOCOL_VERSION
+        && hello.stream == StreamKind::Members
+    {
+        return answer_members(shared, &mut wr, addr).await;
+    }
     let mut buf = BytesMut::new();
     if hello.magic == MAGIC && hello.cluster_id == 0 && hello.from == NodeId(0) {
         // Discovery by a member about to join (see [`discover`]): who we are, nothing more.
@@ -1094,6 +1412,10 @@ async fn serve_inbound_inner(
     }
     let peer = hello.from;
     debug!(peer = %peer, stream = ?hello.stream, "accepted");
+    if hello.stream == StreamKind::Requests {
+        // Several per peer may be open at once (one per request in progress).
+        return serve_requests(shared, &mut rd, &mut wr, reader, peer).await;
+    }
     let (conn_id, cancel) = register_conn(shared, peer, hello.stream);
     // The peer is up: if our link to it is down (or about to be), dial now instead of after
     // the backoff. A permit stored while the link is up costs at most one early redial.
@@ -1107,6 +1429,7 @@ async fn serve_inbound_inner(
             match hello.stream {
                 StreamKind::Messages => read_messages(shared, &mut rd, reader, peer).await,
                 StreamKind::Snapshot => receive_snapshot(shared, &mut rd, &mut wr, reader, peer, addr).await,
+                StreamKind::Requests | StreamKind::Members => Ok(()),
             }
         } => r,
         _ = cancel => {
@@ -1116,6 +1439,110 @@ async fn serve_inbound_inner(
     };
     unregister_conn(shared, peer, hello.stream, conn_id);
     result
+}
+
+/// The members stream: HelloOk, the member list, close.
+async fn answer_members(shared: &Shared, wr: &mut WriteHalf, addr: SocketAddr) -> Result<(), InboundError> {
+    let mut buf = BytesMut::new();
+    match shared.service() {
+        None => {
+            HelloRefused {
+                code: RefusalCode::Overloaded,
+                reason: "the member is starting: no member list yet".into(),
+            }
+            .encode(&mut buf);
+        }
+        Some(service) => {
+            HelloOk {
+                protocol_version: PROTOCOL_VERSION,
+                cluster_id: shared.cluster_id,
+                node_id: shared.local_id,
+            }
+            .encode(&mut buf);
+            let list = MemberList { members: service.members() };
+            if let Err(e) = list.encode(MAX_MEMBER_LIST_FRAME, &mut buf) {
+                warn!(peer_addr = %addr, error = %e, "cannot send the member list");
+                return Ok(());
+            }
+            Counters::add(&shared.counters.member_lists_sent, 1);
+            debug!(peer_addr = %addr, members = list.members.len(), "member list sent");
+        }
+    }
+    let _ = timeout(shared.handshake_timeout, wr.write_all(&buf)).await;
+    let _ = wr.shutdown().await;
+    Ok(())
+}
+
+/// A requests stream: each Request is handed to the service and answered in turn, until the
+/// dialer closes, the connection is idle for `request_idle_timeout`, or the peer is no
+/// longer a member.
+async fn serve_requests(
+    shared: &Shared,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
+    mut reader: FrameReader,
+    peer: NodeId,
+) -> Result<(), InboundError> {
+    let limit = shared.request_frame_limit();
+    let mut buf = BytesMut::new();
+    loop {
+        let (ty, payload) = match timeout(shared.request_idle_timeout, reader.read_frame(rd, limit)).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(f))) => f,
+        };
+        if ty != FrameType::Request {
+            return Err(InboundError::Unexpected { expected: "Request", got: ty });
+        }
+        let request = Request::decode(payload)?;
+        if !shared.is_known(peer) {
+            // Removed since the handshake: its requests are not handled any more.
+            debug!(peer = %peer, "closing a requests connection of a member no longer known");
+            return Ok(());
+        }
+        let response = handle_request(shared, peer, request).await;
+        buf.clear();
+        if let Err(e) = response.encode(limit, &mut buf) {
+            return Err(InboundError::Request(format!("cannot encode a response: {e}")));
+        }
+        match timeout(shared.write_timeout, wr.write_all(&buf)).await {
+            Err(_) => return Err(InboundError::Timeout),
+            Ok(r) => r?,
+        }
+    }
+}
+
+/// Runs one request through the service, within its timeout and the bound on requests
+/// handled at once.
+async fn handle_request(shared: &Shared, peer: NodeId, request: Request) -> Response {
+    let id = request.id;
+    let refuse = |code, reason: &str| {
+        Counters::add(&shared.counters.requests_refused, 1);
+        Response { id, code, body: Bytes::copy_from_slice(reason.as_bytes()) }
+    };
+    let Some(service) = shared.service() else {
+        return refuse(ResponseCode::NotReady, "the member is starting");
+    };
+    let Ok(_permit) = shared.serving.clone().try_acquire_owned() else {
+        return refuse(ResponseCode::Overloaded, "too many requests in progress");
+    };
+    Counters::add(&shared.counters.requests_served, 1);
+    let limit = Duration::from_millis(u64::from(request.timeout_ms)).min(shared.max_request_timeout);
+    let (code, body) = match timeout(limit, service.request(peer, request.body)).await {
+        Err(_) => (ResponseCode::TimedOut, Bytes::from_static(b"the handler did not answer in time")),
+        Ok(Err(reason)) => (ResponseCode::Failed, Bytes::from(reason.into_bytes())),
+        Ok(Ok(answer)) if answer.len() > shared.max_request_bytes as usize => (
+            ResponseCode::Failed,
+            Bytes::from(format!(
+                "answer of {} bytes exceeds the limit of {}",
+                answer.len(),
+                shared.max_request_bytes
+            )),
+        ),
+        Ok(Ok(answer)) => (ResponseCode::Ok, answer),
+    };
+    Response { id, code, body }
 }
 
 async fn read_messages(

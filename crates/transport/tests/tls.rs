@@ -236,3 +236,53 @@ async fn a_trusted_member_of_another_cluster_is_still_refused() {
     }
     assert!(a.inbound.try_recv().is_err());
 }
+
+struct Answer;
+
+impl raftkv_transport::PeerService for Answer {
+    fn request(&self, from: NodeId, body: Bytes) -> raftkv_transport::RequestFuture {
+        Box::pin(async move { Ok(Bytes::from(format!("{}:{}", from.0, String::from_utf8_lossy(&body)))) })
+    }
+    fn members(&self) -> Vec<raftkv_transport::PeerMember> {
+        Vec::new()
+    }
+}
+
+/// Requests ride the same mutual TLS: a member with a trusted certificate gets answers, one
+/// with a certificate from another CA fails the TLS handshake and is never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_need_a_trusted_certificate() {
+    let ca = new_ca();
+    let other = new_ca();
+    let a = start(CLUSTER, 1, Some(tls(&ca, &ca, true))).await;
+    a.t.set_service(Arc::new(Answer));
+    let b = start(CLUSTER, 2, Some(tls(&ca, &ca, true))).await;
+    let intruder = start(CLUSTER, 3, Some(tls(&other, &ca, true))).await;
+    a.t.add_peer(NodeId(2), b.t.local_addr().to_string());
+    a.t.add_peer(NodeId(3), intruder.t.local_addr().to_string());
+    b.t.add_peer(NodeId(1), a.t.local_addr().to_string());
+    intruder.t.add_peer(NodeId(1), a.t.local_addr().to_string());
+    let got = b.t.request(NodeId(1), Bytes::from_static(b"hi"), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(&got[..], b"2:hi");
+    let refused = intruder.t.request(NodeId(1), Bytes::from_static(b"hi"), Duration::from_secs(5)).await;
+    assert!(matches!(refused, Err(raftkv_transport::RequestError::Dial(_))), "{refused:?}");
+    assert_eq!(a.t.stats().requests_served, 1);
+    // The member list over TLS needs a trusted certificate too.
+    let members = raftkv_transport::discover_members(
+        &a.t.local_addr().to_string(),
+        Some(&tls(&ca, &ca, true)),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(members.member_id, NodeId(1));
+    assert!(
+        raftkv_transport::discover_members(
+            &a.t.local_addr().to_string(),
+            Some(&tls(&other, &ca, true)),
+            Duration::from_secs(5)
+        )
+        .await
+        .is_err()
+    );
+}
