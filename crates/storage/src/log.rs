@@ -481,7 +481,8 @@ impl FileLogStore {
             return Err(StorageError::corrupt(segment_path(dir, seqs[0]), 0, "no usable segment"));
         };
         let mut hs = replay.hs;
-        if hs.commit > replay.last {
+        let clamped = hs.commit > replay.last;
+        if clamped {
             tracing::warn!(
                 commit = hs.commit,
                 last_index = replay.last,
@@ -511,6 +512,13 @@ impl FileLogStore {
         if active_version == LOG_FORMAT_VERSION_1 {
             // Records are written in the current format only: continue in a new segment.
             store.rollover()?;
+        }
+        if clamped {
+            // The clamp is made durable before anything is appended: otherwise entries
+            // appended later up to the old commit index would be recovered as committed
+            // although they are other entries than the ones that were.
+            store.hs_dirty = true;
+            store.sync()?;
         }
         let recovered = LogRecovered {
             hard_state: hs,

@@ -48,8 +48,12 @@ impl MemLogStore {
 
     /// Reopen on `disk`, as after a crash.
     pub fn open(disk: MemDisk) -> (MemLogStore, LogRecovered) {
-        let mut cur = disk.0.lock().clone();
-        cur.hs.commit = cur.hs.commit.min(cur.last);
+        let cur = {
+            let mut durable = disk.0.lock();
+            // As the file store: the clamp is durable at once.
+            durable.hs.commit = durable.hs.commit.min(durable.last);
+            durable.clone()
+        };
         let rec = LogRecovered {
             hard_state: cur.hs,
             first_index: cur.first(),

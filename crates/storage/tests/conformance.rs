@@ -178,6 +178,25 @@ fn hard_state_roundtrip<H: Harness>(h: &mut H) {
     check_recovered(&s, &r);
 }
 
+/// A commit index clamped on recovery stays clamped: entries appended later at the indexes
+/// it once covered are other entries, and must not be recovered as committed.
+fn clamped_commit_is_not_resurrected_by_later_appends<H: Harness>(h: &mut H) {
+    let mut s = h.fresh();
+    s.append(&recs(1, 4, 1, "a")).unwrap();
+    s.save_hard_state(HardState { term: 1, voted_for: 0, commit: 2 }).unwrap();
+    // The log is cut below the commit index (as only damage or a bug can do).
+    s.append(&recs(1, 1, 3, "b")).unwrap();
+    s.sync().unwrap();
+    let (mut s, r) = h.crash_reopen(s);
+    assert_eq!((r.last_index, r.hard_state.commit), (1, 1));
+    s.append(&recs(2, 3, 3, "c")).unwrap();
+    s.sync().unwrap();
+    let (s, r) = h.crash_reopen(s);
+    assert_eq!(r.last_index, 3);
+    assert_eq!(r.hard_state, HardState { term: 1, voted_for: 0, commit: 1 });
+    check_recovered(&s, &r);
+}
+
 fn compact_in_range<H: Harness>(h: &mut H) {
     let mut s = h.fresh();
     s.append(&recs(1, 100, 1, "a")).unwrap();
@@ -303,6 +322,10 @@ macro_rules! suite {
             #[test]
             fn hard_state_roundtrip() {
                 super::hard_state_roundtrip(&mut $mk);
+            }
+            #[test]
+            fn clamped_commit_is_not_resurrected_by_later_appends() {
+                super::clamped_commit_is_not_resurrected_by_later_appends(&mut $mk);
             }
             #[test]
             fn compact_in_range() {
