@@ -95,8 +95,8 @@ pub enum BackupError {
     #[error("cannot write the state snapshot in {path}: {source}")]
     StateSnapshot { path: PathBuf, source: io::Error },
     /// The member's identity record (the error names the file).
-    #[error("{0}")]
-    Identity(String),
+    #[error(transparent)]
+    Identity(#[from] crate::member::MemberError),
 }
 
 /// What is wrong with the etcd data in a snapshot's database.
@@ -731,7 +731,7 @@ fn build_data_dir(
             .map_err(|source| BackupError::StateSnapshot { path: raft_dir.clone(), source })?;
     }
     writer.finish().map_err(storage_err)?;
-    crate::member::save(data_dir, record).map_err(BackupError::Identity)?;
+    crate::member::save(data_dir, record)?;
     Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys()))
 }
 

@@ -120,7 +120,7 @@ fn main() -> std::process::ExitCode {
         match command {
             Run::Server(config) => {
                 init_logging(config.log_format, &config.log_level);
-                runtime.block_on(server::run(*config))
+                runtime.block_on(server::run(*config)).map_err(|e| e.to_string())
             }
             Run::Dev(args) => runtime.block_on(dev::run(args)).map_err(|e| e.to_string()),
         }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::config::{self, ClusterState, ServerConfig};
 
@@ -43,6 +44,42 @@ fn record_path(data_dir: &Path) -> PathBuf {
     member_dir(data_dir).join("cluster.json")
 }
 
+/// Why a member's identity cannot be read, derived or written.
+#[derive(Debug, Error)]
+pub enum MemberError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{} is damaged ({source}); restore it from a backup or remove the member's data dir and re-add it", path.display())]
+    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error("{} has unknown format {format}", path.display())]
+    UnknownFormat { path: PathBuf, format: u32 },
+    #[error(
+        "data dir {} belongs to member {recorded:?}, not {given:?}: use --name {recorded:?} or another --data-dir",
+        data_dir.display()
+    )]
+    OtherMember { data_dir: PathBuf, recorded: String, given: String },
+    #[error(
+        "data dir {} belongs to cluster token {recorded:?} (cluster id {cluster_id:x}), but --initial-cluster-token is {given:?}: this data dir is from another cluster",
+        data_dir.display()
+    )]
+    OtherCluster { data_dir: PathBuf, recorded: String, cluster_id: u64, given: String },
+    #[error(
+        "data dir {} holds Raft data but no {}: an earlier bootstrap was interrupted; remove {} and start again",
+        data_dir.display(), record.display(), member_dir.display()
+    )]
+    InterruptedBootstrap { data_dir: PathBuf, record: PathBuf, member_dir: PathBuf },
+    #[error("two members of --initial-cluster share the same peer URLs")]
+    SharedPeerUrls,
+    #[error("member not in --initial-cluster")]
+    NotInCluster,
+    #[error("cannot encode the member record: {0}")]
+    Encode(serde_json::Error),
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MemberError + 'a {
+    move |source| MemberError::Io { action, path: path.to_path_buf(), source }
+}
+
 /// The identity this member runs with, and whether it is starting for the first time.
 pub struct Identity {
     pub record: ClusterRecord,
@@ -51,37 +88,29 @@ pub struct Identity {
 
 /// Reads the member's identity from its data dir, or derives it from the flags for a new
 /// member. Refuses a data dir that belongs to another member or cluster.
-pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Identity, String> {
+pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Identity, MemberError> {
     let path = record_path(&config.data_dir);
     if path.exists() {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let record: ClusterRecord = serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "{} is damaged ({e}); restore it from a backup or remove the member's data dir and re-add it",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(io_error("read", &path))?;
+        let record: ClusterRecord = serde_json::from_str(&text)
+            .map_err(|source| MemberError::Damaged { path: path.clone(), source })?;
         if record.format != 1 {
-            return Err(format!("{} has unknown format {}", path.display(), record.format));
+            return Err(MemberError::UnknownFormat { path, format: record.format });
         }
         if record.name != config.name {
-            return Err(format!(
-                "data dir {} belongs to member {:?}, not {:?}: use --name {:?} or another --data-dir",
-                config.data_dir.display(),
-                record.name,
-                config.name,
-                record.name
-            ));
+            return Err(MemberError::OtherMember {
+                data_dir: config.data_dir.clone(),
+                recorded: record.name,
+                given: config.name.clone(),
+            });
         }
         if token_given && record.token != config.initial_cluster_token {
-            return Err(format!(
-                "data dir {} belongs to cluster token {:?} (cluster id {:x}), but --initial-cluster-token is {:?}: this data dir is from another cluster",
-                config.data_dir.display(),
-                record.token,
-                record.cluster_id,
-                config.initial_cluster_token
-            ));
+            return Err(MemberError::OtherCluster {
+                data_dir: config.data_dir.clone(),
+                recorded: record.token,
+                cluster_id: record.cluster_id,
+                given: config.initial_cluster_token.clone(),
+            });
         }
         tracing::info!(
             cluster_id = format!("{:x}", record.cluster_id),
@@ -91,12 +120,11 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
         return Ok(Identity { record, fresh: false });
     }
     if raft_dir(&config.data_dir).exists() {
-        return Err(format!(
-            "data dir {} holds Raft data but no {}: an earlier bootstrap was interrupted; remove {} and start again",
-            config.data_dir.display(),
-            path.display(),
-            member_dir(&config.data_dir).display()
-        ));
+        return Err(MemberError::InterruptedBootstrap {
+            data_dir: config.data_dir.clone(),
+            record: path,
+            member_dir: member_dir(&config.data_dir),
+        });
     }
     let joining = config.initial_cluster_state == ClusterState::Existing;
     let token = &config.initial_cluster_token;
@@ -113,9 +141,9 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
     ids.sort_unstable();
     ids.dedup();
     if ids.len() != members.len() {
-        return Err("two members of --initial-cluster share the same peer URLs".into());
+        return Err(MemberError::SharedPeerUrls);
     }
-    let me = members.iter().find(|m| m.name == config.name).ok_or("member not in --initial-cluster")?;
+    let me = members.iter().find(|m| m.name == config.name).ok_or(MemberError::NotInCluster)?;
     let record = ClusterRecord {
         format: 1,
         // A joining member learns the running cluster's id, its own id and the members'
@@ -132,20 +160,53 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
 }
 
 /// Durably writes the identity record (after the Raft storage was created).
-pub fn save(data_dir: &Path, record: &ClusterRecord) -> Result<(), String> {
+pub fn save(data_dir: &Path, record: &ClusterRecord) -> Result<(), MemberError> {
     let dir = member_dir(data_dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
     let tmp = dir.join("cluster.json.tmp");
     let final_path = record_path(data_dir);
-    let text = serde_json::to_string_pretty(record).map_err(|e| e.to_string())?;
-    let io = |e: std::io::Error| format!("cannot write {}: {e}", tmp.display());
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    let text = serde_json::to_string_pretty(record).map_err(MemberError::Encode)?;
+    let mut f = std::fs::File::create(&tmp).map_err(io_error("write", &tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_error("write", &tmp))?;
+    f.sync_all().map_err(io_error("write", &tmp))?;
     drop(f);
-    std::fs::rename(&tmp, &final_path).map_err(|e| format!("cannot rename {}: {e}", tmp.display()))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+    std::fs::rename(&tmp, &final_path).map_err(io_error("rename", &tmp))?;
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_error("sync", &dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerArgs;
+
+    fn config(name: &str, dir: &Path) -> ServerConfig {
+        let args = ServerArgs { name: Some(name.into()), data_dir: Some(dir.into()), ..Default::default() };
+        ServerConfig::resolve(args).expect("valid flags")
+    }
+
+    /// Each refusal of a data dir says which dir or file and what to do.
+    #[test]
+    fn a_data_dir_of_another_member_or_damaged_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = load_or_bootstrap(&config("default", dir.path()), false).expect("bootstrap");
+        save(dir.path(), &first.record).expect("save");
+        let again = load_or_bootstrap(&config("default", dir.path()), false).expect("resume");
+        assert!(!again.fresh);
+        assert_eq!(again.record, first.record);
+
+        let e = load_or_bootstrap(&config("other", dir.path()), false).err().expect("another name");
+        assert!(matches!(&e, MemberError::OtherMember { recorded, .. } if recorded == "default"), "{e:?}");
+        assert!(e.to_string().contains("use --name \"default\""), "{e}");
+
+        std::fs::write(record_path(dir.path()), b"{not json").expect("damage");
+        let e = load_or_bootstrap(&config("default", dir.path()), false).err().expect("damaged");
+        assert!(matches!(e, MemberError::Damaged { .. }), "{e:?}");
+        assert!(e.to_string().contains("cluster.json is damaged"), "{e}");
+
+        std::fs::remove_file(record_path(dir.path())).expect("remove");
+        std::fs::create_dir_all(raft_dir(dir.path())).expect("raft dir");
+        let e = load_or_bootstrap(&config("default", dir.path()), false).err().expect("interrupted");
+        assert!(matches!(e, MemberError::InterruptedBootstrap { .. }), "{e:?}");
+    }
 }

@@ -7,25 +7,71 @@ use raftkv_kv::{ColdStore, KvConfig};
 use raftkv_raft::NodeId;
 use raftkv_storage::{LogOptions, NodeIds, RealFs, Storage, SyncMode};
 use raftkv_transport::{Transport, TransportConfig};
+use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::config::{ServerConfig, parse_url};
+use crate::config::{ServerConfig, UrlError, parse_url};
 use crate::member;
 use crate::node::{Node, NodeConfig};
 use crate::service::{Api, ApiConfig};
 
+/// Why a member could not start, or stopped on its own.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Member(#[from] member::MemberError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot initialise the data dir {}: {source}", dir.display())]
+    CreateStorage { dir: std::path::PathBuf, source: raftkv_storage::StorageError },
+    #[error(
+        "cannot open the data dir {}: {source}\n(see docs/storage.md for what to do when storage is damaged)",
+        dir.display()
+    )]
+    OpenStorage { dir: std::path::PathBuf, source: raftkv_storage::StorageError },
+    #[error("no --listen-peer-urls")]
+    NoListenPeer,
+    #[error("member {0} has no peer URL")]
+    NoPeerUrl(String),
+    #[error(transparent)]
+    PeerUrl(#[from] UrlError),
+    #[error("cannot prepare the snapshot staging directory: {0}")]
+    SnapshotStaging(std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] raftkv_transport::TransportError),
+    #[error("cannot create the history cache file in {}: {source}", dir.display())]
+    HistoryCache { dir: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Node(#[from] crate::node::Error),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Listen { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+    /// The member learnt it was removed from the cluster, or is not in it.
+    #[error("{0}")]
+    Removed(String),
+    #[error(
+        "this member ({name}, peer URLs {urls}) is not in the cluster's configuration: the member lists of {asked} do not name its peer URLs. Add it first with `etcdctl member add {name} --peer-urls={urls}`"
+    )]
+    NotInConfiguration { name: String, urls: String, asked: String },
+    #[error(
+        "--initial-cluster-state existing: no member of --initial-cluster answered ({0}); the cluster must be running, and this member added to it first with `etcdctl member add`"
+    )]
+    NoPeerAnswered(String),
+}
+
 /// Runs the member until SIGINT/SIGTERM or a fatal error.
-pub async fn run(config: ServerConfig) -> Result<(), String> {
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     use tracing::Instrument;
     let span = tracing::info_span!("member", name = %config.name);
     run_member(config).instrument(span).await
 }
 
-async fn run_member(config: ServerConfig) -> Result<(), String> {
+async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     let identity = member::load_or_bootstrap(&config, config.initial_cluster_token_explicit)?;
     let mut record = identity.record;
     // TLS (checked before anything listens: a bad certificate file stops the member here).
-    let tls = crate::tls::Ports::load(&config).map_err(|e| e.to_string())?;
+    let tls = crate::tls::Ports::load(&config)?;
     if identity.fresh && record.joined_existing {
         join_cluster(&mut record, tls.peer.as_ref()).await?;
     }
@@ -38,16 +84,12 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let raft_dir = member::raft_dir(&config.data_dir);
     let (storage, recovered) = if identity.fresh {
         let storage = Storage::create(fs, &raft_dir, ids, opts)
-            .map_err(|e| format!("cannot initialise the data dir {}: {e}", config.data_dir.display()))?;
+            .map_err(|source| ServerError::CreateStorage { dir: config.data_dir.clone(), source })?;
         member::save(&config.data_dir, &record)?;
         (storage, raftkv_storage::Recovered { first_index: 1, ..Default::default() })
     } else {
-        Storage::open(fs, &raft_dir, ids, opts).map_err(|e| {
-            format!(
-                "cannot open the data dir {}: {e}\n(see docs/storage.md for what to do when storage is damaged)",
-                config.data_dir.display()
-            )
-        })?
+        Storage::open(fs, &raft_dir, ids, opts)
+            .map_err(|source| ServerError::OpenStorage { dir: config.data_dir.clone(), source })?
     };
     tracing::info!(
         name = %config.name,
@@ -58,23 +100,23 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     );
 
     // Peer transport.
-    let listen_peer = *config.listen_peer.first().ok_or("no --listen-peer-urls")?;
+    let listen_peer = *config.listen_peer.first().ok_or(ServerError::NoListenPeer)?;
     let mut tcfg = TransportConfig::new(record.cluster_id, NodeId(record.member_id), listen_peer);
     for m in &record.members {
         if m.id == record.member_id {
             continue;
         }
-        let url = m.peer_urls.first().ok_or_else(|| format!("member {} has no peer URL", m.name))?;
-        tcfg.peers.insert(NodeId(m.id), parse_url(url).map_err(|e| e.to_string())?.to_string());
+        let url = m.peer_urls.first().ok_or_else(|| ServerError::NoPeerUrl(m.name.clone()))?;
+        tcfg.peers.insert(NodeId(m.id), parse_url(url)?.to_string());
     }
     tcfg.tls = tls.peer.clone();
     tcfg.snapshot_sinks = Arc::new(
         crate::peer::FileSinkFactory::new(member::member_dir(&config.data_dir).join("snap-recv"))
-            .map_err(|e| format!("cannot prepare the snapshot staging directory: {e}"))?,
+            .map_err(ServerError::SnapshotStaging)?,
     );
     let (t_inbound_tx, t_inbound_rx) = mpsc::channel(4096);
     let (reports_tx, reports_rx) = mpsc::channel(1024);
-    let transport = Transport::start(tcfg, t_inbound_tx, reports_tx).await.map_err(|e| e.to_string())?;
+    let transport = Transport::start(tcfg, t_inbound_tx, reports_tx).await?;
     let network = crate::peer::network(transport.clone());
 
     // The driver.
@@ -82,7 +124,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     // Superseded values (the MVCC history) live in an unnamed cache file, off the heap.
     let member_dir = member::member_dir(&config.data_dir);
     let cold = ColdStore::temp_file_in(&member_dir)
-        .map_err(|e| format!("cannot create the history cache file in {}: {e}", member_dir.display()))?;
+        .map_err(|source| ServerError::HistoryCache { dir: member_dir.clone(), source })?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
     let mut sm =
         crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
@@ -113,8 +155,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
         reports: reports_rx,
         refusals: refusals_tx,
     });
-    let node = Node::start(node_config, storage, recovered, sm, network.clone(), peers)
-        .map_err(|e| e.to_string())?;
+    let node = Node::start(node_config, storage, recovered, sm, network.clone(), peers)?;
     let _ = network.driver.set(node.inbound());
 
     // The client API.
@@ -173,17 +214,21 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for addr in &config.listen_client {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for clients on {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen {
+            what: "clients",
+            addr: *addr,
+            source,
+        })?;
         let (api, router, stop) = (api.clone(), router.clone(), stop_rx.clone());
         let acceptor = tls.client.clone().map(tokio_rustls::TlsAcceptor::from);
         servers.push(tokio::spawn(crate::client_port::serve(listener, api, router, acceptor, stop)));
     }
     for addr in &config.listen_metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen {
+            what: "metrics",
+            addr: *addr,
+            source,
+        })?;
         let router = metrics_router.clone().merge(crate::gateway::health_router(api.clone()));
         servers.push(tokio::spawn(crate::metrics::serve(listener, router, stop_rx.clone())));
     }
@@ -206,7 +251,7 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+        .map_err(ServerError::Signal)?;
     let fatal = async {
         while !node.is_finished() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -233,10 +278,10 @@ async fn run_member(config: ServerConfig) -> Result<(), String> {
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
-    let result = node.stop().await.map_err(|e| e.to_string());
+    let result = node.stop().await.map_err(ServerError::from);
     transport.shutdown().await;
     match stopped_by {
-        Some(reason) => Err(reason),
+        Some(reason) => Err(ServerError::Removed(reason)),
         None => result,
     }
 }
@@ -264,13 +309,13 @@ fn same_urls(a: &[String], b: &[String]) -> bool {
 async fn join_cluster(
     record: &mut member::ClusterRecord,
     tls: Option<&raftkv_transport::PeerTlsConfig>,
-) -> Result<(), String> {
+) -> Result<(), ServerError> {
     let own_urls = record
         .members
         .iter()
         .find(|m| m.name == record.name)
         .map(|m| m.peer_urls.clone())
-        .ok_or("member not in --initial-cluster")?;
+        .ok_or(member::MemberError::NotInCluster)?;
     let mut peers = Vec::new();
     for m in record.members.iter().filter(|m| m.name != record.name) {
         for url in &m.peer_urls {
@@ -333,19 +378,13 @@ async fn join_cluster(
         }
     }
     if !not_listed.is_empty() {
-        return Err(format!(
-            "this member ({}, peer URLs {}) is not in the cluster's configuration: the member lists of {} do not name its peer URLs. Add it first with `etcdctl member add {} --peer-urls={}`",
-            record.name,
-            own_urls.join(","),
-            not_listed.join(", "),
-            record.name,
-            own_urls.join(",")
-        ));
+        return Err(ServerError::NotInConfiguration {
+            name: record.name.clone(),
+            urls: own_urls.join(","),
+            asked: not_listed.join(", "),
+        });
     }
-    Err(format!(
-        "--initial-cluster-state existing: no member of --initial-cluster answered ({}); the cluster must be running, and this member added to it first with `etcdctl member add`",
-        failures.join("; ")
-    ))
+    Err(ServerError::NoPeerAnswered(failures.join("; ")))
 }
 
 /// Whether linearizable reads skip ReadIndex: `RAFTKV_UNSAFE_STALE_READS=1`, honoured only by
