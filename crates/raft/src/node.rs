@@ -1270,7 +1270,18 @@ impl Raft {
                     if *pre_vote {
                         return true; // A PreVote never changes our term.
                     }
+                    // The term changes, the election timer does not (§5.2: a follower's timer
+                    // restarts on hearing from the leader or granting a vote, done where the
+                    // vote is granted): a candidate whose log is behind would otherwise keep
+                    // an up-to-date voter from ever timing out first, by campaigning again
+                    // and again at higher terms.
+                    let kept = (self.role != Role::Leader)
+                        .then_some((self.election_elapsed, self.randomized_election_timeout));
                     self.become_follower(m.term, None);
+                    if let Some((elapsed, timeout)) = kept {
+                        self.election_elapsed = elapsed;
+                        self.randomized_election_timeout = timeout;
+                    }
                 }
                 RequestVoteResponse { pre_vote: true, granted: true } => {
                     // Echoes the term we would campaign in.
