@@ -567,3 +567,43 @@ fn only_entries_and_new_terms_or_votes_need_a_sync() {
     assert!(entries.must_sync(&durable));
     assert!(!Ready::default().must_sync(&durable));
 }
+
+/// A voter whose log is newer refuses a stale candidate's vote requests without restarting
+/// its own election timer (§5.2: the timer restarts on hearing from the leader or granting a
+/// vote), so a stale candidate whose clock runs faster, campaigning at ever higher terms
+/// (PreVote off), cannot keep it from campaigning and winning.
+#[test]
+fn a_stale_candidate_with_a_fast_clock_cannot_keep_an_up_to_date_voter_from_winning() {
+    let mut c = Cluster::with_config(3, |cfg| {
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+    });
+    elect(&mut c, 1);
+    c.deliver_all();
+    c.isolate(3);
+    for i in 0..5 {
+        c.propose(1, &format!("v{i}")).expect("leader");
+    }
+    c.deliver_all();
+    assert!(c.raft(2).last_index() > c.raft(3).last_index(), "node 3 is behind");
+    c.crash(1);
+    c.heal();
+    // Node 3's clock runs twice as fast as node 2's.
+    let mut stale_campaigns = 0;
+    for _ in 0..2_000 {
+        for _ in 0..2 {
+            c.tick(3);
+            stale_campaigns +=
+                usize::from(c.raft(3).role() == Role::Candidate && c.count_queued(|_| true) > 0);
+            c.deliver_all();
+        }
+        c.tick(2);
+        c.deliver_all();
+        if c.raft(2).role() == Role::Leader {
+            break;
+        }
+    }
+    assert!(stale_campaigns > 0, "node 3 never campaigned");
+    assert_eq!(c.raft(2).role(), Role::Leader, "node 3's campaigns kept node 2 from ever campaigning");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}
