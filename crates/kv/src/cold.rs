@@ -158,8 +158,8 @@ impl ColdStore {
     }
 
     /// How much garbage (values of versions discarded by compaction) the store may hold
-    /// before compaction rewrites it; it is also rewritten only once garbage outweighs
-    /// the live values. Default 16 MiB.
+    /// before [`crate::KvStore::rewrite_due`] asks for a rewrite; it asks only once garbage
+    /// also outweighs the live values. Default 16 MiB.
     pub fn set_rewrite_threshold(&mut self, bytes: u64) {
         self.min_garbage = bytes;
     }

@@ -502,8 +502,8 @@ impl KvStore {
         Ok(CompactionResponse { header: header(self.rev) })
     }
 
-    /// Drops the versions that compaction at `self.compacted` made unreadable, then
-    /// rewrites the cold store once most of it is garbage.
+    /// Drops the versions that compaction at `self.compacted` made unreadable. Their values
+    /// stay in the cold store until a defragmentation rewrites it ([`KvStore::rewrite_due`]).
     pub(crate) fn discard_compacted(&mut self) {
         let compacted = self.compacted;
         let mut freed = 0u64;
@@ -536,43 +536,15 @@ impl KvStore {
         });
         self.hot = hot;
         self.cold_live = self.cold_live.saturating_sub(freed);
-        self.maybe_rewrite_cold();
     }
 
-    /// Copies the referenced cold values into a fresh cold store when at least half of
-    /// the current one (and the threshold) is garbage. Only while nothing is pinned (positions
-    /// change). On a read or create error the old store is kept, complete.
-    fn maybe_rewrite_cold(&mut self) {
-        let total = self.cold.appended_bytes();
-        let garbage = total.saturating_sub(self.cold_live);
-        if self.pins > 0
-            || garbage == 0
-            || garbage < self.cold.rewrite_threshold()
-            || garbage < self.cold_live
-        {
-            return;
-        }
-        let Ok(mut fresh) = self.cold.fresh() else { return };
-        // Copy first, in map order; switch positions only once every value was read.
-        let mut positions: Vec<ColdPos> = Vec::new();
-        for h in self.map.values() {
-            for r in &h.revs[..h.revs.len().saturating_sub(1)] {
-                match self.cold.read(r.pos, r.vlen) {
-                    Ok(v) => positions.push(if r.vlen > 0 { fresh.append(&v) } else { r.pos }),
-                    Err(_) => return,
-                }
-            }
-        }
-        let mut next = positions.into_iter();
-        for h in self.map.values_mut() {
-            let n = h.revs.len().saturating_sub(1);
-            for r in &mut h.revs[..n] {
-                if let Some(pos) = next.next() {
-                    r.pos = pos;
-                }
-            }
-        }
-        self.cold = fresh;
+    /// Whether compaction has left enough garbage in the cold store that it should be
+    /// rewritten: at least the store's threshold ([`ColdStore::set_rewrite_threshold`]) and
+    /// at least as much as the live values. The rewrite is a defragmentation
+    /// ([`KvStore::defrag_begin`]), run off the apply path by whoever embeds the store.
+    pub fn rewrite_due(&self) -> bool {
+        let garbage = self.cold.appended_bytes().saturating_sub(self.cold_live);
+        garbage > 0 && garbage >= self.cold.rewrite_threshold() && garbage >= self.cold_live
     }
 
     /// The value of version `i` of `h` (the newest one is in memory).

@@ -291,13 +291,27 @@ fn run(steps: &[Step]) -> Result<KvStore, TestCaseError> {
 }
 
 /// A store whose superseded values go to a file, written in tiny blocks (most reads of
-/// past versions hit the file), rewritten at every compaction that leaves garbage.
+/// past versions hit the file), rewritten (see [`rewrite_if_due`]) after every compaction
+/// that leaves garbage.
 fn file_backed() -> KvStore {
     let dir = std::env::temp_dir();
     let mut cold = ColdStore::temp_file_in(&dir).expect("cold store file");
     cold.set_write_block(7);
     cold.set_rewrite_threshold(0);
     KvStore::with_cold_store(Default::default(), cold)
+}
+
+/// Rewrites the history store when compaction asks for it, as the server's background
+/// defragmentation does: begin, every step, finish.
+fn rewrite_if_due(s: &mut KvStore) -> Result<(), TestCaseError> {
+    if !s.rewrite_due() {
+        return Ok(());
+    }
+    let mut plan = s.defrag_begin().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    while s.defrag_step(&mut plan).map_err(|e| TestCaseError::fail(e.to_string()))? {}
+    s.defrag_finish(plan).map_err(|(_, e)| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(!s.rewrite_due(), "a rewrite leaves no garbage");
+    Ok(())
 }
 
 fn run_on(mut s: KvStore, steps: &[Step]) -> Result<KvStore, TestCaseError> {
@@ -331,6 +345,9 @@ fn run_on(mut s: KvStore, steps: &[Step]) -> Result<KvStore, TestCaseError> {
         }
         prop_assert_eq!(s.revision(), m.rev);
         prop_assert_eq!(s.compact_revision(), m.compacted);
+        if let Step::Compact(_) = step {
+            rewrite_if_due(&mut s)?;
+        }
     }
     // Final sweep: every revision, every range.
     for rev in -1..=m.rev + 1 {

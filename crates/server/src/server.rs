@@ -249,6 +249,8 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         tokio::spawn(async move { api.publish(name).await });
     }
     tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
+    let rewrite_due = api.node.shared.sm.read().hooks.rewrite_due.clone();
+    tokio::spawn(crate::defrag::rewrite_after_compaction(api.clone(), rewrite_due));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServerError::Signal)?;

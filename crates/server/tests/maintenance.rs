@@ -121,3 +121,52 @@ async fn a_snapshot_stream_ends_with_an_error_when_the_member_stops() {
     );
     assert!(stopped.elapsed() < Duration::from_secs(2), "ended {:?} after SIGTERM", stopped.elapsed());
 }
+
+/// Compaction that leaves the history store mostly garbage has it rewritten in the
+/// background (the defragmentation's batched copy), not by the applier: the database
+/// shrinks without a Maintenance.Defragment call, the member logs the rewrite, and
+/// writes keep being served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_has_the_history_store_rewritten_in_the_background() {
+    use raftkv_api::etcdserverpb::{CompactionRequest, PutRequest};
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    // 48 MiB of superseded values (past the 16 MiB rewrite threshold), over 64 keys.
+    let mut writers = Vec::new();
+    for w in 0..8u32 {
+        writers.push(tokio::spawn(async move {
+            let mut kv = common::kv(port);
+            let mut rev = 0;
+            for i in 0..768u32 {
+                let req = PutRequest {
+                    key: format!("hist/{}", (w * 768 + i) % 64).into(),
+                    value: vec![b'a' + (i % 26) as u8; 8 << 10].into(),
+                    ..Default::default()
+                };
+                rev = kv.put(req).await.expect("put").into_inner().header.expect("header").revision;
+            }
+            rev
+        }));
+    }
+    let mut newest = 0;
+    for w in writers {
+        newest = newest.max(w.await.expect("writer"));
+    }
+    let before = common::status(port).await.expect("status").db_size;
+    assert!(before > 40 << 20, "the history holds the superseded values: {before} bytes");
+    common::kv(port).compact(CompactionRequest { revision: newest, physical: true }).await.expect("compact");
+    // Served while the rewrite runs.
+    common::put(port, "after", "compaction").await.expect("put after the compaction");
+    let after = common::wait_for("the history store rewritten", START, || async move {
+        let s = common::status(port).await.ok()?;
+        (s.db_size < 8 << 20).then_some(s.db_size)
+    })
+    .await;
+    assert_eq!(common::get(port, "after", false).await.expect("get").as_deref(), Some("compaction"));
+    let log = common::read_log(&c.members[0].log_path);
+    assert!(
+        log.contains("rewrote the history store after compaction"),
+        "{before} -> {after} bytes without the background rewrite:\n{log}"
+    );
+}
