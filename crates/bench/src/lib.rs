@@ -734,6 +734,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         *b = b'a' + rng.scaled(26) as u8;
     }
     let now = Instant::now();
+    let now_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let start = now + Duration::from_secs_f64(args.warmup);
     let stop = match (args.total, args.duration) {
         (Some(total), _) => Stop::Count { start, total },
@@ -815,6 +817,10 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         "error_count": error_count,
         "errors": errors,
         "client_cpu_pct": client_cpu_pct,
+        // The measured window on the wall clock (Unix seconds), to match with samples of
+        // the members' CPU time taken outside the generator.
+        "window_start_unix": now_unix + args.warmup,
+        "window_end_unix": now_unix + args.warmup + window,
     });
     // With --user: how often a connection had to authenticate again (token voided or
     // expired), counted from the start, warmup included.
