@@ -7,27 +7,33 @@
 //! HDR histogram per worker (merged at the end), errors are counted by gRPC code and
 //! message. A progress line goes to stderr once a second; the result is a human summary
 //! on stdout followed by one JSON line (`--json`: the JSON line only).
+//!
+//! `https://` endpoints and authentication take etcdctl's flags (`--cacert`, `--cert`,
+//! `--key`, `--user`); see [`secure`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use raftkv_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_api::etcdserverpb::{
-    Compare, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, StatusRequest, TxnRequest,
-    TxnResponse, compare, request_op,
+    AuthenticateRequest, AuthenticateResponse, Compare, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, TxnRequest, TxnResponse, compare, request_op,
 };
 use raftkv_api::prost::Message;
 // Keys are picked uniformly by multiply-shift (`SplitMix64::scaled`).
 use raftkv_rng::SplitMix64 as Rng;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 mod flatio;
+pub mod secure;
+
+use secure::{Credentials, Session};
+pub use secure::{Security, TlsError};
 
 /// Why a benchmark cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +41,7 @@ pub enum BenchError {
     /// A flag out of range.
     #[error("{0}")]
     Usage(&'static str),
-    /// An endpoint that is not a plain `http://host:port`.
+    /// An endpoint that is not `http://host:port` (or `https://` with `--cacert`).
     #[error("bad endpoint {url}: {reason}")]
     BadEndpoint {
         /// The endpoint.
@@ -49,6 +55,19 @@ pub enum BenchError {
         /// The endpoint.
         url: String,
         /// What failed.
+        reason: String,
+    },
+    /// A TLS flag or one of its files is wrong.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// `--user`: the member refused to authenticate the user.
+    #[error("cannot authenticate as {user} at {url}: {reason}")]
+    Auth {
+        /// The endpoint.
+        url: String,
+        /// The user name.
+        user: String,
+        /// What the member answered.
         reason: String,
     },
     /// `--target leader` and no member knows a leader.
@@ -72,6 +91,14 @@ impl BenchError {
 
     fn connect(url: &str, reason: impl std::fmt::Display) -> BenchError {
         BenchError::Connect { url: url.to_string(), reason: reason.to_string() }
+    }
+
+    fn auth(url: &str, user: &Credentials, status: &Status) -> BenchError {
+        BenchError::Auth {
+            url: url.to_string(),
+            user: user.name.clone(),
+            reason: status.message().to_string(),
+        }
     }
 }
 
@@ -119,7 +146,8 @@ pub enum KeyOrder {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Client endpoints, comma separated (host:port or http://host:port).
+    /// Client endpoints, comma separated (host:port, http://host:port, or https://host:port
+    /// with --cacert; a bare host:port is https:// when --cacert is given).
     #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// Concurrent requests in flight (one worker each).
@@ -167,6 +195,19 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// TLS: verify the members' certificates with this CA bundle (PEM), as etcdctl's --cacert.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// TLS: client certificate (PEM) for members that check clients (--client-cert-auth).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Authenticate as name:password (once per connection; the token goes in the `token`
+    /// metadata, renewed when the members answer "invalid auth token").
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// Every key of the key space in one buffer; a key is a zero-copy slice of it.
@@ -261,33 +302,101 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 #[derive(Clone)]
 struct GrpcConn {
     send: h2::client::SendRequest<Bytes>,
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     timeout: Duration,
+    /// With `--user`: the connection's token.
+    session: Option<Arc<Session>>,
+}
+
+/// A TCP connection (no Nagle) to the host and port of `url` (`default_port` if it has none).
+async fn tcp(
+    url: &str,
+    authority: &http::uri::Authority,
+    default_port: u16,
+) -> Result<tokio::net::TcpStream, BenchError> {
+    let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(default_port));
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| BenchError::connect(url, "timed out"))?
+        .map_err(|e| BenchError::connect(url, e))?;
+    tcp.set_nodelay(true).map_err(|e| BenchError::connect(url, format!("TCP_NODELAY: {e}")))?;
+    Ok(tcp)
+}
+
+/// The HTTP/2 handshake on `io`; the connection is driven by a task of its own. With
+/// `confirm` (TLS), a PING round trip before returning: over TLS 1.3 a member refusing the
+/// client's certificate says so only after the client's side of the handshake is done (and
+/// closes the connection, so what the client sees may be a broken pipe rather than the
+/// alert), and this turns that into a connection error instead of one error per request.
+async fn h2_handshake<T>(
+    url: &str,
+    io: T,
+    confirm: bool,
+) -> Result<h2::client::SendRequest<Bytes>, BenchError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, Bytes>(flatio::FlatWrites(io))
+        .await
+        .map_err(|e| BenchError::connect(url, e))?;
+    let ping = if confirm { conn.ping_pong() } else { None };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    if let Some(mut ping) = ping {
+        tokio::time::timeout(Duration::from_secs(5), ping.ping(h2::Ping::opaque()))
+            .await
+            .map_err(|_| BenchError::connect(url, "no answer to an HTTP/2 PING"))?
+            .map_err(|e| {
+                let hint = "the member closed the TLS connection: does it want a client certificate \
+                            (--cert, --key) signed by a CA it trusts?";
+                BenchError::connect(url, format!("{e} ({hint})"))
+            })?;
+    }
+    Ok(send)
 }
 
 impl GrpcConn {
-    async fn connect(url: &str, timeout: Duration) -> Result<GrpcConn, BenchError> {
+    async fn connect(url: &str, timeout: Duration, security: &Security) -> Result<GrpcConn, BenchError> {
         let uri: http::Uri = url.parse().map_err(|e| BenchError::bad_endpoint(url, e))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(BenchError::bad_endpoint(url, "raftkv-bench speaks plain http:// only"));
-        }
+        let scheme = uri.scheme().cloned().ok_or_else(|| BenchError::bad_endpoint(url, "no scheme"))?;
         let authority = uri.authority().cloned().ok_or_else(|| BenchError::bad_endpoint(url, "no host"))?;
-        let addr = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-        let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|_| BenchError::connect(url, "timed out"))?
-            .map_err(|e| BenchError::connect(url, e))?;
-        tcp.set_nodelay(true).map_err(|e| BenchError::connect(url, format!("TCP_NODELAY: {e}")))?;
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20)
-            .handshake::<_, Bytes>(flatio::FlatWrites(tcp))
-            .await
-            .map_err(|e| BenchError::connect(url, e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(GrpcConn { send, authority, timeout })
+        let send = match (scheme.as_str(), security.tls_config()) {
+            ("http", None) => h2_handshake(url, tcp(url, &authority, 80).await?, false).await?,
+            ("https", Some(config)) => {
+                let tls =
+                    secure::handshake(config, url, &authority, tcp(url, &authority, 443).await?).await?;
+                h2_handshake(url, tls, true).await?
+            }
+            ("http", Some(_)) => {
+                return Err(BenchError::bad_endpoint(url, "--cacert is given: use https://"));
+            }
+            ("https", None) => {
+                return Err(BenchError::bad_endpoint(url, "https:// needs --cacert (the members' CA)"));
+            }
+            _ => return Err(BenchError::bad_endpoint(url, "not http:// or https://")),
+        };
+        let mut conn = GrpcConn { send, scheme, authority, timeout, session: None };
+        if let Some(user) = security.user() {
+            let token = conn.authenticate(user.request()).await;
+            let session = token.and_then(|t| Session::new(user.clone(), &t));
+            conn.session = Some(Arc::new(session.map_err(|e| BenchError::auth(url, user, &e))?));
+        }
+        Ok(conn)
+    }
+
+    /// Auth.Authenticate: a token for `req`'s user.
+    async fn authenticate(&mut self, req: AuthenticateRequest) -> Result<String, Status> {
+        let timeout = self.timeout;
+        let call = self.call_inner::<_, AuthenticateResponse>("/etcdserverpb.Auth/Authenticate", &req, None);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r.map(|r| r.token),
+            Err(_) => Err(Status::deadline_exceeded("authentication timed out (--timeout)")),
+        }
     }
 
     /// One unary call; errors come back as the gRPC status the server sent, or as
@@ -297,9 +406,31 @@ impl GrpcConn {
         path: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
-        match tokio::time::timeout(self.timeout, self.call_inner(path, req)).await {
+        match tokio::time::timeout(self.timeout, self.call_authenticated(path, req)).await {
             Ok(r) => r,
             Err(_) => Err(Status::deadline_exceeded("request timed out (--timeout)")),
+        }
+    }
+
+    /// With a session: the call with its token, and once more with a new token if the
+    /// members no longer accept the old one.
+    async fn call_authenticated<Req: Message, Resp: Message + Default>(
+        &mut self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        let Some(session) = self.session.clone() else {
+            return self.call_inner(path, req, None).await;
+        };
+        let (generation, token) = session.current();
+        match self.call_inner(path, req, Some(token)).await {
+            Err(status) if secure::stale_token(&status) => {
+                let mut conn = self.clone();
+                let token =
+                    session.renew(generation, |auth| async move { conn.authenticate(auth).await }).await?;
+                self.call_inner(path, req, Some(token)).await
+            }
+            other => other,
         }
     }
 
@@ -307,6 +438,7 @@ impl GrpcConn {
         &mut self,
         path: &str,
         req: &Req,
+        token: Option<http::HeaderValue>,
     ) -> Result<Resp, Status> {
         let unavailable = |e: h2::Error| Status::unavailable(format!("connection: {e}"));
         let len = req.encoded_len();
@@ -315,18 +447,20 @@ impl GrpcConn {
         body.put_u32(u32::try_from(len).map_err(|_| Status::invalid_argument("request too large"))?);
         req.encode(&mut body).map_err(|e| Status::internal(format!("encoding: {e}")))?;
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
             .map_err(|e| Status::internal(format!("request URI: {e}")))?;
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(http::Method::POST)
             .uri(uri)
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .body(())
-            .map_err(|e| Status::internal(format!("request: {e}")))?;
+            .header(http::header::TE, "trailers");
+        if let Some(token) = token {
+            request = request.header("token", token);
+        }
+        let request = request.body(()).map_err(|e| Status::internal(format!("request: {e}")))?;
         std::future::poll_fn(|cx| self.send.poll_ready(cx)).await.map_err(unavailable)?;
         let (response, mut stream) = self.send.send_request(request, false).map_err(unavailable)?;
         stream.send_data(body.freeze(), true).map_err(unavailable)?;
@@ -504,36 +638,43 @@ async fn txn(kv: &mut GrpcConn, key: Bytes, value: Bytes) -> Result<(), Status> 
     kv.call::<_, TxnResponse>("/etcdserverpb.KV/Txn", &req).await.map(drop)
 }
 
-fn endpoint_url(ep: &str) -> String {
-    if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") }
+fn endpoint_url(ep: &str, tls: bool) -> String {
+    match (ep.contains("://"), tls) {
+        (true, _) => ep.to_string(),
+        (false, false) => format!("http://{ep}"),
+        (false, true) => format!("https://{ep}"),
+    }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
-    Endpoint::from_shared(url.to_string())
-        .map_err(|e| BenchError::bad_endpoint(url, e))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| BenchError::connect(url, e))
-}
-
-/// The endpoint of the current leader, according to the first member that knows one.
-async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, BenchError> {
+/// The endpoint of the current leader, according to the first member that knows one
+/// (Maintenance.Status, on tonic's client).
+async fn find_leader(urls: &[String], timeout: Duration, security: &Security) -> Result<String, BenchError> {
     let mut ids = Vec::new();
     let mut leader = 0;
+    let mut first_error = None;
     for url in urls {
-        let Ok(channel) = connect(url, timeout).await else { continue };
-        let Ok(resp) = MaintenanceClient::new(channel).status(StatusRequest {}).await else { continue };
-        let status = resp.into_inner();
+        let status = match secure::channel(security, url, timeout).await {
+            Ok(channel) => secure::status(channel, url, security.user()).await,
+            Err(e) => Err(e),
+        };
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         ids.push((status.header.map_or(0, |h| h.member_id), url.clone()));
         if leader == 0 {
             leader = status.leader;
         }
     }
     if leader == 0 {
-        return Err(BenchError::NoLeader);
+        // No member answered: why the first one did not.
+        return Err(match (ids.is_empty(), first_error) {
+            (true, Some(e)) => e,
+            _ => BenchError::NoLeader,
+        });
     }
     ids.into_iter()
         .find(|(id, _)| *id == leader)
@@ -569,16 +710,23 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if args.endpoints.is_empty() {
         return Err(BenchError::Usage("no --endpoints"));
     }
+    let security = Security::new(
+        args.cacert.as_deref(),
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        args.user.as_deref(),
+    )?;
     let timeout = Duration::from_secs_f64(args.timeout);
-    let urls: Vec<String> = args.endpoints.iter().map(|e| endpoint_url(e.trim())).collect();
+    let urls: Vec<String> = args.endpoints.iter().map(|e| endpoint_url(e.trim(), security.tls())).collect();
     let targets = match args.target {
         Target::All => urls.clone(),
-        Target::Leader => vec![find_leader(&urls, timeout).await?],
+        Target::Leader => vec![find_leader(&urls, timeout, &security).await?],
     };
     let mut channels = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
-        channels.push(GrpcConn::connect(&targets[i % targets.len()], timeout).await?);
+        channels.push(GrpcConn::connect(&targets[i % targets.len()], timeout, &security).await?);
     }
+    let sessions: Vec<Arc<Session>> = channels.iter().filter_map(|c| c.session.clone()).collect();
 
     let mut value = vec![0u8; args.value_size];
     let mut rng = Rng::new(args.seed);
@@ -586,6 +734,8 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         *b = b'a' + rng.scaled(26) as u8;
     }
     let now = Instant::now();
+    let now_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let start = now + Duration::from_secs_f64(args.warmup);
     let stop = match (args.total, args.duration) {
         (Some(total), _) => Stop::Count { start, total },
@@ -644,7 +794,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let client_cpu_pct = 100.0 * cpu / finished.duration_since(now).as_secs_f64().max(1e-9);
 
     let q = |p: f64| if ops == 0 { 0.0 } else { ms(hist.value_at_quantile(p)) };
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "op": args.op.name(),
         "clients": args.clients,
         "conns": args.conns,
@@ -667,7 +817,17 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         "error_count": error_count,
         "errors": errors,
         "client_cpu_pct": client_cpu_pct,
+        // The measured window on the wall clock (Unix seconds), to match with samples of
+        // the members' CPU time taken outside the generator.
+        "window_start_unix": now_unix + args.warmup,
+        "window_end_unix": now_unix + args.warmup + window,
     });
+    // With --user: how often a connection had to authenticate again (token voided or
+    // expired), counted from the start, warmup included.
+    let reauthentications: Option<u64> = security.user().map(|_| sessions.iter().map(|s| s.renewals()).sum());
+    if let (Some(n), Some(fields)) = (reauthentications, json.as_object_mut()) {
+        fields.insert("reauthentications".into(), n.into());
+    }
     let mut out = std::io::stdout().lock();
     if !args.json {
         let _ = writeln!(
@@ -703,6 +863,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
             for (what, n) in &errors {
                 let _ = writeln!(out, "  {n:>8}  {what}");
             }
+        }
+        if let (Some(user), Some(n)) = (security.user(), reauthentications) {
+            let _ = writeln!(out, "authenticated as {} (re-authentications: {n})", user.name);
         }
         let _ = writeln!(out, "generator CPU: {client_cpu_pct:.0}% of one core");
     }
