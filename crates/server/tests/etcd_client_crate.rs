@@ -1,11 +1,12 @@
 //! Interop with the crates.io `etcd-client` crate (a third-party etcd v3 client) against a
-//! three-member raftkv cluster.
+//! three-member raftkv cluster, in both modes of the harness (secure: mutual TLS with the
+//! crate's TLS options, auth enabled, the crate authenticating as root).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Opts};
+use common::{Cluster, Mode, Opts, in_both_modes};
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp, TxnOpResponse,
@@ -20,12 +21,11 @@ fn grpc_status(e: etcd_client::Error) -> tonic::Status {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_client_crate_put_get_delete_txn_compact() {
-    let mut c = Cluster::start(3, Opts::default());
+async fn etcd_client_crate_put_get_delete_txn_compact(mode: Mode) {
+    let mut c = Cluster::start(3, Opts::in_mode(mode));
     c.wait_leader(START).await;
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    let mut client = Client::connect(&endpoints, None).await.expect("connect");
+    let mut client = Client::connect(&endpoints, c.access.etcd_client_options()).await.expect("connect");
 
     // put / get
     let r1 = client.put("crate/a", "1", None).await.expect("put").header().expect("header").revision();
@@ -96,7 +96,7 @@ async fn etcd_client_crate_put_get_delete_txn_compact() {
 
     // Each member directly, through its own client: all see the final state.
     for (i, ep) in endpoints.iter().enumerate() {
-        let mut one = Client::connect([ep], None).await.expect("connect");
+        let mut one = Client::connect([ep], c.access.etcd_client_options()).await.expect("connect");
         let got =
             one.get("crate/", Some(GetOptions::new().with_prefix().with_keys_only())).await.expect("get");
         let keys: Vec<&str> = got.kvs().iter().map(|kv| kv.key_str().expect("utf8")).collect();
@@ -105,3 +105,9 @@ async fn etcd_client_crate_put_get_delete_txn_compact() {
         one.put(format!("crate/z{i}"), "z", None).await.expect("put through each member");
     }
 }
+// Secure mode: the client on all three endpoints authenticates with one member and sends
+// its calls to any: refused by the others until simple tokens are valid cluster-wide as etcd's.
+in_both_modes!(
+    etcd_client_crate_put_get_delete_txn_compact,
+    ignore_secure = "raftkv bug: a simple token is valid only on the member that issued it (etcd 3.4 assigns it through the log on every member)"
+);

@@ -1,13 +1,14 @@
 //! The crates.io `etcd-client` crate against a three-member raftkv cluster: leases with keys
 //! (grant with a chosen id, time to live with keys, keep-alive stream, list, revoke, expiry
 //! seen as one delete revision by a watch on every member) and the Lock service (a contended
-//! lock waits for unlock, and for the holder's lease to expire).
+//! lock waits for unlock, and for the holder's lease to expire). Both modes of the harness
+//! (secure: mutual TLS with the crate's TLS options, auth enabled, the crate as root).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{Access, Cluster, Mode, Opts, in_both_modes};
 use etcd_client::{
     Client, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, LockOptions, PutOptions,
     WatchOptions, WatchStream,
@@ -17,16 +18,16 @@ const START: Duration = Duration::from_secs(20);
 /// Generous: other builds share the machine.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Three members with a leader, and their client URLs.
-async fn cluster() -> (Cluster, Vec<String>) {
-    let mut c = Cluster::start(3, Opts::default());
+/// Three members with a leader in `mode`, and their client URLs.
+async fn cluster(mode: Mode) -> (Cluster, Vec<String>) {
+    let mut c = Cluster::start(3, Opts::in_mode(mode));
     c.wait_leader(START).await;
     let eps = c.members.iter().map(|m| m.client_url()).collect();
     (c, eps)
 }
 
-async fn connect(endpoint: &str) -> Client {
-    Client::connect([endpoint], None).await.expect("connect")
+async fn connect(access: &Access, endpoint: &str) -> Client {
+    Client::connect([endpoint], access.etcd_client_options()).await.expect("connect")
 }
 
 /// The events of the next watch response that has any (the created response has none), as
@@ -53,10 +54,10 @@ async fn next_events(stream: &mut WatchStream) -> Vec<(bool, String, i64)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_client_crate_leases_with_keys_and_expiry() {
-    let (mut c, eps) = cluster().await;
-    let mut client = connect(&eps[0]).await;
+async fn etcd_client_crate_leases_with_keys_and_expiry(mode: Mode) {
+    let (mut c, eps) = cluster(mode).await;
+    let access = c.access.clone();
+    let mut client = connect(&access, &eps[0]).await;
 
     // A client-chosen id; keys attached to it; time to live with keys through another member.
     let id = 0x7a11_0001;
@@ -67,7 +68,7 @@ async fn etcd_client_crate_leases_with_keys_and_expiry() {
     client.put("lease/b", "2", leased()).await.expect("put with lease");
     let got = client.get("lease/a", None).await.expect("get");
     assert_eq!(got.kvs()[0].lease(), id, "the key's lease id");
-    let mut other = connect(&eps[1]).await;
+    let mut other = connect(&access, &eps[1]).await;
     let info =
         other.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
     let mut keys: Vec<&[u8]> = info.keys().iter().map(Vec::as_slice).collect();
@@ -110,7 +111,7 @@ async fn etcd_client_crate_leases_with_keys_and_expiry() {
     let after = put.header().expect("header").revision() + 1;
     let mut watches = Vec::new();
     for ep in &eps {
-        let mut cl = connect(ep).await;
+        let mut cl = connect(&access, ep).await;
         let w =
             cl.watch("exp/short", Some(WatchOptions::new().with_start_revision(after))).await.expect("watch");
         watches.push((cl, w));
@@ -132,7 +133,7 @@ async fn etcd_client_crate_leases_with_keys_and_expiry() {
     }
     assert!(revisions.windows(2).all(|w| w[0] == w[1]), "one revision on every member: {revisions:?}");
     for ep in &eps {
-        let mut cl = connect(ep).await;
+        let mut cl = connect(&access, ep).await;
         let local =
             cl.get("exp/", Some(GetOptions::new().with_prefix().with_serializable())).await.expect("get");
         let keys: Vec<&str> = local.kvs().iter().map(|kv| kv.key_str().expect("utf8")).collect();
@@ -147,12 +148,13 @@ async fn etcd_client_crate_leases_with_keys_and_expiry() {
     }
     c.assert_running();
 }
+in_both_modes!(etcd_client_crate_leases_with_keys_and_expiry);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_client_crate_lock_waits_for_unlock_and_expiry() {
-    let (mut c, eps) = cluster().await;
-    let mut first = connect(&eps[0]).await;
-    let mut second = connect(&eps[1]).await;
+async fn etcd_client_crate_lock_waits_for_unlock_and_expiry(mode: Mode) {
+    let (mut c, eps) = cluster(mode).await;
+    let access = c.access.clone();
+    let mut first = connect(&access, &eps[0]).await;
+    let mut second = connect(&access, &eps[1]).await;
 
     let lease1 = first.lease_grant(60, None).await.expect("grant").id();
     let held = first.lock("crate-lock", Some(LockOptions::new().with_lease(lease1))).await.expect("lock");
@@ -192,3 +194,4 @@ async fn etcd_client_crate_lock_waits_for_unlock_and_expiry() {
     assert!(third.key().starts_with(b"crate-lock/"));
     c.assert_running();
 }
+in_both_modes!(etcd_client_crate_lock_waits_for_unlock_and_expiry);

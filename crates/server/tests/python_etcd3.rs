@@ -7,6 +7,9 @@
 //! The interpreter: `$RAFTKV_PYTHON`, else `target/py-clients/bin/python` (made by .ci/run
 //! from tests/python/requirements.txt), else `python3`. Without the client the test is skipped
 //! loudly, or fails under `RAFTKV_REQUIRE_ETCD=1` (CI).
+//!
+//! Both modes of the harness: in secure mode etcd and raftkv serve mutual TLS with auth
+//! enabled, and the script connects with `ca_cert`/`cert_key`/`cert_cert` and as root.
 
 mod common;
 
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Opts, Proc, die_with_parent, start_etcd, wait_for};
+use common::{Access, Cluster, Mode, Opts, Proc, die_with_parent, in_both_modes, start_etcd_in};
 
 const START: Duration = Duration::from_secs(20);
 /// The script's checks take about 15 s; generous for a machine shared with builds.
@@ -50,13 +53,14 @@ fn python() -> Option<PathBuf> {
 }
 
 /// Runs the script against `endpoints`; panics with its output unless every check passed.
-fn run_script(py: &Path, endpoints: &[String], against: &str, dir: &Path) {
+fn run_script(py: &Path, access: &Access, endpoints: &[String], against: &str, dir: &Path) {
     let out_path = dir.join(format!("python-{against}.out"));
     let out = std::fs::File::create(&out_path).expect("output file");
     let mut cmd = Command::new(py);
     cmd.arg(script())
         .args(endpoints)
         .env("PYTHONUNBUFFERED", "1")
+        .envs(access.python_env())
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup"))
         .stderr(out);
@@ -76,22 +80,22 @@ fn run_script(py: &Path, endpoints: &[String], against: &str, dir: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_etcd3_client_kv_watch_lease_lock() {
+async fn python_etcd3_client_kv_watch_lease_lock(mode: Mode) {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
 
     // etcd 3.4 first: the script's expectations are etcd's behaviour.
-    if let Some((etcd, port, _)) = start_etcd(dir.path()) {
-        wait_for("etcd to serve", START, || async move { common::status(port).await.ok() }).await;
-        run_script(&py, &[format!("127.0.0.1:{port}")], "etcd 3.4", dir.path());
+    if let Some(etcd) = start_etcd_in(dir.path(), mode).await {
+        run_script(&py, &etcd.access, &[format!("127.0.0.1:{}", etcd.client)], "etcd 3.4", dir.path());
         drop(etcd);
     }
 
-    let mut c = Cluster::start(3, Opts::default());
+    let mut c = Cluster::start(3, Opts::in_mode(mode));
     c.wait_leader(START).await;
     // Writes through one member, watches on it and on another.
-    let endpoints = vec![c.members[0].endpoint(), c.members[1].endpoint()];
-    run_script(&py, &endpoints, "raftkv", dir.path());
+    let endpoints: Vec<String> =
+        c.members[..2].iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect();
+    run_script(&py, &c.access, &endpoints, "raftkv", dir.path());
     c.assert_running();
 }
+in_both_modes!(python_etcd3_client_kv_watch_lease_lock);

@@ -11,46 +11,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, die_with_parent, have, run_to_exit};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    Ca { cert: params.self_signed(&key).expect("self-signed"), key }
-}
-
-/// Writes `<dir>/<name>.pem` and `<dir>/<name>-key.pem`, signed by `ca`, for 127.0.0.1 and
-/// localhost, usable as server and client certificate. Returns (cert, key) paths.
-fn issue(ca: &Ca, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    params.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("sign");
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
-    std::fs::write(&c, cert.pem()).expect("write cert");
-    std::fs::write(&k, key.serialize_pem()).expect("write key");
-    (c, k)
-}
-
-fn write_ca(ca: &Ca, path: &Path) -> PathBuf {
-    std::fs::write(path, ca.cert.pem()).expect("write CA");
-    path.to_path_buf()
-}
+use common::{Ca, Cluster, Opts, die_with_parent, have, run_to_exit};
 
 /// `etcdctl` with `tls` flags; returns (success, stdout, stderr).
 fn etcdctl(endpoints: &str, tls: &[String], args: &[&str]) -> (bool, String, String) {
@@ -144,13 +110,13 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T,
 #[test]
 fn three_members_with_mutual_tls_on_both_ports_serve_etcdctl() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = new_ca("raftkv test CA");
-    let other = new_ca("another CA");
-    let ca_path = write_ca(&ca, &dir.path().join("ca.pem"));
+    let ca = Ca::new("raftkv test CA");
+    let other = Ca::new("another CA");
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
     let mut c = Cluster::new(3, Opts::default());
     c.initial_cluster = c.initial_cluster.replace("http://", "https://");
     for i in 0..3 {
-        let (cert, key) = issue(&ca, dir.path(), &format!("m{}", i + 1));
+        let (cert, key) = ca.issue(dir.path(), &format!("m{}", i + 1));
         let s = |p: &Path| p.display().to_string();
         let tls = [
             "--cert-file",
@@ -172,8 +138,8 @@ fn three_members_with_mutual_tls_on_both_ports_serve_etcdctl() {
         let child = c.spawn_raw(i, &https_args(&c, i, &tls));
         c.members[i].child = Some(child);
     }
-    let (client_cert, client_key) = issue(&ca, dir.path(), "client");
-    let (bad_cert, bad_key) = issue(&other, dir.path(), "intruder");
+    let (client_cert, client_key) = ca.issue(dir.path(), "client");
+    let (bad_cert, bad_key) = other.issue(dir.path(), "intruder");
     let port = c.port(0);
     // The port answers TLS with a client certificate; without one it refuses.
     wait_until("TLS on the client port", Duration::from_secs(30), || {
@@ -246,7 +212,7 @@ fn three_members_with_mutual_tls_on_both_ports_serve_etcdctl() {
     }
     // With --client-cert-auth and auth enabled, a request without a token runs as the user
     // its certificate names (etcd's common-name rule).
-    let (root_cert, root_key) = issue(&ca, dir.path(), "root");
+    let (root_cert, root_key) = ca.issue(dir.path(), "root");
     let root = flags(&root_cert, &root_key);
     for args in
         [&["user", "add", "root:rootpw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]]
@@ -303,8 +269,8 @@ fn bad_tls_configuration_is_refused_at_start() {
     // Malformed certificate and key files: the error names the file.
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").expect("write");
-    let ca = new_ca("ca");
-    let (cert, key) = issue(&ca, dir.path(), "m1");
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.issue(dir.path(), "m1");
     for (c, k) in [(&garbage, &key), (&cert, &garbage)] {
         let mut args = base(&https_c, &http_p);
         args.extend([
@@ -322,9 +288,9 @@ fn bad_tls_configuration_is_refused_at_start() {
 #[test]
 fn wrong_protocol_on_each_port_is_closed_and_renewed_certificates_are_served() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = new_ca("ca");
-    let ca_path = write_ca(&ca, &dir.path().join("ca.pem"));
-    let (cert, key) = issue(&ca, dir.path(), "m1");
+    let ca = Ca::new("ca");
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
+    let (cert, key) = ca.issue(dir.path(), "m1");
     let mut c = Cluster::new(1, Opts::default());
     let tls = ["--cert-file", &cert.display().to_string(), "--key-file", &key.display().to_string()]
         .map(String::from);
@@ -364,7 +330,7 @@ fn wrong_protocol_on_each_port_is_closed_and_renewed_certificates_are_served() {
     std::thread::sleep(Duration::from_millis(50));
     let renewed_dir = dir.path().join("renewed");
     std::fs::create_dir_all(&renewed_dir).expect("dir");
-    let (c2, k2) = issue(&ca, &renewed_dir, "m1");
+    let (c2, k2) = ca.issue(&renewed_dir, "m1");
     std::fs::copy(&k2, &key).expect("copy key");
     std::fs::copy(&c2, &cert).expect("copy cert");
     let second = tls_handshake(port, &ca_path, None).expect("handshake after renewal");

@@ -4,6 +4,11 @@
 //! Every child is killed (SIGKILL) and reaped when its [`Cluster`] (or [`Proc`]) is dropped, and
 //! also dies with the test thread that spawned it (PR_SET_PDEATHSIG), so nothing outlives a test.
 //! When a test panics, the tail of every member's log is printed and the temp dir is kept.
+//!
+//! Two modes ([`Mode`]): plain (http, no auth), and secure: mutual TLS on the client and peer
+//! ports (certificates from a CA made for the cluster) and auth enabled (root user, role root),
+//! every client authenticating as root. A cluster's [`Access`] says how to reach it;
+//! [`in_both_modes!`] runs a test body once in each mode.
 
 #![allow(dead_code)]
 
@@ -13,18 +18,21 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use raftkv_api::etcdserverpb::auth_client::AuthClient;
 use raftkv_api::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_api::etcdserverpb::kv_client::KvClient;
 use raftkv_api::etcdserverpb::lease_client::LeaseClient;
 use raftkv_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_api::etcdserverpb::{
+    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, AuthenticateRequest,
     LeaseKeepAliveRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
 
@@ -49,18 +57,14 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// A lazily connected channel to `127.0.0.1:port` (connecting to a dead member fails per RPC,
-/// not here).
+/// A lazily connected plain channel to `127.0.0.1:port` (connecting to a dead member fails
+/// per RPC, not here).
 pub fn channel(port: u16) -> Channel {
-    Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(RPC_TIMEOUT)
-        .connect_lazy()
+    Access::plain().channel(port)
 }
 
 pub fn kv(port: u16) -> KvClient<Channel> {
-    KvClient::new(channel(port)).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    Access::plain().kv(port)
 }
 
 pub fn maintenance(port: u16) -> MaintenanceClient<Channel> {
@@ -72,20 +76,328 @@ pub fn cluster_client(port: u16) -> ClusterClient<Channel> {
 }
 
 pub async fn status(port: u16) -> Result<StatusResponse, tonic::Status> {
-    maintenance(port).status(StatusRequest {}).await.map(|r| r.into_inner())
+    Access::plain().status(port).await
 }
 
 pub async fn put(port: u16, key: &str, value: &str) -> Result<i64, tonic::Status> {
-    let req = PutRequest { key: key.to_owned().into(), value: value.to_owned().into(), ..Default::default() };
-    let resp = kv(port).put(req).await?.into_inner();
-    Ok(resp.header.map_or(0, |h| h.revision))
+    Access::plain().put(port, key, value).await
 }
 
 /// The value of `key` (None if absent); `serializable` reads the member's local state.
 pub async fn get(port: u16, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
-    let req = RangeRequest { key: key.to_owned().into(), serializable, ..Default::default() };
-    let resp = kv(port).range(req).await?.into_inner();
-    Ok(resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    Access::plain().get(port, key, serializable).await
+}
+
+/// How a test runs its servers and clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// http on both ports, auth disabled.
+    #[default]
+    Plain,
+    /// Mutual TLS on the client and peer ports, auth enabled, clients authenticated as root.
+    Secure,
+}
+
+/// Runs the async test body `fn NAME(mode: Mode)` as two tests, `NAME::plain` and
+/// `NAME::secure`. With `ignore_secure = "why"` the secure one is `#[ignore]`d with that
+/// reason (run it with `--run-ignored only`).
+#[allow(unused_macros)]
+macro_rules! in_both_modes {
+    ($name:ident, ignore_secure = $why:literal) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plain() {
+                super::$name($crate::common::Mode::Plain).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = $why]
+            async fn secure() {
+                super::$name($crate::common::Mode::Secure).await
+            }
+        }
+    };
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plain() {
+                super::$name($crate::common::Mode::Plain).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn secure() {
+                super::$name($crate::common::Mode::Secure).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use in_both_modes;
+
+/// The user every client authenticates as in secure mode.
+pub const ROOT_USER: &str = "root";
+pub const ROOT_PASSWORD: &str = "rootpw";
+
+/// A certificate authority made for a test.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Ca { cert: params.self_signed(&key).expect("self-signed"), key }
+    }
+
+    /// Writes `<dir>/<name>.pem` and `<dir>/<name>-key.pem`, signed by this CA, for 127.0.0.1
+    /// and localhost, usable as server and client certificate. Returns (cert, key) paths.
+    pub fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+
+    /// Writes the CA certificate to `path`; returns it.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.cert.pem()).expect("write CA");
+        path.to_path_buf()
+    }
+}
+
+/// The certificates of a secure-mode server set: one CA, the servers' certificate (used on
+/// both ports) and the clients'.
+#[derive(Debug)]
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    /// Makes a CA and its certificates in `dir` (created).
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let ca = Ca::new("raftkv test CA");
+        let (server_cert, server_key) = ca.issue(dir, "server");
+        let (client_cert, client_key) = ca.issue(dir, "client");
+        Pki { ca: ca.write(&dir.join("ca.pem")), server_cert, server_key, client_cert, client_key }
+    }
+
+    fn read(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+}
+
+/// How a client reaches a server set: plain, or (secure mode) TLS with the set's client
+/// certificate and, once auth is enabled, root's token.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub pki: Option<Arc<Pki>>,
+    pub token: Option<String>,
+}
+
+impl Access {
+    pub fn plain() -> Access {
+        Access::default()
+    }
+
+    /// Plain, or (secure) with certificates made in `dir`; auth is enabled later
+    /// ([`Access::enable_auth`]).
+    pub fn new(mode: Mode, dir: &Path) -> Access {
+        match mode {
+            Mode::Plain => Access::plain(),
+            Mode::Secure => Access { pki: Some(Arc::new(Pki::new(dir))), token: None },
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.pki.is_some() { Mode::Secure } else { Mode::Plain }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "https" } else { "http" }
+    }
+
+    pub fn url(&self, port: u16) -> String {
+        format!("{}://127.0.0.1:{port}", self.scheme())
+    }
+
+    /// The endpoint etcdctl is given: `127.0.0.1:port`, or the https URL in secure mode
+    /// (etcdctl 3.4 dials a scheme-less endpoint in plain text).
+    pub fn etcdctl_endpoint(&self, port: u16) -> String {
+        match self.pki {
+            Some(_) => self.url(port),
+            None => format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// The TLS flags of a server (raftkv or etcd) on both ports, with client certificates
+    /// required; none in plain mode.
+    pub fn server_flags(&self) -> Vec<String> {
+        let Some(p) = &self.pki else { return Vec::new() };
+        let s = |p: &Path| p.display().to_string();
+        [
+            ("--cert-file", s(&p.server_cert)),
+            ("--key-file", s(&p.server_key)),
+            ("--trusted-ca-file", s(&p.ca)),
+            ("--peer-cert-file", s(&p.server_cert)),
+            ("--peer-key-file", s(&p.server_key)),
+            ("--peer-trusted-ca-file", s(&p.ca)),
+        ]
+        .into_iter()
+        .flat_map(|(f, v)| [f.to_string(), v])
+        .chain(["--client-cert-auth".into(), "--peer-client-cert-auth".into()])
+        .collect()
+    }
+
+    /// etcdctl's flags: `--cacert --cert --key`, and `--user` once auth is enabled.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        let Some(p) = &self.pki else { return Vec::new() };
+        let mut flags = vec![
+            format!("--cacert={}", p.ca.display()),
+            format!("--cert={}", p.client_cert.display()),
+            format!("--key={}", p.client_key.display()),
+        ];
+        if self.token.is_some() {
+            flags.push(format!("--user={ROOT_USER}:{ROOT_PASSWORD}"));
+        }
+        flags
+    }
+
+    /// The etcd-client crate's options: TLS with the client certificate and the root user.
+    pub fn etcd_client_options(&self) -> Option<etcd_client::ConnectOptions> {
+        let p = self.pki.as_ref()?;
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(Pki::read(&p.ca)))
+            .identity(etcd_client::Identity::from_pem(Pki::read(&p.client_cert), Pki::read(&p.client_key)));
+        let opts = etcd_client::ConnectOptions::new().with_tls(tls);
+        Some(match self.token {
+            Some(_) => opts.with_user(ROOT_USER, ROOT_PASSWORD),
+            None => opts,
+        })
+    }
+
+    /// The environment of tests/python/etcd3_client.py: the certificates and the user.
+    pub fn python_env(&self) -> Vec<(&'static str, String)> {
+        let Some(p) = &self.pki else { return Vec::new() };
+        let mut env = vec![
+            ("ETCD3_CA_CERT", p.ca.display().to_string()),
+            ("ETCD3_CERT_CERT", p.client_cert.display().to_string()),
+            ("ETCD3_CERT_KEY", p.client_key.display().to_string()),
+        ];
+        if self.token.is_some() {
+            env.push(("ETCD3_USER", ROOT_USER.into()));
+            env.push(("ETCD3_PASSWORD", ROOT_PASSWORD.into()));
+        }
+        env
+    }
+
+    /// A lazily connected channel to `127.0.0.1:port` (connecting to a dead member fails per
+    /// RPC, not here), over TLS in secure mode.
+    pub fn channel(&self, port: u16) -> Channel {
+        let mut endpoint = Endpoint::from_shared(self.url(port))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(RPC_TIMEOUT);
+        if let Some(p) = &self.pki {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(Pki::read(&p.ca)))
+                .identity(Identity::from_pem(Pki::read(&p.client_cert), Pki::read(&p.client_key)))
+                .domain_name("127.0.0.1");
+            endpoint = endpoint.tls_config(tls).expect("TLS config");
+        }
+        endpoint.connect_lazy()
+    }
+
+    /// `msg` with the token, if any.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(token) = &self.token {
+            r.metadata_mut().insert("token", token.parse().expect("token is ASCII"));
+        }
+        r
+    }
+
+    pub fn kv(&self, port: u16) -> KvClient<Channel> {
+        KvClient::new(self.channel(port))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub fn cluster_client(&self, port: u16) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel(port))
+    }
+
+    pub async fn status(&self, port: u16) -> Result<StatusResponse, tonic::Status> {
+        let mut m = MaintenanceClient::new(self.channel(port));
+        m.status(self.request(StatusRequest {})).await.map(|r| r.into_inner())
+    }
+
+    pub async fn put(&self, port: u16, key: &str, value: &str) -> Result<i64, tonic::Status> {
+        let req =
+            PutRequest { key: key.to_owned().into(), value: value.to_owned().into(), ..Default::default() };
+        let resp = self.kv(port).put(self.request(req)).await?.into_inner();
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// The value of `key` (None if absent); `serializable` reads the member's local state.
+    pub async fn get(
+        &self,
+        port: u16,
+        key: &str,
+        serializable: bool,
+    ) -> Result<Option<String>, tonic::Status> {
+        let req = RangeRequest { key: key.to_owned().into(), serializable, ..Default::default() };
+        let resp = self.kv(port).range(self.request(req)).await?.into_inner();
+        Ok(resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    /// In secure mode, through the server at `port`: the root user with the root role, auth
+    /// enabled, and root's token kept for the requests that follow. Nothing in plain mode.
+    pub async fn enable_auth(&mut self, port: u16) -> Result<(), tonic::Status> {
+        if self.pki.is_none() || self.token.is_some() {
+            return Ok(());
+        }
+        let mut a = AuthClient::new(self.channel(port));
+        let user =
+            AuthUserAddRequest { name: ROOT_USER.into(), password: ROOT_PASSWORD.into(), options: None };
+        a.user_add(user).await?;
+        a.user_grant_role(AuthUserGrantRoleRequest { user: ROOT_USER.into(), role: "root".into() }).await?;
+        a.auth_enable(AuthEnableRequest {}).await?;
+        let req = AuthenticateRequest { name: ROOT_USER.into(), password: ROOT_PASSWORD.into() };
+        self.token = Some(a.authenticate(req).await?.into_inner().token);
+        Ok(())
+    }
+
+    /// Runs `etcdctl --endpoints=<endpoints> <flags> <args>` (etcd 3.4's) with `stdin`.
+    pub fn etcdctl(&self, endpoints: &str, args: &[&str], stdin: &str) -> Out {
+        run_etcdctl(endpoints, &self.etcdctl_flags(), args, stdin)
+    }
+
+    /// One keep-alive through member `port`; the TTL answered.
+    pub async fn keep_alive_once(&self, port: u16, id: i64) -> Result<i64, tonic::Status> {
+        let mut stream = LeaseClient::new(self.channel(port))
+            .lease_keep_alive(self.request(tokio_stream::once(LeaseKeepAliveRequest { id })))
+            .await?
+            .into_inner();
+        match stream.message().await? {
+            Some(r) => Ok(r.ttl),
+            None => Err(tonic::Status::unavailable("stream closed")),
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -145,19 +457,31 @@ pub struct Opts {
     pub election_ms: u64,
     pub snapshot_count: Option<u64>,
     pub extra: Vec<String>,
+    pub mode: Mode,
 }
 
 impl Default for Opts {
     /// Faster than etcd's defaults (100/1000 ms) so that tests elect quickly; tests that are
     /// about the defaults set them explicitly.
     fn default() -> Opts {
-        Opts { heartbeat_ms: 50, election_ms: 500, snapshot_count: None, extra: Vec::new() }
+        Opts {
+            heartbeat_ms: 50,
+            election_ms: 500,
+            snapshot_count: None,
+            extra: Vec::new(),
+            mode: Mode::Plain,
+        }
     }
 }
 
 impl Opts {
     pub fn etcd_defaults() -> Opts {
         Opts { heartbeat_ms: 100, election_ms: 1000, ..Opts::default() }
+    }
+
+    /// The defaults in `mode`.
+    pub fn in_mode(mode: Mode) -> Opts {
+        Opts { mode, ..Opts::default() }
     }
 }
 
@@ -169,17 +493,20 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub child: Option<Child>,
+    /// The cluster's access (for the URLs' scheme).
+    pub access: Access,
 }
 
 impl Member {
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.access.url(self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        self.access.url(self.peer_port)
     }
+    /// The member's etcdctl endpoint (`127.0.0.1:port`, or its https URL in secure mode).
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        self.access.etcdctl_endpoint(self.client_port)
     }
     pub fn pid(&self) -> Option<Pid> {
         self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
@@ -196,6 +523,9 @@ pub struct Cluster {
     pub initial_cluster: String,
     pub token: String,
     pub opts: Opts,
+    /// How clients reach the members; in secure mode it has root's token once
+    /// [`Cluster::wait_leader`] has enabled auth.
+    pub access: Access,
 }
 
 impl Cluster {
@@ -228,6 +558,7 @@ impl Cluster {
         let n = names.len();
         let dir = tempfile::Builder::new().prefix("raftkv-it-").tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
+        let access = Access::new(opts.mode, &dir.path().join("pki"));
         let members: Vec<Member> = (0..n)
             .map(|i| {
                 let name = names[i].to_string();
@@ -238,13 +569,14 @@ impl Cluster {
                     client_port: ports[2 * i],
                     peer_port: ports[2 * i + 1],
                     child: None,
+                    access: access.clone(),
                 }
             })
             .collect();
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
         let token = format!("it-{}", dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x"));
-        Cluster { dir: Some(dir), members, initial_cluster, token, opts }
+        Cluster { dir: Some(dir), members, initial_cluster, token, opts, access }
     }
 
     pub fn dir(&self) -> &Path {
@@ -282,6 +614,7 @@ impl Cluster {
         if let Some(n) = self.opts.snapshot_count {
             args.extend(["--snapshot-count".into(), n.to_string()]);
         }
+        args.extend(self.access.server_flags());
         args.extend(self.opts.extra.iter().cloned());
         args
     }
@@ -374,13 +707,22 @@ impl Cluster {
     }
 
     /// Waits until every running member reports the same leader, itself running; returns the
-    /// leader's index.
+    /// leader's index. In secure mode the first call also enables auth through the leader
+    /// (root user, root role) and keeps root's token in the cluster's access.
     pub async fn wait_leader(&mut self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             self.assert_running();
             let last = match self.leader_now().await {
-                Ok(i) => return i,
+                Ok(i) => {
+                    let mut access = self.access.clone();
+                    access.enable_auth(self.port(i)).await.unwrap_or_else(|e| panic!("enabling auth: {e:?}"));
+                    for m in &mut self.members {
+                        m.access = access.clone();
+                    }
+                    self.access = access;
+                    return i;
+                }
                 Err(e) => e,
             };
             assert!(Instant::now() < deadline, "no agreed leader after {timeout:?}: {last}");
@@ -392,7 +734,9 @@ impl Cluster {
         let mut ids = Vec::new();
         let mut leaders = Vec::new();
         for i in self.running() {
-            let s = status(self.port(i))
+            let s = self
+                .access
+                .status(self.port(i))
                 .await
                 .map_err(|e| format!("{}: {}", self.members[i].name, e.message()))?;
             ids.push((s.header.as_ref().map_or(0, |h| h.member_id), i));
@@ -411,7 +755,7 @@ impl Cluster {
     /// Index of the member whose id is `id` (as reported in response headers).
     pub async fn index_of(&self, id: u64) -> Option<usize> {
         for i in self.running() {
-            if let Ok(s) = status(self.port(i)).await
+            if let Ok(s) = self.access.status(self.port(i)).await
                 && s.header.is_some_and(|h| h.member_id == id)
             {
                 return Some(i);
@@ -426,7 +770,7 @@ impl Cluster {
         let mut last = None;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            match put(port, key, value).await {
+            match self.access.put(port, key, value).await {
                 Ok(rev) => return rev,
                 Err(e) => last = Some(e),
             }
@@ -546,14 +890,19 @@ pub struct Out {
     pub stderr: String,
 }
 
-/// Runs `etcdctl --endpoints=<endpoints> <args>` (etcd 3.4's) with `stdin`.
+/// Runs `etcdctl --endpoints=<endpoints> <args>` (etcd 3.4's) with `stdin`, in plain text.
 pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> Out {
+    run_etcdctl(endpoints, &[], args, stdin)
+}
+
+fn run_etcdctl(endpoints: &str, flags: &[String], args: &[&str], stdin: &str) -> Out {
     let dir = tempfile::tempdir().expect("temp dir");
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(flags)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(File::create(&out_path).expect("out"))
@@ -583,11 +932,39 @@ pub fn start_etcd(dir: &std::path::Path) -> Option<(Proc, u16, u16)> {
 
 /// [`start_etcd`] with extra flags.
 pub fn start_etcd_with(dir: &std::path::Path, extra: &[String]) -> Option<(Proc, u16, u16)> {
+    spawn_etcd(dir, &Access::plain(), extra)
+}
+
+/// A one-member real etcd 3.4 and how to reach it.
+pub struct Etcd {
+    pub proc: Proc,
+    pub client: u16,
+    pub peer: u16,
+    pub access: Access,
+}
+
+/// A one-member real etcd in `mode` (secure: certificates made in `dir`, the same TLS flags
+/// as raftkv's members, auth enabled with root as for a [`Cluster`]), once it has elected
+/// itself; None when the binary is absent.
+pub async fn start_etcd_in(dir: &Path, mode: Mode) -> Option<Etcd> {
+    let mut access = Access::new(mode, &dir.join("pki"));
+    let (proc, client, peer) = spawn_etcd(dir, &access, &[])?;
+    let probe = access.clone();
+    wait_for("etcd to elect itself", Duration::from_secs(20), || {
+        let probe = probe.clone();
+        async move { probe.status(client).await.ok().filter(|s| s.leader != 0) }
+    })
+    .await;
+    access.enable_auth(client).await.unwrap_or_else(|e| panic!("enabling auth on etcd: {e:?}"));
+    Some(Etcd { proc, client, peer, access })
+}
+
+fn spawn_etcd(dir: &Path, access: &Access, extra: &[String]) -> Option<(Proc, u16, u16)> {
     if !have("etcd") {
         return None;
     }
     let ports = free_ports(2);
-    let (client, peer) = (format!("http://127.0.0.1:{}", ports[0]), format!("http://127.0.0.1:{}", ports[1]));
+    let (client, peer) = (access.url(ports[0]), access.url(ports[1]));
     let log_path = dir.join("etcd.log");
     let log = File::create(&log_path).expect("etcd log");
     let mut cmd = Command::new("etcd");
@@ -596,6 +973,7 @@ pub fn start_etcd_with(dir: &std::path::Path, extra: &[String]) -> Option<(Proc,
         .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
         .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("default={peer}")])
+        .args(access.server_flags())
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))
@@ -676,12 +1054,5 @@ pub fn json_shape(v: &serde_json::Value) -> serde_json::Value {
 
 /// One keep-alive through member `port`; the TTL answered.
 pub async fn keep_alive_once(port: u16, id: i64) -> Result<i64, tonic::Status> {
-    let mut stream = LeaseClient::new(channel(port))
-        .lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id }))
-        .await?
-        .into_inner();
-    match stream.message().await? {
-        Some(r) => Ok(r.ttl),
-        None => Err(tonic::Status::unavailable("stream closed")),
-    }
+    Access::plain().keep_alive_once(port, id).await
 }

@@ -5,11 +5,15 @@ installed, against etcd itself: every expectation here is etcd's behaviour.
 
     python etcd3_client.py HOST:PORT [HOST:PORT]
 
+With ETCD3_CA_CERT, ETCD3_CERT_CERT and ETCD3_CERT_KEY (file paths) it connects over TLS with
+a client certificate, and with ETCD3_USER and ETCD3_PASSWORD it authenticates as that user.
+
 The first endpoint takes the writes; watches are also opened on the second endpoint (another
 member) when given. Every check prints one line; the last line is "N passed, N failed" and
 the exit status is 1 when a check failed.
 """
 
+import os
 import queue
 import sys
 import threading
@@ -50,8 +54,15 @@ def expect(got, want, what=""):
 
 
 def connect(endpoint):
+    """A client of `endpoint`; with TLS and a user when the environment names them
+    (ETCD3_CA_CERT, ETCD3_CERT_CERT, ETCD3_CERT_KEY, ETCD3_USER, ETCD3_PASSWORD)."""
     host, port = endpoint.rsplit(":", 1)
-    return etcd3.client(host=host, port=int(port), timeout=10)
+    options = {
+        option: os.environ[f"ETCD3_{option.upper()}"]
+        for option in ("ca_cert", "cert_cert", "cert_key", "user", "password")
+        if f"ETCD3_{option.upper()}" in os.environ
+    }
+    return etcd3.client(host=host, port=int(port), timeout=10, **options)
 
 
 def next_events(iterator, n):
