@@ -2,7 +2,6 @@
 
 use raftkv_api::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use raftkv_api::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
-use raftkv_api::etcdserverpb::watch_server::WatchServer;
 use raftkv_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
@@ -92,5 +91,5 @@ pub fn routes(api: Api) -> tonic::service::Routes {
     let limit = decode_limit(&api);
     tonic::service::Routes::new(MaintenanceServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
-        .add_service(WatchServer::new(crate::watch::WatchService(api)).max_decoding_message_size(limit))
+        .add_service(crate::watch::WatchService::new(api, limit))
 }

@@ -391,10 +391,10 @@ impl KeyEvents {
             if self.ended {
                 return Ok(None);
             }
-            let Some(resp) = self.out.recv().await else {
+            let Some(reply) = self.out.recv().await else {
                 return Err(Status::unavailable("etcdserver: watch ended"));
             };
-            let resp = resp?;
+            let resp = reply.decode()?;
             if resp.canceled {
                 if resp.compact_revision != 0 {
                     self.ended = true;

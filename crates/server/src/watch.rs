@@ -19,20 +19,27 @@
 //! `compact_revision` set. Memory is bounded by the ring, by the output channel and by the
 //! watcher limits.
 //!
+//! **Encoded once.** Responses leave a session already in their protobuf encoding
+//! ([`Reply`]): the fields before `events`, then the encoded `events` field. A ring
+//! revision encodes its events once (with and without `prev_kv`, on first use) and a
+//! session gives the same bytes to every watcher of the same key or range with the same
+//! options, so a watcher's response costs its header and id only. Replies go to the
+//! output channel in batches, one channel message for many watchers.
+//!
 //! Every member applies the same log, so a watcher on any member sees the same events;
 //! a client that resumes from its last revision + 1 on another member misses nothing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use raftkv_api::etcdserverpb::watch_create_request::FilterType;
 use raftkv_api::etcdserverpb::watch_request::RequestUnion;
-use raftkv_api::etcdserverpb::watch_server::Watch;
 use raftkv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use raftkv_api::mvccpb::Event;
 use raftkv_api::mvccpb::event::EventType;
@@ -52,8 +59,13 @@ pub const MAX_WATCHERS_PER_MEMBER: usize = 1_000_000;
 const RING_REVISIONS: usize = 8192;
 /// Estimated bytes of events the ring keeps.
 const RING_BYTES: usize = 32 << 20;
-/// Responses queued per stream before its session waits for the client.
+/// Batches of responses queued per stream before its session waits for the client.
 const OUT_QUEUE: usize = 16;
+/// Responses in one batch of the output channel.
+const REPLIES_PER_SEND: usize = 512;
+/// Bytes encoded for one batch of the output channel (besides the ring's shared encodings),
+/// beyond which it is sent.
+const SEND_BYTES: usize = 256 << 10;
 /// Ring revisions one session delivers before looking at its requests again.
 const REVISIONS_PER_PUMP: i64 = 64;
 /// Estimated bytes of ring revisions delivered together to a stream that is behind.
@@ -85,6 +97,90 @@ pub struct RevEvents {
     pub rev: i64,
     pub events: Vec<Event>,
     bytes: usize,
+    /// The `events` field of a `WatchResponse` holding all of them, without and with
+    /// `prev_kv` (made on first use, then shared by every session).
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+impl RevEvents {
+    fn new(rev: i64, events: Vec<Event>) -> RevEvents {
+        let bytes = events.iter().map(event_bytes).sum();
+        RevEvents { rev, events, bytes, encoded: [OnceLock::new(), OnceLock::new()] }
+    }
+
+    /// All the revision's events, encoded as the `events` field of a `WatchResponse`.
+    fn encoded(&self, prev_kv: bool) -> &Bytes {
+        self.encoded[usize::from(prev_kv)].get_or_init(|| {
+            let mut buf = BytesMut::new();
+            for ev in &self.events {
+                encode_event(ev, prev_kv, &mut buf);
+            }
+            buf.freeze()
+        })
+    }
+}
+
+/// The key of `WatchResponse.events` (field 11, length-delimited).
+const EVENTS_KEY: u8 = (11 << 3) | 2;
+
+/// One event as an element of `WatchResponse.events`, its `prev_kv` left out unless wanted.
+fn encode_event(ev: &Event, prev_kv: bool, buf: &mut BytesMut) {
+    buf.put_u8(EVENTS_KEY);
+    let encoded = if prev_kv || ev.prev_kv.is_none() {
+        ev.encode_length_delimited(buf)
+    } else {
+        Event { prev_kv: None, ..ev.clone() }.encode_length_delimited(buf)
+    };
+    // Only a full buffer fails; a BytesMut grows.
+    debug_assert!(encoded.is_ok());
+}
+
+/// One response of a watch stream, in its protobuf encoding: the fields before `events`,
+/// then the `events` field, which the responses of every watcher of a stream with the same
+/// key or range and options share. The gRPC service writes the bytes as they are; the
+/// gateway and the recipes decode them.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    head: Bytes,
+    events: Bytes,
+}
+
+impl Reply {
+    /// A response encoded whole.
+    pub fn new(resp: &WatchResponse) -> Reply {
+        Reply { head: Bytes::from(resp.encode_to_vec()), events: Bytes::new() }
+    }
+
+    /// A response of `header` (an encoded `WatchResponse` holding only its header), the
+    /// watch id and the already encoded `events`; the head is written into `heads`.
+    fn compose(heads: &mut BytesMut, header: &[u8], watch_id: i64, events: Bytes) -> Reply {
+        let id = WatchResponse { watch_id, ..Default::default() };
+        let need = header.len() + id.encoded_len();
+        if heads.capacity() - heads.len() < need {
+            // One allocation for the heads of many responses.
+            *heads = BytesMut::with_capacity(need.max(8 << 10));
+        }
+        heads.put_slice(header);
+        let written = id.encode(heads);
+        debug_assert!(written.is_ok());
+        Reply { head: heads.split().freeze(), events }
+    }
+
+    /// The length of the encoded response.
+    pub fn encoded_len(&self) -> usize {
+        self.head.len() + self.events.len()
+    }
+
+    /// The response as a message.
+    pub fn decode(&self) -> Result<WatchResponse, Status> {
+        WatchResponse::decode(self.head.clone().chain(self.events.clone()))
+            .map_err(|e| Status::internal(format!("cannot decode a watch response: {e}")))
+    }
+
+    fn write(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.head);
+        buf.put_slice(&self.events);
+    }
 }
 
 #[derive(Debug)]
@@ -166,7 +262,7 @@ impl WatchHub {
             return;
         }
         let rev = kv.revision();
-        let bytes = events.iter().map(event_bytes).sum();
+        let entry = Arc::new(RevEvents::new(rev, events));
         {
             let mut ring = self.ring.lock();
             if ring.first + ring.revs.len() as i64 != rev {
@@ -175,8 +271,8 @@ impl WatchHub {
                 ring.bytes = 0;
                 ring.first = rev;
             }
-            ring.revs.push_back(Arc::new(RevEvents { rev, events, bytes }));
-            ring.bytes += bytes;
+            ring.bytes += entry.bytes;
+            ring.revs.push_back(entry);
             while ring.revs.len() > 1 && (ring.revs.len() > RING_REVISIONS || ring.bytes > RING_BYTES) {
                 if let Some(old) = ring.revs.pop_front() {
                     ring.bytes -= old.bytes;
@@ -250,9 +346,42 @@ enum End {
 }
 
 type Input = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send>>;
-pub type Output = mpsc::Receiver<Result<WatchResponse, Status>>;
 
-/// Starts a session for one watch stream; its responses come out of the returned channel.
+/// The responses of one session, in order (a stream of them; dropping it ends the session).
+pub struct Output {
+    rx: mpsc::Receiver<Vec<Reply>>,
+    ready: std::vec::IntoIter<Reply>,
+}
+
+impl Output {
+    /// The next response; None once the session ended.
+    pub async fn recv(&mut self) -> Option<Reply> {
+        std::future::poll_fn(|cx| self.poll_reply(cx)).await
+    }
+
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+        loop {
+            if let Some(reply) = self.ready.next() {
+                return Poll::Ready(Some(reply));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.ready = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Stream for Output {
+    type Item = Result<Reply, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_reply(cx).map(|r| r.map(Ok))
+    }
+}
+
+/// Starts a session for one watch stream; its responses come out of the returned stream.
 pub fn start(api: Api, input: Input) -> Output {
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
     let hub = {
@@ -269,7 +398,7 @@ pub fn start(api: Api, input: Input) -> Output {
         out: tx,
         watchers: HashMap::new(),
         exact: HashMap::new(),
-        ranges: HashSet::new(),
+        ranges: HashMap::new(),
         unsynced: VecDeque::new(),
         synced_count: 0,
         cursor,
@@ -278,19 +407,19 @@ pub fn start(api: Api, input: Input) -> Output {
     };
     // The session checks each watch it creates as the stream's caller.
     tokio::spawn(crate::auth::inherit(session.run(input)));
-    rx
+    Output { rx, ready: Vec::new().into_iter() }
 }
 
 struct Session {
     guard: StreamGuard,
     hub: Arc<WatchHub>,
     api: Api,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Vec<Reply>>,
     watchers: HashMap<i64, Watcher>,
     /// Single-key watchers by key.
     exact: HashMap<Bytes, Vec<i64>>,
-    /// Range and prefix watchers.
-    ranges: HashSet<i64>,
+    /// Range and prefix watchers by key and range end.
+    ranges: HashMap<(Bytes, Bytes), Vec<i64>>,
     unsynced: VecDeque<i64>,
     synced_count: usize,
     /// The next ring revision for the synced watchers.
@@ -339,7 +468,14 @@ impl Session {
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), End> {
-        self.out.send(Ok(resp)).await.map_err(|_| End::Closed)
+        self.send_replies(vec![Reply::new(&resp)]).await
+    }
+
+    async fn send_replies(&self, replies: Vec<Reply>) -> Result<(), End> {
+        if replies.is_empty() {
+            return Ok(());
+        }
+        self.out.send(replies).await.map_err(|_| End::Closed)
     }
 
     async fn request(&mut self, req: WatchRequest) -> Result<(), End> {
@@ -425,7 +561,7 @@ impl Session {
         if end.is_empty() {
             self.exact.entry(key).or_default().push(id);
         } else {
-            self.ranges.insert(id);
+            self.ranges.entry((key, end)).or_default().push(id);
         }
         self.watchers.insert(id, w);
         self.unsynced.push_back(id);
@@ -445,7 +581,13 @@ impl Session {
                 }
             }
         } else {
-            self.ranges.remove(&id);
+            let range = (w.key, w.end);
+            if let Some(ids) = self.ranges.get_mut(&range) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.ranges.remove(&range);
+                }
+            }
         }
         if w.synced {
             self.synced_count -= 1;
@@ -541,45 +683,99 @@ impl Session {
     }
 
     /// Consecutive revisions from the ring to the synced watchers they concern: one
-    /// response per watcher, every revision whole, in order.
+    /// response per watcher, every revision whole, in order. The watchers of one key or
+    /// range with the same options share one encoding of their events.
     async fn deliver(&mut self, batch: &[Arc<RevEvents>]) -> Result<(), End> {
-        let Some(last_rev) = batch.last().map(|r| r.rev) else { return Ok(()) };
-        let mut order: Vec<i64> = Vec::new();
-        let mut per: HashMap<i64, Vec<Event>> = HashMap::new();
-        for (rev, ev) in batch.iter().flat_map(|r| r.events.iter().map(move |e| (r, e))) {
-            let Some(kv) = &ev.kv else { continue };
-            let mut hit = |id: i64, w: &Watcher| {
-                if w.synced && rev.rev >= w.next_rev && wanted(w, ev) {
-                    per.entry(id)
-                        .or_insert_with(|| {
-                            order.push(id);
-                            Vec::new()
-                        })
-                        .push(shape(w, ev));
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else { return Ok(()) };
+        let first_rev = first.rev;
+        let header = encoded_header(self.header(last.rev));
+        let limit = self.api.max_request_bytes();
+        // The batch's events (revision index, event index) per group of watchers: single
+        // keys by hash, ranges by scan.
+        let mut hits: Vec<(Group, Vec<Pos>)> = Vec::new();
+        if !self.exact.is_empty() {
+            let mut at: HashMap<&Bytes, usize> = HashMap::new();
+            for (b, rev) in batch.iter().enumerate() {
+                for (j, ev) in rev.events.iter().enumerate() {
+                    let Some(kv) = &ev.kv else { continue };
+                    let Some((key, _)) = self.exact.get_key_value(&kv.key) else { continue };
+                    let i = *at.entry(key).or_insert_with(|| {
+                        hits.push((Group::Exact(key.clone()), Vec::new()));
+                        hits.len() - 1
+                    });
+                    hits[i].1.push((b, j));
                 }
+            }
+        }
+        for (key, end) in self.ranges.keys() {
+            let pos: Vec<Pos> = batch
+                .iter()
+                .enumerate()
+                .flat_map(|(b, rev)| rev.events.iter().enumerate().map(move |(j, ev)| (b, j, ev)))
+                .filter(|(_, _, ev)| ev.kv.as_ref().is_some_and(|kv| key_in_range(&kv.key, key, end)))
+                .map(|(b, j, _)| (b, j))
+                .collect();
+            if !pos.is_empty() {
+                hits.push((Group::Range(key.clone(), end.clone()), pos));
+            }
+        }
+        let mut out: Vec<Reply> = Vec::new();
+        let mut out_bytes = 0;
+        let mut heads = BytesMut::new();
+        for (group, pos) in hits {
+            let ids = match &group {
+                Group::Exact(key) => self.exact.get(key),
+                Group::Range(key, end) => self.ranges.get(&(key.clone(), end.clone())),
             };
-            if let Some(ids) = self.exact.get(&kv.key) {
-                for id in ids {
-                    if let Some(w) = self.watchers.get(id) {
-                        hit(*id, w);
+            let ids = ids.cloned().unwrap_or_default();
+            // The events of this group per options, encoded once.
+            let mut shared: Vec<(Options, Option<Bytes>)> = Vec::new();
+            for id in ids {
+                let Some(w) = self.watchers.get_mut(&id) else { continue };
+                if !w.synced {
+                    continue;
+                }
+                let options = Options {
+                    prev_kv: w.prev_kv,
+                    no_put: w.no_put,
+                    no_delete: w.no_delete,
+                    from: w.next_rev.max(first_rev),
+                };
+                let events = match shared.iter().find(|(o, _)| *o == options) {
+                    Some((_, events)) => events.clone(),
+                    None => {
+                        let events = select(batch, &pos, options);
+                        if let Some((events, fresh)) = &events
+                            && *fresh
+                        {
+                            out_bytes += events.len();
+                        }
+                        let events = events.map(|(events, _)| events);
+                        shared.push((options, events.clone()));
+                        events
                     }
+                };
+                let Some(events) = events else { continue };
+                w.sent = true;
+                let fragment = w.fragment;
+                let reply = Reply::compose(&mut heads, &header, id, events);
+                out_bytes += reply.head.len();
+                match (fragment && reply.encoded_len() >= limit).then(|| reply.decode()) {
+                    Some(Ok(resp)) => {
+                        for part in fragments(resp, limit) {
+                            out_bytes += part.encoded_len();
+                            out.push(Reply::new(&part));
+                        }
+                    }
+                    _ => out.push(reply),
                 }
-            }
-            for id in &self.ranges {
-                if let Some(w) = self.watchers.get(id)
-                    && key_in_range(&kv.key, &w.key, &w.end)
-                {
-                    hit(*id, w);
+                if out.len() >= REPLIES_PER_SEND || out_bytes >= SEND_BYTES {
+                    self.send_replies(std::mem::take(&mut out)).await?;
+                    out_bytes = 0;
                 }
             }
         }
-        for id in order {
-            let Some(events) = per.remove(&id) else { continue };
-            let resp =
-                WatchResponse { header: self.header(last_rev), watch_id: id, events, ..Default::default() };
-            self.send_events(id, resp).await?;
-        }
-        Ok(())
+        self.send_replies(out).await
     }
 
     /// One history batch for an unsynced watcher (which is not in `unsynced` meanwhile).
@@ -649,33 +845,99 @@ impl Session {
         if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
             return self.send(resp).await;
         }
-        for part in fragments(resp, limit) {
-            self.send(part).await?;
-        }
-        Ok(())
+        self.send_replies(fragments(resp, limit).iter().map(Reply::new).collect()).await
     }
 
     /// etcd's progress notification: to every synced watcher that asked for it and was
     /// sent nothing since the last tick, an empty response at the current revision.
     async fn progress_tick(&mut self) -> Result<(), End> {
         let rev = self.cursor - 1;
+        let header = self.header(rev);
         let mut due = Vec::new();
         for (&id, w) in self.watchers.iter_mut() {
             if w.progress_notify && w.synced && !w.sent {
-                due.push(id);
+                due.push(Reply::new(&WatchResponse { header, watch_id: id, ..Default::default() }));
             }
             w.sent = false;
         }
-        for id in due {
-            self.send(WatchResponse { header: self.header(rev), watch_id: id, ..Default::default() }).await?;
+        for replies in due.chunks(REPLIES_PER_SEND) {
+            self.send_replies(replies.to_vec()).await?;
         }
         Ok(())
     }
 }
 
 fn wanted(w: &Watcher, ev: &Event) -> bool {
+    passes(w.no_put, w.no_delete, ev)
+}
+
+fn passes(no_put: bool, no_delete: bool, ev: &Event) -> bool {
     let delete = ev.r#type == EventType::Delete as i32;
-    !(delete && w.no_delete || !delete && w.no_put)
+    !(delete && no_delete || !delete && no_put)
+}
+
+/// An event of a ring batch: the index of its revision in the batch, its index there.
+type Pos = (usize, usize);
+
+/// The watchers of one stream that see the same events: those of one key, or of one range.
+enum Group {
+    Exact(Bytes),
+    Range(Bytes, Bytes),
+}
+
+/// What makes the events of a group's watchers differ: whether they want `prev_kv`, their
+/// filters, and the first revision of the batch they take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Options {
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    from: i64,
+}
+
+/// The `events` field for the events at `pos` that pass `options`, in order; None if
+/// there are none. A revision taken whole is its shared encoding; the bool tells whether
+/// new bytes were encoded or copied for the result.
+fn select(batch: &[Arc<RevEvents>], pos: &[Pos], options: Options) -> Option<(Bytes, bool)> {
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut fresh = false;
+    for same_rev in pos.chunk_by(|a, b| a.0 == b.0) {
+        let Some(rev) = same_rev.first().and_then(|&(b, _)| batch.get(b)) else { continue };
+        if rev.rev < options.from {
+            continue;
+        }
+        let taken: Vec<&Event> = same_rev
+            .iter()
+            .filter_map(|&(_, j)| rev.events.get(j))
+            .filter(|ev| passes(options.no_put, options.no_delete, ev))
+            .collect();
+        if taken.len() == rev.events.len() {
+            parts.push(rev.encoded(options.prev_kv).clone());
+        } else if !taken.is_empty() {
+            let mut buf = BytesMut::new();
+            for ev in taken {
+                encode_event(ev, options.prev_kv, &mut buf);
+            }
+            parts.push(buf.freeze());
+            fresh = true;
+        }
+    }
+    match parts.len() {
+        0 => None,
+        1 => parts.pop().map(|part| (part, fresh)),
+        _ => {
+            let mut buf = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in &parts {
+                buf.put_slice(part);
+            }
+            Some((buf.freeze(), true))
+        }
+    }
+}
+
+/// A `WatchResponse` holding only `header`, encoded: the first field of every response.
+fn encoded_header(header: Option<raftkv_api::etcdserverpb::ResponseHeader>) -> Bytes {
+    Bytes::from(WatchResponse { header, ..Default::default() }.encode_to_vec())
 }
 
 fn shape(w: &Watcher, ev: &Event) -> Event {
@@ -706,23 +968,111 @@ fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     out
 }
 
-/// The gRPC Watch service.
-pub struct WatchService(pub Api);
+/// The gRPC Watch service: etcd's `Watch` method, its responses written as the sessions
+/// encoded them ([`Reply`]).
+#[derive(Clone)]
+pub struct WatchService {
+    api: Api,
+    /// The largest request message decoded.
+    limit: usize,
+}
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = crate::require_leader::UntilLeaderLost<
-        tokio_stream::wrappers::ReceiverStream<Result<WatchResponse, Status>>,
-    >;
+impl WatchService {
+    pub fn new(api: Api, limit: usize) -> WatchService {
+        WatchService { api, limit }
+    }
+}
 
-    async fn watch(
-        &self,
-        req: tonic::Request<tonic::Streaming<WatchRequest>>,
-    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
-        let required = crate::require_leader::required_by(&req);
-        let rx = start(self.0.clone(), Box::pin(req.into_inner()));
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
+impl tonic::server::NamedService for WatchService {
+    const NAME: &'static str = "etcdserverpb.Watch";
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<B> tower::Service<http::Request<B>> for WatchService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/etcdserverpb.Watch/Watch" {
+            return Box::pin(async {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(tonic::Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+                Ok(response)
+            });
+        }
+        let (api, limit) = (self.api.clone(), self.limit);
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(ReplyCodec).apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.streaming(WatchCall(api), req).await)
+        })
+    }
+}
+
+/// One Watch call.
+struct WatchCall(Api);
+
+impl tonic::server::StreamingService<WatchRequest> for WatchCall {
+    type Response = Reply;
+    type ResponseStream = crate::require_leader::UntilLeaderLost<Output>;
+    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, req: tonic::Request<tonic::Streaming<WatchRequest>>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move {
+            let required = crate::require_leader::required_by(&req);
+            let out = start(api.clone(), Box::pin(req.into_inner()));
+            Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&api, required, out)))
+        })
+    }
+}
+
+/// Requests decoded with prost, responses written as encoded.
+struct ReplyCodec;
+
+impl tonic::codec::Codec for ReplyCodec {
+    type Encode = Reply;
+    type Decode = WatchRequest;
+    type Encoder = ReplyCodec;
+    type Decoder = ReplyCodec;
+
+    fn encoder(&mut self) -> ReplyCodec {
+        ReplyCodec
+    }
+
+    fn decoder(&mut self) -> ReplyCodec {
+        ReplyCodec
+    }
+}
+
+impl tonic::codec::Encoder for ReplyCodec {
+    type Item = Reply;
+    type Error = Status;
+
+    fn encode(&mut self, item: Reply, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        item.write(dst);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ReplyCodec {
+    type Item = WatchRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<WatchRequest>, Status> {
+        WatchRequest::decode(src).map(Some).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
@@ -762,6 +1112,96 @@ mod tests {
         let parts =
             fragments(WatchResponse { events: vec![ev("a", 1000), ev("b", 1)], ..Default::default() }, 100);
         assert_eq!(parts.iter().map(|p| p.events.len()).collect::<Vec<_>>(), [1, 1]);
+    }
+
+    fn with_prev(key: &str, value_len: usize, delete: bool) -> Event {
+        Event {
+            r#type: if delete { EventType::Delete as i32 } else { EventType::Put as i32 },
+            prev_kv: Some(KeyValue {
+                key: key.to_string().into(),
+                value: "old".into(),
+                ..Default::default()
+            }),
+            ..ev(key, value_len)
+        }
+    }
+
+    fn without_prev(e: &Event) -> Event {
+        Event { prev_kv: None, ..e.clone() }
+    }
+
+    fn bytes_of(reply: &Reply) -> Vec<u8> {
+        let mut out = Vec::new();
+        reply.write(&mut out);
+        out
+    }
+
+    #[test]
+    fn composed_replies_are_the_prost_encoding() {
+        let events = vec![with_prev("a", 10, false), with_prev("b", 0, true), ev("c", 300)];
+        let rev = RevEvents::new(7, events.clone());
+        let header = Some(raftkv_api::etcdserverpb::ResponseHeader {
+            cluster_id: 1,
+            member_id: 2,
+            revision: 7,
+            raft_term: 3,
+        });
+        let mut heads = BytesMut::new();
+        for prev_kv in [false, true] {
+            for id in [0, 5, 1 << 40, -1] {
+                let reply =
+                    Reply::compose(&mut heads, &encoded_header(header), id, rev.encoded(prev_kv).clone());
+                let want = WatchResponse {
+                    header,
+                    watch_id: id,
+                    events: events
+                        .iter()
+                        .map(|e| if prev_kv { e.clone() } else { without_prev(e) })
+                        .collect(),
+                    ..Default::default()
+                };
+                assert_eq!(bytes_of(&reply), want.encode_to_vec());
+                assert_eq!(reply.encoded_len(), want.encoded_len());
+                assert_eq!(reply.decode().unwrap(), want);
+            }
+        }
+        let plain = WatchResponse { watch_id: -1, created: true, canceled: true, ..Default::default() };
+        assert_eq!(Reply::new(&plain).decode().unwrap(), plain);
+    }
+
+    #[test]
+    fn select_takes_whole_revisions_shared_and_filters_the_rest() {
+        let batch = vec![
+            Arc::new(RevEvents::new(10, vec![with_prev("a", 1, false), with_prev("b", 1, true)])),
+            Arc::new(RevEvents::new(11, vec![with_prev("a", 2, false)])),
+            Arc::new(RevEvents::new(12, vec![with_prev("x", 3, false), with_prev("a", 3, true)])),
+        ];
+        // The events on key "a" and on "b".
+        let pos: Vec<Pos> = vec![(0, 0), (0, 1), (1, 0), (2, 1)];
+        let events_of = |bytes: Bytes| Reply { head: Bytes::new(), events: bytes }.decode().unwrap().events;
+        let all = Options { prev_kv: true, no_put: false, no_delete: false, from: 10 };
+        let (bytes, fresh) = select(&batch, &pos, all).unwrap();
+        assert!(fresh);
+        let want: Vec<Event> = vec![
+            batch[0].events[0].clone(),
+            batch[0].events[1].clone(),
+            batch[1].events[0].clone(),
+            batch[2].events[1].clone(),
+        ];
+        assert_eq!(events_of(bytes), want);
+        // One whole revision: its shared encoding, nothing new.
+        let (bytes, fresh) = select(&batch, &pos[2..3], all).unwrap();
+        assert!(!fresh);
+        assert_eq!(bytes.as_ptr(), batch[1].encoded(true).as_ptr());
+        // Filters, prev_kv left out, and a first revision.
+        let no_delete = Options { prev_kv: false, no_delete: true, from: 11, ..all };
+        let (bytes, _) = select(&batch, &pos, no_delete).unwrap();
+        assert_eq!(events_of(bytes), vec![without_prev(&batch[1].events[0])]);
+        let no_put = Options { no_put: true, ..all };
+        let (bytes, _) = select(&batch, &pos, no_put).unwrap();
+        assert_eq!(events_of(bytes), vec![batch[0].events[1].clone(), batch[2].events[1].clone()]);
+        assert!(select(&batch, &pos, Options { from: 13, ..all }).is_none());
+        assert!(select(&batch, &pos[2..3], Options { no_put: true, ..all }).is_none());
     }
 
     #[test]

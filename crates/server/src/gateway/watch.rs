@@ -132,8 +132,8 @@ async fn watch(api: Api, body: Body) -> Response {
         tx.closed().await;
     });
     let out = crate::watch::start(api, Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
-    let lines = tokio_stream::wrappers::ReceiverStream::new(out).map(|item| {
-        let line = match item {
+    let lines = out.map(|item| {
+        let line = match item.and_then(|reply| reply.decode()) {
             Ok(resp) => json_line("result", &resp),
             Err(status) => json_line("error", &StreamError::of(&status)),
         };
