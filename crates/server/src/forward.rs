@@ -151,8 +151,20 @@ fn encode_answer<Resp: Message>(result: Result<Resp, Status>) -> Bytes {
     out.freeze()
 }
 
-fn decode_request<Req: Message + Default>(body: &[u8]) -> Result<Req, String> {
-    Req::decode(body).map_err(|e| format!("malformed request: {e}"))
+/// Why a peer's request got no answer from the handler (its text goes back to the peer as
+/// the transport's failure answer).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerRequestError {
+    #[error("empty request")]
+    Empty,
+    #[error("unknown call {0}")]
+    UnknownCall(u8),
+    #[error("malformed request: {0}")]
+    Malformed(#[from] raftkv_api::prost::DecodeError),
+}
+
+fn decode_request<Req: Message + Default>(body: &[u8]) -> Result<Req, PeerRequestError> {
+    Ok(Req::decode(body)?)
 }
 
 /// The member's handler of peer requests and member lists (registered with the transport).
@@ -163,9 +175,9 @@ pub struct PeerRequests {
 }
 
 impl PeerRequests {
-    async fn handle(self, from: NodeId, body: Bytes) -> Result<Bytes, String> {
-        let Some((&code, req)) = body.split_first() else { return Err("empty request".into()) };
-        let call = Call::from_code(code).ok_or_else(|| format!("unknown call {code}"))?;
+    async fn handle(self, from: NodeId, body: Bytes) -> Result<Bytes, PeerRequestError> {
+        let Some((&code, req)) = body.split_first() else { return Err(PeerRequestError::Empty) };
+        let call = Call::from_code(code).ok_or(PeerRequestError::UnknownCall(code))?;
         tracing::debug!(from = format!("{:x}", from.0), ?call, "request from a peer");
         Ok(match call {
             Call::MemberAdd => {
@@ -194,7 +206,8 @@ impl PeerRequests {
 
 impl PeerService for PeerRequests {
     fn request(&self, from: NodeId, body: Bytes) -> RequestFuture {
-        Box::pin(self.clone().handle(from, body))
+        let this = self.clone();
+        Box::pin(async move { this.handle(from, body).await.map_err(|e| e.to_string()) })
     }
 
     /// What etcd's peer `/members` tells: ids, names, peer URLs.

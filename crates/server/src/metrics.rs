@@ -422,12 +422,21 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self) -> Result<String, String> {
+    pub fn render(&self) -> Result<String, RenderError> {
         self.refresh();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).map_err(|e| e.to_string())?;
-        String::from_utf8(out).map_err(|e| e.to_string())
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8(out)?)
     }
+}
+
+/// Why the metrics could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot encode the metrics: {0}")]
+    Encode(#[from] prometheus::Error),
+    #[error("the metrics are not UTF-8: {0}")]
+    Utf8(#[from] std::string::FromUtf8Error),
 }
 
 fn observe_fsync(took: Duration) {
@@ -491,7 +500,7 @@ async fn metrics() -> Response {
         Ok(text) => {
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
