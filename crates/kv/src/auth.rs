@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use raftkv_api::authpb::permission::Type as PermType;
-use raftkv_api::raftkvpb::AuthCommand;
 use raftkv_api::raftkvpb::auth_command::Op;
+use raftkv_api::raftkvpb::{AuthAuthenticate, AuthCommand};
 use raftkv_api::tonic::Code;
 use raftkv_api::{Command, Request};
 use serde::{Deserialize, Serialize};
@@ -432,6 +432,10 @@ impl AuthStore {
                 }
                 true
             }
+            Op::Authenticate(r) => {
+                self.authenticate(r)?;
+                false
+            }
             Op::RoleRevokePermission(r) => {
                 let role = self.roles.get_mut(&r.role).ok_or(AuthError::RoleNotFound)?;
                 let before = role.perms.len();
@@ -447,6 +451,19 @@ impl AuthStore {
             self.refresh_cache();
         }
         Ok(())
+    }
+
+    /// Whether a simple token may be issued as `req` asks (auth enabled, the user still there
+    /// with the password the proposing member checked): the auth revision to record the token
+    /// at (see [`AuthStore::token_valid`]). Changes nothing.
+    pub fn authenticate(&self, req: &AuthAuthenticate) -> Result<u64, AuthError> {
+        if !self.enabled {
+            return Err(AuthError::AuthNotEnabled);
+        }
+        match self.users.get(&req.name) {
+            Some(u) if !u.no_password && u.since <= req.checked_revision => Ok(self.revision),
+            _ => Err(AuthError::AuthFailed),
+        }
     }
 
     fn enable(&mut self) -> Result<bool, AuthError> {
@@ -751,5 +768,55 @@ mod tests {
         assert!(!back.is_pristine());
         s.apply(&cmd(Op::UserDelete(AuthUserDeleteRequest { name: "u".into() }))).expect("delete");
         assert!(!s.token_valid("u", s.revision()));
+    }
+
+    /// Authenticate through the log: issued only with auth on, for a user that still has the
+    /// password checked at `checked_revision`; it changes neither the state nor the revision.
+    #[test]
+    fn authenticate_is_checked_at_apply_and_changes_nothing() {
+        let auth = |name: &str, checked_revision: u64| {
+            cmd(Op::Authenticate(AuthAuthenticate {
+                name: name.into(),
+                checked_revision,
+                simple_token_prefix: "p".into(),
+            }))
+        };
+        let mut off = AuthStore::new();
+        add_user(&mut off, "u").expect("add");
+        assert_eq!(
+            off.authenticate(&AuthAuthenticate { name: "u".into(), ..Default::default() }),
+            Err(AuthError::AuthNotEnabled)
+        );
+        let mut s = enabled_store();
+        add_user(&mut s, "u").expect("add");
+        let checked = s.revision();
+        let before = s.export();
+        assert_eq!(s.apply(&auth("u", checked)), Ok(()));
+        assert_eq!(s.export(), before, "no change, same revision");
+        assert_eq!(
+            s.authenticate(&AuthAuthenticate {
+                name: "u".into(),
+                checked_revision: checked,
+                ..Default::default()
+            }),
+            Ok(checked)
+        );
+        assert_eq!(s.apply(&auth("ghost", checked)), Err(AuthError::AuthFailed));
+        // Another change keeps a check valid; a new password voids it.
+        s.apply(&cmd(Op::RoleAdd(AuthRoleAddRequest { name: "r".into() }))).expect("role");
+        assert_eq!(s.apply(&auth("u", checked)), Ok(()));
+        let pw = cmd(Op::UserChangePassword(AuthUserChangePassword {
+            name: "u".into(),
+            hashed_password: "h2".into(),
+        }));
+        s.apply(&pw).expect("change");
+        assert_eq!(s.apply(&auth("u", checked)), Err(AuthError::AuthFailed));
+        assert_eq!(s.apply(&auth("u", s.revision())), Ok(()));
+        // Deleted (or re-added) meanwhile: no token.
+        let checked = s.revision();
+        s.apply(&cmd(Op::UserDelete(AuthUserDeleteRequest { name: "u".into() }))).expect("delete");
+        assert_eq!(s.apply(&auth("u", checked)), Err(AuthError::AuthFailed));
+        add_user(&mut s, "u").expect("re-add");
+        assert_eq!(s.apply(&auth("u", checked)), Err(AuthError::AuthFailed));
     }
 }

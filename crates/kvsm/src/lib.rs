@@ -45,7 +45,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raftkv_api::Command;
+use raftkv_api::raftkvpb::AuthCommand;
+use raftkv_api::raftkvpb::auth_command::Op as AuthOp;
+use raftkv_api::{Command, Request};
 use raftkv_kv::{ApplyResult, AuthError, AuthStore, ColdStore, KvConfig, KvError, KvStore, SnapshotPoint};
 use raftkv_node::{StateMachine, StateMachineError, Visit};
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,13 @@ pub trait Hooks: Send + Sync + 'static {
     fn snapshot_saved(&self, _took: Duration) {}
     /// A snapshot was restored, taking `took`.
     fn snapshot_restored(&self, _took: Duration) {}
+    /// An Authenticate command was applied: `user` holds the simple `token`, issued at auth
+    /// revision `issued_at`. Every member applies it, so every member can record the token
+    /// (simple tokens live outside the replicated state: not in snapshots, not persisted).
+    fn token_issued(&self, _user: &str, _token: &str, _issued_at: u64) {}
+    /// An applied auth command voided simple tokens: `Some(user)` that user's (deleted, or a
+    /// new password), `None` every token (auth disabled).
+    fn tokens_voided(&self, _user: Option<&str>) {}
 }
 
 /// Hooks that do nothing: a state machine on its own (tests, simulation).
@@ -96,6 +105,8 @@ pub enum Output {
     Kv(Result<ApplyResult, KvError>),
     /// An auth command's outcome, or a command refused for a stale auth check.
     Auth(Result<(), AuthError>),
+    /// An Authenticate command's outcome: the simple token issued (see [`Hooks::token_issued`]).
+    Authenticated(Result<String, AuthError>),
     Published,
     /// An Alarm request, or a command an active alarm refused ([`alarm`]).
     Alarm(alarm::AlarmOutcome),
@@ -188,6 +199,33 @@ impl<H: Hooks> KvMachine<H> {
         }
     }
 
+    /// Applies an auth command at log index `index`, telling the hooks which simple tokens it
+    /// issued or voided.
+    fn apply_auth(&mut self, index: u64, cmd: &AuthCommand) -> Output {
+        match &cmd.op {
+            Some(AuthOp::Authenticate(req)) => {
+                let issued = self.auth.authenticate(req).map(|issued_at| {
+                    let token = format!("{}.{index}", req.simple_token_prefix);
+                    self.hooks.token_issued(&req.name, &token, issued_at);
+                    token
+                });
+                Output::Authenticated(issued)
+            }
+            op => {
+                let out = self.auth.apply(cmd);
+                if out.is_ok() {
+                    match op {
+                        Some(AuthOp::Disable(_)) => self.hooks.tokens_voided(None),
+                        Some(AuthOp::UserDelete(r)) => self.hooks.tokens_voided(Some(&r.name)),
+                        Some(AuthOp::UserChangePassword(r)) => self.hooks.tokens_voided(Some(&r.name)),
+                        _ => {}
+                    }
+                }
+                Output::Auth(out)
+            }
+        }
+    }
+
     /// Encodes a publish entry (a member announcing its attributes through the log).
     pub fn encode_publish(request_id: u64, attributes: MemberAttributes) -> Vec<u8> {
         let mut out = vec![INTERNAL_TAG];
@@ -227,6 +265,9 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
                 let id = cmd.id;
                 if let Some(outcome) = self.alarms.intercept(&cmd) {
                     return Some((id, Output::Alarm(outcome)));
+                }
+                if let Some(Request::Auth(auth)) = &cmd.request {
+                    return Some((id, self.apply_auth(index, auth)));
                 }
                 if let Some(out) = self.auth.apply_command(&cmd) {
                     return Some((id, Output::Auth(out)));
@@ -615,5 +656,78 @@ mod tests {
         other.restore(&mut plain.as_slice(), plain.len() as u64).expect("restore");
         assert!(!other.auth.enabled());
         assert!(other.auth.user_names().is_empty());
+    }
+
+    /// Hooks that record the simple tokens they are told about.
+    #[derive(Default)]
+    struct TokenLog(std::sync::Mutex<Vec<String>>);
+
+    impl Hooks for TokenLog {
+        fn token_issued(&self, user: &str, token: &str, issued_at: u64) {
+            self.0.lock().expect("test lock").push(format!("{user} {token} {issued_at}"));
+        }
+        fn tokens_voided(&self, user: Option<&str>) {
+            self.0.lock().expect("test lock").push(format!("void {}", user.unwrap_or("*")));
+        }
+    }
+
+    /// Authenticate through the log: the token is `<prefix>.<index>`, handed to the hooks
+    /// with the auth revision; a password change, a delete and disabling auth void tokens.
+    #[test]
+    fn authenticate_issues_tokens_through_the_hooks() {
+        use raftkv_api::etcdserverpb::{AuthDisableRequest, AuthUserDeleteRequest};
+        use raftkv_api::raftkvpb::{AuthAuthenticate, AuthUserChangePassword};
+        let hooks = Arc::new(TokenLog::default());
+        let mut m = KvMachine::with_hooks(KvConfig::default(), ColdStore::memory(), hooks.clone());
+        let apply = |m: &mut KvMachine<TokenLog>, index: u64, op: AuthOp| {
+            let cmd = Command::auth(index, AuthCommand { op: Some(op) });
+            m.apply(index, &cmd.encode_to_bytes()).map(|(_, out)| out)
+        };
+        let user = |name: &str| {
+            AuthOp::UserAdd(AuthUserAdd {
+                name: name.into(),
+                hashed_password: "h".into(),
+                no_password: false,
+            })
+        };
+        let authenticate = |name: &str, checked_revision: u64| {
+            AuthOp::Authenticate(AuthAuthenticate {
+                name: name.into(),
+                checked_revision,
+                simple_token_prefix: "abc".into(),
+            })
+        };
+        apply(&mut m, 1, user("root"));
+        apply(
+            &mut m,
+            2,
+            AuthOp::UserGrantRole(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }),
+        );
+        apply(&mut m, 3, AuthOp::Enable(AuthEnableRequest {}));
+        let rev = m.auth.revision();
+        match apply(&mut m, 4, authenticate("root", rev)) {
+            Some(Output::Authenticated(Ok(token))) => assert_eq!(token, "abc.4"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(m.auth.revision(), rev, "issuing a token changes no auth state");
+        assert!(matches!(
+            apply(&mut m, 5, authenticate("ghost", rev)),
+            Some(Output::Authenticated(Err(AuthError::AuthFailed)))
+        ));
+        apply(&mut m, 6, user("u"));
+        apply(
+            &mut m,
+            7,
+            AuthOp::UserChangePassword(AuthUserChangePassword {
+                name: "u".into(),
+                hashed_password: "h2".into(),
+            }),
+        );
+        apply(&mut m, 8, AuthOp::UserDelete(AuthUserDeleteRequest { name: "u".into() }));
+        // A failed command voids nothing.
+        apply(&mut m, 9, AuthOp::UserDelete(AuthUserDeleteRequest { name: "u".into() }));
+        apply(&mut m, 10, AuthOp::Disable(AuthDisableRequest {}));
+        let log = hooks.0.lock().expect("test lock").clone();
+        assert_eq!(log, [format!("root abc.4 {rev}"), "void u".into(), "void u".into(), "void *".into()]);
     }
 }

@@ -13,9 +13,17 @@
 //!   into the command; the state machine refuses a command checked against an older auth
 //!   revision (etcd's "revision of auth store is old", which clients retry), so a permission
 //!   revoked while a write was in flight is honoured.
-//! * Tokens: etcd's "simple" tokens (the default): random, kept in memory on the member that
-//!   issued them, valid for `--auth-token-ttl` seconds after their last use, void once their
-//!   user is deleted or changes password. Or, with `--auth-token jwt,...`, signed JWTs
+//! * Tokens: etcd's "simple" tokens (the default), issued through the log so that every
+//!   member knows them ([`Api::authenticate`]): the receiving member checks the password and
+//!   proposes an `AuthAuthenticate` command (user, the auth revision checked at, the token's
+//!   random part; no password); every member applying it records `<random>.<raft index>` in
+//!   its [`Tokens`] through the state machine's hooks ([`crate::kvsm::ServerHooks`]), the
+//!   one table the checks here read. A member that has not applied that index yet waits for
+//!   it before checking a call ([`Api::await_token`]). Each member keeps a token for
+//!   `--auth-token-ttl` seconds after its last use there, at most [`MAX_TOKENS_PER_USER`] per
+//!   user and [`MAX_TOKENS`] in all; not persisted, not in snapshots (a restarted member
+//!   forgets them, as etcd's). Applied user deletes and password changes drop the user's
+//!   tokens on every member, disabling auth drops them all. Or, with `--auth-token jwt,...`, signed JWTs
 //!   ([`crate::jwt`]) that any member holding the key verifies: good until their `exp`, and
 //!   refused with "revision of auth store is old" once the auth state has changed since they
 //!   were issued (any user, role or permission change, as etcd), so the client authenticates
@@ -26,7 +34,6 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -36,7 +43,7 @@ use raftkv_api::etcdserverpb::auth_server::{Auth, AuthServer};
 use raftkv_api::etcdserverpb::request_op::Request as Op;
 use raftkv_api::etcdserverpb::*;
 use raftkv_api::raftkvpb::auth_command::Op as AuthOp;
-use raftkv_api::raftkvpb::{AuthCommand, AuthUserAdd, AuthUserChangePassword};
+use raftkv_api::raftkvpb::{AuthAuthenticate, AuthCommand, AuthUserAdd, AuthUserChangePassword};
 use raftkv_kv::{AuthError, AuthStore};
 use tonic::{Request, Response, Status};
 
@@ -47,8 +54,11 @@ use crate::service::Api;
 pub const DEFAULT_TOKEN_TTL: u64 = 300;
 /// etcd's default `--bcrypt-cost`.
 pub const DEFAULT_BCRYPT_COST: u32 = 10;
-/// Tokens a member keeps at most; past it, the one closest to expiry goes.
+/// Simple tokens a member keeps at most; past it, the 1% closest to expiry go.
 const MAX_TOKENS: usize = 100_000;
+/// Simple tokens a member keeps at most per user; past it, that user's token closest to
+/// expiry goes (a client authenticating in a loop evicts its own tokens, not others').
+const MAX_TOKENS_PER_USER: usize = 1_000;
 /// A token (or name) longer than this is refused without a lookup.
 const MAX_TOKEN_BYTES: usize = 256;
 /// Bounds the bcrypt input as the algorithm does (it reads 72 bytes); longer passwords are
@@ -111,8 +121,11 @@ tokio::task_local! {
     static CALL: Call;
 }
 
-/// Runs `f` as `call`.
-pub async fn scoped<F: Future>(call: Call, f: F) -> F::Output {
+/// Runs `f` as `call`, once this member has applied the entry that issued the call's simple
+/// token (see [`Api::await_token`]).
+pub async fn scoped<F: Future>(api: &Api, call: Call, f: F) -> F::Output {
+    let index = call.token.as_deref().and_then(token_index);
+    api.await_token(index).await;
     CALL.scope(call, f).await
 }
 
@@ -129,11 +142,22 @@ pub fn inherit<F: Future>(f: F) -> impl Future<Output = F::Output> {
 
 /// Router middleware: every request the router serves runs in its caller's scope.
 pub async fn scope_request(
+    axum::extract::State(api): axum::extract::State<Api>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let call = Call::from_headers(req.headers(), req.extensions().get::<ClientCn>());
-    CALL.scope(call, next.run(req)).await
+    scoped(&api, call, next.run(req)).await
+}
+
+/// The Raft index a simple token names: the index of the Authenticate entry that issued it
+/// (`<random>.<index>`).
+fn token_index(token: &str) -> Option<u64> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    let (_, index) = token.rsplit_once('.')?;
+    index.parse().ok()
 }
 
 /// The auth revision the current call's permissions were checked against (0: none).
@@ -169,42 +193,111 @@ struct Token {
     /// The auth revision when it was issued.
     issued_at: u64,
     expires: Instant,
+    /// Recording order, to break ties between equal expiry instants.
+    seq: u64,
 }
 
-/// A member's simple tokens.
+/// The simple tokens a member holds: recorded when an Authenticate command is applied (so
+/// every member holds every token), bounded per user and in all.
+#[derive(Default)]
+struct TokenTable {
+    tokens: HashMap<String, Token>,
+    /// Each user's tokens.
+    by_user: HashMap<String, Vec<String>>,
+    recorded: u64,
+}
+
+impl TokenTable {
+    fn remove(&mut self, token: &str) {
+        let Some(t) = self.tokens.remove(token) else { return };
+        if let Some(list) = self.by_user.get_mut(&t.user) {
+            list.retain(|k| k != token);
+            if list.is_empty() {
+                self.by_user.remove(&t.user);
+            }
+        }
+    }
+
+    /// Removes the expired tokens (of `user`, or all), then the ones closest to expiry until
+    /// at most `keep` are left.
+    fn make_room(&mut self, user: Option<&str>, now: Instant, keep: usize) {
+        let keys: Box<dyn Iterator<Item = &String>> = match user {
+            Some(user) => Box::new(self.by_user.get(user).into_iter().flatten()),
+            None => Box::new(self.tokens.keys()),
+        };
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for k in keys {
+            let Some(t) = self.tokens.get(k) else { continue };
+            if t.expires <= now {
+                gone.push(k.clone());
+            } else {
+                live.push((t.expires, t.seq, k));
+            }
+        }
+        if live.len() > keep {
+            let excess = live.len() - keep;
+            live.select_nth_unstable(excess - 1);
+            gone.extend(live[..excess].iter().map(|(_, _, k)| (*k).clone()));
+        }
+        for k in &gone {
+            self.remove(k);
+        }
+    }
+
+    fn remove_user(&mut self, user: &str) {
+        for token in self.by_user.remove(user).unwrap_or_default() {
+            self.tokens.remove(&token);
+        }
+    }
+}
+
+/// A member's simple tokens (etcd's simple-token keeper): each lives `ttl` after its last
+/// use on this member.
 pub struct Tokens {
-    map: Mutex<HashMap<String, Token>>,
+    table: Mutex<TokenTable>,
     ttl: Duration,
-    next: AtomicU64,
 }
 
 const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
+/// The random part of a new simple token (etcd's form: 16 random letters; the members
+/// append a dot and the Raft index of the Authenticate entry).
+fn token_prefix() -> Result<String, Status> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| Status::internal(format!("no randomness for a token: {e}")))?;
+    Ok(random.iter().map(|b| LETTERS[*b as usize % LETTERS.len()] as char).collect())
+}
+
 impl Tokens {
     pub fn new(ttl: Duration) -> Tokens {
-        Tokens { map: Mutex::new(HashMap::new()), ttl, next: AtomicU64::new(1) }
+        Tokens { table: Mutex::new(TokenTable::default()), ttl }
     }
 
-    /// A new token for `user` (etcd's form: 16 random letters, a dot, a counter).
-    fn issue(&self, user: &str, issued_at: u64) -> Result<String, Status> {
-        let mut random = [0u8; 16];
-        getrandom::fill(&mut random)
-            .map_err(|e| Status::internal(format!("no randomness for a token: {e}")))?;
-        let mut token: String = random.iter().map(|b| LETTERS[*b as usize % LETTERS.len()] as char).collect();
-        token.push('.');
-        token.push_str(&self.next.fetch_add(1, Ordering::Relaxed).to_string());
+    /// Records `token` for `user`, issued at auth revision `issued_at`. At
+    /// [`MAX_TOKENS_PER_USER`] for the user, its expired tokens go, then its one closest to
+    /// expiry; at [`MAX_TOKENS`] in all, expired tokens go, then the 1% closest to expiry (one
+    /// pass over the table per 1,000 new tokens at most).
+    pub fn record(&self, user: &str, token: &str, issued_at: u64) {
+        if token.len() > MAX_TOKEN_BYTES {
+            return;
+        }
         let now = Instant::now();
-        let mut map = self.map.lock();
-        if map.len() >= MAX_TOKENS {
-            map.retain(|_, t| t.expires > now);
+        let mut table = self.table.lock();
+        table.remove(token);
+        if table.by_user.get(user).is_some_and(|l| l.len() >= MAX_TOKENS_PER_USER) {
+            table.make_room(Some(user), now, MAX_TOKENS_PER_USER - 1);
         }
-        if map.len() >= MAX_TOKENS
-            && let Some(oldest) = map.iter().min_by_key(|(_, t)| t.expires).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+        if table.tokens.len() >= MAX_TOKENS {
+            table.make_room(None, now, MAX_TOKENS - MAX_TOKENS / 100);
         }
-        map.insert(token.clone(), Token { user: user.to_string(), issued_at, expires: now + self.ttl });
-        Ok(token)
+        table.recorded += 1;
+        let seq = table.recorded;
+        table.tokens.insert(
+            token.to_string(),
+            Token { user: user.to_string(), issued_at, expires: now + self.ttl, seq },
+        );
+        table.by_user.entry(user.to_string()).or_default().push(token.to_string());
     }
 
     /// The user and issue revision of a live token, extending its life (etcd resets a simple
@@ -214,35 +307,55 @@ impl Tokens {
             return None;
         }
         let now = Instant::now();
-        let mut map = self.map.lock();
-        let t = map.get_mut(token)?;
+        let mut table = self.table.lock();
+        let t = table.tokens.get_mut(token)?;
         if t.expires <= now {
-            map.remove(token);
+            table.remove(token);
             return None;
         }
         t.expires = now + self.ttl;
         Some((t.user.clone(), t.issued_at))
     }
 
-    /// Forgets every token (auth was disabled).
-    fn clear(&self) {
-        self.map.lock().clear();
+    /// Forgets `user`'s tokens (deleted, or a new password), or every token (auth disabled).
+    pub fn void(&self, user: Option<&str>) {
+        let mut table = self.table.lock();
+        match user {
+            Some(user) => table.remove_user(user),
+            None => *table = TokenTable::default(),
+        }
+    }
+
+    /// How many tokens are held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.lock().tokens.len()
     }
 }
 
-/// A member's auth runtime: its tokens and settings.
+/// A member's auth runtime: its tokens (shared with the state machine's hooks, which record
+/// and void them as auth commands are applied) and settings.
 pub struct AuthRuntime {
-    pub tokens: Tokens,
+    pub tokens: Arc<Tokens>,
     pub options: AuthOptions,
 }
 
 impl AuthRuntime {
-    pub fn new(options: AuthOptions) -> AuthRuntime {
-        AuthRuntime { tokens: Tokens::new(options.token_ttl), options }
+    pub fn new(options: AuthOptions, tokens: Arc<Tokens>) -> AuthRuntime {
+        AuthRuntime { tokens, options }
     }
 }
 
 impl Api {
+    /// etcd's `isValidSimpleToken`: a member that has not yet applied the entry that issued
+    /// the call's simple token (at `index`) waits for it (at most the request timeout), so a
+    /// client may use a token on any member as soon as it has it. The checks then find the
+    /// token, or not.
+    async fn await_token(&self, index: Option<u64>) {
+        let Some(index) = index.filter(|_| self.auth.options.jwt.is_none()) else { return };
+        let _ = tokio::time::timeout(self.request_timeout(), self.node.wait_applied(index)).await;
+    }
+
     /// Checks the current call's key permissions with `check` (given the state and the
     /// caller's user name, if any) and records the auth revision it checked against. Outside a
     /// call scope (a member's own work) everything is allowed. A JWT issued before the last
@@ -383,7 +496,12 @@ impl Api {
             .map_err(|e| Status::internal(format!("password hashing failed: {e}")))
     }
 
-    /// Authenticate: checks the password against the applied state and issues a token.
+    /// Authenticate: checks the password against the applied state and issues a token. A JWT
+    /// is signed here; a simple token is issued through the log (etcd's
+    /// InternalAuthenticateRequest), so every member records it: the entry names the user, the
+    /// auth revision the password was checked at and the token's random part, never the
+    /// password. Applying it refuses the token if the user was deleted or its password changed
+    /// meanwhile.
     pub async fn authenticate(&self, req: AuthenticateRequest) -> Result<AuthenticateResponse, Status> {
         let (hash, revision) = self
             .auth_read(|a| {
@@ -405,7 +523,18 @@ impl Api {
         }
         let token = match &self.auth.options.jwt {
             Some(jwt) => jwt.issue(&req.name, revision).map_err(|e| Status::unknown(e.to_string()))?,
-            None => self.auth.tokens.issue(&req.name, revision)?,
+            None => {
+                let op = AuthOp::Authenticate(AuthAuthenticate {
+                    name: req.name.clone(),
+                    checked_revision: revision,
+                    simple_token_prefix: token_prefix()?,
+                });
+                let cmd = AuthCommand { op: Some(op) };
+                match self.propose_command(|id| Command::auth(id, cmd)).await? {
+                    Output::Authenticated(result) => result.map_err(status)?,
+                    _ => return Err(Status::internal("unexpected result for an authenticate request")),
+                }
+            }
         };
         tracing::info!(user = %req.name, "authenticated a user");
         Ok(AuthenticateResponse { header: self.auth_header(), token })
@@ -421,7 +550,6 @@ impl Api {
     pub async fn auth_disable(&self) -> Result<AuthDisableResponse, Status> {
         self.require_admin()?;
         self.propose_auth(AuthOp::Disable(AuthDisableRequest {})).await?;
-        self.auth.tokens.clear();
         tracing::info!("disabled authentication");
         Ok(AuthDisableResponse { header: self.auth_header() })
     }
@@ -824,16 +952,52 @@ mod tests {
 
     #[test]
     fn tokens_expire_are_bounded_and_refuse_oversized_lookups() {
-        let tokens = Tokens::new(Duration::from_millis(50));
-        let t = tokens.issue("u", 3).expect("issue");
-        assert_eq!(t.split('.').next().map(str::len), Some(16));
-        assert_eq!(tokens.lookup(&t), Some(("u".to_string(), 3)));
-        assert_ne!(tokens.issue("u", 3).expect("issue"), t, "tokens differ");
+        let tokens = Tokens::new(Duration::from_millis(200));
+        let prefix = token_prefix().expect("prefix");
+        assert_eq!(prefix.len(), 16);
+        assert_ne!(token_prefix().expect("prefix"), prefix, "prefixes differ");
+        tokens.record("u", "t.1", 3);
+        assert_eq!(tokens.lookup("t.1"), Some(("u".to_string(), 3)));
+        assert_eq!(tokens.lookup("t.2"), None);
         assert_eq!(tokens.lookup(&"x".repeat(100_000)), None);
-        std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(tokens.lookup(&t), None, "expired");
-        tokens.clear();
-        assert!(tokens.map.lock().is_empty());
+        tokens.record("u", &"x".repeat(MAX_TOKEN_BYTES + 1), 3);
+        assert_eq!(tokens.len(), 1, "oversized tokens are not recorded");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(tokens.lookup("t.1"), None, "expired");
+        assert_eq!(tokens.len(), 0, "an expired token found is dropped");
+        // Per user: past the bound, the user's own token closest to expiry goes.
+        for i in 0..MAX_TOKENS_PER_USER + 5 {
+            tokens.record("loop", &format!("l.{i}"), 1);
+        }
+        tokens.record("other", "o.1", 1);
+        assert_eq!(tokens.len(), MAX_TOKENS_PER_USER + 1);
+        assert_eq!(tokens.lookup("l.0"), None, "the oldest went");
+        assert!(tokens.lookup(&format!("l.{}", MAX_TOKENS_PER_USER + 4)).is_some());
+        assert!(tokens.lookup("o.1").is_some());
+        // Voiding a user's tokens, then every token.
+        tokens.void(Some("loop"));
+        assert_eq!(tokens.len(), 1);
+        assert!(tokens.lookup("o.1").is_some());
+        tokens.void(None);
+        assert_eq!(tokens.len(), 0);
+        assert!(tokens.table.lock().by_user.is_empty());
+    }
+
+    #[test]
+    fn tokens_are_bounded_in_all() {
+        let tokens = Tokens::new(Duration::from_secs(60));
+        let users = MAX_TOKENS / MAX_TOKENS_PER_USER + 1;
+        for u in 0..users {
+            for i in 0..MAX_TOKENS_PER_USER {
+                tokens.record(&format!("u{u}"), &format!("t{u}.{i}"), 1);
+            }
+        }
+        assert!(tokens.len() <= MAX_TOKENS, "{}", tokens.len());
+        assert!(tokens.len() > MAX_TOKENS - MAX_TOKENS / 50, "{}", tokens.len());
+        assert_eq!(tokens.lookup("t0.0"), None, "the ones closest to expiry went");
+        assert!(tokens.lookup(&format!("t{}.{}", users - 1, MAX_TOKENS_PER_USER - 1)).is_some());
+        let table = tokens.table.lock();
+        assert_eq!(table.by_user.values().map(Vec::len).sum::<usize>(), MAX_TOKENS, "the index follows");
     }
 
     #[test]

@@ -337,7 +337,7 @@ async fn kv_call(
     // The same caller resolution and checks as every other path (see crate::auth).
     let caller = Call::from_headers(request.headers(), cn.as_ref());
     let deadline = request.headers().get("grpc-timeout").map(|v| grpc_timeout(v.as_bytes()));
-    let run = crate::auth::scoped(caller, run_kv_call(call, request, &api));
+    let run = crate::auth::scoped(&api, caller, run_kv_call(call, request, &api));
     let result = match deadline {
         None => run.await,
         Some(Err(status)) => Err(status),

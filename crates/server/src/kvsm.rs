@@ -1,6 +1,6 @@
 //! The server's side of the replicated state machine ([`raftkv_kvsm`]): applied changes go
 //! to the watch streams, snapshot timings to the metrics, a due history rewrite to the
-//! background defragmentation.
+//! background defragmentation, applied Authenticate commands to the member's simple tokens.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use raftkv_kv::{ColdStore, KvConfig, KvStore};
 pub use raftkv_kvsm::{MemberAttributes, Output};
 use tokio::sync::Notify;
 
+use crate::auth::Tokens;
 use crate::watch::WatchHub;
 
 /// The state machine as the server runs it.
@@ -21,6 +22,9 @@ pub struct ServerHooks {
     /// Notified when compaction has left the history store due for a rewrite
     /// ([`crate::defrag::rewrite_after_compaction`] carries it out off the apply path).
     pub rewrite_due: Arc<Notify>,
+    /// This member's simple auth tokens: applied Authenticate commands record them, applied
+    /// auth changes void them ([`crate::auth`]).
+    pub tokens: Arc<Tokens>,
 }
 
 impl raftkv_kvsm::Hooks for ServerHooks {
@@ -45,10 +49,23 @@ impl raftkv_kvsm::Hooks for ServerHooks {
     fn snapshot_restored(&self, took: Duration) {
         crate::metrics::get().snapshot_restored(took);
     }
+
+    fn token_issued(&self, user: &str, token: &str, issued_at: u64) {
+        self.tokens.record(user, token, issued_at);
+    }
+
+    fn tokens_voided(&self, user: Option<&str>) {
+        self.tokens.void(user);
+    }
 }
 
-/// The server's state machine: history in `cold`, a fresh watch hub.
-pub fn new_machine(config: KvConfig, cold: ColdStore) -> KvMachine {
-    let hooks = ServerHooks { watch: WatchHub::new(1), rewrite_due: Arc::new(Notify::new()) };
+/// The server's state machine: history in `cold`, a fresh watch hub, simple auth tokens
+/// that live `token_ttl` after their last use.
+pub fn new_machine(config: KvConfig, cold: ColdStore, token_ttl: Duration) -> KvMachine {
+    let hooks = ServerHooks {
+        watch: WatchHub::new(1),
+        rewrite_due: Arc::new(Notify::new()),
+        tokens: Arc::new(Tokens::new(token_ttl)),
+    };
     KvMachine::with_hooks(config, cold, Arc::new(hooks))
 }

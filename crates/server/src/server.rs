@@ -126,8 +126,8 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|source| ServerError::HistoryCache { dir: member_dir.clone(), source })?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let mut sm =
-        crate::kvsm::new_machine(kv_config, cold).with_segment_dir(member_dir.join("snapshot-history"));
+    let mut sm = crate::kvsm::new_machine(kv_config, cold, config.auth.token_ttl)
+        .with_segment_dir(member_dir.join("snapshot-history"));
     // The bootstrap members; a snapshot's registry replaces them, configuration changes
     // in the log update them.
     sm.registry = crate::membership::seed_registry(&record.members);
@@ -207,7 +207,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         .merge(crate::auth::gateway_router(api.clone()))
         .merge(crate::gateway::recipes::router(recipes, api.max_request_bytes()))
         // Every request the router serves runs as its caller (see crate::auth).
-        .layer(axum::middleware::from_fn(crate::auth::scope_request));
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::auth::scope_request));
     crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));
     let metrics_router = crate::metrics::router(api.clone());
     let router = router.merge(metrics_router.clone());

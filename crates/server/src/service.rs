@@ -81,7 +81,10 @@ fn kv_status(e: KvError) -> Status {
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
         let quota = crate::quota::Quota::new(config.quota);
-        let auth = Arc::new(crate::auth::AuthRuntime::new(config.auth.clone()));
+        // One token table: the state machine's hooks record and void tokens as auth commands
+        // are applied, the checks here look them up.
+        let tokens = node.shared.sm.read().hooks.tokens.clone();
+        let auth = Arc::new(crate::auth::AuthRuntime::new(config.auth.clone(), tokens));
         Api {
             node,
             config: Arc::new(config),
@@ -177,7 +180,7 @@ impl Api {
                 || Status::internal("unexpected result for a key-value request"),
                 |e| Status::new(e.grpc_code(), e.message()),
             )),
-            Output::Published | Output::Members => {
+            Output::Published | Output::Members | Output::Authenticated(_) => {
                 Err(Status::internal("unexpected result for a key-value request"))
             }
         }

@@ -438,6 +438,76 @@ async fn auth_state_survives_restart_and_snapshot_install() {
     c.assert_running();
 }
 
+/// Alice's token reads `foo` and writes `pre/` on `port`, root's computes HashKV there.
+async fn tokens_work_on(port: u16, root: &str, alice: &str, value: &str) {
+    let mut kv = common::kv(port);
+    kv.put(with_token(put("pre/k", value), alice))
+        .await
+        .expect("alice puts with a token from another member");
+    let got = kv
+        .range(with_token(range("foo"), alice))
+        .await
+        .expect("alice reads with a token from another member");
+    assert_eq!(got.into_inner().kvs.len(), 1);
+    let hash = common::maintenance(port).hash_kv(with_token(HashKvRequest { revision: 0 }, root)).await;
+    assert!(hash.is_ok(), "root's HashKV with a token from another member: {hash:?}");
+}
+
+/// Simple tokens are issued through the log (as etcd's): a token one member issues works on
+/// every member at once (Range, Put, HashKV), still works after a leader change, and is void
+/// on every member once its user's password changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_tokens_are_valid_on_every_member() {
+    let mut c = Cluster::start(3, Opts::default());
+    let leader = c.wait_leader(START).await;
+    common::put(c.port(leader), "foo", "bar").await.expect("put");
+    set_up_users(c.port(leader)).await;
+    // Issued by a follower (through the leader's log) and by the leader.
+    let follower = (leader + 1) % 3;
+    let root = authenticate(c.port(follower), "root", "rootpw").await.expect("root token");
+    let alice = authenticate(c.port(leader), "alice", "alicepw").await.expect("alice token");
+    for i in 0..3 {
+        tokens_work_on(c.port(i), &root, &alice, &format!("v{i}")).await;
+    }
+
+    // A leader change: every member keeps the tokens it applied.
+    let target = (leader + 2) % 3;
+    let target_id = common::status(c.port(target)).await.expect("status").header.expect("header").member_id;
+    let moved = common::maintenance(c.port(leader))
+        .move_leader(with_token(MoveLeaderRequest { target_id }, &root))
+        .await;
+    assert!(moved.is_ok(), "move leader: {moved:?}");
+    let new_leader = c.wait_leader(START).await;
+    assert_ne!(new_leader, leader, "the leader moved");
+    for i in 0..3 {
+        tokens_work_on(c.port(i), &root, &alice, &format!("w{i}")).await;
+    }
+
+    // Alice's new password voids her tokens on every member, not root's; a new token works.
+    let change = AuthUserChangePasswordRequest { name: "alice".into(), password: "newpw".into() };
+    auth_client(c.port(follower))
+        .user_change_password(with_token(change, &root))
+        .await
+        .expect("change password");
+    for i in 0..3 {
+        assert_status(
+            common::kv(c.port(i)).range(with_token(range("foo"), &alice)).await,
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token",
+        );
+    }
+    assert_status(
+        authenticate(c.port(leader), "alice", "alicepw").await,
+        Code::InvalidArgument,
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    let alice = authenticate(c.port(new_leader), "alice", "newpw").await.expect("alice's new token");
+    for i in 0..3 {
+        tokens_work_on(c.port(i), &root, &alice, &format!("x{i}")).await;
+    }
+    c.assert_running();
+}
+
 /// Once auth is enabled, listing alarms is open to any caller (as etcd 3.4) and raising or
 /// clearing one needs an administrator (etcd 3.4.23 checked nothing: any client could raise
 /// NOSPACE and stop every write), refused as etcd's Maintenance service refuses. The

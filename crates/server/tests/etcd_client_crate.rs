@@ -106,8 +106,5 @@ async fn etcd_client_crate_put_get_delete_txn_compact(mode: Mode) {
     }
 }
 // Secure mode: the client on all three endpoints authenticates with one member and sends
-// its calls to any: refused by the others until simple tokens are valid cluster-wide as etcd's.
-in_both_modes!(
-    etcd_client_crate_put_get_delete_txn_compact,
-    ignore_secure = "raftkv bug: a simple token is valid only on the member that issued it (etcd 3.4 assigns it through the log on every member)"
-);
+// its calls to any: every member accepts the token, as etcd's.
+in_both_modes!(etcd_client_crate_put_get_delete_txn_compact);

@@ -342,12 +342,8 @@ async fn etcdctl_against_a_three_member_cluster(mode: Mode) {
     assert_eq!(text.lines().filter(|l| l.contains(" is healthy: ")).count(), 2, "{text}");
 }
 // Secure mode: etcdctl authenticates once and calls every endpoint with that token (`endpoint
-// hashkv`, and puts through the balancer): refused by the other members until simple tokens
-// are valid cluster-wide as etcd's.
-in_both_modes!(
-    etcdctl_against_a_three_member_cluster,
-    ignore_secure = "raftkv bug: a simple token is valid only on the member that issued it (etcd 3.4 assigns it through the log on every member)"
-);
+// hashkv`, and puts through the balancer): every member accepts it, as etcd's.
+in_both_modes!(etcdctl_against_a_three_member_cluster);
 
 /// `etcdctl endpoint status` with scheme-prefixed endpoints (`http://127.0.0.1:P`), which is
 /// also what `endpoint status --cluster` uses (the members' client URLs). etcdctl 3.4 then
