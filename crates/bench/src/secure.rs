@@ -255,12 +255,21 @@ pub async fn channel(
     url: &str,
     timeout: std::time::Duration,
 ) -> Result<Channel, BenchError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+    let tls = security.tls_config().cloned();
+    // With TLS the connector below does the handshake itself, so tonic is given the
+    // endpoint as `http://`: a tonic built with its own TLS feature (as feature unification
+    // in a workspace build can make it) refuses an `https://` endpoint it has no TLS
+    // configuration for.
+    let endpoint_url = match (&tls, url.strip_prefix("https://")) {
+        (Some(_), Some(rest)) => format!("http://{rest}"),
+        _ => url.to_string(),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint_url)
         .map_err(|e| BenchError::bad_endpoint(url, e))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(timeout)
         .tcp_nodelay(true);
-    let Some(config) = security.tls_config().cloned() else {
+    let Some(config) = tls else {
         return endpoint.connect().await.map_err(|e| BenchError::connect(url, e));
     };
     let target = url.to_string();
