@@ -119,6 +119,16 @@ async fn requests_are_answered_by_the_service_and_connections_reused() {
     assert_eq!(sa.messages_received, 0);
 }
 
+/// Waits (at most 10 s) until `done` holds, failing early if `task` ends first.
+async fn wait_until<T>(task: &tokio::task::JoinHandle<T>, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(!task.is_finished(), "the request ended before it was served");
+        assert!(Instant::now() < deadline, "the request was not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sizes_deadlines_and_requests_in_flight_are_bounded() {
     let (a, b) = pair(|c| {
@@ -145,6 +155,20 @@ async fn sizes_deadlines_and_requests_in_flight_are_bounded() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2));
+    // The sender's own timeout can fire before the acceptor's (which starts later), so the
+    // timed-out handler may still hold the one slot for a moment: wait until a quick request
+    // is served again before the concurrency check.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.t.request(NodeId(1), Bytes::from_static(b"probe"), SECOND).await {
+            Ok(got) => {
+                assert_eq!(text(got), "from 2: probe");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "the acceptor never served again: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // ... and handles one at a time here: a second concurrent request is answered Overloaded.
     let served = a.t.stats().requests_served;
     let t = b.t.clone();
@@ -152,9 +176,7 @@ async fn sizes_deadlines_and_requests_in_flight_are_bounded() {
         tokio::spawn(
             async move { t.request(NodeId(1), Bytes::from_static(b"sleep 1000"), SECOND * 5).await },
         );
-    while a.t.stats().requests_served == served {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(&slow, || a.t.stats().requests_served > served).await;
     let refused = b.t.request(NodeId(1), Bytes::from_static(b"quick"), SECOND).await;
     assert!(
         matches!(&refused, Err(e @ RequestError::Remote { code: ResponseCode::Overloaded, .. }) if e.unhandled()),
@@ -172,7 +194,10 @@ async fn sizes_deadlines_and_requests_in_flight_are_bounded() {
             t.request(NodeId(1), Bytes::from_static(b"sleep 1000"), SECOND * 5).await
         }));
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
     while a.t.stats().requests_served < 2 {
+        assert!(Instant::now() < deadline, "the two slow requests were not both served");
+        assert!(slow.iter().all(|s| !s.is_finished()), "a slow request ended early");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(matches!(
