@@ -713,7 +713,7 @@ impl Sim {
                     .collect();
                 if self.phase == Phase::Faults && down < self.params.max_down && !candidates.is_empty() {
                     let n = self.rng.pick(&candidates);
-                    self.crash_for(n, self.params.lag_downtime_us);
+                    self.crash_for(n, self.params.lag_downtime_us, true);
                 }
                 Ok(())
             }
@@ -1026,18 +1026,29 @@ impl Sim {
 
     fn crash(&mut self, n: usize) {
         let downtime = self.rng.between(self.params.downtime_us.0, self.params.downtime_us.1);
-        self.crash_for(n, downtime);
+        self.crash_for(n, downtime, true);
     }
 
-    /// Node `n` loses power: with the seed's chances, the disk got a prefix of the pending
-    /// jobs out first (nobody heard of it), and the next one is cut in the middle of its
-    /// write (the file system keeps a random prefix of what it wrote, the last record
-    /// possibly torn). Whatever was not synced is lost.
-    fn crash_for(&mut self, n: usize, downtime: u64) {
+    /// Node `n` stops on a failed disk job. Its disk worker wrote nothing after the failure
+    /// (the server's disk thread returns at the error), so none of the jobs queued behind
+    /// it reaches the disk, not even in part.
+    fn stop_on_disk_error(&mut self, n: usize) {
+        let downtime = self.rng.between(self.params.downtime_us.0, self.params.downtime_us.1);
+        self.crash_for(n, downtime, false);
+    }
+
+    /// Node `n` loses power: with the seed's chances (when `pending_may_land`), the disk got
+    /// a prefix of the pending jobs out first (nobody heard of it), and the next one is cut
+    /// in the middle of its write (the file system keeps a random prefix of what it wrote,
+    /// the last record possibly torn). Whatever was not synced is lost.
+    fn crash_for(&mut self, n: usize, downtime: u64, pending_may_land: bool) {
         let Some(mut live) = self.nodes[n].live.take() else { return };
         let total = live.jobs.len();
-        let kept =
-            if self.params.crash_keeps_prefix { self.rng.between(0, total as u64) as usize } else { 0 };
+        let kept = if pending_may_land && self.params.crash_keeps_prefix {
+            self.rng.between(0, total as u64) as usize
+        } else {
+            0
+        };
         let fs = self.nodes[n].fs.clone();
         let mut written = 0;
         for mut job in live.jobs.drain(..kept) {
@@ -1049,7 +1060,8 @@ impl Sim {
             written += 1;
         }
         let mut mode = CrashMode::LoseUnsynced;
-        if written == kept
+        if pending_may_land
+            && written == kept
             && let Some(mut job) = live.jobs.pop_front()
             && self.rng.chance(self.params.torn_write_ppm)
         {
@@ -1315,7 +1327,7 @@ impl Sim {
             // A member that cannot make its log durable stops (etcd panics on a failed
             // fsync): nothing of this job or a later one is acknowledged. It restarts later.
             self.record(TraceEvent::DiskError { node: id.0, job: job_id });
-            self.crash(n);
+            self.stop_on_disk_error(n);
             return Ok(());
         }
         apply_durable(&mut self.nodes[n].durable, &installed, &job.job, &self.checker);
