@@ -12,7 +12,8 @@
 //! * **lease keep-alives**: 10,000 leases granted, then keep-alives as fast as 16 streams take
 //!   them, cycling over the leases.
 //!
-//! Each figure comes with the member's CPU time (user + system, from /proc) per operation.
+//! Each figure comes with the member's CPU time (user + system, from /proc) per operation;
+//! the watch events also with the load generator's (this process: writers and watchers).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +48,16 @@ struct Server {
     url: String,
 }
 
+/// User + system CPU time of process `pid` (or of this one: `self`) so far, in seconds.
+fn process_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th field.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok())).sum();
+    ticks as f64 / clock_ticks()
+}
+
 impl Server {
     fn start(name: &'static str, binary: &Path, dir: &Path) -> Result<Server, String> {
         let _ = std::fs::remove_dir_all(dir);
@@ -75,12 +86,7 @@ impl Server {
 
     /// User + system CPU time so far, in seconds.
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 14th field.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = [11, 12].iter().filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok())).sum();
-        ticks as f64 / clock_ticks()
+        process_cpu(&self.child.id().to_string())
     }
 
     /// Resident set size, in bytes.
@@ -212,6 +218,8 @@ pub struct WatchPoint {
     pub send_p50: f64,
     pub send_p99: f64,
     pub cpu_us_per_event: f64,
+    /// The load generator's (this process's: writers and watchers) CPU per event, µs.
+    pub generator_cpu_us_per_event: f64,
     pub missing: u64,
 }
 
@@ -254,6 +262,7 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
         }));
     }
     let cpu0 = s.cpu();
+    let own_cpu0 = process_cpu("self");
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let puts = Arc::new(AtomicU64::new(0));
@@ -305,6 +314,7 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = s.cpu() - cpu0;
+    let own_cpu = process_cpu("self") - own_cpu0;
     done.store(true, Ordering::Relaxed);
     let mut from_ack = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut from_send = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
@@ -332,6 +342,7 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
         send_p50: ms(&from_send, 0.5),
         send_p99: ms(&from_send, 0.99),
         cpu_us_per_event: if got > 0 { cpu * 1e6 / got as f64 } else { 0.0 },
+        generator_cpu_us_per_event: if got > 0 { own_cpu * 1e6 / got as f64 } else { 0.0 },
         missing: want.saturating_sub(got),
     })
 }
@@ -473,14 +484,14 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "| system | watchers | puts/s | events delivered/s | ack→delivery p50 / p99 ms | request→delivery p50 / p99 ms | server CPU µs / event | events missing |"
+        "| system | watchers | puts/s | events delivered/s | ack→delivery p50 / p99 ms | request→delivery p50 / p99 ms | server CPU µs / event | generator CPU µs / event | events missing |"
     );
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in all {
         for p in &f.watch {
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2} | {} |",
                 f.name,
                 p.watchers,
                 p.puts_per_s,
@@ -490,6 +501,7 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
                 p.send_p50,
                 p.send_p99,
                 p.cpu_us_per_event,
+                p.generator_cpu_us_per_event,
                 p.missing
             );
         }
