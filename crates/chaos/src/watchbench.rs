@@ -627,10 +627,13 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
             );
         }
     }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "| system | idle watchers | RSS before MiB | RSS after MiB | bytes per watcher |");
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
-    for f in all {
+    if cfg.idle_watchers > 0 {
+        let _ = writeln!(o);
+        let _ =
+            writeln!(o, "| system | idle watchers | RSS before MiB | RSS after MiB | bytes per watcher |");
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
+    }
+    for f in all.iter().filter(|f| f.idle.0 > 0) {
         let (n, before, after) = f.idle;
         let _ = writeln!(
             o,
@@ -641,12 +644,53 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
             after.saturating_sub(before) as f64 / n.max(1) as f64
         );
     }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "| system | leases | keep-alives/s | server CPU µs / keep-alive |");
-    let _ = writeln!(o, "| --- | --- | --- | --- |");
-    for f in all {
+    if cfg.leases > 0 {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "| system | leases | keep-alives/s | server CPU µs / keep-alive |");
+        let _ = writeln!(o, "| --- | --- | --- | --- |");
+    }
+    for f in all.iter().filter(|f| f.keepalive.0 > 0) {
         let (n, rate, cpu) = f.keepalive;
         let _ = writeln!(o, "| {} | {n} | {rate:.0} | {cpu:.2} |", f.name);
     }
     o
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use raftkv_api::etcdserverpb::{ResponseHeader, WatchResponse};
+    use raftkv_api::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn the_light_response_keeps_what_the_watchers_read() {
+        let kv = |rev: i64| KeyValue {
+            key: format!("wb/{rev}").into(),
+            value: vec![b'v'; 256].into(),
+            create_revision: 2,
+            mod_revision: rev,
+            version: 3,
+            lease: 0,
+        };
+        let full = WatchResponse {
+            header: Some(ResponseHeader { cluster_id: 1, member_id: 2, revision: 12, raft_term: 3 }),
+            watch_id: 7,
+            created: false,
+            canceled: true,
+            compact_revision: 4,
+            cancel_reason: "why".into(),
+            fragment: true,
+            events: vec![
+                Event { r#type: 0, kv: Some(kv(10)), prev_kv: Some(kv(9)) },
+                Event { r#type: 1, kv: Some(kv(12)), prev_kv: None },
+            ],
+        };
+        let lite = WatchResponseLite::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((lite.watch_id, lite.created, lite.canceled), (7, false, true));
+        assert_eq!((lite.compact_revision, lite.cancel_reason.as_str()), (4, "why"));
+        let revs: Vec<i64> = lite.events.iter().map(|e| e.kv.map_or(0, |kv| kv.mod_revision)).collect();
+        assert_eq!(revs, [10, 12]);
+    }
 }
