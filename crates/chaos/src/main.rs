@@ -132,8 +132,12 @@ enum Cmd {
         duration: u64,
         #[arg(long, default_value_t = 100_000)]
         idle_watchers: usize,
+        /// Leases for the keep-alive point (0 skips it).
         #[arg(long, default_value_t = 10_000)]
         leases: usize,
+        /// The watch points: watchers of the writers' prefix in each.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+        watchers: Vec<usize>,
         /// Data dirs and member logs.
         #[arg(long, default_value = "target/bench-watch")]
         out: PathBuf,
@@ -346,7 +350,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::BenchWatch { raftkv, etcd, duration, idle_watchers, leases, out } => {
+        Cmd::BenchWatch { raftkv, etcd, duration, idle_watchers, leases, watchers, out } => {
             let common = Common { members: 1, raftkv, out: out.clone() };
             let cfg = raftkv_chaos::watchbench::BenchConfig {
                 raftkv: binary(&common)?,
@@ -355,6 +359,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 out: std::path::absolute(&out).map_err(|e| e.to_string())?,
                 idle_watchers,
                 leases,
+                watchers,
             };
             print!("{}", raftkv_chaos::watchbench::run(cfg).await?);
             Ok(ExitCode::SUCCESS)

@@ -12,8 +12,10 @@
 //! * **lease keep-alives**: 10,000 leases granted, then keep-alives as fast as 16 streams take
 //!   them, cycling over the leases.
 //!
-//! Each figure comes with the member's CPU time (user + system, from /proc) per operation.
+//! Each figure comes with the member's CPU time (user + system, from /proc) per operation;
+//! the watch events also with the load generator's (this process: writers and watchers).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,7 +25,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use raftkv_api::etcdserverpb::kv_client::KvClient;
 use raftkv_api::etcdserverpb::lease_client::LeaseClient;
-use raftkv_api::etcdserverpb::watch_client::WatchClient;
 use raftkv_api::etcdserverpb::watch_request::RequestUnion;
 use raftkv_api::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, WatchCreateRequest, WatchRequest,
@@ -38,13 +39,26 @@ pub struct BenchConfig {
     pub duration: Duration,
     pub out: PathBuf,
     pub idle_watchers: usize,
+    /// Leases for the keep-alive point (0: no keep-alive point).
     pub leases: usize,
+    /// Watchers in each watch point.
+    pub watchers: Vec<usize>,
 }
 
 /// One single-member server under measurement.
 struct Server {
     child: Child,
     url: String,
+}
+
+/// User + system CPU time of process `pid` (or of this one: `self`) so far, in seconds.
+fn process_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th field.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok())).sum();
+    ticks as f64 / clock_ticks()
 }
 
 impl Server {
@@ -75,12 +89,7 @@ impl Server {
 
     /// User + system CPU time so far, in seconds.
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 14th field.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = [11, 12].iter().filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok())).sum();
-        ticks as f64 / clock_ticks()
+        process_cpu(&self.child.id().to_string())
     }
 
     /// Resident set size, in bytes.
@@ -158,15 +167,46 @@ fn create(key: &str, range_end: &str) -> WatchRequest {
     }
 }
 
+/// What the watchers read of a `WatchResponse`: prost skips the other fields, so the keys and
+/// values of the events are never copied (the same for both systems).
+#[derive(Clone, PartialEq, prost::Message)]
+struct WatchResponseLite {
+    #[prost(int64, tag = "2")]
+    watch_id: i64,
+    #[prost(bool, tag = "3")]
+    created: bool,
+    #[prost(bool, tag = "4")]
+    canceled: bool,
+    #[prost(int64, tag = "5")]
+    compact_revision: i64,
+    #[prost(string, tag = "6")]
+    cancel_reason: String,
+    #[prost(message, repeated, tag = "11")]
+    events: Vec<EventLite>,
+}
+
+/// `mvccpb.Event`: only its `kv`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+struct EventLite {
+    #[prost(message, optional, tag = "2")]
+    kv: Option<KeyValueLite>,
+}
+
+/// `mvccpb.KeyValue`: only its `mod_revision`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+struct KeyValueLite {
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+}
+
+type WatchStream = tonic::Streaming<WatchResponseLite>;
+
 /// Opens a stream with `reqs` create requests and waits for their `created` responses.
 /// Returns the stream and its request sender (which must live as long as the stream).
 async fn open_watchers(
     ch: Channel,
     reqs: Vec<WatchRequest>,
-) -> Result<
-    (tonic::Streaming<raftkv_api::etcdserverpb::WatchResponse>, tokio::sync::mpsc::Sender<WatchRequest>),
-    String,
-> {
+) -> Result<(WatchStream, tokio::sync::mpsc::Sender<WatchRequest>), String> {
     let n = reqs.len();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     // The requests go out before the response headers are awaited: etcd sends its headers
@@ -179,9 +219,13 @@ async fn open_watchers(
             }
         }
     });
-    let mut client = WatchClient::new(ch).max_decoding_message_size(64 << 20);
+    // The generated client's call, with a codec that decodes the lighter response.
+    let mut client = tonic::client::Grpc::new(ch).max_decoding_message_size(64 << 20);
+    client.ready().await.map_err(|e| format!("watch: not ready: {e}"))?;
+    let codec = tonic_prost::ProstCodec::<WatchRequest, WatchResponseLite>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
     let resp = client
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .streaming(tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)), path, codec)
         .await
         .map_err(|e| format!("watch: {e}"))?;
     let mut stream = resp.into_inner();
@@ -212,7 +256,112 @@ pub struct WatchPoint {
     pub send_p50: f64,
     pub send_p99: f64,
     pub cpu_us_per_event: f64,
+    /// The load generator's (this process's: writers and watchers) CPU per event, µs.
+    pub generator_cpu_us_per_event: f64,
     pub missing: u64,
+    /// Events at or below the revision their watcher got before (out of order or repeated).
+    pub disordered: u64,
+}
+
+/// Per revision - base_rev: when its put was sent and acknowledged (ns since the point's
+/// start; 0 until the acknowledgement).
+struct Times {
+    sent: Vec<AtomicU64>,
+    acked: Vec<AtomicU64>,
+}
+
+impl Times {
+    fn new() -> Times {
+        Times {
+            sent: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            acked: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// (sent, acknowledged) of slot `i`, if it is acknowledged.
+    fn get(&self, i: usize) -> Option<(u64, u64)> {
+        let acked = self.acked.get(i)?.load(Ordering::Acquire);
+        let sent = self.sent.get(i)?.load(Ordering::Relaxed);
+        (acked != 0).then_some((sent, acked))
+    }
+
+    fn set(&self, i: usize, sent: u64, acked: u64) {
+        if let (Some(s), Some(a)) = (self.sent.get(i), self.acked.get(i)) {
+            s.store(sent, Ordering::Relaxed);
+            a.store(acked, Ordering::Release);
+        }
+    }
+}
+
+/// What one watch stream's reader saw.
+struct Seen {
+    /// Latency from the acknowledgement and from the request, µs.
+    from_ack: Histogram<u64>,
+    from_send: Histogram<u64>,
+    /// (slot, received) of events that came before their put's acknowledgement was known:
+    /// measured at the end.
+    early: Vec<(u32, u64)>,
+    /// Events at or below their watcher's previous revision.
+    disordered: u64,
+}
+
+impl Seen {
+    fn new() -> Result<Seen, String> {
+        Ok(Seen {
+            from_ack: Histogram::new(3).map_err(|e| e.to_string())?,
+            from_send: Histogram::new(3).map_err(|e| e.to_string())?,
+            early: Vec::with_capacity(1 << 16),
+            disordered: 0,
+        })
+    }
+
+    fn record(&mut self, at: u64, (sent, acked): (u64, u64)) {
+        let _ = self.from_ack.record(at.saturating_sub(acked) / 1000);
+        let _ = self.from_send.record(at.saturating_sub(sent) / 1000);
+    }
+}
+
+/// Reads one stream's events until `done`: O(1) and no allocation per event (but for the
+/// rare early ones), the latencies recorded as they come.
+async fn read_events(
+    mut stream: WatchStream,
+    mut done: tokio::sync::watch::Receiver<bool>,
+    delivered: Arc<AtomicU64>,
+    times: Arc<Times>,
+    start: Instant,
+    base_rev: i64,
+) -> Result<Seen, String> {
+    let mut seen = Seen::new()?;
+    // The last revision each watcher got.
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    loop {
+        let m = tokio::select! {
+            biased;
+            m = stream.message() => m,
+            _ = done.wait_for(|d| *d) => break,
+        };
+        let Ok(Some(r)) = m else { break };
+        if r.events.is_empty() {
+            continue;
+        }
+        let now = start.elapsed().as_nanos() as u64;
+        let prev = last.entry(r.watch_id).or_insert(0);
+        for e in &r.events {
+            let rev = e.kv.map_or(0, |kv| kv.mod_revision);
+            if rev <= *prev {
+                seen.disordered += 1;
+            }
+            *prev = rev;
+            let Ok(slot) = u32::try_from(rev - base_rev) else { continue };
+            match times.get(slot as usize) {
+                Some(t) => seen.record(now, t),
+                None if (slot as usize) < SLOTS => seen.early.push((slot, now)),
+                None => {}
+            }
+        }
+        delivered.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+    }
+    Ok(seen)
 }
 
 /// Writers at full speed with `watchers` watchers on their prefix.
@@ -222,69 +371,46 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
         .await
         .ok_or("no revision")?;
     let start = Instant::now();
-    // Per revision - base_rev: when its put was sent and acknowledged (ns since start).
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+    let times = Arc::new(Times::new());
     let mut readers = Vec::new();
-    let done = Arc::new(AtomicBool::new(false));
+    let (done_tx, done) = tokio::sync::watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(0));
     for (i, ch) in channels(&s.url, streams)?.into_iter().enumerate() {
         let per = watchers / streams + usize::from(i < watchers % streams);
-        let (mut stream, tx) = open_watchers(ch, (0..per).map(|_| create("wb/", "wb0")).collect()).await?;
-        let (done, delivered) = (done.clone(), delivered.clone());
+        let (stream, tx) = open_watchers(ch, (0..per).map(|_| create("wb/", "wb0")).collect()).await?;
+        let read = read_events(stream, done.clone(), delivered.clone(), times.clone(), start, base_rev);
         readers.push(tokio::spawn(async move {
             let _tx = tx;
-            // (revision - base_rev, received ns since start); latencies are computed at the
-            // end, when every acknowledgement is known.
-            let mut got: Vec<(u32, u64)> = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                let m = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
-                let Ok(m) = m else { continue };
-                let Ok(Some(r)) = m else { break };
-                let now = start.elapsed().as_nanos() as u64;
-                for e in &r.events {
-                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                    if let Ok(slot) = u32::try_from(rev - base_rev) {
-                        got.push((slot, now));
-                    }
-                }
-                delivered.fetch_add(r.events.len() as u64, Ordering::Relaxed);
-            }
-            got
+            read.await
         }));
     }
     let cpu0 = s.cpu();
+    let own_cpu0 = process_cpu("self");
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let puts = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
-    let value = vec![b'v'; 256];
+    let value = prost::bytes::Bytes::from(vec![b'v'; 256]);
     for (c, ch) in channels(&s.url, 8)?.into_iter().enumerate() {
         for w in 0..8 {
-            let (mut kv, stop, puts, sent, acked, value) = (
-                KvClient::new(ch.clone()),
-                stop.clone(),
-                puts.clone(),
-                sent.clone(),
-                acked.clone(),
-                value.clone(),
-            );
+            let (mut kv, stop, puts, times, value) =
+                (KvClient::new(ch.clone()), stop.clone(), puts.clone(), times.clone(), value.clone());
+            let keys: Vec<prost::bytes::Bytes> = (0..100).map(|k| format!("wb/{c}-{w}-{k}").into()).collect();
             writers.push(tokio::spawn(async move {
-                let mut n = 0u64;
+                let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let key = format!("wb/{c}-{w}-{}", n % 100);
-                    let req =
-                        PutRequest { key: key.into(), value: value.clone().into(), ..Default::default() };
+                    let req = PutRequest {
+                        key: keys[n % keys.len()].clone(),
+                        value: value.clone(),
+                        ..Default::default()
+                    };
                     let t_sent = start.elapsed().as_nanos() as u64;
                     let Ok(r) = kv.put(req).await else { continue };
                     let t_ack = start.elapsed().as_nanos() as u64;
                     let rev = r.into_inner().header.map_or(0, |h| h.revision);
-                    if let Ok(i) = usize::try_from(rev - base_rev)
-                        && i < SLOTS
-                    {
-                        sent[i].store(t_sent, Ordering::Relaxed);
-                        acked[i].store(t_ack, Ordering::Relaxed);
+                    if let Ok(i) = usize::try_from(rev - base_rev) {
+                        times.set(i, t_sent, t_ack);
                     }
                     puts.fetch_add(1, Ordering::Relaxed);
                 }
@@ -305,21 +431,22 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = s.cpu() - cpu0;
-    done.store(true, Ordering::Relaxed);
+    let own_cpu = process_cpu("self") - own_cpu0;
+    let _ = done_tx.send(true);
     let mut from_ack = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut from_send = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut disordered = 0;
     for r in readers {
-        for (slot, at) in r.await.unwrap_or_default() {
-            let (Some(t_sent), Some(t_ack)) = (sent.get(slot as usize), acked.get(slot as usize)) else {
-                continue;
-            };
-            let (t_sent, t_ack) = (t_sent.load(Ordering::Relaxed), t_ack.load(Ordering::Relaxed));
-            if t_ack == 0 {
-                continue;
+        let mut seen = r.await.map_err(|e| format!("watch reader: {e}"))??;
+        // Every acknowledgement is known by now.
+        for (slot, at) in std::mem::take(&mut seen.early) {
+            if let Some(t) = times.get(slot as usize) {
+                seen.record(at, t);
             }
-            let _ = from_ack.record(at.saturating_sub(t_ack) / 1000);
-            let _ = from_send.record(at.saturating_sub(t_sent) / 1000);
         }
+        from_ack.add(&seen.from_ack).map_err(|e| e.to_string())?;
+        from_send.add(&seen.from_send).map_err(|e| e.to_string())?;
+        disordered += seen.disordered;
     }
     let got = delivered.load(Ordering::Relaxed);
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -332,7 +459,9 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
         send_p50: ms(&from_send, 0.5),
         send_p99: ms(&from_send, 0.99),
         cpu_us_per_event: if got > 0 { cpu * 1e6 / got as f64 } else { 0.0 },
+        generator_cpu_us_per_event: if got > 0 { own_cpu * 1e6 / got as f64 } else { 0.0 },
         missing: want.saturating_sub(got),
+        disordered,
     })
 }
 
@@ -438,15 +567,17 @@ async fn measure(name: &'static str, binary: &Path, cfg: &BenchConfig) -> Result
     f.load.push(load_average());
     f.idle = idle_point(&s, cfg.idle_watchers).await?;
     eprintln!("  idle: {:?}", f.idle);
-    for watchers in [1, 1000] {
+    for &watchers in &cfg.watchers {
         f.load.push(load_average());
         let p = watch_point(&s, watchers, cfg.duration).await?;
         eprintln!("  {watchers} watchers: {p:?}");
         f.watch.push(p);
     }
-    f.load.push(load_average());
-    f.keepalive = keepalive_point(&s, cfg.leases, cfg.duration).await?;
-    eprintln!("  keep-alives: {:?}", f.keepalive);
+    if cfg.leases > 0 {
+        f.load.push(load_average());
+        f.keepalive = keepalive_point(&s, cfg.leases, cfg.duration).await?;
+        eprintln!("  keep-alives: {:?}", f.keepalive);
+    }
     f.load.push(load_average());
     Ok(f)
 }
@@ -473,14 +604,14 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "| system | watchers | puts/s | events delivered/s | ack→delivery p50 / p99 ms | request→delivery p50 / p99 ms | server CPU µs / event | events missing |"
+        "| system | watchers | puts/s | events delivered/s | ack→delivery p50 / p99 ms | request→delivery p50 / p99 ms | server CPU µs / event | generator CPU µs / event | events missing / out of order |"
     );
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in all {
         for p in &f.watch {
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2} | {} / {} |",
                 f.name,
                 p.watchers,
                 p.puts_per_s,
@@ -490,14 +621,19 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
                 p.send_p50,
                 p.send_p99,
                 p.cpu_us_per_event,
-                p.missing
+                p.generator_cpu_us_per_event,
+                p.missing,
+                p.disordered
             );
         }
     }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "| system | idle watchers | RSS before MiB | RSS after MiB | bytes per watcher |");
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
-    for f in all {
+    if cfg.idle_watchers > 0 {
+        let _ = writeln!(o);
+        let _ =
+            writeln!(o, "| system | idle watchers | RSS before MiB | RSS after MiB | bytes per watcher |");
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
+    }
+    for f in all.iter().filter(|f| f.idle.0 > 0) {
         let (n, before, after) = f.idle;
         let _ = writeln!(
             o,
@@ -508,12 +644,53 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
             after.saturating_sub(before) as f64 / n.max(1) as f64
         );
     }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "| system | leases | keep-alives/s | server CPU µs / keep-alive |");
-    let _ = writeln!(o, "| --- | --- | --- | --- |");
-    for f in all {
+    if cfg.leases > 0 {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "| system | leases | keep-alives/s | server CPU µs / keep-alive |");
+        let _ = writeln!(o, "| --- | --- | --- | --- |");
+    }
+    for f in all.iter().filter(|f| f.keepalive.0 > 0) {
         let (n, rate, cpu) = f.keepalive;
         let _ = writeln!(o, "| {} | {n} | {rate:.0} | {cpu:.2} |", f.name);
     }
     o
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use raftkv_api::etcdserverpb::{ResponseHeader, WatchResponse};
+    use raftkv_api::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn the_light_response_keeps_what_the_watchers_read() {
+        let kv = |rev: i64| KeyValue {
+            key: format!("wb/{rev}").into(),
+            value: vec![b'v'; 256].into(),
+            create_revision: 2,
+            mod_revision: rev,
+            version: 3,
+            lease: 0,
+        };
+        let full = WatchResponse {
+            header: Some(ResponseHeader { cluster_id: 1, member_id: 2, revision: 12, raft_term: 3 }),
+            watch_id: 7,
+            created: false,
+            canceled: true,
+            compact_revision: 4,
+            cancel_reason: "why".into(),
+            fragment: true,
+            events: vec![
+                Event { r#type: 0, kv: Some(kv(10)), prev_kv: Some(kv(9)) },
+                Event { r#type: 1, kv: Some(kv(12)), prev_kv: None },
+            ],
+        };
+        let lite = WatchResponseLite::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((lite.watch_id, lite.created, lite.canceled), (7, false, true));
+        assert_eq!((lite.compact_revision, lite.cancel_reason.as_str()), (4, "why"));
+        let revs: Vec<i64> = lite.events.iter().map(|e| e.kv.map_or(0, |kv| kv.mod_revision)).collect();
+        assert_eq!(revs, [10, 12]);
+    }
 }
