@@ -37,7 +37,7 @@ pub fn refusal(outcome: &AlarmOutcome) -> Option<Status> {
     }
 }
 
-impl crate::service::Api {
+impl crate::api::service::Api {
     /// Maintenance.Alarm: every action goes through the log (as etcd's), so a GET lists the
     /// alarms as of a committed index, and ACTIVATE/DEACTIVATE reach every member.
     ///

@@ -39,10 +39,10 @@ use raftkv_kv::{ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, SnapshotP
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
+use crate::api::service::Api;
 use crate::bolt::{BoltError, BoltReader, BoltWriter, BucketRoot};
 use crate::kvsm::MemberAttributes;
 use crate::member::{ClusterRecord, MemberRecord};
-use crate::service::Api;
 
 /// The etcd cluster version written into a snapshot's `cluster` bucket.
 const CLUSTER_VERSION: &[u8] = b"3.4.0";
@@ -518,7 +518,7 @@ impl tokio_stream::Stream for SnapshotStream {
         if this.stopped.as_mut().poll(cx).is_ready() {
             // Dropping the receiver stops the task reading the file.
             this.inner = None;
-            return Poll::Ready(Some(Err(crate::service::node_status(crate::node::NodeError::Stopped))));
+            return Poll::Ready(Some(Err(crate::api::service::node_status(crate::node::NodeError::Stopped))));
         }
         let next = std::pin::Pin::new(inner).poll_next(cx);
         if let Poll::Ready(None) = next {

@@ -3,35 +3,23 @@
 use clap::{Parser, Subcommand};
 
 mod alarm;
-mod auth;
-mod authority;
+mod api;
 mod autocompact;
 mod backup;
 mod bolt;
 mod certexpiry;
-mod client_port;
 mod config;
 mod defrag;
 mod dev;
 mod forward;
-mod gateway;
-mod grpc;
-mod jwt;
-mod keepalive;
 mod kvsm;
-mod lease;
-mod limits;
-mod lock;
 mod member;
 mod membership;
 mod metrics;
 mod peer;
 mod quota;
-mod require_leader;
 mod server;
-mod service;
 mod tls;
-mod watch;
 
 // The member runtime (driver, disk worker, applier and their tokio shell).
 use raftkv_node as node;

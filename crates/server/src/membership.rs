@@ -33,11 +33,11 @@ use raftkv_api::etcdserverpb::{
 use raftkv_raft::{ConfChange, ConfChangeError, ConfChangeStep, NodeId, ProposeError};
 use tonic::{Code, Status};
 
+use crate::api::service::Api;
 use crate::config;
 use crate::forward::{self, Call, ForwardError};
 use crate::member::MemberRecord;
 use crate::node::NodeError;
-use crate::service::Api;
 
 pub use raftkv_kvsm::registry::{ChangeContext, Registry};
 
@@ -119,7 +119,7 @@ fn refused(e: NodeError) -> Status {
             }
         },
         NodeError::Transfer(e) => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
-        other => crate::service::node_status(other),
+        other => crate::api::service::node_status(other),
     }
 }
 

@@ -22,7 +22,7 @@ use prometheus::{
 };
 use tonic::Code;
 
-use crate::service::Api;
+use crate::api::service::Api;
 
 /// The gRPC methods counted, as `(service, method, type)`: go-grpc-prometheus's labels.
 const METHODS: &[(&str, &str, &str)] = &[

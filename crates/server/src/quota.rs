@@ -110,7 +110,7 @@ impl Quota {
     }
 }
 
-impl crate::service::Api {
+impl crate::api::service::Api {
     /// Refuses a command that can add `cost` bytes when it does not fit the quota, and then
     /// raises this member's NOSPACE alarm through the log (once; it stays until disarmed).
     pub(crate) fn check_quota(&self, cost: u64) -> Result<(), tonic::Status> {

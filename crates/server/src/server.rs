@@ -10,10 +10,10 @@ use raftkv_transport::{Transport, TransportConfig};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+use crate::api::service::{Api, ApiConfig};
 use crate::config::{ServerConfig, UrlError, parse_url};
 use crate::member;
 use crate::node::{Node, NodeConfig};
-use crate::service::{Api, ApiConfig};
 
 /// Why a member could not start, or stopped on its own.
 #[derive(Debug, Error)]
@@ -189,25 +189,26 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     {
         tracing::warn!(quota, "--quota-backend-bytes exceeds the maximum etcd recommends (8 GiB)");
     }
-    let leases = crate::lease::Leases::start(
+    let leases = crate::api::lease::Leases::start(
         api.clone(),
-        crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
+        crate::api::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
     );
     // Peers' requests (forwarded changes and lease calls, member lists) are served from now.
     crate::forward::register(&api, &leases);
-    let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
-    let routes = crate::grpc::routes(api.clone())
-        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
-        .add_service(crate::auth::service(api.clone(), crate::grpc::decode_limit(&api)));
-    let router = crate::lock::add_services(routes, recipes.clone(), crate::grpc::decode_limit(&api))
-        .into_axum_router();
+    let recipes = crate::api::lock::Recipes::new(api.clone(), leases.clone());
+    let routes = crate::api::grpc::routes(api.clone())
+        .add_service(crate::api::lease::service(leases.clone(), crate::api::grpc::decode_limit(&api)))
+        .add_service(crate::api::auth::service(api.clone(), crate::api::grpc::decode_limit(&api)));
+    let router =
+        crate::api::lock::add_services(routes, recipes.clone(), crate::api::grpc::decode_limit(&api))
+            .into_axum_router();
     let router = router
-        .merge(crate::gateway::router(api.clone()))
-        .merge(crate::lease::gateway_router(leases))
-        .merge(crate::auth::gateway_router(api.clone()))
-        .merge(crate::gateway::recipes::router(recipes, api.max_request_bytes()))
-        // Every request the router serves runs as its caller (see crate::auth).
-        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::auth::scope_request));
+        .merge(crate::api::gateway::router(api.clone()))
+        .merge(crate::api::lease::gateway_router(leases))
+        .merge(crate::api::auth::gateway_router(api.clone()))
+        .merge(crate::api::gateway::recipes::router(recipes, api.max_request_bytes()))
+        // Every request the router serves runs as its caller (see crate::api::auth).
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::auth::scope_request));
     crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));
     let metrics_router = crate::metrics::router(api.clone());
     let router = router.merge(metrics_router.clone());
@@ -221,7 +222,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         })?;
         let (api, router, stop) = (api.clone(), router.clone(), stop_rx.clone());
         let acceptor = tls.client.clone().map(tokio_rustls::TlsAcceptor::from);
-        servers.push(tokio::spawn(crate::client_port::serve(listener, api, router, acceptor, stop)));
+        servers.push(tokio::spawn(crate::api::client_port::serve(listener, api, router, acceptor, stop)));
     }
     for addr in &config.listen_metrics {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen {
@@ -229,7 +230,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
             addr: *addr,
             source,
         })?;
-        let router = metrics_router.clone().merge(crate::gateway::health_router(api.clone()));
+        let router = metrics_router.clone().merge(crate::api::gateway::health_router(api.clone()));
         servers.push(tokio::spawn(crate::metrics::serve(listener, router, stop_rx.clone())));
     }
     tracing::info!(

@@ -14,7 +14,7 @@ use axum::routing::post;
 use raftkv_api::etcdserverpb::{HashRequest, SnapshotRequest};
 
 use super::{body_limit, decode, error_response, method_not_allowed, read_body, unary_for};
-use crate::service::Api;
+use crate::api::service::Api;
 
 pub fn router(api: Api) -> Router {
     let mut router = Router::new();

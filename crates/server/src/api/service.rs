@@ -37,12 +37,12 @@ pub struct ApiConfig {
     pub member_dir: std::path::PathBuf,
     /// `--quota-backend-bytes` ([`crate::quota`]).
     pub quota: crate::quota::QuotaBytes,
-    /// `--grpc-keepalive-*` ([`crate::limits`]).
-    pub keepalive: crate::limits::Keepalive,
+    /// `--grpc-keepalive-*` ([`crate::api::limits`]).
+    pub keepalive: crate::api::limits::Keepalive,
     /// The peer transport, told of a member being added before its entry is appended.
     pub peer_transport: Option<raftkv_transport::TransportHandle>,
     /// Auth tokens, password hashing, certificate names.
-    pub auth: crate::auth::AuthOptions,
+    pub auth: crate::api::auth::AuthOptions,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -56,7 +56,7 @@ pub struct Api {
     /// One defragmentation at a time per member.
     pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
     /// This member's auth tokens and settings.
-    pub(crate) auth: Arc<crate::auth::AuthRuntime>,
+    pub(crate) auth: Arc<crate::api::auth::AuthRuntime>,
     /// Turns true when the member stops: long responses (snapshot streams) end with
     /// `etcdserver: server stopped` instead of being cut off.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -84,7 +84,7 @@ impl Api {
         // One token table: the state machine's hooks record and void tokens as auth commands
         // are applied, the checks here look them up.
         let tokens = node.shared.sm.read().hooks.tokens.clone();
-        let auth = Arc::new(crate::auth::AuthRuntime::new(config.auth.clone(), tokens));
+        let auth = Arc::new(crate::api::auth::AuthRuntime::new(config.auth.clone(), tokens));
         Api {
             node,
             config: Arc::new(config),
@@ -157,7 +157,7 @@ impl Api {
     }
 
     /// The keepalive of the client port's HTTP/2 connections.
-    pub fn keepalive(&self) -> crate::limits::Keepalive {
+    pub fn keepalive(&self) -> crate::api::limits::Keepalive {
         self.config.keepalive
     }
 
@@ -194,13 +194,13 @@ impl Api {
     ) -> Result<Output, Status> {
         let id = self.node.next_request_id();
         let mut command = command(id);
-        // Stamped with the auth revision the caller was checked against (see crate::auth).
-        command.auth_revision = crate::auth::checked_at();
+        // Stamped with the auth revision the caller was checked against (see crate::api::auth).
+        command.auth_revision = crate::api::auth::checked_at();
         if let Some(request) = &command.request {
             self.check_quota(crate::quota::cost(request))?;
         }
         let data: Bytes = command.encode_to_bytes();
-        crate::limits::check_request_len(data.len(), self.config.max_request_bytes)?;
+        crate::api::limits::check_request_len(data.len(), self.config.max_request_bytes)?;
         let metrics = crate::metrics::get();
         metrics.proposals_pending.inc();
         let proposed = self.node.propose(id, data, self.config.request_timeout).await;
@@ -237,7 +237,7 @@ impl Api {
         if !req.serializable && !self.config.unsafe_stale_reads {
             self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
         }
-        self.authorize(|sm, user| crate::auth::check_range(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_range(sm, user, &req))?;
         let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -245,7 +245,7 @@ impl Api {
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
         raftkv_kv::validate_put(&req).map_err(kv_status)?;
-        self.authorize(|sm, user| crate::auth::check_put(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_put(sm, user, &req))?;
         match self.propose(|id| Command::put(id, req)).await? {
             ApplyResult::Put(mut resp) => {
                 self.fill(&mut resp.header);
@@ -257,7 +257,7 @@ impl Api {
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         raftkv_kv::validate_delete_range(&req).map_err(kv_status)?;
-        self.authorize(|sm, user| crate::auth::check_delete_range(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_delete_range(sm, user, &req))?;
         match self.propose(|id| Command::delete_range(id, req)).await? {
             ApplyResult::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
@@ -273,12 +273,12 @@ impl Api {
             if !self.config.unsafe_stale_reads {
                 self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
             }
-            self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
+            self.authorize(|sm, user| crate::api::auth::check_txn(sm, user, &req))?;
             let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
-        self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_txn(sm, user, &req))?;
         match self.propose(|id| Command::txn(id, req)).await? {
             ApplyResult::Txn(mut resp) => {
                 self.fill(&mut resp.header);
