@@ -190,11 +190,11 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
-    pub quota_backend_bytes: crate::quota::QuotaBytes,
+    pub quota_backend_bytes: crate::member::quota::QuotaBytes,
     pub keepalive: crate::api::limits::Keepalive,
     /// Tokens, password hashing and certificate names (see [`crate::api::auth`]).
     pub auth: crate::api::auth::AuthOptions,
-    pub auto_compaction: crate::autocompact::AutoCompaction,
+    pub auto_compaction: crate::member::autocompact::AutoCompaction,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Runtime worker threads.
@@ -297,7 +297,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Keepalive(#[from] crate::api::limits::KeepaliveError),
     #[error(transparent)]
-    AutoCompaction(#[from] crate::autocompact::AutoCompactionError),
+    AutoCompaction(#[from] crate::member::autocompact::AutoCompactionError),
 }
 
 /// A URL that is not `http://IP:port` (or `https://`, or a bare `IP:port`).
@@ -606,10 +606,10 @@ impl ServerConfig {
             snapshot_count: args.snapshot_count.unwrap_or(100_000).max(1),
             max_txn_ops: args.max_txn_ops.unwrap_or(128),
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
-            quota_backend_bytes: crate::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
+            quota_backend_bytes: crate::member::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
             keepalive,
             auth,
-            auto_compaction: crate::autocompact::parse(
+            auto_compaction: crate::member::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),
             )?,

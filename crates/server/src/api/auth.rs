@@ -17,7 +17,7 @@
 //!   member knows them ([`Api::authenticate`]): the receiving member checks the password and
 //!   proposes an `AuthAuthenticate` command (user, the auth revision checked at, the token's
 //!   random part; no password); every member applying it records `<random>.<raft index>` in
-//!   its [`Tokens`] through the state machine's hooks ([`crate::kvsm::ServerHooks`]), the
+//!   its [`Tokens`] through the state machine's hooks ([`crate::member::kvsm::ServerHooks`]), the
 //!   one table the checks here read. A member that has not applied that index yet waits for
 //!   it before checking a call ([`Api::await_token`]). Each member keeps a token for
 //!   `--auth-token-ttl` seconds after its last use there, at most [`MAX_TOKENS_PER_USER`] per
@@ -48,7 +48,7 @@ use raftkv_kv::{AuthError, AuthStore};
 use tonic::{Request, Response, Status};
 
 use crate::api::service::Api;
-use crate::kvsm::{KvMachine, Output};
+use crate::member::kvsm::{KvMachine, Output};
 
 /// etcd's default `--auth-token-ttl` (seconds).
 pub const DEFAULT_TOKEN_TTL: u64 = 300;

@@ -29,13 +29,13 @@ impl Maintenance for Grpc {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.0.defragment(req.into_inner()).await.map(Response::new)
     }
-    type SnapshotStream = crate::api::require_leader::UntilLeaderLost<crate::backup::SnapshotStream>;
+    type SnapshotStream = crate::api::require_leader::UntilLeaderLost<crate::member::backup::SnapshotStream>;
     async fn snapshot(
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let required = crate::api::require_leader::required_by(&req);
-        let stream = crate::backup::snapshot(&self.0, self.0.member_dir()).await?;
+        let stream = crate::member::backup::snapshot(&self.0, self.0.member_dir()).await?;
         Ok(Response::new(crate::api::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
     }
     async fn move_leader(

@@ -363,7 +363,7 @@ impl JwtKeys {
         let (alg, family) = sign_method(get("sign-method"))?;
         let ttl = match get("ttl") {
             "" => DEFAULT_TTL,
-            t => crate::autocompact::parse_duration(t)
+            t => crate::member::autocompact::parse_duration(t)
                 .ok_or_else(|| JwtError::TtlNotADuration(t.to_string()))?,
         };
         if ttl < Duration::from_secs(1) {

@@ -11,7 +11,7 @@
 //!   plus its checkpointed remaining TTL, or its full TTL when it has none (etcd's
 //!   `Promote`). A lease granted later starts when the leader first sees it.
 //! * Keep-alives are served by the leader; a follower forwards each one (and TimeToLive) to
-//!   the leader over the peer transport ([`crate::forward`]), as etcd forwards to the
+//!   the leader over the peer transport ([`crate::member::forward`]), as etcd forwards to the
 //!   leader's peer HTTP endpoint.
 //! * Checkpoints (etcd 3.4's `--experimental-enable-lease-checkpoint`, always on here):
 //!   every [`CHECKPOINT_INTERVAL`] the leader records the remaining TTL of each lease
@@ -45,7 +45,7 @@ use tonic::{Code, Status};
 
 use crate::api::gateway;
 use crate::api::service::Api;
-use crate::forward::{self, Call, ForwardError};
+use crate::member::forward::{self, Call, ForwardError};
 
 /// How often the leader looks for expired leases and due checkpoints.
 const TICK: Duration = Duration::from_millis(100);

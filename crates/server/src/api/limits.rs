@@ -78,7 +78,7 @@ fn duration_flag(
 ) -> Result<Duration, KeepaliveError> {
     match value {
         None => Ok(default),
-        Some(v) => crate::autocompact::parse_duration(v.trim())
+        Some(v) => crate::member::autocompact::parse_duration(v.trim())
             .ok_or_else(|| KeepaliveError::NotADuration { flag, value: v.to_string() }),
     }
 }

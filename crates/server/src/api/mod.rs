@@ -33,7 +33,7 @@
 //! Answers go back the same way: a protobuf message in gRPC frames, or JSON.
 //!
 //! The router itself is assembled, and the client port started, by the member's startup
-//! ([`crate::server`]).
+//! ([`crate::member::server`]).
 
 pub mod auth;
 pub mod authority;

@@ -13,8 +13,8 @@ use raftkv_api::etcdserverpb::{
 use raftkv_kv::{ApplyResult, KvError, KvStore};
 use tonic::{Code, Status};
 
-use crate::kvsm::{KvMachine, MemberAttributes, Output};
-use crate::member::ClusterRecord;
+use crate::member::identity::ClusterRecord;
+use crate::member::kvsm::{KvMachine, MemberAttributes, Output};
 use crate::node::{NodeError, NodeHandle};
 
 /// The etcd server version this API is compatible with, reported by Status and /version.
@@ -35,8 +35,8 @@ pub struct ApiConfig {
     pub unsafe_stale_reads: bool,
     /// The member's directory, for the temporary files of `Maintenance.Snapshot`.
     pub member_dir: std::path::PathBuf,
-    /// `--quota-backend-bytes` ([`crate::quota`]).
-    pub quota: crate::quota::QuotaBytes,
+    /// `--quota-backend-bytes` ([`crate::member::quota`]).
+    pub quota: crate::member::quota::QuotaBytes,
     /// `--grpc-keepalive-*` ([`crate::api::limits`]).
     pub keepalive: crate::api::limits::Keepalive,
     /// The peer transport, told of a member being added before its entry is appended.
@@ -52,7 +52,7 @@ pub struct Api {
     config: Arc<ApiConfig>,
     /// One HashKV at a time per member: each reads the whole state.
     hash_gate: Arc<tokio::sync::Semaphore>,
-    pub(crate) quota: crate::quota::Quota,
+    pub(crate) quota: crate::member::quota::Quota,
     /// One defragmentation at a time per member.
     pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
     /// This member's auth tokens and settings.
@@ -80,7 +80,7 @@ fn kv_status(e: KvError) -> Status {
 
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
-        let quota = crate::quota::Quota::new(config.quota);
+        let quota = crate::member::quota::Quota::new(config.quota);
         // One token table: the state machine's hooks record and void tokens as auth commands
         // are applied, the checks here look them up.
         let tokens = node.shared.sm.read().hooks.tokens.clone();
@@ -118,7 +118,7 @@ impl Api {
     }
 
     /// The cluster's members as bootstrapped.
-    pub fn members(&self) -> &[crate::member::MemberRecord] {
+    pub fn members(&self) -> &[crate::member::identity::MemberRecord] {
         &self.config.cluster.members
     }
 
@@ -174,7 +174,7 @@ impl Api {
     pub(crate) async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
         match self.propose_command(command).await? {
             Output::Kv(result) => result.map_err(kv_status),
-            Output::Alarm(outcome) => Err(crate::alarm::refusal(&outcome)
+            Output::Alarm(outcome) => Err(crate::member::alarm::refusal(&outcome)
                 .unwrap_or_else(|| Status::internal("unexpected result for a key-value request"))),
             Output::Auth(result) => Err(result.err().map_or_else(
                 || Status::internal("unexpected result for a key-value request"),
@@ -197,7 +197,7 @@ impl Api {
         // Stamped with the auth revision the caller was checked against (see crate::api::auth).
         command.auth_revision = crate::api::auth::checked_at();
         if let Some(request) = &command.request {
-            self.check_quota(crate::quota::cost(request))?;
+            self.check_quota(crate::member::quota::cost(request))?;
         }
         let data: Bytes = command.encode_to_bytes();
         crate::api::limits::check_request_len(data.len(), self.config.max_request_bytes)?;
@@ -306,7 +306,7 @@ impl Api {
         let s = self.node.status();
         let (revision, db_size, db_size_in_use, errors) = {
             let sm = self.node.shared.sm.read();
-            // The backend size as defined in crate::quota.
+            // The backend size as defined in crate::member::quota.
             (
                 sm.kv.revision(),
                 sm.kv.size_bytes() as i64,

@@ -20,7 +20,7 @@ pub struct ServerHooks {
     /// Where applied changes go to the watch streams ([`crate::api::watch`]).
     pub watch: Arc<WatchHub>,
     /// Notified when compaction has left the history store due for a rewrite
-    /// ([`crate::defrag::rewrite_after_compaction`] carries it out off the apply path).
+    /// ([`crate::member::defrag::rewrite_after_compaction`] carries it out off the apply path).
     pub rewrite_due: Arc<Notify>,
     /// This member's simple auth tokens: applied Authenticate commands record them, applied
     /// auth changes void them ([`crate::api::auth`]).

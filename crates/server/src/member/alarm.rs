@@ -62,7 +62,7 @@ impl crate::api::service::Api {
         }
         match self.propose_command(|id| Command::new(id, Request::Alarm(req))).await? {
             // No header, as etcd 3.4 answers.
-            crate::kvsm::Output::Alarm(AlarmOutcome::Listed(alarms)) => {
+            crate::member::kvsm::Output::Alarm(AlarmOutcome::Listed(alarms)) => {
                 Ok(AlarmResponse { header: None, alarms })
             }
             _ => Err(Status::internal("unexpected result for Alarm")),

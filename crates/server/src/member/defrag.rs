@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tonic::Status;
 
 use crate::api::service::Api;
-use crate::kvsm::KvMachine;
+use crate::member::kvsm::KvMachine;
 
 /// How long the switch waits for a snapshot or hash reading the store to finish.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
