@@ -190,11 +190,11 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
-    pub quota_backend_bytes: crate::quota::QuotaBytes,
-    pub keepalive: crate::limits::Keepalive,
-    /// Tokens, password hashing and certificate names (see [`crate::auth`]).
-    pub auth: crate::auth::AuthOptions,
-    pub auto_compaction: crate::autocompact::AutoCompaction,
+    pub quota_backend_bytes: crate::member::quota::QuotaBytes,
+    pub keepalive: crate::api::limits::Keepalive,
+    /// Tokens, password hashing and certificate names (see [`crate::api::auth`]).
+    pub auth: crate::api::auth::AuthOptions,
+    pub auto_compaction: crate::member::autocompact::AutoCompaction,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Runtime worker threads.
@@ -219,12 +219,12 @@ fn auth_options(
     ttl: Option<u64>,
     cost: Option<u32>,
     client_cert_auth: bool,
-) -> Result<crate::auth::AuthOptions, ConfigError> {
+) -> Result<crate::api::auth::AuthOptions, ConfigError> {
     let jwt = match token {
-        Some(spec) => crate::jwt::parse_auth_token(spec)?,
+        Some(spec) => crate::api::jwt::parse_auth_token(spec)?,
         None => None,
     };
-    let bcrypt_cost = cost.unwrap_or(crate::auth::DEFAULT_BCRYPT_COST);
+    let bcrypt_cost = cost.unwrap_or(crate::api::auth::DEFAULT_BCRYPT_COST);
     if !(4..=31).contains(&bcrypt_cost) {
         return Err(ConfigError::OutOfRange {
             flag: "--bcrypt-cost",
@@ -232,7 +232,7 @@ fn auth_options(
             allowed: "4 to 31",
         });
     }
-    let ttl = ttl.unwrap_or(crate::auth::DEFAULT_TOKEN_TTL);
+    let ttl = ttl.unwrap_or(crate::api::auth::DEFAULT_TOKEN_TTL);
     if ttl == 0 {
         return Err(ConfigError::OutOfRange {
             flag: "--auth-token-ttl",
@@ -240,7 +240,7 @@ fn auth_options(
             allowed: "at least 1 second",
         });
     }
-    Ok(crate::auth::AuthOptions {
+    Ok(crate::api::auth::AuthOptions {
         token_ttl: std::time::Duration::from_secs(ttl),
         bcrypt_cost,
         client_cert_auth,
@@ -293,11 +293,11 @@ pub enum ConfigError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
-    AuthToken(#[from] crate::jwt::AuthTokenError),
+    AuthToken(#[from] crate::api::jwt::AuthTokenError),
     #[error(transparent)]
-    Keepalive(#[from] crate::limits::KeepaliveError),
+    Keepalive(#[from] crate::api::limits::KeepaliveError),
     #[error(transparent)]
-    AutoCompaction(#[from] crate::autocompact::AutoCompactionError),
+    AutoCompaction(#[from] crate::member::autocompact::AutoCompactionError),
 }
 
 /// A URL that is not `http://IP:port` (or `https://`, or a bare `IP:port`).
@@ -565,7 +565,7 @@ impl ServerConfig {
             return Err(ConfigError::HttpsMetrics(u.clone()));
         }
         let listen_metrics = parse_urls("--listen-metrics-urls", &listen_metrics_urls)?;
-        let keepalive = crate::limits::Keepalive::from_flags(
+        let keepalive = crate::api::limits::Keepalive::from_flags(
             args.grpc_keepalive_min_time.as_deref(),
             args.grpc_keepalive_interval.as_deref(),
             args.grpc_keepalive_timeout.as_deref(),
@@ -606,10 +606,10 @@ impl ServerConfig {
             snapshot_count: args.snapshot_count.unwrap_or(100_000).max(1),
             max_txn_ops: args.max_txn_ops.unwrap_or(128),
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
-            quota_backend_bytes: crate::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
+            quota_backend_bytes: crate::member::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
             keepalive,
             auth,
-            auto_compaction: crate::autocompact::parse(
+            auto_compaction: crate::member::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
                 args.auto_compaction_retention.as_deref(),
             )?,
@@ -794,13 +794,16 @@ mod tests {
         // The other modules' flag errors come through unchanged.
         let e = resolve(ServerArgs { grpc_keepalive_timeout: Some("soon".into()), ..Default::default() });
         assert!(
-            matches!(e, ConfigError::Keepalive(crate::limits::KeepaliveError::NotADuration { .. })),
+            matches!(e, ConfigError::Keepalive(crate::api::limits::KeepaliveError::NotADuration { .. })),
             "{e:?}"
         );
         let e = resolve(ServerArgs { auto_compaction_mode: Some("daily".into()), ..Default::default() });
         assert!(e.to_string().starts_with("invalid --auto-compaction-mode \"daily\""), "{e}");
         let e = resolve(ServerArgs { auth_token: Some("oauth".into()), ..Default::default() });
-        assert!(matches!(e, ConfigError::AuthToken(crate::jwt::AuthTokenError::UnknownType(_))), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::AuthToken(crate::api::jwt::AuthTokenError::UnknownType(_))),
+            "{e:?}"
+        );
         // Conflicting TLS flags.
         let e = resolve(ServerArgs {
             listen_client_urls: Some("https://127.0.0.1:2379".into()),

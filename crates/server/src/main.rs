@@ -1,37 +1,19 @@
 //! `raftkv`: a replicated key-value store on Raft that speaks the etcd v3 API.
+//!
+//! Three parts: the etcd v3 API layer ([`api`]: client port, services, JSON gateway), the
+//! member under it ([`member`]: startup, peers, membership, the state machine's hooks, the
+//! store's upkeep, backups), and what runs the process (the CLI here, [`config`], [`tls`],
+//! [`certexpiry`], [`metrics`], [`dev`]).
 
 use clap::{Parser, Subcommand};
 
-mod alarm;
-mod auth;
-mod authority;
-mod autocompact;
-mod backup;
-mod bolt;
+mod api;
 mod certexpiry;
-mod client_port;
 mod config;
-mod defrag;
 mod dev;
-mod forward;
-mod gateway;
-mod grpc;
-mod jwt;
-mod keepalive;
-mod kvsm;
-mod lease;
-mod limits;
-mod lock;
 mod member;
-mod membership;
 mod metrics;
-mod peer;
-mod quota;
-mod require_leader;
-mod server;
-mod service;
 mod tls;
-mod watch;
 
 // The member runtime (driver, disk worker, applier and their tokio shell).
 use raftkv_node as node;
@@ -54,7 +36,7 @@ enum Command {
     /// Run a local three-member cluster on 127.0.0.1 (client ports 2379, 22379, 32379).
     Dev(dev::DevArgs),
     /// Backups: restore a snapshot file into a new member's data dir, or print its status.
-    Snapshot(backup::SnapshotArgs),
+    Snapshot(member::backup::SnapshotArgs),
 }
 
 enum Run {
@@ -93,7 +75,7 @@ fn server_runtime(builder: &mut tokio::runtime::Builder) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Snapshot(args) = cli.command {
-        return match backup::run(args) {
+        return match member::backup::run(args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("raftkv: {e}");
@@ -120,7 +102,7 @@ fn main() -> std::process::ExitCode {
         match command {
             Run::Server(config) => {
                 init_logging(config.log_format, &config.log_level);
-                runtime.block_on(server::run(*config)).map_err(|e| e.to_string())
+                runtime.block_on(member::server::run(*config)).map_err(|e| e.to_string())
             }
             Run::Dev(args) => runtime.block_on(dev::run(args)).map_err(|e| e.to_string()),
         }

@@ -22,7 +22,7 @@ use prometheus::{
 };
 use tonic::Code;
 
-use crate::service::Api;
+use crate::api::service::Api;
 
 /// The gRPC methods counted, as `(service, method, type)`: go-grpc-prometheus's labels.
 const METHODS: &[(&str, &str, &str)] = &[
@@ -408,7 +408,7 @@ impl Metrics {
             (sm.kv.live_keys(), sm.kv.size_bytes(), sm.kv.size_in_use_bytes())
         };
         self.keys_total.set(keys as i64);
-        // The figures Maintenance.Status reports (crate::quota defines them).
+        // The figures Maintenance.Status reports (crate::member::quota defines them).
         self.db_total_size.set(size as i64);
         self.db_total_size_debugging.set(size as i64);
         self.db_in_use.set(in_use as i64);

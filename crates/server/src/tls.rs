@@ -441,7 +441,7 @@ impl Ports {
             return Ok(Ports { client: None, peer: None });
         }
         let provider = provider(&config.cipher_suites)?;
-        let fixtures = crate::member::member_dir(&config.data_dir).join("fixtures");
+        let fixtures = crate::member::identity::member_dir(&config.data_dir).join("fixtures");
         let hosts = |addrs: &[std::net::SocketAddr]| -> Vec<String> {
             addrs.iter().map(|a| a.ip().to_string()).collect()
         };

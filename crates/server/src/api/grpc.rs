@@ -5,7 +5,7 @@ use raftkv_api::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServe
 use raftkv_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
-use crate::service::Api;
+use crate::api::service::Api;
 
 pub struct Grpc(pub Api);
 
@@ -29,14 +29,14 @@ impl Maintenance for Grpc {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.0.defragment(req.into_inner()).await.map(Response::new)
     }
-    type SnapshotStream = crate::require_leader::UntilLeaderLost<crate::backup::SnapshotStream>;
+    type SnapshotStream = crate::api::require_leader::UntilLeaderLost<crate::member::backup::SnapshotStream>;
     async fn snapshot(
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let required = crate::require_leader::required_by(&req);
-        let stream = crate::backup::snapshot(&self.0, self.0.member_dir()).await?;
-        Ok(Response::new(crate::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
+        let required = crate::api::require_leader::required_by(&req);
+        let stream = crate::member::backup::snapshot(&self.0, self.0.member_dir()).await?;
+        Ok(Response::new(crate::api::require_leader::UntilLeaderLost::new(&self.0, required, stream)))
     }
     async fn move_leader(
         &self,
@@ -81,15 +81,15 @@ impl Cluster for Grpc {
 }
 
 /// The largest message tonic decodes for these services: the same limit as on the
-/// key-value path ([`crate::limits::message_limit`]).
+/// key-value path ([`crate::api::limits::message_limit`]).
 pub fn decode_limit(api: &Api) -> usize {
-    crate::limits::message_limit(api.max_request_bytes())
+    crate::api::limits::message_limit(api.max_request_bytes())
 }
 
-/// The gRPC services other than KV (served in [`crate::client_port`]) as routes.
+/// The gRPC services other than KV (served in [`crate::api::client_port`]) as routes.
 pub fn routes(api: Api) -> tonic::service::Routes {
     let limit = decode_limit(&api);
     tonic::service::Routes::new(MaintenanceServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
-        .add_service(crate::watch::WatchService::new(api, limit))
+        .add_service(crate::api::watch::WatchService::new(api, limit))
 }

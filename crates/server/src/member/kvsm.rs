@@ -9,21 +9,21 @@ use raftkv_kv::{ColdStore, KvConfig, KvStore};
 pub use raftkv_kvsm::{MemberAttributes, Output};
 use tokio::sync::Notify;
 
-use crate::auth::Tokens;
-use crate::watch::WatchHub;
+use crate::api::auth::Tokens;
+use crate::api::watch::WatchHub;
 
 /// The state machine as the server runs it.
 pub type KvMachine = raftkv_kvsm::KvMachine<ServerHooks>;
 
 /// What the server does around applying and snapshots.
 pub struct ServerHooks {
-    /// Where applied changes go to the watch streams ([`crate::watch`]).
+    /// Where applied changes go to the watch streams ([`crate::api::watch`]).
     pub watch: Arc<WatchHub>,
     /// Notified when compaction has left the history store due for a rewrite
-    /// ([`crate::defrag::rewrite_after_compaction`] carries it out off the apply path).
+    /// ([`crate::member::defrag::rewrite_after_compaction`] carries it out off the apply path).
     pub rewrite_due: Arc<Notify>,
     /// This member's simple auth tokens: applied Authenticate commands record them, applied
-    /// auth changes void them ([`crate::auth`]).
+    /// auth changes void them ([`crate::api::auth`]).
     pub tokens: Arc<Tokens>,
 }
 

@@ -1,6 +1,6 @@
 //! Request limits and HTTP/2 keepalive, as etcd's flags define them, checked by the same
-//! functions on the key-value fast path ([`crate::client_port`]) and for the services
-//! tonic serves ([`crate::grpc`], leases, locks, watches).
+//! functions on the key-value fast path ([`crate::api::client_port`]) and for the services
+//! tonic serves ([`crate::api::grpc`], leases, locks, watches).
 //!
 //! - `--max-request-bytes` (default 1.5 MiB): a gRPC message longer than it plus
 //!   [`GRPC_OVERHEAD_BYTES`] is refused before it is buffered (`grpc: received message
@@ -11,7 +11,7 @@
 //!   (`etcdserver: too many operations in txn request`).
 //! - `--grpc-keepalive-interval` (default 2h), `--grpc-keepalive-timeout` (default 20s) and
 //!   `--grpc-keepalive-min-time` (default 5s): the HTTP/2 keepalive of the client port, as
-//!   etcd's gRPC server applies it ([`crate::keepalive`]).
+//!   etcd's gRPC server applies it ([`crate::api::keepalive`]).
 
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub fn check_request_len(len: usize, max_request_bytes: usize) -> Result<(), Sta
     Ok(())
 }
 
-/// The keepalive settings of the client port's HTTP/2 connections ([`crate::keepalive`]).
+/// The keepalive settings of the client port's HTTP/2 connections ([`crate::api::keepalive`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keepalive {
     /// The least time between a client's pings (0: grpc-go's default, 5 minutes).
@@ -78,7 +78,7 @@ fn duration_flag(
 ) -> Result<Duration, KeepaliveError> {
     match value {
         None => Ok(default),
-        Some(v) => crate::autocompact::parse_duration(v.trim())
+        Some(v) => crate::member::autocompact::parse_duration(v.trim())
             .ok_or_else(|| KeepaliveError::NotADuration { flag, value: v.to_string() }),
     }
 }

@@ -33,9 +33,9 @@ use tokio::task::JoinSet;
 use tonic::Status;
 use tower::ServiceExt;
 
-use crate::auth::{Call, ClientCn};
-use crate::authority::{AuthorityFix, PREFACE};
-use crate::service::Api;
+use crate::api::auth::{Call, ClientCn};
+use crate::api::authority::{AuthorityFix, PREFACE};
+use crate::api::service::Api;
 
 /// Streams one HTTP/2 connection may have open at once (hyper's default, which this port
 /// used before): a client with more queues them.
@@ -187,7 +187,7 @@ async fn tls_connection(
         session
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .and_then(|cert| crate::auth::common_name(cert))
+            .and_then(|cert| crate::api::auth::common_name(cert))
             .map(|cn| ClientCn(cn.into()))
     } else {
         None
@@ -260,11 +260,11 @@ async fn serve_h2<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Keepalive (crate::keepalive): the client's pings policed, the member's pings sent
+    // Keepalive (crate::api::keepalive): the client's pings policed, the member's pings sent
     // when the client is silent; `activity` tells the pinger of frames from the client.
     let keepalive = api.keepalive();
     let activity = Arc::new(AtomicBool::new(false));
-    let io = crate::keepalive::Watched::new(io, keepalive, activity.clone());
+    let io = crate::api::keepalive::Watched::new(io, keepalive, activity.clone());
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -283,7 +283,7 @@ async fn serve_h2<S>(
     let pings = conn.ping_pong();
     let dead = async move {
         match pings {
-            Some(pings) => crate::keepalive::server_pings(pings, keepalive, activity).await,
+            Some(pings) => crate::api::keepalive::server_pings(pings, keepalive, activity).await,
             None => std::future::pending().await,
         }
     };
@@ -334,10 +334,10 @@ async fn kv_call(
     let metrics = crate::metrics::get();
     let method = crate::metrics::Method::kv(call as usize);
     metrics.grpc_started(method);
-    // The same caller resolution and checks as every other path (see crate::auth).
+    // The same caller resolution and checks as every other path (see crate::api::auth).
     let caller = Call::from_headers(request.headers(), cn.as_ref());
     let deadline = request.headers().get("grpc-timeout").map(|v| grpc_timeout(v.as_bytes()));
-    let run = crate::auth::scoped(&api, caller, run_kv_call(call, request, &api));
+    let run = crate::api::auth::scoped(&api, caller, run_kv_call(call, request, &api));
     let result = match deadline {
         None => run.await,
         Some(Err(status)) => Err(status),
@@ -357,7 +357,7 @@ async fn kv_call(
 }
 
 async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) -> Result<Bytes, Status> {
-    crate::require_leader::check(request.headers(), api)?;
+    crate::api::require_leader::check(request.headers(), api)?;
     if let Some(encoding) = request.headers().get("grpc-encoding")
         && encoding != "identity"
     {
@@ -366,7 +366,7 @@ async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) 
             "Content is compressed with `{encoding}` which isn't supported"
         )));
     }
-    let limit = crate::limits::message_limit(api.max_request_bytes());
+    let limit = crate::api::limits::message_limit(api.max_request_bytes());
     let message = read_message(request.into_body(), limit).await?;
     crate::metrics::get().grpc_received_bytes(message.len() as u64);
     match call {
@@ -439,7 +439,7 @@ async fn read_message(mut body: h2::RecvStream, limit: usize) -> Result<Bytes, S
                 ));
             }
             let len = u32::from_be_bytes([have[1], have[2], have[3], have[4]]) as usize;
-            crate::limits::check_message_len(len, limit)?;
+            crate::api::limits::check_message_len(len, limit)?;
             want = Some(5 + len);
         }
         if let Some(want) = want
@@ -495,7 +495,7 @@ async fn to_router(
         Handled(m, false)
     });
     if is_grpc(request.headers())
-        && let Err(status) = crate::require_leader::check(request.headers(), &api)
+        && let Err(status) = crate::api::require_leader::check(request.headers(), &api)
     {
         if let Some(c) = counted.as_mut() {
             c.done(status.code());

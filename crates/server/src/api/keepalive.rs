@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::authority::{FRAME_HEADER_LEN, PREFACE, TYPE_HEADERS as HEADERS};
-use crate::limits::Keepalive;
+use crate::api::authority::{FRAME_HEADER_LEN, PREFACE, TYPE_HEADERS as HEADERS};
+use crate::api::limits::Keepalive;
 
 const DATA: u8 = 0x0;
 const RST_STREAM: u8 = 0x3;

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
-use crate::service::{Api, ETCD_VERSION};
+use crate::api::service::{Api, ETCD_VERSION};
 
 /// How long `/health`'s linearizable read may take (etcd uses one second).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);

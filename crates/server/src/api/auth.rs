@@ -5,7 +5,7 @@
 //!   `--client-cert-auth`, the client certificate's common name. The scope is set in one
 //!   place per path: [`scope_request`] for everything the router serves (tonic services,
 //!   JSON gateway) and [`Call::from_headers`] + [`scoped`] on the direct HTTP/2 key-value
-//!   path ([`crate::client_port`]). Work a member does on its own (lease expiry,
+//!   path ([`crate::api::client_port`]). Work a member does on its own (lease expiry,
 //!   auto-compaction, publishing) runs outside any scope and is not checked.
 //! * Checks: [`Api::authorize`] resolves the caller (token, else certificate name) and runs a
 //!   permission check against the member's applied auth state (`raftkv_kv::AuthStore`),
@@ -17,14 +17,14 @@
 //!   member knows them ([`Api::authenticate`]): the receiving member checks the password and
 //!   proposes an `AuthAuthenticate` command (user, the auth revision checked at, the token's
 //!   random part; no password); every member applying it records `<random>.<raft index>` in
-//!   its [`Tokens`] through the state machine's hooks ([`crate::kvsm::ServerHooks`]), the
+//!   its [`Tokens`] through the state machine's hooks ([`crate::member::kvsm::ServerHooks`]), the
 //!   one table the checks here read. A member that has not applied that index yet waits for
 //!   it before checking a call ([`Api::await_token`]). Each member keeps a token for
 //!   `--auth-token-ttl` seconds after its last use there, at most [`MAX_TOKENS_PER_USER`] per
 //!   user and [`MAX_TOKENS`] in all; not persisted, not in snapshots (a restarted member
 //!   forgets them, as etcd's). Applied user deletes and password changes drop the user's
 //!   tokens on every member, disabling auth drops them all. Or, with `--auth-token jwt,...`, signed JWTs
-//!   ([`crate::jwt`]) that any member holding the key verifies: good until their `exp`, and
+//!   ([`crate::api::jwt`]) that any member holding the key verifies: good until their `exp`, and
 //!   refused with "revision of auth store is old" once the auth state has changed since they
 //!   were issued (any user, role or permission change, as etcd), so the client authenticates
 //!   again. Passwords are hashed with bcrypt on the member that receives them, before they
@@ -47,8 +47,8 @@ use raftkv_api::raftkvpb::{AuthAuthenticate, AuthCommand, AuthUserAdd, AuthUserC
 use raftkv_kv::{AuthError, AuthStore};
 use tonic::{Request, Response, Status};
 
-use crate::kvsm::{KvMachine, Output};
-use crate::service::Api;
+use crate::api::service::Api;
+use crate::member::kvsm::{KvMachine, Output};
 
 /// etcd's default `--auth-token-ttl` (seconds).
 pub const DEFAULT_TOKEN_TTL: u64 = 300;
@@ -75,7 +75,7 @@ pub struct AuthOptions {
     pub client_cert_auth: bool,
     /// `--auth-token jwt,...`: the keys tokens are signed and verified with (None: simple
     /// tokens).
-    pub jwt: Option<Arc<crate::jwt::JwtKeys>>,
+    pub jwt: Option<Arc<crate::api::jwt::JwtKeys>>,
 }
 
 impl Default for AuthOptions {
@@ -473,7 +473,7 @@ impl Api {
 
     /// A linearizable view of the auth state for the Auth service's reads.
     async fn auth_read<T>(&self, read: impl FnOnce(&AuthStore) -> Result<T, AuthError>) -> Result<T, Status> {
-        self.node.read_barrier(self.request_timeout()).await.map_err(crate::service::node_status)?;
+        self.node.read_barrier(self.request_timeout()).await.map_err(crate::api::service::node_status)?;
         let sm = self.node.shared.sm.read();
         read(&sm.auth).map_err(status)
     }
@@ -889,7 +889,7 @@ pub fn service(api: Api, decode_limit: usize) -> AuthServer<AuthService> {
 
 /// The JSON gateway's `/v3/auth/...` routes (etcd 3.4's paths).
 pub fn gateway_router(api: Api) -> axum::Router {
-    use crate::gateway::unary_for;
+    use crate::api::gateway::unary_for;
     let mut router = axum::Router::new();
     for prefix in ["/v3", "/v3beta"] {
         let p = |s: &str| format!("{prefix}/auth/{s}");

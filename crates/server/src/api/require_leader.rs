@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::service::Api;
+use crate::api::service::Api;
 
 /// The metadata key and value etcd's clients send (etcd's `rpctypes.MetadataRequireLeaderKey`
 /// and `MetadataHasLeader`).

@@ -14,7 +14,7 @@ use axum::routing::post;
 use raftkv_api::etcdserverpb::{HashRequest, SnapshotRequest};
 
 use super::{body_limit, decode, error_response, method_not_allowed, read_body, unary_for};
-use crate::service::Api;
+use crate::api::service::Api;
 
 pub fn router(api: Api) -> Router {
     let mut router = Router::new();
@@ -65,7 +65,7 @@ async fn snapshot(api: Api, body: Body) -> Response {
     if let Err(status) = read_body(body, limit).await.and_then(|b| decode::<SnapshotRequest>(&b)) {
         return error_response(&status);
     }
-    match crate::backup::snapshot(&api, api.member_dir()).await {
+    match crate::member::backup::snapshot(&api, api.member_dir()).await {
         Ok(stream) => super::stream_response(stream),
         Err(status) => super::stream_refusal(&status),
     }

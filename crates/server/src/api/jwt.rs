@@ -7,7 +7,7 @@
 //! * Claims: `username`, `revision` (the auth revision at issue) and `exp` (Unix seconds), as
 //!   etcd writes them. A token is good while its signature verifies with this member's key,
 //!   with the configured algorithm, and `exp` has not passed (no leeway); the caller then
-//!   compares `revision` with the applied auth revision (see [`crate::auth`]).
+//!   compares `revision` with the applied auth revision (see [`crate::api::auth`]).
 //! * Signing and verification are `jsonwebtoken`'s (on ring); this module loads and checks the
 //!   keys, so that a bad key is a startup error rather than a refused login later.
 
@@ -363,7 +363,7 @@ impl JwtKeys {
         let (alg, family) = sign_method(get("sign-method"))?;
         let ttl = match get("ttl") {
             "" => DEFAULT_TTL,
-            t => crate::autocompact::parse_duration(t)
+            t => crate::member::autocompact::parse_duration(t)
                 .ok_or_else(|| JwtError::TtlNotADuration(t.to_string()))?,
         };
         if ttl < Duration::from_secs(1) {

@@ -37,7 +37,7 @@ pub fn refusal(outcome: &AlarmOutcome) -> Option<Status> {
     }
 }
 
-impl crate::service::Api {
+impl crate::api::service::Api {
     /// Maintenance.Alarm: every action goes through the log (as etcd's), so a GET lists the
     /// alarms as of a committed index, and ACTIVATE/DEACTIVATE reach every member.
     ///
@@ -62,7 +62,7 @@ impl crate::service::Api {
         }
         match self.propose_command(|id| Command::new(id, Request::Alarm(req))).await? {
             // No header, as etcd 3.4 answers.
-            crate::kvsm::Output::Alarm(AlarmOutcome::Listed(alarms)) => {
+            crate::member::kvsm::Output::Alarm(AlarmOutcome::Listed(alarms)) => {
                 Ok(AlarmResponse { header: None, alarms })
             }
             _ => Err(Status::internal("unexpected result for Alarm")),

@@ -36,8 +36,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::lease::Leases;
-use crate::service::Api;
+use crate::api::lease::Leases;
+use crate::api::service::Api;
 
 /// The TTL of the lease a Lock or Campaign without one gets (clientv3's session default).
 const SESSION_TTL: i64 = 60;
@@ -286,7 +286,7 @@ impl Recipes {
     pub fn observe(&self, req: LeaderRequest) -> ReceiverStream<Result<LeaderResponse, Status>> {
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
         let this = self.clone();
-        tokio::spawn(crate::auth::inherit(async move {
+        tokio::spawn(crate::api::auth::inherit(async move {
             tokio::select! {
                 _ = tx.closed() => {}
                 end = this.observe_into(&req.name, &tx) => {
@@ -348,7 +348,7 @@ impl Recipes {
 /// member (the Watch service's code: the same ring, history catch-up and limits), as the
 /// caller: the watch is checked against the caller's permissions.
 struct KeyEvents {
-    out: crate::watch::Output,
+    out: crate::api::watch::Output,
     pending: VecDeque<(Option<ResponseHeader>, Event)>,
     ended: bool,
 }
@@ -374,7 +374,7 @@ impl KeyEvents {
         // The request, then an input that stays open: the session ends when `out` is dropped.
         let input = tokio_stream::iter([Ok(create)]).chain(tokio_stream::pending());
         KeyEvents {
-            out: crate::watch::start(api.clone(), Box::pin(input)),
+            out: crate::api::watch::start(api.clone(), Box::pin(input)),
             pending: VecDeque::new(),
             ended: false,
         }
@@ -446,15 +446,17 @@ impl Election for Recipes {
     }
 
     type ObserveStream =
-        crate::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaderResponse, Status>>>;
+        crate::api::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaderResponse, Status>>>;
 
     async fn observe(
         &self,
         req: tonic::Request<LeaderRequest>,
     ) -> Result<tonic::Response<Self::ObserveStream>, Status> {
-        let required = crate::require_leader::required_by(&req);
+        let required = crate::api::require_leader::required_by(&req);
         let stream = Recipes::observe(self, req.into_inner());
-        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.api, required, stream)))
+        Ok(tonic::Response::new(crate::api::require_leader::UntilLeaderLost::new(
+            &self.api, required, stream,
+        )))
     }
 
     async fn resign(

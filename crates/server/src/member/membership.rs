@@ -8,13 +8,13 @@
 //! cluster without a quorum of started, reachable voters is refused before it is proposed
 //! (`not enough started members`, `unhealthy cluster`); once auth is enabled every change is
 //! for administrators, checked on the member the client called. A follower hands a change to
-//! the leader over the peer transport ([`crate::forward`]), retrying against a new leader.
+//! the leader over the peer transport ([`crate::member::forward`]), retrying against a new leader.
 //!
 //! Each `MemberAdd` gives the new member a fresh id (a hash of its peer URLs, the cluster
 //! token and the time, different from every current and removed id), as etcd does, so a
 //! member replaced on the same peer URLs never takes the id of its previous incarnation; a
 //! member joining with `--initial-cluster-state existing` learns its id from its peers'
-//! member list (see `crate::server`).
+//! member list (see `crate::member::server`).
 //!
 //! A change travels as one configuration-change entry: the core's steps (add voter, add
 //! learner, remove, update) and, in the entry's context, this module's [`ChangeContext`] (the
@@ -33,11 +33,11 @@ use raftkv_api::etcdserverpb::{
 use raftkv_raft::{ConfChange, ConfChangeError, ConfChangeStep, NodeId, ProposeError};
 use tonic::{Code, Status};
 
+use crate::api::service::Api;
 use crate::config;
-use crate::forward::{self, Call, ForwardError};
-use crate::member::MemberRecord;
+use crate::member::forward::{self, Call, ForwardError};
+use crate::member::identity::MemberRecord;
 use crate::node::NodeError;
-use crate::service::Api;
 
 pub use raftkv_kvsm::registry::{ChangeContext, Registry};
 
@@ -119,7 +119,7 @@ fn refused(e: NodeError) -> Status {
             }
         },
         NodeError::Transfer(e) => Status::new(Code::FailedPrecondition, format!("etcdserver: {e}")),
-        other => crate::service::node_status(other),
+        other => crate::api::service::node_status(other),
     }
 }
 

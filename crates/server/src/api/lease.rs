@@ -11,7 +11,7 @@
 //!   plus its checkpointed remaining TTL, or its full TTL when it has none (etcd's
 //!   `Promote`). A lease granted later starts when the leader first sees it.
 //! * Keep-alives are served by the leader; a follower forwards each one (and TimeToLive) to
-//!   the leader over the peer transport ([`crate::forward`]), as etcd forwards to the
+//!   the leader over the peer transport ([`crate::member::forward`]), as etcd forwards to the
 //!   leader's peer HTTP endpoint.
 //! * Checkpoints (etcd 3.4's `--experimental-enable-lease-checkpoint`, always on here):
 //!   every [`CHECKPOINT_INTERVAL`] the leader records the remaining TTL of each lease
@@ -43,9 +43,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
-use crate::forward::{self, Call, ForwardError};
-use crate::gateway;
-use crate::service::Api;
+use crate::api::gateway;
+use crate::api::service::Api;
+use crate::member::forward::{self, Call, ForwardError};
 
 /// How often the leader looks for expired leases and due checkpoints.
 const TICK: Duration = Duration::from_millis(100);
@@ -323,7 +323,7 @@ impl Leases {
 
     pub async fn revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, Status> {
         self.api.require_user()?;
-        self.api.authorize(|sm, user| crate::auth::check_lease_keys(sm, user, req.id, true))?;
+        self.api.authorize(|sm, user| crate::api::auth::check_lease_keys(sm, user, req.id, true))?;
         match self.api.propose(|id| Command::lease_revoke(id, req)).await? {
             ApplyResult::LeaseRevoke(mut resp) => {
                 self.api.fill(&mut resp.header);
@@ -387,7 +387,7 @@ impl Leases {
         if !forwarded {
             self.api.require_user()?;
             if req.keys {
-                self.api.authorize(|sm, user| crate::auth::check_lease_keys(sm, user, req.id, false))?;
+                self.api.authorize(|sm, user| crate::api::auth::check_lease_keys(sm, user, req.id, false))?;
             }
         }
         let upstream: Option<LeaseTimeToLiveResponse> =
@@ -423,7 +423,7 @@ impl Leases {
 
     pub async fn leases(&self, _req: LeaseLeasesRequest) -> Result<LeaseLeasesResponse, Status> {
         self.barrier().await?;
-        self.api.authorize(crate::auth::check_all_leases)?;
+        self.api.authorize(crate::api::auth::check_all_leases)?;
         let sm = self.api.node.shared.sm.read();
         let leases = sm.kv.leases().iter().map(|l| LeaseStatus { id: l.id }).collect();
         Ok(LeaseLeasesResponse { header: Some(self.api.header(sm.kv.revision())), leases })
@@ -449,13 +449,13 @@ impl Lease for Leases {
     }
 
     type LeaseKeepAliveStream =
-        crate::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaseKeepAliveResponse, Status>>>;
+        crate::api::require_leader::UntilLeaderLost<ReceiverStream<Result<LeaseKeepAliveResponse, Status>>>;
 
     async fn lease_keep_alive(
         &self,
         req: tonic::Request<tonic::Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, Status> {
-        let required = crate::require_leader::required_by(&req);
+        let required = crate::api::require_leader::required_by(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let this = self.clone();
@@ -469,7 +469,9 @@ impl Lease for Leases {
             }
         });
         let stream = ReceiverStream::new(rx);
-        Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&self.api, required, stream)))
+        Ok(tonic::Response::new(crate::api::require_leader::UntilLeaderLost::new(
+            &self.api, required, stream,
+        )))
     }
 
     async fn lease_time_to_live(
@@ -487,7 +489,7 @@ impl Lease for Leases {
     }
 }
 
-/// The Lease gRPC service, for [`crate::grpc::routes`].
+/// The Lease gRPC service, for [`crate::api::grpc::routes`].
 pub fn service(leases: Leases, limit: usize) -> LeaseServer<Leases> {
     LeaseServer::new(leases).max_decoding_message_size(limit)
 }

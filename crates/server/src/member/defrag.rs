@@ -18,8 +18,8 @@ use raftkv_node::Shared;
 use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::kvsm::KvMachine;
-use crate::service::Api;
+use crate::api::service::Api;
+use crate::member::kvsm::KvMachine;
 
 /// How long the switch waits for a snapshot or hash reading the store to finish.
 const BUSY_WAIT: Duration = Duration::from_secs(60);

@@ -147,7 +147,7 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
     let record = ClusterRecord {
         format: 1,
         // A joining member learns the running cluster's id, its own id and the members'
-        // from its peers' member list (see `crate::server`); these are replaced before
+        // from its peers' member list (see `crate::member::server`); these are replaced before
         // anything is written.
         cluster_id: if joining { 0 } else { config::cluster_id(&config.initial_cluster, token) },
         member_id: me.id,

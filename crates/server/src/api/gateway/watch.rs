@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
 use super::{body_limit, decode, error_response, method_not_allowed};
-use crate::service::Api;
+use crate::api::service::Api;
 
 /// Requests queued from the body before the session takes them.
 const IN_QUEUE: usize = 16;
@@ -131,7 +131,7 @@ async fn watch(api: Api, body: Body) -> Response {
         // open until the session ends, so it does not take the end for a client error.
         tx.closed().await;
     });
-    let out = crate::watch::start(api, Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    let out = crate::api::watch::start(api, Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
     let lines = out.map(|item| {
         let line = match item.and_then(|reply| reply.decode()) {
             Ok(resp) => json_line("result", &resp),

@@ -10,16 +10,16 @@ use raftkv_transport::{Transport, TransportConfig};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+use crate::api::service::{Api, ApiConfig};
 use crate::config::{ServerConfig, UrlError, parse_url};
-use crate::member;
+use crate::member::identity;
 use crate::node::{Node, NodeConfig};
-use crate::service::{Api, ApiConfig};
 
 /// Why a member could not start, or stopped on its own.
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error(transparent)]
-    Member(#[from] member::MemberError),
+    Member(#[from] identity::MemberError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot initialise the data dir {}: {source}", dir.display())]
@@ -68,7 +68,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
 }
 
 async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
-    let identity = member::load_or_bootstrap(&config, config.initial_cluster_token_explicit)?;
+    let identity = identity::load_or_bootstrap(&config, config.initial_cluster_token_explicit)?;
     let mut record = identity.record;
     // TLS (checked before anything listens: a bad certificate file stops the member here).
     let tls = crate::tls::Ports::load(&config)?;
@@ -81,11 +81,11 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         sync: if config.unsafe_no_fsync { SyncMode::NoSyncUnsafeForBenchmarksOnly } else { SyncMode::Fsync },
         ..LogOptions::default()
     };
-    let raft_dir = member::raft_dir(&config.data_dir);
+    let raft_dir = identity::raft_dir(&config.data_dir);
     let (storage, recovered) = if identity.fresh {
         let storage = Storage::create(fs, &raft_dir, ids, opts)
             .map_err(|source| ServerError::CreateStorage { dir: config.data_dir.clone(), source })?;
-        member::save(&config.data_dir, &record)?;
+        identity::save(&config.data_dir, &record)?;
         (storage, raftkv_storage::Recovered { first_index: 1, ..Default::default() })
     } else {
         Storage::open(fs, &raft_dir, ids, opts)
@@ -111,26 +111,26 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     }
     tcfg.tls = tls.peer.clone();
     tcfg.snapshot_sinks = Arc::new(
-        crate::peer::FileSinkFactory::new(member::member_dir(&config.data_dir).join("snap-recv"))
+        crate::member::peer::FileSinkFactory::new(identity::member_dir(&config.data_dir).join("snap-recv"))
             .map_err(ServerError::SnapshotStaging)?,
     );
     let (t_inbound_tx, t_inbound_rx) = mpsc::channel(4096);
     let (reports_tx, reports_rx) = mpsc::channel(1024);
     let transport = Transport::start(tcfg, t_inbound_tx, reports_tx).await?;
-    let network = crate::peer::network(transport.clone());
+    let network = crate::member::peer::network(transport.clone());
 
     // The driver.
     let kv_config = KvConfig { max_txn_ops: config.max_txn_ops, ..KvConfig::default() };
     // Superseded values (the MVCC history) live in an unnamed cache file, off the heap.
-    let member_dir = member::member_dir(&config.data_dir);
+    let member_dir = identity::member_dir(&config.data_dir);
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|source| ServerError::HistoryCache { dir: member_dir.clone(), source })?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let mut sm = crate::kvsm::new_machine(kv_config, cold, config.auth.token_ttl)
+    let mut sm = crate::member::kvsm::new_machine(kv_config, cold, config.auth.token_ttl)
         .with_segment_dir(member_dir.join("snapshot-history"));
     // The bootstrap members; a snapshot's registry replaces them, configuration changes
     // in the log update them.
-    sm.registry = crate::membership::seed_registry(&record.members);
+    sm.registry = crate::member::membership::seed_registry(&record.members);
     let node_config = NodeConfig {
         id: NodeId(record.member_id),
         // A joining member starts outside the configuration (so it never campaigns) until
@@ -150,7 +150,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         seed: record.member_id,
     };
     let (refusals_tx, refusals_rx) = mpsc::channel(64);
-    let peers = Box::new(crate::peer::TransportSource {
+    let peers = Box::new(crate::member::peer::TransportSource {
         inbound: t_inbound_rx,
         reports: reports_rx,
         refusals: refusals_tx,
@@ -177,7 +177,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         },
     );
     let (removed_tx, removed_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(crate::membership::watch(
+    tokio::spawn(crate::member::membership::watch(
         api.clone(),
         transport.clone(),
         refusals_rx,
@@ -185,29 +185,30 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         removed_tx,
     ));
     if let Some(quota) = config.quota_backend_bytes.0
-        && quota > crate::quota::LARGE_QUOTA_BYTES
+        && quota > crate::member::quota::LARGE_QUOTA_BYTES
     {
         tracing::warn!(quota, "--quota-backend-bytes exceeds the maximum etcd recommends (8 GiB)");
     }
-    let leases = crate::lease::Leases::start(
+    let leases = crate::api::lease::Leases::start(
         api.clone(),
-        crate::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
+        crate::api::lease::LeaseConfig::new(config.heartbeat_interval_ms, config.election_timeout_ms),
     );
     // Peers' requests (forwarded changes and lease calls, member lists) are served from now.
-    crate::forward::register(&api, &leases);
-    let recipes = crate::lock::Recipes::new(api.clone(), leases.clone());
-    let routes = crate::grpc::routes(api.clone())
-        .add_service(crate::lease::service(leases.clone(), crate::grpc::decode_limit(&api)))
-        .add_service(crate::auth::service(api.clone(), crate::grpc::decode_limit(&api)));
-    let router = crate::lock::add_services(routes, recipes.clone(), crate::grpc::decode_limit(&api))
-        .into_axum_router();
+    crate::member::forward::register(&api, &leases);
+    let recipes = crate::api::lock::Recipes::new(api.clone(), leases.clone());
+    let routes = crate::api::grpc::routes(api.clone())
+        .add_service(crate::api::lease::service(leases.clone(), crate::api::grpc::decode_limit(&api)))
+        .add_service(crate::api::auth::service(api.clone(), crate::api::grpc::decode_limit(&api)));
+    let router =
+        crate::api::lock::add_services(routes, recipes.clone(), crate::api::grpc::decode_limit(&api))
+            .into_axum_router();
     let router = router
-        .merge(crate::gateway::router(api.clone()))
-        .merge(crate::lease::gateway_router(leases))
-        .merge(crate::auth::gateway_router(api.clone()))
-        .merge(crate::gateway::recipes::router(recipes, api.max_request_bytes()))
-        // Every request the router serves runs as its caller (see crate::auth).
-        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::auth::scope_request));
+        .merge(crate::api::gateway::router(api.clone()))
+        .merge(crate::api::lease::gateway_router(leases))
+        .merge(crate::api::auth::gateway_router(api.clone()))
+        .merge(crate::api::gateway::recipes::router(recipes, api.max_request_bytes()))
+        // Every request the router serves runs as its caller (see crate::api::auth).
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::api::auth::scope_request));
     crate::metrics::attach(api.clone(), transport.clone(), Duration::from_millis(config.tick_ms()));
     let metrics_router = crate::metrics::router(api.clone());
     let router = router.merge(metrics_router.clone());
@@ -221,7 +222,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         })?;
         let (api, router, stop) = (api.clone(), router.clone(), stop_rx.clone());
         let acceptor = tls.client.clone().map(tokio_rustls::TlsAcceptor::from);
-        servers.push(tokio::spawn(crate::client_port::serve(listener, api, router, acceptor, stop)));
+        servers.push(tokio::spawn(crate::api::client_port::serve(listener, api, router, acceptor, stop)));
     }
     for addr in &config.listen_metrics {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen {
@@ -229,7 +230,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
             addr: *addr,
             source,
         })?;
-        let router = metrics_router.clone().merge(crate::gateway::health_router(api.clone()));
+        let router = metrics_router.clone().merge(crate::api::gateway::health_router(api.clone()));
         servers.push(tokio::spawn(crate::metrics::serve(listener, router, stop_rx.clone())));
     }
     tracing::info!(
@@ -248,9 +249,9 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         let name = config.name.clone();
         tokio::spawn(async move { api.publish(name).await });
     }
-    tokio::spawn(crate::autocompact::run(api.clone(), config.auto_compaction));
+    tokio::spawn(crate::member::autocompact::run(api.clone(), config.auto_compaction));
     let rewrite_due = api.node.shared.sm.read().hooks.rewrite_due.clone();
-    tokio::spawn(crate::defrag::rewrite_after_compaction(api.clone(), rewrite_due));
+    tokio::spawn(crate::member::defrag::rewrite_after_compaction(api.clone(), rewrite_due));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServerError::Signal)?;
@@ -309,7 +310,7 @@ fn same_urls(a: &[String], b: &[String]) -> bool {
 /// member with this member's peer URLs, which `member add` gave a fresh id) and the other
 /// members' ids and URLs.
 async fn join_cluster(
-    record: &mut member::ClusterRecord,
+    record: &mut identity::ClusterRecord,
     tls: Option<&raftkv_transport::PeerTlsConfig>,
 ) -> Result<(), ServerError> {
     let own_urls = record
@@ -317,7 +318,7 @@ async fn join_cluster(
         .iter()
         .find(|m| m.name == record.name)
         .map(|m| m.peer_urls.clone())
-        .ok_or(member::MemberError::NotInCluster)?;
+        .ok_or(identity::MemberError::NotInCluster)?;
     let mut peers = Vec::new();
     for m in record.members.iter().filter(|m| m.name != record.name) {
         for url in &m.peer_urls {
@@ -360,7 +361,7 @@ async fn join_cluster(
             record.members = found
                 .members
                 .iter()
-                .map(|m| member::MemberRecord {
+                .map(|m| identity::MemberRecord {
                     id: m.id.0,
                     name: if m.id == me.id { record.name.clone() } else { m.name.clone() },
                     peer_urls: m.peer_urls.clone(),

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::service::Api;
+use crate::api::service::Api;
 
 /// Watchers one stream may hold.
 pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
@@ -406,7 +406,7 @@ pub fn start(api: Api, input: Input) -> Output {
         progress_pending: false,
     };
     // The session checks each watch it creates as the stream's caller.
-    tokio::spawn(crate::auth::inherit(session.run(input)));
+    tokio::spawn(crate::api::auth::inherit(session.run(input)));
     Output { rx, ready: Vec::new().into_iter() }
 }
 
@@ -1026,15 +1026,15 @@ struct WatchCall(Api);
 
 impl tonic::server::StreamingService<WatchRequest> for WatchCall {
     type Response = Reply;
-    type ResponseStream = crate::require_leader::UntilLeaderLost<Output>;
+    type ResponseStream = crate::api::require_leader::UntilLeaderLost<Output>;
     type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, req: tonic::Request<tonic::Streaming<WatchRequest>>) -> Self::Future {
         let api = self.0.clone();
         Box::pin(async move {
-            let required = crate::require_leader::required_by(&req);
+            let required = crate::api::require_leader::required_by(&req);
             let out = start(api.clone(), Box::pin(req.into_inner()));
-            Ok(tonic::Response::new(crate::require_leader::UntilLeaderLost::new(&api, required, out)))
+            Ok(tonic::Response::new(crate::api::require_leader::UntilLeaderLost::new(&api, required, out)))
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Backups in etcd's format, so data moves both ways between raftkv and etcd 3.4.
 //!
 //! * `Maintenance.Snapshot` (`etcdctl snapshot save`) streams the member's state as an
-//!   etcd v3 backend file: a bbolt database ([`crate::bolt`]) with etcd's buckets, followed
+//!   etcd v3 backend file: a bbolt database ([`crate::member::bolt`]) with etcd's buckets, followed
 //!   by the sha256 of the database, as etcd sends it. `etcdctl snapshot status` reads it and
 //!   `etcdctl snapshot restore` turns it into an etcd data dir.
 //! * `raftkv snapshot restore FILE` builds a new member's data dir from such a file, saved
@@ -39,10 +39,10 @@ use raftkv_kv::{ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, SnapshotP
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use crate::bolt::{BoltError, BoltReader, BoltWriter, BucketRoot};
-use crate::kvsm::MemberAttributes;
-use crate::member::{ClusterRecord, MemberRecord};
-use crate::service::Api;
+use crate::api::service::Api;
+use crate::member::bolt::{BoltError, BoltReader, BoltWriter, BucketRoot};
+use crate::member::identity::{ClusterRecord, MemberRecord};
+use crate::member::kvsm::MemberAttributes;
 
 /// The etcd cluster version written into a snapshot's `cluster` bucket.
 const CLUSTER_VERSION: &[u8] = b"3.4.0";
@@ -96,7 +96,7 @@ pub enum BackupError {
     StateSnapshot { path: PathBuf, source: io::Error },
     /// The member's identity record (the error names the file).
     #[error(transparent)]
-    Identity(#[from] crate::member::MemberError),
+    Identity(#[from] crate::member::identity::MemberError),
 }
 
 /// What is wrong with the etcd data in a snapshot's database.
@@ -518,7 +518,7 @@ impl tokio_stream::Stream for SnapshotStream {
         if this.stopped.as_mut().poll(cx).is_ready() {
             // Dropping the receiver stops the task reading the file.
             this.inner = None;
-            return Poll::Ready(Some(Err(crate::service::node_status(crate::node::NodeError::Stopped))));
+            return Poll::Ready(Some(Err(crate::api::service::node_status(crate::node::NodeError::Stopped))));
         }
         let next = std::pin::Pin::new(inner).poll_next(cx);
         if let Poll::Ready(None) = next {
@@ -682,7 +682,7 @@ fn build_data_dir(
     data_dir: &Path,
     record: &ClusterRecord,
 ) -> Result<(i64, i64, u64, usize), BackupError> {
-    let member_dir = crate::member::member_dir(data_dir);
+    let member_dir = crate::member::identity::member_dir(data_dir);
     let dir_err = |what: &'static str| {
         let path = member_dir.clone();
         move |source| BackupError::DataDir { what, path, source }
@@ -698,7 +698,7 @@ fn build_data_dir(
         );
     }
     let ids = raftkv_storage::NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
-    let raft_dir = crate::member::raft_dir(data_dir);
+    let raft_dir = crate::member::identity::raft_dir(data_dir);
     let storage_err = |source| BackupError::Storage { path: raft_dir.clone(), source };
     let storage = raftkv_storage::Storage::create(
         Arc::new(raftkv_storage::RealFs),
@@ -731,7 +731,7 @@ fn build_data_dir(
             .map_err(|source| BackupError::StateSnapshot { path: raft_dir.clone(), source })?;
     }
     writer.finish().map_err(storage_err)?;
-    crate::member::save(data_dir, record)?;
+    crate::member::identity::save(data_dir, record)?;
     Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys()))
 }
 
@@ -818,7 +818,7 @@ mod tests {
             .expect("test setup");
         let size = write_etcd_db(&point, |f| f(&s), &meta, dir.path(), &mut file).expect("export");
         s.unpin();
-        assert_eq!(size % crate::bolt::PAGE_SIZE as u64, 0);
+        assert_eq!(size % crate::member::bolt::PAGE_SIZE as u64, 0);
         let back = read_etcd_db(&path, size, KvConfig::default(), ColdStore::memory()).expect("import");
         assert_eq!(back.kv.revision(), s.revision());
         assert_eq!(back.kv.compact_revision(), 700);

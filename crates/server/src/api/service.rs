@@ -13,8 +13,8 @@ use raftkv_api::etcdserverpb::{
 use raftkv_kv::{ApplyResult, KvError, KvStore};
 use tonic::{Code, Status};
 
-use crate::kvsm::{KvMachine, MemberAttributes, Output};
-use crate::member::ClusterRecord;
+use crate::member::identity::ClusterRecord;
+use crate::member::kvsm::{KvMachine, MemberAttributes, Output};
 use crate::node::{NodeError, NodeHandle};
 
 /// The etcd server version this API is compatible with, reported by Status and /version.
@@ -35,14 +35,14 @@ pub struct ApiConfig {
     pub unsafe_stale_reads: bool,
     /// The member's directory, for the temporary files of `Maintenance.Snapshot`.
     pub member_dir: std::path::PathBuf,
-    /// `--quota-backend-bytes` ([`crate::quota`]).
-    pub quota: crate::quota::QuotaBytes,
-    /// `--grpc-keepalive-*` ([`crate::limits`]).
-    pub keepalive: crate::limits::Keepalive,
+    /// `--quota-backend-bytes` ([`crate::member::quota`]).
+    pub quota: crate::member::quota::QuotaBytes,
+    /// `--grpc-keepalive-*` ([`crate::api::limits`]).
+    pub keepalive: crate::api::limits::Keepalive,
     /// The peer transport, told of a member being added before its entry is appended.
     pub peer_transport: Option<raftkv_transport::TransportHandle>,
     /// Auth tokens, password hashing, certificate names.
-    pub auth: crate::auth::AuthOptions,
+    pub auth: crate::api::auth::AuthOptions,
 }
 
 /// Serves the etcd v3 operations on top of a member's driver.
@@ -52,11 +52,11 @@ pub struct Api {
     config: Arc<ApiConfig>,
     /// One HashKV at a time per member: each reads the whole state.
     hash_gate: Arc<tokio::sync::Semaphore>,
-    pub(crate) quota: crate::quota::Quota,
+    pub(crate) quota: crate::member::quota::Quota,
     /// One defragmentation at a time per member.
     pub(crate) defrag_gate: Arc<tokio::sync::Semaphore>,
     /// This member's auth tokens and settings.
-    pub(crate) auth: Arc<crate::auth::AuthRuntime>,
+    pub(crate) auth: Arc<crate::api::auth::AuthRuntime>,
     /// Turns true when the member stops: long responses (snapshot streams) end with
     /// `etcdserver: server stopped` instead of being cut off.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -80,11 +80,11 @@ fn kv_status(e: KvError) -> Status {
 
 impl Api {
     pub fn new(node: NodeHandle<KvMachine>, config: ApiConfig) -> Api {
-        let quota = crate::quota::Quota::new(config.quota);
+        let quota = crate::member::quota::Quota::new(config.quota);
         // One token table: the state machine's hooks record and void tokens as auth commands
         // are applied, the checks here look them up.
         let tokens = node.shared.sm.read().hooks.tokens.clone();
-        let auth = Arc::new(crate::auth::AuthRuntime::new(config.auth.clone(), tokens));
+        let auth = Arc::new(crate::api::auth::AuthRuntime::new(config.auth.clone(), tokens));
         Api {
             node,
             config: Arc::new(config),
@@ -118,7 +118,7 @@ impl Api {
     }
 
     /// The cluster's members as bootstrapped.
-    pub fn members(&self) -> &[crate::member::MemberRecord] {
+    pub fn members(&self) -> &[crate::member::identity::MemberRecord] {
         &self.config.cluster.members
     }
 
@@ -157,7 +157,7 @@ impl Api {
     }
 
     /// The keepalive of the client port's HTTP/2 connections.
-    pub fn keepalive(&self) -> crate::limits::Keepalive {
+    pub fn keepalive(&self) -> crate::api::limits::Keepalive {
         self.config.keepalive
     }
 
@@ -174,7 +174,7 @@ impl Api {
     pub(crate) async fn propose(&self, command: impl FnOnce(u64) -> Command) -> Result<ApplyResult, Status> {
         match self.propose_command(command).await? {
             Output::Kv(result) => result.map_err(kv_status),
-            Output::Alarm(outcome) => Err(crate::alarm::refusal(&outcome)
+            Output::Alarm(outcome) => Err(crate::member::alarm::refusal(&outcome)
                 .unwrap_or_else(|| Status::internal("unexpected result for a key-value request"))),
             Output::Auth(result) => Err(result.err().map_or_else(
                 || Status::internal("unexpected result for a key-value request"),
@@ -194,13 +194,13 @@ impl Api {
     ) -> Result<Output, Status> {
         let id = self.node.next_request_id();
         let mut command = command(id);
-        // Stamped with the auth revision the caller was checked against (see crate::auth).
-        command.auth_revision = crate::auth::checked_at();
+        // Stamped with the auth revision the caller was checked against (see crate::api::auth).
+        command.auth_revision = crate::api::auth::checked_at();
         if let Some(request) = &command.request {
-            self.check_quota(crate::quota::cost(request))?;
+            self.check_quota(crate::member::quota::cost(request))?;
         }
         let data: Bytes = command.encode_to_bytes();
-        crate::limits::check_request_len(data.len(), self.config.max_request_bytes)?;
+        crate::api::limits::check_request_len(data.len(), self.config.max_request_bytes)?;
         let metrics = crate::metrics::get();
         metrics.proposals_pending.inc();
         let proposed = self.node.propose(id, data, self.config.request_timeout).await;
@@ -237,7 +237,7 @@ impl Api {
         if !req.serializable && !self.config.unsafe_stale_reads {
             self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
         }
-        self.authorize(|sm, user| crate::auth::check_range(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_range(sm, user, &req))?;
         let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -245,7 +245,7 @@ impl Api {
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
         raftkv_kv::validate_put(&req).map_err(kv_status)?;
-        self.authorize(|sm, user| crate::auth::check_put(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_put(sm, user, &req))?;
         match self.propose(|id| Command::put(id, req)).await? {
             ApplyResult::Put(mut resp) => {
                 self.fill(&mut resp.header);
@@ -257,7 +257,7 @@ impl Api {
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         raftkv_kv::validate_delete_range(&req).map_err(kv_status)?;
-        self.authorize(|sm, user| crate::auth::check_delete_range(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_delete_range(sm, user, &req))?;
         match self.propose(|id| Command::delete_range(id, req)).await? {
             ApplyResult::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
@@ -273,12 +273,12 @@ impl Api {
             if !self.config.unsafe_stale_reads {
                 self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
             }
-            self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
+            self.authorize(|sm, user| crate::api::auth::check_txn(sm, user, &req))?;
             let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
-        self.authorize(|sm, user| crate::auth::check_txn(sm, user, &req))?;
+        self.authorize(|sm, user| crate::api::auth::check_txn(sm, user, &req))?;
         match self.propose(|id| Command::txn(id, req)).await? {
             ApplyResult::Txn(mut resp) => {
                 self.fill(&mut resp.header);
@@ -306,7 +306,7 @@ impl Api {
         let s = self.node.status();
         let (revision, db_size, db_size_in_use, errors) = {
             let sm = self.node.shared.sm.read();
-            // The backend size as defined in crate::quota.
+            // The backend size as defined in crate::member::quota.
             (
                 sm.kv.revision(),
                 sm.kv.size_bytes() as i64,

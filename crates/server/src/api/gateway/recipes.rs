@@ -11,7 +11,7 @@ use axum::routing::post;
 use raftkv_api::v3electionpb::LeaderRequest;
 
 use super::{body_limit, decode, error_response, method_not_allowed, read_body, unary_on};
-use crate::lock::Recipes;
+use crate::api::lock::Recipes;
 
 /// The Lock and Election routes over `recipes`; request bodies up to the gateway's limit for
 /// `max_request_bytes`.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use raftkv_api::etcdserverpb::CompactionRequest;
 use tokio::time::Instant;
 
-use crate::service::Api;
+use crate::api::service::Api;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// etcd's revision compactor interval.

@@ -26,8 +26,8 @@ use raftkv_raft::NodeId;
 use raftkv_transport::{PeerMember, PeerService, RequestError, RequestFuture};
 use tonic::{Code, Status};
 
-use crate::lease::Leases;
-use crate::service::Api;
+use crate::api::lease::Leases;
+use crate::api::service::Api;
 
 /// The calls a member forwards to the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 //! A write (Put, a Txn with a put, LeaseGrant) that would take the size to the quota or past
 //! it is refused with `etcdserver: mvcc: database space exceeded` and the member raises a
 //! NOSPACE alarm through the log; from then on every member refuses those writes when
-//! applying them ([`crate::alarm`]) until the alarm is cleared (`etcdctl alarm disarm`),
+//! applying them ([`crate::member::alarm`]) until the alarm is cleared (`etcdctl alarm disarm`),
 //! whatever the size. Reads, deletes and compactions go on.
 
 use std::sync::Arc;
@@ -110,7 +110,7 @@ impl Quota {
     }
 }
 
-impl crate::service::Api {
+impl crate::api::service::Api {
     /// Refuses a command that can add `cost` bytes when it does not fit the quota, and then
     /// raises this member's NOSPACE alarm through the log (once; it stays until disarmed).
     pub(crate) fn check_quota(&self, cost: u64) -> Result<(), tonic::Status> {
@@ -140,7 +140,7 @@ impl crate::service::Api {
                 api.quota.raised();
             });
         }
-        Err(crate::alarm::no_space())
+        Err(crate::member::alarm::no_space())
     }
 }
 
