@@ -93,6 +93,11 @@ async fn etcd_client_crate_leases_with_keys_and_expiry(mode: Mode) {
 
     // Revoke deletes both keys at one revision.
     let mut watch = client.watch("lease/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+    // The crate returns once the stream is open, before the member has read the create
+    // request: wait for the created response, or the revoke could come first.
+    let created =
+        tokio::time::timeout(WAIT, watch.message()).await.expect("in time").expect("ok").expect("open");
+    assert!(created.created(), "the first response tells the watch was created");
     let revoked = client.lease_revoke(id).await.expect("revoke").header().expect("header").revision();
     let mut events = next_events(&mut watch).await;
     events.sort();
