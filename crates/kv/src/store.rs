@@ -682,7 +682,13 @@ impl KvStore {
         // for a long time, and must not keep that whole buffer alive.
         let value = Bytes::copy_from_slice(&value);
         // The lease the key held, and the one it holds now (the same with ignore_lease).
-        let old_lease = self.map.get(&key[..]).map_or(0, |h| self.newest_lease(h));
+        // Without any leased version there is nothing to look up (a put's second index
+        // lookup otherwise, on every member).
+        let old_lease = if self.leases.has_attached() {
+            self.map.get(&key[..]).map_or(0, |h| self.newest_lease(h))
+        } else {
+            0
+        };
         let new_lease = if ignore_lease {
             old_lease
         } else if self.leases.contains(lease) {

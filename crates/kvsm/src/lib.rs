@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use raftkv_api::raftkvpb::AuthCommand;
@@ -74,6 +75,31 @@ pub trait Hooks: Send + Sync + 'static {
     /// An applied auth command voided simple tokens: `Some(user)` that user's (deleted, or a
     /// new password), `None` every token (auth disabled).
     fn tokens_voided(&self, _user: Option<&str>) {}
+}
+
+/// What a request path checks on every call, readable without the state machine's lock:
+/// updated under the write lock after every applied entry and restore, so a value read here
+/// is one the state machine passed through (as if read under the read lock at that moment).
+/// Client calls read it instead of queueing for the lock behind the applier.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The auth revision shifted left once, the low bit set while auth is enabled.
+    auth: AtomicU64,
+    /// [`KvStore::size_bytes`].
+    size_bytes: AtomicU64,
+}
+
+impl Published {
+    /// Whether auth is enabled, and the auth revision.
+    pub fn auth(&self) -> (bool, u64) {
+        let v = self.auth.load(Ordering::Acquire);
+        (v & 1 == 1, v >> 1)
+    }
+
+    /// The store's size as [`KvStore::size_bytes`] gave it after the last applied entry.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.load(Ordering::Acquire)
+    }
 }
 
 /// Hooks that do nothing: a state machine on its own (tests, simulation).
@@ -140,6 +166,8 @@ pub struct KvMachine<H: Hooks = NoHooks> {
     pub alarms: alarm::Alarms,
     /// The cluster's members as configuration changes left them ([`registry`]).
     pub registry: registry::Registry,
+    /// What request paths read without the lock ([`Published`]).
+    published: Arc<Published>,
 }
 
 impl KvMachine<NoHooks> {
@@ -159,7 +187,7 @@ impl KvMachine<NoHooks> {
 impl<H: Hooks> KvMachine<H> {
     /// A state machine that keeps superseded values in `cold` and calls `hooks`.
     pub fn with_hooks(config: KvConfig, cold: ColdStore, hooks: Arc<H>) -> KvMachine<H> {
-        KvMachine {
+        let machine = KvMachine {
             kv: KvStore::with_cold_store(config.clone(), cold),
             members: BTreeMap::new(),
             auth: AuthStore::new(),
@@ -171,7 +199,24 @@ impl<H: Hooks> KvMachine<H> {
             hooks,
             alarms: Default::default(),
             registry: Default::default(),
-        }
+            published: Default::default(),
+        };
+        machine.publish();
+        machine
+    }
+
+    /// What request paths read without the lock; the same `Arc` for the machine's life
+    /// (restores included).
+    pub fn published(&self) -> Arc<Published> {
+        self.published.clone()
+    }
+
+    /// Updates [`Published`] from the state (after every applied entry and restore; call it
+    /// after changing the store outside them, as a defragmentation does).
+    pub fn publish(&self) {
+        let auth = (self.auth.revision() << 1) | u64::from(self.auth.enabled());
+        self.published.auth.store(auth, Ordering::Release);
+        self.published.size_bytes.store(self.kv.size_bytes(), Ordering::Release);
     }
 
     /// Snapshots keep the history in segment files in `dir`, shared by successive
@@ -226,28 +271,8 @@ impl<H: Hooks> KvMachine<H> {
         }
     }
 
-    /// Encodes a publish entry (a member announcing its attributes through the log).
-    pub fn encode_publish(request_id: u64, attributes: MemberAttributes) -> Vec<u8> {
-        let mut out = vec![INTERNAL_TAG];
-        // Serialising a plain struct of strings and integers cannot fail.
-        out.extend(serde_json::to_vec(&Internal::Publish { request_id, attributes }).unwrap_or_default());
-        out
-    }
-}
-
-/// A snapshot in progress: the store's pinned point, the members and lease table at the
-/// pin, and the segment chain (if snapshots are thin).
-pub struct KvPin<H> {
-    point: SnapshotPoint,
-    trailer: Trailer,
-    chain: Option<SharedChain>,
-    hooks: Arc<H>,
-}
-
-impl<H: Hooks> StateMachine for KvMachine<H> {
-    type Output = Output;
-
-    fn apply(&mut self, index: u64, data: &[u8]) -> Option<(u64, Output)> {
+    /// [`StateMachine::apply`] before [`KvMachine::publish`].
+    fn apply_entry(&mut self, index: u64, data: &[u8]) -> Option<(u64, Output)> {
         if data.first() == Some(&INTERNAL_TAG) {
             return match serde_json::from_slice::<Internal>(&data[1..]) {
                 Ok(Internal::Publish { request_id, attributes }) => {
@@ -283,6 +308,33 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
                 None
             }
         }
+    }
+
+    /// Encodes a publish entry (a member announcing its attributes through the log).
+    pub fn encode_publish(request_id: u64, attributes: MemberAttributes) -> Vec<u8> {
+        let mut out = vec![INTERNAL_TAG];
+        // Serialising a plain struct of strings and integers cannot fail.
+        out.extend(serde_json::to_vec(&Internal::Publish { request_id, attributes }).unwrap_or_default());
+        out
+    }
+}
+
+/// A snapshot in progress: the store's pinned point, the members and lease table at the
+/// pin, and the segment chain (if snapshots are thin).
+pub struct KvPin<H> {
+    point: SnapshotPoint,
+    trailer: Trailer,
+    chain: Option<SharedChain>,
+    hooks: Arc<H>,
+}
+
+impl<H: Hooks> StateMachine for KvMachine<H> {
+    type Output = Output;
+
+    fn apply(&mut self, index: u64, data: &[u8]) -> Option<(u64, Output)> {
+        let out = self.apply_entry(index, data);
+        self.publish();
+        out
     }
 
     fn apply_conf_change(
@@ -338,6 +390,7 @@ impl<H: Hooks> StateMachine for KvMachine<H> {
     fn restore(&mut self, r: &mut dyn Read, len: u64) -> Result<(), StateMachineError> {
         let started = Instant::now();
         self.restore_timed(r, len)?;
+        self.publish();
         self.hooks.snapshot_restored(started.elapsed());
         Ok(())
     }
@@ -603,6 +656,38 @@ mod tests {
             Some((_, Output::Auth(result))) => result,
             other => panic!("unexpected output {other:?}"),
         }
+    }
+
+    /// What request paths read without the lock follows every applied entry and restore.
+    #[test]
+    fn published_follows_applied_entries_and_restores() {
+        let mut m = KvMachine::new(KvConfig::default());
+        let published = m.published();
+        assert_eq!(published.auth(), (false, m.auth.revision()));
+        let put = Command::put(1, PutRequest { key: "k".into(), value: "v".into(), ..Default::default() });
+        assert!(m.apply(1, &put.encode_to_bytes()).is_some());
+        assert_eq!(published.size_bytes(), m.kv.size_bytes());
+        assert!(published.size_bytes() > 0);
+        let user = AuthOp::UserAdd(AuthUserAdd {
+            name: "root".into(),
+            hashed_password: "h".into(),
+            no_password: false,
+        });
+        apply_auth(&mut m, 2, user).expect("add");
+        let grant =
+            AuthOp::UserGrantRole(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() });
+        apply_auth(&mut m, 3, grant).expect("grant");
+        apply_auth(&mut m, 4, AuthOp::Enable(AuthEnableRequest {})).expect("enable");
+        assert_eq!(published.auth(), (true, m.auth.revision()));
+        // A restore of a state without auth: the same handle reads the restored state.
+        let mut fresh = KvMachine::new(KvConfig::default());
+        let pin = fresh.pin();
+        let mut buf = Vec::new();
+        KvMachine::write_snapshot(&pin, &mut buf, &mut |f| f(&fresh)).expect("snapshot");
+        fresh.unpin(pin);
+        m.restore(&mut buf.as_slice(), buf.len() as u64).expect("restore");
+        assert_eq!(published.auth(), (false, m.auth.revision()));
+        assert_eq!(published.size_bytes(), m.kv.size_bytes());
     }
 
     /// The auth state is applied through the log, refuses stale permission checks, and

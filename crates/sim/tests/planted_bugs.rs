@@ -14,12 +14,12 @@ const FIG8_MIN: u64 = 12;
 const STALE_SEEDS: u64 = 200;
 const STALE_MIN: u64 = 70;
 const UNSYNCED_SEEDS: u64 = 300;
-const UNSYNCED_MIN: u64 = 12;
+const UNSYNCED_MIN: u64 = 150;
 /// The rest of the minimums (measured: 148 of 300, 206 of 500, 71 of 1,000, 300 of 300).
-const TRUNCATE_MIN: u64 = 14;
+const TRUNCATE_MIN: u64 = 74;
 const SKIP_MIN: u64 = 100;
 const KEEPS_TAIL_MIN: u64 = 40;
-const APPLY_EARLY_MIN: u64 = 20;
+const APPLY_EARLY_MIN: u64 = 150;
 /// The membership bugs' targeted profiles: seeds `0..MEMBER_SEEDS` each (measured catches in
 /// docs/testing.md: 100, 99, 99, 83 and 100 of 100).
 const MEMBER_SEEDS: u64 = 100;
@@ -118,7 +118,7 @@ catch_rate_tests! {
     skip_up_to_date_check: Plant::Core(PlantedBug::SkipUpToDateCheck), Profile::Mixed, 500, SKIP_MIN;
     serve_read_before_applied: Plant::Driver(DriverBug::ServeReadBeforeApplied), Profile::Reads, 200, 100;
     read_context_restart: Plant::Driver(DriverBug::ReadContextRestart), Profile::Reads, 1000, 9;
-    ack_before_sync: Plant::Driver(DriverBug::AckBeforeSync), Profile::LeaderChurn, 200, 80;
+    ack_before_sync: Plant::Driver(DriverBug::AckBeforeSync), Profile::LeaderChurn, 200, 100;
     ack_despite_fsync_error: Plant::Driver(DriverBug::AckDespiteFsyncError), Profile::DiskErrors, 500, 150;
     snapshot_keeps_tail: Plant::Driver(DriverBug::SnapshotKeepsTail), Profile::SnapshotTail, 1000, KEEPS_TAIL_MIN;
     apply_before_durable: Plant::Driver(DriverBug::ApplyBeforeDurable), Profile::UnsyncedLeader, UNSYNCED_SEEDS, APPLY_EARLY_MIN;

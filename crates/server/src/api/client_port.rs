@@ -337,7 +337,10 @@ async fn kv_call(
     // The same caller resolution and checks as every other path (see crate::api::auth).
     let caller = Call::from_headers(request.headers(), cn.as_ref());
     let deadline = request.headers().get("grpc-timeout").map(|v| grpc_timeout(v.as_bytes()));
-    let run = crate::api::auth::scoped(&api, caller, run_kv_call(call, request, &api));
+    // Boxed once: composing the call's future with the caller scope and the deadline by value
+    // would hold it twice each (rustc keeps a moved-in future's old slot), and a spawned
+    // task's future is copied whole when it is spawned.
+    let run = Box::pin(crate::api::auth::scoped(&api, caller, run_kv_call(call, request, &api)));
     let result = match deadline {
         None => run.await,
         Some(Err(status)) => Err(status),

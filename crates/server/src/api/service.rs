@@ -45,9 +45,21 @@ pub struct ApiConfig {
     pub auth: crate::api::auth::AuthOptions,
 }
 
-/// Serves the etcd v3 operations on top of a member's driver.
+/// Serves the etcd v3 operations on top of a member's driver. Cloned for every call: one
+/// reference count.
 #[derive(Clone)]
-pub struct Api {
+pub struct Api(Arc<ApiInner>);
+
+impl std::ops::Deref for Api {
+    type Target = ApiInner;
+
+    fn deref(&self) -> &ApiInner {
+        &self.0
+    }
+}
+
+/// What an [`Api`] holds.
+pub struct ApiInner {
     pub node: NodeHandle<KvMachine>,
     config: Arc<ApiConfig>,
     /// One HashKV at a time per member: each reads the whole state.
@@ -60,6 +72,9 @@ pub struct Api {
     /// Turns true when the member stops: long responses (snapshot streams) end with
     /// `etcdserver: server stopped` instead of being cut off.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// What every call checks (auth on or off, the store's size) without the state
+    /// machine's lock.
+    pub(crate) published: Arc<raftkv_kvsm::Published>,
 }
 
 pub(crate) fn node_status(e: NodeError) -> Status {
@@ -83,17 +98,21 @@ impl Api {
         let quota = crate::member::quota::Quota::new(config.quota);
         // One token table: the state machine's hooks record and void tokens as auth commands
         // are applied, the checks here look them up.
-        let tokens = node.shared.sm.read().hooks.tokens.clone();
+        let (tokens, published) = {
+            let sm = node.shared.sm.read();
+            (sm.hooks.tokens.clone(), sm.published())
+        };
         let auth = Arc::new(crate::api::auth::AuthRuntime::new(config.auth.clone(), tokens));
-        Api {
+        Api(Arc::new(ApiInner {
             node,
             config: Arc::new(config),
             hash_gate: Arc::new(tokio::sync::Semaphore::new(1)),
             quota,
             defrag_gate: Arc::new(tokio::sync::Semaphore::new(1)),
             auth,
+            published,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
-        }
+        }))
     }
 
     /// Tells the long responses in progress that the member is stopping.

@@ -127,7 +127,11 @@ fn defragment_store(shared: &Shared<KvMachine>) -> Result<(DefragStats, Duration
         }
         let switch = Instant::now();
         match sm.kv.defrag_finish(plan) {
-            Ok(stats) => return Ok((stats, switch.elapsed())),
+            Ok(stats) => {
+                // The store shrank outside an applied entry: the size the quota check reads.
+                sm.publish();
+                return Ok((stats, switch.elapsed()));
+            }
             Err((Some(back), DefragError::Busy)) if Instant::now() < deadline => {
                 plan = *back;
                 drop(sm);

@@ -117,6 +117,10 @@ impl crate::api::service::Api {
         if cost == 0 || self.quota.bytes.0.is_none() {
             return Ok(());
         }
+        // Fits by the size after the last applied entry: no need to queue for the lock.
+        if self.quota.fits(self.published.size_bytes(), cost) {
+            return Ok(());
+        }
         let me = self.member_id();
         let (size, raised) = {
             let sm = self.node.shared.sm.read();
