@@ -272,6 +272,33 @@ async fn bad_watch_requests_get_etcds_answers() {
     c.assert_running();
 }
 
+/// A request message above the size limit ends the stream with grpc-go's error (as etcd's
+/// server answers it), and the member keeps serving watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_watch_request_ends_its_stream_with_resource_exhausted() {
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    let mut s = Stream::open(port).await;
+    s.create(create("k", 0)).await;
+    assert!(s.next().await.created);
+    // Above --max-request-bytes (1.5 MiB) and the gRPC overhead allowed on top of it.
+    s.create(WatchCreateRequest { key: vec![b'x'; 3 << 20].into(), ..Default::default() }).await;
+    let status = tokio::time::timeout(WAIT, s.rx.message())
+        .await
+        .expect("the stream ends in time")
+        .expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("grpc: received message larger than max"), "{status:?}");
+    // Another stream works.
+    let mut s = Stream::open(port).await;
+    s.create(create("k", 0)).await;
+    assert!(s.next().await.created);
+    common::put(port, "k", "v").await.expect("put");
+    assert_eq!(revs(&s.next().await), vec![2]);
+    c.assert_running();
+}
+
 /// One stream cannot hold more than 100,000 watchers; the one over is refused with a clear
 /// reason, the others keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

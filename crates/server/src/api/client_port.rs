@@ -4,8 +4,10 @@
 //! bytes tell HTTP/2 (the client preface) from HTTP/1.1. HTTP/1.1 connections (the JSON
 //! gateway, `curl`) are served by hyper with the axum router. HTTP/2 connections are driven
 //! with `h2` directly: the key-value calls (`etcdserverpb.KV`: Range, Put, DeleteRange, Txn,
-//! Compact) are decoded and answered here, every other request (the Maintenance and Cluster
-//! services, the gateway over HTTP/2, unknown paths) goes to the same axum router.
+//! Compact) are decoded and answered here, and so are Watch streams (the session runs in
+//! the stream's task and writes its responses to it); every other request (Lease, Lock,
+//! Election, Auth, the Maintenance and Cluster services, the gateway over HTTP/2, unknown
+//! paths) goes to the same axum router.
 //!
 //! Serving the hot calls here skips, per request, hyper's stream task and body adapters,
 //! axum's routing and tonic's streaming codec: the request is one DATA payload decoded in
@@ -25,6 +27,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
+use raftkv_api::etcdserverpb::WatchRequest;
 use raftkv_api::prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -305,6 +308,9 @@ async fn serve_h2<S>(
                 let api = api.clone();
                 match KvCall::from_path(request.uri().path()) {
                     Some(call) => tokio::spawn(kv_call(call, request, respond, api, cn.clone())),
+                    None if request.uri().path() == WATCH_PATH => {
+                        tokio::spawn(watch_call(request, respond, api, cn.clone()))
+                    }
                     None => {
                         if let Some(cn) = &cn {
                             request.extensions_mut().insert(cn.clone());
@@ -319,6 +325,138 @@ async fn serve_h2<S>(
                 return;
             }
             None => return,
+        }
+    }
+}
+
+/// etcd's Watch method, served here rather than through the router.
+const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
+
+/// One Watch stream: the session runs in this task and writes its responses to the stream
+/// itself (crate::api::watch::serve_grpc), one hop from the connection like a key-value
+/// call. The same checks as the other paths: caller scope (auth), `hasleader`, compressed
+/// requests refused, the request size limit, gRPC metrics.
+async fn watch_call(
+    request: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    api: Api,
+    cn: Option<ClientCn>,
+) {
+    let method = crate::metrics::Method::from_path(WATCH_PATH);
+    let mut handled = method.map(|m| {
+        crate::metrics::get().grpc_started(m);
+        Handled(m, false)
+    });
+    let caller = Call::from_headers(request.headers(), cn.as_ref());
+    let checked = crate::api::require_leader::check(request.headers(), &api)
+        .and_then(|()| check_encoding(request.headers()));
+    if let Err(status) = checked {
+        if let Some(h) = handled.as_mut() {
+            h.done(status.code());
+        }
+        let _ = send_status(respond, status);
+        return;
+    }
+    let require_leader = crate::api::require_leader::required(request.headers());
+    let limit = crate::api::limits::message_limit(api.max_request_bytes());
+    let input = Box::pin(Requests::<WatchRequest>::new(request.into_body(), limit));
+    let mut response = Response::new(());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let Ok(stream) = respond.send_response(response, false) else { return };
+    let serve = crate::api::watch::serve_grpc(api.clone(), input, stream, require_leader);
+    // Boxed: the session is large, and a spawned task's future is copied whole.
+    let ended = Box::pin(crate::api::auth::scoped(&api, caller, serve)).await;
+    // A stream the client reset stays counted as Unknown (Handled's drop), as through the router.
+    if let (Some(code), Some(h)) = (ended, handled.as_mut()) {
+        h.done(code);
+    }
+}
+
+/// Refuses a compressed request, as tonic does (no compression is served).
+fn check_encoding(headers: &HeaderMap) -> Result<(), Status> {
+    match headers.get("grpc-encoding") {
+        Some(encoding) if encoding != "identity" => {
+            let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+            Err(Status::unimplemented(format!(
+                "Content is compressed with `{encoding}` which isn't supported"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The request messages of a streaming call, decoded as they arrive. A message longer than
+/// `limit` is refused from its prefix, before it is buffered; the stream ends after an error.
+struct Requests<M> {
+    body: h2::RecvStream,
+    buf: BytesMut,
+    limit: usize,
+    done: bool,
+    message: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M> Requests<M> {
+    fn new(body: h2::RecvStream, limit: usize) -> Requests<M> {
+        Requests { body, buf: BytesMut::new(), limit, done: false, message: std::marker::PhantomData }
+    }
+
+    /// The next whole message buffered, if any.
+    fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::internal(
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        crate::api::limits::check_message_len(len, self.limit)?;
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        let mut message = self.buf.split_to(5 + len);
+        let _ = message.split_to(5);
+        crate::metrics::get().grpc_received_bytes(len as u64);
+        Ok(Some(message.freeze()))
+    }
+}
+
+impl<M: Message + Default> tokio_stream::Stream for Requests<M> {
+    type Item = Result<M, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(decode(message))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            match ready!(this.body.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    let _ = this.body.flow_control().release_capacity(chunk.len());
+                    this.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::cancelled(format!("request stream: {e}")))));
+                }
+                None => {
+                    this.done = true;
+                    if !this.buf.is_empty() {
+                        return Poll::Ready(Some(Err(Status::internal(
+                            "request stream ended inside a message",
+                        ))));
+                    }
+                }
+            }
         }
     }
 }
@@ -361,14 +499,7 @@ async fn kv_call(
 
 async fn run_kv_call(call: KvCall, request: Request<h2::RecvStream>, api: &Api) -> Result<Bytes, Status> {
     crate::api::require_leader::check(request.headers(), api)?;
-    if let Some(encoding) = request.headers().get("grpc-encoding")
-        && encoding != "identity"
-    {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
-        return Err(Status::unimplemented(format!(
-            "Content is compressed with `{encoding}` which isn't supported"
-        )));
-    }
+    check_encoding(request.headers())?;
     let limit = crate::api::limits::message_limit(api.max_request_bytes());
     let message = read_message(request.into_body(), limit).await?;
     crate::metrics::get().grpc_received_bytes(message.len() as u64);
@@ -571,7 +702,10 @@ async fn to_router(
 
 /// Sends `data` as the peer's flow-control window allows, so that a client that does not
 /// read (a watch stream's) holds the response body back instead of growing h2's buffer.
-async fn send_when_window(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+pub(crate) async fn send_when_window(
+    stream: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
         // poll_capacity only reports an increase: capacity left over from an earlier

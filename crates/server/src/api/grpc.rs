@@ -90,6 +90,5 @@ pub fn decode_limit(api: &Api) -> usize {
 pub fn routes(api: Api) -> tonic::service::Routes {
     let limit = decode_limit(&api);
     tonic::service::Routes::new(MaintenanceServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
-        .add_service(ClusterServer::new(Grpc(api.clone())).max_decoding_message_size(limit))
-        .add_service(crate::api::watch::WatchService::new(api, limit))
+        .add_service(ClusterServer::new(Grpc(api)).max_decoding_message_size(limit))
 }

@@ -78,6 +78,11 @@ async fn leader_lost(api: Api) {
 /// A response stream that, when its request asked for a leader, ends with
 /// `etcdserver: no leader` once the member lost its leader (dropping the inner stream, which
 /// ends the session feeding it).
+/// Resolves once the member has been without a leader for [`MAX_NO_LEADER_CHECKS`] checks.
+pub fn lost(api: &Api) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(leader_lost(api.clone()))
+}
+
 pub struct UntilLeaderLost<S> {
     inner: Option<S>,
     lost: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,

@@ -13,7 +13,7 @@
 //! the ring at the session's cursor) or *unsynced* (catching up from the MVCC history,
 //! [`raftkv_kv::KvStore::history_events`], in bounded batches up to the cursor, then
 //! joining the synced ones), as etcd's synced and unsynced watcher groups. A stream whose
-//! client reads slowly blocks only its own task on the bounded output channel; if the ring
+//! client reads slowly blocks only its own task (waiting for the HTTP/2 flow-control window, or on its bounded output channel); if the ring
 //! moves past its cursor meanwhile, its watchers become unsynced and catch up from the
 //! history, and one whose next revision was compacted is cancelled with
 //! `compact_revision` set. Memory is bounded by the ring, by the output channel and by the
@@ -23,8 +23,11 @@
 //! ([`Reply`]): the fields before `events`, then the encoded `events` field. A ring
 //! revision encodes its events once (with and without `prev_kv`, on first use) and a
 //! session gives the same bytes to every watcher of the same key or range with the same
-//! options, so a watcher's response costs its header and id only. Replies go to the
-//! output channel in batches, one channel message for many watchers.
+//! options, so a watcher's response costs its header and id only. A gRPC stream's session
+//! runs in the stream's own task and writes each batch of replies to the HTTP/2 stream as
+//! one run of length-prefixed messages ([`serve_grpc`], called by the client port); the
+//! gateway's `/v3/watch` and the lock and election recipes read a session's replies from a
+//! bounded channel instead ([`start`]), in batches, one channel message for many watchers.
 //!
 //! Every member applies the same log, so a watcher on any member sees the same events;
 //! a client that resumes from its last revision + 1 on another member misses nothing.
@@ -137,8 +140,8 @@ fn encode_event(ev: &Event, prev_kv: bool, buf: &mut BytesMut) {
 
 /// One response of a watch stream, in its protobuf encoding: the fields before `events`,
 /// then the `events` field, which the responses of every watcher of a stream with the same
-/// key or range and options share. The gRPC service writes the bytes as they are; the
-/// gateway and the recipes decode them.
+/// key or range and options share. A gRPC stream gets the bytes as they are; the gateway
+/// and the recipes decode them.
 #[derive(Clone, Debug)]
 pub struct Reply {
     head: Bytes,
@@ -343,6 +346,83 @@ struct Watcher {
 enum End {
     /// The client went away.
     Closed,
+    /// The stream ends with this status (a bad request message, or the leader lost by a
+    /// caller that required one).
+    Failed(Status),
+}
+
+/// Where a session's responses go.
+enum Sink {
+    /// A channel that an [`Output`] reads (the gateway's `/v3/watch` and the lock and
+    /// election recipes decode the replies).
+    Channel(mpsc::Sender<Vec<Reply>>),
+    /// The gRPC stream itself, written by the session's own task ([`serve_grpc`]).
+    Grpc(GrpcSink),
+}
+
+impl Sink {
+    /// Sends a batch, waiting while the client does not read.
+    async fn send(&mut self, replies: Vec<Reply>) -> Result<(), End> {
+        match self {
+            Sink::Channel(tx) => tx.send(replies).await.map_err(|_| End::Closed),
+            Sink::Grpc(grpc) => grpc.send(replies).await,
+        }
+    }
+
+    /// Resolves when the stream is over for the sink's side: the client went away, or (on
+    /// the gRPC stream of a caller that required a leader) the member lost its leader.
+    async fn closed(&mut self) -> End {
+        match self {
+            Sink::Channel(tx) => {
+                tx.closed().await;
+                End::Closed
+            }
+            Sink::Grpc(grpc) => grpc.closed().await,
+        }
+    }
+}
+
+/// A watch stream's HTTP/2 response, written as gRPC messages.
+struct GrpcSink {
+    stream: h2::SendStream<Bytes>,
+    /// Resolves once the member has had no leader for a while, when the caller asked
+    /// for one (`hasleader` metadata, [`crate::api::require_leader`]).
+    leader_lost: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl GrpcSink {
+    /// The batch as consecutive length-prefixed messages, written in as few DATA frames as
+    /// the client's flow-control window allows.
+    async fn send(&mut self, replies: Vec<Reply>) -> Result<(), End> {
+        let len: usize = replies.iter().map(|r| 5 + r.encoded_len()).sum();
+        let mut buf = BytesMut::with_capacity(len);
+        for reply in &replies {
+            // Replies are bounded well below 4 GiB (max_request_bytes and the batch limits).
+            let prefix = u32::try_from(reply.encoded_len()).unwrap_or(u32::MAX);
+            buf.put_u8(0);
+            buf.put_u32(prefix);
+            reply.write(&mut buf);
+        }
+        crate::metrics::get().grpc_sent_bytes((len - 5 * replies.len()) as u64);
+        crate::api::client_port::send_when_window(&mut self.stream, buf.freeze())
+            .await
+            .map_err(|_| End::Closed)
+    }
+
+    async fn closed(&mut self) -> End {
+        let stream = &mut self.stream;
+        let reset = std::future::poll_fn(|cx| stream.poll_reset(cx));
+        match self.leader_lost.as_mut() {
+            None => {
+                let _ = reset.await;
+                End::Closed
+            }
+            Some(lost) => tokio::select! {
+                _ = reset => End::Closed,
+                _ = lost => End::Failed(crate::api::require_leader::no_leader()),
+            },
+        }
+    }
 }
 
 type Input = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send>>;
@@ -384,37 +464,40 @@ impl Stream for Output {
 /// Starts a session for one watch stream; its responses come out of the returned stream.
 pub fn start(api: Api, input: Input) -> Output {
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
-    let hub = {
-        let mut sm = api.node.shared.sm.write();
-        let hub = sm.hooks.watch.clone();
-        hub.open_stream(&mut sm.kv);
-        hub
-    };
-    let cursor = hub.bounds().1 + 1;
-    let session = Session {
-        guard: StreamGuard { hub: hub.clone(), watchers: 0 },
-        hub,
-        api,
-        out: tx,
-        watchers: HashMap::new(),
-        exact: HashMap::new(),
-        ranges: HashMap::new(),
-        unsynced: VecDeque::new(),
-        synced_count: 0,
-        cursor,
-        next_id: 0,
-        progress_pending: false,
-    };
+    let session = Session::new(api, Sink::Channel(tx));
     // The session checks each watch it creates as the stream's caller.
     tokio::spawn(crate::api::auth::inherit(session.run(input)));
     Output { rx, ready: Vec::new().into_iter() }
+}
+
+/// Serves one gRPC Watch call in the calling task: requests from `input`, responses
+/// written to `stream` as the session makes them (no task or channel between them), and
+/// the trailers. Returns the status code the stream ended with; None when the client went
+/// away.
+pub(crate) async fn serve_grpc(
+    api: Api,
+    input: Input,
+    stream: h2::SendStream<Bytes>,
+    require_leader: bool,
+) -> Option<tonic::Code> {
+    let leader_lost = require_leader.then(|| crate::api::require_leader::lost(&api));
+    let mut session = Session::new(api, Sink::Grpc(GrpcSink { stream, leader_lost }));
+    let End::Failed(status) = session.serve(input).await else { return None };
+    if let Sink::Grpc(grpc) = &mut session.out {
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert(tonic::Status::GRPC_STATUS, (status.code() as i32).into());
+        }
+        let _ = grpc.stream.send_trailers(trailers);
+    }
+    Some(status.code())
 }
 
 struct Session {
     guard: StreamGuard,
     hub: Arc<WatchHub>,
     api: Api,
-    out: mpsc::Sender<Vec<Reply>>,
+    out: Sink,
     watchers: HashMap<i64, Watcher>,
     /// Single-key watchers by key.
     exact: HashMap<Bytes, Vec<i64>>,
@@ -430,7 +513,36 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut input: Input) {
+    fn new(api: Api, out: Sink) -> Session {
+        let hub = {
+            let mut sm = api.node.shared.sm.write();
+            let hub = sm.hooks.watch.clone();
+            hub.open_stream(&mut sm.kv);
+            hub
+        };
+        let cursor = hub.bounds().1 + 1;
+        Session {
+            guard: StreamGuard { hub: hub.clone(), watchers: 0 },
+            hub,
+            api,
+            out,
+            watchers: HashMap::new(),
+            exact: HashMap::new(),
+            ranges: HashMap::new(),
+            unsynced: VecDeque::new(),
+            synced_count: 0,
+            cursor,
+            next_id: 0,
+            progress_pending: false,
+        }
+    }
+
+    async fn run(mut self, input: Input) {
+        self.serve(input).await;
+    }
+
+    /// Serves the stream until it ends; returns why.
+    async fn serve(&mut self, mut input: Input) -> End {
         let mut published = self.hub.published.subscribe();
         let mut ticker = tokio::time::interval(self.hub.progress_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -439,11 +551,11 @@ impl Session {
         loop {
             let busy = match self.pump().await {
                 Ok(busy) => busy,
-                Err(End::Closed) => return,
+                Err(end) => return end,
             };
             let step = tokio::select! {
                 biased;
-                _ = self.out.closed() => Err(End::Closed),
+                end = self.out.closed() => Err(end),
                 req = input.next(), if input_open => match req {
                     Some(Ok(req)) => self.request(req).await,
                     // The client half-closed: etcd 3.4 keeps sending.
@@ -451,14 +563,14 @@ impl Session {
                         input_open = false;
                         Ok(())
                     }
-                    Some(Err(_)) => Err(End::Closed),
+                    Some(Err(status)) => Err(End::Failed(status)),
                 },
                 _ = published.changed() => Ok(()),
                 _ = ticker.tick() => self.progress_tick().await,
                 _ = std::future::ready(()), if busy => Ok(()),
             };
-            if step.is_err() {
-                return;
+            if let Err(end) = step {
+                return end;
             }
         }
     }
@@ -467,15 +579,15 @@ impl Session {
         Some(self.api.header(revision))
     }
 
-    async fn send(&self, resp: WatchResponse) -> Result<(), End> {
+    async fn send(&mut self, resp: WatchResponse) -> Result<(), End> {
         self.send_replies(vec![Reply::new(&resp)]).await
     }
 
-    async fn send_replies(&self, replies: Vec<Reply>) -> Result<(), End> {
+    async fn send_replies(&mut self, replies: Vec<Reply>) -> Result<(), End> {
         if replies.is_empty() {
             return Ok(());
         }
-        self.out.send(replies).await.map_err(|_| End::Closed)
+        self.out.send(replies).await
     }
 
     async fn request(&mut self, req: WatchRequest) -> Result<(), End> {
@@ -966,114 +1078,6 @@ fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
         out.push(cur);
     }
     out
-}
-
-/// The gRPC Watch service: etcd's `Watch` method, its responses written as the sessions
-/// encoded them ([`Reply`]).
-#[derive(Clone)]
-pub struct WatchService {
-    api: Api,
-    /// The largest request message decoded.
-    limit: usize,
-}
-
-impl WatchService {
-    pub fn new(api: Api, limit: usize) -> WatchService {
-        WatchService { api, limit }
-    }
-}
-
-impl tonic::server::NamedService for WatchService {
-    const NAME: &'static str = "etcdserverpb.Watch";
-}
-
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
-
-impl<B> tower::Service<http::Request<B>> for WatchService
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != "/etcdserverpb.Watch/Watch" {
-            return Box::pin(async {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(tonic::Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
-                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
-                Ok(response)
-            });
-        }
-        let (api, limit) = (self.api.clone(), self.limit);
-        Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(ReplyCodec).apply_max_message_size_config(Some(limit), None);
-            Ok(grpc.streaming(WatchCall(api), req).await)
-        })
-    }
-}
-
-/// One Watch call.
-struct WatchCall(Api);
-
-impl tonic::server::StreamingService<WatchRequest> for WatchCall {
-    type Response = Reply;
-    type ResponseStream = crate::api::require_leader::UntilLeaderLost<Output>;
-    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<tonic::Streaming<WatchRequest>>) -> Self::Future {
-        let api = self.0.clone();
-        Box::pin(async move {
-            let required = crate::api::require_leader::required_by(&req);
-            let out = start(api.clone(), Box::pin(req.into_inner()));
-            Ok(tonic::Response::new(crate::api::require_leader::UntilLeaderLost::new(&api, required, out)))
-        })
-    }
-}
-
-/// Requests decoded with prost, responses written as encoded.
-struct ReplyCodec;
-
-impl tonic::codec::Codec for ReplyCodec {
-    type Encode = Reply;
-    type Decode = WatchRequest;
-    type Encoder = ReplyCodec;
-    type Decoder = ReplyCodec;
-
-    fn encoder(&mut self) -> ReplyCodec {
-        ReplyCodec
-    }
-
-    fn decoder(&mut self) -> ReplyCodec {
-        ReplyCodec
-    }
-}
-
-impl tonic::codec::Encoder for ReplyCodec {
-    type Item = Reply;
-    type Error = Status;
-
-    fn encode(&mut self, item: Reply, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
-        item.write(dst);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for ReplyCodec {
-    type Item = WatchRequest;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<WatchRequest>, Status> {
-        WatchRequest::decode(src).map(Some).map_err(|e| Status::internal(e.to_string()))
-    }
 }
 
 #[cfg(test)]
