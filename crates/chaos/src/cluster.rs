@@ -61,6 +61,9 @@ pub struct Member {
     /// A member of the cluster (false: a spare host, or a member that was removed). Only
     /// active members are started.
     pub active: bool,
+    /// Its removal has been asked for: it may stop on its own (told by a peer that applied
+    /// the removal) before the MemberRemove call returns.
+    pub removing: bool,
     /// For a member added at run time: the `--initial-cluster` it joins with
     /// (`--initial-cluster-state existing`).
     pub join: Option<String>,
@@ -208,6 +211,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 active,
+                removing: false,
                 join: None,
             });
         }
@@ -275,6 +279,7 @@ impl Cluster {
         self.retire(i)?;
         let m = &mut self.members[i];
         m.active = true;
+        m.removing = false;
         m.join = Some(join);
         Ok(())
     }
@@ -284,6 +289,7 @@ impl Cluster {
         self.kill(i);
         let m = &mut self.members[i];
         m.active = false;
+        m.removing = false;
         m.join = None;
         match std::fs::remove_dir_all(&m.data_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -228,6 +228,9 @@ impl Changer {
         let req = MemberAddRequest { peer_ur_ls: vec![peer.clone()], is_learner: learner };
         let what = format!("member add {name} ({peer}{})", if learner { ", learner" } else { "" });
         let target = applied_index(&self.cluster).await;
+        // An attempt whose answer was lost may have added the member: a retry is then refused
+        // as a duplicate, or (for a voter that is not started yet) by etcd's strict
+        // reconfiguration checks. Either way the member list tells.
         change(
             &self.cluster,
             &self.leader,
@@ -235,7 +238,20 @@ impl Changer {
             |s| s.code() == Code::FailedPrecondition && s.message().contains("Peer URLs already exists"),
             |mut c| {
                 let req = req.clone();
-                async move { c.member_add(req).await }
+                let peer = peer.clone();
+                async move {
+                    match c.member_add(req).await {
+                        Ok(r) => Ok(r),
+                        // (etcd's "not enough started members" / "unhealthy cluster" for a
+                        // voter added but not started yet): done if the member list has it.
+                        Err(s) => match c.member_list(MemberListRequest {}).await {
+                            Ok(l) if l.get_ref().members.iter().any(|m| m.peer_ur_ls.contains(&peer)) => {
+                                Err(tonic::Status::failed_precondition("Peer URLs already exists"))
+                            }
+                            _ => Err(s),
+                        },
+                    }
+                }
             },
         )
         .await?;
@@ -309,14 +325,20 @@ impl Changer {
         let was_leader = *self.leader.lock().unwrap_or_else(|e| e.into_inner()) == Some(i);
         match id_of(&self.cluster, &peer).await? {
             Some(id) => {
-                change(
+                // From here it may stop on its own: a peer that applied the removal tells it.
+                lock(&self.cluster).members[i].removing = true;
+                let removed = change(
                     &self.cluster,
                     &self.leader,
                     &format!("member remove {name}"),
                     |s| s.code() == Code::NotFound,
                     |mut c| async move { c.member_remove(MemberRemoveRequest { id }).await },
                 )
-                .await?;
+                .await;
+                if removed.is_err() {
+                    lock(&self.cluster).members[i].removing = false;
+                }
+                removed?;
             }
             None => {
                 return Err(format!("{name} ({peer}) is not in the member list to be removed"));
@@ -390,7 +412,7 @@ impl Changer {
     fn reap(&mut self, c: &mut Cluster, expected: Option<usize>) {
         for (i, status) in c.exited() {
             if Some(i) != expected {
-                self.report.self_stopped += usize::from(c.members[i].active);
+                self.report.self_stopped += usize::from(c.members[i].active && !c.members[i].removing);
                 self.recorder
                     .nemesis("member-exited", format!("{} exited on its own: {status}", c.members[i].name));
             }

@@ -180,8 +180,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunResult, String> {
         {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
             for (i, status) in c.exited() {
-                // (A removed member stopping is expected; the membership changes see to it.)
-                if c.members[i].active {
+                // (A removed member stopping is expected, also while its removal is under
+                // way; the membership changes see to it.)
+                if c.members[i].active && !c.members[i].removing {
                     self_stopped += 1;
                 }
                 recorder.nemesis("member-exited", format!("m{} exited on its own: {status}", i + 1));
