@@ -524,6 +524,54 @@ impl Api {
 /// Why the watcher stops the member.
 pub type StopReason = String;
 
+/// How long a member goes without a leader before it asks its peers for the member list,
+/// and again between two lookups.
+const LOOKUP_AFTER: Duration = Duration::from_secs(3);
+/// How long one peer has to answer a lookup.
+const LOOKUP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Asks the peers this member knows for the cluster's member list (the members stream, as a
+/// joining member does) and learns the addresses of members it does not know yet: the
+/// transport then accepts their connections and can answer them. Only addresses change
+/// here; the configuration stays what this member has applied. Removed members and
+/// answers of another cluster are ignored.
+async fn learn_addresses(
+    transport: raftkv_transport::TransportHandle,
+    tls: Option<raftkv_transport::PeerTlsConfig>,
+    cluster_id: u64,
+    me: u64,
+    removed: std::collections::BTreeSet<u64>,
+) {
+    let known = transport.peers();
+    let mut asks = tokio::task::JoinSet::new();
+    for addr in known.values() {
+        let (addr, tls) = (addr.clone(), tls.clone());
+        asks.spawn(
+            async move { raftkv_transport::discover_members(&addr, tls.as_ref(), LOOKUP_LIMIT).await },
+        );
+    }
+    while let Some(answer) = asks.join_next().await {
+        let Ok(Ok(found)) = answer else { continue };
+        if found.cluster_id != cluster_id {
+            continue;
+        }
+        for m in &found.members {
+            if m.id.0 == me || known.contains_key(&m.id) || removed.contains(&m.id.0) {
+                continue;
+            }
+            let Some(addr) = m.peer_urls.first().and_then(|u| config::parse_url(u).ok()) else { continue };
+            tracing::info!(
+                peer = format!("{:x}", m.id.0),
+                %addr,
+                from = format!("{:x}", found.member_id.0),
+                "peer address learned from a peer's member list (this member has not applied its addition yet)"
+            );
+            transport.add_peer(m.id, addr.to_string());
+        }
+        return;
+    }
+}
+
 /// Keeps the peer transport in step with the registry (new members dialed, new addresses
 /// used, removed members refused) and reports when this member must stop: it was removed
 /// (it applied its own removal and is caught up, or the leader or a majority of its peers
@@ -534,9 +582,16 @@ pub type StopReason = String;
 /// log after a restart) may still refuse an id the cluster has re-admitted since. Ids are not
 /// reused by `MemberAdd`, but a member restored from an old data dir can meet such a peer. A
 /// refusal stops counting once a connection to that peer succeeds.
+///
+/// A member that has been without a leader for a while asks its peers for the cluster's
+/// member list ([`learn_addresses`]): when a member added while it was away (paused, cut
+/// off) has become the leader, this member, which has not applied that addition, would
+/// otherwise refuse the leader's connections as from an unknown peer and never catch up
+/// (etcd's peers learn an unknown sender's URLs from its first message likewise).
 pub async fn watch(
     api: Api,
     transport: raftkv_transport::TransportHandle,
+    peer_tls: Option<raftkv_transport::PeerTlsConfig>,
     mut refusals: tokio::sync::mpsc::Receiver<(NodeId, bool)>,
     joining: bool,
     stop: tokio::sync::oneshot::Sender<StopReason>,
@@ -547,6 +602,8 @@ pub async fn watch(
     // Peers refusing this member (`true`: as removed), until a connection to them succeeds.
     let mut refused: BTreeMap<NodeId, bool> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut leaderless_since: Option<std::time::Instant> = None;
+    let mut lookup: Option<tokio::task::JoinHandle<()>> = None;
     let reason = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -564,6 +621,21 @@ pub async fn watch(
         }
         refused.retain(|id, _| !transport.is_connected(*id));
         let status = api.node.status();
+        if status.leader != 0 || (joining && status.applied == 0) {
+            leaderless_since = None;
+        } else if leaderless_since.get_or_insert_with(std::time::Instant::now).elapsed() > LOOKUP_AFTER
+            && lookup.as_ref().is_none_or(|l| l.is_finished())
+        {
+            leaderless_since = Some(std::time::Instant::now());
+            let removed = api.node.shared.sm.read().registry.removed.clone();
+            lookup = Some(tokio::spawn(learn_addresses(
+                transport.clone(),
+                peer_tls.clone(),
+                api.cluster_id(),
+                me,
+                removed,
+            )));
+        }
         // The other members this member knows of: the registry's, or before anything was
         // applied, the peers it was started with.
         let others: Vec<NodeId> = {

@@ -180,6 +180,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     tokio::spawn(crate::member::membership::watch(
         api.clone(),
         transport.clone(),
+        tls.peer.clone(),
         refusals_rx,
         record.joined_existing,
         removed_tx,
