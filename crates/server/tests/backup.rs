@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Cluster, EXE, Opts, Proc, die_with_parent, free_ports, have, wait_for};
+use raftkv_api::etcdserverpb::lease_client::LeaseClient;
 use raftkv_api::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse,
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    RangeResponse,
 };
 use raftkv_api::mvccpb::KeyValue;
 
@@ -65,7 +67,9 @@ async fn everything(port: u16, revision: i64) -> RangeResponse {
     common::kv(port).range(req).await.expect("range").into_inner()
 }
 
-fn rows(r: &RangeResponse) -> Vec<(String, i64, i64, i64, String)> {
+type Row = (String, i64, i64, i64, String, i64);
+
+fn rows(r: &RangeResponse) -> Vec<Row> {
     r.kvs
         .iter()
         .map(|kv: &KeyValue| {
@@ -75,12 +79,14 @@ fn rows(r: &RangeResponse) -> Vec<(String, i64, i64, i64, String)> {
                 kv.mod_revision,
                 kv.version,
                 String::from_utf8_lossy(&kv.value).into_owned(),
+                kv.lease,
             )
         })
         .collect()
 }
 
-/// Asserts that two servers hold the same keys with the same revisions, versions and values.
+/// Asserts that two servers hold the same keys with the same revisions, versions, values
+/// and leases.
 async fn assert_same(what: &str, a: u16, b: u16, revisions: &[i64]) {
     for &rev in revisions {
         let (ra, rb) = (everything(a, rev).await, everything(b, rev).await);
@@ -297,4 +303,158 @@ async fn migration_both_ways_with_etcd() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!d.join("bad-restore").exists());
+}
+
+/// `raftkv snapshot restore FILE` for every member of `c` (not started).
+fn raftkv_restore(file: &Path, c: &Cluster) {
+    for m in &c.members {
+        run(
+            Command::new(EXE)
+                .args(["snapshot", "restore"])
+                .arg(file)
+                .args(["--name", &m.name, "--initial-cluster", &c.initial_cluster])
+                .args(["--initial-cluster-token", &c.token, "--initial-advertise-peer-urls", &m.peer_url()])
+                .arg("--data-dir")
+                .arg(&m.data_dir),
+            "raftkv snapshot restore",
+        );
+    }
+}
+
+/// `etcdctl snapshot restore FILE` into `data_dir` and a one-member etcd 3.4 on it.
+async fn etcd_restore(file: &Path, data_dir: &Path, log: &Path) -> (Proc, u16) {
+    let q = free_ports(2);
+    run(
+        Command::new("etcdctl")
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .args(["--name", "dst", "--initial-cluster", &format!("dst=http://127.0.0.1:{}", q[1])])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", q[1])])
+            .arg("--data-dir")
+            .arg(data_dir),
+        "etcdctl snapshot restore",
+    );
+    let etcd = start_etcd(data_dir, "dst", (q[0], q[1]), log);
+    wait_serving(q[0]).await;
+    (etcd, q[0])
+}
+
+/// `etcdctl lease timetolive ID --keys`: the line without its remaining TTL, and that TTL.
+fn time_to_live(port: u16, id: i64) -> (String, i64) {
+    let out = run(
+        Command::new("etcdctl").arg(format!("--endpoints=127.0.0.1:{port}")).args([
+            "lease",
+            "timetolive",
+            &format!("{id:x}"),
+            "--keys",
+        ]),
+        "etcdctl lease timetolive",
+    );
+    let line = out.trim();
+    let (Some(at), Some(end)) = (line.find("remaining("), line.find("s), attached")) else {
+        return (line.to_string(), 0); // "lease ... already expired"
+    };
+    let remaining = line[at + "remaining(".len()..end].parse().expect("remaining TTL");
+    // etcd lists a lease's keys in no particular order.
+    let keys = line[end..].trim_start_matches("s), attached keys([").trim_end_matches("])");
+    let mut keys: Vec<&str> = keys.split(' ').collect();
+    keys.sort_unstable();
+    (format!("{}keys {keys:?}", &line[..at]), remaining)
+}
+
+/// Leases of the lease test: (id, TTL).
+const LEASES: [(i64, i64); 3] = [(0x1000, 600), (0x2000, 40), (0x3000, 600)];
+
+/// Writes leases with keys: two keys on one lease, one key moved off a lease, a short
+/// lease, a lease without keys, and a revoked lease whose key's history names it.
+async fn write_leases(port: u16) {
+    let mut lc = LeaseClient::new(common::channel(port));
+    for (id, ttl) in LEASES.iter().copied().chain([(0x4000, 600)]) {
+        lc.lease_grant(LeaseGrantRequest { id, ttl }).await.expect("grant");
+    }
+    let mut kv = common::kv(port);
+    for (key, lease) in
+        [("a/1", 0x1000), ("a/2", 0x1000), ("b/1", 0x2000), ("a/2", 0), ("p/1", 0), ("b/2", 0x2000)]
+            .into_iter()
+            .chain([("a/1", 0x1000), ("d/1", 0x4000)])
+    {
+        let req = PutRequest {
+            key: key.into(),
+            value: format!("{key} on {lease:x}").into(),
+            lease,
+            ..Default::default()
+        };
+        kv.put(req).await.expect("put");
+    }
+    lc.lease_revoke(LeaseRevokeRequest { id: 0x4000 }).await.expect("revoke");
+}
+
+/// `from` and `to` hold the same leased keys (with their lease ids, also in the history)
+/// and leases, `to`'s restarted with their full TTL.
+async fn assert_same_leases(what: &str, from: u16, to: u16) {
+    let now = everything(from, 0).await;
+    assert_same(what, from, to, &[0, now.header.expect("header").revision - 1]).await;
+    let leased = rows(&everything(to, 0).await).iter().filter(|r| r.5 != 0).count();
+    assert_eq!(leased, 3, "{what}: keys on a lease");
+    for (id, ttl) in LEASES {
+        let (a, _) = time_to_live(from, id);
+        let (b, left) = time_to_live(to, id);
+        assert_eq!(a, b, "{what}: lease {id:x}");
+        // Not the TTL left at the save (8 s less): counted from the new leader's start
+        // (which adds an election timeout, as etcd does).
+        assert!(left > ttl - 6 && left <= ttl + 2, "{what}: lease {id:x} restarted with {left}s of {ttl}s");
+    }
+    let revoked = time_to_live(to, 0x4000).0;
+    assert_eq!(time_to_live(from, 0x4000).0, revoked, "{what}: the revoked lease");
+    assert!(revoked.contains("already expired"), "{what}: {revoked}");
+}
+
+/// Leases with their keys move etcd 3.4 -> raftkv and raftkv -> etcd 3.4 through
+/// `etcdctl snapshot save` and the restore commands, and restart with their full TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_move_both_ways_with_etcd() {
+    if !have("etcd") || !have("etcdctl") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("raftkv-backup-").tempdir().expect("temp dir");
+    let d = dir.path();
+    let p = free_ports(2);
+    let etcd = start_etcd(&d.join("etcd-src"), "src", (p[0], p[1]), &d.join("etcd-src.log"));
+    wait_serving(p[0]).await;
+    write_leases(p[0]).await;
+    // The short lease runs down before the save; a restore restarts it.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let from_etcd = d.join("from-etcd.db");
+    run(
+        Command::new("etcdctl")
+            .arg(format!("--endpoints=127.0.0.1:{}", p[0]))
+            .args(["snapshot", "save"])
+            .arg(&from_etcd),
+        "etcdctl snapshot save (etcd)",
+    );
+    let mut c = Cluster::new(3, Opts::default());
+    raftkv_restore(&from_etcd, &c);
+    for i in 0..3 {
+        c.start_member(i);
+    }
+    c.wait_leader(START).await;
+    wait_serving(c.port(0)).await;
+    assert_same_leases("etcd -> raftkv", p[0], c.port(0)).await;
+    drop(etcd);
+
+    // raftkv -> etcd: a fresh raftkv cluster with the same leases.
+    let mut src = Cluster::start(3, Opts::default());
+    src.wait_leader(START).await;
+    write_leases(src.port(0)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let from_raftkv = d.join("from-raftkv.db");
+    run(
+        Command::new("etcdctl")
+            .arg(format!("--endpoints=127.0.0.1:{}", src.port(1)))
+            .args(["snapshot", "save"])
+            .arg(&from_raftkv),
+        "etcdctl snapshot save (raftkv)",
+    );
+    let (_etcd2, port) = etcd_restore(&from_raftkv, &d.join("etcd-dst"), &d.join("etcd-dst.log")).await;
+    assert_same_leases("raftkv -> etcd", src.port(0), port).await;
 }

@@ -17,7 +17,7 @@
 //! | `meta` | `finishedCompactRev`, `scheduledCompactRev` | a revision key (main, `_`, sub 0) |
 //! | `members` | member id in hex | JSON `{"id","peerURLs","name","clientURLs"}` |
 //! | `cluster` | `clusterVersion` | `3.4.0` |
-//! | `lease` | lease id, 8 bytes BE | `leasepb.Lease` |
+//! | `lease` | lease id, 8 bytes BE | `leasepb.Lease`: ID (1), TTL (2), RemainingTTL (3), all int64 |
 //! | `alarm`, `auth`, `authRoles`, `authUsers`, `members_removed` | | |
 //!
 //! The `key` bucket is in revision order while raftkv keeps histories per key, so the
@@ -35,7 +35,7 @@ use bytes::Bytes;
 use raftkv_api::etcdserverpb::{ResponseHeader, SnapshotResponse};
 use raftkv_api::mvccpb::KeyValue;
 use raftkv_api::prost::Message;
-use raftkv_kv::{ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, SnapshotPoint, Version};
+use raftkv_kv::{ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, LeaseRecord, SnapshotPoint, Version};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
@@ -114,6 +114,8 @@ pub enum ContentError {
     KeyValue { revision: i64, source: raftkv_api::prost::DecodeError },
     #[error("key bucket: revision {revision} holds mod revision {mod_revision}")]
     ModRevision { revision: i64, mod_revision: i64 },
+    #[error("lease bucket: {0:?} is not a leasepb.Lease")]
+    Lease(Vec<u8>),
     /// The history does not load (versions out of order, a compaction past the end...).
     #[error("{0}")]
     History(#[source] raftkv_kv::KvError),
@@ -165,9 +167,41 @@ pub struct ExportMeta<'a> {
     pub published: &'a BTreeMap<u64, MemberAttributes>,
     /// The applied Raft index the state corresponds to (etcd's consistent index).
     pub consistent_index: u64,
-    /// The `lease` bucket: lease id and encoded `leasepb.Lease` (empty until leases are
-    /// served).
-    pub leases: Vec<(i64, Vec<u8>)>,
+    /// The `lease` bucket: every lease as (id, TTL, remaining TTL of the last checkpoint).
+    pub leases: Vec<LeaseRecord>,
+}
+
+/// etcd's `leasepb.Lease` (`ID = 1`, `TTL = 2`, `RemainingTTL = 3`, all int64), with the
+/// zero fields left out as protobuf does.
+fn encode_lease(&(id, ttl, remaining): &LeaseRecord) -> Vec<u8> {
+    use raftkv_api::prost::encoding::int64;
+    let mut buf = Vec::with_capacity(32);
+    for (tag, v) in [(1, id), (2, ttl), (3, remaining)] {
+        if v != 0 {
+            int64::encode(tag, &v, &mut buf);
+        }
+    }
+    buf
+}
+
+/// Reads a `leasepb.Lease`, skipping fields it does not know (as protobuf readers do).
+fn decode_lease(mut buf: &[u8]) -> Result<LeaseRecord, ContentError> {
+    use raftkv_api::prost::encoding::{DecodeContext, decode_key, int64, skip_field};
+    let whole = buf.to_vec();
+    let bad = |_| ContentError::Lease(whole.clone());
+    let (mut id, mut ttl, mut remaining) = (0i64, 0i64, 0i64);
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(bad)?;
+        let ctx = DecodeContext::default();
+        match tag {
+            1 => int64::merge(wire, &mut id, &mut buf, ctx),
+            2 => int64::merge(wire, &mut ttl, &mut buf, ctx),
+            3 => int64::merge(wire, &mut remaining, &mut buf, ctx),
+            _ => skip_field(wire, tag, &mut buf, ctx),
+        }
+        .map_err(bad)?;
+    }
+    Ok((id, ttl, remaining))
 }
 
 /// Writes the state pinned at `point` as an etcd v3 backend database into `out` (from its
@@ -196,7 +230,7 @@ pub fn write_etcd_db(
                     mod_revision: v.main,
                     version: v.version,
                     value: v.value,
-                    lease: 0,
+                    lease: v.lease,
                 }
             };
             let mut rec = rev_key(v.main, v.sub, v.version == 0);
@@ -229,10 +263,13 @@ pub fn write_etcd_db(
         db.put(&rec[..k], &rec[k..])?;
     }
     db.begin_bucket(b"lease")?;
-    let mut leases = meta.leases.clone();
+    // etcd keys a lease by its id as 8 big-endian bytes (of the int64: negative ids,
+    // which etcd never grants, would sort last).
+    let mut leases: Vec<([u8; 8], Vec<u8>)> =
+        meta.leases.iter().map(|l| (l.0.to_be_bytes(), encode_lease(l))).collect();
     leases.sort();
     for (id, lease) in &leases {
-        db.put(&id.to_be_bytes(), lease)?;
+        db.put(id, lease)?;
     }
     db.begin_bucket(b"members")?;
     let mut members: Vec<(String, Vec<u8>)> = Vec::new();
@@ -266,8 +303,8 @@ pub fn write_etcd_db(
 pub struct Imported {
     pub kv: KvStore,
     pub versions: u64,
+    /// Leases in the `lease` bucket.
     pub leases: usize,
-    pub keys_with_leases: u64,
 }
 
 /// The database part of a snapshot file: its length, after checking the trailing sha256
@@ -313,22 +350,28 @@ fn meta_rev(v: &[u8]) -> Result<i64, ContentError> {
 }
 
 /// One version of the `key` bucket.
-fn key_version(k: &[u8], v: &[u8]) -> Result<(Version, bool), ContentError> {
+fn key_version(k: &[u8], v: &[u8]) -> Result<Version, ContentError> {
     let Some((main, sub, tombstone)) = parse_rev_key(k) else {
         return Err(ContentError::NotARevision(k.to_vec()));
     };
     let Ok(sub) = u32::try_from(sub) else { return Err(ContentError::SubRevision(sub)) };
     let kv = KeyValue::decode(v).map_err(|source| ContentError::KeyValue { revision: main, source })?;
     if tombstone {
-        return Ok((Version { key: kv.key, main, sub, create: 0, version: 0, value: Bytes::new() }, false));
+        let key = kv.key;
+        return Ok(Version { key, main, sub, create: 0, version: 0, value: Bytes::new(), lease: 0 });
     }
     if kv.mod_revision != main {
         return Err(ContentError::ModRevision { revision: main, mod_revision: kv.mod_revision });
     }
-    let leased = kv.lease != 0;
-    let version =
-        Version { key: kv.key, main, sub, create: kv.create_revision, version: kv.version, value: kv.value };
-    Ok((version, leased))
+    Ok(Version {
+        key: kv.key,
+        main,
+        sub,
+        create: kv.create_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    })
 }
 
 /// Reads the first `db_len` bytes of an etcd v3 backend file into a store.
@@ -366,13 +409,11 @@ pub fn read_etcd_db(
         walked.map_err(damaged)?;
     }
     let mut importer = KvImporter::new(config, cold);
-    let mut keys_with_leases = 0u64;
     let walked = db.walk(&keys, &mut |k, v, _| {
-        let (version, leased) = match key_version(k, v) {
+        let version = match key_version(k, v) {
             Ok(found) => found,
             Err(e) => return stop(e, &mut failed),
         };
-        keys_with_leases += u64::from(leased);
         match importer.push(version) {
             Ok(()) => Ok(()),
             Err(e) => stop(ContentError::History(e), &mut failed),
@@ -382,17 +423,27 @@ pub fn read_etcd_db(
         return Err(e.into());
     }
     walked.map_err(damaged)?;
-    let mut leases = 0usize;
+    // Leases as etcd's lessor recovers them: the granted TTL and the remaining TTL of the
+    // last checkpoint (0 without checkpoints); they start counting down when the new
+    // cluster elects a leader.
+    let mut leases: Vec<LeaseRecord> = Vec::new();
     if let Some(lease) = bucket(&buckets, "lease") {
-        db.walk(&lease, &mut |_, _, _| {
-            leases += 1;
-            Ok(())
-        })
-        .map_err(damaged)?;
+        let walked = db.walk(&lease, &mut |_, v, _| match decode_lease(v) {
+            Ok(l) => {
+                leases.push(l);
+                Ok(())
+            }
+            Err(e) => stop(e, &mut failed),
+        });
+        if let Some(e) = failed.take() {
+            return Err(e.into());
+        }
+        walked.map_err(damaged)?;
     }
+    leases.sort_unstable();
     let versions = importer.versions();
-    let kv = importer.finish(compacted).map_err(ContentError::History)?;
-    Ok(Imported { kv, versions, leases, keys_with_leases })
+    let kv = importer.finish_with_leases(compacted, &leases).map_err(ContentError::History)?;
+    Ok(Imported { kv, versions, leases: leases.len() })
 }
 
 /// `Maintenance.Snapshot`: pins the member's state (one revision, whatever writes go on),
@@ -408,9 +459,9 @@ pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, S
         .try_acquire()
         .map_err(|_| Status::resource_exhausted("etcdserver: too many snapshots in progress; retry later"))?;
     let node = api.node.clone();
-    let (point, generation, published) = {
+    let (point, generation, published, leases) = {
         let mut sm = node.shared.sm.write();
-        (sm.kv.pin(), sm.generation, sm.members.clone())
+        (sm.kv.pin(), sm.generation, sm.members.clone(), sm.kv.leases().export().0)
     };
     let consistent_index = node.status().applied;
     let header = ResponseHeader {
@@ -425,8 +476,7 @@ pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, S
         let mut replaced = false;
         let result = (|| {
             let mut file = tempfile::tempfile_in(&spill_dir)?;
-            let meta =
-                ExportMeta { members: &members, published: &published, consistent_index, leases: Vec::new() };
+            let meta = ExportMeta { members: &members, published: &published, consistent_index, leases };
             let size = write_etcd_db(
                 &point,
                 |f| {
@@ -660,13 +710,14 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
         })?;
     }
     println!(
-        "restored snapshot {} into {}: revision {}, compacted at {}, {} versions of {} keys; member {} ({:x}) of cluster {:x}",
+        "restored snapshot {} into {}: revision {}, compacted at {}, {} versions of {} keys, {} leases; member {} ({:x}) of cluster {:x}",
         a.file.display(),
         data_dir.display(),
         imported.0,
         imported.1,
         imported.2,
         imported.3,
+        imported.4,
         a.name,
         record.member_id,
         record.cluster_id
@@ -675,13 +726,14 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
 }
 
 /// Writes the Raft storage (a snapshot at index 1, term 1 holding the state and the new
-/// voters) and the identity record; returns (revision, compacted, versions, live keys).
+/// voters) and the identity record; returns (revision, compacted, versions, live keys,
+/// leases).
 fn build_data_dir(
     file: &Path,
     db_len: u64,
     data_dir: &Path,
     record: &ClusterRecord,
-) -> Result<(i64, i64, u64, usize), BackupError> {
+) -> Result<(i64, i64, u64, usize, usize), BackupError> {
     let member_dir = crate::member::identity::member_dir(data_dir);
     let dir_err = |what: &'static str| {
         let path = member_dir.clone();
@@ -691,12 +743,6 @@ fn build_data_dir(
     let cold = ColdStore::temp_file_in(&member_dir).map_err(dir_err("create the history cache file in"))?;
     let config = KvConfig { lease_policy: LeasePolicy::Ignore, ..KvConfig::default() };
     let imported = read_etcd_db(file, db_len, config, cold)?;
-    if imported.leases > 0 || imported.keys_with_leases > 0 {
-        eprintln!(
-            "note: the snapshot holds {} leases and {} key versions attached to leases; raftkv does not serve leases yet, so those keys are restored without their lease (they will not expire)",
-            imported.leases, imported.keys_with_leases
-        );
-    }
     let ids = raftkv_storage::NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
     let raft_dir = crate::member::identity::raft_dir(data_dir);
     let storage_err = |source| BackupError::Storage { path: raft_dir.clone(), source };
@@ -732,7 +778,7 @@ fn build_data_dir(
     }
     writer.finish().map_err(storage_err)?;
     crate::member::identity::save(data_dir, record)?;
-    Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys()))
+    Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys(), imported.leases))
 }
 
 /// etcd's `snapshot status` numbers: a CRC32C over bucket names, keys and values, the
@@ -774,7 +820,10 @@ fn status(a: StatusArgs) -> Result<(), BackupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raftkv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
+    use raftkv_api::etcdserverpb::{
+        CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
+    };
+    use raftkv_api::raftkvpb::{LeaseCheckpoint, LeaseCheckpointRequest};
 
     /// raftkv -> etcd backend file -> raftkv gives the same store, and the file's buckets
     /// are etcd's.
@@ -782,11 +831,17 @@ mod tests {
     fn etcd_db_round_trip() {
         let dir = tempfile::tempdir().expect("test setup");
         let mut s = KvStore::new();
+        s.lease_grant(&LeaseGrantRequest { id: 0x77, ttl: 60 }).expect("grant");
+        s.lease_grant(&LeaseGrantRequest { id: 0x78, ttl: 9 }).expect("grant");
+        s.lease_checkpoint(&LeaseCheckpointRequest {
+            checkpoints: vec![LeaseCheckpoint { id: 0x78, remaining_ttl: 4 }],
+        });
         for round in 0..5 {
             for k in 0..300 {
                 let req = PutRequest {
                     key: format!("key/{k:04}").into_bytes().into(),
                     value: format!("value {round} {}", "x".repeat(k % 50)).into_bytes().into(),
+                    lease: [0, 0x77, 0x78][(k + round) % 3],
                     ..Default::default()
                 };
                 s.put(req).expect("put");
@@ -806,7 +861,7 @@ mod tests {
             members: &members,
             published: &BTreeMap::new(),
             consistent_index: 42,
-            leases: Vec::new(),
+            leases: s.leases().export().0,
         };
         let path = dir.path().join("db");
         let mut file = File::options()
@@ -823,6 +878,13 @@ mod tests {
         assert_eq!(back.kv.revision(), s.revision());
         assert_eq!(back.kv.compact_revision(), 700);
         assert_eq!(back.kv.digest(), s.digest());
+        assert_eq!(back.leases, 2);
+        assert_eq!(back.kv.leases().export().0, vec![(0x77, 60, 0), (0x78, 9, 4)]);
+        for id in [0x77, 0x78] {
+            assert_eq!(back.kv.leases().get(id).map(|l| &l.keys), s.leases().get(id).map(|l| &l.keys));
+        }
+        assert_eq!(decode_lease(&encode_lease(&(0x78, 9, 4))).expect("decode"), (0x78, 9, 4));
+        assert!(decode_lease(&[0x08]).is_err());
         let all = RangeRequest {
             key: vec![0].into(),
             range_end: vec![0].into(),
