@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use common::{Cluster, EXE, Opts, Proc, die_with_parent, free_ports, have, wait_for};
 use raftkv_api::etcdserverpb::lease_client::LeaseClient;
+use raftkv_api::etcdserverpb::watch_client::WatchClient;
 use raftkv_api::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    RangeResponse,
+    RangeResponse, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest, request_op, watch_request,
 };
 use raftkv_api::mvccpb::KeyValue;
 
@@ -61,10 +62,40 @@ async fn wait_serving(port: u16) {
     .await;
 }
 
-/// Everything at `revision` (0: now), in key order.
+/// Keys per Range page (a whole keyspace is more than a gRPC message holds).
+const PAGE: i64 = 5000;
+
+/// Everything at `revision` (0: now), in key order, read in pages at one revision (the
+/// header is the first page's: it holds the current revision).
 async fn everything(port: u16, revision: i64) -> RangeResponse {
-    let req = RangeRequest { key: vec![0].into(), range_end: vec![0].into(), revision, ..Default::default() };
-    common::kv(port).range(req).await.expect("range").into_inner()
+    let mut kv = common::kv(port);
+    let mut all = RangeResponse::default();
+    let (mut from, mut revision) = (vec![0u8], revision);
+    loop {
+        let req = RangeRequest {
+            key: from.clone().into(),
+            range_end: vec![0].into(),
+            revision,
+            limit: PAGE,
+            ..Default::default()
+        };
+        let page = kv.range(req).await.expect("range").into_inner();
+        if all.header.is_none() {
+            all.header = page.header;
+            if revision == 0 {
+                revision = all.header.as_ref().map_or(0, |h| h.revision);
+            }
+        }
+        if let Some(last) = page.kvs.last() {
+            from = last.key.to_vec();
+            from.push(0);
+        }
+        all.kvs.extend(page.kvs);
+        if !page.more {
+            all.count = all.kvs.len() as i64;
+            return all;
+        }
+    }
 }
 
 type Row = (String, i64, i64, i64, String, i64);
@@ -85,6 +116,15 @@ fn rows(r: &RangeResponse) -> Vec<Row> {
         .collect()
 }
 
+/// Asserts that two Range outputs are equal, naming the first row that differs (they are
+/// too long to print whole).
+fn same_rows(what: &str, a: &[Row], b: &[Row]) {
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x, y, "{what}");
+    }
+    assert_eq!(a.len(), b.len(), "{what}: row counts (first extra: {:?})", a.get(b.len()).or(b.get(a.len())));
+}
+
 /// Asserts that two servers hold the same keys with the same revisions, versions, values
 /// and leases.
 async fn assert_same(what: &str, a: u16, b: u16, revisions: &[i64]) {
@@ -92,10 +132,7 @@ async fn assert_same(what: &str, a: u16, b: u16, revisions: &[i64]) {
         let (ra, rb) = (everything(a, rev).await, everything(b, rev).await);
         let (xa, xb) = (rows(&ra), rows(&rb));
         assert!(!xa.is_empty(), "{what}: nothing at revision {rev}");
-        assert_eq!(xa.len(), xb.len(), "{what}: key counts at revision {rev}");
-        for (x, y) in xa.iter().zip(&xb) {
-            assert_eq!(x, y, "{what}: at revision {rev}");
-        }
+        same_rows(&format!("{what}: at revision {rev}"), &xa, &xb);
         if rev == 0 {
             let (ha, hb) = (ra.header.map(|h| h.revision), rb.header.map(|h| h.revision));
             assert_eq!(ha, hb, "{what}: current revisions");
@@ -103,33 +140,111 @@ async fn assert_same(what: &str, a: u16, b: u16, revisions: &[i64]) {
     }
 }
 
-/// Writes a history into etcd: keys with several versions, deletions, re-creations, a
-/// compaction.
-async fn write_history(port: u16, keys: usize) {
+/// Puts per transaction (etcd's default `--max-txn-ops`).
+const TXN_OPS: usize = 128;
+/// Transactions in flight while writing a history.
+const TXN_CLIENTS: usize = 8;
+
+/// Writes a history into etcd: keys with several versions (one round of puts after the
+/// other, 128 keys a transaction, so versions share revisions), deletions, re-creations, a
+/// compaction at the end of the second round.
+async fn write_history(port: u16, keys: usize) -> i64 {
     let mut kv = common::kv(port);
+    let mut compact_at = 0;
     for round in 0..3 {
-        for k in 0..keys {
-            let req = PutRequest {
-                key: format!("key/{k:05}").into_bytes().into(),
-                value: format!("value {round} of {k} {}", "x".repeat(k % 40)).into_bytes().into(),
-                ..Default::default()
-            };
-            kv.put(req).await.expect("put");
+        let batches: Vec<Vec<usize>> =
+            (0..keys).collect::<Vec<_>>().chunks(TXN_OPS).map(<[usize]>::to_vec).collect();
+        let batches = Arc::new(std::sync::Mutex::new(batches.into_iter()));
+        let mut clients = Vec::new();
+        for _ in 0..TXN_CLIENTS {
+            let batches = batches.clone();
+            clients.push(tokio::spawn(async move {
+                let mut kv = common::kv(port);
+                loop {
+                    let Some(batch) = batches.lock().expect("batches").next() else { return };
+                    let success = batch
+                        .into_iter()
+                        .map(|k| RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: format!("key/{k:06}").into_bytes().into(),
+                                value: format!("value {round} of {k} {}", "x".repeat(k % 40))
+                                    .into_bytes()
+                                    .into(),
+                                ..Default::default()
+                            })),
+                        })
+                        .collect();
+                    kv.txn(TxnRequest { success, ..Default::default() }).await.expect("txn");
+                }
+            }));
+        }
+        for c in clients {
+            c.await.expect("writer");
+        }
+        if round == 1 {
+            compact_at = everything(port, 0).await.header.expect("header").revision;
         }
         if round == 0 {
             let del = DeleteRangeRequest {
-                key: "key/00010".into(),
-                range_end: "key/00020".into(),
+                key: "key/000010".into(),
+                range_end: "key/000020".into(),
                 ..Default::default()
             };
             kv.delete_range(del).await.expect("delete");
         }
     }
     let del =
-        DeleteRangeRequest { key: "key/00030".into(), range_end: "key/00035".into(), ..Default::default() };
+        DeleteRangeRequest { key: "key/000030".into(), range_end: "key/000035".into(), ..Default::default() };
     kv.delete_range(del).await.expect("delete");
-    let rev = everything(port, 0).await.header.expect("header").revision;
-    kv.compact(CompactionRequest { revision: rev - keys as i64, physical: true }).await.expect("compact");
+    kv.compact(CompactionRequest { revision: compact_at, physical: true }).await.expect("compact");
+    compact_at
+}
+
+/// The versions etcd's `key` bucket holds at `revision` after a compaction at `compacted`,
+/// counted through etcd's API: each key's newest version at the compaction if it is live,
+/// and every write since (deletions included), counted by a watch.
+async fn versions_held(port: u16, compacted: i64, revision: i64) -> u64 {
+    let at_compaction = RangeRequest {
+        key: vec![0].into(),
+        range_end: vec![0].into(),
+        revision: compacted,
+        count_only: true,
+        ..Default::default()
+    };
+    let live = common::kv(port).range(at_compaction).await.expect("count").into_inner().count as u64;
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: vec![0].into(),
+            range_end: vec![0].into(),
+            start_revision: compacted + 1,
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(create).await.expect("watch request");
+    // etcd sends a catching-up watcher's events in responses of any size.
+    let mut stream = WatchClient::new(common::channel(port))
+        .max_decoding_message_size(1 << 30)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = 0u64;
+    loop {
+        let resp = tokio::time::timeout(START, stream.message())
+            .await
+            .expect("watch events in time")
+            .expect("watch stream")
+            .expect("a watch response");
+        events += resp
+            .events
+            .iter()
+            .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision <= revision))
+            .count() as u64;
+        if resp.events.last().and_then(|e| e.kv.as_ref()).is_some_and(|kv| kv.mod_revision >= revision) {
+            return live + events;
+        }
+    }
 }
 
 fn snapshot_status(file: &Path) -> serde_json::Value {
@@ -145,7 +260,7 @@ async fn migration_both_ways_with_etcd() {
     if !have("etcd") || !have("etcdctl") {
         return;
     }
-    let keys = 1500;
+    let keys = 100_000;
     let dir = tempfile::Builder::new().prefix("raftkv-backup-").tempdir().expect("temp dir");
     let d = dir.path();
 
@@ -153,7 +268,7 @@ async fn migration_both_ways_with_etcd() {
     let p = free_ports(2);
     let etcd = start_etcd(&d.join("etcd-src"), "src", (p[0], p[1]), &d.join("etcd-src.log"));
     wait_serving(p[0]).await;
-    write_history(p[0], keys).await;
+    let compacted = write_history(p[0], keys).await;
     let from_etcd = d.join("from-etcd.db");
     run(
         Command::new("etcdctl")
@@ -204,7 +319,7 @@ async fn migration_both_ways_with_etcd() {
         assert_same("etcd -> raftkv", p[0], c.port(i), &[0, past]).await;
     }
     // The compaction came along: older revisions are refused on both.
-    let old = RangeRequest { key: "key/00001".into(), revision: 3, ..Default::default() };
+    let old = RangeRequest { key: "key/000001".into(), revision: 3, ..Default::default() };
     let e = common::kv(c.port(0)).range(old.clone()).await.expect_err("compacted");
     assert!(e.message().contains("compacted"), "{e:?}");
     assert!(common::kv(p[0]).range(old).await.is_err());
@@ -278,8 +393,13 @@ async fn migration_both_ways_with_etcd() {
     let on_etcd = everything(q[0], 0).await;
     assert_eq!(on_etcd.header.as_ref().map(|h| h.revision), Some(revision), "etcd's revision after restore");
     let at_snapshot = everything(c.port(0), revision).await;
-    assert_eq!(rows(&on_etcd), rows(&at_snapshot), "raftkv at the snapshot's revision vs the restored etcd");
+    same_rows("raftkv at the snapshot's revision vs the restored etcd", &rows(&at_snapshot), &rows(&on_etcd));
     assert_same("raftkv -> etcd (past)", c.port(0), q[0], &[past]).await;
+    // `snapshot status` counted every entry of every bucket: the versions, the meta
+    // bucket's consistent index and compaction revisions, the cluster version and the 3
+    // members.
+    let versions = versions_held(q[0], compacted, revision).await;
+    assert_eq!(total, versions + 3 + 1 + 3, "snapshot status total keys: {status}");
 
     // A damaged snapshot is refused by raftkv's restore with a clear error.
     let mut bytes = std::fs::read(&from_raftkv).expect("read");
