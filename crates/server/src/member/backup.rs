@@ -18,7 +18,10 @@
 //! | `members` | member id in hex | JSON `{"id","peerURLs","name","clientURLs"}` |
 //! | `cluster` | `clusterVersion` | `3.4.0` |
 //! | `lease` | lease id, 8 bytes BE | `leasepb.Lease`: ID (1), TTL (2), RemainingTTL (3), all int64 |
-//! | `alarm`, `auth`, `authRoles`, `authUsers`, `members_removed` | | |
+//! | `auth` | `authEnabled`, `authRevision` | 1 byte (1: enabled); the auth revision, 8 bytes BE |
+//! | `authUsers` | user name | `authpb.User`: name (1), bcrypt hash (2), roles (3), options (4: `no_password` 1) |
+//! | `authRoles` | role name | `authpb.Role`: name (1), `Permission`s (2: type 1, key 2, range_end 3) |
+//! | `alarm`, `members_removed` | | |
 //!
 //! The `key` bucket is in revision order while raftkv keeps histories per key, so the
 //! export spills the versions to an unnamed file and sorts an index of (revision, offset,
@@ -35,7 +38,10 @@ use bytes::Bytes;
 use raftkv_api::etcdserverpb::{ResponseHeader, SnapshotResponse};
 use raftkv_api::mvccpb::KeyValue;
 use raftkv_api::prost::Message;
-use raftkv_kv::{ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, LeaseRecord, SnapshotPoint, Version};
+use raftkv_kv::{
+    AuthState, AuthStore, ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, LeaseRecord, Permission,
+    Role, SnapshotPoint, User, Version,
+};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
@@ -116,6 +122,8 @@ pub enum ContentError {
     ModRevision { revision: i64, mod_revision: i64 },
     #[error("lease bucket: {0:?} is not a leasepb.Lease")]
     Lease(Vec<u8>),
+    #[error("{bucket} bucket: {key:?} is not an {what}")]
+    Auth { bucket: &'static str, key: String, what: &'static str },
     /// The history does not load (versions out of order, a compaction past the end...).
     #[error("{0}")]
     History(#[source] raftkv_kv::KvError),
@@ -169,6 +177,120 @@ pub struct ExportMeta<'a> {
     pub consistent_index: u64,
     /// The `lease` bucket: every lease as (id, TTL, remaining TTL of the last checkpoint).
     pub leases: Vec<LeaseRecord>,
+    /// The `auth`, `authUsers` and `authRoles` buckets.
+    pub auth: AuthState,
+}
+
+/// Protobuf field writers for the auth records.
+fn put_bytes(tag: u32, v: &[u8], buf: &mut Vec<u8>) {
+    raftkv_api::prost::encoding::bytes::encode(tag, &v.to_vec(), buf);
+}
+
+/// etcd's `authpb.User`.
+fn encode_user(u: &User) -> Vec<u8> {
+    use raftkv_api::prost::encoding::{WireType, encode_key, encode_varint};
+    let mut buf = Vec::new();
+    put_bytes(1, u.name.as_bytes(), &mut buf);
+    if !u.password.is_empty() {
+        put_bytes(2, u.password.as_bytes(), &mut buf);
+    }
+    for r in &u.roles {
+        put_bytes(3, r.as_bytes(), &mut buf);
+    }
+    if u.no_password {
+        // options (4): UserAddOptions { no_password (1): true }
+        encode_key(4, WireType::LengthDelimited, &mut buf);
+        encode_varint(2, &mut buf);
+        buf.extend_from_slice(&[0x08, 0x01]);
+    }
+    buf
+}
+
+/// etcd's `authpb.Role`.
+fn encode_role(r: &Role) -> Vec<u8> {
+    use raftkv_api::prost::encoding::int32;
+    let mut buf = Vec::new();
+    put_bytes(1, r.name.as_bytes(), &mut buf);
+    for p in &r.perms {
+        let mut perm = Vec::new();
+        if p.perm_type != 0 {
+            int32::encode(1, &p.perm_type, &mut perm);
+        }
+        if !p.key.is_empty() {
+            put_bytes(2, &p.key, &mut perm);
+        }
+        if !p.range_end.is_empty() {
+            put_bytes(3, &p.range_end, &mut perm);
+        }
+        put_bytes(2, &perm, &mut buf);
+    }
+    buf
+}
+
+/// The fields of a protobuf message: (tag, varint value or length-delimited bytes).
+fn fields(mut buf: &[u8]) -> Option<Vec<(u32, u64, Vec<u8>)>> {
+    use raftkv_api::prost::encoding::{WireType, decode_key, decode_varint};
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        match wire {
+            WireType::Varint => out.push((tag, decode_varint(&mut buf).ok()?, Vec::new())),
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let bytes = buf.get(..len)?.to_vec();
+                buf = &buf[len..];
+                out.push((tag, 0, bytes));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn decode_user(v: &[u8]) -> Option<User> {
+    let mut u = User {
+        name: String::new(),
+        password: String::new(),
+        roles: Vec::new(),
+        no_password: false,
+        since: 0,
+    };
+    for (tag, _, bytes) in fields(v)? {
+        match tag {
+            1 => u.name = String::from_utf8(bytes).ok()?,
+            2 => u.password = String::from_utf8(bytes).ok()?,
+            3 => u.roles.push(String::from_utf8(bytes).ok()?),
+            4 => u.no_password = fields(&bytes)?.iter().any(|f| f.0 == 1 && f.1 != 0),
+            _ => {}
+        }
+    }
+    u.roles.sort();
+    u.roles.dedup();
+    Some(u)
+}
+
+fn decode_role(v: &[u8]) -> Option<Role> {
+    let mut r = Role { name: String::new(), perms: Vec::new() };
+    for (tag, _, bytes) in fields(v)? {
+        match tag {
+            1 => r.name = String::from_utf8(bytes).ok()?,
+            2 => {
+                let mut p = Permission { perm_type: 0, key: Vec::new(), range_end: Vec::new() };
+                for (t, n, b) in fields(&bytes)? {
+                    match t {
+                        1 => p.perm_type = i32::try_from(n).ok()?,
+                        2 => p.key = b,
+                        3 => p.range_end = b,
+                        _ => {}
+                    }
+                }
+                r.perms.push(p);
+            }
+            _ => {}
+        }
+    }
+    r.perms.sort_by(|a, b| a.key.cmp(&b.key));
+    Some(r)
 }
 
 /// etcd's `leasepb.Lease` (`ID = 1`, `TTL = 2`, `RemainingTTL = 3`, all int64), with the
@@ -249,8 +371,24 @@ pub fn write_etcd_db(
     out.set_len(0)?;
     out.seek(SeekFrom::Start(0))?;
     let mut db = BoltWriter::new(BufWriter::with_capacity(1 << 20, &mut *out))?;
-    for name in ["alarm", "auth", "authRoles", "authUsers"] {
-        db.begin_bucket(name.as_bytes())?;
+    db.begin_bucket(b"alarm")?;
+    db.begin_bucket(b"auth")?;
+    let auth = &meta.auth;
+    if auth.enabled || auth.revision > 1 || !auth.users.is_empty() || !auth.roles.is_empty() {
+        db.put(b"authEnabled", &[u8::from(auth.enabled)])?;
+        db.put(b"authRevision", &auth.revision.to_be_bytes())?;
+    }
+    db.begin_bucket(b"authRoles")?;
+    let mut roles: Vec<&Role> = auth.roles.iter().collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    for r in roles {
+        db.put(r.name.as_bytes(), &encode_role(r))?;
+    }
+    db.begin_bucket(b"authUsers")?;
+    let mut users: Vec<&User> = auth.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    for u in users {
+        db.put(u.name.as_bytes(), &encode_user(u))?;
     }
     db.begin_bucket(b"cluster")?;
     db.put(b"clusterVersion", CLUSTER_VERSION)?;
@@ -302,6 +440,8 @@ pub fn write_etcd_db(
 /// What a restore found in an etcd snapshot.
 pub struct Imported {
     pub kv: KvStore,
+    /// Users, roles and whether auth is enabled.
+    pub auth: AuthState,
     pub versions: u64,
     /// Leases in the `lease` bucket.
     pub leases: usize,
@@ -443,7 +583,41 @@ pub fn read_etcd_db(
     leases.sort_unstable();
     let versions = importer.versions();
     let kv = importer.finish_with_leases(compacted, &leases).map_err(ContentError::History)?;
-    Ok(Imported { kv, versions, leases: leases.len() })
+    let mut auth = AuthState { enabled: false, revision: 1, users: Vec::new(), roles: Vec::new() };
+    if let Some(b) = bucket(&buckets, "auth") {
+        db.walk(&b, &mut |k, v, _| {
+            if k == b"authEnabled" {
+                auth.enabled = v == [1];
+            } else if k == b"authRevision" && v.len() == 8 {
+                let mut r = [0u8; 8];
+                r.copy_from_slice(v);
+                auth.revision = u64::from_be_bytes(r).max(1);
+            }
+            Ok(())
+        })
+        .map_err(damaged)?;
+    }
+    for (name, what) in [("authUsers", "authpb.User"), ("authRoles", "authpb.Role")] {
+        let Some(b) = bucket(&buckets, name) else { continue };
+        let walked = db.walk(&b, &mut |k, v, _| {
+            let ok = if name == "authUsers" {
+                decode_user(v).map(|u| auth.users.push(u)).is_some()
+            } else {
+                decode_role(v).map(|r| auth.roles.push(r)).is_some()
+            };
+            if ok {
+                Ok(())
+            } else {
+                let key = String::from_utf8_lossy(k).into_owned();
+                stop(ContentError::Auth { bucket: name, key, what }, &mut failed)
+            }
+        });
+        if let Some(e) = failed.take() {
+            return Err(e.into());
+        }
+        walked.map_err(damaged)?;
+    }
+    Ok(Imported { kv, auth, versions, leases: leases.len() })
 }
 
 /// `Maintenance.Snapshot`: pins the member's state (one revision, whatever writes go on),
@@ -459,9 +633,9 @@ pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, S
         .try_acquire()
         .map_err(|_| Status::resource_exhausted("etcdserver: too many snapshots in progress; retry later"))?;
     let node = api.node.clone();
-    let (point, generation, published, leases) = {
+    let (point, generation, published, leases, auth) = {
         let mut sm = node.shared.sm.write();
-        (sm.kv.pin(), sm.generation, sm.members.clone(), sm.kv.leases().export().0)
+        (sm.kv.pin(), sm.generation, sm.members.clone(), sm.kv.leases().export().0, sm.auth.export())
     };
     let consistent_index = node.status().applied;
     let header = ResponseHeader {
@@ -476,7 +650,8 @@ pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, S
         let mut replaced = false;
         let result = (|| {
             let mut file = tempfile::tempfile_in(&spill_dir)?;
-            let meta = ExportMeta { members: &members, published: &published, consistent_index, leases };
+            let meta =
+                ExportMeta { members: &members, published: &published, consistent_index, leases, auth };
             let size = write_etcd_db(
                 &point,
                 |f| {
@@ -773,7 +948,8 @@ fn build_data_dir(
             }
         }
         // The state machine's snapshot; nobody published attributes yet.
-        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), &mut Sink(&mut writer))
+        let auth = AuthStore::import(imported.auth);
+        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), Some(&auth), &mut Sink(&mut writer))
             .map_err(|source| BackupError::StateSnapshot { path: raft_dir.clone(), source })?;
     }
     writer.finish().map_err(storage_err)?;
@@ -862,6 +1038,36 @@ mod tests {
             published: &BTreeMap::new(),
             consistent_index: 42,
             leases: s.leases().export().0,
+            auth: AuthState {
+                enabled: true,
+                revision: 9,
+                users: vec![
+                    User {
+                        name: "root".into(),
+                        password: "$2b$04$hash".into(),
+                        roles: vec!["root".into()],
+                        no_password: false,
+                        since: 0,
+                    },
+                    User {
+                        name: "svc".into(),
+                        password: String::new(),
+                        roles: vec![],
+                        no_password: true,
+                        since: 0,
+                    },
+                ],
+                roles: vec![
+                    Role { name: "root".into(), perms: vec![] },
+                    Role {
+                        name: "r".into(),
+                        perms: vec![
+                            Permission { perm_type: 0, key: b"a".to_vec(), range_end: vec![] },
+                            Permission { perm_type: 2, key: b"b/".to_vec(), range_end: b"b0".to_vec() },
+                        ],
+                    },
+                ],
+            },
         };
         let path = dir.path().join("db");
         let mut file = File::options()
@@ -879,6 +1085,9 @@ mod tests {
         assert_eq!(back.kv.compact_revision(), 700);
         assert_eq!(back.kv.digest(), s.digest());
         assert_eq!(back.leases, 2);
+        let mut want = meta.auth.clone();
+        want.roles.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back.auth, want);
         assert_eq!(back.kv.leases().export().0, vec![(0x77, 60, 0), (0x78, 9, 4)]);
         for id in [0x77, 0x78] {
             assert_eq!(back.kv.leases().get(id).map(|l| &l.keys), s.leases().get(id).map(|l| &l.keys));
