@@ -11,14 +11,15 @@ use bytes::Bytes;
 
 use crate::KvError;
 use crate::cold::ColdStore;
+use crate::lease::{AttachedRecord, LeaseRecord};
 use crate::snapshot::SnapshotPoint;
 use crate::store::{Key, KeyHistory, KvConfig, KvStore, Rev, retained, value_in};
 
 /// Keys read per visit to the store (per lock acquisition, for a shared store).
 const KEYS_PER_VISIT: usize = 1024;
 
-/// One version of a key. A deletion (tombstone) has `version == 0`, `create == 0` and an
-/// empty value. Leases are not stored yet: every version has lease 0.
+/// One version of a key. A deletion (tombstone) has `version == 0`, `create == 0`, an
+/// empty value and lease 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version {
     pub key: Bytes,
@@ -28,6 +29,8 @@ pub struct Version {
     pub create: i64,
     pub version: i64,
     pub value: Bytes,
+    /// The lease the version was written with (0: none).
+    pub lease: i64,
 }
 
 impl Version {
@@ -81,6 +84,7 @@ impl KvStore {
                             create: r.create,
                             version: r.version,
                             value,
+                            lease: store.leases.lease_of(r.main, r.sub),
                         });
                     }
                 }
@@ -107,17 +111,29 @@ pub struct KvImporter {
     store: KvStore,
     last: Option<(i64, u32)>,
     versions: u64,
+    /// The versions written with a lease.
+    attached: Vec<AttachedRecord>,
 }
 
 impl KvImporter {
     /// An importer keeping superseded values in `cold` (which should be empty).
     pub fn new(config: KvConfig, cold: ColdStore) -> KvImporter {
-        KvImporter { store: KvStore::with_cold_store(config, cold), last: None, versions: 0 }
+        KvImporter {
+            store: KvStore::with_cold_store(config, cold),
+            last: None,
+            versions: 0,
+            attached: Vec::new(),
+        }
     }
 
     /// Versions imported so far.
     pub fn versions(&self) -> u64 {
         self.versions
+    }
+
+    /// Versions imported so far that hold a lease.
+    pub fn leased_versions(&self) -> u64 {
+        self.attached.len() as u64
     }
 
     /// Adds the next version.
@@ -135,7 +151,7 @@ impl KvImporter {
         let KvStore { map, cold, cold_live, .. } = &mut self.store;
         let prev = map.get(&v.key).and_then(|h| h.revs.last().copied());
         if v.is_tombstone() {
-            if !v.value.is_empty() || v.create != 0 {
+            if !v.value.is_empty() || v.create != 0 || v.lease != 0 {
                 return bad(format!("deletion of {:?} at revision {} carries data", v.key, v.main));
             }
         } else {
@@ -168,6 +184,9 @@ impl KvImporter {
         if let Some(h) = map.get_mut(&v.key) {
             h.push(cold, cold_live, rev, v.value);
         }
+        if v.lease != 0 {
+            self.attached.push((v.main, v.sub, v.lease));
+        }
         self.last = Some((v.main, v.sub));
         self.versions += 1;
         Ok(())
@@ -175,7 +194,14 @@ impl KvImporter {
 
     /// The store, at the newest revision seen (or `compacted` if higher), compacted at
     /// `compacted` (-1: never): versions the compaction made unreadable are dropped.
-    pub fn finish(mut self, compacted: i64) -> Result<KvStore, KvError> {
+    pub fn finish(self, compacted: i64) -> Result<KvStore, KvError> {
+        self.finish_with_leases(compacted, &[])
+    }
+
+    /// As [`KvImporter::finish`], with the lease table `leases`: the versions pushed with a
+    /// lease keep it, and each lease holds the keys whose live newest version names it
+    /// (refused with [`KvError::Corrupt`] if such a lease is not in `leases`).
+    pub fn finish_with_leases(mut self, compacted: i64, leases: &[LeaseRecord]) -> Result<KvStore, KvError> {
         let newest = self.last.map_or(1, |(main, _)| main);
         if compacted < -1 {
             return Err(KvError::corrupt(format!("compaction revision {compacted}")));
@@ -186,6 +212,19 @@ impl KvImporter {
             self.store.discard_compacted();
         }
         self.store.recount();
+        if !self.attached.is_empty() && compacted > 0 {
+            // Versions the compaction dropped keep no lease.
+            let mut retained = std::collections::HashSet::new();
+            for h in self.store.map.values() {
+                for r in &h.revs {
+                    retained.insert((r.main, r.sub));
+                }
+            }
+            self.attached.retain(|&(main, sub, _)| retained.contains(&(main, sub)));
+        }
+        if !leases.is_empty() || !self.attached.is_empty() {
+            self.store.import_leases(leases, &self.attached)?;
+        }
         Ok(self.store)
     }
 }
@@ -303,6 +342,7 @@ mod tests {
             create,
             version,
             value: if version == 0 { Bytes::new() } else { "x".into() },
+            lease: 0,
         };
         assert!(import(vec![v(2, 2, 1), v(3, 2, 2)], -1).is_ok());
         // A version skipped, a wrong creation revision, a future creation, a revision twice.
@@ -316,5 +356,48 @@ mod tests {
         assert!(import(vec![v(2, 2, 1), v(3, 0, 0), v(4, 4, 1)], -1).is_ok());
         assert!(import(vec![v(2, 2, 1), v(3, 0, 0), v(4, 2, 2)], -1).is_err());
         assert!(import(vec![v(0, 0, 1)], -1).is_err());
+    }
+
+    /// Versions written with a lease keep it through export and import, and the lease
+    /// table holds the keys whose newest version names it.
+    #[test]
+    fn leases_survive_export_and_import() {
+        use raftkv_api::etcdserverpb::LeaseGrantRequest;
+        let mut s = KvStore::new();
+        s.lease_grant(&LeaseGrantRequest { id: 7, ttl: 60 }).expect("grant");
+        s.lease_grant(&LeaseGrantRequest { id: 9, ttl: 30 }).expect("grant");
+        let leased = |k: &str, lease| PutRequest {
+            key: k.to_string().into(),
+            value: "v".into(),
+            lease,
+            ..Default::default()
+        };
+        s.put(leased("a", 7)).expect("put");
+        s.put(leased("b", 7)).expect("put");
+        s.put(leased("c", 9)).expect("put");
+        put(&mut s, "c", "no lease now");
+        s.put(leased("d", 9)).expect("put");
+        let versions = all_versions(&mut s);
+        assert_eq!(versions.iter().filter(|v| v.lease != 0).count(), 4);
+        let (leases, _) = s.leases().export();
+        let mut sorted = versions.clone();
+        sorted.sort_by_key(|v| (v.main, v.sub));
+        let mut imp = KvImporter::new(KvConfig::default(), ColdStore::memory());
+        for v in sorted {
+            imp.push(v).expect("push");
+        }
+        assert_eq!(imp.leased_versions(), 4);
+        let back = imp.finish_with_leases(-1, &leases).expect("finish");
+        assert_eq!(back.leases().export(), s.leases().export());
+        let keys = |st: &KvStore, id| st.leases().get(id).map(|l| l.keys.len());
+        assert_eq!((keys(&back, 7), keys(&back, 9)), (Some(2), Some(1)));
+        let all = RangeRequest { key: vec![0].into(), range_end: vec![0].into(), ..Default::default() };
+        assert_eq!(back.range(&all).expect("range"), s.range(&all).expect("range"));
+        // A live key naming a lease the table lacks is refused.
+        let mut imp = KvImporter::new(KvConfig::default(), ColdStore::memory());
+        for v in all_versions(&mut s).into_iter().filter(|v| v.key == "a") {
+            imp.push(v).expect("push");
+        }
+        assert!(imp.finish_with_leases(-1, &[(9, 30, 0)]).is_err());
     }
 }

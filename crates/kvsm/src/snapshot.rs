@@ -136,14 +136,15 @@ pub(crate) fn write_full(
     w.write_all(trailer)
 }
 
-/// Writes a self-contained snapshot of `kv` with `members` (for example to seed a new
-/// member's data dir from a backup). Pins the store while it writes.
+/// Writes a self-contained snapshot of `kv` with `members` and the auth state `auth` (for
+/// example to seed a new member's data dir from a backup). Pins the store while it writes.
 pub fn write_store_snapshot(
     kv: &mut KvStore,
     members: &BTreeMap<u64, MemberAttributes>,
+    auth: Option<&AuthStore>,
     w: &mut dyn Write,
 ) -> io::Result<()> {
-    let trailer = Trailer::of(kv, members, &Alarms::default(), None, None).encode()?;
+    let trailer = Trailer::of(kv, members, &Alarms::default(), None, auth).encode()?;
     let point = kv.pin();
     let written = write_full(&point, &trailer, w, |f| f(kv));
     kv.unpin();

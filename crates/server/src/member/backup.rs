@@ -17,8 +17,11 @@
 //! | `meta` | `finishedCompactRev`, `scheduledCompactRev` | a revision key (main, `_`, sub 0) |
 //! | `members` | member id in hex | JSON `{"id","peerURLs","name","clientURLs"}` |
 //! | `cluster` | `clusterVersion` | `3.4.0` |
-//! | `lease` | lease id, 8 bytes BE | `leasepb.Lease` |
-//! | `alarm`, `auth`, `authRoles`, `authUsers`, `members_removed` | | |
+//! | `lease` | lease id, 8 bytes BE | `leasepb.Lease`: ID (1), TTL (2), RemainingTTL (3), all int64 |
+//! | `auth` | `authEnabled`, `authRevision` | 1 byte (1: enabled); the auth revision, 8 bytes BE |
+//! | `authUsers` | user name | `authpb.User`: name (1), bcrypt hash (2), roles (3), options (4: `no_password` 1) |
+//! | `authRoles` | role name | `authpb.Role`: name (1), `Permission`s (2: type 1, key 2, range_end 3) |
+//! | `alarm`, `members_removed` | | |
 //!
 //! The `key` bucket is in revision order while raftkv keeps histories per key, so the
 //! export spills the versions to an unnamed file and sorts an index of (revision, offset,
@@ -35,7 +38,10 @@ use bytes::Bytes;
 use raftkv_api::etcdserverpb::{ResponseHeader, SnapshotResponse};
 use raftkv_api::mvccpb::KeyValue;
 use raftkv_api::prost::Message;
-use raftkv_kv::{ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, SnapshotPoint, Version};
+use raftkv_kv::{
+    AuthState, AuthStore, ColdStore, KvConfig, KvImporter, KvStore, LeasePolicy, LeaseRecord, Permission,
+    Role, SnapshotPoint, User, Version,
+};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
@@ -114,6 +120,10 @@ pub enum ContentError {
     KeyValue { revision: i64, source: raftkv_api::prost::DecodeError },
     #[error("key bucket: revision {revision} holds mod revision {mod_revision}")]
     ModRevision { revision: i64, mod_revision: i64 },
+    #[error("lease bucket: {0:?} is not a leasepb.Lease")]
+    Lease(Vec<u8>),
+    #[error("{bucket} bucket: {key:?} is not an {what}")]
+    Auth { bucket: &'static str, key: String, what: &'static str },
     /// The history does not load (versions out of order, a compaction past the end...).
     #[error("{0}")]
     History(#[source] raftkv_kv::KvError),
@@ -165,9 +175,155 @@ pub struct ExportMeta<'a> {
     pub published: &'a BTreeMap<u64, MemberAttributes>,
     /// The applied Raft index the state corresponds to (etcd's consistent index).
     pub consistent_index: u64,
-    /// The `lease` bucket: lease id and encoded `leasepb.Lease` (empty until leases are
-    /// served).
-    pub leases: Vec<(i64, Vec<u8>)>,
+    /// The `lease` bucket: every lease as (id, TTL, remaining TTL of the last checkpoint).
+    pub leases: Vec<LeaseRecord>,
+    /// The `auth`, `authUsers` and `authRoles` buckets.
+    pub auth: AuthState,
+}
+
+/// Protobuf field writers for the auth records.
+fn put_bytes(tag: u32, v: &[u8], buf: &mut Vec<u8>) {
+    raftkv_api::prost::encoding::bytes::encode(tag, &v.to_vec(), buf);
+}
+
+/// etcd's `authpb.User`.
+fn encode_user(u: &User) -> Vec<u8> {
+    use raftkv_api::prost::encoding::{WireType, encode_key, encode_varint};
+    let mut buf = Vec::new();
+    put_bytes(1, u.name.as_bytes(), &mut buf);
+    if !u.password.is_empty() {
+        put_bytes(2, u.password.as_bytes(), &mut buf);
+    }
+    for r in &u.roles {
+        put_bytes(3, r.as_bytes(), &mut buf);
+    }
+    if u.no_password {
+        // options (4): UserAddOptions { no_password (1): true }
+        encode_key(4, WireType::LengthDelimited, &mut buf);
+        encode_varint(2, &mut buf);
+        buf.extend_from_slice(&[0x08, 0x01]);
+    }
+    buf
+}
+
+/// etcd's `authpb.Role`.
+fn encode_role(r: &Role) -> Vec<u8> {
+    use raftkv_api::prost::encoding::int32;
+    let mut buf = Vec::new();
+    put_bytes(1, r.name.as_bytes(), &mut buf);
+    for p in &r.perms {
+        let mut perm = Vec::new();
+        if p.perm_type != 0 {
+            int32::encode(1, &p.perm_type, &mut perm);
+        }
+        if !p.key.is_empty() {
+            put_bytes(2, &p.key, &mut perm);
+        }
+        if !p.range_end.is_empty() {
+            put_bytes(3, &p.range_end, &mut perm);
+        }
+        put_bytes(2, &perm, &mut buf);
+    }
+    buf
+}
+
+/// The fields of a protobuf message: (tag, varint value or length-delimited bytes).
+fn fields(mut buf: &[u8]) -> Option<Vec<(u32, u64, Vec<u8>)>> {
+    use raftkv_api::prost::encoding::{WireType, decode_key, decode_varint};
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        match wire {
+            WireType::Varint => out.push((tag, decode_varint(&mut buf).ok()?, Vec::new())),
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let bytes = buf.get(..len)?.to_vec();
+                buf = &buf[len..];
+                out.push((tag, 0, bytes));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn decode_user(v: &[u8]) -> Option<User> {
+    let mut u = User {
+        name: String::new(),
+        password: String::new(),
+        roles: Vec::new(),
+        no_password: false,
+        since: 0,
+    };
+    for (tag, _, bytes) in fields(v)? {
+        match tag {
+            1 => u.name = String::from_utf8(bytes).ok()?,
+            2 => u.password = String::from_utf8(bytes).ok()?,
+            3 => u.roles.push(String::from_utf8(bytes).ok()?),
+            4 => u.no_password = fields(&bytes)?.iter().any(|f| f.0 == 1 && f.1 != 0),
+            _ => {}
+        }
+    }
+    u.roles.sort();
+    u.roles.dedup();
+    Some(u)
+}
+
+fn decode_role(v: &[u8]) -> Option<Role> {
+    let mut r = Role { name: String::new(), perms: Vec::new() };
+    for (tag, _, bytes) in fields(v)? {
+        match tag {
+            1 => r.name = String::from_utf8(bytes).ok()?,
+            2 => {
+                let mut p = Permission { perm_type: 0, key: Vec::new(), range_end: Vec::new() };
+                for (t, n, b) in fields(&bytes)? {
+                    match t {
+                        1 => p.perm_type = i32::try_from(n).ok()?,
+                        2 => p.key = b,
+                        3 => p.range_end = b,
+                        _ => {}
+                    }
+                }
+                r.perms.push(p);
+            }
+            _ => {}
+        }
+    }
+    r.perms.sort_by(|a, b| a.key.cmp(&b.key));
+    Some(r)
+}
+
+/// etcd's `leasepb.Lease` (`ID = 1`, `TTL = 2`, `RemainingTTL = 3`, all int64), with the
+/// zero fields left out as protobuf does.
+fn encode_lease(&(id, ttl, remaining): &LeaseRecord) -> Vec<u8> {
+    use raftkv_api::prost::encoding::int64;
+    let mut buf = Vec::with_capacity(32);
+    for (tag, v) in [(1, id), (2, ttl), (3, remaining)] {
+        if v != 0 {
+            int64::encode(tag, &v, &mut buf);
+        }
+    }
+    buf
+}
+
+/// Reads a `leasepb.Lease`, skipping fields it does not know (as protobuf readers do).
+fn decode_lease(mut buf: &[u8]) -> Result<LeaseRecord, ContentError> {
+    use raftkv_api::prost::encoding::{DecodeContext, decode_key, int64, skip_field};
+    let whole = buf.to_vec();
+    let bad = |_| ContentError::Lease(whole.clone());
+    let (mut id, mut ttl, mut remaining) = (0i64, 0i64, 0i64);
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(bad)?;
+        let ctx = DecodeContext::default();
+        match tag {
+            1 => int64::merge(wire, &mut id, &mut buf, ctx),
+            2 => int64::merge(wire, &mut ttl, &mut buf, ctx),
+            3 => int64::merge(wire, &mut remaining, &mut buf, ctx),
+            _ => skip_field(wire, tag, &mut buf, ctx),
+        }
+        .map_err(bad)?;
+    }
+    Ok((id, ttl, remaining))
 }
 
 /// Writes the state pinned at `point` as an etcd v3 backend database into `out` (from its
@@ -196,7 +352,7 @@ pub fn write_etcd_db(
                     mod_revision: v.main,
                     version: v.version,
                     value: v.value,
-                    lease: 0,
+                    lease: v.lease,
                 }
             };
             let mut rec = rev_key(v.main, v.sub, v.version == 0);
@@ -215,8 +371,24 @@ pub fn write_etcd_db(
     out.set_len(0)?;
     out.seek(SeekFrom::Start(0))?;
     let mut db = BoltWriter::new(BufWriter::with_capacity(1 << 20, &mut *out))?;
-    for name in ["alarm", "auth", "authRoles", "authUsers"] {
-        db.begin_bucket(name.as_bytes())?;
+    db.begin_bucket(b"alarm")?;
+    db.begin_bucket(b"auth")?;
+    let auth = &meta.auth;
+    if auth.enabled || auth.revision > 1 || !auth.users.is_empty() || !auth.roles.is_empty() {
+        db.put(b"authEnabled", &[u8::from(auth.enabled)])?;
+        db.put(b"authRevision", &auth.revision.to_be_bytes())?;
+    }
+    db.begin_bucket(b"authRoles")?;
+    let mut roles: Vec<&Role> = auth.roles.iter().collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    for r in roles {
+        db.put(r.name.as_bytes(), &encode_role(r))?;
+    }
+    db.begin_bucket(b"authUsers")?;
+    let mut users: Vec<&User> = auth.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    for u in users {
+        db.put(u.name.as_bytes(), &encode_user(u))?;
     }
     db.begin_bucket(b"cluster")?;
     db.put(b"clusterVersion", CLUSTER_VERSION)?;
@@ -229,10 +401,13 @@ pub fn write_etcd_db(
         db.put(&rec[..k], &rec[k..])?;
     }
     db.begin_bucket(b"lease")?;
-    let mut leases = meta.leases.clone();
+    // etcd keys a lease by its id as 8 big-endian bytes (of the int64: negative ids,
+    // which etcd never grants, would sort last).
+    let mut leases: Vec<([u8; 8], Vec<u8>)> =
+        meta.leases.iter().map(|l| (l.0.to_be_bytes(), encode_lease(l))).collect();
     leases.sort();
     for (id, lease) in &leases {
-        db.put(&id.to_be_bytes(), lease)?;
+        db.put(id, lease)?;
     }
     db.begin_bucket(b"members")?;
     let mut members: Vec<(String, Vec<u8>)> = Vec::new();
@@ -265,9 +440,11 @@ pub fn write_etcd_db(
 /// What a restore found in an etcd snapshot.
 pub struct Imported {
     pub kv: KvStore,
+    /// Users, roles and whether auth is enabled.
+    pub auth: AuthState,
     pub versions: u64,
+    /// Leases in the `lease` bucket.
     pub leases: usize,
-    pub keys_with_leases: u64,
 }
 
 /// The database part of a snapshot file: its length, after checking the trailing sha256
@@ -313,22 +490,28 @@ fn meta_rev(v: &[u8]) -> Result<i64, ContentError> {
 }
 
 /// One version of the `key` bucket.
-fn key_version(k: &[u8], v: &[u8]) -> Result<(Version, bool), ContentError> {
+fn key_version(k: &[u8], v: &[u8]) -> Result<Version, ContentError> {
     let Some((main, sub, tombstone)) = parse_rev_key(k) else {
         return Err(ContentError::NotARevision(k.to_vec()));
     };
     let Ok(sub) = u32::try_from(sub) else { return Err(ContentError::SubRevision(sub)) };
     let kv = KeyValue::decode(v).map_err(|source| ContentError::KeyValue { revision: main, source })?;
     if tombstone {
-        return Ok((Version { key: kv.key, main, sub, create: 0, version: 0, value: Bytes::new() }, false));
+        let key = kv.key;
+        return Ok(Version { key, main, sub, create: 0, version: 0, value: Bytes::new(), lease: 0 });
     }
     if kv.mod_revision != main {
         return Err(ContentError::ModRevision { revision: main, mod_revision: kv.mod_revision });
     }
-    let leased = kv.lease != 0;
-    let version =
-        Version { key: kv.key, main, sub, create: kv.create_revision, version: kv.version, value: kv.value };
-    Ok((version, leased))
+    Ok(Version {
+        key: kv.key,
+        main,
+        sub,
+        create: kv.create_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    })
 }
 
 /// Reads the first `db_len` bytes of an etcd v3 backend file into a store.
@@ -366,13 +549,11 @@ pub fn read_etcd_db(
         walked.map_err(damaged)?;
     }
     let mut importer = KvImporter::new(config, cold);
-    let mut keys_with_leases = 0u64;
     let walked = db.walk(&keys, &mut |k, v, _| {
-        let (version, leased) = match key_version(k, v) {
+        let version = match key_version(k, v) {
             Ok(found) => found,
             Err(e) => return stop(e, &mut failed),
         };
-        keys_with_leases += u64::from(leased);
         match importer.push(version) {
             Ok(()) => Ok(()),
             Err(e) => stop(ContentError::History(e), &mut failed),
@@ -382,17 +563,61 @@ pub fn read_etcd_db(
         return Err(e.into());
     }
     walked.map_err(damaged)?;
-    let mut leases = 0usize;
+    // Leases as etcd's lessor recovers them: the granted TTL and the remaining TTL of the
+    // last checkpoint (0 without checkpoints); they start counting down when the new
+    // cluster elects a leader.
+    let mut leases: Vec<LeaseRecord> = Vec::new();
     if let Some(lease) = bucket(&buckets, "lease") {
-        db.walk(&lease, &mut |_, _, _| {
-            leases += 1;
+        let walked = db.walk(&lease, &mut |_, v, _| match decode_lease(v) {
+            Ok(l) => {
+                leases.push(l);
+                Ok(())
+            }
+            Err(e) => stop(e, &mut failed),
+        });
+        if let Some(e) = failed.take() {
+            return Err(e.into());
+        }
+        walked.map_err(damaged)?;
+    }
+    leases.sort_unstable();
+    let versions = importer.versions();
+    let kv = importer.finish_with_leases(compacted, &leases).map_err(ContentError::History)?;
+    let mut auth = AuthState { enabled: false, revision: 1, users: Vec::new(), roles: Vec::new() };
+    if let Some(b) = bucket(&buckets, "auth") {
+        db.walk(&b, &mut |k, v, _| {
+            if k == b"authEnabled" {
+                auth.enabled = v == [1];
+            } else if k == b"authRevision" && v.len() == 8 {
+                let mut r = [0u8; 8];
+                r.copy_from_slice(v);
+                auth.revision = u64::from_be_bytes(r).max(1);
+            }
             Ok(())
         })
         .map_err(damaged)?;
     }
-    let versions = importer.versions();
-    let kv = importer.finish(compacted).map_err(ContentError::History)?;
-    Ok(Imported { kv, versions, leases, keys_with_leases })
+    for (name, what) in [("authUsers", "authpb.User"), ("authRoles", "authpb.Role")] {
+        let Some(b) = bucket(&buckets, name) else { continue };
+        let walked = db.walk(&b, &mut |k, v, _| {
+            let ok = if name == "authUsers" {
+                decode_user(v).map(|u| auth.users.push(u)).is_some()
+            } else {
+                decode_role(v).map(|r| auth.roles.push(r)).is_some()
+            };
+            if ok {
+                Ok(())
+            } else {
+                let key = String::from_utf8_lossy(k).into_owned();
+                stop(ContentError::Auth { bucket: name, key, what }, &mut failed)
+            }
+        });
+        if let Some(e) = failed.take() {
+            return Err(e.into());
+        }
+        walked.map_err(damaged)?;
+    }
+    Ok(Imported { kv, auth, versions, leases: leases.len() })
 }
 
 /// `Maintenance.Snapshot`: pins the member's state (one revision, whatever writes go on),
@@ -408,9 +633,9 @@ pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, S
         .try_acquire()
         .map_err(|_| Status::resource_exhausted("etcdserver: too many snapshots in progress; retry later"))?;
     let node = api.node.clone();
-    let (point, generation, published) = {
+    let (point, generation, published, leases, auth) = {
         let mut sm = node.shared.sm.write();
-        (sm.kv.pin(), sm.generation, sm.members.clone())
+        (sm.kv.pin(), sm.generation, sm.members.clone(), sm.kv.leases().export().0, sm.auth.export())
     };
     let consistent_index = node.status().applied;
     let header = ResponseHeader {
@@ -426,7 +651,7 @@ pub async fn snapshot(api: &Api, spill_dir: PathBuf) -> Result<SnapshotStream, S
         let result = (|| {
             let mut file = tempfile::tempfile_in(&spill_dir)?;
             let meta =
-                ExportMeta { members: &members, published: &published, consistent_index, leases: Vec::new() };
+                ExportMeta { members: &members, published: &published, consistent_index, leases, auth };
             let size = write_etcd_db(
                 &point,
                 |f| {
@@ -660,13 +885,14 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
         })?;
     }
     println!(
-        "restored snapshot {} into {}: revision {}, compacted at {}, {} versions of {} keys; member {} ({:x}) of cluster {:x}",
+        "restored snapshot {} into {}: revision {}, compacted at {}, {} versions of {} keys, {} leases; member {} ({:x}) of cluster {:x}",
         a.file.display(),
         data_dir.display(),
         imported.0,
         imported.1,
         imported.2,
         imported.3,
+        imported.4,
         a.name,
         record.member_id,
         record.cluster_id
@@ -675,13 +901,14 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
 }
 
 /// Writes the Raft storage (a snapshot at index 1, term 1 holding the state and the new
-/// voters) and the identity record; returns (revision, compacted, versions, live keys).
+/// voters) and the identity record; returns (revision, compacted, versions, live keys,
+/// leases).
 fn build_data_dir(
     file: &Path,
     db_len: u64,
     data_dir: &Path,
     record: &ClusterRecord,
-) -> Result<(i64, i64, u64, usize), BackupError> {
+) -> Result<(i64, i64, u64, usize, usize), BackupError> {
     let member_dir = crate::member::identity::member_dir(data_dir);
     let dir_err = |what: &'static str| {
         let path = member_dir.clone();
@@ -691,12 +918,6 @@ fn build_data_dir(
     let cold = ColdStore::temp_file_in(&member_dir).map_err(dir_err("create the history cache file in"))?;
     let config = KvConfig { lease_policy: LeasePolicy::Ignore, ..KvConfig::default() };
     let imported = read_etcd_db(file, db_len, config, cold)?;
-    if imported.leases > 0 || imported.keys_with_leases > 0 {
-        eprintln!(
-            "note: the snapshot holds {} leases and {} key versions attached to leases; raftkv does not serve leases yet, so those keys are restored without their lease (they will not expire)",
-            imported.leases, imported.keys_with_leases
-        );
-    }
     let ids = raftkv_storage::NodeIds { cluster_id: record.cluster_id, node_id: record.member_id };
     let raft_dir = crate::member::identity::raft_dir(data_dir);
     let storage_err = |source| BackupError::Storage { path: raft_dir.clone(), source };
@@ -727,12 +948,13 @@ fn build_data_dir(
             }
         }
         // The state machine's snapshot; nobody published attributes yet.
-        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), &mut Sink(&mut writer))
+        let auth = AuthStore::import(imported.auth);
+        raftkv_kvsm::write_store_snapshot(&mut kv, &BTreeMap::new(), Some(&auth), &mut Sink(&mut writer))
             .map_err(|source| BackupError::StateSnapshot { path: raft_dir.clone(), source })?;
     }
     writer.finish().map_err(storage_err)?;
     crate::member::identity::save(data_dir, record)?;
-    Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys()))
+    Ok((kv.revision(), kv.compact_revision(), imported.versions, kv.live_keys(), imported.leases))
 }
 
 /// etcd's `snapshot status` numbers: a CRC32C over bucket names, keys and values, the
@@ -774,7 +996,10 @@ fn status(a: StatusArgs) -> Result<(), BackupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raftkv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest};
+    use raftkv_api::etcdserverpb::{
+        CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
+    };
+    use raftkv_api::raftkvpb::{LeaseCheckpoint, LeaseCheckpointRequest};
 
     /// raftkv -> etcd backend file -> raftkv gives the same store, and the file's buckets
     /// are etcd's.
@@ -782,11 +1007,17 @@ mod tests {
     fn etcd_db_round_trip() {
         let dir = tempfile::tempdir().expect("test setup");
         let mut s = KvStore::new();
+        s.lease_grant(&LeaseGrantRequest { id: 0x77, ttl: 60 }).expect("grant");
+        s.lease_grant(&LeaseGrantRequest { id: 0x78, ttl: 9 }).expect("grant");
+        s.lease_checkpoint(&LeaseCheckpointRequest {
+            checkpoints: vec![LeaseCheckpoint { id: 0x78, remaining_ttl: 4 }],
+        });
         for round in 0..5 {
             for k in 0..300 {
                 let req = PutRequest {
                     key: format!("key/{k:04}").into_bytes().into(),
                     value: format!("value {round} {}", "x".repeat(k % 50)).into_bytes().into(),
+                    lease: [0, 0x77, 0x78][(k + round) % 3],
                     ..Default::default()
                 };
                 s.put(req).expect("put");
@@ -806,7 +1037,37 @@ mod tests {
             members: &members,
             published: &BTreeMap::new(),
             consistent_index: 42,
-            leases: Vec::new(),
+            leases: s.leases().export().0,
+            auth: AuthState {
+                enabled: true,
+                revision: 9,
+                users: vec![
+                    User {
+                        name: "root".into(),
+                        password: "$2b$04$hash".into(),
+                        roles: vec!["root".into()],
+                        no_password: false,
+                        since: 0,
+                    },
+                    User {
+                        name: "svc".into(),
+                        password: String::new(),
+                        roles: vec![],
+                        no_password: true,
+                        since: 0,
+                    },
+                ],
+                roles: vec![
+                    Role { name: "root".into(), perms: vec![] },
+                    Role {
+                        name: "r".into(),
+                        perms: vec![
+                            Permission { perm_type: 0, key: b"a".to_vec(), range_end: vec![] },
+                            Permission { perm_type: 2, key: b"b/".to_vec(), range_end: b"b0".to_vec() },
+                        ],
+                    },
+                ],
+            },
         };
         let path = dir.path().join("db");
         let mut file = File::options()
@@ -823,6 +1084,16 @@ mod tests {
         assert_eq!(back.kv.revision(), s.revision());
         assert_eq!(back.kv.compact_revision(), 700);
         assert_eq!(back.kv.digest(), s.digest());
+        assert_eq!(back.leases, 2);
+        let mut want = meta.auth.clone();
+        want.roles.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back.auth, want);
+        assert_eq!(back.kv.leases().export().0, vec![(0x77, 60, 0), (0x78, 9, 4)]);
+        for id in [0x77, 0x78] {
+            assert_eq!(back.kv.leases().get(id).map(|l| &l.keys), s.leases().get(id).map(|l| &l.keys));
+        }
+        assert_eq!(decode_lease(&encode_lease(&(0x78, 9, 4))).expect("decode"), (0x78, 9, 4));
+        assert!(decode_lease(&[0x08]).is_err());
         let all = RangeRequest {
             key: vec![0].into(),
             range_end: vec![0].into(),
