@@ -337,3 +337,79 @@ fn wrong_protocol_on_each_port_is_closed_and_renewed_certificates_are_served() {
     assert_ne!(first, second, "the renewed certificate is served without a restart");
     c.assert_running();
 }
+
+/// How many lines of `log` contain every one of `parts`.
+fn lines_with(log: &str, parts: &[&str]) -> usize {
+    log.lines().filter(|l| parts.iter().all(|p| l.contains(p))).count()
+}
+
+#[test]
+fn expiring_and_expired_certificates_are_logged_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new("ca");
+    let ca_path = ca.write(&dir.path().join("ca.pem"));
+    // m1's certificate expired yesterday; m2's expires in 10 days.
+    let (expired, expired_key) = ca.issue_expiring(dir.path(), "m1", -1);
+    let (soon, soon_key) = ca.issue_expiring(dir.path(), "m2", 10);
+    let mut c = Cluster::new(2, Opts::default());
+    c.initial_cluster = c.initial_cluster.replace("http://", "https://");
+    for (i, (cert, key)) in [(&expired, &expired_key), (&soon, &soon_key)].into_iter().enumerate() {
+        let s = |p: &Path| p.display().to_string();
+        let tls = [
+            "--cert-file",
+            &s(cert),
+            "--key-file",
+            &s(key),
+            "--peer-cert-file",
+            &s(cert),
+            "--peer-key-file",
+            &s(key),
+            "--peer-trusted-ca-file",
+            &s(&ca_path),
+            "--peer-client-cert-auth",
+        ]
+        .map(String::from);
+        // Checked again every second instead of every hour.
+        let child = c.spawn_env(i, &https_args(&c, i, &tls), &[("RAFTKV_CERT_CHECK_INTERVAL_SECS", "1")]);
+        c.members[i].child = Some(child);
+    }
+    let (log1, log2) = (c.members[0].log_path.clone(), c.members[1].log_path.clone());
+    let (expired_s, soon_s) = (expired.display().to_string(), soon.display().to_string());
+    wait_until("the expiry lines", Duration::from_secs(30), || {
+        let (l1, l2) = (common::read_log(&log1), common::read_log(&log2));
+        // The member's own certificate: an error once expired, a warning when close, both
+        // naming the file and the date, at start and again while running.
+        let expired_lines =
+            lines_with(&l1, &["ERROR", &format!("the certificate {expired_s} EXPIRED on 20")]);
+        let soon_lines = lines_with(&l2, &["WARN", &format!("the certificate {soon_s} expires on 20")]);
+        // The peer's certificate refused: a warning with the reason, on both sides of the
+        // connection.
+        let dialing = lines_with(
+            &l2,
+            &["WARN", "TLS handshake failed: the other member's certificate is refused: it has expired"],
+        );
+        let accepting = lines_with(&l2, &["WARN", "refusing peer connection: TLS handshake failed"]);
+        if expired_lines >= 3 && soon_lines >= 3 && dialing >= 1 && accepting >= 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "expired {expired_lines}, soon {soon_lines}, dialing {dialing}, accepting {accepting}"
+            ))
+        }
+    });
+    // Redialed every few hundred milliseconds, but warned about once a minute per peer.
+    std::thread::sleep(Duration::from_secs(3));
+    let l2 = common::read_log(&log2);
+    let dialing = lines_with(
+        &l2,
+        &["WARN", " at 127.0.0.1:", ": TLS handshake failed: the other member's certificate is refused"],
+    );
+    assert_eq!(dialing, 1, "rate-limited per peer:\n{l2}");
+    let accepting = lines_with(&l2, &["WARN", "refusing peer connection: TLS handshake failed"]);
+    assert_eq!(accepting, 1, "rate-limited per peer address:\n{l2}");
+    assert!(
+        lines_with(&common::read_log(&log1), &["WARN", "the other member refused the handshake"]) >= 1,
+        "m1 is told that m2 refuses its certificate"
+    );
+    c.assert_running();
+}
