@@ -696,9 +696,20 @@ async fn recipe_answers(port: u16) -> Vec<String> {
         .expect("lease grant")
         .into_inner()
         .id;
+    let mut lines = Vec::new();
+    // The JSON gateway, with the token in the Authorization header.
+    for (path, body) in [
+        ("/v3/lock/lock", format!(r#"{{"name":"bG9ja3MvbA==","lease":"{lease}"}}"#)),
+        ("/v3/election/campaign", format!(r#"{{"name":"bG9ja3MvZQ==","lease":"{lease}","value":"dg=="}}"#)),
+        ("/v3/election/leader", r#"{"name":"bG9ja3MvZQ=="}"#.to_string()),
+    ] {
+        let answer = common::http_post_with(port, path, &body, &[("Authorization", &alice)]);
+        // etcd's answer is chunked (with a trailer): the JSON line alone is compared.
+        let answer = answer.lines().find(|l| l.starts_with('{')).unwrap_or(&answer).to_string();
+        lines.push(format!("POST {path} locks/: {answer}"));
+    }
     let mut lock = LockClient::new(common::channel(port));
     let mut election = ElectionClient::new(common::channel(port));
-    let mut lines = Vec::new();
     for prefix in ["locks/", "pre/"] {
         let name = format!("{prefix}l");
         let r = lock.lock(with_token(LockRequest { name: name.clone().into(), lease }, &alice)).await;
@@ -758,7 +769,12 @@ async fn lock_and_election_permissions_match_etcd() {
     // etcd's v3lock and v3election servers call KV through an in-process client, which turns
     // the PermissionDenied status into a plain error: code Unknown, etcd's message.
     let denied = "Unknown etcdserver: permission denied";
+    let gw_denied =
+        r#"{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":2}"#;
     let expected: Vec<String> = [
+        format!("POST /v3/lock/lock locks/: {gw_denied}"),
+        format!("POST /v3/election/campaign locks/: {gw_denied}"),
+        format!("POST /v3/election/leader locks/: {gw_denied}"),
         format!("Lock locks/l: {denied}"),
         format!("Unlock locks/l: {denied}"),
         format!("Campaign locks/e: {denied}"),

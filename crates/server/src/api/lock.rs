@@ -412,8 +412,9 @@ impl KeyEvents {
 /// its v3lock and v3election servers make those calls through an in-process clientv3, which
 /// turns each gRPC status into a plain error, so the caller gets code Unknown with etcd's
 /// message (`Unknown etcdserver: permission denied`). Cancellation, deadlines and
-/// unavailability (`etcdserver: no leader` under require-leader) keep their codes.
-fn as_etcd_client(s: Status) -> Status {
+/// unavailability (`etcdserver: no leader` under require-leader) keep their codes. The JSON
+/// gateway's routes answer the same (etcd's gateway calls its own gRPC server).
+pub(crate) fn as_etcd_client(s: Status) -> Status {
     use tonic::Code;
     match s.code() {
         Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable => s,
