@@ -424,6 +424,9 @@ pub fn peer_port(
 pub struct Ports {
     pub client: Option<Arc<rustls::ServerConfig>>,
     pub peer: Option<raftkv_transport::PeerTlsConfig>,
+    /// The certificate files given (`--cert-file`, `--peer-cert-file`) of the ports that serve
+    /// TLS: checked for expiry while the member runs ([`crate::certexpiry::watch`]).
+    pub cert_files: Vec<PathBuf>,
 }
 
 impl Ports {
@@ -438,7 +441,7 @@ impl Ports {
             tracing::warn!("{w}");
         }
         if !config.client_uses_tls && !config.peer_uses_tls {
-            return Ok(Ports { client: None, peer: None });
+            return Ok(Ports { client: None, peer: None, cert_files: Vec::new() });
         }
         let provider = provider(&config.cipher_suites)?;
         let fixtures = crate::member::identity::member_dir(&config.data_dir).join("fixtures");
@@ -461,7 +464,15 @@ impl Ports {
         } else {
             None
         };
-        Ok(Ports { client, peer })
+        let mut cert_files: Vec<PathBuf> = [
+            (config.client_uses_tls, &config.client_tls.cert_file),
+            (config.peer_uses_tls, &config.peer_tls.cert_file),
+        ]
+        .into_iter()
+        .filter_map(|(tls, file)| file.clone().filter(|_| tls))
+        .collect();
+        cert_files.dedup();
+        Ok(Ports { client, peer, cert_files })
     }
 }
 

@@ -120,3 +120,71 @@ delegate_read!(PeerStream, Plain, Tls);
 delegate_write!(PeerStream, Plain, Tls);
 delegate_read!(ReadHalf, Plain, Tls);
 delegate_write!(WriteHalf, Plain, Tls);
+
+/// Why a TLS handshake (or the first read after it) failed, in an operator's words, when
+/// `e` is a TLS error: the other member's certificate refused here (expired, from an
+/// unknown CA, not for the address dialed) or this member's refused there (an alert).
+/// `None` for other I/O errors. Returns (the reason, the reason with rustls' details): the
+/// details change from one attempt to the next (times), the reason does not.
+pub(crate) fn tls_failure(e: &io::Error) -> Option<(String, String)> {
+    use tokio_rustls::rustls::{CertificateError, Error};
+    let inner = e.get_ref()?.downcast_ref::<Error>()?;
+    let why = match inner {
+        Error::InvalidCertificate(c) => {
+            let what = match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => "it has expired",
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "it is not valid yet"
+                }
+                CertificateError::UnknownIssuer => {
+                    "it is not signed by a trusted CA (--peer-trusted-ca-file)"
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    "it does not name the address dialed"
+                }
+                CertificateError::Revoked => "it is revoked",
+                _ => "it is invalid",
+            };
+            format!("the other member's certificate is refused: {what}")
+        }
+        Error::AlertReceived(alert) => {
+            format!(
+                "the other member refused the handshake, most likely this member's certificate (alert {alert:?})"
+            )
+        }
+        other => return Some((other.to_string(), other.to_string())),
+    };
+    let detailed = format!("{why} ({inner})");
+    Some((why, detailed))
+}
+
+/// At most one warning per key and reason every [`TlsWarnings::EVERY`]: a peer whose
+/// certificate is refused is redialed every few hundred milliseconds.
+#[derive(Debug, Default)]
+pub(crate) struct TlsWarnings {
+    last: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl TlsWarnings {
+    pub(crate) const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether a warning about `key` (a peer) failing with `reason` is due now.
+    pub(crate) fn due(&self, key: &str, reason: &str) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.last.lock() else { return true };
+        match last.get(key) {
+            Some((r, at)) if r == reason && now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                last.insert(key.to_string(), (reason.to_string(), now));
+                true
+            }
+        }
+    }
+
+    /// Forgets `key`: its next failure is reported at once.
+    pub(crate) fn clear(&self, key: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            last.remove(key);
+        }
+    }
+}

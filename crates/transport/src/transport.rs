@@ -232,6 +232,7 @@ impl Transport {
             shutdown: shutdown_rx,
             tls_acceptor: config.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone())),
             tls_connector: config.tls.as_ref().map(|t| tokio_rustls::TlsConnector::from(t.client.clone())),
+            tls_warnings: Default::default(),
             max_request_bytes: config.max_request_bytes,
             max_request_timeout: config.max_request_timeout,
             request_idle_timeout: config.request_idle_timeout,
@@ -401,6 +402,9 @@ struct Shared {
     /// TLS on both sides of every connection, when configured.
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     tls_connector: Option<tokio_rustls::TlsConnector>,
+    /// Rate limit of the warnings about TLS handshakes that fail on a certificate, by peer
+    /// (dialing: its id; accepting: its IP address).
+    tls_warnings: crate::stream::TlsWarnings,
     max_request_bytes: u32,
     max_request_timeout: Duration,
     request_idle_timeout: Duration,
@@ -823,6 +827,16 @@ pub enum DialError {
     Unexpected(FrameType),
 }
 
+impl DialError {
+    /// The reason, when the dial failed on TLS (a certificate refused on either side).
+    fn tls_failure(&self) -> Option<(String, String)> {
+        match self {
+            DialError::Tls(e) | DialError::Frame(FrameError::Io(e)) => crate::stream::tls_failure(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<io::Error> for DialError {
     fn from(e: io::Error) -> DialError {
         DialError::Frame(FrameError::Io(e))
@@ -1060,6 +1074,7 @@ async fn run_peer(shared: Arc<Shared>, link: Arc<PeerLink>, addr: String, mut rx
                 backoff.reset();
                 link.state.store(LINK_CONNECTED, Ordering::Release);
                 link.unreachable_reported.store(false, Ordering::Release);
+                shared.tls_warnings.clear(&format!("peer {}", link.id));
                 debug!("connected");
                 match write_loop(&shared, &link, tcp, &mut rx).await {
                     WriterEnd::Stop => return,
@@ -1083,7 +1098,15 @@ async fn run_peer(shared: Arc<Shared>, link: Arc<PeerLink>, addr: String, mut rx
                     DialError::WrongPeer { .. } if last_failure.as_deref() != Some(&text) => {
                         warn!("peer {} at {addr}: {e}", link.id);
                     }
-                    _ => debug!(error = %e, "connect failed"),
+                    _ => match e.tls_failure() {
+                        // A certificate problem does not fix itself: say so, once a minute.
+                        Some((why, detailed)) => {
+                            if shared.tls_warnings.due(&format!("peer {}", link.id), &why) {
+                                warn!("peer {} at {addr}: TLS handshake failed: {detailed}", link.id);
+                            }
+                        }
+                        None => debug!(error = %e, "connect failed"),
+                    },
                 }
                 last_failure = Some(text);
             }
@@ -1334,9 +1357,13 @@ async fn serve_inbound(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     tokio::select! {
         r = serve_inbound_inner(shared, tcp, addr) => {
             if let Err(e) = r {
-                if matches!(e, InboundError::Tls(_)) {
+                if let InboundError::Tls(io) = &e {
                     Counters::add(&shared.counters.refused_inbound, 1);
-                    warn!(peer_addr = %addr, error = %e, "refusing peer connection");
+                    let (why, detailed) =
+                        crate::stream::tls_failure(io).unwrap_or_else(|| (e.to_string(), e.to_string()));
+                    if shared.tls_warnings.due(&addr.ip().to_string(), &why) {
+                        warn!(peer_addr = %addr, "refusing peer connection: TLS handshake failed: {detailed}");
+                    }
                 } else if e.is_protocol_violation() {
                     Counters::add(&shared.counters.malformed_closed, 1);
                     warn!(peer_addr = %addr, error = %e, "closing connection: malformed input from peer");

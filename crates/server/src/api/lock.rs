@@ -408,17 +408,32 @@ impl KeyEvents {
     }
 }
 
+/// An error of the key-value calls a Lock or Election call makes, as etcd 3.4 answers it:
+/// its v3lock and v3election servers make those calls through an in-process clientv3, which
+/// turns each gRPC status into a plain error, so the caller gets code Unknown with etcd's
+/// message (`Unknown etcdserver: permission denied`). Cancellation, deadlines and
+/// unavailability (`etcdserver: no leader` under require-leader) keep their codes. The JSON
+/// gateway's routes answer the same (etcd's gateway calls its own gRPC server).
+pub(crate) fn as_etcd_client(s: Status) -> Status {
+    use tonic::Code;
+    match s.code() {
+        Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable => s,
+        _ if s.message().starts_with("etcdserver: ") => Status::unknown(s.message()),
+        _ => s,
+    }
+}
+
 #[tonic::async_trait]
 impl Lock for Recipes {
     async fn lock(&self, req: tonic::Request<LockRequest>) -> Result<tonic::Response<LockResponse>, Status> {
-        Recipes::lock(self, req.into_inner()).await.map(tonic::Response::new)
+        Recipes::lock(self, req.into_inner()).await.map(tonic::Response::new).map_err(as_etcd_client)
     }
 
     async fn unlock(
         &self,
         req: tonic::Request<UnlockRequest>,
     ) -> Result<tonic::Response<UnlockResponse>, Status> {
-        Recipes::unlock(self, req.into_inner()).await.map(tonic::Response::new)
+        Recipes::unlock(self, req.into_inner()).await.map(tonic::Response::new).map_err(as_etcd_client)
     }
 }
 
@@ -428,21 +443,21 @@ impl Election for Recipes {
         &self,
         req: tonic::Request<CampaignRequest>,
     ) -> Result<tonic::Response<CampaignResponse>, Status> {
-        Recipes::campaign(self, req.into_inner()).await.map(tonic::Response::new)
+        Recipes::campaign(self, req.into_inner()).await.map(tonic::Response::new).map_err(as_etcd_client)
     }
 
     async fn proclaim(
         &self,
         req: tonic::Request<ProclaimRequest>,
     ) -> Result<tonic::Response<ProclaimResponse>, Status> {
-        Recipes::proclaim(self, req.into_inner()).await.map(tonic::Response::new)
+        Recipes::proclaim(self, req.into_inner()).await.map(tonic::Response::new).map_err(as_etcd_client)
     }
 
     async fn leader(
         &self,
         req: tonic::Request<LeaderRequest>,
     ) -> Result<tonic::Response<LeaderResponse>, Status> {
-        Recipes::leader(self, req.into_inner()).await.map(tonic::Response::new)
+        Recipes::leader(self, req.into_inner()).await.map(tonic::Response::new).map_err(as_etcd_client)
     }
 
     type ObserveStream =
@@ -463,7 +478,7 @@ impl Election for Recipes {
         &self,
         req: tonic::Request<ResignRequest>,
     ) -> Result<tonic::Response<ResignResponse>, Status> {
-        Recipes::resign(self, req.into_inner()).await.map(tonic::Response::new)
+        Recipes::resign(self, req.into_inner()).await.map(tonic::Response::new).map_err(as_etcd_client)
     }
 }
 

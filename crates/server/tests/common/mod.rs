@@ -154,6 +154,15 @@ impl Ca {
     /// Writes `<dir>/<name>.pem` and `<dir>/<name>-key.pem`, signed by this CA, for 127.0.0.1
     /// and localhost, usable as server and client certificate. Returns (cert, key) paths.
     pub fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_valid(dir, name, None)
+    }
+
+    /// As [`Ca::issue`], valid from 30 days ago until `days` days from now (negative: expired).
+    pub fn issue_expiring(&self, dir: &Path, name: &str, days: i64) -> (PathBuf, PathBuf) {
+        self.issue_valid(dir, name, Some(days))
+    }
+
+    fn issue_valid(&self, dir: &Path, name: &str, days: Option<i64>) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
@@ -161,6 +170,13 @@ impl Ca {
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.extended_key_usages =
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some(days) = days {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+            let at = |secs: i64| rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(secs as u64);
+            params.not_before = at(now as i64 - 30 * 86_400);
+            params.not_after = at(now as i64 + days * 86_400);
+        }
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
         let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
         std::fs::write(&c, cert.pem()).expect("write cert");
@@ -621,6 +637,11 @@ impl Cluster {
 
     /// Spawns `raftkv` with `args`, stdout and stderr appended to member `i`'s log.
     pub fn spawn_raw(&self, i: usize, args: &[String]) -> Child {
+        self.spawn_env(i, args, &[])
+    }
+
+    /// As [`Cluster::spawn_raw`], with `env` added to the child's environment.
+    pub fn spawn_env(&self, i: usize, args: &[String], env: &[(&str, &str)]) -> Child {
         let m = &self.members[i];
         let log = OpenOptions::new().create(true).append(true).open(&m.log_path).expect("open log");
         let mut cmd = Command::new(EXE);
@@ -628,7 +649,8 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied());
         die_with_parent(&mut cmd).spawn().expect("spawn raftkv")
     }
 

@@ -19,7 +19,9 @@ pub fn router(recipes: Recipes, max_request_bytes: usize) -> Router {
     let limit = body_limit(max_request_bytes);
     macro_rules! unary {
         ($method:ident) => {
-            unary_on(recipes.clone(), limit, |r: Recipes, q| async move { r.$method(q).await })
+            unary_on(recipes.clone(), limit, |r: Recipes, q| async move {
+                r.$method(q).await.map_err(crate::api::lock::as_etcd_client)
+            })
         };
     }
     let mut router = Router::new();
