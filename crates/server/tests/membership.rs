@@ -866,3 +866,179 @@ async fn status_reports_the_learner_and_the_leader_through_changes() {
     }
     c.assert_running();
 }
+
+/// A process in its own process group (`raftkv dev` and its members), the whole group
+/// killed on drop.
+struct Group(Option<std::process::Child>, std::path::PathBuf);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("===== raftkv dev ({}) =====\n{}", self.1.display(), common::read_log(&self.1));
+        }
+    }
+}
+
+/// `s` with every `:PORT` of `ports` (a port ending there) moved to its pair.
+fn relocate(s: &str, ports: &[(u16, u16)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(':') {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if let Some((_, to)) =
+            rest[..digits].parse::<u16>().ok().and_then(|p| ports.iter().find(|(f, _)| *f == p))
+        {
+            out.push_str(&to.to_string());
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs a shell command line of the README in `cwd` with `env`: (exit code, stdout, stderr).
+fn sh(line: &str, cwd: &std::path::Path, env: &[(String, String)]) -> (Option<i32>, String, String) {
+    let out = Command::new("bash")
+        .args(["-c", line])
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The README's "Growing and shrinking the dev cluster" works as written: its commands, run
+/// one by one from a directory holding `target/release/raftkv` (this build) next to a
+/// `raftkv dev` cluster, with the walk-through's ports moved to free ones (`raftkv dev
+/// --ports`) and ID replaced by the id `member add` printed. A promote refused as the new
+/// member catches up is retried after the README's check, as the README says. Then m4 has
+/// served, was removed and stopped, and the cluster is back to m1-m3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_grow_and_shrink_walkthrough_works_as_written() {
+    if !have("etcdctl") {
+        return;
+    }
+    let readme = include_str!("../../../README.md");
+    let at = readme.find("## Growing and shrinking the dev cluster").expect("the README's section");
+    let section = &readme[at..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let block = section.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("its sh block");
+    let commands: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let catch_up_check = section
+        .split('`')
+        .find(|s| s.starts_with("etcdctl") && s.contains("endpoint status"))
+        .expect("the check");
+
+    const PORTS: [u16; 8] = [2379, 2380, 22379, 22380, 32379, 32380, 12379, 12380];
+    let free = free_ports(PORTS.len());
+    let ports: Vec<(u16, u16)> = PORTS.iter().copied().zip(free.iter().copied()).collect();
+    let cwd = tempfile::Builder::new().prefix("raftkv-readme-").tempdir().expect("temp dir");
+    let cwd = cwd.path();
+    std::fs::create_dir_all(cwd.join("target/release")).expect("mkdir");
+    std::os::unix::fs::symlink(common::EXE, cwd.join("target/release/raftkv")).expect("symlink");
+
+    let dev_log = cwd.join("dev.log");
+    let log = File::create(&dev_log).expect("dev log");
+    let mut cmd = Command::new(common::EXE);
+    cmd.args(["dev", "--data-dir", "raftkv-dev", "--ports"])
+        .arg(format!("{}:{},{}:{},{}:{}", free[0], free[1], free[2], free[3], free[4], free[5]))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .env("NO_COLOR", "1");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let _dev = Group(Some(die_with_parent(&mut cmd).spawn().expect("spawn raftkv dev")), dev_log);
+    let clients = [free[0], free[2], free[4]];
+    wait_for("the dev cluster to elect a leader", Duration::from_secs(30), || async move {
+        let mut leaders = Vec::new();
+        for p in clients {
+            leaders.push(common::status(p).await.ok()?.leader);
+        }
+        (leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0])).then_some(())
+    })
+    .await;
+    wait_published(clients[0], 3).await;
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut id = String::new();
+    let mut m4: Option<Proc> = None;
+    let mut promote_retries = 0;
+    for line in &commands {
+        let line = relocate(line, &ports);
+        if let Some(assign) = line.strip_prefix("export ") {
+            let (k, v) = assign.split_once('=').expect("export K=V");
+            env.push((k.to_string(), v.to_string()));
+            continue;
+        }
+        let line = line
+            .split_whitespace()
+            .map(|w| if w == "ID" { id.as_str() } else { w })
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(background) = line.strip_suffix('&') {
+            let log_path = cwd.join("m4.log");
+            let log = File::create(&log_path).expect("m4 log");
+            let mut cmd = Command::new("bash");
+            cmd.args(["-c", &format!("exec {background}")])
+                .current_dir(cwd)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup"))
+                .stderr(log);
+            m4 = Some(Proc::new("m4", die_with_parent(&mut cmd).spawn().expect("spawn m4"), Some(log_path)));
+            continue;
+        }
+        let deadline = Instant::now() + START;
+        let (code, out, err) = loop {
+            let (code, out, err) = sh(&line, cwd, &env);
+            if code != Some(0) && line.contains("member promote") && err.contains("in sync with leader") {
+                assert!(Instant::now() < deadline, "m4 never caught up: {err}");
+                promote_retries += 1;
+                let (_, status, _) = sh(&relocate(catch_up_check, &ports), cwd, &env);
+                eprintln!("promote refused while m4 catches up; {catch_up_check}:\n{status}");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            break (code, out, err);
+        };
+        assert_eq!(code, Some(0), "{line}\n{out}{err}");
+        if line.contains("member add") {
+            id = added_id(&out).expect("member add prints the new id");
+        }
+        if line.contains(" put ") {
+            assert_eq!(out.trim(), "OK", "{line}");
+        }
+    }
+    eprintln!("member promote retried {promote_retries} times while m4 caught up");
+    assert!(!id.is_empty() && m4.is_some(), "the walk-through adds and starts m4");
+    let m4 = m4.as_mut().expect("m4");
+    m4.wait_exit(Duration::from_secs(15)).expect("m4 stops once removed");
+    let log = common::read_log(m4.log_path.as_ref().expect("log"));
+    assert!(log.contains("was removed from the cluster"), "{log}");
+    let list = listed(clients[0]).await;
+    let names: Vec<&str> = list.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(list.len(), 3, "{names:?}");
+    assert_eq!(common::get(clients[1], "a", false).await.expect("get"), Some("b".into()));
+}
