@@ -17,16 +17,34 @@ pub struct DevArgs {
     /// Skip fsync (benchmarks only: acknowledged writes can be lost on power failure).
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// The client and peer ports of m1, m2 and m3 on 127.0.0.1, as CLIENT:PEER pairs
+    /// (another set lets a second dev cluster run beside the first, e.g. in tests).
+    #[arg(long, value_delimiter = ',', value_parser = parse_port_pair, num_args = 1,
+          default_value = "2379:2380,22379:22380,32379:32380")]
+    pub ports: Vec<(u16, u16)>,
 }
 
-pub const MEMBERS: [(&str, u16, u16); 3] = [("m1", 2379, 2380), ("m2", 22379, 22380), ("m3", 32379, 32380)];
+/// The members' names.
+pub const NAMES: [&str; 3] = ["m1", "m2", "m3"];
 
-pub fn endpoints() -> String {
-    MEMBERS.iter().map(|(_, c, _)| format!("127.0.0.1:{c}")).collect::<Vec<_>>().join(",")
+/// `CLIENT:PEER`, two ports.
+fn parse_port_pair(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("expected CLIENT:PEER (two ports), got {s:?}");
+    let (client, peer) = s.split_once(':').ok_or_else(bad)?;
+    Ok((client.trim().parse().map_err(|_| bad())?, peer.trim().parse().map_err(|_| bad())?))
 }
 
-fn initial_cluster() -> String {
-    MEMBERS.iter().map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+/// (name, client port, peer port) of each member.
+fn members(args: &DevArgs) -> Vec<(&'static str, u16, u16)> {
+    NAMES.iter().zip(&args.ports).map(|(n, (c, p))| (*n, *c, *p)).collect()
+}
+
+pub fn endpoints(args: &DevArgs) -> String {
+    members(args).iter().map(|(_, c, _)| format!("127.0.0.1:{c}")).collect::<Vec<_>>().join(",")
+}
+
+fn initial_cluster(args: &DevArgs) -> String {
+    members(args).iter().map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
 }
 
 /// The three members share this machine: each gets a third of its cores (at least one).
@@ -35,7 +53,7 @@ fn initial_cluster() -> String {
 /// them.
 fn member_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / MEMBERS.len()).max(1)
+    (cores / NAMES.len()).max(1)
 }
 
 fn spawn_member(
@@ -60,7 +78,7 @@ fn spawn_member(
         .arg("--initial-advertise-peer-urls")
         .arg(format!("http://127.0.0.1:{peer}"))
         .arg("--initial-cluster")
-        .arg(initial_cluster())
+        .arg(initial_cluster(args))
         .arg("--initial-cluster-token")
         .arg("raftkv-dev")
         .arg("--log-format")
@@ -90,6 +108,8 @@ pub enum DevError {
     Signal(#[source] std::io::Error),
     #[error("every member exited")]
     AllExited,
+    #[error("--ports takes three CLIENT:PEER pairs (m1, m2, m3), got {0}")]
+    Ports(usize),
 }
 
 fn terminate(child: &Child) {
@@ -109,13 +129,16 @@ fn check_ports(ports: impl IntoIterator<Item = u16>) -> Result<(), DevError> {
 
 /// Runs the cluster until Ctrl-C (or SIGTERM), then stops every member gracefully.
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
+    if args.ports.len() != NAMES.len() {
+        return Err(DevError::Ports(args.ports.len()));
+    }
     let exe = std::env::current_exe().map_err(DevError::CurrentExe)?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| DevError::DataDir { path: args.data_dir.clone(), source })?;
-    check_ports(MEMBERS.iter().flat_map(|&(_, client, peer)| [client, peer]))?;
+    check_ports(members(&args).into_iter().flat_map(|(_, client, peer)| [client, peer]))?;
     let resumed = args.data_dir.join("m1").join("member").exists();
     let mut children = Vec::new();
-    for (name, client, peer) in MEMBERS {
+    for (name, client, peer) in members(&args) {
         let child = spawn_member(&exe, &args, name, client, peer)
             .map_err(|source| DevError::Spawn { member: name, source })?;
         children.push((name, child));
@@ -125,11 +148,11 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         if resumed { "resuming" } else { "starting" },
         args.data_dir.display()
     );
-    for (name, client, peer) in MEMBERS {
+    for (name, client, peer) in members(&args) {
         println!("  {name}: client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}");
     }
-    println!("try:\n  ETCDCTL_API=3 etcdctl --endpoints={} put hello world", endpoints());
-    println!("  ETCDCTL_API=3 etcdctl --endpoints={} get hello", endpoints());
+    println!("try:\n  ETCDCTL_API=3 etcdctl --endpoints={} put hello world", endpoints(&args));
+    println!("  ETCDCTL_API=3 etcdctl --endpoints={} get hello", endpoints(&args));
     println!("press Ctrl-C to stop");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -177,6 +200,14 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--ports` takes CLIENT:PEER pairs.
+    #[test]
+    fn port_pairs_parse() {
+        assert_eq!(parse_port_pair("2379:2380"), Ok((2379, 2380)));
+        assert!(parse_port_pair("2379").is_err());
+        assert!(parse_port_pair("2379:x").is_err());
+    }
 
     /// A busy port stops `raftkv dev` before any member starts, naming the port and the cause.
     #[test]
