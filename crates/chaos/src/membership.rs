@@ -199,6 +199,9 @@ pub struct Changer {
     pub recorder: Recorder,
     pub intended: Intended,
     pub report: MembershipReport,
+    /// Ids of members removed so far: a member that lags may still list one of them on the
+    /// peer URL a new member is added on.
+    removed: std::collections::BTreeSet<u64>,
 }
 
 impl Changer {
@@ -211,7 +214,14 @@ impl Changer {
             let c = lock(&cluster);
             (0..c.members.len()).filter(|&i| c.members[i].active).map(|i| (i, false)).collect()
         };
-        Changer { cluster, leader, recorder, intended, report: MembershipReport::default() }
+        Changer {
+            cluster,
+            leader,
+            recorder,
+            intended,
+            report: MembershipReport::default(),
+            removed: Default::default(),
+        }
     }
 
     fn name(&self, i: usize) -> String {
@@ -239,13 +249,20 @@ impl Changer {
             |mut c| {
                 let req = req.clone();
                 let peer = peer.clone();
+                let removed = self.removed.clone();
                 async move {
                     match c.member_add(req).await {
                         Ok(r) => Ok(r),
                         // (etcd's "not enough started members" / "unhealthy cluster" for a
-                        // voter added but not started yet): done if the member list has it.
+                        // voter added but not started yet): done if the member list (applied,
+                        // so committed) has it under an id not removed before.
                         Err(s) => match c.member_list(MemberListRequest {}).await {
-                            Ok(l) if l.get_ref().members.iter().any(|m| m.peer_ur_ls.contains(&peer)) => {
+                            Ok(l)
+                                if l.get_ref()
+                                    .members
+                                    .iter()
+                                    .any(|m| m.peer_ur_ls.contains(&peer) && !removed.contains(&m.id)) =>
+                            {
                                 Err(tonic::Status::failed_precondition("Peer URLs already exists"))
                             }
                             _ => Err(s),
@@ -339,6 +356,7 @@ impl Changer {
                     lock(&self.cluster).members[i].removing = false;
                 }
                 removed?;
+                self.removed.insert(id);
             }
             None => {
                 return Err(format!("{name} ({peer}) is not in the member list to be removed"));
