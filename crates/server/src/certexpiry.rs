@@ -9,11 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A certificate expiring sooner than this is reported with a warning.
 const SOON_SECS: i64 = 30 * 24 * 3600;
 
-/// How often a running member checks its certificate files again.
-const CHECK_EVERY: Duration = Duration::from_secs(3600);
-
-/// Overrides [`CHECK_EVERY`] (seconds), for tests.
-const CHECK_EVERY_ENV: &str = "RAFTKV_CERT_CHECK_INTERVAL_SECS";
+/// How often a running member checks its certificate files again, unless
+/// `--cert-check-interval` says otherwise.
+pub const CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// How a certificate's validity ends, seen from `now` (seconds since the epoch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,17 +101,12 @@ pub fn check_file(path: &Path) -> Option<Expiry> {
     }
 }
 
-/// Checks the certificate files `paths` every hour (or every `RAFTKV_CERT_CHECK_INTERVAL_SECS`)
-/// for as long as the runtime runs; the check at start is done when they are loaded.
-pub fn watch(paths: Vec<PathBuf>) {
+/// Checks the certificate files `paths` every `every` (`--cert-check-interval`, an hour by
+/// default) for as long as the runtime runs; the check at start is done when they are loaded.
+pub fn watch(paths: Vec<PathBuf>, every: Duration) {
     if paths.is_empty() {
         return;
     }
-    let every = std::env::var(CHECK_EVERY_ENV)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&s| s > 0)
-        .map_or(CHECK_EVERY, Duration::from_secs);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

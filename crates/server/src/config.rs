@@ -76,6 +76,10 @@ pub struct ServerArgs {
     /// (default 20s; 0s: the defaults of both, as etcd).
     #[arg(long)]
     pub grpc_keepalive_timeout: Option<String>,
+    /// How often a running member checks its certificate files for expiry (Go duration,
+    /// default 1h): a warning within 30 days of expiry, an error once expired.
+    #[arg(long)]
+    pub cert_check_interval: Option<String>,
     /// Auth tokens: `simple` (etcd's default) or
     /// `jwt,sign-method=<RS256|...|ES256|...|HS256|...>,priv-key=<path>,pub-key=<path>,ttl=<duration>`
     /// (etcd's options; see docs/operations.md).
@@ -192,6 +196,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub quota_backend_bytes: crate::member::quota::QuotaBytes,
     pub keepalive: crate::api::limits::Keepalive,
+    /// How often a running member checks its certificate files for expiry.
+    pub cert_check_interval: std::time::Duration,
     /// Tokens, password hashing and certificate names (see [`crate::api::auth`]).
     pub auth: crate::api::auth::AuthOptions,
     pub auto_compaction: crate::member::autocompact::AutoCompaction,
@@ -347,6 +353,7 @@ impl ServerArgs {
             grpc_keepalive_min_time: self.grpc_keepalive_min_time.or(base.grpc_keepalive_min_time),
             grpc_keepalive_interval: self.grpc_keepalive_interval.or(base.grpc_keepalive_interval),
             grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(base.grpc_keepalive_timeout),
+            cert_check_interval: self.cert_check_interval.or(base.cert_check_interval),
             auth_token: self.auth_token.or(base.auth_token),
             auth_token_ttl: self.auth_token_ttl.or(base.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost.or(base.bcrypt_cost),
@@ -570,6 +577,18 @@ impl ServerConfig {
             args.grpc_keepalive_interval.as_deref(),
             args.grpc_keepalive_timeout.as_deref(),
         )?;
+        let cert_check_interval = crate::api::limits::duration_flag(
+            "--cert-check-interval",
+            args.cert_check_interval.as_deref(),
+            crate::certexpiry::CHECK_EVERY,
+        )?;
+        if cert_check_interval.is_zero() {
+            return Err(ConfigError::OutOfRange {
+                flag: "--cert-check-interval",
+                value: 0,
+                allowed: "a positive duration",
+            });
+        }
         if args.max_request_bytes == Some(0) {
             return Err(ConfigError::OutOfRange {
                 flag: "--max-request-bytes",
@@ -608,6 +627,7 @@ impl ServerConfig {
             max_request_bytes: args.max_request_bytes.unwrap_or(1_572_864),
             quota_backend_bytes: crate::member::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
             keepalive,
+            cert_check_interval,
             auth,
             auto_compaction: crate::member::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),

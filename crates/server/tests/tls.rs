@@ -371,7 +371,9 @@ fn expiring_and_expired_certificates_are_logged_clearly() {
         ]
         .map(String::from);
         // Checked again every second instead of every hour.
-        let child = c.spawn_env(i, &https_args(&c, i, &tls), &[("RAFTKV_CERT_CHECK_INTERVAL_SECS", "1")]);
+        let mut args = https_args(&c, i, &tls);
+        args.extend(["--cert-check-interval".to_string(), "1s".to_string()]);
+        let child = c.spawn_raw(i, &args);
         c.members[i].child = Some(child);
     }
     let (log1, log2) = (c.members[0].log_path.clone(), c.members[1].log_path.clone());

@@ -71,7 +71,8 @@ pub enum KeepaliveError {
     NotADuration { flag: &'static str, value: String },
 }
 
-fn duration_flag(
+/// A duration flag (Go syntax), or `default` when it is not given.
+pub fn duration_flag(
     flag: &'static str,
     value: Option<&str>,
     default: Duration,

@@ -72,7 +72,7 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     let mut record = identity.record;
     // TLS (checked before anything listens: a bad certificate file stops the member here).
     let tls = crate::tls::Ports::load(&config)?;
-    crate::certexpiry::watch(tls.cert_files.clone());
+    crate::certexpiry::watch(tls.cert_files.clone(), config.cert_check_interval);
     if identity.fresh && record.joined_existing {
         join_cluster(&mut record, tls.peer.as_ref()).await?;
     }
