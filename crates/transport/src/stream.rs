@@ -167,6 +167,9 @@ pub(crate) struct TlsWarnings {
 
 impl TlsWarnings {
     pub(crate) const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Peers remembered at most; past it (within a minute) further failures are not logged
+    /// (the refused-connection counter still counts them).
+    const MAX_KEYS: usize = 1024;
 
     /// Whether a warning about `key` (a peer) failing with `reason` is due now.
     pub(crate) fn due(&self, key: &str, reason: &str) -> bool {
@@ -175,6 +178,13 @@ impl TlsWarnings {
         match last.get(key) {
             Some((r, at)) if r == reason && now.duration_since(*at) < Self::EVERY => false,
             _ => {
+                // Keyed by an address when accepting: bounded, whoever connects.
+                if last.len() >= Self::MAX_KEYS {
+                    last.retain(|_, (_, at)| now.duration_since(*at) < Self::EVERY);
+                    if last.len() >= Self::MAX_KEYS {
+                        return false;
+                    }
+                }
                 last.insert(key.to_string(), (reason.to_string(), now));
                 true
             }

@@ -335,7 +335,13 @@ async fn join_cluster(
         }
         failures.clear();
         not_listed.clear();
-        for url in &peers {
+        // Every peer is asked: one that has not applied a recent removal can still list this
+        // member's URLs under a removed member's id (a member removed and added again on the
+        // same URLs), and a member that took that id would be refused as removed.
+        let mut answers: Vec<(String, raftkv_transport::ClusterMembers, u64)> = Vec::new();
+        // Asked together, so that a peer that does not answer costs one timeout, not one each.
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, url) in peers.iter().enumerate() {
             let addr = match parse_url(url) {
                 Ok(a) => a.to_string(),
                 Err(e) => {
@@ -343,7 +349,22 @@ async fn join_cluster(
                     continue;
                 }
             };
-            let found = match raftkv_transport::discover_members(&addr, tls, Duration::from_secs(3)).await {
+            let tls = tls.cloned();
+            asks.spawn(async move {
+                (i, raftkv_transport::discover_members(&addr, tls.as_ref(), Duration::from_secs(3)).await)
+            });
+        }
+        let mut found_by_peer = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(answer) = joined {
+                found_by_peer.push(answer);
+            }
+        }
+        // In the order of --initial-cluster, as before.
+        found_by_peer.sort_by_key(|(i, _)| *i);
+        for (i, found) in found_by_peer {
+            let url = &peers[i];
+            let found = match found {
                 Ok(found) => found,
                 Err(e) => {
                     failures.push(format!("{url}: {e}"));
@@ -358,29 +379,44 @@ async fn join_cluster(
                 failures.push(format!("{url}: answered with a zero id"));
                 continue;
             }
-            record.cluster_id = found.cluster_id;
-            record.member_id = me.id.0;
-            record.members = found
-                .members
-                .iter()
-                .map(|m| identity::MemberRecord {
-                    id: m.id.0,
-                    name: if m.id == me.id { record.name.clone() } else { m.name.clone() },
-                    peer_urls: m.peer_urls.clone(),
-                })
-                .collect();
-            tracing::info!(
-                cluster_id = format!("{:x}", found.cluster_id),
-                member_id = format!("{:x}", me.id.0),
-                members = found.members.len(),
-                peer = %url,
-                "joining a running cluster"
-            );
-            return Ok(());
+            let id = me.id.0;
+            answers.push((url.clone(), found, id));
         }
-        if not_listed.is_empty() {
-            break;
+        let agreed = answers.windows(2).all(|w| w[0].2 == w[1].2);
+        if answers.is_empty() || (!agreed && round + 1 < JOIN_ROUNDS) {
+            if !agreed {
+                failures.push(
+                    "the peers list this member under different ids (one lags behind); asking again".into(),
+                );
+            }
+            if not_listed.is_empty() && answers.is_empty() {
+                break;
+            }
+            continue;
         }
+        // Agreed, or after the last round the id most peers list.
+        let count = |id: u64| answers.iter().filter(|a| a.2 == id).count();
+        let Some(best) = answers.iter().max_by_key(|a| count(a.2)) else { continue };
+        let (url, found, my_id) = (best.0.clone(), best.1.clone(), best.2);
+        record.cluster_id = found.cluster_id;
+        record.member_id = my_id;
+        record.members = found
+            .members
+            .iter()
+            .map(|m| identity::MemberRecord {
+                id: m.id.0,
+                name: if m.id.0 == my_id { record.name.clone() } else { m.name.clone() },
+                peer_urls: m.peer_urls.clone(),
+            })
+            .collect();
+        tracing::info!(
+            cluster_id = format!("{:x}", found.cluster_id),
+            member_id = format!("{my_id:x}"),
+            members = found.members.len(),
+            peer = %url,
+            "joining a running cluster"
+        );
+        return Ok(());
     }
     if !not_listed.is_empty() {
         return Err(ServerError::NotInConfiguration {
