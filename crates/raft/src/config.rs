@@ -38,6 +38,12 @@ pub struct Config {
     /// entries is sent a snapshot, and under steady writes may need a new one as soon as it
     /// installed the last.
     pub catch_up_bytes_max: u64,
+    /// ... and up to what streaming takes this many round trips at the flow control above
+    /// (`inflight_messages_max` AppendEntries of up to `append_bytes_max` each per round
+    /// trip). A follower further behind is sent a snapshot instead: with tight flow control
+    /// a long replay, one small message per round trip, would hold a new voter (and the
+    /// commits that need it) back for much longer than a snapshot.
+    pub catch_up_round_trips_max: u64,
     /// Seed for the election-timeout randomisation. Give every node a different seed.
     pub seed: u64,
 }
@@ -56,6 +62,7 @@ impl Config {
             uncommitted_bytes_max: 64 << 20,
             pending_reads_max: 16 * 1024,
             catch_up_bytes_max: 64 << 20,
+            catch_up_round_trips_max: 64,
             seed: id.0,
         }
     }

@@ -116,7 +116,7 @@ impl RaftLog {
     }
 
     /// Iterates over the entries in `(after, upto]`.
-    pub fn iter_range(&self, after: LogIndex, upto: LogIndex) -> impl Iterator<Item = &Entry> {
+    pub fn iter_range(&self, after: LogIndex, upto: LogIndex) -> impl DoubleEndedIterator<Item = &Entry> {
         let skip = after.0.saturating_sub(self.snapshot_index.0) as usize;
         let take = upto.0.saturating_sub(after.0.max(self.snapshot_index.0)) as usize;
         self.entries.iter().skip(skip).take(take)

@@ -786,31 +786,62 @@ impl Raft {
     }
 
     /// Leader: lowers `compact_to` to keep the entries that live followers still need from
-    /// the log (see [`Config::catch_up_bytes_max`]): those past the match of a follower it
-    /// streams to, or past the index of a snapshot in flight, which the follower will need
-    /// next. Followers silent for an election timeout, and those probed, hold nothing back.
+    /// the log: those past the match of a follower it streams to, or past the index of a
+    /// snapshot in flight, which the follower will need next. Followers silent for an
+    /// election timeout, and those probed, hold nothing back. What is kept is bounded by
+    /// [`Config::catch_up_bytes_max`] and by the round trips that sending it takes at the
+    /// configured flow control ([`Config::catch_up_round_trips_max`]): a follower further
+    /// behind than that is cut off and catches up by snapshot, which is then the cheaper way.
     fn catch_up_floor(&self, compact_to: LogIndex) -> LogIndex {
         if self.role != Role::Leader {
             return compact_to;
         }
         let live = self.config.election_timeout_ticks;
-        let floor = self
-            .progress
-            .values()
-            .filter(|p| p.idle_ticks < live)
-            .filter_map(|p| match p.state {
-                ProgressState::Replicate => Some(p.match_index),
-                ProgressState::Snapshot { pending_index } => Some(pending_index),
-                ProgressState::Probe => None,
-            })
-            .min()
-            .unwrap_or(compact_to)
-            .max(self.log.first_index() - 1);
-        if floor >= compact_to {
+        let first_kept = self.log.first_index() - 1;
+        let needs = self.progress.values().filter(|p| p.idle_ticks < live).filter_map(|p| match p.state {
+            ProgressState::Replicate => Some(p.match_index),
+            ProgressState::Snapshot { pending_index } => Some(pending_index),
+            ProgressState::Probe => None,
+        });
+        let Some(lowest) = needs.clone().min() else { return compact_to };
+        let lowest = lowest.max(first_kept);
+        if lowest >= compact_to {
             return compact_to;
         }
-        let kept: u64 = self.log.iter_range(floor, compact_to).map(Entry::size_bytes).sum();
-        if kept > self.config.catch_up_bytes_max { compact_to } else { floor }
+        let budget = self.catch_up_budget_floor(lowest, compact_to);
+        // The lowest need within the budget; the followers below it get a snapshot.
+        needs
+            .map(|n| n.max(first_kept))
+            .filter(|&n| n >= budget && n < compact_to)
+            .min()
+            .unwrap_or(compact_to)
+    }
+
+    /// The lowest index `b` in `[lowest, compact_to]` such that keeping the entries in
+    /// `(b, compact_to]` stays within the catch-up budget: their bytes, and the round trips
+    /// that streaming them takes (AppendEntries packed as [`Log::slice`] packs them, up to
+    /// `inflight_messages_max` in flight).
+    fn catch_up_budget_floor(&self, lowest: LogIndex, compact_to: LogIndex) -> LogIndex {
+        let (bytes_max, per_message) = (self.config.catch_up_bytes_max, self.config.append_bytes_max);
+        let messages_max =
+            self.config.catch_up_round_trips_max.saturating_mul(self.config.inflight_messages_max as u64);
+        let (mut bytes, mut messages, mut in_message) = (0u64, 0u64, 0u64);
+        let mut floor = compact_to;
+        for entry in self.log.iter_range(lowest, compact_to).rev() {
+            let size = entry.size_bytes();
+            bytes += size;
+            if messages == 0 || in_message + size > per_message {
+                messages += 1;
+                in_message = size;
+            } else {
+                in_message += size;
+            }
+            if bytes > bytes_max || messages > messages_max {
+                break;
+            }
+            floor = entry.index - 1;
+        }
+        floor
     }
 
     /// The driver's report on a snapshot transfer to `to` started by an InstallSnapshot.

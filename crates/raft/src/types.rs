@@ -74,8 +74,8 @@ pub enum EntryKind {
     Normal,
     /// The empty entry a new leader appends to commit entries of earlier terms (§5.4.2, §8).
     Noop,
-    /// A membership change: `data` holds an encoded [`ClusterConfig`] chosen by the application.
-    /// Reserved for the membership-change work; the core does not yet act on it.
+    /// A membership change: `data` holds an encoded [`crate::ConfChange`]; it
+    /// takes effect on every member when appended to its log, not when committed.
     ConfigChange,
 }
 

@@ -302,3 +302,64 @@ fn a_live_follower_a_few_entries_behind_is_served_from_the_log_not_a_snapshot() 
     assert_eq!(c.raft(leader).first_index(), applied + 1, "a silent follower held back compaction");
     assert!(c.violations.is_empty(), "{:?}", c.violations);
 }
+
+/// What the leader keeps for a lagging follower is bounded by the round trips replaying it
+/// takes at the flow control (`catch_up_round_trips_max`): with one one-entry AppendEntries in
+/// flight, a follower 100 entries behind would need 100 round trips, so compaction cuts it
+/// off (it catches up by snapshot), while a follower 3 entries behind keeps its tail.
+#[test]
+fn a_follower_further_behind_than_the_round_trip_budget_is_sent_a_snapshot() {
+    let mut c = Cluster::with_config(5, |config| {
+        config.inflight_messages_max = 1;
+        config.append_bytes_max = 1;
+    });
+    let leader = c.elect_any(100).expect("leader");
+    let rest = others(&c, leader);
+    let (far, near) = (rest[0], rest[1]);
+    c.propose(leader, "start").expect("leader");
+    c.deliver_all();
+    c.tick_all(2);
+    let snapshots = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = snapshots.clone();
+    c.drop_where(move |m| {
+        if m.to == NodeId(far) && is_snapshot(m) {
+            counted.set(counted.get() + 1);
+        }
+        false
+    });
+    // `far` misses 100 appends, `near` the last 3; both answer heartbeats.
+    c.drop_where(move |m| m.to == NodeId(far) && matches!(m.body, MessageBody::AppendEntries { .. }));
+    for i in 0..100 {
+        c.propose(leader, &format!("a{i}")).expect("leader");
+        c.tick_all(1);
+    }
+    c.drop_where(move |m| m.to == NodeId(near) && matches!(m.body, MessageBody::AppendEntries { .. }));
+    for i in 0..3 {
+        c.propose(leader, &format!("b{i}")).expect("leader");
+        c.tick_all(1);
+    }
+    c.tick_all(2);
+    let far_match = c.raft(leader).progress(NodeId(far)).expect("progress").0;
+    let near_match = c.raft(leader).progress(NodeId(near)).expect("progress").0;
+    let applied = c.raft(leader).applied_index();
+    assert!(applied.0 >= far_match.0 + 100, "far lags by 100: match {far_match}, applied {applied}");
+    assert!(
+        near_match < applied && near_match.0 + 3 >= applied.0,
+        "near lags by a few: {near_match}, {applied}"
+    );
+    c.snapshot(leader, applied.0, applied.0);
+    let first = c.raft(leader).first_index();
+    assert!(first <= near_match + 1, "the few entries near needs were kept (first index {first})");
+    assert!(first > far_match + 1, "the 100 entries far needs were kept (first index {first})");
+    c.clear_filters();
+    let counted = snapshots.clone();
+    c.drop_where(move |m| {
+        if m.to == NodeId(far) && is_snapshot(m) {
+            counted.set(counted.get() + 1);
+        }
+        false
+    });
+    c.tick_all(20);
+    assert!(snapshots.get() > 0, "far was not sent a snapshot");
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+}

@@ -458,6 +458,9 @@ pub struct Sim {
     trace: Trace,
     phase: Phase,
     heal_at: Option<u64>,
+    /// Time past `liveness_deadline_us` the liveness check allows for replaying the log to
+    /// the voters a quorum needs, when snapshots are off (see `replay_allowance_us`).
+    replay_allowance_us: u64,
     liveness_ok: Option<u64>,
     next_job: u64,
     next_transfer: u64,
@@ -542,6 +545,7 @@ impl Sim {
             checker: Checker::default(),
             phase: Phase::Faults,
             heal_at: None,
+            replay_allowance_us: 0,
             liveness_ok: None,
             next_job: 0,
             next_transfer: 0,
@@ -613,14 +617,22 @@ impl Sim {
             if let Some(heal) = self.heal_at {
                 match self.liveness_ok {
                     Some(_) if time >= self.params.min_run_us => return self.final_membership().err(),
-                    None if time > heal + self.params.liveness_deadline_us => {
+                    None if time > heal + self.params.liveness_deadline_us + self.replay_allowance_us => {
                         return Some(violation(
                             time,
                             "liveness",
                             format!(
-                                "no command proposed after the faults stopped (at {} ms) committed within {} ms",
+                                "no command proposed after the faults stopped (at {} ms) committed within {} ms{}",
                                 heal / 1000,
-                                self.params.liveness_deadline_us / 1000
+                                self.params.liveness_deadline_us / 1000,
+                                if self.replay_allowance_us > 0 {
+                                    format!(
+                                        " (+{} ms to replay the log to a quorum)",
+                                        self.replay_allowance_us / 1000
+                                    )
+                                } else {
+                                    String::new()
+                                }
                             ),
                         ));
                     }
@@ -2158,7 +2170,53 @@ impl Sim {
                 self.start_node(n)?;
             }
         }
+        self.replay_allowance_us = self.replay_allowance_us();
+        if self.replay_allowance_us > 0 {
+            let ms = self.replay_allowance_us / 1000;
+            self.record(TraceEvent::Member {
+                node: 0,
+                what: format!("liveness: {ms} ms allowed to replay the log"),
+            });
+        }
         Ok(())
+    }
+
+    /// With snapshots off, a voter that lags (a new member on an empty disk) catches up only
+    /// by replaying the log, at most `inflight_messages_max` AppendEntries (of at least one
+    /// entry each) per round trip. When a quorum of the configuration in force needs such a
+    /// voter, commits cannot resume before it has the log, however correct the members are:
+    /// the liveness deadline then allows, beyond its fixed part, the round trips (two message
+    /// delays and a disk write each, at their liveness-phase maxima) that the lag of the
+    /// quorum's slowest needed voter takes. Zero when snapshots are on (a voter that far
+    /// behind is sent one) or a quorum is caught up.
+    fn replay_allowance_us(&self) -> u64 {
+        if self.params.snapshot_mean_us != 0 {
+            return 0;
+        }
+        let logs: BTreeMap<NodeId, u64> = self
+            .nodes
+            .iter()
+            .filter_map(|node| Some((node.id, node.live.as_ref()?.driver.raft().last_index().0)))
+            .collect();
+        let Some(head) = logs.values().max().copied() else { return 0 };
+        let Some(longest) = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.live.as_ref())
+            .max_by_key(|l| l.driver.raft().last_index())
+        else {
+            return 0;
+        };
+        let config = config_in_force(longest);
+        let quorum_lag = |voters: &BTreeSet<NodeId>| -> u64 {
+            let mut lags: Vec<u64> =
+                voters.iter().map(|v| head - logs.get(v).copied().unwrap_or(0)).collect();
+            lags.sort_unstable();
+            lags.get(voters.len() / 2).copied().unwrap_or(0)
+        };
+        let lag = quorum_lag(&config.voters).max(quorum_lag(&config.voters_outgoing));
+        let round_trips = lag.div_ceil(self.params.inflight_messages_max.max(1) as u64);
+        round_trips * (2 * self.params.delay_us.1 + self.params.disk_us.1)
     }
 
     // ----- clients -----
