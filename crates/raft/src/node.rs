@@ -1337,8 +1337,20 @@ impl Raft {
                     // from reaching) learns our term from this and steps down.
                     self.send(m.from, AppendEntriesResponse { index: LogIndex(0), reject: None });
                 }
-                RequestVote { pre_vote, .. } => {
+                RequestVote { pre_vote, last_log_index, last_log_term, .. } => {
                     self.send(m.from, RequestVoteResponse { pre_vote: *pre_vote, granted: false });
+                    // A candidate we would have voted for but for its stale term: it learns
+                    // our term from this answer and campaigns above it one timeout later.
+                    // Restart our own timer as if we had voted (§5.2), so that a member whose
+                    // campaigns reach no one (its configuration names only members that are
+                    // gone) does not keep raising its term just before each of that
+                    // candidate's campaigns, for ever (without PreVote).
+                    if !*pre_vote
+                        && self.role != Role::Leader
+                        && self.log.is_up_to_date(*last_log_index, *last_log_term)
+                    {
+                        self.election_elapsed = 0;
+                    }
                 }
                 // A read asked in an older term: fail it explicitly (our term in the reply
                 // tells the follower its term is over) rather than leave it to time out.

@@ -17,6 +17,19 @@ fn is_snapshot(m: &Message) -> bool {
     matches!(m.body, MessageBody::InstallSnapshot { .. })
 }
 
+/// Counts the snapshots sent to `to` from now on (until the next `clear_filters`).
+fn count_snapshots_to(c: &mut Cluster, to: u64) -> std::rc::Rc<std::cell::Cell<u32>> {
+    let snapshots = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = snapshots.clone();
+    c.drop_where(move |m| {
+        if m.to == NodeId(to) && is_snapshot(m) {
+            counted.set(counted.get() + 1);
+        }
+        false
+    });
+    snapshots
+}
+
 fn install_message(c: &Cluster, from: u64, to: u64, meta: SnapshotMeta) -> Message {
     Message {
         from: NodeId(from),
@@ -259,14 +272,6 @@ fn a_live_follower_a_few_entries_behind_is_served_from_the_log_not_a_snapshot() 
         c.propose(leader, &format!("a{i}")).expect("leader");
     }
     c.deliver_all();
-    let snapshots = std::rc::Rc::new(std::cell::Cell::new(0));
-    let counted = snapshots.clone();
-    c.drop_where(move |m| {
-        if m.to == NodeId(lagging) && is_snapshot(m) {
-            counted.set(counted.get() + 1);
-        }
-        false
-    });
     // The lagging follower misses the next appends but answers the heartbeats.
     c.drop_where(move |m| m.to == NodeId(lagging) && matches!(m.body, MessageBody::AppendEntries { .. }));
     for i in 0..5 {
@@ -279,13 +284,7 @@ fn a_live_follower_a_few_entries_behind_is_served_from_the_log_not_a_snapshot() 
     c.snapshot(leader, applied.0, applied.0);
     assert!(c.raft(leader).first_index() <= matched + 1, "the entries the follower needs were kept");
     c.clear_filters();
-    let counted = snapshots.clone();
-    c.drop_where(move |m| {
-        if m.to == NodeId(lagging) && is_snapshot(m) {
-            counted.set(counted.get() + 1);
-        }
-        false
-    });
+    let snapshots = count_snapshots_to(&mut c, lagging);
     c.tick_all(3);
     assert_eq!(snapshots.get(), 0, "the follower was sent a snapshot");
     assert_eq!(c.raft(lagging).last_index(), c.raft(leader).last_index(), "caught up from the log");
@@ -319,14 +318,6 @@ fn a_follower_further_behind_than_the_round_trip_budget_is_sent_a_snapshot() {
     c.propose(leader, "start").expect("leader");
     c.deliver_all();
     c.tick_all(2);
-    let snapshots = std::rc::Rc::new(std::cell::Cell::new(0));
-    let counted = snapshots.clone();
-    c.drop_where(move |m| {
-        if m.to == NodeId(far) && is_snapshot(m) {
-            counted.set(counted.get() + 1);
-        }
-        false
-    });
     // `far` misses 100 appends, `near` the last 3; both answer heartbeats.
     c.drop_where(move |m| m.to == NodeId(far) && matches!(m.body, MessageBody::AppendEntries { .. }));
     for i in 0..100 {
@@ -352,13 +343,7 @@ fn a_follower_further_behind_than_the_round_trip_budget_is_sent_a_snapshot() {
     assert!(first <= near_match + 1, "the few entries near needs were kept (first index {first})");
     assert!(first > far_match + 1, "the 100 entries far needs were kept (first index {first})");
     c.clear_filters();
-    let counted = snapshots.clone();
-    c.drop_where(move |m| {
-        if m.to == NodeId(far) && is_snapshot(m) {
-            counted.set(counted.get() + 1);
-        }
-        false
-    });
+    let snapshots = count_snapshots_to(&mut c, far);
     c.tick_all(20);
     assert!(snapshots.get() > 0, "far was not sent a snapshot");
     assert!(c.violations.is_empty(), "{:?}", c.violations);

@@ -83,3 +83,23 @@ sweep_tests! {
 fn kv_store_mixed_seeds_5000_5249() {
     sweep_with(5000, 250, SimOptions { kv_store: true, ..SimOptions::default() });
 }
+
+/// Seeds that soaks found failing, each fixed since (docs/testing.md says what each showed):
+/// 514889, a new voter on an empty disk that a quorum needs, replayed the log one entry per
+/// round trip with snapshots off; 608098, a member that never received a log campaigning
+/// without PreVote, raising its term just before each campaign of the candidate it would
+/// have voted for.
+#[test]
+fn membership_seeds_found_by_soaks() {
+    let options = SimOptions { profile: Profile::Membership, ..SimOptions::default() };
+    for seed in [514889, 608098] {
+        let failures = run_sweep(seed, 1, 1, &options).failures;
+        let violations: Vec<String> =
+            failures.iter().filter_map(|o| o.violation.as_ref().map(ToString::to_string)).collect();
+        assert!(
+            violations.is_empty(),
+            "seed {seed}: {violations:?}\n  replay: {}",
+            replay_command(seed, &options)
+        );
+    }
+}
