@@ -1657,14 +1657,20 @@ impl Sim {
         {
             // The receiver knows the sender was removed: its transport refuses it. As the
             // server's member (`membership::watch`), the removed member stops once the
-            // leader it knows, or a majority of the other members of its applied
+            // leader it knows, or a majority of the other voters of its applied
             // configuration, refused it; a member that never applied anything is exempt.
             self.dropped(&m, "sender removed");
             let joiner = from >= self.params.nodes;
             let stop = self.nodes[from].live.as_mut().is_some_and(|live| {
                 live.refused_by.insert(to);
-                let others: Vec<NodeId> =
-                    live.applier.cluster().members().into_iter().filter(|id| *id != m.from).collect();
+                // Voters only: the removed member never talks to learners.
+                let config = live.applier.cluster();
+                let others: Vec<NodeId> = config
+                    .voters
+                    .union(&config.voters_outgoing)
+                    .copied()
+                    .filter(|id| *id != m.from)
+                    .collect();
                 let refusing =
                     others.iter().filter(|id| live.refused_by.contains(&(id.0 as usize - 1))).count();
                 let by_leader = live.driver.raft().leader() == Some(m.to);

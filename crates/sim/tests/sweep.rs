@@ -88,11 +88,12 @@ fn kv_store_mixed_seeds_5000_5249() {
 /// 514889, a new voter on an empty disk that a quorum needs, replayed the log one entry per
 /// round trip with snapshots off; 608098, a member that never received a log campaigning
 /// without PreVote, raising its term just before each campaign of the candidate it would
-/// have voted for.
+/// have voted for; 613412, a removed voter whose configuration held learners, which it never
+/// talks to, waiting for a majority of all members to refuse it.
 #[test]
 fn membership_seeds_found_by_soaks() {
     let options = SimOptions { profile: Profile::Membership, ..SimOptions::default() };
-    for seed in [514889, 608098] {
+    for seed in [514889, 608098, 613412] {
         let failures = run_sweep(seed, 1, 1, &options).failures;
         let violations: Vec<String> =
             failures.iter().filter_map(|o| o.violation.as_ref().map(ToString::to_string)).collect();

@@ -636,14 +636,21 @@ pub async fn watch(
                 removed,
             )));
         }
-        // The other members this member knows of: the registry's, or before anything was
-        // applied, the peers it was started with.
+        // The other voters this member knows of: the registry's, or before anything was
+        // applied, the peers it was started with. Voters only: a removed member talks to
+        // the voters (its campaigns) and to the leader, never to learners, so refusals from
+        // learners never come and a majority counted over them could never be reached.
         let others: Vec<NodeId> = {
             let sm = api.node.shared.sm.read();
             if sm.registry.members.is_empty() {
                 transport.peers().into_keys().filter(|id| id.0 != me).collect()
             } else {
-                sm.registry.members.keys().filter(|id| **id != me).map(|id| NodeId(*id)).collect()
+                sm.registry
+                    .members
+                    .iter()
+                    .filter(|(id, m)| **id != me && !m.is_learner)
+                    .map(|(id, _)| NodeId(*id))
+                    .collect()
             }
         };
         let refusing = |removed_only: bool| {
