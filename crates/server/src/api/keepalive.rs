@@ -128,10 +128,7 @@ enum Calm {
     Due {
         acks: u64,
     },
-    Writing {
-        frame: Vec<u8>,
-        pos: usize,
-    },
+    /// Queued behind the gathered bytes; they and it are being written out.
     Flushing,
     ShuttingDown,
     Closed,
@@ -232,7 +229,30 @@ impl Policy {
     }
 }
 
+/// Bytes of the member's frames gathered before a socket write (see [`Watched`]).
+const GATHER: usize = 64 << 10;
+/// The DATA payload from which `h2` writes a frame on its own and flushes after it (its
+/// chaining threshold on an IO without vectored writes, which ours reports).
+const CHAINED: usize = 1024;
+/// The buffer capacity a connection keeps between bursts (more is freed at the flush that
+/// ends a burst, so an idle connection holds at most this much).
+const KEEP: usize = 16 << 10;
+
 /// An HTTP/2 server connection's IO, with the keepalive policy applied (see the module).
+///
+/// It also gathers the member's large DATA frames. `h2` writes a DATA frame of [`CHAINED`]
+/// bytes or more on its own (its header, then the payload) and flushes after each, so a
+/// watch stream's batch of 16 KiB frames would cost two socket writes per frame, and on
+/// loopback each write also runs the receiver's TCP processing. Here writes are copied into
+/// one buffer of up to [`GATHER`] bytes, written out when it is full or at a flush. A flush
+/// right after such a large frame is deferred: it wakes the connection's task and returns.
+/// Every poll of an `h2` connection reads until the socket has nothing more (a read that
+/// returns Pending) and then ends with a flush (`Streams::poll_complete`), so a deferred
+/// flush is carried out at the latest by the last flush of the next poll, which the wake
+/// brings: a batch of large frames leaves in a few writes, and none waits longer than the
+/// next poll of the same task, whatever is written meanwhile. Small frames (`h2` copies
+/// them into its own buffer, so a burst of responses already leaves in one write) are
+/// written at the flush that follows them, as without this.
 pub struct Watched<S> {
     inner: S,
     /// Set on every frame from the client (read by the server's pinger).
@@ -241,6 +261,17 @@ pub struct Watched<S> {
     reads: Frames,
     writes: Frames,
     policy: Policy,
+    /// Accepted bytes not yet written to `inner`, from `out_pos`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Bytes were accepted since the last flush.
+    wrote: bool,
+    /// Reads that returned Pending (one per poll of the connection).
+    idle_reads: u64,
+    /// `idle_reads` when a flush was deferred, until the gathered bytes are written.
+    deferred_at: Option<u64>,
+    /// The last frame whose end was written.
+    last_written: Option<Head>,
 }
 
 impl<S> Watched<S> {
@@ -254,11 +285,35 @@ impl<S> Watched<S> {
             reads: Frames::default(),
             writes: Frames::default(),
             policy: Policy::new(min_time),
+            out: Vec::new(),
+            out_pos: 0,
+            wrote: false,
+            idle_reads: 0,
+            deferred_at: None,
+            last_written: None,
         }
+    }
+
+    fn gathered(&self) -> usize {
+        self.out.len() - self.out_pos
     }
 }
 
 impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Writes the gathered bytes to `inner`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
     /// Drives the owed GOAWAY out (then the connection's end) once it is due. Ready(Ok) when
     /// nothing is to be written now; an error once the connection is closed.
     fn poll_calm(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -269,20 +324,13 @@ impl<S: AsyncWrite + Unpin> Watched<S> {
                     if !(self.writes.at_boundary() && self.policy.acks_written >= *acks) {
                         return Poll::Ready(Ok(()));
                     }
-                    Calm::Writing { frame: self.policy.goaway_frame(), pos: 0 }
-                }
-                Some(Calm::Writing { frame, pos }) => {
-                    let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[*pos..]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    *pos += n;
-                    if *pos < frame.len() {
-                        continue;
-                    }
+                    // After every frame already accepted.
+                    let frame = self.policy.goaway_frame();
+                    self.out.extend_from_slice(&frame);
                     Calm::Flushing
                 }
                 Some(Calm::Flushing) => {
+                    ready!(self.poll_drain(cx))?;
                     ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
                     Calm::ShuttingDown
                 }
@@ -310,7 +358,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             return Poll::Ready(Ok(()));
         }
         let start = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+            this.idle_reads += 1;
+            return Poll::Pending;
+        }
         let mut data = &buf.filled()[start..];
         let skip = this.preface_left.min(data.len());
         this.preface_left -= skip;
@@ -335,13 +386,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_calm(cx))?;
-        // While a GOAWAY is owed, write one frame at a time so that it can follow any.
+        // While a GOAWAY is owed, accept one frame at a time so that it can follow any.
         let len = match this.policy.calm {
             Some(_) => this.writes.frame_end(buf).min(buf.len()),
             None => buf.len(),
         };
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..len]))?;
+        let buf = &buf[..len];
+        if this.gathered() > 0 && this.gathered() + buf.len() > GATHER {
+            ready!(this.poll_drain(cx))?;
+        }
+        let n = if this.gathered() == 0 && buf.len() >= GATHER {
+            ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?
+        } else {
+            this.out.extend_from_slice(buf);
+            buf.len()
+        };
+        this.wrote = true;
         let policy = &mut this.policy;
+        let last = &mut this.last_written;
         this.writes.feed(
             &buf[..n],
             |_| {},
@@ -350,6 +412,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
                     policy.acks_written += 1;
                 }
                 policy.written_frame(head);
+                *last = Some(head);
             },
         );
         Poll::Ready(Ok(n))
@@ -358,11 +421,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_calm(cx))?;
+        let new_writes = std::mem::take(&mut this.wrote);
+        let same_poll = this.deferred_at.is_none_or(|at| at == this.idle_reads);
+        let after_large = this.writes.at_boundary()
+            && matches!(this.last_written, Some((DATA, _, _, len)) if len >= CHAINED);
+        if new_writes && after_large && this.gathered() > 0 && same_poll {
+            // Deferred to the next poll of this task at the latest (see the type).
+            this.deferred_at = Some(this.idle_reads);
+            cx.waker().wake_by_ref();
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_drain(cx))?;
+        this.deferred_at = None;
+        if this.out.capacity() > KEEP {
+            this.out = Vec::new();
+        }
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -428,6 +508,128 @@ mod tests {
         assert_eq!(f.frame_end(&stream[4..]), 8);
         f.feed(&stream[4..10], |_| {}, |_| {});
         assert_eq!(f.frame_end(&stream[10..]), 2);
+    }
+
+    /// A socket that records each write and has nothing to read.
+    #[derive(Default)]
+    struct Socket {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+        shut: bool,
+    }
+
+    impl AsyncRead for Socket {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.get_mut().writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn watched() -> Watched<Socket> {
+        let keepalive =
+            Keepalive { interval: Duration::ZERO, timeout: Duration::ZERO, min_time: Duration::ZERO };
+        let mut w = Watched::new(Socket::default(), keepalive, Arc::new(AtomicBool::new(false)));
+        w.preface_left = 0;
+        w
+    }
+
+    fn write(w: &mut Watched<Socket>, cx: &mut Context<'_>, bytes: &[u8]) {
+        assert!(matches!(Pin::new(w).poll_write(cx, bytes), Poll::Ready(Ok(n)) if n == bytes.len()));
+    }
+
+    fn flush(w: &mut Watched<Socket>, cx: &mut Context<'_>) {
+        assert!(matches!(Pin::new(w).poll_flush(cx), Poll::Ready(Ok(()))));
+    }
+
+    /// A poll of the connection reads until Pending.
+    fn next_poll(w: &mut Watched<Socket>, cx: &mut Context<'_>) {
+        let mut space = [0u8; 16];
+        assert!(Pin::new(w).poll_read(cx, &mut ReadBuf::new(&mut space)).is_pending());
+    }
+
+    #[test]
+    fn writes_of_one_poll_leave_in_one_socket_write() {
+        let wakes = Arc::new(Wakes(0.into()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut w = watched();
+        let (a, b) = (frame(DATA, 0, 1, &[7; CHAINED]), frame(DATA, 0, 1, &[8; 16384]));
+        // h2's pattern: each large frame written and flushed, then a last flush.
+        next_poll(&mut w, &mut cx);
+        for f in [&a, &b, &a] {
+            write(&mut w, &mut cx, &f[..9]);
+            write(&mut w, &mut cx, &f[9..]);
+            flush(&mut w, &mut cx);
+        }
+        assert!(w.inner.writes.is_empty());
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 3, "each deferred flush wakes the task");
+        flush(&mut w, &mut cx);
+        assert_eq!(w.inner.writes, vec![[a.clone(), b.clone(), a.clone()].concat()]);
+        assert_eq!(w.inner.flushes, 1);
+        assert_eq!(w.out.capacity(), 0, "a burst's large buffer is not kept");
+
+        // A flush deferred in one poll is carried out by the next poll's flush even when that
+        // poll wrote more.
+        next_poll(&mut w, &mut cx);
+        write(&mut w, &mut cx, &a);
+        flush(&mut w, &mut cx);
+        assert_eq!(w.inner.writes.len(), 1);
+        next_poll(&mut w, &mut cx);
+        write(&mut w, &mut cx, &b);
+        flush(&mut w, &mut cx);
+        assert_eq!(w.inner.writes.len(), 2);
+        assert_eq!(w.inner.writes[1], [a.clone(), b.clone()].concat());
+
+        // Small frames are written at the flush that follows them.
+        let small = [frame(HEADERS, 0x4, 3, &[1; 20]), frame(DATA, 0, 3, &[2; 100])].concat();
+        write(&mut w, &mut cx, &small);
+        flush(&mut w, &mut cx);
+        assert_eq!(w.inner.writes[2], small);
+
+        // Bytes beyond the buffer's bound are written before more are taken; a write that
+        // fills it alone goes straight through.
+        let big = vec![1u8; GATHER];
+        write(&mut w, &mut cx, &a);
+        write(&mut w, &mut cx, &big);
+        assert_eq!(w.inner.writes[3..], [a.clone(), big.clone()]);
+        assert_eq!(w.gathered(), 0);
+    }
+
+    #[test]
+    fn an_owed_goaway_follows_the_gathered_frames() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut w = watched();
+        let ack = frame(PING, FLAG_ACK, 0, &[0; 8]);
+        write(&mut w, &mut cx, &ack);
+        w.policy.calm = Some(Calm::Due { acks: 1 });
+        assert!(matches!(Pin::new(&mut w).poll_flush(&mut cx), Poll::Ready(Err(_))));
+        let sent: Vec<u8> = w.inner.writes.concat();
+        assert_eq!(sent[..ack.len()], ack[..]);
+        assert_eq!(sent[ack.len()..], w.policy.goaway_frame()[..]);
+        assert!(w.inner.shut);
     }
 
     #[test]

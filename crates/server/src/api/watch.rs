@@ -388,6 +388,10 @@ struct GrpcSink {
     /// Resolves once the member has had no leader for a while, when the caller asked
     /// for one (`hasleader` metadata, [`crate::api::require_leader`]).
     leader_lost: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Where batches are encoded. Each batch is split off and handed to h2; once h2 has
+    /// written and dropped it, `reserve` takes the same allocation back for the next batch
+    /// instead of a fresh one (which for a large batch would be fresh pages to fault in).
+    buf: BytesMut,
 }
 
 impl GrpcSink {
@@ -395,18 +399,18 @@ impl GrpcSink {
     /// the client's flow-control window allows.
     async fn send(&mut self, replies: Vec<Reply>) -> Result<(), End> {
         let len: usize = replies.iter().map(|r| 5 + r.encoded_len()).sum();
-        let mut buf = BytesMut::with_capacity(len);
+        let buf = &mut self.buf;
+        buf.reserve(len);
         for reply in &replies {
             // Replies are bounded well below 4 GiB (max_request_bytes and the batch limits).
             let prefix = u32::try_from(reply.encoded_len()).unwrap_or(u32::MAX);
             buf.put_u8(0);
             buf.put_u32(prefix);
-            reply.write(&mut buf);
+            reply.write(buf);
         }
+        let data = buf.split().freeze();
         crate::metrics::get().grpc_sent_bytes((len - 5 * replies.len()) as u64);
-        crate::api::client_port::send_when_window(&mut self.stream, buf.freeze())
-            .await
-            .map_err(|_| End::Closed)
+        crate::api::client_port::send_when_window(&mut self.stream, data).await.map_err(|_| End::Closed)
     }
 
     async fn closed(&mut self) -> End {
@@ -481,7 +485,7 @@ pub(crate) async fn serve_grpc(
     require_leader: bool,
 ) -> Option<tonic::Code> {
     let leader_lost = require_leader.then(|| crate::api::require_leader::lost(&api));
-    let mut session = Session::new(api, Sink::Grpc(GrpcSink { stream, leader_lost }));
+    let mut session = Session::new(api, Sink::Grpc(GrpcSink { stream, leader_lost, buf: BytesMut::new() }));
     let End::Failed(status) = session.serve(input).await else { return None };
     if let Sink::Grpc(grpc) = &mut session.out {
         let mut trailers = http::HeaderMap::new();
