@@ -138,6 +138,10 @@ enum Cmd {
         /// The watch points: watchers of the writers' prefix in each.
         #[arg(long, value_delimiter = ',', default_value = "1,1000")]
         watchers: Vec<usize>,
+        /// Puts per second in all in the watch points (default: as fast as answered), to
+        /// compare event latency at the same write rate.
+        #[arg(long)]
+        put_rate: Option<u32>,
         /// Data dirs and member logs.
         #[arg(long, default_value = "target/bench-watch")]
         out: PathBuf,
@@ -350,7 +354,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::BenchWatch { raftkv, etcd, duration, idle_watchers, leases, watchers, out } => {
+        Cmd::BenchWatch { raftkv, etcd, duration, idle_watchers, leases, watchers, put_rate, out } => {
             let common = Common { members: 1, raftkv, out: out.clone() };
             let cfg = raftkv_chaos::watchbench::BenchConfig {
                 raftkv: binary(&common)?,
@@ -360,6 +364,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 idle_watchers,
                 leases,
                 watchers,
+                put_rate: put_rate.filter(|r| *r > 0),
             };
             print!("{}", raftkv_chaos::watchbench::run(cfg).await?);
             Ok(ExitCode::SUCCESS)

@@ -6,7 +6,9 @@
 //!   connections) to keys under `wb/` while 1, then 1,000 watchers (over up to 10 streams)
 //!   watch the prefix; events delivered per second, and the latency from a put's
 //!   acknowledgement to each delivery of its event (p50/p99; an event that arrives before the
-//!   acknowledgement counts as 0), and from the put's request to each delivery;
+//!   acknowledgement counts as 0), and from the put's request to each delivery; with
+//!   `--put-rate` the writers keep to that many puts per second in all instead, so that both
+//!   systems' latencies can be compared at the same write rate;
 //! * **idle watchers**: the member's RSS before and after opening 100,000 watchers (on
 //!   distinct keys, 1,000 per stream, 100 streams over 10 connections);
 //! * **lease keep-alives**: 10,000 leases granted, then keep-alives as fast as 16 streams take
@@ -43,6 +45,8 @@ pub struct BenchConfig {
     pub leases: usize,
     /// Watchers in each watch point.
     pub watchers: Vec<usize>,
+    /// Puts per second in all in the watch points (None: as fast as they are answered).
+    pub put_rate: Option<u32>,
 }
 
 /// One single-member server under measurement.
@@ -365,7 +369,12 @@ async fn read_events(
 }
 
 /// Writers at full speed with `watchers` watchers on their prefix.
-async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<WatchPoint, String> {
+async fn watch_point(
+    s: &Server,
+    watchers: usize,
+    duration: Duration,
+    put_rate: Option<u32>,
+) -> Result<WatchPoint, String> {
     let streams = watchers.clamp(1, 10);
     let base_rev = crate::watchcheck::current_revision(std::slice::from_ref(&s.url), Duration::from_secs(10))
         .await
@@ -391,14 +400,22 @@ async fn watch_point(s: &Server, watchers: usize, duration: Duration) -> Result<
     let puts = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     let value = prost::bytes::Bytes::from(vec![b'v'; 256]);
+    // With a put rate, each of the 64 writers sends on its own schedule (a 64th of the rate,
+    // staggered), skipping none: a put answered late is followed at once by the next due.
+    let period = put_rate.map(|r| Duration::from_secs_f64(64.0 / f64::from(r)));
+    let sched0 = tokio::time::Instant::now();
     for (c, ch) in channels(&s.url, 8)?.into_iter().enumerate() {
         for w in 0..8 {
             let (mut kv, stop, puts, times, value) =
                 (KvClient::new(ch.clone()), stop.clone(), puts.clone(), times.clone(), value.clone());
             let keys: Vec<prost::bytes::Bytes> = (0..100).map(|k| format!("wb/{c}-{w}-{k}").into()).collect();
+            let offset = period.map(|p| p.mul_f64((c * 8 + w) as f64 / 64.0));
             writers.push(tokio::spawn(async move {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
+                    if let (Some(period), Some(offset)) = (period, offset) {
+                        tokio::time::sleep_until(sched0 + offset + period.mul_f64(n as f64)).await;
+                    }
                     n += 1;
                     let req = PutRequest {
                         key: keys[n % keys.len()].clone(),
@@ -569,7 +586,7 @@ async fn measure(name: &'static str, binary: &Path, cfg: &BenchConfig) -> Result
     eprintln!("  idle: {:?}", f.idle);
     for &watchers in &cfg.watchers {
         f.load.push(load_average());
-        let p = watch_point(&s, watchers, cfg.duration).await?;
+        let p = watch_point(&s, watchers, cfg.duration, cfg.put_rate).await?;
         eprintln!("  {watchers} watchers: {p:?}");
         f.watch.push(p);
     }
