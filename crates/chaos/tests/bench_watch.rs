@@ -39,8 +39,9 @@ async fn writers_keep_to_the_put_rate() {
     };
     let report = run(cfg).await.expect("the benchmark runs");
     let (puts, missing) = watch_row(&report, 1);
-    // Well below what a member serves at full speed on any machine the tests run on, and
-    // within the schedule's rounding (tokio's timer has millisecond steps).
-    assert!((1700.0..=2100.0).contains(&puts), "{puts} puts/s at a rate of 2000:\n{report}");
+    // Well below what a member serves at full speed (over 10x this on the 2-CPU machine).
+    // The schedule is absolute, so timer rounding does not drift it; the lower bound leaves
+    // room for puts still in flight when the writers stop on a busy machine.
+    assert!((1400.0..=2100.0).contains(&puts), "{puts} puts/s at a rate of 2000:\n{report}");
     assert_eq!(missing, "0 / 0", "every event delivered, in order:\n{report}");
 }
