@@ -148,7 +148,11 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         snapshot_count: config.snapshot_count,
         snapshot_keep_entries: (config.snapshot_count / 2).clamp(1, 5000),
         request_queue: 16 * 1024,
-        seed: record.member_id,
+        // The member id alone would give a member the same election timeouts at every
+        // start, so the same member would win every first election of a cluster started
+        // at once; the OS's randomness (as etcd's timer) varies it, the id keeps members
+        // apart should that fail.
+        seed: record.member_id ^ getrandom::u64().unwrap_or(0),
     };
     let (refusals_tx, refusals_rx) = mpsc::channel(64);
     let peers = Box::new(crate::member::peer::TransportSource {
