@@ -50,10 +50,10 @@ impl ChangeContext {
 
 impl Registry {
     /// The members a cluster was bootstrapped with (all voters): `(id, name, peer URLs)`.
-    pub fn seed(members: impl IntoIterator<Item = (u64, String, Vec<String>)>) -> Registry {
+    pub fn seed(members: impl IntoIterator<Item = (u64, String, Vec<String>, bool)>) -> Registry {
         let members = members
             .into_iter()
-            .map(|(id, name, peer_urls)| (id, RegisteredMember { name, peer_urls, is_learner: false }))
+            .map(|(id, name, peer_urls, is_learner)| (id, RegisteredMember { name, peer_urls, is_learner }))
             .collect();
         Registry { members, removed: BTreeSet::new(), version: 1 }
     }

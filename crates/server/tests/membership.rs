@@ -822,10 +822,13 @@ async fn status_reports_the_learner_and_the_leader_through_changes() {
     let state = args.iter().position(|a| a == "--initial-cluster-state").expect("flag") + 1;
     args[state] = "existing".into();
     c.members[1].child = Some(c.spawn_raw(1, &args));
-    // Known gap: between learning its leader and receiving its first entries (or snapshot),
-    // which carry its configuration, a joining member reports is_learner false (for a few
-    // milliseconds). etcd reports true from the start: its member list, learned from its
-    // peers at join, has the flag; raftkv's peer member list does not carry it yet.
+    // From its first answer, before the leader's log reaches it, the joining member knows it
+    // is a learner (as etcd: the member list it learns from its peers at join has the flag),
+    // in its status and in its member list.
+    let first =
+        wait_for("the learner to answer", START, || async move { common::status(port1).await.ok() }).await;
+    assert!(first.is_learner, "the joining learner's first status: {first:?}");
+    assert!(listed(port1).await.iter().any(|m| m.0 == learner && m.4), "{:?}", listed(port1).await);
     wait_for("the learner to know its leader and its configuration", START, || async move {
         common::status(port1).await.ok().filter(|s| s.leader != 0 && s.raft_applied_index > 0)
     })

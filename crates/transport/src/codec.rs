@@ -970,13 +970,14 @@ impl Response {
 // Members stream.
 
 /// One member as the members stream describes it: what etcd's peer `/members` endpoint
-/// tells anyone (id, name, peer URLs), nothing more.
+/// tells anyone (id, name, peer URLs, learner or not), nothing more.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerMember {
     pub id: NodeId,
     /// Empty for a member added but not started yet.
     pub name: String,
     pub peer_urls: Vec<String>,
+    pub is_learner: bool,
 }
 
 /// Longest name or URL carried in a member list (longer ones are an encoding error).
@@ -1004,7 +1005,9 @@ fn get_text(r: &mut Reader, what: &'static str) -> Result<String, DecodeError> {
 }
 
 /// The acceptor's members: `count u32`, then per member `id u64 | name (u16 len, UTF-8) |
-/// url_count u16 | urls (u16 len, UTF-8 each)`.
+/// url_count u16 | urls (u16 len, UTF-8 each)`, then one byte per member in the same order
+/// (1: learner, 0: voter). A list without them (from a member that predates them) reads as
+/// all voters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemberList {
     pub members: Vec<PeerMember>,
@@ -1024,6 +1027,9 @@ impl MemberList {
                 for url in &m.peer_urls {
                     put_text(b, "peer URL", url)?;
                 }
+            }
+            for m in &self.members {
+                b.put_u8(u8::from(m.is_learner));
             }
             Ok(())
         })
@@ -1049,7 +1055,12 @@ impl MemberList {
             for _ in 0..urls {
                 peer_urls.push(get_text(&mut r, "peer URL")?);
             }
-            members.push(PeerMember { id, name, peer_urls });
+            members.push(PeerMember { id, name, peer_urls, is_learner: false });
+        }
+        if r.remaining() > 0 {
+            for m in &mut members {
+                m.is_learner = r.bool("member learner flag")?;
+            }
         }
         r.finish()?;
         Ok(MemberList { members })
@@ -1191,8 +1202,13 @@ mod tests {
         resp.encode(1 << 20, &mut buf).unwrap();
         let list = MemberList {
             members: vec![
-                PeerMember { id: NodeId(7), name: "m1".into(), peer_urls: vec!["https://a:2380".into()] },
-                PeerMember { id: NodeId(8), name: String::new(), peer_urls: vec![] },
+                PeerMember {
+                    id: NodeId(7),
+                    name: "m1".into(),
+                    peer_urls: vec!["https://a:2380".into()],
+                    is_learner: false,
+                },
+                PeerMember { id: NodeId(8), name: String::new(), peer_urls: vec![], is_learner: true },
             ],
         };
         list.encode(1 << 20, &mut buf).unwrap();
@@ -1222,5 +1238,26 @@ mod tests {
         buf.put_u64(1);
         buf.put_u8(9);
         assert_eq!(Response::decode(buf.freeze()), Err(DecodeError::InvalidResponseCode(9)));
+    }
+
+    #[test]
+    fn member_list_learner_flags_are_optional_as_a_whole_and_strict() {
+        let one = |flags: &[u8]| {
+            let mut buf = BytesMut::new();
+            buf.put_u32(2);
+            for id in [1u64, 2] {
+                buf.put_u64(id);
+                buf.put_u16(0);
+                buf.put_u16(0);
+            }
+            buf.put_slice(flags);
+            MemberList::decode(buf.freeze())
+        };
+        let learners = |l: MemberList| l.members.iter().map(|m| m.is_learner).collect::<Vec<_>>();
+        assert_eq!(learners(one(&[]).unwrap()), [false, false]);
+        assert_eq!(learners(one(&[0, 1]).unwrap()), [false, true]);
+        assert_eq!(one(&[0, 2]), Err(DecodeError::InvalidBool(2)));
+        assert!(matches!(one(&[1]), Err(DecodeError::Truncated { .. })));
+        assert_eq!(one(&[0, 1, 0]), Err(DecodeError::TrailingBytes(1)));
     }
 }

@@ -65,8 +65,18 @@ async fn start(cluster: u64, id: u64, tweak: impl Fn(&mut TransportConfig)) -> N
 fn echo() -> Arc<Echo> {
     Arc::new(Echo {
         members: vec![
-            PeerMember { id: NodeId(1), name: "m1".into(), peer_urls: vec!["http://127.0.0.1:1".into()] },
-            PeerMember { id: NodeId(2), name: String::new(), peer_urls: vec!["http://127.0.0.1:2".into()] },
+            PeerMember {
+                id: NodeId(1),
+                name: "m1".into(),
+                peer_urls: vec!["http://127.0.0.1:1".into()],
+                is_learner: false,
+            },
+            PeerMember {
+                id: NodeId(2),
+                name: String::new(),
+                peer_urls: vec!["http://127.0.0.1:2".into()],
+                is_learner: true,
+            },
         ],
     })
 }

@@ -323,7 +323,7 @@ impl Api {
     /// `etcdctl endpoint status` and health probes work without credentials.
     pub async fn status(&self, _req: StatusRequest) -> Result<StatusResponse, Status> {
         let s = self.node.status();
-        let (revision, db_size, db_size_in_use, errors) = {
+        let (revision, db_size, db_size_in_use, errors, is_learner) = {
             let sm = self.node.shared.sm.read();
             // The backend size as defined in crate::member::quota.
             (
@@ -331,6 +331,9 @@ impl Api {
                 sm.kv.size_bytes() as i64,
                 sm.kv.size_in_use_bytes() as i64,
                 sm.alarms.status_errors(),
+                // As etcd, the applied membership's word: a joining learner is one before the
+                // leader's log reaches it (the registry is seeded from the cluster's own list).
+                sm.registry.members.get(&self.member_id()).is_some_and(|m| m.is_learner),
             )
         };
         Ok(StatusResponse {
@@ -343,7 +346,7 @@ impl Api {
             raft_applied_index: s.applied,
             errors,
             db_size_in_use,
-            is_learner: s.is_learner,
+            is_learner,
         })
     }
 

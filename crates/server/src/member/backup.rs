@@ -819,6 +819,7 @@ fn restore(a: RestoreArgs) -> Result<(), BackupError> {
             id: crate::config::member_id(m, &token),
             name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
+            is_learner: false,
         })
         .collect();
     let me =
@@ -1032,6 +1033,7 @@ mod tests {
             id: 0xabc,
             name: "m1".into(),
             peer_urls: vec!["http://127.0.0.1:2380".into()],
+            is_learner: false,
         }];
         let meta = ExportMeta {
             members: &members,

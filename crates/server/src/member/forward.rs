@@ -210,12 +210,17 @@ impl PeerService for PeerRequests {
         Box::pin(async move { this.handle(from, body).await.map_err(|e| e.to_string()) })
     }
 
-    /// What etcd's peer `/members` tells: ids, names, peer URLs.
+    /// What etcd's peer `/members` tells: ids, names, peer URLs, learner or not.
     fn members(&self) -> Vec<PeerMember> {
         self.api
             .member_protos()
             .into_iter()
-            .map(|m| PeerMember { id: NodeId(m.id), name: m.name, peer_urls: m.peer_ur_ls })
+            .map(|m| PeerMember {
+                id: NodeId(m.id),
+                name: m.name,
+                peer_urls: m.peer_ur_ls,
+                is_learner: m.is_learner,
+            })
             .collect()
     }
 }

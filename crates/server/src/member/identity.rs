@@ -15,6 +15,9 @@ pub struct MemberRecord {
     pub id: u64,
     pub name: String,
     pub peer_urls: Vec<String>,
+    /// A learner, as the running cluster listed it to a joining member.
+    #[serde(default)]
+    pub is_learner: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -135,6 +138,7 @@ pub fn load_or_bootstrap(config: &ServerConfig, token_given: bool) -> Result<Ide
             id: config::member_id(m, token),
             name: m.name.clone(),
             peer_urls: m.peer_urls.clone(),
+            is_learner: false,
         })
         .collect();
     let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();

@@ -43,7 +43,7 @@ pub use raftkv_kvsm::registry::{ChangeContext, Registry};
 
 /// The registry of the members a cluster was bootstrapped with.
 pub fn seed_registry(members: &[MemberRecord]) -> Registry {
-    Registry::seed(members.iter().map(|m| (m.id, m.name.clone(), m.peer_urls.clone())))
+    Registry::seed(members.iter().map(|m| (m.id, m.name.clone(), m.peer_urls.clone(), m.is_learner)))
 }
 
 // ----- etcd's errors (etcdserver/api/v3rpc/rpctypes/error.go, etcdserver/errors.go) -----
@@ -728,7 +728,7 @@ mod tests {
     use raftkv_raft::ClusterConfig;
 
     fn record(id: u64, url: &str) -> MemberRecord {
-        MemberRecord { id, name: format!("m{id}"), peer_urls: vec![url.into()] }
+        MemberRecord { id, name: format!("m{id}"), peer_urls: vec![url.into()], is_learner: false }
     }
 
     #[test]

@@ -411,6 +411,7 @@ async fn join_cluster(
                 id: m.id.0,
                 name: if m.id.0 == my_id { record.name.clone() } else { m.name.clone() },
                 peer_urls: m.peer_urls.clone(),
+                is_learner: m.is_learner,
             })
             .collect();
         tracing::info!(
