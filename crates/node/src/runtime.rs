@@ -167,8 +167,16 @@ impl<S: StateMachine> NodeHandle<S> {
         tokio::time::timeout(timeout, work).await.map_err(|_| NodeError::Timeout)?
     }
 
+    /// The highest log index applied to the state machine.
+    pub fn applied_index(&self) -> u64 {
+        *self.shared.applied.borrow()
+    }
+
     /// Waits until this member has applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        if self.applied_index() >= index {
+            return Ok(());
+        }
         let mut rx = self.shared.applied.subscribe();
         rx.wait_for(|a| *a >= index).await.map(|_| ()).map_err(|_| NodeError::Stopped)
     }

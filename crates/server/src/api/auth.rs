@@ -36,7 +36,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use raftkv_api::Command;
 use raftkv_api::etcdserverpb::auth_server::{Auth, AuthServer};
@@ -47,8 +49,12 @@ use raftkv_api::raftkvpb::{AuthAuthenticate, AuthCommand, AuthUserAdd, AuthUserC
 use raftkv_kv::{AuthError, AuthStore};
 use tonic::{Request, Response, Status};
 
+use crate::api::jwt::Claims;
 use crate::api::service::Api;
 use crate::member::kvsm::{KvMachine, Output};
+
+/// The metadata key etcd's clients send their token under.
+static TOKEN: HeaderName = HeaderName::from_static("token");
 
 /// etcd's default `--auth-token-ttl` (seconds).
 pub const DEFAULT_TOKEN_TTL: u64 = 300;
@@ -95,7 +101,8 @@ pub struct ClientCn(pub Arc<str>);
 
 /// The caller of the request being served (see the module documentation).
 pub struct Call {
-    token: Option<String>,
+    /// The token as sent (a shared view of the request's header block, not a copy).
+    token: Option<HeaderValue>,
     cn: Option<Arc<str>>,
     /// The auth revision the last check ran against (0: none yet).
     checked_at: Cell<u64>,
@@ -104,11 +111,13 @@ pub struct Call {
 impl Call {
     /// The caller as the request's metadata and connection name it.
     pub fn from_headers(headers: &HeaderMap, cn: Option<&ClientCn>) -> Call {
-        let token = headers
-            .get("token")
-            .or_else(|| headers.get(http::header::AUTHORIZATION))
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let token = headers.get(&TOKEN).or_else(|| headers.get(http::header::AUTHORIZATION)).cloned();
         Call { token, cn: cn.map(|c| c.0.clone()), checked_at: Cell::new(0) }
+    }
+
+    /// The token as text (one that is not UTF-8 matches no token and verifies as no JWT).
+    fn token(&self) -> Option<Cow<'_, str>> {
+        self.token.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()))
     }
 
     /// A copy to carry into a task serving the same stream (a watch stream).
@@ -124,7 +133,7 @@ tokio::task_local! {
 /// Runs `f` as `call`, once this member has applied the entry that issued the call's simple
 /// token (see [`Api::await_token`]).
 pub async fn scoped<F: Future>(api: &Api, call: Call, f: F) -> F::Output {
-    let index = call.token.as_deref().and_then(token_index);
+    let index = call.token().as_deref().and_then(token_index);
     api.await_token(index).await;
     CALL.scope(call, f).await
 }
@@ -148,6 +157,14 @@ pub async fn scope_request(
 ) -> axum::response::Response {
     let call = Call::from_headers(req.headers(), req.extensions().get::<ClientCn>());
     scoped(&api, call, next.run(req)).await
+}
+
+/// A check's first step ([`Api::gate`]).
+enum Gate {
+    /// Auth is off, at this auth revision.
+    Open(u64),
+    /// Auth is on: check the caller (with its verified JWT claims, if it sent one).
+    Check(Option<Claims>),
 }
 
 /// The Raft index a simple token names: the index of the Authenticate entry that issued it
@@ -189,7 +206,7 @@ fn unconverted(s: Status) -> Status {
 }
 
 struct Token {
-    user: String,
+    user: Arc<str>,
     /// The auth revision when it was issued.
     issued_at: u64,
     expires: Instant,
@@ -210,10 +227,10 @@ struct TokenTable {
 impl TokenTable {
     fn remove(&mut self, token: &str) {
         let Some(t) = self.tokens.remove(token) else { return };
-        if let Some(list) = self.by_user.get_mut(&t.user) {
+        if let Some(list) = self.by_user.get_mut(&*t.user) {
             list.retain(|k| k != token);
             if list.is_empty() {
-                self.by_user.remove(&t.user);
+                self.by_user.remove(&*t.user);
             }
         }
     }
@@ -295,14 +312,14 @@ impl Tokens {
         let seq = table.recorded;
         table.tokens.insert(
             token.to_string(),
-            Token { user: user.to_string(), issued_at, expires: now + self.ttl, seq },
+            Token { user: Arc::from(user), issued_at, expires: now + self.ttl, seq },
         );
         table.by_user.entry(user.to_string()).or_default().push(token.to_string());
     }
 
     /// The user and issue revision of a live token, extending its life (etcd resets a simple
     /// token's TTL on use).
-    fn lookup(&self, token: &str) -> Option<(String, u64)> {
+    fn lookup(&self, token: &str) -> Option<(Arc<str>, u64)> {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
@@ -353,6 +370,9 @@ impl Api {
     /// token, or not.
     async fn await_token(&self, index: Option<u64>) {
         let Some(index) = index.filter(|_| self.auth.options.jwt.is_none()) else { return };
+        if self.node.applied_index() >= index {
+            return;
+        }
         let _ = tokio::time::timeout(self.request_timeout(), self.node.wait_applied(index)).await;
     }
 
@@ -389,22 +409,63 @@ impl Api {
         check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
         keys: bool,
     ) -> Result<(), Status> {
-        // A JWT is verified before the state is locked (a signature check is slow). As etcd, it
-        // must verify even while auth is disabled.
-        let jwt = match (&call.token, &self.auth.options.jwt) {
+        match self.gate(call)? {
+            Gate::Open(revision) => {
+                call.checked_at.set(revision);
+                Ok(())
+            }
+            gate => self.pass(&self.node.shared.sm.read(), call, gate, check, keys),
+        }
+    }
+
+    /// [`Api::authorize`] with a key permission check, then `read` under the same hold of the
+    /// state machine's read lock (a read checked and served against one state).
+    pub(crate) fn read_authorized<R>(
+        &self,
+        check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
+        read: impl FnOnce(&KvMachine) -> R,
+    ) -> Result<R, Status> {
+        let gate = CALL.try_with(|call| self.gate(call)).ok().transpose()?;
+        let sm = self.node.shared.sm.read();
+        if let Some(gate) = gate {
+            CALL.with(|call| self.pass(&sm, call, gate, check, true))?;
+        }
+        Ok(read(&sm))
+    }
+
+    /// What can be settled before the state machine is locked: a JWT is verified (a
+    /// signature check is slow; as etcd, it must verify even while auth is disabled), and
+    /// auth off (the common case) is answered without queueing for the lock behind the
+    /// applier.
+    fn gate(&self, call: &Call) -> Result<Gate, Status> {
+        let jwt = match (call.token(), &self.auth.options.jwt) {
             (Some(token), Some(jwt)) => {
-                Some(jwt.verify(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?)
+                Some(jwt.verify(&token).ok_or_else(|| status(AuthError::InvalidAuthToken))?)
             }
             _ => None,
         };
-        // Auth off (the common case) is answered without queueing for the state machine's
-        // lock behind the applier.
-        let (enabled, revision) = self.published.auth();
-        if !enabled {
-            call.checked_at.set(revision);
-            return Ok(());
+        match self.published.auth() {
+            (false, revision) => Ok(Gate::Open(revision)),
+            (true, _) => Ok(Gate::Check(jwt)),
         }
-        let sm = self.node.shared.sm.read();
+    }
+
+    /// The rest of a check, against the locked state machine.
+    fn pass(
+        &self,
+        sm: &KvMachine,
+        call: &Call,
+        gate: Gate,
+        check: impl FnOnce(&KvMachine, Option<&str>) -> Result<(), AuthError>,
+        keys: bool,
+    ) -> Result<(), Status> {
+        let jwt = match gate {
+            Gate::Open(revision) => {
+                call.checked_at.set(revision);
+                return Ok(());
+            }
+            Gate::Check(jwt) => jwt,
+        };
         let store = &sm.auth;
         if !store.enabled() {
             call.checked_at.set(store.revision());
@@ -413,7 +474,7 @@ impl Api {
         // The auth revision the caller's rights are valid at: the applied one, or for a JWT
         // the one it was issued at (never older, or it is refused here).
         let mut valid_at = store.revision();
-        let user = match (&call.token, jwt) {
+        let user: Option<Arc<str>> = match (call.token(), jwt) {
             (_, Some(claims)) => {
                 if claims.revision < store.revision() {
                     if keys {
@@ -425,20 +486,20 @@ impl Api {
                 } else {
                     valid_at = claims.revision;
                 }
-                Some(claims.username)
+                Some(Arc::from(claims.username))
             }
             (Some(token), None) => {
                 let (user, issued_at) =
-                    self.auth.tokens.lookup(token).ok_or_else(|| status(AuthError::InvalidAuthToken))?;
+                    self.auth.tokens.lookup(&token).ok_or_else(|| status(AuthError::InvalidAuthToken))?;
                 if !store.token_valid(&user, issued_at) {
                     return Err(status(AuthError::InvalidAuthToken));
                 }
                 Some(user)
             }
-            (None, _) if self.auth.options.client_cert_auth => call.cn.as_deref().map(str::to_string),
+            (None, _) if self.auth.options.client_cert_auth => call.cn.clone(),
             (None, _) => None,
         };
-        check(&sm, user.as_deref()).map_err(status)?;
+        check(sm, user.as_deref()).map_err(status)?;
         call.checked_at.set(valid_at);
         Ok(())
     }
@@ -964,7 +1025,7 @@ mod tests {
         assert_eq!(prefix.len(), 16);
         assert_ne!(token_prefix().expect("prefix"), prefix, "prefixes differ");
         tokens.record("u", "t.1", 3);
-        assert_eq!(tokens.lookup("t.1"), Some(("u".to_string(), 3)));
+        assert_eq!(tokens.lookup("t.1"), Some((Arc::from("u"), 3)));
         assert_eq!(tokens.lookup("t.2"), None);
         assert_eq!(tokens.lookup(&"x".repeat(100_000)), None);
         tokens.record("u", &"x".repeat(MAX_TOKEN_BYTES + 1), 3);
@@ -1011,9 +1072,9 @@ mod tests {
     fn call_reads_token_then_authorization() {
         let mut h = HeaderMap::new();
         h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("gw"));
-        assert_eq!(Call::from_headers(&h, None).token.as_deref(), Some("gw"));
+        assert_eq!(Call::from_headers(&h, None).token().as_deref(), Some("gw"));
         h.insert("token", http::HeaderValue::from_static("grpc"));
-        assert_eq!(Call::from_headers(&h, None).token.as_deref(), Some("grpc"));
+        assert_eq!(Call::from_headers(&h, None).token().as_deref(), Some("grpc"));
         assert!(Call::from_headers(&HeaderMap::new(), None).token.is_none());
     }
 }

@@ -256,8 +256,12 @@ impl Api {
         if !req.serializable && !self.config.unsafe_stale_reads {
             self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
         }
-        self.authorize(|sm, user| crate::api::auth::check_range(sm, user, &req))?;
-        let mut resp = self.node.shared.sm.read().kv.range(&req).map_err(kv_status)?;
+        let mut resp = self
+            .read_authorized(
+                |sm, user| crate::api::auth::check_range(sm, user, &req),
+                |sm| sm.kv.range(&req),
+            )?
+            .map_err(kv_status)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
@@ -292,8 +296,12 @@ impl Api {
             if !self.config.unsafe_stale_reads {
                 self.node.read_barrier(self.config.request_timeout).await.map_err(node_status)?;
             }
-            self.authorize(|sm, user| crate::api::auth::check_txn(sm, user, &req))?;
-            let mut resp = self.node.shared.sm.read().kv.txn_read_only(&req).map_err(kv_status)?;
+            let mut resp = self
+                .read_authorized(
+                    |sm, user| crate::api::auth::check_txn(sm, user, &req),
+                    |sm| sm.kv.txn_read_only(&req),
+                )?
+                .map_err(kv_status)?;
             self.fill(&mut resp.header);
             return Ok(resp);
         }
