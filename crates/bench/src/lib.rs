@@ -683,7 +683,7 @@ async fn find_leader(urls: &[String], timeout: Duration, security: &Security) ->
 }
 
 /// This process's CPU time (user + system) in seconds, from /proc/self/stat.
-fn process_cpu_seconds() -> Option<f64> {
+pub fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use etcd_client::{Client, GetOptions};
 use hdrhistogram::Histogram;
+use raftkv_bench::process_cpu_seconds;
 use raftkv_rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -225,14 +226,4 @@ async fn run(args: Args) -> Result<serde_json::Value, BenchError> {
         "window_start_unix": now_unix + args.warmup,
         "window_end_unix": now_unix + args.warmup + window,
     }))
-}
-
-/// This process's CPU time (user + system) in seconds, from /proc/self/stat.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
