@@ -76,6 +76,9 @@ enum BenchError {
     Histogram(String),
 }
 
+/// Distinct error messages a client task keeps.
+const MAX_ERROR_KINDS: usize = 16;
+
 struct TaskResult {
     hist: Histogram<u64>,
     ops: u64,
@@ -125,7 +128,16 @@ async fn run_task(
                 let micros = u64::try_from(t1.duration_since(t0).as_micros()).unwrap_or(u64::MAX);
                 hist.saturating_record(micros.max(1));
             }
-            Err(e) => *errors.entry(e.to_string()).or_insert(0) += 1,
+            Err(e) => {
+                // At most MAX_ERROR_KINDS distinct messages are kept; the rest count together.
+                let text = e.to_string();
+                let key = if errors.len() < MAX_ERROR_KINDS || errors.contains_key(&text) {
+                    text
+                } else {
+                    "other".into()
+                };
+                *errors.entry(key).or_insert(0) += 1;
+            }
         }
     }
     Ok(TaskResult { hist, ops, errors })
