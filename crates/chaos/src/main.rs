@@ -142,6 +142,12 @@ enum Cmd {
         /// compare event latency at the same write rate.
         #[arg(long)]
         put_rate: Option<u32>,
+        /// raftkv's `--worker-threads` (default: its own default, one per CPU).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        worker_threads: Option<u16>,
+        /// etcd's `GOMAXPROCS` (default: its own default, one per CPU).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        gomaxprocs: Option<u16>,
         /// Data dirs and member logs.
         #[arg(long, default_value = "target/bench-watch")]
         out: PathBuf,
@@ -354,7 +360,18 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::BenchWatch { raftkv, etcd, duration, idle_watchers, leases, watchers, put_rate, out } => {
+        Cmd::BenchWatch {
+            raftkv,
+            etcd,
+            duration,
+            idle_watchers,
+            leases,
+            watchers,
+            put_rate,
+            worker_threads,
+            gomaxprocs,
+            out,
+        } => {
             let common = Common { members: 1, raftkv, out: out.clone() };
             let cfg = raftkv_chaos::watchbench::BenchConfig {
                 raftkv: binary(&common)?,
@@ -365,6 +382,8 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 leases,
                 watchers,
                 put_rate: put_rate.filter(|r| *r > 0),
+                worker_threads: worker_threads.map(usize::from),
+                gomaxprocs: gomaxprocs.map(usize::from),
             };
             print!("{}", raftkv_chaos::watchbench::run(cfg).await?);
             Ok(ExitCode::SUCCESS)

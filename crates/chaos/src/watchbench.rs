@@ -47,6 +47,10 @@ pub struct BenchConfig {
     pub watchers: Vec<usize>,
     /// Puts per second in all in the watch points (None: as fast as they are answered).
     pub put_rate: Option<u32>,
+    /// raftkv's `--worker-threads` (None: its default, one per CPU).
+    pub worker_threads: Option<usize>,
+    /// etcd's `GOMAXPROCS` (None: its default, one per CPU).
+    pub gomaxprocs: Option<usize>,
 }
 
 /// One single-member server under measurement.
@@ -66,7 +70,7 @@ fn process_cpu(pid: &str) -> f64 {
 }
 
 impl Server {
-    fn start(name: &'static str, binary: &Path, dir: &Path) -> Result<Server, String> {
+    fn start(name: &'static str, binary: &Path, dir: &Path, cfg: &BenchConfig) -> Result<Server, String> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let client = free_port()?;
@@ -78,6 +82,14 @@ impl Server {
         let mut cmd = Command::new(binary);
         if name == "raftkv" {
             cmd.arg("server");
+            if let Some(n) = cfg.worker_threads {
+                cmd.arg("--worker-threads").arg(n.to_string());
+            }
+        } else {
+            match cfg.gomaxprocs {
+                Some(n) => cmd.env("GOMAXPROCS", n.to_string()),
+                None => cmd.env_remove("GOMAXPROCS"),
+            };
         }
         cmd.args(["--name", "b", "--data-dir"])
             .arg(dir.join("data"))
@@ -576,7 +588,7 @@ async fn keepalive_point(s: &Server, leases: usize, duration: Duration) -> Resul
 }
 
 async fn measure(name: &'static str, binary: &Path, cfg: &BenchConfig) -> Result<Figures, String> {
-    let s = Server::start(name, binary, &cfg.out.join(name))?;
+    let s = Server::start(name, binary, &cfg.out.join(name), cfg)?;
     crate::runner::wait_ready(std::slice::from_ref(&s.url), Duration::from_secs(30)).await?;
     let mut f = Figures { name: name.to_string(), ..Default::default() };
     eprintln!("bench-watch: {name} ({})", binary.display());
@@ -612,8 +624,11 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "bench-watch: one member each, {} s per point; load average (1, 5, 15 min) at each point:",
-        cfg.duration.as_secs()
+        "bench-watch: one member each, {} s per point, raftkv {}, etcd {}; load average (1, 5, 15 min) at each point:",
+        cfg.duration.as_secs(),
+        cfg.worker_threads
+            .map_or("with its default worker threads".to_string(), |n| format!("--worker-threads {n}")),
+        cfg.gomaxprocs.map_or("with its default GOMAXPROCS".to_string(), |n| format!("GOMAXPROCS={n}")),
     );
     for f in all {
         let _ = writeln!(o, "  {}: {}", f.name, f.load.join(" | "));

@@ -36,6 +36,9 @@ async fn writers_keep_to_the_put_rate() {
         leases: 0,
         watchers: vec![1],
         put_rate: Some(2000),
+        // The member gets the flag (one it would refuse otherwise) and the report says so.
+        worker_threads: Some(1),
+        gomaxprocs: None,
     };
     let report = run(cfg).await.expect("the benchmark runs");
     let (puts, missing) = watch_row(&report, 1);
@@ -44,4 +47,5 @@ async fn writers_keep_to_the_put_rate() {
     // room for puts still in flight when the writers stop on a busy machine.
     assert!((1400.0..=2100.0).contains(&puts), "{puts} puts/s at a rate of 2000:\n{report}");
     assert_eq!(missing, "0 / 0", "every event delivered, in order:\n{report}");
+    assert!(report.contains("raftkv --worker-threads 1,"), "the setting is reported:\n{report}");
 }
