@@ -80,6 +80,11 @@ pub struct ServerArgs {
     /// default 1h): a warning within 30 days of expiry, an error once expired.
     #[arg(long)]
     pub cert_check_interval: Option<String>,
+    /// How often a watcher created with `progress_notify` that got nothing since the last
+    /// notification is told the current revision (Go duration, default 10m; 0 or negative:
+    /// the default, as etcd).
+    #[arg(long, allow_hyphen_values = true)]
+    pub experimental_watch_progress_notify_interval: Option<String>,
     /// Auth tokens: `simple` (etcd's default) or
     /// `jwt,sign-method=<RS256|...|ES256|...|HS256|...>,priv-key=<path>,pub-key=<path>,ttl=<duration>`
     /// (etcd's options; see docs/operations.md).
@@ -198,6 +203,8 @@ pub struct ServerConfig {
     pub keepalive: crate::api::limits::Keepalive,
     /// How often a running member checks its certificate files for expiry.
     pub cert_check_interval: std::time::Duration,
+    /// The watch progress notification interval.
+    pub watch_progress_interval: std::time::Duration,
     /// Tokens, password hashing and certificate names (see [`crate::api::auth`]).
     pub auth: crate::api::auth::AuthOptions,
     pub auto_compaction: crate::member::autocompact::AutoCompaction,
@@ -354,6 +361,9 @@ impl ServerArgs {
             grpc_keepalive_interval: self.grpc_keepalive_interval.or(base.grpc_keepalive_interval),
             grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(base.grpc_keepalive_timeout),
             cert_check_interval: self.cert_check_interval.or(base.cert_check_interval),
+            experimental_watch_progress_notify_interval: self
+                .experimental_watch_progress_notify_interval
+                .or(base.experimental_watch_progress_notify_interval),
             auth_token: self.auth_token.or(base.auth_token),
             auth_token_ttl: self.auth_token_ttl.or(base.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost.or(base.bcrypt_cost),
@@ -589,6 +599,27 @@ impl ServerConfig {
                 allowed: "a positive duration",
             });
         }
+        // etcd keeps its default for an interval that is not positive.
+        let watch_progress_interval = match args.experimental_watch_progress_notify_interval.as_deref() {
+            Some(v) if v.trim().starts_with('-') => {
+                crate::api::limits::duration_flag(
+                    "--experimental-watch-progress-notify-interval",
+                    Some(&v.trim()[1..]),
+                    crate::api::watch::PROGRESS_INTERVAL,
+                )?;
+                crate::api::watch::PROGRESS_INTERVAL
+            }
+            v => crate::api::limits::duration_flag(
+                "--experimental-watch-progress-notify-interval",
+                v,
+                crate::api::watch::PROGRESS_INTERVAL,
+            )?,
+        };
+        let watch_progress_interval = if watch_progress_interval.is_zero() {
+            crate::api::watch::PROGRESS_INTERVAL
+        } else {
+            watch_progress_interval
+        };
         if args.max_request_bytes == Some(0) {
             return Err(ConfigError::OutOfRange {
                 flag: "--max-request-bytes",
@@ -628,6 +659,7 @@ impl ServerConfig {
             quota_backend_bytes: crate::member::quota::QuotaBytes::from_flag(args.quota_backend_bytes),
             keepalive,
             cert_check_interval,
+            watch_progress_interval,
             auth,
             auto_compaction: crate::member::autocompact::parse(
                 args.auto_compaction_mode.as_deref(),
@@ -713,6 +745,26 @@ mod tests {
         assert_eq!((c.tick_ms(), c.heartbeat_ticks(), c.election_ticks()), (20, 5, 50));
         assert_eq!(c.snapshot_count, 100_000);
         assert_eq!(c.initial_cluster.len(), 1);
+    }
+
+    #[test]
+    fn watch_progress_interval_keeps_etcds_default_unless_positive() {
+        let interval = |v: Option<&str>| {
+            ServerConfig::resolve(ServerArgs {
+                experimental_watch_progress_notify_interval: v.map(str::to_string),
+                ..Default::default()
+            })
+            .map(|c| c.watch_progress_interval)
+        };
+        let default = crate::api::watch::PROGRESS_INTERVAL;
+        assert_eq!(interval(None).expect("valid"), default);
+        assert_eq!(interval(Some("1.5s")).expect("valid"), std::time::Duration::from_millis(1500));
+        assert_eq!(interval(Some("0s")).expect("valid"), default);
+        assert_eq!(interval(Some("-1s")).expect("valid"), default);
+        for bad in ["soon", "-soon", "10"] {
+            let e = interval(Some(bad)).expect_err(bad);
+            assert!(e.to_string().contains("--experimental-watch-progress-notify-interval"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -537,3 +537,63 @@ async fn etcd_client_crate_watch_on_every_member() {
     assert!(r.canceled());
     c.assert_running();
 }
+
+/// Progress notifications every `--experimental-watch-progress-notify-interval`, counted over
+/// `secs` on the member at `port`: (notifications to the watcher that asked for them, their
+/// header revisions, responses to the watcher that did not ask).
+async fn progress_notifications(port: u16, secs: f64) -> (usize, Vec<i64>, usize) {
+    let rev = common::put(port, "other", "1").await.expect("put");
+    // The creates go out before the response headers are awaited: etcd sends its headers
+    // with its first response.
+    let (tx, rx) = mpsc::channel(4);
+    for c in [
+        WatchCreateRequest { watch_id: 1, progress_notify: true, ..create("p", 0) },
+        WatchCreateRequest { watch_id: 2, ..create("p", 0) },
+    ] {
+        tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) }).await.expect("queued");
+    }
+    let mut client = WatchClient::new(watch_channel(port));
+    let open = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let resp = tokio::time::timeout(WAIT, open).await.expect("watch opens in time").expect("watch");
+    let mut s = Stream { tx, rx: resp.into_inner() };
+    for id in [1, 2] {
+        let r = s.next().await;
+        assert!(r.created && r.watch_id == id, "{r:?}");
+    }
+    let (mut asked, mut revisions, mut other) = (0, Vec::new(), 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    while let Ok(m) = tokio::time::timeout_at(deadline, s.rx.message()).await {
+        let r = m.expect("stream").expect("stream open");
+        assert!(r.events.is_empty() && !r.canceled, "{r:?}");
+        if r.watch_id == 1 {
+            asked += 1;
+            revisions.push(r.header.map_or(0, |h| h.revision));
+        } else {
+            other += 1;
+        }
+    }
+    assert!(revisions.iter().all(|&r| r == rev), "revisions {revisions:?}, expected {rev}");
+    (asked, revisions, other)
+}
+
+/// `--experimental-watch-progress-notify-interval` as etcd 3.4's: a `progress_notify` watcher
+/// that got nothing hears the current revision every interval, other watchers nothing; the
+/// same counts from a real etcd with the same flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_notify_interval_is_configurable() {
+    let flag = ["--experimental-watch-progress-notify-interval".to_string(), "1s".to_string()];
+    let mut c = Cluster::start(1, Opts { extra: flag.to_vec(), ..Opts::default() });
+    c.wait_leader(START).await;
+    let (asked, revisions, other) = progress_notifications(c.port(0), 3.5).await;
+    // Ticks at about 1, 2 and 3 s; a loaded machine may delay one past the window.
+    assert!((2..=4).contains(&asked), "{asked} notifications in 3.5 s: {revisions:?}");
+    assert_eq!(other, 0, "the watcher without progress_notify heard nothing");
+    c.assert_running();
+    if have("etcd") {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_etcd, port, _) = common::start_etcd_elected_with(dir.path(), &flag).await.expect("etcd starts");
+        let (asked, revisions, other) = progress_notifications(port, 3.5).await;
+        assert!((2..=4).contains(&asked), "etcd: {asked} notifications in 3.5 s: {revisions:?}");
+        assert_eq!(other, 0, "etcd: the watcher without progress_notify heard nothing");
+    }
+}

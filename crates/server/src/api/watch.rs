@@ -215,11 +215,8 @@ fn event_bytes(e: &Event) -> usize {
 }
 
 impl WatchHub {
-    /// A hub for a store at revision `rev`.
-    pub fn new(rev: i64) -> Arc<WatchHub> {
-        Self::with_progress_interval(rev, PROGRESS_INTERVAL)
-    }
-
+    /// A hub for a store at revision `rev`, with progress notifications every
+    /// `progress_interval` (etcd's `--experimental-watch-progress-notify-interval`).
     pub fn with_progress_interval(rev: i64, progress_interval: Duration) -> Arc<WatchHub> {
         Arc::new(WatchHub {
             ring: Mutex::new(Ring { first: rev + 1, revs: VecDeque::new(), bytes: 0 }),
@@ -1214,7 +1211,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_contiguous_revisions_and_bounds_itself() {
-        let hub = WatchHub::new(1);
+        let hub = WatchHub::with_progress_interval(1, PROGRESS_INTERVAL);
         let mut kv = KvStore::new();
         hub.open_stream(&mut kv);
         let put = |kv: &mut KvStore, k: &str| {

@@ -59,11 +59,16 @@ impl raftkv_kvsm::Hooks for ServerHooks {
     }
 }
 
-/// The server's state machine: history in `cold`, a fresh watch hub, simple auth tokens
-/// that live `token_ttl` after their last use.
-pub fn new_machine(config: KvConfig, cold: ColdStore, token_ttl: Duration) -> KvMachine {
+/// The server's state machine: history in `cold`, a fresh watch hub (progress notifications
+/// every `progress_interval`), simple auth tokens that live `token_ttl` after their last use.
+pub fn new_machine(
+    config: KvConfig,
+    cold: ColdStore,
+    token_ttl: Duration,
+    progress_interval: Duration,
+) -> KvMachine {
     let hooks = ServerHooks {
-        watch: WatchHub::new(1),
+        watch: WatchHub::with_progress_interval(1, progress_interval),
         rewrite_due: Arc::new(Notify::new()),
         tokens: Arc::new(Tokens::new(token_ttl)),
     };

@@ -127,8 +127,13 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
     let cold = ColdStore::temp_file_in(&member_dir)
         .map_err(|source| ServerError::HistoryCache { dir: member_dir.clone(), source })?;
     // Snapshots share the history's bytes through segment files (incremental snapshots).
-    let mut sm = crate::member::kvsm::new_machine(kv_config, cold, config.auth.token_ttl)
-        .with_segment_dir(member_dir.join("snapshot-history"));
+    let mut sm = crate::member::kvsm::new_machine(
+        kv_config,
+        cold,
+        config.auth.token_ttl,
+        config.watch_progress_interval,
+    )
+    .with_segment_dir(member_dir.join("snapshot-history"));
     // The bootstrap members; a snapshot's registry replaces them, configuration changes
     // in the log update them.
     sm.registry = crate::member::membership::seed_registry(&record.members);
