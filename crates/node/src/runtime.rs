@@ -354,8 +354,11 @@ fn random_fraction() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Committed batches up to this many entries may be applied on the driver itself.
-const INLINE_APPLY_MAX: usize = 8;
+/// Committed batches up to this many entries...
+const INLINE_APPLY_MAX: usize = 256;
+/// ...and this many bytes of entry data may be applied on the driver itself (a bound on
+/// how long the driver stops for it).
+const INLINE_APPLY_BYTES: usize = 1 << 20;
 
 /// At most this many client requests are folded into one batch.
 const BATCH_MAX: usize = 4096;
@@ -554,12 +557,15 @@ impl<S: StateMachine> Runner<S> {
         }
     }
 
-    /// Hands committed entries to the apply thread, or applies a small batch right here when
-    /// the apply thread has nothing queued: under light load this saves two thread
-    /// hand-offs on every write's path (to the apply thread, and from it to the waiting
-    /// request); under heavy load batches are large and applying stays off the driver.
+    /// Hands committed entries to the apply thread, or applies a bounded batch right here
+    /// when the apply thread has nothing queued. This saves two thread hand-offs on every
+    /// write's path (to the apply thread, and from it to the waiting request), and keeps
+    /// the apply thread from competing for the CPUs with the runtime's workers. A larger
+    /// batch goes to the apply thread, and so does every batch after it until the thread
+    /// has caught up: under heavy load applying runs beside the driver.
     fn apply_committed(&mut self, entries: Vec<Entry>) {
         if entries.len() <= INLINE_APPLY_MAX
+            && entries.iter().map(|e| e.data.len()).sum::<usize>() <= INLINE_APPLY_BYTES
             && self.apply.pending.load(Ordering::SeqCst) == 0
             && let Some(mut applier) = self.applier.try_lock()
             // Only this driver and the disk thread (restores) queue jobs; both count them
