@@ -148,6 +148,10 @@ enum Cmd {
         /// etcd's `GOMAXPROCS` (default: its own default, one per CPU).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         gomaxprocs: Option<u16>,
+        /// Watchers on distinct prefixes that no write touches, held open through the watch
+        /// points (what each event costs a member that holds many ranges).
+        #[arg(long, default_value_t = 0)]
+        held_ranges: usize,
         /// Data dirs and member logs.
         #[arg(long, default_value = "target/bench-watch")]
         out: PathBuf,
@@ -370,6 +374,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
             put_rate,
             worker_threads,
             gomaxprocs,
+            held_ranges,
             out,
         } => {
             let common = Common { members: 1, raftkv, out: out.clone() };
@@ -384,6 +389,7 @@ async fn main_async(cli: Cli) -> Result<ExitCode, String> {
                 put_rate: put_rate.filter(|r| *r > 0),
                 worker_threads: worker_threads.map(usize::from),
                 gomaxprocs: gomaxprocs.map(usize::from),
+                held_ranges,
             };
             print!("{}", raftkv_chaos::watchbench::run(cfg).await?);
             Ok(ExitCode::SUCCESS)

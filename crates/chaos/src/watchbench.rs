@@ -51,6 +51,9 @@ pub struct BenchConfig {
     pub worker_threads: Option<usize>,
     /// etcd's `GOMAXPROCS` (None: its default, one per CPU).
     pub gomaxprocs: Option<usize>,
+    /// Watchers on distinct prefixes that no write touches, held open through the watch
+    /// points (1,000 per stream): what each event costs a member that holds many ranges.
+    pub held_ranges: usize,
 }
 
 /// One single-member server under measurement.
@@ -494,6 +497,25 @@ async fn watch_point(
     })
 }
 
+/// Opens `n` watchers on distinct prefixes under `held/` (1,000 per stream, over 10
+/// connections); they last as long as the returned streams.
+async fn held_ranges(
+    s: &Server,
+    n: usize,
+) -> Result<Vec<(WatchStream, tokio::sync::mpsc::Sender<WatchRequest>)>, String> {
+    let per_stream = 1000;
+    let chans = channels(&s.url, 10)?;
+    let mut held = Vec::new();
+    for i in 0..n.div_ceil(per_stream) {
+        let lo = i * per_stream;
+        let reqs = (lo..(lo + per_stream).min(n))
+            .map(|k| create(&format!("held/{k:06}/"), &format!("held/{k:06}0")))
+            .collect();
+        held.push(open_watchers(chans[i % chans.len()].clone(), reqs).await?);
+    }
+    Ok(held)
+}
+
 async fn idle_point(s: &Server, n: usize) -> Result<(usize, u64, u64), String> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = s.rss();
@@ -596,12 +618,14 @@ async fn measure(name: &'static str, binary: &Path, cfg: &BenchConfig) -> Result
     f.load.push(load_average());
     f.idle = idle_point(&s, cfg.idle_watchers).await?;
     eprintln!("  idle: {:?}", f.idle);
+    let held = held_ranges(&s, cfg.held_ranges).await?;
     for &watchers in &cfg.watchers {
         f.load.push(load_average());
         let p = watch_point(&s, watchers, cfg.duration, cfg.put_rate).await?;
         eprintln!("  {watchers} watchers: {p:?}");
         f.watch.push(p);
     }
+    drop(held);
     if cfg.leases > 0 {
         f.load.push(load_average());
         f.keepalive = keepalive_point(&s, cfg.leases, cfg.duration).await?;
@@ -624,8 +648,12 @@ fn report(cfg: &BenchConfig, all: &[Figures]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "bench-watch: one member each, {} s per point, raftkv {}, etcd {}; load average (1, 5, 15 min) at each point:",
+        "bench-watch: one member each, {} s per point{}, raftkv {}, etcd {}; load average (1, 5, 15 min) at each point:",
         cfg.duration.as_secs(),
+        match cfg.held_ranges {
+            0 => String::new(),
+            n => format!(", {n} watchers on distinct prefixes held through the watch points"),
+        },
         cfg.worker_threads
             .map_or("with its default worker threads".to_string(), |n| format!("--worker-threads {n}")),
         cfg.gomaxprocs.map_or("with its default GOMAXPROCS".to_string(), |n| format!("GOMAXPROCS={n}")),

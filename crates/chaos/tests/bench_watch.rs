@@ -39,6 +39,8 @@ async fn writers_keep_to_the_put_rate() {
         // The member gets the flag (one it would refuse otherwise) and the report says so.
         worker_threads: Some(1),
         gomaxprocs: None,
+        // Ranges held through the point: the watcher still gets every event.
+        held_ranges: 2000,
     };
     let report = run(cfg).await.expect("the benchmark runs");
     let (puts, missing) = watch_row(&report, 1);
@@ -48,4 +50,5 @@ async fn writers_keep_to_the_put_rate() {
     assert!((1400.0..=2100.0).contains(&puts), "{puts} puts/s at a rate of 2000:\n{report}");
     assert_eq!(missing, "0 / 0", "every event delivered, in order:\n{report}");
     assert!(report.contains("raftkv --worker-threads 1,"), "the setting is reported:\n{report}");
+    assert!(report.contains("2000 watchers on distinct prefixes held"), "so is this one:\n{report}");
 }

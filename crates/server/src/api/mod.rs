@@ -48,3 +48,4 @@ pub mod lock;
 pub mod require_leader;
 pub mod service;
 pub mod watch;
+pub mod watch_ranges;

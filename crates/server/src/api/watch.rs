@@ -47,12 +47,13 @@ use raftkv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use raftkv_api::mvccpb::Event;
 use raftkv_api::mvccpb::event::EventType;
 use raftkv_api::prost::Message;
-use raftkv_kv::{HistoryLimits, KvError, KvStore, key_in_range};
+use raftkv_kv::{HistoryLimits, KvError, KvStore};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
 use crate::api::service::Api;
+use crate::api::watch_ranges::{Range, Ranges};
 
 /// Watchers one stream may hold.
 pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
@@ -503,7 +504,7 @@ struct Session {
     /// Single-key watchers by key.
     exact: HashMap<Bytes, Vec<i64>>,
     /// Range and prefix watchers by key and range end.
-    ranges: HashMap<(Bytes, Bytes), Vec<i64>>,
+    ranges: Ranges,
     unsynced: VecDeque<i64>,
     synced_count: usize,
     /// The next ring revision for the synced watchers.
@@ -529,7 +530,7 @@ impl Session {
             out,
             watchers: HashMap::new(),
             exact: HashMap::new(),
-            ranges: HashMap::new(),
+            ranges: Ranges::default(),
             unsynced: VecDeque::new(),
             synced_count: 0,
             cursor,
@@ -674,7 +675,7 @@ impl Session {
         if end.is_empty() {
             self.exact.entry(key).or_default().push(id);
         } else {
-            self.ranges.entry((key, end)).or_default().push(id);
+            self.ranges.add((key, end), id);
         }
         self.watchers.insert(id, w);
         self.unsynced.push_back(id);
@@ -694,13 +695,7 @@ impl Session {
                 }
             }
         } else {
-            let range = (w.key, w.end);
-            if let Some(ids) = self.ranges.get_mut(&range) {
-                ids.retain(|&i| i != id);
-                if ids.is_empty() {
-                    self.ranges.remove(&range);
-                }
-            }
+            self.ranges.remove(&(w.key, w.end), id);
         }
         if w.synced {
             self.synced_count -= 1;
@@ -804,7 +799,7 @@ impl Session {
         let header = encoded_header(self.header(last.rev));
         let limit = self.api.max_request_bytes();
         // The batch's events (revision index, event index) per group of watchers: single
-        // keys by hash, ranges by scan.
+        // keys by hash, ranges by their index.
         let mut hits: Vec<(Group, Vec<Pos>)> = Vec::new();
         if !self.exact.is_empty() {
             let mut at: HashMap<&Bytes, usize> = HashMap::new();
@@ -820,16 +815,20 @@ impl Session {
                 }
             }
         }
-        for (key, end) in self.ranges.keys() {
-            let pos: Vec<Pos> = batch
-                .iter()
-                .enumerate()
-                .flat_map(|(b, rev)| rev.events.iter().enumerate().map(move |(j, ev)| (b, j, ev)))
-                .filter(|(_, _, ev)| ev.kv.as_ref().is_some_and(|kv| key_in_range(&kv.key, key, end)))
-                .map(|(b, j, _)| (b, j))
-                .collect();
-            if !pos.is_empty() {
-                hits.push((Group::Range(key.clone(), end.clone()), pos));
+        if !self.ranges.is_empty() {
+            self.ranges.index();
+            let mut at: HashMap<Range, usize> = HashMap::new();
+            for (b, rev) in batch.iter().enumerate() {
+                for (j, ev) in rev.events.iter().enumerate() {
+                    let Some(kv) = &ev.kv else { continue };
+                    self.ranges.holding(&kv.key, |range, _| {
+                        let i = *at.entry(range.clone()).or_insert_with(|| {
+                            hits.push((Group::Range(range.clone()), Vec::new()));
+                            hits.len() - 1
+                        });
+                        hits[i].1.push((b, j));
+                    });
+                }
             }
         }
         let mut out: Vec<Reply> = Vec::new();
@@ -837,10 +836,9 @@ impl Session {
         let mut heads = BytesMut::new();
         for (group, pos) in hits {
             let ids = match &group {
-                Group::Exact(key) => self.exact.get(key),
-                Group::Range(key, end) => self.ranges.get(&(key.clone(), end.clone())),
+                Group::Exact(key) => self.exact.get(key).cloned().unwrap_or_default(),
+                Group::Range(range) => self.ranges.watchers(range).to_vec(),
             };
-            let ids = ids.cloned().unwrap_or_default();
             // The events of this group per options, encoded once.
             let mut shared: Vec<(Options, Option<Bytes>)> = Vec::new();
             for id in ids {
@@ -995,7 +993,7 @@ type Pos = (usize, usize);
 /// The watchers of one stream that see the same events: those of one key, or of one range.
 enum Group {
     Exact(Bytes),
-    Range(Bytes, Bytes),
+    Range(Range),
 }
 
 /// What makes the events of a group's watchers differ: whether they want `prev_kv`, their
