@@ -272,6 +272,61 @@ async fn bad_watch_requests_get_etcds_answers() {
     c.assert_running();
 }
 
+/// Watchers still catching up from the history can be cancelled in bulk, and a cancelled
+/// id used again at once: the new watcher gets its own key's events, each once, in order,
+/// and nothing of the cancelled one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsynced_watchers_cancel_and_their_ids_are_reused() {
+    let mut c = Cluster::start(1, Opts::default());
+    c.wait_leader(START).await;
+    let port = c.port(0);
+    let mut b_revs = Vec::new();
+    for i in 0..20 {
+        common::put(port, "a", &i.to_string()).await.expect("put");
+        b_revs.push(common::put(port, "b", &i.to_string()).await.expect("put"));
+    }
+    let mut s = Stream::open(port).await;
+    let n = 5_000;
+    // Sent in one burst: every watcher starts unsynced (its start revision is past), and
+    // some are cancelled before they catch up.
+    let tx = s.tx.clone();
+    let feeder = tokio::spawn(async move {
+        let send = |r| tx.send(WatchRequest { request_union: Some(r) });
+        for i in 0..n {
+            let c = WatchCreateRequest { watch_id: 10 + i, ..create(if i % 2 == 0 { "a" } else { "b" }, 2) };
+            send(RequestUnion::CreateRequest(c)).await.expect("send");
+        }
+        for i in 0..n {
+            send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 10 + i })).await.expect("send");
+        }
+        // Id 10 again, now on "b".
+        send(RequestUnion::CreateRequest(WatchCreateRequest { watch_id: 10, ..create("b", 2) }))
+            .await
+            .expect("send");
+    });
+    let (mut created, mut canceled, mut events) = (0, 0, Vec::new());
+    while created < n + 1 || canceled < n || events.len() < b_revs.len() {
+        let r = s.next().await;
+        if r.created {
+            created += 1;
+        } else if r.canceled {
+            assert_eq!(r.cancel_reason, "", "{r:?}");
+            canceled += 1;
+        } else if created == n + 1 && canceled == n {
+            // The watchers of the burst may have sent some of their history before their
+            // cancellation; after it, only the new watcher 10 speaks.
+            assert_eq!(r.watch_id, 10, "{r:?}");
+            events.extend(revs(&r));
+        }
+    }
+    feeder.await.expect("feeder");
+    assert_eq!(events, b_revs, "the new watcher 10 sees \"b\" from revision 2, each revision once");
+    let rev = common::put(port, "b", "live").await.expect("put");
+    let r = s.next().await;
+    assert_eq!((r.watch_id, revs(&r)), (10, vec![rev]));
+    c.assert_running();
+}
+
 /// A request message above the size limit ends the stream with grpc-go's error (as etcd's
 /// server answers it), and the member keeps serving watches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
