@@ -16,6 +16,14 @@ pub struct RegisteredMember {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub is_learner: bool,
+    /// Added as a voter, it is a learner in the configuration until it has caught up with
+    /// the leader's log; then the leader promotes it. The Cluster API shows it as a voter.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub promote: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The cluster's members: seeded with the bootstrap members, then changed by every applied
@@ -38,6 +46,9 @@ pub struct ChangeContext {
     /// The added or updated member's peer URLs.
     #[serde(default)]
     pub peer_urls: Vec<String>,
+    /// An `AddLearner` step that adds a voter: the member is to be promoted once caught up.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub voter: bool,
 }
 
 impl ChangeContext {
@@ -53,7 +64,9 @@ impl Registry {
     pub fn seed(members: impl IntoIterator<Item = (u64, String, Vec<String>, bool)>) -> Registry {
         let members = members
             .into_iter()
-            .map(|(id, name, peer_urls, is_learner)| (id, RegisteredMember { name, peer_urls, is_learner }))
+            .map(|(id, name, peer_urls, is_learner)| {
+                (id, RegisteredMember { name, peer_urls, is_learner, promote: false })
+            })
             .collect();
         Registry { members, removed: BTreeSet::new(), version: 1 }
     }
@@ -63,6 +76,7 @@ impl Registry {
     pub fn apply(&mut self, change: &ConfChange, config: &ClusterConfig) -> Option<u64> {
         let context: Option<ChangeContext> = serde_json::from_slice(&change.context).ok();
         let urls = context.as_ref().map(|c| c.peer_urls.clone()).unwrap_or_default();
+        let voter = context.as_ref().is_some_and(|c| c.voter);
         for step in &change.steps {
             match *step {
                 ConfChangeStep::AddVoter(id) | ConfChangeStep::AddLearner(id) => {
@@ -71,6 +85,7 @@ impl Registry {
                     if !urls.is_empty() {
                         m.peer_urls = urls.clone();
                     }
+                    m.promote = voter && matches!(step, ConfChangeStep::AddLearner(_));
                 }
                 ConfChangeStep::Remove(id) => {
                     self.members.remove(&id.0);
@@ -93,9 +108,21 @@ impl Registry {
         self.members.retain(|id, _| config.contains(NodeId(*id)));
         for (id, m) in &mut self.members {
             m.is_learner = config.learners.contains(&NodeId(*id));
+            m.promote &= m.is_learner;
         }
         self.version += 1;
         context.map(|c| c.request_id)
+    }
+
+    /// Whether the member is a voter as the Cluster API shows it: a voter of the
+    /// configuration, or a member added as a voter that waits as a learner to catch up.
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.members.get(&id).is_some_and(|m| !m.is_learner || m.promote)
+    }
+
+    /// Members added as voters that are learners until caught up (the leader promotes them).
+    pub fn to_promote(&self) -> Vec<u64> {
+        self.members.iter().filter(|(_, m)| m.is_learner && m.promote).map(|(id, _)| *id).collect()
     }
 
     /// The member (other than `except`) already using one of `urls`.

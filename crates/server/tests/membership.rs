@@ -288,27 +288,8 @@ async fn member_commands_match_real_etcd() {
     wait_published(c.port(0), 1).await;
     let spare = free_ports(3);
     let (me, cluster) = ids(c.port(0)).await;
-    let dir = c.dir().to_path_buf();
-    let (token, opts) = (c.token.clone(), c.opts.clone());
-    let start_raftkv = |initial: &str, peer: &str, client_port: u16| -> Proc {
-        let client = format!("http://127.0.0.1:{client_port}");
-        let log_path = dir.join("m2.log");
-        let log = File::create(&log_path).expect("m2 log");
-        let mut cmd = Command::new(common::EXE);
-        cmd.args(["server", "--name", "m2", "--data-dir"])
-            .arg(dir.join("m2"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
-            .args(["--initial-cluster", initial, "--initial-cluster-token", &token])
-            .args(["--initial-cluster-state", "existing"])
-            .args(["--heartbeat-interval", &opts.heartbeat_ms.to_string()])
-            .args(["--election-timeout", &opts.election_ms.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .env("NO_COLOR", "1");
-        Proc::new("m2", die_with_parent(&mut cmd).spawn().expect("spawn m2"), Some(log_path))
-    };
+    let start_raftkv =
+        |initial: &str, peer: &str, client_port: u16| -> Proc { join_m2(&c, initial, peer, client_port) };
     let ours =
         run_script(&c.members[0].endpoint(), &c.members[0].peer_url(), me, cluster, &spare, &start_raftkv);
     c.assert_running();
@@ -448,6 +429,98 @@ async fn replace_a_member_whose_disk_is_lost() {
     let log = common::read_log(&c.members[lost].log_path);
     assert!(log.contains("leadership handed over before stopping"), "{log}");
     assert!(stopped.elapsed() < Duration::from_secs(5));
+}
+
+/// Starts `m2` in `c`'s directory to join `c` (`--initial-cluster-state existing`) with the
+/// `--initial-cluster` that `member add` printed, on `peer` and `client_port`.
+fn join_m2(c: &Cluster, initial: &str, peer: &str, client_port: u16) -> Proc {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let log_path = c.dir().join("m2.log");
+    let log = File::create(&log_path).expect("m2 log");
+    let mut cmd = Command::new(common::EXE);
+    cmd.args(["server", "--name", "m2", "--data-dir"])
+        .arg(c.dir().join("m2"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", initial, "--initial-cluster-token", &c.token])
+        .args(["--initial-cluster-state", "existing"])
+        .args(["--heartbeat-interval", &c.opts.heartbeat_ms.to_string()])
+        .args(["--election-timeout", &c.opts.election_ms.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .env("NO_COLOR", "1");
+    Proc::new("m2", die_with_parent(&mut cmd).spawn().expect("spawn m2"), Some(log_path))
+}
+
+/// etcd's runbook for growing a one-member cluster: `member add` a voter, then start it with
+/// the printed settings. The voter joins as a learner that the leader promotes once it has
+/// caught up, so the cluster keeps serving between the two steps (etcd 3.4 has no quorum
+/// then), and a member added on a mistyped URL, which never starts, costs nothing: writes go
+/// on and it is removed as etcd removes it. Once promoted the new member is a voter: with
+/// it stopped, the first member alone no longer commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_added_to_a_one_member_cluster_joins_as_etcd_documents() {
+    if !have("etcdctl") {
+        return;
+    }
+    let mut c = Cluster::start_named(&["default"], Opts::default());
+    c.wait_leader(START).await;
+    wait_published(c.port(0), 1).await;
+    let port = c.port(0);
+    let endpoint = c.members[0].endpoint();
+    let spare = free_ports(3);
+
+    // A voter on a URL nothing listens on: added at once, listed as an unstarted voter.
+    let typo = format!("http://127.0.0.1:{}", spare[0]);
+    let (code, out, err) = etcdctl(&endpoint, &["member", "add", "typo", &format!("--peer-urls={typo}")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let typo_id = added_id(&out).expect("added id");
+    let (_, list, _) = etcdctl(&endpoint, &["member", "list"]);
+    assert!(list.contains(&format!("{typo_id}, unstarted, , {typo}, , false")), "{list}");
+    // Writes go on, longer than an election timeout.
+    for i in 0..20 {
+        c.put_retry(0, &format!("typo-{i}"), "v", Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // etcd's strict checks count it as a voter that has not started.
+    let (code, _, err) = etcdctl(&endpoint, &["member", "promote", &typo_id]);
+    assert_eq!((code, err.as_str()), (Some(1), "Error: etcdserver: can only promote a learner member\n"));
+    let (code, out, err) = etcdctl(&endpoint, &["member", "remove", &typo_id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // The real one, started only after `member add` answered.
+    let peer = format!("http://127.0.0.1:{}", spare[1]);
+    let (code, out, err) = etcdctl(&endpoint, &["member", "add", "m2", &format!("--peer-urls={peer}")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let m2_id = added_id(&out).expect("added id");
+    let initial = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("ETCD_INITIAL_CLUSTER printed")
+        .to_string();
+    c.put_retry(0, "between", "add and start", Duration::from_secs(2)).await;
+    let client = format!("http://127.0.0.1:{}", spare[2]);
+    let m2 = join_m2(&c, &initial, &peer, spare[2]);
+    let m2_port = spare[2];
+    wait_for("the new member to be promoted", START, || async move {
+        common::status(m2_port).await.ok().filter(|s| !s.is_learner && s.raft_applied_index > 0)
+    })
+    .await;
+    assert_eq!(common::get(m2_port, "between", true).await.expect("get"), Some("add and start".into()));
+    let (code, list, err) = etcdctl(&endpoint, &["member", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(list.contains(&format!("{m2_id}, started, m2, {peer}, {client}, false")), "{list}");
+    assert!(
+        common::read_log(&c.members[0].log_path).contains("member added as a voter has caught up: promoted")
+    );
+    c.put_retry(0, "after", "promotion", START).await;
+
+    // A voter: without it the first member commits nothing.
+    drop(m2);
+    let put = tokio::time::timeout(Duration::from_secs(3), common::put(port, "alone", "v")).await;
+    assert!(!matches!(put, Ok(Ok(_))), "a write committed without the second voter: {put:?}");
 }
 
 /// A member started with `existing` that was never added stops with a clear error; so does

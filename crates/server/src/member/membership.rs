@@ -190,7 +190,8 @@ impl Api {
                     name: published.map_or_else(|| m.name.clone(), |p| p.name.clone()),
                     peer_ur_ls: m.peer_urls.clone(),
                     client_ur_ls: published.map(|p| p.client_urls.clone()).unwrap_or_default(),
-                    is_learner: m.is_learner,
+                    // A member added as a voter is one, also while it catches up as a learner.
+                    is_learner: m.is_learner && !m.promote,
                 }
             })
             .collect()
@@ -234,7 +235,7 @@ impl Api {
         sm.registry
             .members
             .iter()
-            .filter(|(_, m)| !m.is_learner)
+            .filter(|(id, _)| sm.registry.is_voter(**id))
             .map(|(id, _)| (*id, sm.members.contains_key(id)))
             .collect()
     }
@@ -311,10 +312,21 @@ impl Api {
     /// A leader just elected cannot change the membership until an entry of its term is
     /// committed (a few milliseconds): the change waits for it, within the request timeout.
     async fn change(&self, steps: Vec<ConfChangeStep>, peer_urls: Vec<String>) -> Result<(), Status> {
+        self.change_as(steps, peer_urls, false).await
+    }
+
+    /// [`Self::change`], `voter` telling that an added learner is to be promoted once it
+    /// has caught up.
+    async fn change_as(
+        &self,
+        steps: Vec<ConfChangeStep>,
+        peer_urls: Vec<String>,
+        voter: bool,
+    ) -> Result<(), Status> {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let request_id = self.node.next_request_id();
-            let context = ChangeContext { request_id, peer_urls: peer_urls.clone() }.encode();
+            let context = ChangeContext { request_id, peer_urls: peer_urls.clone(), voter }.encode();
             let change = ConfChange { steps: steps.clone(), context };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.node.propose_conf_change(request_id, change, left).await {
@@ -355,17 +367,22 @@ impl Api {
         let id = unique_member_id(&req.peer_ur_ls, self.cluster_token(), |id| {
             id == 0 || id == me || registry.members.contains_key(&id) || registry.removed.contains(&id)
         });
-        // The leader must reach the new member as soon as the entry is appended (a voter
-        // added to a one-member cluster counts towards committing its own addition).
+        // The leader must reach the new member as soon as the entry is appended.
         if let (Some(t), Ok(addr)) = (self.peer_transport(), config::parse_url(&req.peer_ur_ls[0])) {
             t.add_peer(NodeId(id), addr.to_string());
         }
-        let step = if req.is_learner {
+        // A configuration is in force once appended, so a second voter added to a one-member
+        // cluster would be needed to commit its own addition, before it has even started
+        // (and a member that never starts, a mistyped URL, would leave the cluster without a
+        // quorum for good). Such a voter joins as a learner that the leader promotes once it
+        // has caught up; the Cluster API shows it as a voter from the start, as etcd does.
+        let catch_up_first = !req.is_learner && self.voters().len() == 1;
+        let step = if req.is_learner || catch_up_first {
             ConfChangeStep::AddLearner(NodeId(id))
         } else {
             ConfChangeStep::AddVoter(NodeId(id))
         };
-        if let Err(e) = self.change(vec![step], req.peer_ur_ls.clone()).await {
+        if let Err(e) = self.change_as(vec![step], req.peer_ur_ls.clone(), catch_up_first).await {
             if let Some(t) = self.peer_transport()
                 && !self.registry().members.contains_key(&id)
             {
@@ -373,7 +390,13 @@ impl Api {
             }
             return Err(e);
         }
-        tracing::info!(member_id = format!("{id:x}"), peer_urls = ?req.peer_ur_ls, learner = req.is_learner, "member added");
+        tracing::info!(
+            member_id = format!("{id:x}"),
+            peer_urls = ?req.peer_ur_ls,
+            learner = req.is_learner,
+            catch_up_first,
+            "member added"
+        );
         let member = Member {
             id,
             name: String::new(),
@@ -405,7 +428,8 @@ impl Api {
         if !self.is_leader() {
             return Err(forward::not_leader_here());
         }
-        let learner = self.registry().members.get(&req.id).is_some_and(|m| m.is_learner);
+        let registry = self.registry();
+        let learner = registry.members.contains_key(&req.id) && !registry.is_voter(req.id);
         self.may_remove(req.id, learner)?;
         if !self.registry().members.contains_key(&req.id) {
             return Err(member_not_found());
@@ -479,12 +503,28 @@ impl Api {
         let Some(member) = registry.members.get(&req.id) else {
             return Err(member_not_found());
         };
-        if !member.is_learner {
+        // A member added as a voter is one as far as the API goes (the leader promotes it).
+        if !member.is_learner || member.promote {
             return Err(not_learner());
         }
         self.change(vec![ConfChangeStep::AddVoter(NodeId(req.id))], Vec::new()).await?;
         tracing::info!(member_id = format!("{:x}", req.id), "learner promoted");
         Ok(MemberPromoteResponse { header: Some(self.header(0)), members: self.member_protos() })
+    }
+
+    /// On the leader: promotes `id`, a member added as a voter that waits as a learner, if
+    /// it has caught up (the core's readiness rule for promotions, etcd's: it holds at least
+    /// 90% of the leader's log); otherwise it is tried again later.
+    async fn promote_caught_up(&self, id: u64) {
+        match self.change(vec![ConfChangeStep::AddVoter(NodeId(id))], Vec::new()).await {
+            Ok(()) => tracing::info!(
+                member_id = format!("{id:x}"),
+                "member added as a voter has caught up: promoted"
+            ),
+            Err(e) => {
+                tracing::debug!(member_id = format!("{id:x}"), error = %e.message(), "member added as a voter not promoted yet")
+            }
+        }
     }
 
     /// Maintenance.MoveLeader: only the leader hands over, to a voting member.
@@ -604,6 +644,7 @@ pub async fn watch(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut leaderless_since: Option<std::time::Instant> = None;
     let mut lookup: Option<tokio::task::JoinHandle<()>> = None;
+    let mut promoting: Option<tokio::task::JoinHandle<()>> = None;
     let reason = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -685,6 +726,14 @@ pub async fn watch(
                 "this member ({me:x}) was removed from the cluster; it stops for good: to rejoin, wipe its data dir, `etcdctl member add` it again and start it with --initial-cluster-state existing"
             );
         }
+        // The leader promotes the members added as voters once they have caught up.
+        if status.is_leader && promoting.as_ref().is_none_or(|p| p.is_finished()) {
+            let due = api.node.shared.sm.read().registry.to_promote();
+            if let Some(&id) = due.first() {
+                let api = api.clone();
+                promoting = Some(tokio::spawn(async move { api.promote_caught_up(id).await }));
+            }
+        }
         let registry = {
             let sm = api.node.shared.sm.read();
             if sm.registry.version == seen {
@@ -736,7 +785,12 @@ mod tests {
         let mut r = seed_registry(&[record(1, "http://a:1"), record(2, "http://b:2")]);
         let mut config = ClusterConfig::new([NodeId(1), NodeId(2)]);
         let ctx = |id, urls: &[&str]| {
-            ChangeContext { request_id: id, peer_urls: urls.iter().map(|u| u.to_string()).collect() }.encode()
+            ChangeContext {
+                request_id: id,
+                peer_urls: urls.iter().map(|u| u.to_string()).collect(),
+                ..Default::default()
+            }
+            .encode()
         };
         let add = ConfChange {
             steps: vec![ConfChangeStep::AddLearner(NodeId(3))],
@@ -772,6 +826,40 @@ mod tests {
         let json = serde_json::to_vec(&r).unwrap_or_default();
         let back: Registry = serde_json::from_slice(&json).unwrap_or_default();
         assert_eq!((back.members, back.removed), (r.members.clone(), r.removed.clone()));
+    }
+
+    #[test]
+    fn a_voter_added_as_a_learner_to_catch_up_shows_as_a_voter_until_promoted() {
+        let mut r = seed_registry(&[record(1, "http://a:1")]);
+        let mut config = ClusterConfig::new([NodeId(1)]);
+        let context = ChangeContext { request_id: 5, peer_urls: vec!["http://b:2".into()], voter: true };
+        let add =
+            ConfChange { steps: vec![ConfChangeStep::AddLearner(NodeId(2))], context: context.encode() };
+        config = add.apply(&config).unwrap_or_default();
+        r.apply(&add, &config);
+        assert!(r.members[&2].is_learner && r.members[&2].promote);
+        assert!(r.is_voter(2) && r.is_voter(1));
+        assert_eq!(r.to_promote(), vec![2]);
+        // In snapshots, and read back by a member that keeps the flag.
+        let json = serde_json::to_vec(&r).unwrap_or_default();
+        let back: Registry = serde_json::from_slice(&json).unwrap_or_default();
+        assert_eq!(back.to_promote(), vec![2]);
+        let promote = ConfChange { steps: vec![ConfChangeStep::AddVoter(NodeId(2))], context: Bytes::new() };
+        config = promote.apply(&config).unwrap_or_default();
+        r.apply(&promote, &config);
+        assert!(!r.members[&2].is_learner && !r.members[&2].promote);
+        assert!(r.to_promote().is_empty());
+        // A plain learner stays one; a context written before the flag existed reads as one.
+        let old = br#"{"request_id":6,"peer_urls":["http://c:3"]}"#;
+        let learner = ConfChange {
+            steps: vec![ConfChangeStep::AddLearner(NodeId(3))],
+            context: Bytes::from_static(old),
+        };
+        config = learner.apply(&config).unwrap_or_default();
+        assert_eq!(r.apply(&learner, &config), Some(6));
+        assert!(!r.is_voter(3) && r.to_promote().is_empty());
+        assert!(!String::from_utf8_lossy(&learner.context).contains("voter"));
+        assert!(!String::from_utf8_lossy(&ChangeContext::default().encode()).contains("voter"));
     }
 
     #[test]
