@@ -289,7 +289,7 @@ async fn member_commands_match_real_etcd() {
     let spare = free_ports(3);
     let (me, cluster) = ids(c.port(0)).await;
     let start_raftkv =
-        |initial: &str, peer: &str, client_port: u16| -> Proc { join_m2(&c, initial, peer, client_port) };
+        |initial: &str, peer: &str, client_port: u16| -> Proc { join(&c, "m2", initial, peer, client_port) };
     let ours =
         run_script(&c.members[0].endpoint(), &c.members[0].peer_url(), me, cluster, &spare, &start_raftkv);
     c.assert_running();
@@ -431,15 +431,15 @@ async fn replace_a_member_whose_disk_is_lost() {
     assert!(stopped.elapsed() < Duration::from_secs(5));
 }
 
-/// Starts `m2` in `c`'s directory to join `c` (`--initial-cluster-state existing`) with the
-/// `--initial-cluster` that `member add` printed, on `peer` and `client_port`.
-fn join_m2(c: &Cluster, initial: &str, peer: &str, client_port: u16) -> Proc {
+/// Starts member `name` in `c`'s directory to join `c` (`--initial-cluster-state existing`)
+/// with the `--initial-cluster` that `member add` printed, on `peer` and `client_port`.
+fn join(c: &Cluster, name: &str, initial: &str, peer: &str, client_port: u16) -> Proc {
     let client = format!("http://127.0.0.1:{client_port}");
-    let log_path = c.dir().join("m2.log");
-    let log = File::create(&log_path).expect("m2 log");
+    let log_path = c.dir().join(format!("{name}.log"));
+    let log = File::create(&log_path).expect("member log");
     let mut cmd = Command::new(common::EXE);
-    cmd.args(["server", "--name", "m2", "--data-dir"])
-        .arg(c.dir().join("m2"))
+    cmd.args(["server", "--name", name, "--data-dir"])
+        .arg(c.dir().join(name))
         .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
         .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
         .args(["--initial-cluster", initial, "--initial-cluster-token", &c.token])
@@ -450,17 +450,47 @@ fn join_m2(c: &Cluster, initial: &str, peer: &str, client_port: u16) -> Proc {
         .stdout(log.try_clone().expect("dup"))
         .stderr(log)
         .env("NO_COLOR", "1");
-    Proc::new("m2", die_with_parent(&mut cmd).spawn().expect("spawn m2"), Some(log_path))
+    Proc::new(name, die_with_parent(&mut cmd).spawn().expect("spawn member"), Some(log_path))
+}
+
+/// `etcdctl member add NAME --peer-urls=PEER` at `endpoint`, retried while the cluster
+/// refuses it as not enough members have started yet: (id, printed `ETCD_INITIAL_CLUSTER`).
+async fn add_voter(endpoint: &str, name: &str, peer: &str) -> (String, String) {
+    let deadline = Instant::now() + START;
+    loop {
+        let (code, out, err) = etcdctl(endpoint, &["member", "add", name, &format!("--peer-urls={peer}")]);
+        if code == Some(0) {
+            let initial = out
+                .lines()
+                .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+                .and_then(|l| l.strip_suffix('"'))
+                .expect("ETCD_INITIAL_CLUSTER printed")
+                .to_string();
+            return (added_id(&out).expect("added id"), initial);
+        }
+        assert!(err.contains("not enough started members") && Instant::now() < deadline, "{out}{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the member serving `port` is a voter with something applied.
+async fn wait_voter(port: u16, what: &str) {
+    wait_for(what, START, || async move {
+        common::status(port).await.ok().filter(|s| !s.is_learner && s.raft_applied_index > 0)
+    })
+    .await;
 }
 
 /// etcd's runbook for growing a one-member cluster: `member add` a voter, then start it with
-/// the printed settings. The voter joins as a learner that the leader promotes once it has
-/// caught up, so the cluster keeps serving between the two steps (etcd 3.4 has no quorum
-/// then), and a member added on a mistyped URL, which never starts, costs nothing: writes go
-/// on and it is removed as etcd removes it. Once promoted the new member is a voter: with
-/// it stopped, the first member alone no longer commits.
+/// the printed settings; again for a third. The second voter joins as a learner that the
+/// leader promotes once it has caught up, so the cluster keeps serving between the two steps
+/// (etcd 3.4 has no quorum then), and a member added on a mistyped URL, which never starts,
+/// costs nothing: writes go on, etcd's strict checks count it as an unstarted voter, and it is
+/// removed as etcd removes it. The third is added as soon as the cluster accepts it (the
+/// second may not be promoted yet: it is then a learner too). At the end all three are
+/// voters: with two of them stopped, the first alone commits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_voter_added_to_a_one_member_cluster_joins_as_etcd_documents() {
+async fn voters_added_to_a_one_member_cluster_join_as_etcd_documents() {
     if !have("etcdctl") {
         return;
     }
@@ -469,58 +499,68 @@ async fn a_voter_added_to_a_one_member_cluster_joins_as_etcd_documents() {
     wait_published(c.port(0), 1).await;
     let port = c.port(0);
     let endpoint = c.members[0].endpoint();
-    let spare = free_ports(3);
+    let spare = free_ports(5);
+    let url = |i: usize| format!("http://127.0.0.1:{}", spare[i]);
 
     // A voter on a URL nothing listens on: added at once, listed as an unstarted voter.
-    let typo = format!("http://127.0.0.1:{}", spare[0]);
-    let (code, out, err) = etcdctl(&endpoint, &["member", "add", "typo", &format!("--peer-urls={typo}")]);
+    let (code, out, err) = etcdctl(&endpoint, &["member", "add", "typo", &format!("--peer-urls={}", url(0))]);
     assert_eq!(code, Some(0), "{out}{err}");
     let typo_id = added_id(&out).expect("added id");
     let (_, list, _) = etcdctl(&endpoint, &["member", "list"]);
-    assert!(list.contains(&format!("{typo_id}, unstarted, , {typo}, , false")), "{list}");
+    assert!(list.contains(&format!("{typo_id}, unstarted, , {}, , false", url(0))), "{list}");
     // Writes go on, longer than an election timeout.
     for i in 0..20 {
         c.put_retry(0, &format!("typo-{i}"), "v", Duration::from_secs(2)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // etcd's strict checks count it as a voter that has not started.
-    let (code, _, err) = etcdctl(&endpoint, &["member", "promote", &typo_id]);
-    assert_eq!((code, err.as_str()), (Some(1), "Error: etcdserver: can only promote a learner member\n"));
+    // etcd's strict checks (as etcd 3.4 answers with an unstarted second voter).
+    let refused = |args: &[&str]| {
+        let (code, _, err) = etcdctl(&endpoint, args);
+        assert_eq!(code, Some(1), "{args:?} accepted");
+        err
+    };
+    assert_eq!(
+        refused(&["member", "promote", &typo_id]),
+        "Error: etcdserver: can only promote a learner member\n"
+    );
+    let another = format!("--peer-urls={}", url(1));
+    assert_eq!(
+        refused(&["member", "add", "another", &another]),
+        "Error: etcdserver: re-configuration failed due to not enough started members\n"
+    );
+    assert_eq!(
+        refused(&["member", "add", "another", &another, "--learner"]),
+        "Error: etcdserver: unhealthy cluster\n"
+    );
     let (code, out, err) = etcdctl(&endpoint, &["member", "remove", &typo_id]);
     assert_eq!(code, Some(0), "{out}{err}");
 
-    // The real one, started only after `member add` answered.
-    let peer = format!("http://127.0.0.1:{}", spare[1]);
-    let (code, out, err) = etcdctl(&endpoint, &["member", "add", "m2", &format!("--peer-urls={peer}")]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let m2_id = added_id(&out).expect("added id");
-    let initial = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-        .and_then(|l| l.strip_suffix('"'))
-        .expect("ETCD_INITIAL_CLUSTER printed")
-        .to_string();
+    // The second, started only after `member add` answered.
+    let (m2_id, initial) = add_voter(&endpoint, "m2", &url(1)).await;
     c.put_retry(0, "between", "add and start", Duration::from_secs(2)).await;
-    let client = format!("http://127.0.0.1:{}", spare[2]);
-    let m2 = join_m2(&c, &initial, &peer, spare[2]);
-    let m2_port = spare[2];
-    wait_for("the new member to be promoted", START, || async move {
-        common::status(m2_port).await.ok().filter(|s| !s.is_learner && s.raft_applied_index > 0)
-    })
-    .await;
-    assert_eq!(common::get(m2_port, "between", true).await.expect("get"), Some("add and start".into()));
+    let m2 = join(&c, "m2", &initial, &url(1), spare[2]);
+    // The third as soon as the cluster takes it, started at once.
+    let (m3_id, initial) = add_voter(&endpoint, "m3", &url(3)).await;
+    let m3 = join(&c, "m3", &initial, &url(3), spare[4]);
+    wait_voter(spare[2], "m2 to be promoted").await;
+    wait_voter(spare[4], "m3 to be a voter").await;
+    assert_eq!(common::get(spare[2], "between", true).await.expect("get"), Some("add and start".into()));
+    assert_eq!(common::get(spare[4], "between", true).await.expect("get"), Some("add and start".into()));
     let (code, list, err) = etcdctl(&endpoint, &["member", "list"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(list.contains(&format!("{m2_id}, started, m2, {peer}, {client}, false")), "{list}");
+    for (id, name, peer, client) in [(&m2_id, "m2", url(1), spare[2]), (&m3_id, "m3", url(3), spare[4])] {
+        let line = format!("{id}, started, {name}, {peer}, http://127.0.0.1:{client}, false");
+        assert!(list.contains(&line), "{line} not in\n{list}");
+    }
     assert!(
         common::read_log(&c.members[0].log_path).contains("member added as a voter has caught up: promoted")
     );
     c.put_retry(0, "after", "promotion", START).await;
 
-    // A voter: without it the first member commits nothing.
-    drop(m2);
+    // Voters: with both stopped the first member commits nothing.
+    drop((m2, m3));
     let put = tokio::time::timeout(Duration::from_secs(3), common::put(port, "alone", "v")).await;
-    assert!(!matches!(put, Ok(Ok(_))), "a write committed without the second voter: {put:?}");
+    assert!(!matches!(put, Ok(Ok(_))), "a write committed without the other voters: {put:?}");
 }
 
 /// A member started with `existing` that was never added stops with a clear error; so does

@@ -376,7 +376,9 @@ impl Api {
         // (and a member that never starts, a mistyped URL, would leave the cluster without a
         // quorum for good). Such a voter joins as a learner that the leader promotes once it
         // has caught up; the Cluster API shows it as a voter from the start, as etcd does.
-        let catch_up_first = !req.is_learner && self.voters().len() == 1;
+        // Counted in the configuration: a member added this way counts once promoted.
+        let config_voters = registry.members.values().filter(|m| !m.is_learner).count();
+        let catch_up_first = !req.is_learner && config_voters == 1;
         let step = if req.is_learner || catch_up_first {
             ConfChangeStep::AddLearner(NodeId(id))
         } else {
