@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Access, Cluster, Mode, Opts, Proc, die_with_parent, in_both_modes, start_etcd_in};
+use common::{Access, Cluster, Mode, Opts, in_both_modes, start_etcd_in};
 
 const START: Duration = Duration::from_secs(20);
 /// The script's checks take about 15 s; generous for a machine shared with builds.
@@ -54,30 +54,10 @@ fn python() -> Option<PathBuf> {
 
 /// Runs the script against `endpoints`; panics with its output unless every check passed.
 fn run_script(py: &Path, access: &Access, endpoints: &[String], against: &str, dir: &Path) {
-    let out_path = dir.join(format!("python-{against}.out"));
-    let out = std::fs::File::create(&out_path).expect("output file");
     let mut cmd = Command::new(py);
-    cmd.arg(script())
-        .args(endpoints)
-        .env("PYTHONUNBUFFERED", "1")
-        .envs(access.python_env())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out);
-    let child = die_with_parent(&mut cmd).spawn().expect("spawn python");
-    let mut proc = Proc::new("python", child, None);
-    let status = proc.wait_exit(SCRIPT_TIMEOUT);
-    let output = common::read_log(&out_path);
-    eprintln!("===== python etcd3 against {against} =====\n{output}");
-    match status {
-        Some(s) if s.success() => {}
-        Some(s) => panic!("the python etcd3 checks failed against {against} ({s})"),
-        None => panic!("the python etcd3 checks did not finish within {SCRIPT_TIMEOUT:?} against {against}"),
-    }
-    assert!(
-        output.lines().any(|l| l.ends_with(" passed, 0 failed") && !l.starts_with("0 passed")),
-        "no summary line from the script against {against}"
-    );
+    cmd.arg(script()).args(endpoints).env("PYTHONUNBUFFERED", "1").envs(access.client_env());
+    let out = dir.join(format!("python-{against}.out"));
+    common::run_client_checks(cmd, "python etcd3", against, &out, SCRIPT_TIMEOUT, |_| false);
 }
 
 async fn python_etcd3_client_kv_watch_lease_lock(mode: Mode) {

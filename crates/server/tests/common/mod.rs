@@ -306,8 +306,9 @@ impl Access {
         })
     }
 
-    /// The environment of tests/python/etcd3_client.py: the certificates and the user.
-    pub fn python_env(&self) -> Vec<(&'static str, String)> {
+    /// The environment of the client test programs (tests/python/etcd3_client.py,
+    /// tests/go/clientv3_check.go): the certificates and the user.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
         let Some(p) = &self.pki else { return Vec::new() };
         let mut env = vec![
             ("ETCD3_CA_CERT", p.ca.display().to_string()),
@@ -866,6 +867,35 @@ impl Drop for Proc {
             eprintln!("===== {} log ({}) =====\n{}", self.name, path.display(), log_tail(path, 48 * 1024));
         }
     }
+}
+
+/// Runs a client test program (tests/python, tests/go) with its output in `out_path`, prints
+/// the output (without the lines `skip` picks) and panics unless the program exited
+/// successfully within `limit` with a summary line "N passed, 0 failed" (N > 0).
+pub fn run_client_checks(
+    mut cmd: Command,
+    what: &str,
+    against: &str,
+    out_path: &Path,
+    limit: Duration,
+    skip: impl Fn(&str) -> bool,
+) {
+    let out = std::fs::File::create(out_path).expect("output file");
+    cmd.stdin(Stdio::null()).stdout(out.try_clone().expect("dup")).stderr(out);
+    let child = die_with_parent(&mut cmd).spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut proc = Proc::new(what, child, None);
+    let status = proc.wait_exit(limit);
+    let output: String = read_log(out_path).lines().filter(|l| !skip(l)).map(|l| format!("{l}\n")).collect();
+    eprintln!("===== {what} against {against} =====\n{output}");
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("the {what} checks failed against {against} ({s})"),
+        None => panic!("the {what} checks did not finish within {limit:?} against {against}"),
+    }
+    assert!(
+        output.lines().any(|l| l.ends_with(" passed, 0 failed") && !l.starts_with("0 passed")),
+        "no summary line from the {what} checks against {against}"
+    );
 }
 
 /// Runs `raftkv` with `args` to completion (it is expected to exit by itself, e.g. on a
