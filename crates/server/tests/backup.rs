@@ -687,3 +687,59 @@ async fn auth_moves_both_ways_with_etcd() {
     let (_etcd2, port) = etcd_restore(&from_raftkv, &d.join("etcd-dst"), &d.join("etcd-dst.log")).await;
     assert_same_auth("raftkv -> etcd", src.port(0), port);
 }
+
+/// Recovery from a lost quorum (two of three members gone for good), the way etcd documents
+/// it: `etcdctl snapshot save` from the survivor, which answers without a leader, then a new
+/// cluster restored from that file. Every write the survivor had applied is there, and the
+/// new cluster takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_quorum_is_recovered_from_a_survivors_snapshot() {
+    if !have("etcdctl") {
+        let msg = "\n\n!!!!! etcdctl not on PATH: SKIPPING the lost-quorum recovery test !!!!!\n";
+        assert!(std::env::var("RAFTKV_REQUIRE_ETCD").as_deref() != Ok("1"), "{msg}");
+        eprintln!("{msg}");
+        return;
+    }
+    let mut c = Cluster::start(3, Opts::default());
+    let leader = c.wait_leader(START).await;
+    for i in 0..100 {
+        c.put_retry(leader, &format!("k/{i:03}"), &format!("v{i}"), START).await;
+    }
+    let survivor = (leader + 1) % 3;
+    let port = c.port(survivor);
+    wait_for("the survivor to apply the last write", START, || async move {
+        common::get(port, "k/099", true).await.ok().flatten()
+    })
+    .await;
+    for i in (0..3).filter(|i| *i != survivor) {
+        c.kill9(i);
+    }
+    // No quorum: writes fail, the snapshot is still served.
+    let put = tokio::time::timeout(Duration::from_secs(3), common::put(port, "lost", "v")).await;
+    assert!(!matches!(put, Ok(Ok(_))), "a write committed without a quorum: {put:?}");
+    let d = c.dir().to_path_buf();
+    let file = d.join("survivor.db");
+    run(
+        Command::new("etcdctl")
+            .arg(format!("--endpoints=127.0.0.1:{port}"))
+            .args(["snapshot", "save"])
+            .arg(&file),
+        "etcdctl snapshot save from the survivor",
+    );
+
+    let mut fresh = Cluster::new(1, Opts::default());
+    raftkv_restore(&file, &fresh);
+    fresh.start_member(0);
+    fresh.wait_leader(START).await;
+    let new_port = fresh.port(0);
+    wait_serving(new_port).await;
+    let all = everything(new_port, 0).await;
+    assert_eq!(all.kvs.len(), 100, "keys after the restore");
+    for (i, kv) in all.kvs.iter().enumerate() {
+        assert_eq!(
+            (kv.key.as_ref(), kv.value.as_ref()),
+            (format!("k/{i:03}").as_bytes(), format!("v{i}").as_bytes())
+        );
+    }
+    fresh.put_retry(0, "after", "recovery", START).await;
+}
