@@ -16,65 +16,65 @@ const TICKS_PER_HEARTBEAT: u64 = 5;
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServerArgs {
     /// Human-readable name for this member; must appear in --initial-cluster.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_NAME")]
     pub name: Option<String>,
     /// Path to the data directory (default: ./<name>.raftkv).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Comma-separated URLs to listen on for client traffic (gRPC and the JSON gateway).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS")]
     pub listen_client_urls: Option<String>,
     /// Comma-separated client URLs to advertise to the rest of the cluster and to clients.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
     /// Comma-separated URLs to listen on for peer (Raft) traffic.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS")]
     pub listen_peer_urls: Option<String>,
     /// This member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS")]
     pub initial_advertise_peer_urls: Option<String>,
     /// Initial cluster configuration for bootstrapping: name=http://host:port,...
     /// Ignored when the data directory already holds a member.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster state: `new` (bootstrap) or `existing` (join a running cluster).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
     /// Initial cluster token: distinguishes clusters bootstrapped from the same member list.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN")]
     pub initial_cluster_token: Option<String>,
     /// Time (in milliseconds) of a heartbeat interval.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
     /// Time (in milliseconds) for an election to timeout.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
     /// Number of applied entries between snapshots of the key-value state (default 100000, as etcd).
     /// When the state is large, a snapshot also waits until the log written since the
     /// previous one reaches a quarter of that snapshot's size.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
     /// Maximum number of operations permitted in a transaction.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
     /// Maximum client request size in bytes the server will accept.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
     /// Raise a NOSPACE alarm and refuse writes when the store's size reaches this many
     /// bytes (0: the default, 2 GiB; negative: no quota). See docs/operations.md.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, env = "ETCD_QUOTA_BACKEND_BYTES")]
     pub quota_backend_bytes: Option<i64>,
     /// Minimum interval a client should wait before pinging the server (Go duration,
     /// default 5s; 0s: 5m). A client pinging more often is sent GOAWAY too_many_pings.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME")]
     pub grpc_keepalive_min_time: Option<String>,
     /// How long a client connection may be silent before the server pings it (default 2h;
     /// 0s: the defaults of both this and the timeout, as etcd).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL")]
     pub grpc_keepalive_interval: Option<String>,
     /// How long a connection may stay silent after the server's ping before it is closed
     /// (default 20s; 0s: the defaults of both, as etcd).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT")]
     pub grpc_keepalive_timeout: Option<String>,
     /// How often a running member checks its certificate files for expiry (Go duration,
     /// default 1h): a warning within 30 days of expiry, an error once expired.
@@ -83,33 +83,33 @@ pub struct ServerArgs {
     /// How often a watcher created with `progress_notify` that got nothing since the last
     /// notification is told the current revision (Go duration, default 10m; 0 or negative:
     /// the default, as etcd).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub experimental_watch_progress_notify_interval: Option<String>,
     /// Auth tokens: `simple` (etcd's default) or
     /// `jwt,sign-method=<RS256|...|ES256|...|HS256|...>,priv-key=<path>,pub-key=<path>,ttl=<duration>`
     /// (etcd's options; see docs/operations.md).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_AUTH_TOKEN")]
     pub auth_token: Option<String>,
     /// Seconds a simple auth token stays valid after its last use (default 300, as etcd; JWT
     /// tokens take their `ttl` option instead).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL")]
     pub auth_token_ttl: Option<u64>,
     /// bcrypt cost of stored password hashes, 4 to 31 (default 10, as etcd).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
     /// Auto-compaction mode: `periodic` (the retention is a duration) or `revision` (the
     /// retention is a number of revisions), as etcd.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE")]
     pub auto_compaction_mode: Option<String>,
     /// Auto-compaction retention: in periodic mode a duration (`1h`, `30m`; a bare number
     /// is hours), in revision mode the revisions to keep. 0 (default) disables it.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION")]
     pub auto_compaction_retention: Option<String>,
     /// Log format: `text` (human-readable, default) or `json`.
     #[arg(long)]
     pub log_format: Option<String>,
     /// Log level: error, warn, info (default), debug, trace.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Threads that serve clients and peers and run the Raft driver (default: the number of
     /// CPUs). Members sharing a machine do better with a share of its cores each; `raftkv
@@ -117,48 +117,222 @@ pub struct ServerArgs {
     #[arg(long)]
     pub worker_threads: Option<usize>,
     /// Skip fsync of the log. Loses acknowledged writes on power failure: benchmarks only.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_UNSAFE_NO_FSYNC", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     #[serde(default)]
     pub unsafe_no_fsync: bool,
     /// Client TLS certificate file (PEM); with https:// client URLs. Re-read when it changes.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
     /// Client TLS key file (PEM).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_KEY_FILE")]
     pub key_file: Option<PathBuf>,
     /// CA certificates (PEM) that clients' certificates must chain to.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
     /// Require clients to present a certificate signed by --trusted-ca-file.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", env = "ETCD_CLIENT_CERT_AUTH")]
     pub client_cert_auth: Option<bool>,
     /// Client TLS with a generated self-signed certificate (testing).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", env = "ETCD_AUTO_TLS")]
     pub auto_tls: Option<bool>,
     /// Peer TLS certificate file (PEM); with https:// peer URLs. Re-read when it changes.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
     /// Peer TLS key file (PEM).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
     pub peer_key_file: Option<PathBuf>,
     /// CA certificates (PEM) that the other members' certificates must chain to.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", env = "ETCD_PEER_CLIENT_CERT_AUTH")]
     pub peer_client_cert_auth: Option<bool>,
     /// Peer TLS with generated self-signed certificates (testing; peers are not verified).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", env = "ETCD_PEER_AUTO_TLS")]
     pub peer_auto_tls: Option<bool>,
     /// Comma-separated TLS 1.2 cipher suites (Go's names, as etcd); TLS 1.3 suites always on.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
     pub cipher_suites: Option<String>,
     /// Comma-separated http:// URLs serving /metrics and the health checks only.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
+    // etcd 3.4 flags that raftkv takes for compatibility: checked by crate::etcd_flags.
+    /// etcd's logger (`zap` or `capnslog`): raftkv has its own (--log-format, --log-level).
+    #[arg(long, env = "ETCD_LOGGER", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub logger: Option<String>,
+    /// etcd's log outputs: `default` or `stderr` only (raftkv logs to stderr).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub log_outputs: Option<String>,
+    /// etcd's per-package log levels: not supported (use --log-level).
+    #[arg(long, env = "ETCD_LOG_PACKAGE_LEVELS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub log_package_levels: Option<String>,
+    /// etcd's debug logging: `true` is --log-level debug.
+    #[arg(long, env = "ETCD_DEBUG", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub debug: Option<String>,
+    /// etcd's v2 API: `false` only (raftkv serves the v3 API).
+    #[arg(long, env = "ETCD_ENABLE_V2", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub enable_v2: Option<String>,
+    /// etcd's v2-on-v3 emulation: not supported.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_V2V3", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_enable_v2v3: Option<String>,
+    /// etcd's pprof endpoints: `false` only.
+    #[arg(long, env = "ETCD_ENABLE_PPROF", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub enable_pprof: Option<String>,
+    /// etcd's metrics level: `basic` only.
+    #[arg(long, env = "ETCD_METRICS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub metrics: Option<String>,
+    /// etcd's strict reconfiguration check: always on (`true`).
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub strict_reconfig_check: Option<String>,
+    /// etcd's pre-vote: raftkv always pre-votes (no effect).
+    #[arg(long, env = "ETCD_PRE_VOTE", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub pre_vote: Option<String>,
+    /// No effect in raftkv (etcd compatibility).
+    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub initial_election_tick_advance: Option<String>,
+    /// raftkv always checkpoints leases (no effect).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_enable_lease_checkpoint: Option<String>,
+    /// etcd's startup corruption check: not supported (`false` only).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_initial_corrupt_check: Option<String>,
+    /// etcd's periodic corruption check: not supported (`0s` only).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_corrupt_check_time: Option<String>,
+    /// raftkv checks a peer's certificate chain, not its SANs: `true` only.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_peer_skip_client_san_verification: Option<String>,
+    /// No effect in raftkv (etcd's snapshot file retention).
+    #[arg(long, env = "ETCD_MAX_SNAPSHOTS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub max_snapshots: Option<String>,
+    /// No effect in raftkv (etcd's WAL file retention).
+    #[arg(long, env = "ETCD_MAX_WALS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub max_wals: Option<String>,
+    /// No effect in raftkv (etcd's bbolt commit interval).
+    #[arg(long, env = "ETCD_BACKEND_BATCH_INTERVAL", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub backend_batch_interval: Option<String>,
+    /// No effect in raftkv (etcd's bbolt batch size).
+    #[arg(long, env = "ETCD_BACKEND_BATCH_LIMIT", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub backend_batch_limit: Option<String>,
+    /// No effect in raftkv (`array` or `map`).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_backend_bbolt_freelist_type: Option<String>,
+    /// No effect in raftkv (etcd's compaction batch size).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_compaction_batch_limit: Option<String>,
+    /// No effect in raftkv (etcd's slow-apply warning).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub experimental_warning_apply_duration: Option<String>,
+    /// No effect in raftkv (its own per-connection stream limit applies).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub max_concurrent_streams: Option<String>,
+    /// etcd's separate WAL directory: not supported (the log is in --data-dir).
+    #[arg(long, env = "ETCD_WAL_DIR", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub wal_dir: Option<String>,
+    /// etcd's CORS origins: not supported (empty only).
+    #[arg(long, env = "ETCD_CORS", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub cors: Option<String>,
+    /// etcd's allowed Host headers: `*` (all) only.
+    #[arg(long, env = "ETCD_HOST_WHITELIST", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub host_whitelist: Option<String>,
+    /// Certificate revocation lists: not supported (empty only).
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub client_crl_file: Option<String>,
+    /// Certificate revocation lists: not supported (empty only).
+    #[arg(long, env = "ETCD_PEER_CRL_FILE", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub peer_crl_file: Option<String>,
+    /// Not supported (empty only).
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub client_cert_allowed_hostname: Option<String>,
+    /// Not supported (empty only).
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Not supported (empty only).
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub peer_cert_allowed_hostname: Option<String>,
+    /// etcd's discovery service: not supported (use --initial-cluster).
+    #[arg(long, env = "ETCD_DISCOVERY", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub discovery: Option<String>,
+    /// DNS discovery: not supported (use --initial-cluster).
+    #[arg(long, env = "ETCD_DISCOVERY_SRV", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub discovery_srv: Option<String>,
+    /// DNS discovery: not supported.
+    #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub discovery_srv_name: Option<String>,
+    /// Discovery: not supported.
+    #[arg(long, env = "ETCD_DISCOVERY_PROXY", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub discovery_proxy: Option<String>,
+    /// No effect in raftkv (`exit` or `proxy`, for discovery).
+    #[arg(long, env = "ETCD_DISCOVERY_FALLBACK", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub discovery_fallback: Option<String>,
+    /// Not supported (`false` only): see docs/operations.md, Recovering from a lost quorum.
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub force_new_cluster: Option<String>,
+    /// etcd's v2 proxy: `off` only.
+    #[arg(long, env = "ETCD_PROXY", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub proxy: Option<String>,
+    /// No effect in raftkv (v2 proxy).
+    #[arg(long, env = "ETCD_PROXY_FAILURE_WAIT", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub proxy_failure_wait: Option<String>,
+    /// No effect in raftkv (v2 proxy).
+    #[arg(long, env = "ETCD_PROXY_REFRESH_INTERVAL", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub proxy_refresh_interval: Option<String>,
+    /// No effect in raftkv (v2 proxy).
+    #[arg(long, env = "ETCD_PROXY_DIAL_TIMEOUT", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub proxy_dial_timeout: Option<String>,
+    /// No effect in raftkv (v2 proxy).
+    #[arg(long, env = "ETCD_PROXY_WRITE_TIMEOUT", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub proxy_write_timeout: Option<String>,
+    /// No effect in raftkv (v2 proxy).
+    #[arg(long, env = "ETCD_PROXY_READ_TIMEOUT", hide = true)]
+    #[serde(default, deserialize_with = "crate::etcd_flags::scalar")]
+    pub proxy_read_timeout: Option<String>,
     /// Path to a TOML (.toml) or YAML (.yaml/.yml) file with these settings. Flags given on
     /// the command line override the file.
-    #[arg(long)]
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
 }
@@ -224,6 +398,8 @@ pub struct ServerConfig {
     pub cipher_suites: Vec<String>,
     /// Where to serve /metrics and the health checks besides the client port.
     pub listen_metrics: Vec<SocketAddr>,
+    /// etcd flags given that have no effect in raftkv (logged at startup).
+    pub etcd_flags_without_effect: Vec<String>,
 }
 
 /// The auth settings from `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`.
@@ -265,6 +441,8 @@ fn auth_options(
 /// and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(transparent)]
+    EtcdFlag(#[from] crate::etcd_flags::EtcdFlagError),
     #[error("cannot read config file {path}: {source}")]
     ReadFile { path: PathBuf, source: std::io::Error },
     #[error("invalid TOML in {path}: {source}")]
@@ -323,6 +501,63 @@ pub enum UrlError {
 }
 
 impl ServerArgs {
+    /// The etcd compatibility flags given: (flag name, value).
+    pub fn etcd_flags(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("logger", self.logger.as_deref()),
+            ("log-outputs", self.log_outputs.as_deref()),
+            ("log-package-levels", self.log_package_levels.as_deref()),
+            ("debug", self.debug.as_deref()),
+            ("enable-v2", self.enable_v2.as_deref()),
+            ("experimental-enable-v2v3", self.experimental_enable_v2v3.as_deref()),
+            ("enable-pprof", self.enable_pprof.as_deref()),
+            ("metrics", self.metrics.as_deref()),
+            ("strict-reconfig-check", self.strict_reconfig_check.as_deref()),
+            ("pre-vote", self.pre_vote.as_deref()),
+            ("initial-election-tick-advance", self.initial_election_tick_advance.as_deref()),
+            ("experimental-enable-lease-checkpoint", self.experimental_enable_lease_checkpoint.as_deref()),
+            ("experimental-initial-corrupt-check", self.experimental_initial_corrupt_check.as_deref()),
+            ("experimental-corrupt-check-time", self.experimental_corrupt_check_time.as_deref()),
+            (
+                "experimental-peer-skip-client-san-verification",
+                self.experimental_peer_skip_client_san_verification.as_deref(),
+            ),
+            ("max-snapshots", self.max_snapshots.as_deref()),
+            ("max-wals", self.max_wals.as_deref()),
+            ("backend-batch-interval", self.backend_batch_interval.as_deref()),
+            ("backend-batch-limit", self.backend_batch_limit.as_deref()),
+            (
+                "experimental-backend-bbolt-freelist-type",
+                self.experimental_backend_bbolt_freelist_type.as_deref(),
+            ),
+            ("experimental-compaction-batch-limit", self.experimental_compaction_batch_limit.as_deref()),
+            ("experimental-warning-apply-duration", self.experimental_warning_apply_duration.as_deref()),
+            ("max-concurrent-streams", self.max_concurrent_streams.as_deref()),
+            ("wal-dir", self.wal_dir.as_deref()),
+            ("cors", self.cors.as_deref()),
+            ("host-whitelist", self.host_whitelist.as_deref()),
+            ("client-crl-file", self.client_crl_file.as_deref()),
+            ("peer-crl-file", self.peer_crl_file.as_deref()),
+            ("client-cert-allowed-hostname", self.client_cert_allowed_hostname.as_deref()),
+            ("peer-cert-allowed-cn", self.peer_cert_allowed_cn.as_deref()),
+            ("peer-cert-allowed-hostname", self.peer_cert_allowed_hostname.as_deref()),
+            ("discovery", self.discovery.as_deref()),
+            ("discovery-srv", self.discovery_srv.as_deref()),
+            ("discovery-srv-name", self.discovery_srv_name.as_deref()),
+            ("discovery-proxy", self.discovery_proxy.as_deref()),
+            ("discovery-fallback", self.discovery_fallback.as_deref()),
+            ("force-new-cluster", self.force_new_cluster.as_deref()),
+            ("proxy", self.proxy.as_deref()),
+            ("proxy-failure-wait", self.proxy_failure_wait.as_deref()),
+            ("proxy-refresh-interval", self.proxy_refresh_interval.as_deref()),
+            ("proxy-dial-timeout", self.proxy_dial_timeout.as_deref()),
+            ("proxy-write-timeout", self.proxy_write_timeout.as_deref()),
+            ("proxy-read-timeout", self.proxy_read_timeout.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| value.map(|v| (flag, v)))
+        .collect()
+    }
     /// Reads `path` as TOML or YAML according to its extension.
     pub fn from_file(path: &Path) -> Result<ServerArgs, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -385,6 +620,67 @@ impl ServerArgs {
             peer_auto_tls: self.peer_auto_tls.or(base.peer_auto_tls),
             cipher_suites: self.cipher_suites.or(base.cipher_suites),
             listen_metrics_urls: self.listen_metrics_urls.or(base.listen_metrics_urls),
+            logger: self.logger.or(base.logger),
+            log_outputs: self.log_outputs.or(base.log_outputs),
+            log_package_levels: self.log_package_levels.or(base.log_package_levels),
+            debug: self.debug.or(base.debug),
+            enable_v2: self.enable_v2.or(base.enable_v2),
+            experimental_enable_v2v3: self.experimental_enable_v2v3.or(base.experimental_enable_v2v3),
+            enable_pprof: self.enable_pprof.or(base.enable_pprof),
+            metrics: self.metrics.or(base.metrics),
+            strict_reconfig_check: self.strict_reconfig_check.or(base.strict_reconfig_check),
+            pre_vote: self.pre_vote.or(base.pre_vote),
+            initial_election_tick_advance: self
+                .initial_election_tick_advance
+                .or(base.initial_election_tick_advance),
+            experimental_enable_lease_checkpoint: self
+                .experimental_enable_lease_checkpoint
+                .or(base.experimental_enable_lease_checkpoint),
+            experimental_initial_corrupt_check: self
+                .experimental_initial_corrupt_check
+                .or(base.experimental_initial_corrupt_check),
+            experimental_corrupt_check_time: self
+                .experimental_corrupt_check_time
+                .or(base.experimental_corrupt_check_time),
+            experimental_peer_skip_client_san_verification: self
+                .experimental_peer_skip_client_san_verification
+                .or(base.experimental_peer_skip_client_san_verification),
+            max_snapshots: self.max_snapshots.or(base.max_snapshots),
+            max_wals: self.max_wals.or(base.max_wals),
+            backend_batch_interval: self.backend_batch_interval.or(base.backend_batch_interval),
+            backend_batch_limit: self.backend_batch_limit.or(base.backend_batch_limit),
+            experimental_backend_bbolt_freelist_type: self
+                .experimental_backend_bbolt_freelist_type
+                .or(base.experimental_backend_bbolt_freelist_type),
+            experimental_compaction_batch_limit: self
+                .experimental_compaction_batch_limit
+                .or(base.experimental_compaction_batch_limit),
+            experimental_warning_apply_duration: self
+                .experimental_warning_apply_duration
+                .or(base.experimental_warning_apply_duration),
+            max_concurrent_streams: self.max_concurrent_streams.or(base.max_concurrent_streams),
+            wal_dir: self.wal_dir.or(base.wal_dir),
+            cors: self.cors.or(base.cors),
+            host_whitelist: self.host_whitelist.or(base.host_whitelist),
+            client_crl_file: self.client_crl_file.or(base.client_crl_file),
+            peer_crl_file: self.peer_crl_file.or(base.peer_crl_file),
+            client_cert_allowed_hostname: self
+                .client_cert_allowed_hostname
+                .or(base.client_cert_allowed_hostname),
+            peer_cert_allowed_cn: self.peer_cert_allowed_cn.or(base.peer_cert_allowed_cn),
+            peer_cert_allowed_hostname: self.peer_cert_allowed_hostname.or(base.peer_cert_allowed_hostname),
+            discovery: self.discovery.or(base.discovery),
+            discovery_srv: self.discovery_srv.or(base.discovery_srv),
+            discovery_srv_name: self.discovery_srv_name.or(base.discovery_srv_name),
+            discovery_proxy: self.discovery_proxy.or(base.discovery_proxy),
+            discovery_fallback: self.discovery_fallback.or(base.discovery_fallback),
+            force_new_cluster: self.force_new_cluster.or(base.force_new_cluster),
+            proxy: self.proxy.or(base.proxy),
+            proxy_failure_wait: self.proxy_failure_wait.or(base.proxy_failure_wait),
+            proxy_refresh_interval: self.proxy_refresh_interval.or(base.proxy_refresh_interval),
+            proxy_dial_timeout: self.proxy_dial_timeout.or(base.proxy_dial_timeout),
+            proxy_write_timeout: self.proxy_write_timeout.or(base.proxy_write_timeout),
+            proxy_read_timeout: self.proxy_read_timeout.or(base.proxy_read_timeout),
             config_file: self.config_file.or(base.config_file),
         }
     }
@@ -448,6 +744,7 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError>
 impl ServerConfig {
     /// Applies defaults (etcd's) and checks the flags make sense together.
     pub fn resolve(args: ServerArgs) -> Result<ServerConfig, ConfigError> {
+        let etcd = crate::etcd_flags::check(&args.etcd_flags())?;
         let args = match &args.config_file {
             Some(path) => {
                 let file = ServerArgs::from_file(path)?;
@@ -666,9 +963,12 @@ impl ServerConfig {
                 args.auto_compaction_retention.as_deref(),
             )?,
             log_format,
-            log_level: args.log_level.unwrap_or_else(|| "info".to_string()),
+            log_level: args
+                .log_level
+                .unwrap_or_else(|| (if etcd.debug { "debug" } else { "info" }).to_string()),
             worker_threads,
             unsafe_no_fsync: args.unsafe_no_fsync,
+            etcd_flags_without_effect: etcd.no_effect,
         })
     }
 

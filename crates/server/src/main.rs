@@ -11,6 +11,7 @@ mod api;
 mod certexpiry;
 mod config;
 mod dev;
+mod etcd_flags;
 mod member;
 mod metrics;
 mod tls;

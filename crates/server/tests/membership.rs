@@ -454,19 +454,20 @@ fn join(c: &Cluster, name: &str, initial: &str, peer: &str, client_port: u16) ->
 }
 
 /// `etcdctl member add NAME --peer-urls=PEER` at `endpoint`, retried while the cluster
-/// refuses it as not enough members have started yet: (id, printed `ETCD_INITIAL_CLUSTER`).
-async fn add_voter(endpoint: &str, name: &str, peer: &str) -> (String, String) {
+/// refuses it as not enough members have started yet: (id, the `ETCD_*` settings printed).
+async fn add_voter(endpoint: &str, name: &str, peer: &str) -> (String, Vec<(String, String)>) {
     let deadline = Instant::now() + START;
     loop {
         let (code, out, err) = etcdctl(endpoint, &["member", "add", name, &format!("--peer-urls={peer}")]);
         if code == Some(0) {
-            let initial = out
+            let env: Vec<(String, String)> = out
                 .lines()
-                .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-                .and_then(|l| l.strip_suffix('"'))
-                .expect("ETCD_INITIAL_CLUSTER printed")
-                .to_string();
-            return (added_id(&out).expect("added id"), initial);
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.starts_with("ETCD_"))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+            assert_eq!(env.len(), 4, "{out}");
+            return (added_id(&out).expect("added id"), env);
         }
         assert!(err.contains("not enough started members") && Instant::now() < deadline, "{out}{err}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -482,7 +483,8 @@ async fn wait_voter(port: u16, what: &str) {
 }
 
 /// etcd's runbook for growing a one-member cluster: `member add` a voter, then start it with
-/// the printed settings; again for a third. The second voter joins as a learner that the
+/// the printed settings; again for a third, started with them as its `ETCD_*` environment.
+/// The second voter joins as a learner that the
 /// leader promotes once it has caught up, so the cluster keeps serving between the two steps
 /// (etcd 3.4 has no quorum then), and a member added on a mistyped URL, which never starts,
 /// costs nothing: writes go on, etcd's strict checks count it as an unstarted voter, and it is
@@ -536,12 +538,31 @@ async fn voters_added_to_a_one_member_cluster_join_as_etcd_documents() {
     assert_eq!(code, Some(0), "{out}{err}");
 
     // The second, started only after `member add` answered.
-    let (m2_id, initial) = add_voter(&endpoint, "m2", &url(1)).await;
+    let (m2_id, env) = add_voter(&endpoint, "m2", &url(1)).await;
     c.put_retry(0, "between", "add and start", Duration::from_secs(2)).await;
+    let initial =
+        env.iter().find(|(k, _)| k == "ETCD_INITIAL_CLUSTER").map(|(_, v)| v.clone()).expect("printed");
     let m2 = join(&c, "m2", &initial, &url(1), spare[2]);
-    // The third as soon as the cluster takes it, started at once.
-    let (m3_id, initial) = add_voter(&endpoint, "m3", &url(3)).await;
-    let m3 = join(&c, "m3", &initial, &url(3), spare[4]);
+    // The third as soon as the cluster takes it, started at once with the printed settings
+    // as its environment (etcd reads every flag from ETCD_*) and only the flags they leave
+    // out.
+    let (m3_id, env) = add_voter(&endpoint, "m3", &url(3)).await;
+    let client = format!("http://127.0.0.1:{}", spare[4]);
+    let log_path = c.dir().join("m3.log");
+    let log = File::create(&log_path).expect("member log");
+    let mut cmd = Command::new(common::EXE);
+    cmd.args(["server", "--data-dir"])
+        .arg(c.dir().join("m3"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &url(3), "--initial-cluster-token", &c.token])
+        .args(["--heartbeat-interval", &c.opts.heartbeat_ms.to_string()])
+        .args(["--election-timeout", &c.opts.election_ms.to_string()])
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .env("NO_COLOR", "1");
+    let m3 = Proc::new("m3", die_with_parent(&mut cmd).spawn().expect("spawn m3"), Some(log_path));
     wait_voter(spare[2], "m2 to be promoted").await;
     wait_voter(spare[4], "m3 to be a voter").await;
     assert_eq!(common::get(spare[2], "between", true).await.expect("get"), Some("add and start".into()));

@@ -99,6 +99,12 @@ async fn run_member(config: ServerConfig) -> Result<(), ServerError> {
         last_index = recovered.last_index,
         "starting member"
     );
+    if !config.etcd_flags_without_effect.is_empty() {
+        tracing::info!(
+            flags = config.etcd_flags_without_effect.join(" "),
+            "etcd flags accepted for compatibility have no effect in raftkv"
+        );
+    }
 
     // Peer transport.
     let listen_peer = *config.listen_peer.first().ok_or(ServerError::NoListenPeer)?;
